@@ -1,0 +1,5 @@
+//! The `flash-moe` command line. (Skeleton.)
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("not yet: the engine is being written")
+}
