@@ -2,19 +2,28 @@
 //!
 //! # Data flow
 //! file -> [`formats::WeightIndex`] (every tensor's type, shape, file, offset and length) -> resident weights +
-//! expert store -> expert cache -> [`layers`] -> [`models`] -> logits -> [`sample::Sampler`] -> tokens.
+//! [`experts::ExpertLayout`] -> an [`experts::ExpertProvider`] (all in RAM today; the streaming cache next) ->
+//! [`layers`] -> [`models::Model`] -> logits -> sampler -> tokens.
 //!
 //! # Layout
 //! - `formats/`: GGUF and safetensors readers that build the weight index; they never read a whole file.
-//! - `tokenizer/`: Hugging Face `tokenizer.json` and the tokenizer embedded in GGUF metadata; chat templates.
-//! - `layers/`: attention, feed-forward, MoE, norms: stateless functions over weights and a session's state.
-//! - `models/`: one file per family and the registry (one `match` on the architecture).
+//! - `experts/`: where each expert's bytes are, and the providers that hand them to the MoE block.
+//! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.
+//! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
 //! - `session`: the per-sequence state (KV cache, scratch); weights never hold state.
+//! - `ops`, `pool`, `tensor`: the compute context (kernels + threads), the thread pool, aligned buffers.
 //!
 //! # Rules
 //! Operating errors (bad files, bad input) return [`Error`]; programmer errors assert.
 
 pub mod error;
+pub mod experts;
 pub mod formats;
+pub mod layers;
+pub mod models;
+pub mod ops;
+pub mod pool;
+pub mod session;
+pub mod tensor;
 
 pub use error::{Error, Result};

@@ -17,3 +17,5 @@
 mod dtype;
 
 pub use dtype::DType;
+mod dispatch;
+pub use dispatch::{Isa, Kernels, VecDotFn};

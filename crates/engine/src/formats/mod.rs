@@ -55,7 +55,10 @@ pub struct ModelFile {
 pub enum Metadata {
     Gguf(gguf::GgufMetadata),
     /// `config.json` of a Hugging Face model directory (and the directory, for `tokenizer.json`).
-    HfConfig { config: serde_json::Value, dir: PathBuf },
+    HfConfig {
+        config: serde_json::Value,
+        dir: PathBuf,
+    },
 }
 
 /// Every tensor of a model: type, shape, file, offset, length.

@@ -1,0 +1,227 @@
+//! The pre-norm decoder shared by the Llama and Qwen3 families (dense and MoE):
+//!
+//! ```text
+//! x = embed(tokens)
+//! for each layer:  x = x + attention(rms_norm(x))
+//!                  x = x + ffn_or_moe(rms_norm(x))
+//! logits = output(rms_norm(x))
+//! ```
+//!
+//! The family files decide the options (q/k norms, biases, RoPE style, which layers are MoE) and the names;
+//! this file holds the weights and the forward pass.
+
+use kernels::Kernels;
+
+use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
+use crate::layers::attention::{self, AttentionShape, AttentionWeights};
+use crate::layers::ffn::{self, FfnWeights};
+use crate::layers::moe::{self, MoeRouting, MoeWeights};
+use crate::models::loader::Loader;
+use crate::models::{Logits, ModelInfo};
+use crate::ops::{self, Cpu};
+use crate::session::Session;
+use crate::tensor::QMat;
+use crate::{Error, Result};
+
+/// The numbers that shape a decoder.
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub attn: AttentionShape,
+    /// Intermediate size of dense feed-forward layers.
+    pub n_ff: usize,
+    /// Routing of the MoE layers, if any.
+    pub moe: Option<MoeRouting>,
+    /// Intermediate size of one expert.
+    pub n_ff_exp: usize,
+    /// Per layer: whether it is a MoE layer.
+    pub moe_layers: Vec<bool>,
+    /// q/k/v biases (Qwen2-style).
+    pub attn_bias: bool,
+    /// Per-head RMSNorm of q and k (Qwen3).
+    pub qk_norm: bool,
+    /// The output projection is the token embedding.
+    pub tied_embeddings: bool,
+}
+
+#[derive(Debug)]
+enum FeedForward {
+    Dense(FfnWeights),
+    Moe(MoeWeights),
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>, // [n_embd]
+    attn: AttentionWeights,
+    ffn_norm: Vec<f32>, // [n_embd]
+    ffn: FeedForward,
+}
+
+/// Weights of a decoder plus the source of its experts.
+pub struct Decoder {
+    pub info: ModelInfo,
+    pub cfg: DecoderConfig,
+    token_embd: QMat, // [n_vocab, n_embd]
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>, // [n_embd]
+    output: Option<QMat>,  // [n_vocab, n_embd]; None: tied to token_embd
+    kernels: Kernels,
+    pub expert_layout: ExpertLayout,
+    pub experts: Box<dyn ExpertProvider + Send>,
+}
+
+impl Decoder {
+    /// Reads every weight named by the family's table; experts are described by an [`ExpertLayout`] and read by
+    /// the resident provider.
+    pub fn load(mut ld: Loader<'_>, cfg: DecoderConfig, mut info: ModelInfo) -> Result<Decoder> {
+        let (e, a) = (cfg.n_embd, &cfg.attn);
+        let q_dim = a.n_head * a.head_dim;
+        let kv_dim = a.n_head_kv * a.head_dim;
+        let token_embd = ld.mat("token_embd", None, cfg.n_vocab, e)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        let mut expert_layout = ExpertLayout { n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert), layers: vec![] };
+        for l in 0..cfg.n_layer {
+            let l_ = Some(l);
+            let bias = |ld: &mut Loader<'_>, slot: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                if cfg.attn_bias {
+                    ld.vec(slot, l_, "bias", n).map(Some)
+                } else {
+                    ld.vec_opt(slot, l_, "bias", n)
+                }
+            };
+            let attn = AttentionWeights {
+                wq: ld.mat("attn_q", l_, q_dim, e)?,
+                wk: ld.mat("attn_k", l_, kv_dim, e)?,
+                wv: ld.mat("attn_v", l_, kv_dim, e)?,
+                wo: ld.mat("attn_output", l_, e, q_dim)?,
+                bq: bias(&mut ld, "attn_q", q_dim)?,
+                bk: bias(&mut ld, "attn_k", kv_dim)?,
+                bv: bias(&mut ld, "attn_v", kv_dim)?,
+                q_norm: if cfg.qk_norm { Some(ld.vec("attn_q_norm", l_, "weight", a.head_dim)?) } else { None },
+                k_norm: if cfg.qk_norm { Some(ld.vec("attn_k_norm", l_, "weight", a.head_dim)?) } else { None },
+            };
+            let (ffn, experts) = match (&cfg.moe, cfg.moe_layers[l]) {
+                (Some(m), true) => {
+                    let router = ld.mat("ffn_gate_inp", l_, m.n_expert, e)?;
+                    let layout = expert_layer_layout(&ld, l, m.n_expert, cfg.n_ff_exp, e)?;
+                    (FeedForward::Moe(MoeWeights { router }), Some(layout))
+                }
+                _ => {
+                    let w = FfnWeights {
+                        gate: ld.mat("ffn_gate", l_, cfg.n_ff, e)?,
+                        up: ld.mat("ffn_up", l_, cfg.n_ff, e)?,
+                        down: ld.mat("ffn_down", l_, e, cfg.n_ff)?,
+                    };
+                    (FeedForward::Dense(w), None)
+                }
+            };
+            expert_layout.layers.push(experts);
+            layers.push(Layer {
+                attn_norm: ld.vec("attn_norm", l_, "weight", e)?,
+                attn,
+                ffn_norm: ld.vec("ffn_norm", l_, "weight", e)?,
+                ffn,
+            });
+        }
+        let output_norm = ld.vec("output_norm", None, "weight", e)?;
+        let output = if cfg.tied_embeddings || !ld.has("output", None) {
+            None
+        } else {
+            Some(ld.mat("output", None, cfg.n_vocab, e)?)
+        };
+        info.resident_bytes = ld.resident_bytes;
+        let index = ld.index;
+        let mut progress = std::mem::replace(&mut ld.progress, super::loader::Progress::new(0, false));
+        let experts = crate::experts::resident::ResidentExperts::load(index, &expert_layout, &mut |b| progress.add(b))?;
+        progress.finish();
+        Ok(Decoder {
+            info,
+            cfg,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            kernels: Kernels::detect(),
+            expert_layout,
+            experts: Box::new(experts),
+        })
+    }
+
+    /// Runs `tokens` at the session's position; see [`crate::models::Model::forward`].
+    pub fn forward<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        let cfg = &self.cfg;
+        let n = tokens.len();
+        let e = cfg.n_embd;
+        if n == 0 {
+            return Err(Error::EmptyPrompt);
+        }
+        sess.check_room(n)?;
+        let pos0 = sess.pos;
+        let s = &mut sess.scratch;
+        s.x.resize(n * e, 0.0);
+        s.xn.resize(n * e, 0.0);
+        s.y.resize(n * e, 0.0);
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= cfg.n_vocab {
+                return Err(Error::TokenOutOfRange { id, n_vocab: cfg.n_vocab });
+            }
+            self.kernels.dequantize_row(
+                self.token_embd.dtype,
+                self.token_embd.as_ref().row(id as usize),
+                &mut s.x[t * e..(t + 1) * e],
+            );
+        }
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            ops::rms_norm_into(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.xn);
+            attention::attention(cpu, &layer.attn, &cfg.attn, &mut sess.kv[l], &s.xn, pos0, &mut s.attn, &mut s.y);
+            ops::add(&mut s.x, &s.y);
+
+            ops::rms_norm_into(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.xn);
+            match &layer.ffn {
+                FeedForward::Dense(w) => ffn::ffn(cpu, w, &s.xn, &mut s.ffn, &mut s.y),
+                FeedForward::Moe(w) => {
+                    let routing = cfg.moe.as_ref().expect("MoE layer has routing");
+                    moe::moe(cpu, w, routing, &*self.experts, l, &s.xn, &mut s.moe, &mut s.y)?
+                }
+            }
+            ops::add(&mut s.x, &s.y);
+        }
+        sess.pos += n;
+
+        let rows = match want {
+            Logits::Last => &s.x[(n - 1) * e..],
+            Logits::All => &s.x[..],
+        };
+        s.xn.resize(rows.len(), 0.0);
+        ops::rms_norm_into(rows, &self.output_norm, cfg.rms_eps, &mut s.xn);
+        let out = self.output.as_ref().unwrap_or(&self.token_embd);
+        s.logits.resize(rows.len() / e * cfg.n_vocab, 0.0);
+        ops::matmul_f32(cpu, out.as_ref(), &s.xn, &mut s.head_q, &mut s.logits);
+        Ok(&s.logits)
+    }
+}
+
+/// The experts of layer `l`: GGUF's stacked `ffn_*_exps`, or one safetensors tensor per expert.
+fn expert_layer_layout(ld: &Loader<'_>, l: usize, n_expert: usize, n_ff: usize, n_embd: usize) -> Result<LayerExperts> {
+    let index = ld.index;
+    let proj = |stacked: &str, per_expert: &str, rows: usize, cols: usize| -> Result<ProjLayout> {
+        if let Ok(t) = ld.tensor(stacked, Some(l), "weight") {
+            return ProjLayout::stacked(index, t, n_expert, rows, cols);
+        }
+        let ts: Vec<_> = (0..n_expert)
+            .map(|x| ld.index.require(&ld.name(per_expert, Some(l), "weight").replacen("{e}", &x.to_string(), 1)))
+            .collect::<Result<_>>()?;
+        ProjLayout::per_expert(index, &ts, rows, cols)
+    };
+    Ok(LayerExperts {
+        gate: proj("ffn_gate_exps", "ffn_gate_exp.{e}", n_ff, n_embd)?,
+        up: proj("ffn_up_exps", "ffn_up_exp.{e}", n_ff, n_embd)?,
+        down: proj("ffn_down_exps", "ffn_down_exp.{e}", n_embd, n_ff)?,
+    })
+}

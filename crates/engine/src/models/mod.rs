@@ -1,0 +1,107 @@
+//! Model families and the registry that picks one from a file's architecture.
+//!
+//! Each family file (`llama.rs`, `qwen3.rs`) reads its configuration from GGUF metadata or `config.json`, maps
+//! its checkpoint names to GGUF-style slots in one table, and builds a [`decoder::Decoder`]. The registry is the
+//! one `match` in [`Model::load`].
+
+pub mod decoder;
+pub mod llama;
+pub mod loader;
+pub mod qwen3;
+
+use crate::experts::{ExpertLayout, ExpertProvider};
+use crate::formats::{Metadata, WeightIndex};
+use crate::ops::Cpu;
+use crate::session::Session;
+use crate::{Error, Result};
+
+pub use decoder::Decoder;
+pub use loader::{Hparams, LoadOptions};
+
+/// What a caller needs to know about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// GGUF architecture name (`qwen3moe`) or HF class (`Qwen3MoeForCausalLM`).
+    pub arch: String,
+    pub family: &'static str,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_ctx_train: usize,
+    pub kv_dim: usize,
+    /// Bytes of the weights kept in RAM (everything but the experts).
+    pub resident_bytes: u64,
+    /// Notes on defaults the file did not state (e.g. a GGUF never says `norm_topk_prob`).
+    pub notes: Vec<String>,
+}
+
+/// Which positions of a forward pass need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+/// A loaded model: weights, expert source and configuration.
+pub struct Model {
+    pub info: ModelInfo,
+    decoder: Decoder,
+}
+
+const SUPPORTED: &str = "GGUF: llama, qwen3, qwen3moe; safetensors: LlamaForCausalLM, Qwen3ForCausalLM, \
+                         Qwen3MoeForCausalLM";
+
+impl Model {
+    /// Loads the model of `index`, choosing the family from its architecture.
+    pub fn load(index: &WeightIndex, opts: &LoadOptions) -> Result<Model> {
+        let arch = architecture(index)?;
+        let decoder = match arch.as_str() {
+            "llama" | "LlamaForCausalLM" => llama::load(index, &arch, opts)?,
+            "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => qwen3::load(index, &arch, opts)?,
+            _ => {
+                return Err(Error::UnknownArchitecture {
+                    path: index.path.clone(),
+                    arch,
+                    supported: SUPPORTED.to_string(),
+                })
+            }
+        };
+        let info = decoder.info.clone();
+        Ok(Model { info, decoder })
+    }
+
+    pub fn new_session(&self, n_ctx: usize) -> Session {
+        Session::new(self.info.n_layer, n_ctx, self.info.kv_dim)
+    }
+
+    /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for
+    /// `Logits::Last`, `[tokens.len(), n_vocab]` for `Logits::All`).
+    pub fn forward<'s>(&self, cpu: &Cpu, session: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        self.decoder.forward(cpu, session, tokens, want)
+    }
+
+    pub fn expert_layout(&self) -> &ExpertLayout {
+        &self.decoder.expert_layout
+    }
+
+    /// Replaces the source of expert weights (e.g. by a streaming cache over the same layout).
+    pub fn set_experts(&mut self, experts: Box<dyn ExpertProvider + Send>) {
+        self.decoder.experts = experts;
+    }
+}
+
+/// The architecture name: GGUF `general.architecture` or the first of `config.json`'s `architectures`.
+pub fn architecture(index: &WeightIndex) -> Result<String> {
+    match &index.metadata {
+        Metadata::Gguf(m) => m
+            .get_str("general.architecture")
+            .map(str::to_string)
+            .ok_or_else(|| Error::config(&index.path, "GGUF metadata has no general.architecture")),
+        Metadata::HfConfig { config, .. } => config
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| Error::config(&index.path, "config.json has no \"architectures\" entry")),
+    }
+}

@@ -1,0 +1,188 @@
+//! The compute context and the operations the layers are written in.
+//!
+//! [`Cpu`] bundles the kernel table (chosen once from the CPU's features) and the thread pool. [`matmul`] is the
+//! one place where rows of a weight matrix are spread over threads; every output element is one kernel call on
+//! the same bytes whatever the batch size or thread count, so prefill of n tokens gives bit-identical results to
+//! n single-token steps.
+
+use kernels::{DType, Kernels};
+
+use crate::pool::ThreadPool;
+use crate::tensor::QMatRef;
+
+/// Kernels plus threads: what every forward pass needs.
+pub struct Cpu {
+    pub kernels: Kernels,
+    pub pool: ThreadPool,
+}
+
+impl Cpu {
+    pub fn new(n_threads: usize) -> Cpu {
+        Cpu { kernels: Kernels::detect(), pool: ThreadPool::new(n_threads) }
+    }
+
+    pub fn with_kernels(kernels: Kernels, n_threads: usize) -> Cpu {
+        Cpu { kernels, pool: ThreadPool::new(n_threads) }
+    }
+}
+
+/// Activation rows converted to the type a weight type's dot product takes (`DType::vec_dot_type`).
+#[derive(Default)]
+pub struct QuantActs {
+    dtype: Option<DType>,
+    cols: usize,
+    n_rows: usize,
+    row_bytes: usize,
+    data: Vec<u8>, // [n_rows, row_bytes]
+}
+
+impl QuantActs {
+    /// Converts `x` (`[n_rows, cols]`) for dot products with weights of type `weight`, reusing the buffer.
+    pub fn quantize(&mut self, k: &Kernels, weight: DType, x: &[f32], cols: usize) {
+        assert!(cols > 0 && x.len() % cols == 0, "QuantActs: {} values are not rows of {cols}", x.len());
+        let dtype = weight.vec_dot_type();
+        let row_bytes = dtype.row_bytes(cols).expect("activation row length is a whole number of blocks");
+        let n_rows = x.len() / cols;
+        self.data.resize(n_rows * row_bytes, 0);
+        for (src, dst) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(row_bytes)) {
+            k.quantize_row(dtype, src, dst);
+        }
+        self.dtype = Some(dtype);
+        self.cols = cols;
+        self.n_rows = n_rows;
+        self.row_bytes = row_bytes;
+    }
+
+    /// Whether the buffer already holds rows for weights of type `weight` (so q, k and v share one conversion).
+    pub fn is_for(&self, weight: DType, cols: usize) -> bool {
+        self.dtype == Some(weight.vec_dot_type()) && self.cols == cols
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    pub fn row(&self, t: usize) -> &[u8] {
+        &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// A raw pointer to an output buffer whose disjoint parts are written by several threads.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: used only to write disjoint elements from several threads, within the lifetime of the borrow it
+// was made from (the pool call returns before that borrow ends).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// `out[t, r] = dot(w[r], x[t])` for every token `t` and row `r`: `out` is `[x.n_rows(), w.rows]`.
+pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
+    assert!(x.is_for(w.dtype, w.cols), "matmul: activations were quantized for another type or width");
+    let n_tokens = x.n_rows();
+    assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
+    let dot = cpu.kernels.vec_dot(w.dtype);
+    let cols = w.cols;
+    let rows = w.rows;
+    let outp = SharedOut(out.as_mut_ptr());
+    let chunk = cpu.pool.chunk_size(rows, 16);
+    cpu.pool.for_chunks(rows, chunk, &|range| {
+        let outp = outp;
+        for r in range {
+            let wr = w.row(r);
+            for t in 0..n_tokens {
+                let v = dot(cols, wr, x.row(t));
+                // SAFETY: (t, r) is written by exactly one thread (rows are partitioned) and t * rows + r is
+                // within `out`, whose length was checked above; `out` outlives the pool call.
+                unsafe { *outp.0.add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
+/// Quantizes `x` (`[n, w.cols]`) into `scratch` and multiplies.
+pub fn matmul_f32(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], scratch: &mut QuantActs, out: &mut [f32]) {
+    scratch.quantize(&cpu.kernels, w.dtype, x, w.cols);
+    matmul(cpu, w, scratch, out);
+}
+
+/// Multiplies by `w` the rows that `xq` already holds for some weight type, re-quantizing from `x` only when
+/// `w` needs another activation type (q, k and v usually share one conversion).
+pub fn matmul_reuse(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], xq: &mut QuantActs, out: &mut [f32]) {
+    if !xq.is_for(w.dtype, w.cols) {
+        xq.quantize(&cpu.kernels, w.dtype, x, w.cols);
+    }
+    matmul(cpu, w, xq, out);
+}
+
+/// RMSNorm of each row of `x` (`[n, dim]`) in place: `x * w / sqrt(mean(x^2) + eps)`.
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    for row in x.chunks_exact_mut(dim) {
+        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let scale = (1.0 / ((ss / dim as f64) + eps as f64).sqrt()) as f32;
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v = (*v * scale) * g;
+        }
+    }
+}
+
+/// `out = rms_norm(x) * w` row by row, leaving `x` untouched.
+pub fn rms_norm_into(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    out.copy_from_slice(x);
+    rms_norm(out, w, eps);
+}
+
+/// Softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gate = silu(gate) * up`, element-wise (the SwiGLU of a feed-forward block).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1.0, 2.0, 3.0, -1.0];
+        softmax(&mut x);
+        let s: f32 = x.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[0] > x[3]);
+    }
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let mut x = vec![3.0, 4.0, 0.0, 0.0];
+        rms_norm(&mut x, &[1.0, 1.0], 0.0);
+        assert!((x[0] - 0.6 * 2f32.sqrt()).abs() < 1e-6 && (x[1] - 0.8 * 2f32.sqrt()).abs() < 1e-6);
+        assert_eq!(&x[2..], &[0.0, 0.0]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-sequence state: the KV cache, the position, and the scratch buffers of the forward pass.
+//!
+//! Weights are immutable and shared; everything that changes while a sequence is decoded lives here, so one
+//! model can serve several sessions.
+
+use crate::layers::attention::AttentionScratch;
+use crate::layers::ffn::FfnScratch;
+use crate::layers::moe::MoeScratch;
+use crate::{Error, Result};
+
+/// Keys and values of one layer, `[n_ctx, n_head_kv * head_dim]` each, in f32.
+pub struct LayerKv {
+    n_ctx: usize,
+    kv_dim: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl LayerKv {
+    pub fn new(n_ctx: usize, kv_dim: usize) -> LayerKv {
+        LayerKv { n_ctx, kv_dim, k: vec![0.0; n_ctx * kv_dim], v: vec![0.0; n_ctx * kv_dim] }
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Stores keys and values (`[n, kv_dim]`) at positions `pos0..pos0 + n`.
+    pub fn write(&mut self, pos0: usize, k: &[f32], v: &[f32]) {
+        let start = pos0 * self.kv_dim;
+        self.k[start..start + k.len()].copy_from_slice(k);
+        self.v[start..start + v.len()].copy_from_slice(v);
+    }
+
+    pub fn k_head(&self, pos: usize, head: usize, head_dim: usize) -> &[f32] {
+        let o = pos * self.kv_dim + head * head_dim;
+        &self.k[o..o + head_dim]
+    }
+
+    pub fn v_head(&self, pos: usize, head: usize, head_dim: usize) -> &[f32] {
+        let o = pos * self.kv_dim + head * head_dim;
+        &self.v[o..o + head_dim]
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * 4
+    }
+}
+
+/// Buffers of the decoder forward pass, grown on first use and then reused.
+#[derive(Default)]
+pub struct Scratch {
+    pub x: Vec<f32>,      // [n, n_embd] the residual stream
+    pub xn: Vec<f32>,     // [n, n_embd] normed input of a block
+    pub y: Vec<f32>,      // [n, n_embd] output of a block
+    pub logits: Vec<f32>, // [n_out, n_vocab]
+    pub attn: AttentionScratch,
+    pub ffn: FfnScratch,
+    pub moe: MoeScratch,
+    pub head_q: crate::ops::QuantActs,
+}
+
+/// One sequence being decoded.
+pub struct Session {
+    pub kv: Vec<LayerKv>,
+    /// Tokens processed so far (the next token's position).
+    pub pos: usize,
+    pub n_ctx: usize,
+    pub scratch: Scratch,
+}
+
+impl Session {
+    /// A session with room for `n_ctx` tokens in every layer's KV cache.
+    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Session {
+        Session {
+            kv: (0..n_layer).map(|_| LayerKv::new(n_ctx, kv_dim)).collect(),
+            pos: 0,
+            n_ctx,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Fails unless `n` more tokens fit.
+    pub fn check_room(&self, n: usize) -> Result<()> {
+        if self.pos + n > self.n_ctx {
+            if self.pos == 0 {
+                return Err(Error::PromptTooLong { n_tokens: n, n_ctx: self.n_ctx });
+            }
+            return Err(Error::ContextFull { n_ctx: self.n_ctx });
+        }
+        Ok(())
+    }
+
+    /// Forgets every token (keeps the buffers).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.iter().map(|l| l.bytes()).sum()
+    }
+}

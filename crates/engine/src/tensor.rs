@@ -1,0 +1,129 @@
+//! Weight matrices in memory: 64-byte aligned byte buffers holding rows of any [`DType`].
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+
+use kernels::DType;
+
+const ALIGN: usize = 64;
+
+/// A zero-initialised byte buffer aligned to 64 bytes (a cache line; also what O_DIRECT reads want at 512).
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    align: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out `&[u8]`.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        Self::zeroed_aligned(len, ALIGN)
+    }
+
+    /// A zeroed buffer with a given power-of-two alignment (4096 for direct I/O).
+    pub fn zeroed_aligned(len: usize, align: usize) -> AlignedBuf {
+        if len == 0 {
+            return AlignedBuf { ptr: NonNull::dangling(), len: 0, align: ALIGN };
+        }
+        let align = align.max(ALIGN);
+        let layout = Layout::from_size_align(len, align).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
+        AlignedBuf { ptr, len, align }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len initialised bytes (or dangling with len 0).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and we hold the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            let layout = Layout::from_size_align(self.len, self.align).expect("buffer layout");
+            // SAFETY: allocated in `zeroed_aligned` with exactly this layout.
+            unsafe { dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
+    }
+}
+
+/// A matrix of `rows` rows of `cols` values of `dtype`, row-major (a torch `Linear` weight `[out, in]`, a GGUF
+/// tensor with `ne = [cols, rows]`).
+#[derive(Debug)]
+pub struct QMat {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: AlignedBuf,
+}
+
+impl QMat {
+    pub fn as_ref(&self) -> QMatRef<'_> {
+        QMatRef { dtype: self.dtype, rows: self.rows, cols: self.cols, data: self.data.as_slice() }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        row_bytes(self.dtype, self.cols)
+    }
+}
+
+/// A borrowed matrix: the view every kernel call takes.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatRef<'a> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatRef<'a> {
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> QMatRef<'a> {
+        assert_eq!(data.len(), rows * row_bytes(dtype, cols), "QMatRef: data length");
+        QMatRef { dtype, rows, cols, data }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        row_bytes(self.dtype, self.cols)
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Rows `start..start + n` as a matrix (one expert of a stacked expert tensor).
+    pub fn rows_slice(&self, start: usize, n: usize) -> QMatRef<'a> {
+        let rb = self.row_bytes();
+        QMatRef { dtype: self.dtype, rows: n, cols: self.cols, data: &self.data[start * rb..(start + n) * rb] }
+    }
+}
+
+/// Bytes of one row; the loader has validated that `cols` is a whole number of blocks.
+pub fn row_bytes(dtype: DType, cols: usize) -> usize {
+    dtype.row_bytes(cols).expect("row length validated at load")
+}
