@@ -1,5 +1,83 @@
-//! The `flash-moe` command line. (Skeleton.)
+//! The `flash-moe` command line: argument parsing and printing live here, the work in the engine.
+//!
+//! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `inspect` (what a model file
+//! holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not yet: the engine is being written")
+mod bench;
+mod inspect;
+mod logits;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run Mixture-of-Experts language models larger than memory, exactly.
+#[derive(Parser)]
+#[command(name = "flash-moe", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout; a summary goes to stderr.
+    Run(run::RunArgs),
+    /// Write float32 logits [n_tokens, n_vocab] for every position of a token sequence to a .npy file.
+    Logits(logits::LogitsArgs),
+    /// Print a model file's architecture, tensor types and sizes, and how many bytes are experts.
+    Inspect(inspect::InspectArgs),
+    /// Measure prompt and decode speed (and, given a llama.cpp build, compare with llama-bench).
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a GGUF file, a .safetensors file, or a Hugging Face model directory (config.json + safetensors).
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// Threads for the forward pass [default: the number of physical cores].
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+    /// Context size in tokens (KV cache length) [default: the model's training context, at most 4096].
+    #[arg(short = 'c', long = "ctx-size")]
+    pub ctx_size: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn n_threads(&self) -> usize {
+        self.threads.unwrap_or_else(engine::pool::physical_cores).max(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Logits(a) => logits::main(a),
+        Command::Inspect(a) => inspect::main(a),
+        Command::Bench(a) => bench::main(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Peak resident set size of this process in bytes (VmHWM), if the kernel reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }

@@ -29,6 +29,9 @@ pub struct ModelInfo {
     pub n_layer: usize,
     pub n_ctx_train: usize,
     pub kv_dim: usize,
+    /// Routed experts per MoE layer (0 for a dense model) and experts used per token.
+    pub n_expert: usize,
+    pub n_expert_used: usize,
     /// Bytes of the weights kept in RAM (everything but the experts).
     pub resident_bytes: u64,
     /// Notes on defaults the file did not state (e.g. a GGUF never says `norm_topk_prob`).

@@ -52,6 +52,8 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         kv_dim: cfg.attn.n_head_kv * cfg.attn.head_dim,
+        n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
+        n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,
         notes,
     };

@@ -1,0 +1,83 @@
+//! `flash-moe logits`: float32 logits of every position, for comparison with any reference.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use engine::formats::WeightIndex;
+use engine::models::{LoadOptions, Logits, Model};
+use engine::ops::Cpu;
+
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Comma-separated token ids, e.g. 1,2,3.
+    #[arg(long)]
+    pub tokens: String,
+    /// Output .npy file (float32, shape [n_tokens, n_vocab]).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Feed the tokens one at a time instead of as one batch (the results must be identical).
+    #[arg(long)]
+    pub one_by_one: bool,
+}
+
+pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
+    let ids = s
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<u32>().with_context(|| format!("--tokens: '{t}' is not a token id")))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("--tokens: no token ids given");
+    }
+    Ok(ids)
+}
+
+pub fn main(a: LogitsArgs) -> Result<()> {
+    let tokens = parse_tokens(&a.tokens)?;
+    let index = WeightIndex::open(&a.model.model)?;
+    let model = Model::load(&index, &LoadOptions { progress: true })?;
+    let cpu = Cpu::new(a.model.n_threads());
+    let n_ctx = a.model.ctx_size.unwrap_or(tokens.len());
+    let mut session = model.new_session(n_ctx);
+    let n_vocab = model.info.n_vocab;
+    let mut all = Vec::with_capacity(tokens.len() * n_vocab);
+    if a.one_by_one {
+        for &t in &tokens {
+            all.extend_from_slice(model.forward(&cpu, &mut session, &[t], Logits::Last)?);
+        }
+    } else {
+        all.extend_from_slice(model.forward(&cpu, &mut session, &tokens, Logits::All)?);
+    }
+    write_npy_f32(&a.output, &[tokens.len(), n_vocab], &all)?;
+    eprintln!("wrote {} x {} logits to {}", tokens.len(), n_vocab, a.output.display());
+    Ok(())
+}
+
+/// Writes a float32 array as a NumPy .npy (version 1.0) file.
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    // Magic (6) + version (2) + header length (2) + header + '\n' padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! `flash-moe run`: generate text from a prompt.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use engine::formats::WeightIndex;
+use engine::generate::{self, GenerateParams};
+use engine::models::{LoadOptions, Model};
+use engine::ops::Cpu;
+use engine::sample::SamplerConfig;
+use engine::tokenizer::{ChatMessage, ChatTemplate};
+
+use crate::{mib, peak_rss_bytes, ModelArgs};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(short = 'p', long = "prompt")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+    pub file: Option<std::path::PathBuf>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    pub n_predict: usize,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long = "system", requires = "chat")]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one (0 = off).
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise repeats of the last --repeat-last-n tokens (1 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Subtract this from the logit of every token already present (0 = off).
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtract this times the count of every token already present (0 = off).
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Random seed [default: random].
+    #[arg(short = 's', long = "seed")]
+    pub seed: Option<u64>,
+    /// Do not stop at end-of-generation tokens.
+    #[arg(long = "ignore-eos")]
+    pub ignore_eos: bool,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+pub fn main(a: RunArgs) -> Result<()> {
+    let text = match (&a.prompt, &a.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => bail!("no prompt: give one with -p TEXT or -f FILE"),
+    };
+    if text.is_empty() {
+        return Err(engine::Error::EmptyPrompt.into());
+    }
+    let index = WeightIndex::open(&a.model.model)?;
+    let tokenizer = generate::load_tokenizer(&index)?;
+    let model = Model::load(&index, &LoadOptions { progress: true })?;
+    for note in &model.info.notes {
+        eprintln!("note: {note}");
+    }
+    let cpu = Cpu::new(a.model.n_threads());
+
+    let (prompt_text, parse_special) = if a.chat {
+        let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
+        let template = ChatTemplate::new(src)?;
+        let mut messages = Vec::new();
+        if let Some(s) = &a.system {
+            messages.push(ChatMessage::new("system", s.clone()));
+        }
+        messages.push(ChatMessage::new("user", text));
+        let bos = tokenizer.bos_token();
+        let eos = tokenizer.eos_token();
+        (template.render(&messages, true, bos.as_deref(), eos.as_deref())?, true)
+    } else {
+        (text, false)
+    };
+    // A chat template writes the BOS text itself when the model wants one.
+    let add_special = !(a.chat && tokenizer.bos_token().is_some_and(|b| prompt_text.starts_with(&b)));
+    let prompt = tokenizer.encode(&prompt_text, add_special, parse_special)?;
+
+    let n_ctx = a.model.ctx_size.unwrap_or(model.info.n_ctx_train.min(4096));
+    if prompt.len() > n_ctx {
+        return Err(engine::Error::PromptTooLong { n_tokens: prompt.len(), n_ctx }.into());
+    }
+    let mut session = model.new_session(n_ctx);
+    let seed = a.seed.unwrap_or_else(random_seed);
+    let params = GenerateParams {
+        n_predict: a.n_predict,
+        sampler: SamplerConfig {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            repeat_last_n: a.repeat_last_n,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            seed,
+        },
+        ignore_eos: a.ignore_eos,
+        stop: a.stop.clone(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let stats = generate::generate(&model, &cpu, &tokenizer, &mut session, &prompt, &params, &mut |t| {
+        let _ = out.write_all(t.as_bytes());
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out);
+    drop(out);
+
+    eprintln!();
+    eprintln!("model      {} ({}, {} threads, {})", a.model.model.display(), model.info.arch, cpu.pool.n_threads(), cpu.kernels.isa().name());
+    eprintln!(
+        "prompt     {} tokens in {:.3} s = {:.2} tok/s",
+        stats.n_prompt,
+        stats.prompt_secs,
+        stats.n_prompt as f64 / stats.prompt_secs.max(1e-9)
+    );
+    eprintln!(
+        "decode     {} tokens in {:.3} s = {:.2} tok/s  (stop: {:?}, seed {seed})",
+        stats.n_generated,
+        stats.decode_secs,
+        stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
+        stats.stop
+    );
+    if let Some(rss) = peak_rss_bytes() {
+        eprintln!("memory     peak RSS {:.1} MiB (weights resident {:.1} MiB, KV cache {:.1} MiB)", mib(rss), mib(model.info.resident_bytes), mib(session.kv_bytes() as u64));
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}

@@ -1,0 +1,152 @@
+//! Text generation: prompt -> tokens -> prefill -> sample/decode loop -> streamed text, with timings.
+//!
+//! Also where a model's tokenizer is found: the GGUF metadata, or `tokenizer.json` beside the safetensors.
+
+use std::time::Instant;
+
+use crate::formats::{Metadata, WeightIndex};
+use crate::models::{Logits, Model};
+use crate::ops::Cpu;
+use crate::sample::{Sampler, SamplerConfig, StopMatcher};
+use crate::session::Session;
+use crate::tokenizer::{GgufTokenizerData, StreamDecoder, Tokenizer};
+use crate::{Error, Result};
+
+/// The tokenizer that came with the weights.
+pub fn load_tokenizer(index: &WeightIndex) -> Result<Tokenizer> {
+    match &index.metadata {
+        Metadata::Gguf(m) => {
+            let model = m.get_str("tokenizer.ggml.model").ok_or_else(|| {
+                Error::Tokenizer(format!("{}: GGUF metadata has no tokenizer (tokenizer.ggml.model)", index.path.display()))
+            })?;
+            let u32_key = |k: &str| m.get_u64(k).and_then(|v| u32::try_from(v).ok());
+            let data = GgufTokenizerData {
+                model: model.to_string(),
+                pre: m.get_str("tokenizer.ggml.pre").map(str::to_string),
+                tokens: m.require_str_array("tokenizer.ggml.tokens")?.to_vec(),
+                token_types: m.opt_i32_array("tokenizer.ggml.token_type")?,
+                merges: m.opt_str_array("tokenizer.ggml.merges")?.map(<[String]>::to_vec).unwrap_or_default(),
+                bos_id: u32_key("tokenizer.ggml.bos_token_id"),
+                eos_id: u32_key("tokenizer.ggml.eos_token_id"),
+                eot_id: u32_key("tokenizer.ggml.eot_token_id"),
+                eom_id: u32_key("tokenizer.ggml.eom_token_id"),
+                pad_id: u32_key("tokenizer.ggml.padding_token_id"),
+                unk_id: u32_key("tokenizer.ggml.unknown_token_id"),
+                add_bos: m.get_bool("tokenizer.ggml.add_bos_token"),
+                add_eos: m.get_bool("tokenizer.ggml.add_eos_token"),
+                chat_template: m.get_str("tokenizer.chat_template").map(str::to_string),
+            };
+            Tokenizer::from_gguf(data)
+        }
+        Metadata::HfConfig { dir, .. } => {
+            let path = dir.join("tokenizer.json");
+            if !path.exists() {
+                return Err(Error::Tokenizer(format!("{}: not found (the model directory needs it)", path.display())));
+            }
+            Tokenizer::from_hf_file(&path)
+        }
+    }
+}
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    /// Tokens to generate at most.
+    pub n_predict: usize,
+    pub sampler: SamplerConfig,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+    /// Stop when the text contains one of these (not printed).
+    pub stop: Vec<String>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Length,
+    EndOfGeneration,
+    StopString,
+    ContextFull,
+}
+
+/// Counts and timings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateStats {
+    pub n_prompt: usize,
+    pub prompt_secs: f64,
+    pub n_generated: usize,
+    /// Forward passes of one token (the first generated token comes from the prefill).
+    pub n_decode_steps: usize,
+    pub decode_secs: f64,
+    pub stop: StopReason,
+    pub tokens: Vec<u32>,
+}
+
+/// Prefills `prompt` and generates, calling `on_text` with each complete piece of text.
+pub fn generate(
+    model: &Model,
+    cpu: &Cpu,
+    tokenizer: &Tokenizer,
+    session: &mut Session,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<GenerateStats> {
+    if prompt.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    session.check_room(prompt.len())?;
+    let mut sampler = Sampler::new(params.sampler.clone());
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut stream = StreamDecoder::new();
+    let mut stops = StopMatcher::new(&params.stop);
+
+    let t0 = Instant::now();
+    let logits = model.forward(cpu, session, prompt, Logits::Last)?;
+    let mut next = sampler.sample(logits, &history);
+    let prompt_secs = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut generated = Vec::new();
+    let mut n_decode_steps = 0;
+    let stop = loop {
+        if !params.ignore_eos && tokenizer.is_eog(next) {
+            break StopReason::EndOfGeneration;
+        }
+        generated.push(next);
+        history.push(next);
+        let piece = stream.push(tokenizer, next)?;
+        let out = stops.push(&piece);
+        if !out.text.is_empty() {
+            on_text(&out.text);
+        }
+        if out.stopped {
+            break StopReason::StopString;
+        }
+        if generated.len() >= params.n_predict {
+            break StopReason::Length;
+        }
+        if session.check_room(1).is_err() {
+            break StopReason::ContextFull;
+        }
+        let logits = model.forward(cpu, session, &[next], Logits::Last)?;
+        n_decode_steps += 1;
+        next = sampler.sample(logits, &history);
+    };
+    if stop != StopReason::StopString {
+        let mut rest = stream.flush();
+        rest = stops.push(&rest).text + &stops.flush();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+    }
+    Ok(GenerateStats {
+        n_prompt: prompt.len(),
+        prompt_secs,
+        n_generated: generated.len(),
+        n_decode_steps,
+        decode_secs: t1.elapsed().as_secs_f64(),
+        stop,
+        tokens: generated,
+    })
+}
