@@ -396,14 +396,3 @@ impl<R: Read> Header<'_, R> {
     }
 }
 
-impl GgufMetadata {
-    pub fn get_u64(&self, _key: &str) -> Option<u64> {
-        None
-    }
-    pub fn get_f32(&self, _key: &str) -> Option<f32> {
-        None
-    }
-    pub fn get_str(&self, _key: &str) -> Option<&str> {
-        None
-    }
-}
