@@ -16,5 +16,7 @@
 
 pub mod error;
 pub mod formats;
+pub mod sample;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
