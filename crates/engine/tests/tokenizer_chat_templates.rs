@@ -5,14 +5,20 @@ use std::path::PathBuf;
 
 use engine::tokenizer::{ChatMessage, ChatTemplate};
 
+/// `shared/chat-templates` beside the checkout (`FLASH_MOE_SHARED_DIR` overrides; a git worktree one level deeper,
+/// like `wt/<branch>`, also finds it).
 fn templates_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/chat-templates");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the chat-template tests need the shared/ directory beside the repository checkout",
-        dir.display()
-    );
-    dir
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut candidates: Vec<PathBuf> = std::env::var_os("FLASH_MOE_SHARED_DIR").map(PathBuf::from).into_iter().collect();
+    candidates.push(manifest.join("../../../shared"));
+    candidates.push(manifest.join("../../../../shared"));
+    let found = candidates.iter().map(|c| c.join("chat-templates")).find(|d| d.is_dir());
+    found.unwrap_or_else(|| {
+        panic!(
+            "shared/chat-templates not found (looked in {candidates:?}): the chat-template tests need the shared/ \
+             directory beside the repository checkout, or FLASH_MOE_SHARED_DIR pointing at it"
+        )
+    })
 }
 
 fn conversation() -> Vec<ChatMessage> {

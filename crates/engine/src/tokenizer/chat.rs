@@ -183,6 +183,6 @@ mod tests {
                    {{ m.content.strip().upper() }}|{{ m.role.startswith('us') }}{% endfor %}";
         let t = ChatTemplate::new(src).expect("compiles");
         let out = t.render(&[ChatMessage::new("user", "  hi "), ChatMessage::new("user", "x")], false, None, None);
-        assert_eq!(out.expect("renders"), "HI|true");
+        assert_eq!(out.expect("renders"), "HI|True");
     }
 }
