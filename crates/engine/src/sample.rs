@@ -182,7 +182,9 @@ impl Sampler {
         self.counts.resize(n_vocab, 0);
         let window = &history[history.len().saturating_sub(self.cfg.repeat_last_n)..];
         for &id in window {
-            let Some(count) = self.counts.get_mut(id as usize) else { continue };
+            let Some(count) = self.counts.get_mut(id as usize) else {
+                continue;
+            };
             if *count == 0 {
                 self.seen.push(id);
             }

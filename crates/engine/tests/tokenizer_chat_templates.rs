@@ -9,7 +9,8 @@ use engine::tokenizer::{ChatMessage, ChatTemplate};
 /// like `wt/<branch>`, also finds it).
 fn templates_dir() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates: Vec<PathBuf> = std::env::var_os("FLASH_MOE_SHARED_DIR").map(PathBuf::from).into_iter().collect();
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("FLASH_MOE_SHARED_DIR").map(PathBuf::from).into_iter().collect();
     candidates.push(manifest.join("../../../shared"));
     candidates.push(manifest.join("../../../../shared"));
     let found = candidates.iter().map(|c| c.join("chat-templates")).find(|d| d.is_dir());
@@ -52,8 +53,7 @@ fn every_shared_template_renders_the_conversation() {
     for name in &names {
         let path = templates_dir().join(name);
         let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let rendered = ChatTemplate::new(&src)
-            .and_then(|t| t.render(&conversation(), true, Some("<s>"), Some("</s>")));
+        let rendered = ChatTemplate::new(&src).and_then(|t| t.render(&conversation(), true, Some("<s>"), Some("</s>")));
         match rendered {
             Ok(text) => {
                 for m in conversation() {

@@ -125,7 +125,9 @@ fn stream_decoder_holds_partial_utf8_from_byte_tokens() {
 
 fn refused(d: GgufTokenizerData, needle: &str) {
     match Tokenizer::from_gguf(d) {
-        Err(Error::Tokenizer(msg)) => assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}"),
+        Err(Error::Tokenizer(msg)) => {
+            assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}")
+        }
         Err(e) => panic!("wrong error kind: {e}"),
         Ok(_) => panic!("accepted; expected an error containing {needle:?}"),
     }
@@ -135,7 +137,17 @@ fn refused(d: GgufTokenizerData, needle: &str) {
 fn malformed_metadata_is_an_error_not_a_panic() {
     let d = data();
     let n = d.tokens.len() as u32;
-    refused(GgufTokenizerData { tokens: vec![], token_types: None, merges: vec![], bos_id: None, eos_id: None, ..d.clone() }, "empty");
+    refused(
+        GgufTokenizerData {
+            tokens: vec![],
+            token_types: None,
+            merges: vec![],
+            bos_id: None,
+            eos_id: None,
+            ..d.clone()
+        },
+        "empty",
+    );
     refused(GgufTokenizerData { bos_id: Some(n), ..d.clone() }, "bos_token_id");
     refused(GgufTokenizerData { eos_id: Some(u32::MAX), ..d.clone() }, "eos_token_id");
     let mut bad = d.clone();
@@ -163,9 +175,27 @@ fn malformed_metadata_is_an_error_not_a_panic() {
 fn every_supported_pre_tokenizer_compiles_and_round_trips() {
     let text = "Hello world, it's 2024: 12345678 items!\n\n  \tdone 😀 中文 日本語 Ελληνικά";
     let names = [
-        "default", "llama-bpe", "dbrx", "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "gpt-2",
-        "smollm", "qwen2", "qwen35", "chatglm-bpe", "glm4", "tekken", "gpt-4o", "kimi-k2", "seed-coder", "grok-2",
-        "bailingmoe", "bloom", "viking",
+        "default",
+        "llama-bpe",
+        "dbrx",
+        "deepseek-llm",
+        "deepseek-coder",
+        "deepseek-v3",
+        "falcon",
+        "gpt-2",
+        "smollm",
+        "qwen2",
+        "qwen35",
+        "chatglm-bpe",
+        "glm4",
+        "tekken",
+        "gpt-4o",
+        "kimi-k2",
+        "seed-coder",
+        "grok-2",
+        "bailingmoe",
+        "bloom",
+        "viking",
     ];
     for pre in names {
         let t = Tokenizer::from_gguf(GgufTokenizerData { pre: Some(pre.into()), ..data() })

@@ -182,7 +182,12 @@ const LLAMA_CPP_B11434: &[(&str, &str, bool, &[u32])] = &[
             34115, 17, 45257, 42, 47, 29394, 1792, 4258, 198, 109, 198,
         ],
     ),
-    ("whitespace", "a  b   c\t\td\n\n\n  e    \n", true, &[81, 216, 278, 256, 265, 197, 197, 84, 1116, 3805, 297, 289, 198]),
+    (
+        "whitespace",
+        "a  b   c\t\td\n\n\n  e    \n",
+        true,
+        &[81, 216, 278, 256, 265, 197, 197, 84, 1116, 3805, 297, 289, 198],
+    ),
     ("digits", "12345678", true, &[33, 34, 35, 36, 37, 38, 39, 40]),
     (
         "unicode",
@@ -206,7 +211,12 @@ const LLAMA_CPP_B11434: &[(&str, &str, bool, &[u32])] = &[
         false,
         &[44, 108, 306, 79, 3738, 108, 46, 4093, 198, 6004, 44, 108, 306, 79, 486, 108, 46],
     ),
-    ("contractions", "I'm sure you've seen they'll DON'T", true, &[57, 5248, 2090, 346, 3543, 2269, 502, 3060, 422, 2154, 23, 68]),
+    (
+        "contractions",
+        "I'm sure you've seen they'll DON'T",
+        true,
+        &[57, 5248, 2090, 346, 3543, 2269, 502, 3060, 422, 2154, 23, 68],
+    ),
 ];
 
 #[test]
@@ -259,9 +269,7 @@ fn embedded_chat_template_renders_chatml() {
     let (t, _) = smollm2();
     let template = ChatTemplate::new(t.chat_template().expect("SmolLM2 has a template")).expect("compiles");
     let messages = [ChatMessage::new("user", "hi")];
-    let text = template
-        .render(&messages, true, t.bos_token().as_deref(), t.eos_token().as_deref())
-        .expect("renders");
+    let text = template.render(&messages, true, t.bos_token().as_deref(), t.eos_token().as_deref()).expect("renders");
     assert!(text.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), "{text:?}");
     let ids = t.encode(&text, true, true).expect("encodes");
     assert_eq!(ids.iter().filter(|&&id| id == 1).count(), text.matches("<|im_start|>").count());

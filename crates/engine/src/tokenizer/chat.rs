@@ -45,17 +45,25 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
 }
 
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     strftime_utc(&format, secs)
 }
 
 /// A `strftime` subset for UTC: %Y %y %m %d %e %B %b %A %a %H %M %S %j %%; other specifiers are kept verbatim.
 fn strftime_utc(format: &str, unix_secs: u64) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-        "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
     let days = unix_secs / 86_400;

@@ -68,7 +68,7 @@ impl GgufTokenizerData {
             .filter_map(char::from_u32)
             .map(String::from)
             .collect();
-        if b.u8() % 16 == 0 {
+        if b.u8() & 15 == 0 {
             tokens.clear();
         }
         let n_extra = b.u8() as usize;
@@ -99,7 +99,7 @@ impl GgufTokenizerData {
         GgufTokenizerData {
             model,
             pre,
-            token_types: (b.u8() % 4 != 0).then_some(token_types),
+            token_types: (b.u8() & 3 != 0).then_some(token_types),
             merges,
             bos_id: b.id(n_vocab),
             eos_id: b.id(n_vocab),
@@ -107,7 +107,7 @@ impl GgufTokenizerData {
             eom_id: b.id(n_vocab),
             pad_id: b.id(n_vocab),
             unk_id: b.id(n_vocab),
-            add_bos: Some(b.u8() % 2 == 0),
+            add_bos: Some(b.u8() & 1 == 0),
             add_eos: None,
             chat_template: None,
             tokens,
@@ -120,7 +120,9 @@ impl GgufTokenizerData {
 pub fn fuzz_gguf_tokenizer(data: &[u8]) -> bool {
     let split = data.len().min(usize::from(data.first().copied().unwrap_or(0)) * 8);
     let (meta, text) = data.split_at(split);
-    let Ok(tokenizer) = Tokenizer::from_gguf(GgufTokenizerData::from_fuzz_bytes(meta)) else { return false };
+    let Ok(tokenizer) = Tokenizer::from_gguf(GgufTokenizerData::from_fuzz_bytes(meta)) else {
+        return false;
+    };
     let text = String::from_utf8_lossy(text);
     for parse_special in [false, true] {
         if let Ok(ids) = tokenizer.encode(&text, true, parse_special) {

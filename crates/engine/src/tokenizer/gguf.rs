@@ -4,7 +4,6 @@
 //! `tokenizer.ggml.pre` by llama.cpp's table in [`super::pre`]. Everything here is untrusted input: sizes are bounded
 //! and every id is checked, so malformed metadata returns [`Error::Tokenizer`] and never panics.
 
-
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -142,8 +141,16 @@ fn split_merge(merge: &str) -> Option<(&str, &str)> {
 pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
     match data.model.as_str() {
         "gpt2" => {}
-        "llama" => return Err(err("GGUF tokenizer model 'llama' (SentencePiece) is not supported yet; only 'gpt2' (byte-level BPE) is")),
-        other => return Err(err(format!("GGUF tokenizer model '{other}' is not supported; only 'gpt2' (byte-level BPE) is"))),
+        "llama" => {
+            return Err(err(
+                "GGUF tokenizer model 'llama' (SentencePiece) is not supported yet; only 'gpt2' (byte-level BPE) is",
+            ))
+        }
+        other => {
+            return Err(err(format!(
+                "GGUF tokenizer model '{other}' is not supported; only 'gpt2' (byte-level BPE) is"
+            )))
+        }
     }
     validate(&data)?;
     let pre_name = data.pre.as_deref();
@@ -172,7 +179,9 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
         };
         for part in [left, right] {
             if !vocab.contains_key(part) {
-                return Err(err(format!("GGUF merge {i} ({merge:?}) refers to {part:?}, which is not in the vocabulary")));
+                return Err(err(format!(
+                    "GGUF merge {i} ({merge:?}) refers to {part:?}, which is not in the vocabulary"
+                )));
             }
         }
         merges.push((left.to_string(), right.to_string()));

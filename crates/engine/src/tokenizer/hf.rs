@@ -54,8 +54,8 @@ pub(super) fn from_hf_file(path: &Path) -> Result<Tokenizer> {
             return Err(Error::format(path, format!("{} bytes, more than the {JSON_BYTES_MAX} allowed", meta.len())));
         }
     }
-    let hf = tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+    let hf =
+        tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);

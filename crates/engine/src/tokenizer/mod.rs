@@ -137,10 +137,7 @@ impl Tokenizer {
 
     /// Like [`Tokenizer::token_bytes`] without copying; an error for an id outside the vocabulary.
     pub fn piece(&self, id: u32) -> Result<&[u8]> {
-        self.pieces
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .ok_or(Error::TokenOutOfRange { id, n_vocab: self.pieces.len() })
+        self.pieces.get(id as usize).map(Vec::as_slice).ok_or(Error::TokenOutOfRange { id, n_vocab: self.pieces.len() })
     }
 
     pub fn n_vocab(&self) -> usize {

@@ -44,21 +44,41 @@ const fn entry(name: &'static str, regexes: &'static [&'static str]) -> PreType 
     PreType { name, regexes, ignore_merges: false, add_bos: false, no_bos: false }
 }
 
-const DEFAULT: PreType = entry(
-    "default",
-    &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"],
-);
+const DEFAULT: PreType = entry("default", &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]);
 
 /// Every `tokenizer.ggml.pre` value this table accepts, grouped by type, for the "unknown pre-tokenizer" message.
 pub const SUPPORTED: &[(&str, &[&str])] = &[
     ("default", &["default"]),
-    ("llama3", &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"]),
+    (
+        "llama3",
+        &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
+    ),
     ("dbrx", &["dbrx", "smaug-bpe"]),
     ("deepseek-llm", &["deepseek-llm"]),
     ("deepseek-coder", &["deepseek-coder"]),
     ("deepseek-v3", &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"]),
     ("falcon", &["falcon"]),
-    ("gpt2", &["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum", "modern-bert", "mpt", "olmo", "jais", "exaone4", "trillion", "granite-docling"]),
+    (
+        "gpt2",
+        &[
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+            "mpt",
+            "olmo",
+            "jais",
+            "exaone4",
+            "trillion",
+            "granite-docling",
+        ],
+    ),
     ("starcoder", &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"]),
     ("qwen2", &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open"]),
     ("qwen35", &["qwen35"]),
@@ -90,7 +110,13 @@ pub fn pre_type(pre: Option<&str>) -> Option<PreType> {
         "deepseek-llm" => entry("deepseek-llm", DEEPSEEK_LLM),
         "deepseek-coder" => entry(
             "deepseek-coder",
-            &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+", r"\p{N}"],
+            &[
+                r"[\r\n]",
+                r"\s?\p{L}+",
+                r"\s?\p{P}+",
+                r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
+                r"\p{N}",
+            ],
         ),
         "deepseek-v3" | "hunyuan-dense" | "joyai-llm" | "hy_v4" => entry("deepseek-v3", DEEPSEEK3),
         "falcon" => entry(
