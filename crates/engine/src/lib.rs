@@ -19,11 +19,14 @@
 pub mod error;
 pub mod experts;
 pub mod formats;
+pub mod generate;
 pub mod layers;
 pub mod models;
 pub mod ops;
 pub mod pool;
+pub mod sample;
 pub mod session;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

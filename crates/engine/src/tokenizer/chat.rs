@@ -1,0 +1,196 @@
+//! Rendering Hugging Face chat templates (Jinja) with `minijinja`.
+//!
+//! The environment mimics transformers' `apply_chat_template`: `trim_blocks` and `lstrip_blocks` on, Python string
+//! methods (`.strip()`, `.startswith()`, `.split()`, ...) through minijinja-contrib's pycompat callback,
+//! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), `tojson`, and loop controls (`break`/`continue`). The context
+//! holds `messages`, `add_generation_prompt`, `bos_token` and `eos_token`; `tools` is left undefined.
+
+use minijinja::{context, Environment, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Template source bytes allowed.
+pub const TEMPLATE_BYTES_MAX: usize = 1 << 20;
+
+const NAME: &str = "chat_template";
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChatMessage {
+    /// "system", "user", "assistant", "tool".
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+fn strftime_now(format: String) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    strftime_utc(&format, secs)
+}
+
+/// A `strftime` subset for UTC: %Y %y %m %d %e %B %b %A %a %H %M %S %j %%; other specifiers are kept verbatim.
+fn strftime_utc(format: &str, unix_secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    let days = unix_secs / 86_400;
+    let secs_of_day = unix_secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days_before = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334][(month - 1) as usize];
+    let yday = days_before + day + i64::from(leap && month > 2);
+    let month_name = MONTHS[(month - 1) as usize];
+    let weekday = DAYS[(days % 7) as usize];
+
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:2}")),
+            Some('B') => out.push_str(month_name),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('H') => out.push_str(&format!("{:02}", secs_of_day / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", secs_of_day / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", secs_of_day % 60)),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+fn template_error(e: minijinja::Error) -> Error {
+    use std::fmt::Write;
+    let mut msg = format!("chat template: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let _ = write!(msg, ": {s}");
+        source = s.source();
+    }
+    Error::Tokenizer(msg)
+}
+
+impl ChatTemplate {
+    /// Compiles a template; syntax errors are reported here, not at render time.
+    pub fn new(source: &str) -> Result<ChatTemplate> {
+        if source.len() > TEMPLATE_BYTES_MAX {
+            return Err(Error::Tokenizer(format!(
+                "chat template is {} bytes, more than the {TEMPLATE_BYTES_MAX} allowed",
+                source.len()
+            )));
+        }
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned(NAME, source.to_string()).map_err(template_error)?;
+        Ok(ChatTemplate { env })
+    }
+
+    /// Renders `messages` into the prompt text the model was trained on.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+    ) -> Result<String> {
+        let template = self.env.get_template(NAME).map_err(template_error)?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos_token.unwrap_or(""),
+                eos_token => eos_token.unwrap_or(""),
+            })
+            .map_err(template_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_known_dates() {
+        assert_eq!(strftime_utc("%Y-%m-%d %H:%M:%S %a %j", 0), "1970-01-01 00:00:00 Thu 001");
+        // 2024-02-29 12:34:56 UTC, a Thursday, day 60.
+        assert_eq!(strftime_utc("%d %B %Y %A %j %b %%", 1_709_210_096), "29 February 2024 Thursday 060 Feb %");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}").expect("compiles");
+        let e = t.render(&[], false, None, None).expect_err("must fail");
+        assert!(e.to_string().contains("no system role"), "{e}");
+    }
+
+    #[test]
+    fn python_string_methods_and_loop_controls() {
+        let src = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}\
+                   {{ m.content.strip().upper() }}|{{ m.role.startswith('us') }}{% endfor %}";
+        let t = ChatTemplate::new(src).expect("compiles");
+        let out = t.render(&[ChatMessage::new("user", "  hi "), ChatMessage::new("user", "x")], false, None, None);
+        assert_eq!(out.expect("renders"), "HI|True");
+    }
+}

@@ -1,0 +1,84 @@
+//! Every chat template in `shared/chat-templates/` (beside the repository checkout) renders a
+//! system + user + assistant + user conversation; Qwen3's output is checked exactly against ChatML.
+
+use std::path::PathBuf;
+
+use engine::tokenizer::{ChatMessage, ChatTemplate};
+
+/// `shared/chat-templates` beside the checkout (`FLASH_MOE_SHARED_DIR` overrides; a git worktree one level deeper,
+/// like `wt/<branch>`, also finds it).
+fn templates_dir() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("FLASH_MOE_SHARED_DIR").map(PathBuf::from).into_iter().collect();
+    candidates.push(manifest.join("../../../shared"));
+    candidates.push(manifest.join("../../../../shared"));
+    let found = candidates.iter().map(|c| c.join("chat-templates")).find(|d| d.is_dir());
+    found.unwrap_or_else(|| {
+        panic!(
+            "shared/chat-templates not found (looked in {candidates:?}): the chat-template tests need the shared/ \
+             directory beside the repository checkout, or FLASH_MOE_SHARED_DIR pointing at it"
+        )
+    })
+}
+
+fn conversation() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new("system", "You are a helpful assistant."),
+        ChatMessage::new("user", "Hello!"),
+        ChatMessage::new("assistant", "Hi! How can I help?"),
+        ChatMessage::new("user", "What is 2+2?"),
+    ]
+}
+
+fn render(name: &str, add_generation_prompt: bool) -> String {
+    let path = templates_dir().join(name);
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let template = ChatTemplate::new(&src).unwrap_or_else(|e| panic!("{name}: {e}"));
+    template
+        .render(&conversation(), add_generation_prompt, Some("<s>"), Some("</s>"))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn every_shared_template_renders_the_conversation() {
+    let mut names: Vec<String> = std::fs::read_dir(templates_dir())
+        .expect("read shared/chat-templates")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".jinja"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no .jinja files in shared/chat-templates");
+    let mut failures = Vec::new();
+    for name in &names {
+        let path = templates_dir().join(name);
+        let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let rendered = ChatTemplate::new(&src).and_then(|t| t.render(&conversation(), true, Some("<s>"), Some("</s>")));
+        match rendered {
+            Ok(text) => {
+                for m in conversation() {
+                    if m.role != "system" && !text.contains(&m.content) {
+                        failures.push(format!("{name}: output lacks {:?}:\n{text}", m.content));
+                    }
+                }
+                if !text.contains("What is 2+2?") {
+                    failures.push(format!("{name}: last user turn missing"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} templates failed:\n{}", failures.len(), names.len(), failures.join("\n"));
+}
+
+#[test]
+fn qwen3_renders_chatml_exactly() {
+    let expected = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+                    <|im_start|>user\nHello!<|im_end|>\n\
+                    <|im_start|>assistant\nHi! How can I help?<|im_end|>\n\
+                    <|im_start|>user\nWhat is 2+2?<|im_end|>\n\
+                    <|im_start|>assistant\n";
+    assert_eq!(render("Qwen-Qwen3-0.6B.jinja", true), expected);
+    let without_prompt = render("Qwen-Qwen3-0.6B.jinja", false);
+    assert_eq!(without_prompt, expected.strip_suffix("<|im_start|>assistant\n").expect("suffix"));
+}
