@@ -100,6 +100,7 @@ macro_rules! checked_dot {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
 pub(crate) use checked_dot;
 
 checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
