@@ -71,7 +71,7 @@ pub struct Kernels {
 pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
     let x = w.vec_dot_type();
     assert!(
-        n % w.block_elems() == 0,
+        n.is_multiple_of(w.block_elems()),
         "{n} is not a whole number of {} blocks",
         w.name()
     );
@@ -100,8 +100,6 @@ macro_rules! checked_dot {
         }
     };
 }
-#[cfg(target_arch = "x86_64")]
-pub(crate) use checked_dot;
 
 checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
 checked_dot!(dot_f16, DType::F16, f16::dot_f16_ref);

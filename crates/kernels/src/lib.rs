@@ -25,6 +25,10 @@
 //! Every public kernel asserts its slice lengths before touching memory. Every SIMD version is tested against
 //! its scalar twin.
 
+// Kernels index several arrays in lockstep with the indices of the format's spec (`qs[32 k + l]`, `y[64 k + l]`);
+// iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
+
 mod dispatch;
 mod dtype;
 pub mod f16;
