@@ -1,6 +1,6 @@
 //! Single-thread GB/s of weight bytes through `vec_dot`, per format and instruction set, over a 4096 x 4096
 //! matrix (a gemv: every row against one quantized activation row). Each kernel is first checked against the
-//! scalar reference on a few rows.
+//! scalar reference on a few rows. Reports the fastest pass (the machine may be shared).
 //!
 //! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`
 
@@ -91,17 +91,20 @@ fn main() {
                     isa.name()
                 );
             }
+            // Fastest of many passes: the machine is shared, and the minimum is the least disturbed pass.
             let mut sink = 0f32;
-            let (mut passes, start) = (0u32, Instant::now());
-            while passes < 2 || start.elapsed() < Duration::from_millis(400) {
+            let (mut best, start) = (f64::MAX, Instant::now());
+            let mut passes = 0;
+            while passes < 3 || start.elapsed() < Duration::from_millis(300) {
+                let t0 = Instant::now();
                 for row in m.chunks_exact(row_bytes) {
                     sink += dot(cols, row, &xq);
                 }
+                best = best.min(t0.elapsed().as_secs_f64());
                 passes += 1;
             }
-            let secs = start.elapsed().as_secs_f64();
             std::hint::black_box(sink);
-            line += &format!(" {:>10.2}", m.len() as f64 * passes as f64 / secs / 1e9);
+            line += &format!(" {:>10.2}", m.len() as f64 / best / 1e9);
         }
         println!("{line}");
     }

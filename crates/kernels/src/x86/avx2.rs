@@ -7,7 +7,7 @@
 
 use crate::q4_0::BlockQ4_0;
 use crate::q4_1::BlockQ4_1;
-use crate::q4_k::{scale_min_k4, BlockQ4K};
+use crate::q4_k::BlockQ4K;
 use crate::q5_0::BlockQ5_0;
 use crate::q5_1::BlockQ5_1;
 use crate::q5_k::BlockQ5K;
@@ -122,7 +122,7 @@ fn hmin_ps(v: __m256) -> f32 {
 /// 16 bytes of nibbles -> 32 bytes: low nibbles in bytes 0..16, high nibbles in 16..32 (the Q4_0 order).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles_32(qs: &[u8; 16]) -> __m256i {
+pub(crate) fn nibbles_32(qs: &[u8; 16]) -> __m256i {
     let tmp = load_16(qs);
     let both = _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
@@ -147,7 +147,7 @@ fn bits_32(qh: [u8; 4]) -> __m256i {
 /// sum of `x[i] * y[i]` in pairs of 4 bytes -> 8 i32, for signed `x` and `y` (|x| <= 128, |y| <= 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_i8_quads(x: __m256i, y: __m256i) -> __m256i {
+pub(crate) fn mul_sum_i8_quads(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
@@ -162,81 +162,132 @@ fn mul_sum_u8_quads(x: __m256i, y: __m256i) -> __m256i {
 
 // ---- dot products ----
 
+/// `sum over blocks of d * q` for the per-block `(d, q)` of `f`, with two accumulators (two blocks in flight).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn fold_blocks<W, X>(
+    bw: &[W],
+    bx: &[X],
+    mut f: impl FnMut(&W, &X) -> (__m256, __m256),
+) -> f32 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut pw, mut px) = (bw.chunks_exact(2), bx.chunks_exact(2));
+    for (w2, x2) in (&mut pw).zip(&mut px) {
+        let (d0, q0) = f(&w2[0], &x2[0]);
+        let (d1, q1) = f(&w2[1], &x2[1]);
+        acc0 = _mm256_fmadd_ps(d0, q0, acc0);
+        acc1 = _mm256_fmadd_ps(d1, q1, acc1);
+    }
+    for (w, x) in pw.remainder().iter().zip(px.remainder()) {
+        let (d, q) = f(w, x);
+        acc0 = _mm256_fmadd_ps(d, q, acc0);
+    }
+    hsum_ps(_mm256_add_ps(acc0, acc1))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (bw, bx) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(x)) {
+    fold_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
-        let q = _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs)));
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_ps(acc)
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))),
+        )
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let (bw, bx) = (blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(x));
     let mut summs = 0f32;
-    for (bw, bx) in blocks::<BlockQ4_1>(w).iter().zip(blocks::<BlockQ8_1>(x)) {
+    let sum = fold_blocks(bw, bx, |bw, bx| {
         summs += f16(bw.m) * f16(bx.s);
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        let q = _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs)));
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_ps(acc) + summs
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))),
+        )
+    });
+    sum + summs
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (bw, bx) in blocks::<BlockQ5_0>(w).iter().zip(blocks::<BlockQ8_0>(x)) {
+    fold_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         // q - 16 as i8: the low nibble, with 0xf0 or-ed in where the high bit is clear.
         let hi = _mm256_andnot_si256(bits_32(bw.qh), _mm256_set1_epi8(0xf0u8 as i8));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
-        let q = _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs)));
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_ps(acc)
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))),
+        )
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let (bw, bx) = (blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(x));
     let mut summs = 0f32;
-    for (bw, bx) in blocks::<BlockQ5_1>(w).iter().zip(blocks::<BlockQ8_1>(x)) {
+    let sum = fold_blocks(bw, bx, |bw, bx| {
         summs += f16(bw.m) * f16(bx.s);
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         let hi = _mm256_and_si256(bits_32(bw.qh), _mm256_set1_epi8(0x10));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
-        let q = _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs)));
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_ps(acc) + summs
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs))),
+        )
+    });
+    sum + summs
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (bw, bx) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(x)) {
+    fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        let q = _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs)));
-        acc = _mm256_fmadd_ps(d, q, acc);
-    }
-    hsum_ps(acc)
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
+        )
+    })
 }
 
 /// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block, and `sum_j m[j] * (bsum[2j] + bsum[2j+1])`.
+/// The 12 packed bytes are unpacked with ggml's mask trick on three u32 words (same result as
+/// [`scale_min_k4`], without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
 #[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32) {
-    let mut sc = [0i16; 8];
-    let mut summ = 0i32;
-    for j in 0..8 {
-        let (s, m) = scale_min_k4(j, scales);
-        sc[j] = s as i16;
-        summ += m as i32 * (bx.bsum(2 * j) + bx.bsum(2 * j + 1));
-    }
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            scales[4 * i],
+            scales[4 * i + 1],
+            scales[4 * i + 2],
+            scales[4 * i + 3],
+        ])
+    };
+    let (u0, u1, u2) = (word(0), word(1), word(2));
+    let sc_lo = u0 & KMASK1;
+    let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    let m_lo = u1 & KMASK1;
+    let m_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let sc_bytes = (sc_lo as u64 | ((sc_hi as u64) << 32)).to_le_bytes();
+    let sc = sc_bytes.map(|b| b as i16);
+    // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
+    let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
+    let pairs = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256::<1>(bsums),
+    );
+    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
+    let p = _mm_madd_epi16(mins, pairs);
+    let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
+    let summ = _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p)));
     (sc, summ)
 }
 

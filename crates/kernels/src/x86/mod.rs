@@ -73,7 +73,6 @@ mod avx2_entries {
 
 mod avx512_entries {
     use super::*;
-    avx512_entry!(dot dot_f16, DType::F16, dot_f16);
     avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16);
     avx512_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
     avx512_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
@@ -121,8 +120,7 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
             has_avx512(),
             "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI"
         );
-        let dots: [(DType, crate::VecDotFn); 6] = [
-            (DType::F16, a5::dot_f16),
+        let dots: [(DType, crate::VecDotFn); 5] = [
             (DType::BF16, a5::dot_bf16),
             (DType::Q4_0, a5::dot_q4_0),
             (DType::Q8_0, a5::dot_q8_0),
