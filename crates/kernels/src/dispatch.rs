@@ -47,6 +47,33 @@ impl Isa {
     }
 }
 
+/// The instruction set for a `FLASH_MOE_ISA` value (or its absence), and a warning when the request cannot be
+/// met: then the best available one is used.
+fn choose_isa(requested: Option<&str>) -> (Isa, Option<String>) {
+    let best = *Kernels::available_isas().last().unwrap_or(&Isa::Scalar);
+    let Some(requested) = requested else {
+        return (best, None);
+    };
+    match Isa::from_name(requested.trim().to_ascii_lowercase().as_str()) {
+        Some(isa) if isa.supported() => (isa, None),
+        Some(isa) => (
+            best,
+            Some(format!(
+                "FLASH_MOE_ISA={} is not supported here; using {}",
+                isa.name(),
+                best.name()
+            )),
+        ),
+        None => (
+            best,
+            Some(format!(
+                "unknown FLASH_MOE_ISA={requested:?} (scalar|avx2|avx512|neon); using {}",
+                best.name()
+            )),
+        ),
+    }
+}
+
 /// Dot product of a weight row of `n` values with an activation row in the weight type's `vec_dot_type()`.
 /// Panics unless `n` is a whole number of blocks and both rows are exactly `row_bytes(n)` long.
 pub type VecDotFn = fn(n: usize, w_row: &[u8], x_row: &[u8]) -> f32;
@@ -171,25 +198,12 @@ impl Kernels {
     /// (`scalar|avx2|avx512|neon`) asks for another; an unknown or unsupported request falls back to the best
     /// available with a warning on stderr.
     pub fn detect() -> Kernels {
-        let best = *Kernels::available_isas().last().unwrap_or(&Isa::Scalar);
-        let Ok(requested) = std::env::var("FLASH_MOE_ISA") else {
-            return Kernels::build(best);
-        };
-        match Isa::from_name(requested.trim().to_ascii_lowercase().as_str()) {
-            Some(isa) if isa.supported() => Kernels::build(isa),
-            Some(isa) => {
-                eprintln!(
-                    "flash-moe: FLASH_MOE_ISA={} is not supported by this CPU/build; using {}",
-                    isa.name(),
-                    best.name()
-                );
-                Kernels::build(best)
-            }
-            None => {
-                eprintln!("flash-moe: unknown FLASH_MOE_ISA={requested:?} (scalar|avx2|avx512|neon); using {}", best.name());
-                Kernels::build(best)
-            }
+        let requested = std::env::var("FLASH_MOE_ISA").ok();
+        let (isa, warning) = choose_isa(requested.as_deref());
+        if let Some(warning) = warning {
+            eprintln!("flash-moe: {warning}");
         }
+        Kernels::build(isa)
     }
 
     /// The table for `isa`, or `None` when this CPU (or this build) lacks it.
@@ -276,5 +290,30 @@ impl Kernels {
             src.len()
         );
         (self.dequantize[dtype.index()])(src, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isa_request_is_honoured_or_falls_back_with_a_warning() {
+        let best = *Kernels::available_isas().last().expect("scalar at least");
+        assert_eq!(choose_isa(None), (best, None));
+        assert_eq!(choose_isa(Some("scalar")), (Isa::Scalar, None));
+        assert_eq!(choose_isa(Some(" Scalar\n")), (Isa::Scalar, None));
+        let (isa, warning) = choose_isa(Some("sse9"));
+        assert_eq!(isa, best);
+        assert!(warning.is_some_and(|w| w.contains("unknown")));
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+            let (got, warning) = choose_isa(Some(isa.name()));
+            if Kernels::available_isas().contains(&isa) {
+                assert_eq!((got, warning), (isa, None));
+            } else {
+                assert_eq!(got, best);
+                assert!(warning.is_some_and(|w| w.contains("not supported")));
+            }
+        }
     }
 }
