@@ -1,54 +1,319 @@
-//! TEMPORARY stand-in so the engine compiles while the real kernels are written on the `kernels` branch.
-use crate::DType;
+//! The kernel table: one function pointer per (operation, type), chosen once from the CPU's instruction sets
+//! (or forced with `FLASH_MOE_ISA`). Owns [`Kernels`], [`Isa`], the kernel signatures, and the length checks
+//! every public kernel runs before touching memory.
 
+use crate::dtype::DType;
+use crate::{f16, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+
+/// An instruction set a kernel table can be built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// Portable Rust, the reference (`*_ref`) kernels.
     Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
+    /// aarch64 NEON (not implemented yet: never available).
     Neon,
 }
+
 impl Isa {
     pub fn name(self) -> &'static str {
-        "scalar"
-    }
-}
-pub type VecDotFn = fn(n: usize, w_row: &[u8], x_row: &[u8]) -> f32;
-#[derive(Clone, Copy, Debug)]
-pub struct Kernels {}
-fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut s = 0.0f32;
-    for i in 0..n {
-        let a = f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]);
-        let b = f32::from_le_bytes([x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]]);
-        s += a * b;
-    }
-    s
-}
-impl Kernels {
-    pub fn detect() -> Kernels {
-        Kernels {}
-    }
-    pub fn with_isa(_isa: Isa) -> Option<Kernels> {
-        Some(Kernels {})
-    }
-    pub fn available_isas() -> Vec<Isa> {
-        vec![Isa::Scalar]
-    }
-    pub fn isa(&self) -> Isa {
-        Isa::Scalar
-    }
-    pub fn vec_dot(&self, _w: DType) -> VecDotFn {
-        dot_f32
-    }
-    pub fn quantize_row(&self, _dtype: DType, x: &[f32], dst: &mut [u8]) {
-        for (i, v) in x.iter().enumerate() {
-            dst[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
-    pub fn dequantize_row(&self, _dtype: DType, src: &[u8], dst: &mut [f32]) {
-        for (i, v) in dst.iter_mut().enumerate() {
-            *v = f32::from_le_bytes([src[4 * i], src[4 * i + 1], src[4 * i + 2], src[4 * i + 3]]);
+
+    fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
+            .into_iter()
+            .find(|isa| isa.name() == name)
+    }
+
+    /// Whether this CPU can run this instruction set's kernels (and this build has them).
+    fn supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => crate::x86::has_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => crate::x86::has_avx512(),
+            _ => false,
+        }
+    }
+}
+
+/// The instruction set for a `FLASH_MOE_ISA` value (or its absence), and a warning when the request cannot be
+/// met: then the best available one is used.
+fn choose_isa(requested: Option<&str>) -> (Isa, Option<String>) {
+    let best = *Kernels::available_isas().last().unwrap_or(&Isa::Scalar);
+    let Some(requested) = requested else {
+        return (best, None);
+    };
+    match Isa::from_name(requested.trim().to_ascii_lowercase().as_str()) {
+        Some(isa) if isa.supported() => (isa, None),
+        Some(isa) => (
+            best,
+            Some(format!(
+                "FLASH_MOE_ISA={} is not supported here; using {}",
+                isa.name(),
+                best.name()
+            )),
+        ),
+        None => (
+            best,
+            Some(format!(
+                "unknown FLASH_MOE_ISA={requested:?} (scalar|avx2|avx512|neon); using {}",
+                best.name()
+            )),
+        ),
+    }
+}
+
+/// Dot product of a weight row of `n` values with an activation row in the weight type's `vec_dot_type()`.
+/// Panics unless `n` is a whole number of blocks and both rows are exactly `row_bytes(n)` long.
+pub type VecDotFn = fn(n: usize, w_row: &[u8], x_row: &[u8]) -> f32;
+/// Quantize or convert one f32 row into a row of the table entry's type.
+pub type QuantizeFn = fn(x: &[f32], dst: &mut [u8]);
+/// Dequantize one row of the table entry's type into f32.
+pub type DequantizeFn = fn(src: &[u8], dst: &mut [f32]);
+
+const N_TYPES: usize = DType::ALL.len();
+
+/// A table of row kernels for one instruction set. Cheap to copy; build it once with [`Kernels::detect`].
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    isa: Isa,
+    /// Indexed by [`DType::index`]; `None` for the activation-only types.
+    pub(crate) dot: [Option<VecDotFn>; N_TYPES],
+    pub(crate) quantize: [QuantizeFn; N_TYPES],
+    pub(crate) dequantize: [DequantizeFn; N_TYPES],
+}
+
+/// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`.
+pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
+    let x = w.vec_dot_type();
+    assert!(
+        n.is_multiple_of(w.block_elems()),
+        "{n} is not a whole number of {} blocks",
+        w.name()
+    );
+    assert!(
+        Some(w_row.len()) == w.row_bytes(n),
+        "{} row of {n} values needs {:?} bytes, got {}",
+        w.name(),
+        w.row_bytes(n),
+        w_row.len()
+    );
+    assert!(
+        Some(x_row.len()) == x.row_bytes(n),
+        "{} row of {n} values needs {:?} bytes, got {}",
+        x.name(),
+        x.row_bytes(n),
+        x_row.len()
+    );
+}
+
+/// Defines a checked [`VecDotFn`] around a kernel that trusts its lengths.
+macro_rules! checked_dot {
+    ($name:ident, $w:expr, $inner:path) => {
+        fn $name(n: usize, w_row: &[u8], x_row: &[u8]) -> f32 {
+            $crate::dispatch::check_dot($w, n, w_row, x_row);
+            $inner(n, w_row, x_row)
+        }
+    };
+}
+
+checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
+checked_dot!(dot_f16, DType::F16, f16::dot_f16_ref);
+checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_ref);
+checked_dot!(dot_q4_0, DType::Q4_0, q4_0::dot_q4_0_q8_0_ref);
+checked_dot!(dot_q4_1, DType::Q4_1, q4_1::dot_q4_1_q8_1_ref);
+checked_dot!(dot_q5_0, DType::Q5_0, q5_0::dot_q5_0_q8_0_ref);
+checked_dot!(dot_q5_1, DType::Q5_1, q5_1::dot_q5_1_q8_1_ref);
+checked_dot!(dot_q8_0, DType::Q8_0, q8_0::dot_q8_0_q8_0_ref);
+checked_dot!(dot_q4_k, DType::Q4_K, q4_k::dot_q4_k_q8_k_ref);
+checked_dot!(dot_q5_k, DType::Q5_K, q5_k::dot_q5_k_q8_k_ref);
+checked_dot!(dot_q6_k, DType::Q6_K, q6_k::dot_q6_k_q8_k_ref);
+
+impl Kernels {
+    /// The scalar reference table.
+    fn scalar() -> Kernels {
+        // Order of DType::ALL: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q5_K, Q6_K, Q8_K.
+        Kernels {
+            isa: Isa::Scalar,
+            dot: [
+                Some(dot_f32),
+                Some(dot_f16),
+                Some(dot_bf16),
+                Some(dot_q4_0),
+                Some(dot_q4_1),
+                Some(dot_q5_0),
+                Some(dot_q5_1),
+                Some(dot_q8_0),
+                None,
+                Some(dot_q4_k),
+                Some(dot_q5_k),
+                Some(dot_q6_k),
+                None,
+            ],
+            quantize: [
+                f16::quantize_f32_ref,
+                f16::quantize_f16_ref,
+                f16::quantize_bf16_ref,
+                q4_0::quantize_q4_0_ref,
+                q4_1::quantize_q4_1_ref,
+                q5_0::quantize_q5_0_ref,
+                q5_1::quantize_q5_1_ref,
+                q8_0::quantize_q8_0_ref,
+                q8_1::quantize_q8_1_ref,
+                q4_k::quantize_q4_k_ref,
+                q5_k::quantize_q5_k_ref,
+                q6_k::quantize_q6_k_ref,
+                q8_k::quantize_q8_k_ref,
+            ],
+            dequantize: [
+                f16::dequant_f32_ref,
+                f16::dequant_f16_ref,
+                f16::dequant_bf16_ref,
+                q4_0::dequant_q4_0_ref,
+                q4_1::dequant_q4_1_ref,
+                q5_0::dequant_q5_0_ref,
+                q5_1::dequant_q5_1_ref,
+                q8_0::dequant_q8_0_ref,
+                q8_1::dequant_q8_1_ref,
+                q4_k::dequant_q4_k_ref,
+                q5_k::dequant_q5_k_ref,
+                q6_k::dequant_q6_k_ref,
+                q8_k::dequant_q8_k_ref,
+            ],
+        }
+    }
+
+    /// The best instruction set of this CPU, unless the environment variable `FLASH_MOE_ISA`
+    /// (`scalar|avx2|avx512|neon`) asks for another; an unknown or unsupported request falls back to the best
+    /// available with a warning on stderr.
+    pub fn detect() -> Kernels {
+        let requested = std::env::var("FLASH_MOE_ISA").ok();
+        let (isa, warning) = choose_isa(requested.as_deref());
+        if let Some(warning) = warning {
+            eprintln!("flash-moe: {warning}");
+        }
+        Kernels::build(isa)
+    }
+
+    /// The table for `isa`, or `None` when this CPU (or this build) lacks it.
+    pub fn with_isa(isa: Isa) -> Option<Kernels> {
+        isa.supported().then(|| Kernels::build(isa))
+    }
+
+    /// The instruction sets this CPU supports, from slowest to fastest; always starts with `Scalar`.
+    pub fn available_isas() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .collect()
+    }
+
+    /// Builds the table of a supported `isa`.
+    fn build(isa: Isa) -> Kernels {
+        let scalar = Kernels::scalar();
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar),
+            _ => scalar,
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub(crate) fn with_isa_tag(mut self, isa: Isa) -> Kernels {
+        self.isa = isa;
+        self
+    }
+
+    /// The dot product kernel for weight rows of type `w` (activations in `w.vec_dot_type()`). Panics for the
+    /// activation-only types Q8_1 and Q8_K.
+    pub fn vec_dot(&self, w: DType) -> VecDotFn {
+        match self.dot[w.index()] {
+            Some(f) => f,
+            None => panic!(
+                "{} is an activation-only type: no weight dot product",
+                w.name()
+            ),
+        }
+    }
+
+    /// Quantizes (or converts) the f32 row `x` into `dst`, which must be exactly `dtype.row_bytes(x.len())`
+    /// bytes; `x.len()` must be a whole number of blocks.
+    pub fn quantize_row(&self, dtype: DType, x: &[f32], dst: &mut [u8]) {
+        let bytes = dtype.row_bytes(x.len());
+        assert!(
+            bytes.is_some(),
+            "{} values are not a whole number of {} blocks",
+            x.len(),
+            dtype.name()
+        );
+        assert!(
+            Some(dst.len()) == bytes,
+            "{} row of {} values needs {:?} bytes, got {}",
+            dtype.name(),
+            x.len(),
+            bytes,
+            dst.len()
+        );
+        (self.quantize[dtype.index()])(x, dst)
+    }
+
+    /// Dequantizes the row `src` of `dst.len()` values into `dst`; `src` must be exactly
+    /// `dtype.row_bytes(dst.len())` bytes.
+    pub fn dequantize_row(&self, dtype: DType, src: &[u8], dst: &mut [f32]) {
+        let bytes = dtype.row_bytes(dst.len());
+        assert!(
+            bytes.is_some(),
+            "{} values are not a whole number of {} blocks",
+            dst.len(),
+            dtype.name()
+        );
+        assert!(
+            Some(src.len()) == bytes,
+            "{} row of {} values needs {:?} bytes, got {}",
+            dtype.name(),
+            dst.len(),
+            bytes,
+            src.len()
+        );
+        (self.dequantize[dtype.index()])(src, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isa_request_is_honoured_or_falls_back_with_a_warning() {
+        let best = *Kernels::available_isas().last().expect("scalar at least");
+        assert_eq!(choose_isa(None), (best, None));
+        assert_eq!(choose_isa(Some("scalar")), (Isa::Scalar, None));
+        assert_eq!(choose_isa(Some(" Scalar\n")), (Isa::Scalar, None));
+        let (isa, warning) = choose_isa(Some("sse9"));
+        assert_eq!(isa, best);
+        assert!(warning.is_some_and(|w| w.contains("unknown")));
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+            let (got, warning) = choose_isa(Some(isa.name()));
+            if Kernels::available_isas().contains(&isa) {
+                assert_eq!((got, warning), (isa, None));
+            } else {
+                assert_eq!(got, best);
+                assert!(warning.is_some_and(|w| w.contains("not supported")));
+            }
         }
     }
 }

@@ -61,6 +61,11 @@ impl DType {
         })
     }
 
+    /// Position of this type in [`DType::ALL`] (for tables indexed by type).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The ggml type id of this type.
     pub fn ggml_id(self) -> u32 {
         match self {
@@ -162,7 +167,7 @@ impl DType {
 
     /// Bytes of a row of `n` values, or `None` when `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_elems() != 0 {
+        if !n.is_multiple_of(self.block_elems()) {
             return None;
         }
         (n / self.block_elems()).checked_mul(self.block_bytes())

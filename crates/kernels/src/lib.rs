@@ -4,18 +4,90 @@
 //! # Main types
 //! - [`DType`]: a tensor element type (F32, F16, BF16 and the GGUF block formats), with its block geometry.
 //! - [`Kernels`]: the table of row kernels chosen once at start-up from the CPU's features (or forced with the
-//!   environment variable `FLASH_MOE_ISA=scalar|avx2|avx512|neon`).
+//!   environment variable `FLASH_MOE_ISA=scalar|avx2|avx512|neon`): [`Kernels::vec_dot`],
+//!   [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
+//! - [`Isa`]: an instruction set a table can be built for.
+//!
+//! # Semantics
+//! As llama.cpp's CPU backend: a weight row of type `w` is dotted with an activation row quantized to
+//! `w.vec_dot_type()` (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants, F16/BF16/F32 for the
+//! float types). Integer products are accumulated exactly; SIMD and scalar differ only in f32 summation order.
+//! The activation quantizers round half to even (as llama.cpp's AVX path, `_MM_ROUND_NEAREST`), and every SIMD
+//! quantizer is bit-identical to its scalar twin.
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
-//! activation quantizer when the format is a `vec_dot_type`); `x86/` and `aarch64/` hold the SIMD versions.
+//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions; `dispatch.rs` builds
+//! the table.
 //!
 //! # Rules
 //! Kernels work on single rows, are single-threaded and never allocate: the engine splits rows across threads.
-//! Every SIMD version is tested against its scalar twin.
+//! Every public kernel asserts its slice lengths before touching memory. Every SIMD version is tested against
+//! its scalar twin.
 
-mod dtype;
+// Kernels index several arrays in lockstep with the indices of the format's spec (`qs[32 k + l]`, `y[64 k + l]`);
+// iterator chains would hide that correspondence.
+#![allow(clippy::needless_range_loop)]
 
-pub use dtype::DType;
 mod dispatch;
+mod dtype;
+pub mod f16;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
+pub mod q8_0;
+pub mod q8_1;
+pub mod q8_k;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 pub use dispatch::{Isa, Kernels, VecDotFn};
+pub use dtype::DType;
+pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+
+/// A block struct that may be viewed in place inside a byte slice.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, have alignment 1 (only `u8`/`i8` arrays as fields) and accept every bit
+/// pattern.
+pub(crate) unsafe trait Block: Sized {}
+
+/// Views `bytes` as a slice of blocks; panics unless `bytes` is a whole number of blocks.
+pub(crate) fn blocks<B: Block>(bytes: &[u8]) -> &[B] {
+    assert_eq!(std::mem::align_of::<B>(), 1);
+    assert_eq!(
+        bytes.len() % std::mem::size_of::<B>(),
+        0,
+        "not a whole number of blocks"
+    );
+    // SAFETY: B has alignment 1, accepts every bit pattern (Block's contract), and the slice covers exactly
+    // bytes.len() bytes of the borrowed input.
+    unsafe {
+        std::slice::from_raw_parts(
+            bytes.as_ptr().cast::<B>(),
+            bytes.len() / std::mem::size_of::<B>(),
+        )
+    }
+}
+
+/// Views `bytes` as a mutable slice of blocks; panics unless `bytes` is a whole number of blocks.
+pub(crate) fn blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
+    assert_eq!(std::mem::align_of::<B>(), 1);
+    assert_eq!(
+        bytes.len() % std::mem::size_of::<B>(),
+        0,
+        "not a whole number of blocks"
+    );
+    let n = bytes.len() / std::mem::size_of::<B>();
+    // SAFETY: as in `blocks`; the exclusive borrow of `bytes` is moved into the returned slice.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), n) }
+}
+
+/// ggml's `nearest_int`: round to nearest, ties to even (for |x| < 2^22).
+pub(crate) fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}

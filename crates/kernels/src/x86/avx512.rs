@@ -1,0 +1,190 @@
+//! AVX-512 (F/BW/VL/VNNI) kernels: `vpdpbusd` (u8 x i8 -> i32, four products per lane, no saturation) for
+//! Q8_0 and Q4_0 (256-bit) and Q6_K (512-bit); Q4_K in 512-bit `vpmaddubsw`/`vpmaddwd` (the i16 scale
+//! multiply is free there, while `vpdpbusd` needs a `vpmulld` after it), and a 512-bit BF16 dot (F16 stays on AVX2: on Zen 4 the 512-bit `vcvtph2ps` was slower). Other formats use the AVX2 entries.
+//! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
+
+use super::avx2::{f16, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k};
+use crate::blocks;
+use crate::q4_0::BlockQ4_0;
+use crate::q4_k::BlockQ4K;
+use crate::q6_k::BlockQ6K;
+use crate::q8_0::BlockQ8_0;
+use crate::q8_k::BlockQ8K;
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_64(b: &[u8; 64]) -> __m512i {
+    // SAFETY: reads exactly the 64 bytes of `b`; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_i8_64(b: &[i8; 64]) -> __m512i {
+    // SAFETY: reads exactly the 64 bytes of `b`.
+    unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+}
+
+fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
+    s.try_into().expect("chunk of exactly N elements")
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Signed x signed byte dot in groups of 4 with one `vpdpbusd`: |x| (as u8, so -128 is 128) times y with x's
+/// sign (|y| <= 127).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(
+        _mm256_setzero_si256(),
+        _mm256_sign_epi8(x, x),
+        _mm256_sign_epi8(y, x),
+    )
+}
+
+// Q8_0 and Q4_0 blocks are 32 quants: one 256-bit `vpdpbusd` per block (Zen 4 splits 512-bit operations in two
+// anyway), two blocks in flight.
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
+        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        (
+            d,
+            _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
+        )
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    fold_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
+        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
+        (d, _mm256_cvtepi32_ps(dot_i8_quads(qw, load_i8_32(&bx.qs))))
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm512_setzero_ps();
+    let mut acc_m = 0f32;
+    for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
+        let dy = f32::from_le_bytes(bx.d);
+        let (sc, summ) = scales_mins_k(&bw.scales, bx);
+        acc_m += dy * f16(bw.dmin) * summ as f32;
+        let mut sumi = _mm512_setzero_si512();
+        for k in 0..4 {
+            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
+            let q = join(
+                _mm256_and_si256(q4, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
+            );
+            let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
+            // Bytes 0..32 belong to sub-block 2k, 32..64 to 2k + 1: u8 x i8 pairs (<= 2 * 15 * 127) into i16,
+            // then times the i16 scale into i32.
+            let scale = join(
+                _mm256_set1_epi16(sc[2 * k]),
+                _mm256_set1_epi16(sc[2 * k + 1]),
+            );
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
+        }
+        acc = _mm512_fmadd_ps(
+            _mm512_set1_ps(dy * f16(bw.d)),
+            _mm512_cvtepi32_ps(sumi),
+            acc,
+        );
+    }
+    _mm512_reduce_add_ps(acc) - acc_m
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let m4 = _mm512_set1_epi8(0x0f);
+    let m2 = _mm512_set1_epi8(3);
+    let zero = _mm512_setzero_si512();
+    let mut acc = _mm512_setzero_ps();
+    for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
+        let d = _mm512_set1_ps(f32::from_le_bytes(bx.d) * f16(bw.d));
+        // SAFETY: reads exactly the 16 bytes of the scales array.
+        let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
+        let sc32 = _mm512_cvtepi8_epi32(sc8);
+        let mut sumi = _mm512_mask_set1_epi32(zero, 1, -q6k_offset(bw, bx));
+        for h in 0..2 {
+            let ql = load_64(arr(&bw.ql[64 * h..64 * h + 64]));
+            let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
+            let qh2 = join(qh, _mm256_srli_epi16::<2>(qh));
+            // Values 128h + 0..64 (low nibbles, qh bits 0..4) and 128h + 64..128 (high nibbles, bits 4..8).
+            let halves = [
+                _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(qh2, m2)),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                    _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh2), m2)),
+                ),
+            ];
+            for (p, q6) in halves.into_iter().enumerate() {
+                let base = 128 * h + 64 * p;
+                let q8 = load_i8_64(arr(&bx.qs[base..base + 64]));
+                // Lane i covers values base + 4i .. base + 4i + 4: sub-block base / 16 + i / 4.
+                let j = (base / 16) as i32;
+                let idx = _mm512_setr_epi32(
+                    j,
+                    j,
+                    j,
+                    j,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 1,
+                    j + 2,
+                    j + 2,
+                    j + 2,
+                    j + 2,
+                    j + 3,
+                    j + 3,
+                    j + 3,
+                    j + 3,
+                );
+                let scale = _mm512_permutexvar_epi32(idx, sc32);
+                sumi = _mm512_add_epi32(
+                    sumi,
+                    _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale),
+                );
+            }
+        }
+        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn bf16x16(b: &[u8; 32]) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(load_32(b))))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let (wc, xc) = (w.chunks_exact(128), x.chunks_exact(128));
+    let (wt, xt) = (wc.remainder(), xc.remainder());
+    for (w, x) in wc.zip(xc) {
+        for u in 0..4 {
+            let a = bf16x16(arr(&w[32 * u..32 * u + 32]));
+            let b = bf16x16(arr(&x[32 * u..32 * u + 32]));
+            acc[u] = _mm512_fmadd_ps(a, b, acc[u]);
+        }
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(sum) + super::avx2::dot_bf16(n % 64, wt, xt)
+}

@@ -1,0 +1,135 @@
+//! x86-64 SIMD kernels: CPU feature checks and the AVX2 / AVX-512 tables. Every table entry is a safe,
+//! length-checked wrapper around a `#[target_feature]` kernel; a table is only built after its features were
+//! detected, which is what makes the wrappers' `unsafe` calls sound.
+
+mod avx2;
+mod avx512;
+
+use crate::dispatch::{check_dot, Isa, Kernels};
+use crate::dtype::DType;
+
+pub(crate) fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+pub(crate) fn has_avx512() -> bool {
+    has_avx2()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Safe entry points for `avx2::$f`, only ever stored in tables built after `has_avx2()`.
+macro_rules! avx2_entry {
+    (dot $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_dot($w, n, w, x);
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            unsafe { avx2::$f(n, w, x) }
+        }
+    };
+    (quant $name:ident, $f:ident) => {
+        pub(super) fn $name(x: &[f32], dst: &mut [u8]) {
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths are checked by the
+            // caller (Kernels::quantize_row), and the kernel only indexes within the slices.
+            unsafe { avx2::$f(x, dst) }
+        }
+    };
+}
+
+/// Safe entry points for `avx512::$f`, only ever stored in tables built after `has_avx512()`.
+macro_rules! avx512_entry {
+    (dot $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_dot($w, n, w, x);
+            // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
+            unsafe { avx512::$f(n, w, x) }
+        }
+    };
+}
+
+mod avx2_entries {
+    use super::*;
+    avx2_entry!(dot dot_f32, DType::F32, dot_f32);
+    avx2_entry!(dot dot_f16, DType::F16, dot_f16);
+    avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx2_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
+    avx2_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
+    avx2_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
+    avx2_entry!(dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
+    avx2_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
+    avx2_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
+    avx2_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
+    avx2_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+    avx2_entry!(quant quantize_f16, quantize_f16);
+    avx2_entry!(quant quantize_bf16, quantize_bf16);
+    avx2_entry!(quant quantize_q8_0, quantize_q8_0);
+    avx2_entry!(quant quantize_q8_1, quantize_q8_1);
+    avx2_entry!(quant quantize_q8_k, quantize_q8_k);
+}
+
+mod avx512_entries {
+    use super::*;
+    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx512_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
+    avx512_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
+    avx512_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
+    avx512_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+}
+
+/// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
+pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
+    use avx2_entries as a2;
+    assert!(
+        has_avx2(),
+        "AVX2 table requested on a CPU without AVX2/FMA/F16C"
+    );
+    let mut k = scalar.with_isa_tag(isa);
+    let dots: [(DType, crate::VecDotFn); 11] = [
+        (DType::F32, a2::dot_f32),
+        (DType::F16, a2::dot_f16),
+        (DType::BF16, a2::dot_bf16),
+        (DType::Q4_0, a2::dot_q4_0),
+        (DType::Q4_1, a2::dot_q4_1),
+        (DType::Q5_0, a2::dot_q5_0),
+        (DType::Q5_1, a2::dot_q5_1),
+        (DType::Q8_0, a2::dot_q8_0),
+        (DType::Q4_K, a2::dot_q4_k),
+        (DType::Q5_K, a2::dot_q5_k),
+        (DType::Q6_K, a2::dot_q6_k),
+    ];
+    for (t, f) in dots {
+        k.dot[t.index()] = Some(f);
+    }
+    let quants: [(DType, crate::dispatch::QuantizeFn); 5] = [
+        (DType::F16, a2::quantize_f16),
+        (DType::BF16, a2::quantize_bf16),
+        (DType::Q8_0, a2::quantize_q8_0),
+        (DType::Q8_1, a2::quantize_q8_1),
+        (DType::Q8_K, a2::quantize_q8_k),
+    ];
+    for (t, f) in quants {
+        k.quantize[t.index()] = f;
+    }
+    if isa == Isa::Avx512 {
+        use avx512_entries as a5;
+        assert!(
+            has_avx512(),
+            "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI"
+        );
+        let dots: [(DType, crate::VecDotFn); 5] = [
+            (DType::BF16, a5::dot_bf16),
+            (DType::Q4_0, a5::dot_q4_0),
+            (DType::Q8_0, a5::dot_q8_0),
+            (DType::Q4_K, a5::dot_q4_k),
+            (DType::Q6_K, a5::dot_q6_k),
+        ];
+        for (t, f) in dots {
+            k.dot[t.index()] = Some(f);
+        }
+    }
+    k
+}

@@ -1,0 +1,567 @@
+//! Every kernel on every instruction set this CPU has, against the scalar references and against an f64 dot of
+//! dequantized rows; exhaustive f16/bf16 conversion checks; quantizer round trips.
+
+use kernels::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, DType, Isa, Kernels};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const WEIGHT_TYPES: [DType; 11] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+/// Block counts: odd and even, single block, more than one SIMD unroll.
+const N_BLOCKS: [usize; 5] = [1, 2, 3, 7, 16];
+
+fn scalar() -> Kernels {
+    Kernels::with_isa(Isa::Scalar).expect("scalar is always available")
+}
+
+fn simd_tables() -> Vec<Kernels> {
+    Kernels::available_isas()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .filter_map(Kernels::with_isa)
+        .collect()
+}
+
+/// Values per row for `n_blocks` blocks (float types get longer rows so SIMD tails are exercised).
+fn row_len(t: DType, n_blocks: usize) -> usize {
+    if t.block_elems() == 1 {
+        n_blocks * 37
+    } else {
+        n_blocks * t.block_elems()
+    }
+}
+
+/// Byte offsets of the f16 scale/min fields inside one block of `t`.
+fn f16_fields(t: DType) -> &'static [usize] {
+    match t {
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+fn random_f16(rng: &mut SmallRng) -> u16 {
+    // Finite: any exponent but 31; scales in ggml files are positive or negative alike.
+    loop {
+        let h: u16 = rng.gen();
+        if (h >> 10) & 0x1f != 31 {
+            return h;
+        }
+    }
+}
+
+fn small_f16(rng: &mut SmallRng) -> u16 {
+    f32_to_f16(rng.gen_range(-2.0f32..2.0) * 10f32.powi(rng.gen_range(-4..1)))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pattern {
+    /// Random quants, realistic scales.
+    Random,
+    /// Random quants, random finite f16 scales over the whole f16 range (subnormals to 65504).
+    WideScales,
+    /// Zero scales.
+    ZeroScales,
+    /// Every quant byte set to one value (0x00, 0xff: extreme nibbles; 0x80/0x7f: extreme i8).
+    Fill(u8),
+}
+const PATTERNS: [Pattern; 7] = [
+    Pattern::Random,
+    Pattern::WideScales,
+    Pattern::ZeroScales,
+    Pattern::Fill(0x00),
+    Pattern::Fill(0xff),
+    Pattern::Fill(0x80),
+    Pattern::Fill(0x7f),
+];
+
+/// A weight row of `n` values of type `t`.
+fn weight_row(rng: &mut SmallRng, t: DType, n: usize, pattern: Pattern) -> Vec<u8> {
+    let bytes = t.row_bytes(n).expect("whole blocks");
+    let mut row: Vec<u8> = (0..bytes).map(|_| rng.gen()).collect();
+    match t {
+        DType::F32 => {
+            for c in row.chunks_exact_mut(4) {
+                let v = match pattern {
+                    Pattern::ZeroScales => 0.0,
+                    Pattern::Fill(b) => b as f32 - 100.0,
+                    Pattern::WideScales => rng.gen_range(-1e4f32..1e4),
+                    Pattern::Random => rng.gen_range(-1.0f32..1.0),
+                };
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 | DType::BF16 => {
+            for c in row.chunks_exact_mut(2) {
+                let h = match pattern {
+                    Pattern::ZeroScales => 0,
+                    Pattern::Fill(b) => u16::from_le_bytes([b, b & 0x3f]),
+                    Pattern::WideScales if t == DType::F16 => random_f16(rng),
+                    _ if t == DType::F16 => small_f16(rng),
+                    _ => f32_to_bf16(rng.gen_range(-1e3f32..1e3)),
+                };
+                c.copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        _ => {
+            let block_bytes = t.block_bytes();
+            for block in row.chunks_exact_mut(block_bytes) {
+                if let Pattern::Fill(b) = pattern {
+                    block.fill(b);
+                }
+                for &off in f16_fields(t) {
+                    let h = match pattern {
+                        Pattern::ZeroScales => 0,
+                        Pattern::WideScales => random_f16(rng),
+                        _ => small_f16(rng),
+                    };
+                    block[off..off + 2].copy_from_slice(&h.to_le_bytes());
+                }
+            }
+        }
+    }
+    row
+}
+
+/// An f32 activation row: random, or one of the edge cases (zeros, all equal, huge, mixed signs of equal size).
+fn activations(rng: &mut SmallRng, n: usize, case: usize) -> Vec<f32> {
+    match case {
+        0 => (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
+        1 => vec![0.0; n],
+        2 => vec![0.75; n],
+        3 => (0..n)
+            .map(|i| if i % 3 == 0 { -3.5 } else { 3.5 })
+            .collect(),
+        // Large, but small enough that a Q8_1 block sum `s` (f16) cannot overflow, as in llama.cpp.
+        4 => (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * 1e3).collect(),
+        _ => (0..n).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect(),
+    }
+}
+const N_ACT_CASES: usize = 6;
+
+fn dequant(k: &Kernels, t: DType, row: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    k.dequantize_row(t, row, &mut out);
+    out
+}
+
+fn quant(k: &Kernels, t: DType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; t.row_bytes(x.len()).expect("whole blocks")];
+    k.quantize_row(t, x, &mut out);
+    out
+}
+
+/// Sum of the magnitudes of every partial product the kernels add up: `sum_i |x_i| * sum_parts |part_i|`, where
+/// the parts of a weight are its scale term and (Q4_1/Q5_1/k-quants) its min term, dequantized separately by
+/// zeroing the other field. Summation-order error of a correct kernel is a small multiple of f32 epsilon times
+/// this (cancellation can make the result itself arbitrarily small, so it cannot be the yardstick).
+fn magnitude(t: DType, w: &[u8], xd: &[f32]) -> f64 {
+    let k = scalar();
+    let n = xd.len();
+    let fields = f16_fields(t);
+    let parts: Vec<Vec<f32>> = if fields.len() < 2 {
+        vec![dequant(&k, t, w, n)]
+    } else {
+        fields
+            .iter()
+            .map(|&keep| {
+                let mut w = w.to_vec();
+                for block in w.chunks_exact_mut(t.block_bytes()) {
+                    for &off in fields.iter().filter(|&&o| o != keep) {
+                        block[off..off + 2].fill(0);
+                    }
+                }
+                dequant(&k, t, &w, n)
+            })
+            .collect()
+    };
+    (0..n)
+        .map(|i| xd[i].abs() as f64 * parts.iter().map(|p| p[i].abs() as f64).sum::<f64>())
+        .sum()
+}
+
+/// (a) SIMD dot == scalar dot up to f32 summation order: |simd - ref| <= 1e-5 * magnitude. Integer sums are
+/// exact in both; each kernel adds at most a few dozen f32 terms per lane chain, each rounding by 2^-24, so
+/// 1e-5 (~170 ulps of the magnitude) is a generous bound that still catches any wrong quant or scale.
+#[test]
+fn simd_dot_matches_scalar() {
+    let mut rng = SmallRng::seed_from_u64(1);
+    let s = scalar();
+    for k in simd_tables() {
+        for t in WEIGHT_TYPES {
+            for nb in N_BLOCKS {
+                let n = row_len(t, nb);
+                for pattern in PATTERNS {
+                    for case in 0..N_ACT_CASES {
+                        let w = weight_row(&mut rng, t, n, pattern);
+                        let x = activations(&mut rng, n, case);
+                        let xq = quant(&s, t.vec_dot_type(), &x);
+                        let want = s.vec_dot(t)(n, &w, &xq);
+                        let got = k.vec_dot(t)(n, &w, &xq);
+                        let xd = dequant(&s, t.vec_dot_type(), &xq, n);
+                        let tol = 1e-5 * magnitude(t, &w, &xd);
+                        assert!(
+                            ((got - want) as f64).abs() <= tol,
+                            "{} {t:?} n={n} {pattern:?} case {case}: simd {got} scalar {want} tol {tol}",
+                            k.isa().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Error budget of the scalar dot against the f64 dot of dequantized rows, as a fraction of the magnitude:
+/// the references round each block's f32 product and sum (~1e-6). Q4_1/Q5_1 add the f16 rounding of the
+/// activation block sum `s` (relative 2^-11) times the min term, bounded by 2^-11 of the magnitude.
+fn dot_budget(t: DType) -> f64 {
+    match t {
+        DType::Q4_1 | DType::Q5_1 => 1e-5 + 1.0 / 2048.0,
+        _ => 1e-5,
+    }
+}
+
+/// (b) scalar dot vs an f64 dot of the dequantized weight and the dequantized activation.
+#[test]
+fn scalar_dot_matches_dequantized_f64_dot() {
+    let mut rng = SmallRng::seed_from_u64(2);
+    let s = scalar();
+    for t in WEIGHT_TYPES {
+        for nb in N_BLOCKS {
+            let n = row_len(t, nb);
+            for pattern in PATTERNS {
+                for case in 0..N_ACT_CASES {
+                    let w = weight_row(&mut rng, t, n, pattern);
+                    let x = activations(&mut rng, n, case);
+                    let xq = quant(&s, t.vec_dot_type(), &x);
+                    let wd = dequant(&s, t, &w, n);
+                    let xd = dequant(&s, t.vec_dot_type(), &xq, n);
+                    let want: f64 = wd.iter().zip(&xd).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let got = s.vec_dot(t)(n, &w, &xq) as f64;
+                    let tol = dot_budget(t) * magnitude(t, &w, &xd) + 1e-30;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{t:?} n={n} {pattern:?} case {case}: {got} vs {want} tol {tol}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// (c) Every quantizer of every table is bit-identical to the scalar one (the activation quantizers Q8_0, Q8_1,
+/// Q8_K, F16, BF16 have SIMD versions; the weight quantizers are scalar everywhere).
+#[test]
+fn simd_quantize_is_bit_identical() {
+    let mut rng = SmallRng::seed_from_u64(3);
+    let s = scalar();
+    for k in simd_tables() {
+        for t in DType::ALL {
+            for nb in N_BLOCKS {
+                let n = row_len(t, nb);
+                for case in 0..N_ACT_CASES {
+                    let mut x = activations(&mut rng, n, case);
+                    if case == 0 && n > 4 {
+                        // A tie for the largest magnitude with opposite signs (Q8_K keeps the first).
+                        x[n - 1] = 2.0;
+                        x[1] = -2.0;
+                    }
+                    assert_eq!(
+                        quant(&k, t, &x),
+                        quant(&s, t, &x),
+                        "{} {t:?} n={n} case {case}",
+                        k.isa().name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// (d) SIMD dequantization equals the scalar one exactly.
+#[test]
+fn simd_dequantize_is_exact() {
+    let mut rng = SmallRng::seed_from_u64(4);
+    let s = scalar();
+    for k in simd_tables() {
+        for t in DType::ALL {
+            for nb in N_BLOCKS {
+                let n = row_len(t, nb);
+                let row = if t.is_activation_only() {
+                    quant(&s, t, &activations(&mut rng, n, 0))
+                } else {
+                    weight_row(&mut rng, t, n, Pattern::WideScales)
+                };
+                let (a, b) = (dequant(&k, t, &row, n), dequant(&s, t, &row, n));
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{} {t:?} n={n}", k.isa().name());
+            }
+        }
+    }
+}
+
+/// A test that forces the scalar path and compares it with whatever `detect()` picks.
+#[test]
+fn detect_agrees_with_forced_scalar() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let (s, d) = (scalar(), Kernels::detect());
+    assert_eq!(s.isa(), Isa::Scalar);
+    assert!(Kernels::available_isas().contains(&d.isa()));
+    assert_eq!(Kernels::available_isas()[0], Isa::Scalar);
+    for t in WEIGHT_TYPES {
+        let n = row_len(t, 16);
+        let w = weight_row(&mut rng, t, n, Pattern::Random);
+        let x = activations(&mut rng, n, 0);
+        let (xs, xd) = (
+            quant(&s, t.vec_dot_type(), &x),
+            quant(&d, t.vec_dot_type(), &x),
+        );
+        assert_eq!(xs, xd);
+        let (a, b) = (s.vec_dot(t)(n, &w, &xs), d.vec_dot(t)(n, &w, &xd));
+        let tol = 1e-5 * magnitude(t, &w, &dequant(&s, t.vec_dot_type(), &xs, n));
+        assert!(
+            ((a - b) as f64).abs() <= tol,
+            "{t:?}: scalar {a} detect {b}"
+        );
+    }
+}
+
+#[test]
+#[should_panic(expected = "needs")]
+fn dot_rejects_short_rows() {
+    let k = Kernels::detect();
+    let w = vec![0u8; DType::Q4_K.block_bytes() - 1];
+    let x = vec![0u8; DType::Q8_K.block_bytes()];
+    k.vec_dot(DType::Q4_K)(256, &w, &x);
+}
+
+#[test]
+#[should_panic(expected = "whole number")]
+fn dot_rejects_partial_blocks() {
+    let k = Kernels::detect();
+    k.vec_dot(DType::Q8_0)(16, &[0u8; 17], &[0u8; 17]);
+}
+
+#[test]
+#[should_panic(expected = "activation-only")]
+fn no_dot_for_activation_types() {
+    Kernels::detect().vec_dot(DType::Q8_K);
+}
+
+#[test]
+fn isa_names_and_forcing() {
+    for isa in Kernels::available_isas() {
+        let k = Kernels::with_isa(isa).expect("listed as available");
+        assert_eq!(k.isa(), isa);
+        assert!(!isa.name().is_empty());
+    }
+    #[cfg(target_arch = "x86_64")]
+    assert!(Kernels::with_isa(Isa::Neon).is_none());
+}
+
+/// (e) f16 -> f32 over all 65536 values: exact against F16C where the CPU has it, and f32 -> f16 -> f32 is
+/// the identity on every non-NaN f16 (NaN stays NaN).
+#[test]
+fn f16_conversion_exhaustive() {
+    for h in 0..=u16::MAX {
+        let f = f16_to_f32(h);
+        if f.is_nan() {
+            assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+            assert_eq!((h >> 10) & 0x1f, 31);
+            continue;
+        }
+        assert_eq!(f32_to_f16(f), h, "{h:#06x} -> {f}");
+        // Independent value check: sign * 2^(e-15) * (1 + m/1024), or 2^-14 * m/1024 for subnormals.
+        let (e, m) = (((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f64);
+        let mag = match e {
+            0 => m / 1024.0 * 2f64.powi(-14),
+            31 => f64::INFINITY,
+            _ => (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+        };
+        let want = if h & 0x8000 != 0 { -mag } else { mag };
+        assert_eq!(f as f64, want, "{h:#06x}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    f16_hardware::check();
+}
+
+/// f32 -> f16 rounding against the F16C instruction: every f16 value, the midpoints between neighbours (ties
+/// to even) and one f32 ulp either side of them, plus a million random f32 bit patterns.
+#[cfg(target_arch = "x86_64")]
+mod f16_hardware {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "f16c")]
+    fn hw_to_f16(x: f32) -> u16 {
+        _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set1_ps(x))) as u16
+    }
+
+    #[target_feature(enable = "f16c")]
+    fn hw_to_f32(h: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h as i16)))
+    }
+
+    pub fn check() {
+        if !is_x86_feature_detected!("f16c") {
+            return;
+        }
+        // SAFETY: f16c was detected just above.
+        let (to_f16, to_f32) = unsafe { (|x| hw_to_f16(x), |h| hw_to_f32(h)) };
+        let same = |x: f32| {
+            let (a, b) = (f32_to_f16(x), to_f16(x));
+            assert_eq!(
+                a,
+                b,
+                "f32 {x:e} ({:#010x}): {a:#06x} vs hardware {b:#06x}",
+                x.to_bits()
+            );
+        };
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            let hw = to_f32(h);
+            assert!(
+                f.to_bits() == hw.to_bits() || (f.is_nan() && hw.is_nan()),
+                "{h:#06x}"
+            );
+            if f.is_nan() {
+                continue;
+            }
+            same(f);
+            let next = f16_to_f32(h.wrapping_add(1));
+            if next.is_finite() && (h & 0x7fff) != 0x7bff && h != 0x7fff && h != 0xffff {
+                let mid = ((f as f64 + next as f64) / 2.0) as f32;
+                for x in [
+                    mid,
+                    f32::from_bits(mid.to_bits() + 1),
+                    f32::from_bits(mid.to_bits() - 1),
+                ] {
+                    same(x);
+                }
+            }
+        }
+        for x in [
+            65504.0f32,
+            65519.99,
+            65520.0,
+            1e9,
+            f32::INFINITY,
+            -f32::INFINITY,
+            f32::MIN_POSITIVE,
+            1e-10,
+        ] {
+            same(x);
+        }
+        let mut rng = SmallRng::seed_from_u64(6);
+        for _ in 0..1_000_000 {
+            let x = f32::from_bits(rng.gen());
+            if !x.is_nan() {
+                same(x);
+            }
+        }
+    }
+}
+
+/// Reference f32 -> bf16: keep the top 16 bits, round up when the dropped half is above 0x8000, or equal to it
+/// with an odd kept part; NaN becomes a quiet NaN.
+fn bf16_reference(x: f32) -> u16 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    let (hi, lo) = (u >> 16, u & 0xffff);
+    let up = lo > 0x8000 || (lo == 0x8000 && hi & 1 == 1);
+    (hi + up as u32) as u16
+}
+
+/// (e) bf16 conversions over all 65536 upper halves, each with the critical lower halves.
+#[test]
+fn bf16_conversion_exhaustive() {
+    for h in 0..=u16::MAX {
+        let f = bf16_to_f32(h);
+        assert_eq!(f.to_bits(), (h as u32) << 16);
+        for lo in [0u32, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+            let x = f32::from_bits(((h as u32) << 16) | lo);
+            assert_eq!(f32_to_bf16(x), bf16_reference(x), "{:#010x}", x.to_bits());
+        }
+        if !f.is_nan() {
+            assert_eq!(f32_to_bf16(f), h);
+        }
+    }
+}
+
+/// (f) quantize -> dequantize error bounds of the weight quantizers on random rows. The simple formats get a
+/// per-value bound from their rounding rule (step `d`, plus the f16 rounding of `d` and `m`, relative 2^-11,
+/// times the largest quant); the k-quants, whose scales come from a search, get an RMS bound relative to the
+/// block RMS (4-bit ~ 1/15 of the range / sqrt 12, measured with margin).
+#[test]
+fn weight_quantizers_round_trip() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let s = scalar();
+    let eps = 1.0 / 2048.0;
+    for t in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        for case in [0, 1, 2, 4, 5] {
+            let n = 4 * 256;
+            let x = activations(&mut rng, n, case);
+            let y = dequant(&s, t, &quant(&s, t, &x), n);
+            let be = t.block_elems();
+            let (mut err2, mut x2) = (0f64, 0f64);
+            for (xb, yb) in x.chunks_exact(be).zip(y.chunks_exact(be)) {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let min = xb.iter().fold(f32::MAX, |a, &v| a.min(v));
+                let max = xb.iter().fold(f32::MIN, |a, &v| a.max(v));
+                let bound = match t {
+                    DType::Q8_0 => amax / 127.0 * (0.5 + 127.0 * eps),
+                    DType::Q4_0 => amax / 8.0 * (1.0 + 16.0 * eps),
+                    DType::Q5_0 => amax / 16.0 * (1.0 + 32.0 * eps),
+                    DType::Q4_1 => (max - min) / 15.0 * (0.5 + 16.0 * eps) + min.abs() * eps,
+                    DType::Q5_1 => (max - min) / 31.0 * (0.5 + 32.0 * eps) + min.abs() * eps,
+                    _ => f32::INFINITY,
+                } * 1.0001
+                    + 1e-30;
+                for (a, b) in xb.iter().zip(yb) {
+                    assert!(
+                        (a - b).abs() <= bound,
+                        "{t:?} case {case}: {a} -> {b}, bound {bound}"
+                    );
+                    err2 += ((a - b) as f64).powi(2);
+                    x2 += (*a as f64).powi(2);
+                }
+            }
+            let rms_budget = match t {
+                DType::Q4_K => 0.12,
+                DType::Q5_K => 0.06,
+                DType::Q6_K => 0.03,
+                _ => 1.0,
+            };
+            assert!(
+                err2 <= rms_budget * rms_budget * x2 + 1e-30,
+                "{t:?} case {case}: rel rms {}",
+                (err2 / x2).sqrt()
+            );
+        }
+    }
+}
