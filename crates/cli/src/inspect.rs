@@ -33,7 +33,7 @@ pub fn main(a: InspectArgs) -> Result<()> {
     println!("architecture  {arch}");
     match &index.metadata {
         Metadata::Gguf(m) => {
-            println!("format        GGUF v{}", m.version());
+            println!("format        GGUF v{}", m.version);
             for (k, v) in m.iter() {
                 let s = v.to_string();
                 let s = if s.len() > 100 { format!("{}... ({} chars)", &s[..s.floor_char_boundary(100)], s.len()) } else { s };
