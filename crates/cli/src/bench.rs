@@ -65,9 +65,19 @@ pub fn main(a: BenchArgs) -> Result<()> {
     let bytes_token = model.info.resident_bytes + expert_bytes_token;
     println!("model            {}", a.model.model.display());
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
-    println!("weights/token    {:.1} MiB (resident {:.1} + active experts {:.1})", mib(bytes_token), mib(model.info.resident_bytes), mib(expert_bytes_token));
+    println!(
+        "weights/token    {:.1} MiB (resident {:.1} + active experts {:.1})",
+        mib(bytes_token),
+        mib(model.info.resident_bytes),
+        mib(expert_bytes_token)
+    );
     println!("flash-moe  pp{:<5} {:10.2} tok/s", a.n_prompt, best_pp);
-    println!("flash-moe  tg{:<5} {:10.2} tok/s   {:.2} GB/s of weights from RAM", a.n_gen, best_tg, best_tg * bytes_token as f64 / 1e9);
+    println!(
+        "flash-moe  tg{:<5} {:10.2} tok/s   {:.2} GB/s of weights from RAM",
+        a.n_gen,
+        best_tg,
+        best_tg * bytes_token as f64 / 1e9
+    );
     if let Some(dir) = &a.llama_cpp {
         let (lpp, ltg) = llama_bench(dir, &a.model.model, n_threads, a.n_prompt, a.n_gen, a.reps)?;
         println!("llama.cpp  pp{:<5} {:10.2} tok/s", a.n_prompt, lpp);
@@ -96,7 +106,14 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 /// Runs `llama-bench` and returns (prompt tok/s, decode tok/s) from its JSON output.
-fn llama_bench(dir: &std::path::Path, model: &std::path::Path, threads: usize, pp: usize, tg: usize, reps: usize) -> Result<(f64, f64)> {
+fn llama_bench(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    threads: usize,
+    pp: usize,
+    tg: usize,
+    reps: usize,
+) -> Result<(f64, f64)> {
     let exe = [dir.join("bin/llama-bench"), dir.join("llama-bench"), dir.join("build/bin/llama-bench")]
         .into_iter()
         .find(|p| p.exists())
@@ -104,7 +121,18 @@ fn llama_bench(dir: &std::path::Path, model: &std::path::Path, threads: usize, p
     let out = Command::new(&exe)
         .arg("-m")
         .arg(model)
-        .args(["-t", &threads.to_string(), "-p", &pp.to_string(), "-n", &tg.to_string(), "-r", &reps.to_string(), "-o", "json"])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            &pp.to_string(),
+            "-n",
+            &tg.to_string(),
+            "-r",
+            &reps.to_string(),
+            "-o",
+            "json",
+        ])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {

@@ -36,7 +36,11 @@ pub fn main(a: InspectArgs) -> Result<()> {
             println!("format        GGUF v{}", m.version);
             for (k, v) in m.iter() {
                 let s = v.to_string();
-                let s = if s.len() > 100 { format!("{}... ({} chars)", &s[..s.floor_char_boundary(100)], s.len()) } else { s };
+                let s = if s.len() > 100 {
+                    format!("{}... ({} chars)", &s[..s.floor_char_boundary(100)], s.len())
+                } else {
+                    s
+                };
                 println!("  {k} = {s}");
             }
         }
@@ -78,11 +82,21 @@ pub fn main(a: InspectArgs) -> Result<()> {
         100.0 * other_bytes as f64 / total as f64
     );
     if arch == "qwen3moe" && matches!(index.metadata, Metadata::Gguf(_)) {
-        println!("note          norm_topk_prob: GGUF does not say; flash-moe uses true (Qwen3-MoE's value, as llama.cpp)");
+        println!(
+            "note          norm_topk_prob: GGUF does not say; flash-moe uses true (Qwen3-MoE's value, as llama.cpp)"
+        );
     }
     if a.tensors {
         for t in &index.tensors {
-            println!("  {:<48} {:<5} {:?} file {} offset {} len {}", t.name, t.dtype.name(), t.shape, t.file, t.offset, t.len);
+            println!(
+                "  {:<48} {:<5} {:?} file {} offset {} len {}",
+                t.name,
+                t.dtype.name(),
+                t.shape,
+                t.file,
+                t.offset,
+                t.len
+            );
         }
     }
     Ok(())

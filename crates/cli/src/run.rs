@@ -133,7 +133,13 @@ pub fn main(a: RunArgs) -> Result<()> {
     drop(out);
 
     eprintln!();
-    eprintln!("model      {} ({}, {} threads, {})", a.model.model.display(), model.info.arch, cpu.pool.n_threads(), cpu.kernels.isa().name());
+    eprintln!(
+        "model      {} ({}, {} threads, {})",
+        a.model.model.display(),
+        model.info.arch,
+        cpu.pool.n_threads(),
+        cpu.kernels.isa().name()
+    );
     eprintln!(
         "prompt     {} tokens in {:.3} s = {:.2} tok/s",
         stats.n_prompt,
@@ -148,7 +154,12 @@ pub fn main(a: RunArgs) -> Result<()> {
         stats.stop
     );
     if let Some(rss) = peak_rss_bytes() {
-        eprintln!("memory     peak RSS {:.1} MiB (weights resident {:.1} MiB, KV cache {:.1} MiB)", mib(rss), mib(model.info.resident_bytes), mib(session.kv_bytes() as u64));
+        eprintln!(
+            "memory     peak RSS {:.1} MiB (weights resident {:.1} MiB, KV cache {:.1} MiB)",
+            mib(rss),
+            mib(model.info.resident_bytes),
+            mib(session.kv_bytes() as u64)
+        );
     }
     Ok(())
 }

@@ -17,7 +17,10 @@ pub fn load_tokenizer(index: &WeightIndex) -> Result<Tokenizer> {
     match &index.metadata {
         Metadata::Gguf(m) => {
             let model = m.get_str("tokenizer.ggml.model").ok_or_else(|| {
-                Error::Tokenizer(format!("{}: GGUF metadata has no tokenizer (tokenizer.ggml.model)", index.path.display()))
+                Error::Tokenizer(format!(
+                    "{}: GGUF metadata has no tokenizer (tokenizer.ggml.model)",
+                    index.path.display()
+                ))
             })?;
             let u32_key = |k: &str| m.get_u64(k).and_then(|v| u32::try_from(v).ok());
             let data = GgufTokenizerData {
@@ -96,7 +99,7 @@ pub fn generate(
         return Err(Error::EmptyPrompt);
     }
     session.check_room(prompt.len())?;
-    let mut sampler = Sampler::new(params.sampler.clone());
+    let mut sampler = Sampler::new(params.sampler);
     let mut history: Vec<u32> = prompt.to_vec();
     let mut stream = StreamDecoder::new();
     let mut stops = StopMatcher::new(&params.stop);

@@ -39,7 +39,7 @@ pub struct QuantActs {
 impl QuantActs {
     /// Converts `x` (`[n_rows, cols]`) for dot products with weights of type `weight`, reusing the buffer.
     pub fn quantize(&mut self, k: &Kernels, weight: DType, x: &[f32], cols: usize) {
-        assert!(cols > 0 && x.len() % cols == 0, "QuantActs: {} values are not rows of {cols}", x.len());
+        assert!(cols > 0 && x.len().is_multiple_of(cols), "QuantActs: {} values are not rows of {cols}", x.len());
         let dtype = weight.vec_dot_type();
         let row_bytes = dtype.row_bytes(cols).expect("activation row length is a whole number of blocks");
         let n_rows = x.len() / cols;
@@ -76,6 +76,13 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// A method (not a field access) so closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[t, r] = dot(w[r], x[t])` for every token `t` and row `r`: `out` is `[x.n_rows(), w.rows]`.
 pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
     assert!(x.is_for(w.dtype, w.cols), "matmul: activations were quantized for another type or width");
@@ -87,14 +94,13 @@ pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
     let outp = SharedOut(out.as_mut_ptr());
     let chunk = cpu.pool.chunk_size(rows, 16);
     cpu.pool.for_chunks(rows, chunk, &|range| {
-        let outp = outp;
         for r in range {
             let wr = w.row(r);
             for t in 0..n_tokens {
                 let v = dot(cols, wr, x.row(t));
                 // SAFETY: (t, r) is written by exactly one thread (rows are partitioned) and t * rows + r is
                 // within `out`, whose length was checked above; `out` outlives the pool call.
-                unsafe { *outp.0.add(t * rows + r) = v };
+                unsafe { *outp.get().add(t * rows + r) = v };
             }
         }
     });
@@ -163,6 +169,30 @@ pub fn add(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// Named activation taps for finding the first tensor that diverges from a reference: with `FLASH_MOE_TAPS=1`
+/// every tap prints its name (llama.cpp's graph names, e.g. `attn_norm-3`), sum and first values to stderr.
+pub fn tap(name: &str, layer: Option<usize>, x: &[f32]) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("FLASH_MOE_TAPS").is_some_and(|v| v != "0")) {
+        return;
+    }
+    let sum: f64 = x.iter().map(|&v| v as f64).sum();
+    let name = match layer {
+        Some(l) => format!("{name}-{l}"),
+        None => name.to_string(),
+    };
+    if let Some(dir) = std::env::var_os("FLASH_MOE_TAPS_DIR") {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Unnumbered taps repeat in every layer: keep the first.
+        let path = std::path::Path::new(&dir).join(format!("{name}.f32"));
+        if !path.exists() {
+            let _ = std::fs::write(path, bytes);
+        }
+    }
+    let head: Vec<String> = x.iter().take(3).map(|v| format!("{v:.6}")).collect();
+    eprintln!("tap {name:<16} n {:>8} sum {sum:>14.6} [{}]", x.len(), head.join(", "));
 }
 
 #[cfg(test)]

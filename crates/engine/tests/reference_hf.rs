@@ -44,6 +44,17 @@ fn qwen3_f32_gguf_matches_transformers() {
 }
 
 #[test]
-fn qwen3_safetensors_matches_transformers() {
-    check("qwen3-h64", "model.safetensors");
+fn qwen3moe_f32_gguf_matches_transformers() {
+    check("qwen3moe-h64", "qwen3moe-h64-f32.gguf");
+}
+
+#[test]
+fn qwen3moe_safetensors_matches_transformers() {
+    check("qwen3moe-h64", "model.safetensors");
+}
+
+/// bf16 safetensors; transformers ran float32 on exactly these (bf16-representable) weights.
+#[test]
+fn qwen3moe_h256_bf16_safetensors_matches_transformers() {
+    check("qwen3moe-h256", "model.safetensors");
 }

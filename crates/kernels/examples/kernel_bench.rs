@@ -35,15 +35,11 @@ fn random_matrix(rng: &mut SmallRng, t: DType, rows: usize, cols: usize) -> Vec<
         _ => &[],
     };
     match t {
-        DType::F32 => m
-            .chunks_exact_mut(4)
-            .for_each(|c| c.copy_from_slice(&rng.gen_range(-1f32..1.0).to_le_bytes())),
-        DType::F16 => m
-            .chunks_exact_mut(2)
-            .for_each(|c| c.copy_from_slice(&scale(rng))),
-        DType::BF16 => m
-            .chunks_exact_mut(2)
-            .for_each(|c| c.copy_from_slice(&f32_to_bf16(rng.gen_range(-1f32..1.0)).to_le_bytes())),
+        DType::F32 => m.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&rng.gen_range(-1f32..1.0).to_le_bytes())),
+        DType::F16 => m.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&scale(rng))),
+        DType::BF16 => {
+            m.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f32_to_bf16(rng.gen_range(-1f32..1.0)).to_le_bytes()))
+        }
         _ => {
             for block in m.chunks_exact_mut(t.block_bytes()) {
                 for &off in fields {
@@ -64,10 +60,7 @@ fn main() {
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
     println!("gemv {rows} x {cols}, single thread; GB/s of weight bytes read by vec_dot");
-    println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>10}",
-        "format", "MB", "scalar", "avx2", "avx512"
-    );
+    println!("{:<6} {:>10} {:>10} {:>10} {:>10}", "format", "MB", "scalar", "avx2", "avx512");
     for t in WEIGHT_TYPES {
         let m = random_matrix(&mut rng, t, rows, cols);
         let row_bytes = m.len() / rows;
@@ -84,12 +77,7 @@ fn main() {
             for r in [0, rows / 2, rows - 1] {
                 let row = &m[r * row_bytes..(r + 1) * row_bytes];
                 let (a, b) = (dot(cols, row, &xq), scalar.vec_dot(t)(cols, row, &xq));
-                assert!(
-                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                    "{} {}: {a} vs scalar {b}",
-                    t.name(),
-                    isa.name()
-                );
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{} {}: {a} vs scalar {b}", t.name(), isa.name());
             }
             // Fastest of many passes: the machine is shared, and the minimum is the least disturbed pass.
             let mut sink = 0f32;

@@ -29,9 +29,7 @@ impl Isa {
     }
 
     fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
-            .into_iter()
-            .find(|isa| isa.name() == name)
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().find(|isa| isa.name() == name)
     }
 
     /// Whether this CPU can run this instruction set's kernels (and this build has them).
@@ -56,20 +54,10 @@ fn choose_isa(requested: Option<&str>) -> (Isa, Option<String>) {
     };
     match Isa::from_name(requested.trim().to_ascii_lowercase().as_str()) {
         Some(isa) if isa.supported() => (isa, None),
-        Some(isa) => (
-            best,
-            Some(format!(
-                "FLASH_MOE_ISA={} is not supported here; using {}",
-                isa.name(),
-                best.name()
-            )),
-        ),
+        Some(isa) => (best, Some(format!("FLASH_MOE_ISA={} is not supported here; using {}", isa.name(), best.name()))),
         None => (
             best,
-            Some(format!(
-                "unknown FLASH_MOE_ISA={requested:?} (scalar|avx2|avx512|neon); using {}",
-                best.name()
-            )),
+            Some(format!("unknown FLASH_MOE_ISA={requested:?} (scalar|avx2|avx512|neon); using {}", best.name())),
         ),
     }
 }
@@ -97,11 +85,7 @@ pub struct Kernels {
 /// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`.
 pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
     let x = w.vec_dot_type();
-    assert!(
-        n.is_multiple_of(w.block_elems()),
-        "{n} is not a whole number of {} blocks",
-        w.name()
-    );
+    assert!(n.is_multiple_of(w.block_elems()), "{n} is not a whole number of {} blocks", w.name());
     assert!(
         Some(w_row.len()) == w.row_bytes(n),
         "{} row of {n} values needs {:?} bytes, got {}",
@@ -213,10 +197,7 @@ impl Kernels {
 
     /// The instruction sets this CPU supports, from slowest to fastest; always starts with `Scalar`.
     pub fn available_isas() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon]
-            .into_iter()
-            .filter(|isa| isa.supported())
-            .collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|isa| isa.supported()).collect()
     }
 
     /// Builds the table of a supported `isa`.
@@ -243,10 +224,7 @@ impl Kernels {
     pub fn vec_dot(&self, w: DType) -> VecDotFn {
         match self.dot[w.index()] {
             Some(f) => f,
-            None => panic!(
-                "{} is an activation-only type: no weight dot product",
-                w.name()
-            ),
+            None => panic!("{} is an activation-only type: no weight dot product", w.name()),
         }
     }
 
@@ -254,12 +232,7 @@ impl Kernels {
     /// bytes; `x.len()` must be a whole number of blocks.
     pub fn quantize_row(&self, dtype: DType, x: &[f32], dst: &mut [u8]) {
         let bytes = dtype.row_bytes(x.len());
-        assert!(
-            bytes.is_some(),
-            "{} values are not a whole number of {} blocks",
-            x.len(),
-            dtype.name()
-        );
+        assert!(bytes.is_some(), "{} values are not a whole number of {} blocks", x.len(), dtype.name());
         assert!(
             Some(dst.len()) == bytes,
             "{} row of {} values needs {:?} bytes, got {}",
@@ -275,12 +248,7 @@ impl Kernels {
     /// `dtype.row_bytes(dst.len())` bytes.
     pub fn dequantize_row(&self, dtype: DType, src: &[u8], dst: &mut [f32]) {
         let bytes = dtype.row_bytes(dst.len());
-        assert!(
-            bytes.is_some(),
-            "{} values are not a whole number of {} blocks",
-            dst.len(),
-            dtype.name()
-        );
+        assert!(bytes.is_some(), "{} values are not a whole number of {} blocks", dst.len(), dtype.name());
         assert!(
             Some(src.len()) == bytes,
             "{} row of {} values needs {:?} bytes, got {}",

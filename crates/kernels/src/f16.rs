@@ -26,11 +26,7 @@ pub fn f32_to_f16(x: f32) -> u16 {
     let sign = ((bits >> 16) & 0x8000) as u16;
     let abs = bits & 0x7fff_ffff;
     if abs >= 0x7f80_0000 {
-        let nan = if abs > 0x7f80_0000 {
-            0x200 | ((abs >> 13) & 0x3ff) as u16
-        } else {
-            0
-        };
+        let nan = if abs > 0x7f80_0000 { 0x200 | ((abs >> 13) & 0x3ff) as u16 } else { 0 };
         return sign | 0x7c00 | nan;
     }
     if abs >= 0x477f_f000 {
@@ -73,23 +69,17 @@ pub(crate) fn read_f32(b: &[u8], i: usize) -> f32 {
 
 /// sum(w[i] * x[i]) over f32 rows, summed in f64.
 pub fn dot_f32_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    (0..n)
-        .map(|i| read_f32(w, i) as f64 * read_f32(x, i) as f64)
-        .sum::<f64>() as f32
+    (0..n).map(|i| read_f32(w, i) as f64 * read_f32(x, i) as f64).sum::<f64>() as f32
 }
 
 /// sum(w[i] * x[i]) over f16 rows: each product in f32 (exact), summed in f64.
 pub fn dot_f16_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    (0..n)
-        .map(|i| (f16_to_f32(read_u16(w, i)) * f16_to_f32(read_u16(x, i))) as f64)
-        .sum::<f64>() as f32
+    (0..n).map(|i| (f16_to_f32(read_u16(w, i)) * f16_to_f32(read_u16(x, i))) as f64).sum::<f64>() as f32
 }
 
 /// sum(w[i] * x[i]) over bf16 rows: each product in f32 (exact), summed in f64.
 pub fn dot_bf16_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    (0..n)
-        .map(|i| (bf16_to_f32(read_u16(w, i)) * bf16_to_f32(read_u16(x, i))) as f64)
-        .sum::<f64>() as f32
+    (0..n).map(|i| (bf16_to_f32(read_u16(w, i)) * bf16_to_f32(read_u16(x, i))) as f64).sum::<f64>() as f32
 }
 
 pub fn quantize_f32_ref(x: &[f32], dst: &mut [u8]) {

@@ -59,29 +59,16 @@ pub(crate) unsafe trait Block: Sized {}
 /// Views `bytes` as a slice of blocks; panics unless `bytes` is a whole number of blocks.
 pub(crate) fn blocks<B: Block>(bytes: &[u8]) -> &[B] {
     assert_eq!(std::mem::align_of::<B>(), 1);
-    assert_eq!(
-        bytes.len() % std::mem::size_of::<B>(),
-        0,
-        "not a whole number of blocks"
-    );
+    assert_eq!(bytes.len() % std::mem::size_of::<B>(), 0, "not a whole number of blocks");
     // SAFETY: B has alignment 1, accepts every bit pattern (Block's contract), and the slice covers exactly
     // bytes.len() bytes of the borrowed input.
-    unsafe {
-        std::slice::from_raw_parts(
-            bytes.as_ptr().cast::<B>(),
-            bytes.len() / std::mem::size_of::<B>(),
-        )
-    }
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / std::mem::size_of::<B>()) }
 }
 
 /// Views `bytes` as a mutable slice of blocks; panics unless `bytes` is a whole number of blocks.
 pub(crate) fn blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
     assert_eq!(std::mem::align_of::<B>(), 1);
-    assert_eq!(
-        bytes.len() % std::mem::size_of::<B>(),
-        0,
-        "not a whole number of blocks"
-    );
+    assert_eq!(bytes.len() % std::mem::size_of::<B>(), 0, "not a whole number of blocks");
     let n = bytes.len() / std::mem::size_of::<B>();
     // SAFETY: as in `blocks`; the exclusive borrow of `bytes` is moved into the returned slice.
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<B>(), n) }

@@ -25,10 +25,7 @@ impl BlockQ4_0 {
 }
 
 pub fn dequant_q4_0_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ4_0>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK4_0))
-    {
+    for (b, y) in blocks::<BlockQ4_0>(src).iter().zip(y.chunks_exact_mut(QK4_0)) {
         let d = b.d();
         for j in 0..QK4_0 / 2 {
             y[j] = ((b.qs[j] & 0x0f) as i32 - 8) as f32 * d;
@@ -39,10 +36,7 @@ pub fn dequant_q4_0_ref(src: &[u8], y: &mut [f32]) {
 
 /// llama.cpp's `quantize_row_q4_0_ref`: `d = max / -8` with `max` the signed absmax, `q = min(15, trunc(x / d + 8.5))`.
 pub fn quantize_q4_0_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ4_0>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK4_0))
-    {
+    for (b, x) in blocks_mut::<BlockQ4_0>(dst).iter_mut().zip(x.chunks_exact(QK4_0)) {
         let max = crate::q8_k::signed_absmax(x);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };

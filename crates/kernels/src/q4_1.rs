@@ -30,10 +30,7 @@ impl BlockQ4_1 {
 }
 
 pub fn dequant_q4_1_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ4_1>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK4_1))
-    {
+    for (b, y) in blocks::<BlockQ4_1>(src).iter().zip(y.chunks_exact_mut(QK4_1)) {
         let (d, m) = (b.d(), b.m());
         for j in 0..QK4_1 / 2 {
             y[j] = (b.qs[j] & 0x0f) as f32 * d + m;
@@ -44,10 +41,7 @@ pub fn dequant_q4_1_ref(src: &[u8], y: &mut [f32]) {
 
 /// llama.cpp's `quantize_row_q4_1_ref`: `d = (max - min) / 15`, `m = min`, `q = min(15, trunc((x - min) / d + 0.5))`.
 pub fn quantize_q4_1_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ4_1>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK4_1))
-    {
+    for (b, x) in blocks_mut::<BlockQ4_1>(dst).iter_mut().zip(x.chunks_exact(QK4_1)) {
         let min = x.iter().fold(f32::MAX, |a, &v| a.min(v));
         let max = x.iter().fold(-f32::MAX, |a, &v| a.max(v));
         let d = (max - min) / 15.0;

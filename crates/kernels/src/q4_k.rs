@@ -38,10 +38,7 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -122,8 +119,7 @@ pub(crate) fn make_qkx2_quants(
         l.iter_mut().for_each(|v| *v = 0);
         return (0.0, -min);
     }
-    let quant =
-        |iscale: f32, min: f32, v: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
+    let quant = |iscale: f32, min: f32, v: f32| nearest_int(iscale * (v - min)).clamp(0, nmax) as u8;
     let mut iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
     let mut best_error = 0.0f32;
@@ -186,16 +182,11 @@ pub(crate) fn quantize_scales_k(
         for (w, v) in w.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep);
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep);
         max_scale = max_scale.max(scales[j]);
         max_min = max_min.max(mins[j]);
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
@@ -222,10 +213,7 @@ pub(crate) fn quantize_scales_k(
 
 /// llama.cpp's `quantize_row_q4_K_ref`.
 pub fn quantize_q4_k_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ4K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ4K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut l = [0u8; QK_K];
         let (d, dmin, scales) = quantize_scales_k(x, 15, -1.0, 20, &mut l);
         b.d = d.to_le_bytes();

@@ -29,18 +29,12 @@ impl BlockQ5_0 {
         let qh = u32::from_le_bytes(self.qh);
         let h0 = ((qh >> j) & 1) << 4;
         let h1 = ((qh >> (j + 16)) & 1) << 4;
-        (
-            ((self.qs[j] & 0x0f) as u32 | h0) as i32,
-            ((self.qs[j] >> 4) as u32 | h1) as i32,
-        )
+        (((self.qs[j] & 0x0f) as u32 | h0) as i32, ((self.qs[j] >> 4) as u32 | h1) as i32)
     }
 }
 
 pub fn dequant_q5_0_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ5_0>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK5_0))
-    {
+    for (b, y) in blocks::<BlockQ5_0>(src).iter().zip(y.chunks_exact_mut(QK5_0)) {
         let d = b.d();
         for j in 0..QK5_0 / 2 {
             let (q0, q1) = b.quants(j);
@@ -52,10 +46,7 @@ pub fn dequant_q5_0_ref(src: &[u8], y: &mut [f32]) {
 
 /// llama.cpp's `quantize_row_q5_0_ref`: `d = max / -16`, `q = min(31, trunc(x / d + 16.5))`.
 pub fn quantize_q5_0_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ5_0>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK5_0))
-    {
+    for (b, x) in blocks_mut::<BlockQ5_0>(dst).iter_mut().zip(x.chunks_exact(QK5_0)) {
         let max = crate::q8_k::signed_absmax(x);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };

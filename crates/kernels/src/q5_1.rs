@@ -34,18 +34,12 @@ impl BlockQ5_1 {
         let qh = u32::from_le_bytes(self.qh);
         let h0 = ((qh >> j) & 1) << 4;
         let h1 = ((qh >> (j + 16)) & 1) << 4;
-        (
-            ((self.qs[j] & 0x0f) as u32 | h0) as i32,
-            ((self.qs[j] >> 4) as u32 | h1) as i32,
-        )
+        (((self.qs[j] & 0x0f) as u32 | h0) as i32, ((self.qs[j] >> 4) as u32 | h1) as i32)
     }
 }
 
 pub fn dequant_q5_1_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ5_1>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK5_1))
-    {
+    for (b, y) in blocks::<BlockQ5_1>(src).iter().zip(y.chunks_exact_mut(QK5_1)) {
         let (d, m) = (b.d(), b.m());
         for j in 0..QK5_1 / 2 {
             let (q0, q1) = b.quants(j);
@@ -57,10 +51,7 @@ pub fn dequant_q5_1_ref(src: &[u8], y: &mut [f32]) {
 
 /// llama.cpp's `quantize_row_q5_1_ref`: `d = (max - min) / 31`, `m = min`, `q = trunc((x - min) / d + 0.5)`.
 pub fn quantize_q5_1_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ5_1>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK5_1))
-    {
+    for (b, x) in blocks_mut::<BlockQ5_1>(dst).iter_mut().zip(x.chunks_exact(QK5_1)) {
         let min = x.iter().fold(f32::MAX, |a, &v| a.min(v));
         let max = x.iter().fold(-f32::MAX, |a, &v| a.max(v));
         let d = (max - min) / 31.0;

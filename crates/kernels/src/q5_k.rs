@@ -59,9 +59,7 @@ pub fn dot_q5_k_q8_k_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let (mut sumi, mut summ) = (0i32, 0i32);
         for j in 0..8 {
             let (sc, m) = scale_min_k4(j, &bw.scales);
-            let s: i32 = (32 * j..32 * j + 32)
-                .map(|i| bw.quant(i) as i32 * bx.qs[i] as i32)
-                .sum();
+            let s: i32 = (32 * j..32 * j + 32).map(|i| bw.quant(i) as i32 * bx.qs[i] as i32).sum();
             sumi += sc as i32 * s;
             summ += m as i32 * (bx.bsum(2 * j) + bx.bsum(2 * j + 1));
         }
@@ -72,10 +70,7 @@ pub fn dot_q5_k_q8_k_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 /// llama.cpp's `quantize_row_q5_K_ref`.
 pub fn quantize_q5_k_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ5K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ5K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut l = [0u8; QK_K];
         let (d, dmin, scales) = quantize_scales_k(x, 31, -0.5, 15, &mut l);
         b.d = d.to_le_bytes();

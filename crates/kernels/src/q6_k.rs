@@ -50,9 +50,7 @@ pub fn dot_q6_k_q8_k_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let mut sumi = 0i32;
         for j in 0..16 {
-            let s: i32 = (16 * j..16 * j + 16)
-                .map(|i| bw.quant(i) * bx.qs[i] as i32)
-                .sum();
+            let s: i32 = (16 * j..16 * j + 16).map(|i| bw.quant(i) * bx.qs[i] as i32).sum();
             sumi += bw.scales[j] as i32 * s;
         }
         sumf += bx.d() * bw.d() * sumi as f32;
@@ -101,10 +99,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {
 
 /// llama.cpp's `quantize_row_q6_K_ref`.
 pub fn quantize_q6_k_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ6K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ6K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let mut l = [0u8; QK_K];
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
@@ -140,8 +135,7 @@ pub fn quantize_q6_k_ref(x: &[f32], dst: &mut [u8]) {
                 let q = |t: usize| l[128 * h + 32 * t + i];
                 b.ql[64 * h + i] = (q(0) & 0x0f) | ((q(2) & 0x0f) << 4);
                 b.ql[64 * h + 32 + i] = (q(1) & 0x0f) | ((q(3) & 0x0f) << 4);
-                b.qh[32 * h + i] =
-                    (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
+                b.qh[32 * h + i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
             }
         }
     }

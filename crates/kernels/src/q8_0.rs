@@ -24,10 +24,7 @@ impl BlockQ8_0 {
 }
 
 pub fn dequant_q8_0_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ8_0>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK8_0))
-    {
+    for (b, y) in blocks::<BlockQ8_0>(src).iter().zip(y.chunks_exact_mut(QK8_0)) {
         let d = b.d();
         for (y, &q) in y.iter_mut().zip(&b.qs) {
             *y = q as f32 * d;
@@ -51,10 +48,7 @@ pub(crate) fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
 
 /// Q8_0 quantizer (activations and weights alike).
 pub fn quantize_q8_0_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_0>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK8_0))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_0>(dst).iter_mut().zip(x.chunks_exact(QK8_0)) {
         let (d, _) = quantize_block_q8(x, &mut b.qs);
         b.d = f32_to_f16(d).to_le_bytes();
     }
@@ -64,12 +58,7 @@ pub fn quantize_q8_0_ref(x: &[f32], dst: &mut [u8]) {
 pub fn dot_q8_0_q8_0_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sumf = 0.0f32;
     for (bw, bx) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(x)) {
-        let sumi: i32 = bw
-            .qs
-            .iter()
-            .zip(&bx.qs)
-            .map(|(&a, &b)| a as i32 * b as i32)
-            .sum();
+        let sumi: i32 = bw.qs.iter().zip(&bx.qs).map(|(&a, &b)| a as i32 * b as i32).sum();
         sumf += bw.d() * bx.d() * sumi as f32;
     }
     sumf

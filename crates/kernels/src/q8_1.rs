@@ -29,10 +29,7 @@ impl BlockQ8_1 {
 }
 
 pub fn dequant_q8_1_ref(src: &[u8], y: &mut [f32]) {
-    for (b, y) in blocks::<BlockQ8_1>(src)
-        .iter()
-        .zip(y.chunks_exact_mut(QK8_1))
-    {
+    for (b, y) in blocks::<BlockQ8_1>(src).iter().zip(y.chunks_exact_mut(QK8_1)) {
         let d = b.d();
         for (y, &q) in y.iter_mut().zip(&b.qs) {
             *y = q as f32 * d;
@@ -42,10 +39,7 @@ pub fn dequant_q8_1_ref(src: &[u8], y: &mut [f32]) {
 
 /// As Q8_0, plus `s = f16(d * sum(q))` with `d` the f32 scale before rounding to f16 (as llama.cpp).
 pub fn quantize_q8_1_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_1>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK8_1))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_1>(dst).iter_mut().zip(x.chunks_exact(QK8_1)) {
         let (d, sum) = quantize_block_q8(x, &mut b.qs);
         b.d = f32_to_f16(d).to_le_bytes();
         b.s = f32_to_f16(d * sum as f32).to_le_bytes();

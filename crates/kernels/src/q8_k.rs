@@ -52,10 +52,7 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
 /// `q = min(127, nearest_int(iscale * x))`, `d = 1 / iscale`. An all-zero block gets `d = 0`, zero quants and
 /// zero sums.
 pub fn quantize_q8_k_ref(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ8K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let max = signed_absmax(x);
         if max == 0.0 {
             b.d = 0f32.to_le_bytes();

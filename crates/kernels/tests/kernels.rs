@@ -27,11 +27,7 @@ fn scalar() -> Kernels {
 }
 
 fn simd_tables() -> Vec<Kernels> {
-    Kernels::available_isas()
-        .into_iter()
-        .filter(|&i| i != Isa::Scalar)
-        .filter_map(Kernels::with_isa)
-        .collect()
+    Kernels::available_isas().into_iter().filter(|&i| i != Isa::Scalar).filter_map(Kernels::with_isa).collect()
 }
 
 /// Values per row for `n_blocks` blocks (float types get longer rows so SIMD tails are exercised).
@@ -142,9 +138,7 @@ fn activations(rng: &mut SmallRng, n: usize, case: usize) -> Vec<f32> {
         0 => (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
         1 => vec![0.0; n],
         2 => vec![0.75; n],
-        3 => (0..n)
-            .map(|i| if i % 3 == 0 { -3.5 } else { 3.5 })
-            .collect(),
+        3 => (0..n).map(|i| if i % 3 == 0 { -3.5 } else { 3.5 }).collect(),
         // Large, but small enough that a Q8_1 block sum `s` (f16) cannot overflow, as in llama.cpp.
         4 => (0..n).map(|_| rng.gen_range(-1.0f32..1.0) * 1e3).collect(),
         _ => (0..n).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect(),
@@ -188,9 +182,7 @@ fn magnitude(t: DType, w: &[u8], xd: &[f32]) -> f64 {
             })
             .collect()
     };
-    (0..n)
-        .map(|i| xd[i].abs() as f64 * parts.iter().map(|p| p[i].abs() as f64).sum::<f64>())
-        .sum()
+    (0..n).map(|i| xd[i].abs() as f64 * parts.iter().map(|p| p[i].abs() as f64).sum::<f64>()).sum()
 }
 
 /// (a) SIMD dot == scalar dot up to f32 summation order: |simd - ref| <= 1e-5 * magnitude. Integer sums are
@@ -280,12 +272,7 @@ fn simd_quantize_is_bit_identical() {
                         x[n - 1] = 2.0;
                         x[1] = -2.0;
                     }
-                    assert_eq!(
-                        quant(&k, t, &x),
-                        quant(&s, t, &x),
-                        "{} {t:?} n={n} case {case}",
-                        k.isa().name()
-                    );
+                    assert_eq!(quant(&k, t, &x), quant(&s, t, &x), "{} {t:?} n={n} case {case}", k.isa().name());
                 }
             }
         }
@@ -326,17 +313,11 @@ fn detect_agrees_with_forced_scalar() {
         let n = row_len(t, 16);
         let w = weight_row(&mut rng, t, n, Pattern::Random);
         let x = activations(&mut rng, n, 0);
-        let (xs, xd) = (
-            quant(&s, t.vec_dot_type(), &x),
-            quant(&d, t.vec_dot_type(), &x),
-        );
+        let (xs, xd) = (quant(&s, t.vec_dot_type(), &x), quant(&d, t.vec_dot_type(), &x));
         assert_eq!(xs, xd);
         let (a, b) = (s.vec_dot(t)(n, &w, &xs), d.vec_dot(t)(n, &w, &xd));
         let tol = 1e-5 * magnitude(t, &w, &dequant(&s, t.vec_dot_type(), &xs, n));
-        assert!(
-            ((a - b) as f64).abs() <= tol,
-            "{t:?}: scalar {a} detect {b}"
-        );
+        assert!(((a - b) as f64).abs() <= tol, "{t:?}: scalar {a} detect {b}");
     }
 }
 
@@ -424,20 +405,12 @@ mod f16_hardware {
         let (to_f16, to_f32) = unsafe { (|x| hw_to_f16(x), |h| hw_to_f32(h)) };
         let same = |x: f32| {
             let (a, b) = (f32_to_f16(x), to_f16(x));
-            assert_eq!(
-                a,
-                b,
-                "f32 {x:e} ({:#010x}): {a:#06x} vs hardware {b:#06x}",
-                x.to_bits()
-            );
+            assert_eq!(a, b, "f32 {x:e} ({:#010x}): {a:#06x} vs hardware {b:#06x}", x.to_bits());
         };
         for h in 0..=u16::MAX {
             let f = f16_to_f32(h);
             let hw = to_f32(h);
-            assert!(
-                f.to_bits() == hw.to_bits() || (f.is_nan() && hw.is_nan()),
-                "{h:#06x}"
-            );
+            assert!(f.to_bits() == hw.to_bits() || (f.is_nan() && hw.is_nan()), "{h:#06x}");
             if f.is_nan() {
                 continue;
             }
@@ -445,25 +418,12 @@ mod f16_hardware {
             let next = f16_to_f32(h.wrapping_add(1));
             if next.is_finite() && (h & 0x7fff) != 0x7bff && h != 0x7fff && h != 0xffff {
                 let mid = ((f as f64 + next as f64) / 2.0) as f32;
-                for x in [
-                    mid,
-                    f32::from_bits(mid.to_bits() + 1),
-                    f32::from_bits(mid.to_bits() - 1),
-                ] {
+                for x in [mid, f32::from_bits(mid.to_bits() + 1), f32::from_bits(mid.to_bits() - 1)] {
                     same(x);
                 }
             }
         }
-        for x in [
-            65504.0f32,
-            65519.99,
-            65520.0,
-            1e9,
-            f32::INFINITY,
-            -f32::INFINITY,
-            f32::MIN_POSITIVE,
-            1e-10,
-        ] {
+        for x in [65504.0f32, 65519.99, 65520.0, 1e9, f32::INFINITY, -f32::INFINITY, f32::MIN_POSITIVE, 1e-10] {
             same(x);
         }
         let mut rng = SmallRng::seed_from_u64(6);
@@ -513,16 +473,7 @@ fn weight_quantizers_round_trip() {
     let mut rng = SmallRng::seed_from_u64(7);
     let s = scalar();
     let eps = 1.0 / 2048.0;
-    for t in [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for t in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
         for case in [0, 1, 2, 4, 5] {
             let n = 4 * 256;
             let x = activations(&mut rng, n, case);
@@ -543,10 +494,7 @@ fn weight_quantizers_round_trip() {
                 } * 1.0001
                     + 1e-30;
                 for (a, b) in xb.iter().zip(yb) {
-                    assert!(
-                        (a - b).abs() <= bound,
-                        "{t:?} case {case}: {a} -> {b}, bound {bound}"
-                    );
+                    assert!((a - b).abs() <= bound, "{t:?} case {case}: {a} -> {b}, bound {bound}");
                     err2 += ((a - b) as f64).powi(2);
                     x2 += (*a as f64).powi(2);
                 }
@@ -557,11 +505,7 @@ fn weight_quantizers_round_trip() {
                 DType::Q6_K => 0.03,
                 _ => 1.0,
             };
-            assert!(
-                err2 <= rms_budget * rms_budget * x2 + 1e-30,
-                "{t:?} case {case}: rel rms {}",
-                (err2 / x2).sqrt()
-            );
+            assert!(err2 <= rms_budget * rms_budget * x2 + 1e-30, "{t:?} case {case}: rel rms {}", (err2 / x2).sqrt());
         }
     }
 }

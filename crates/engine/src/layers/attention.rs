@@ -52,6 +52,7 @@ pub struct AttentionScratch {
 
 /// Runs attention for the `n` tokens of `x` (`[n, n_embd]`, already normed) at positions `pos0..pos0 + n`,
 /// appending their keys and values to `kv`, and writes `[n, n_embd]` to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     cpu: &Cpu,
     w: &AttentionWeights,
@@ -84,6 +85,9 @@ pub fn attention(
             }
         }
     }
+    ops::tap("Qcur", None, &s.q);
+    ops::tap("Kcur", None, &s.k);
+    ops::tap("Vcur", None, &s.v);
     if let Some(g) = &w.q_norm {
         ops::rms_norm(&mut s.q, g, shape.norm_eps);
     }
@@ -118,7 +122,6 @@ pub fn attention(
     let att_ptr = SharedPtr(s.att.as_mut_ptr());
     let (q, kv_ref) = (&s.q, &*kv);
     cpu.pool.for_chunks_indexed(n * shape.n_head, 1, &|thread, pairs| {
-        let (scores_ptr, att_ptr) = (scores_ptr, att_ptr);
         for pair in pairs {
             let (t, h) = (pair / shape.n_head, pair % shape.n_head);
             let n_kv = pos0 + t + 1;
@@ -126,8 +129,8 @@ pub fn attention(
             // (t, h) pair its own head_dim-long slice of `att`; both buffers outlive the pool call.
             let (scores, o) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(scores_ptr.0.add(thread * n_ctx), n_kv),
-                    std::slice::from_raw_parts_mut(att_ptr.0.add(t * q_dim + h * hd), hd),
+                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * n_ctx), n_kv),
+                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + h * hd), hd),
                 )
             };
             let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
@@ -145,6 +148,7 @@ pub fn attention(
         }
     });
 
+    ops::tap("kqv_out", None, &s.att);
     ops::matmul_f32(cpu, w.wo.as_ref(), &s.att, &mut s.att_q, out);
 }
 
@@ -158,3 +162,10 @@ struct SharedPtr(*mut f32);
 unsafe impl Send for SharedPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// A method (not a field access) so closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

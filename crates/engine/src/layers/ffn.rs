@@ -38,6 +38,9 @@ pub fn swiglu(
     s.up.resize(n * up.rows, 0.0);
     ops::matmul_f32(cpu, gate, x, &mut s.xq, &mut s.gate);
     ops::matmul_reuse(cpu, up, x, &mut s.xq, &mut s.up);
+    ops::tap("ffn_gate", None, &s.gate);
+    ops::tap("ffn_up", None, &s.up);
     ops::swiglu(&mut s.gate, &s.up);
+    ops::tap("ffn_swiglu", None, &s.gate);
     ops::matmul_f32(cpu, down, &s.gate, &mut s.hq, out);
 }

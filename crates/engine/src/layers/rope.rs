@@ -22,7 +22,7 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(style: RopeStyle, n_dims: usize, theta: f32) -> Rope {
-        assert!(n_dims % 2 == 0, "RoPE needs an even number of dimensions");
+        assert!(n_dims.is_multiple_of(2), "RoPE needs an even number of dimensions");
         let inv_freq = (0..n_dims / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / n_dims as f32)).collect();
         Rope { style, n_dims, inv_freq }
     }

@@ -177,12 +177,17 @@ impl Decoder {
             );
         }
 
+        ops::tap("embd", None, &s.x);
         for (l, layer) in self.layers.iter().enumerate() {
             ops::rms_norm_into(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.xn);
+            ops::tap("attn_norm", Some(l), &s.xn);
             attention::attention(cpu, &layer.attn, &cfg.attn, &mut sess.kv[l], &s.xn, pos0, &mut s.attn, &mut s.y);
+            ops::tap("attn_out", Some(l), &s.y);
             ops::add(&mut s.x, &s.y);
+            ops::tap("ffn_inp", Some(l), &s.x);
 
             ops::rms_norm_into(&s.x, &layer.ffn_norm, cfg.rms_eps, &mut s.xn);
+            ops::tap("ffn_norm", Some(l), &s.xn);
             match &layer.ffn {
                 FeedForward::Dense(w) => ffn::ffn(cpu, w, &s.xn, &mut s.ffn, &mut s.y),
                 FeedForward::Moe(w) => {
@@ -190,7 +195,9 @@ impl Decoder {
                     moe::moe(cpu, w, routing, &*self.experts, l, &s.xn, &mut s.moe, &mut s.y)?
                 }
             }
+            ops::tap("ffn_out", Some(l), &s.y);
             ops::add(&mut s.x, &s.y);
+            ops::tap("l_out", Some(l), &s.x);
         }
         sess.pos += n;
 

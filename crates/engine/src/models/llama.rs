@@ -109,7 +109,7 @@ pub(crate) fn check_shape(
              head_dim {head_dim}"
         )));
     }
-    if n_head % n_head_kv != 0 || head_dim % 2 != 0 {
+    if !n_head.is_multiple_of(n_head_kv) || !head_dim.is_multiple_of(2) {
         return Err(
             hp.error(format!("{n_head} heads cannot share {n_head_kv} KV heads, or head size {head_dim} is odd"))
         );

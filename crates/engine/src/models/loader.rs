@@ -200,7 +200,7 @@ impl<'a> Loader<'a> {
     pub fn mat_from(&mut self, t: &TensorInfo) -> Result<QMat> {
         let cols = *t.shape.last().unwrap_or(&1);
         let rows = t.n_elems() / cols.max(1);
-        if t.dtype.is_activation_only() || cols % t.dtype.vec_dot_type().block_elems() != 0 {
+        if t.dtype.is_activation_only() || !cols.is_multiple_of(t.dtype.vec_dot_type().block_elems()) {
             return Err(Error::BadTensorType {
                 path: self.index.path.clone(),
                 tensor: t.name.clone(),

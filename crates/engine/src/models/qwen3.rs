@@ -73,7 +73,11 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
     super::llama::check_shape(hp, n_embd, n_layer, n_head, n_head_kv, head_dim)?;
     super::llama::refuse_rope_scaling(hp)?;
     let rope_theta = hp.f32_opt("rope.freq_base", "rope_theta").unwrap_or(1_000_000.0);
-    let n_expert = hp.usize_opt("expert_count", "num_experts").unwrap_or(0);
+    // transformers 5 writes num_local_experts; the released Qwen3 configs say num_experts.
+    let n_expert = hp
+        .usize_opt("expert_count", "num_experts")
+        .or_else(|| hp.usize_opt("expert_count", "num_local_experts"))
+        .unwrap_or(0);
     let moe = if n_expert > 0 {
         let n_expert_used = hp.usize("expert_used_count", "num_experts_per_tok")?;
         if n_expert_used == 0 || n_expert_used > n_expert {

@@ -39,7 +39,8 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let header = std::str::from_utf8(&b[start..start + hlen]).expect("ascii header");
     assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
     let shape_str = header.split("'shape': (").nth(1).and_then(|s| s.split(')').next()).expect("shape");
-    let shape: Vec<usize> = shape_str.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
+    let shape: Vec<usize> =
+        shape_str.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().expect("dim")).collect();
     let data: Vec<f32> =
         b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     assert_eq!(data.len(), shape.iter().product::<usize>(), "{}: data length", path.display());

@@ -82,9 +82,7 @@ fn arr_mut<const N: usize, T>(s: &mut [T]) -> &mut [T; N] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn f16(h: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(
-        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
-    ))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
 }
 
 #[inline]
@@ -133,12 +131,7 @@ pub(crate) fn nibbles_32(qs: &[u8; 16]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bits_32(qh: [u8; 4]) -> __m256i {
     let x = _mm256_set1_epi32(i32::from_le_bytes(qh));
-    let shuf = _mm256_set_epi64x(
-        0x0303030303030303,
-        0x0202020202020202,
-        0x0101010101010101,
-        0,
-    );
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
     let bytes = _mm256_shuffle_epi8(x, shuf);
     let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
@@ -165,11 +158,7 @@ fn mul_sum_u8_quads(x: __m256i, y: __m256i) -> __m256i {
 /// `sum over blocks of d * q` for the per-block `(d, q)` of `f`, with two accumulators (two blocks in flight).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn fold_blocks<W, X>(
-    bw: &[W],
-    bx: &[X],
-    mut f: impl FnMut(&W, &X) -> (__m256, __m256),
-) -> f32 {
+pub(crate) fn fold_blocks<W, X>(bw: &[W], bx: &[X], mut f: impl FnMut(&W, &X) -> (__m256, __m256)) -> f32 {
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (mut pw, mut px) = (bw.chunks_exact(2), bx.chunks_exact(2));
     for (w2, x2) in (&mut pw).zip(&mut px) {
@@ -190,10 +179,7 @@ pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))))
     })
 }
 
@@ -204,10 +190,7 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let sum = fold_blocks(bw, bx, |bw, bx| {
         summs += f16(bw.m) * f16(bx.s);
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))))
     });
     sum + summs
 }
@@ -219,10 +202,7 @@ pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         // q - 16 as i8: the low nibble, with 0xf0 or-ed in where the high bit is clear.
         let hi = _mm256_andnot_si256(bits_32(bw.qh), _mm256_set1_epi8(0xf0u8 as i8));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))))
     })
 }
 
@@ -235,10 +215,7 @@ pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         let hi = _mm256_and_si256(bits_32(bw.qh), _mm256_set1_epi8(0x10));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs))))
     });
     sum + summs
 }
@@ -247,10 +224,7 @@ pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
     })
 }
 
@@ -263,14 +237,7 @@ pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32)
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
-    let word = |i: usize| {
-        u32::from_le_bytes([
-            scales[4 * i],
-            scales[4 * i + 1],
-            scales[4 * i + 2],
-            scales[4 * i + 3],
-        ])
-    };
+    let word = |i: usize| u32::from_le_bytes([scales[4 * i], scales[4 * i + 1], scales[4 * i + 2], scales[4 * i + 3]]);
     let (u0, u1, u2) = (word(0), word(1), word(2));
     let sc_lo = u0 & KMASK1;
     let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
@@ -280,10 +247,7 @@ pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32)
     let sc = sc_bytes.map(|b| b as i16);
     // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
     let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
-    let pairs = _mm_hadd_epi16(
-        _mm256_castsi256_si128(bsums),
-        _mm256_extracti128_si256::<1>(bsums),
-    );
+    let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
     let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
     let p = _mm_madd_epi16(mins, pairs);
     let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
@@ -307,19 +271,11 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
             let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
             let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
-            let pl =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[2 * k]));
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(q4h, q8h),
-                _mm256_set1_epi16(sc[2 * k + 1]),
-            );
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[2 * k]));
+            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(bw.d)),
-            _mm256_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - acc_m
 }
@@ -339,30 +295,16 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
             let hl = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * k as i32)), m1);
-            let hh = _mm256_and_si256(
-                _mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * k as i32 + 1)),
-                m1,
-            );
+            let hh = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(2 * k as i32 + 1)), m1);
             let q5l = _mm256_or_si256(_mm256_and_si256(q4, m4), _mm256_slli_epi16::<4>(hl));
-            let q5h = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
-                _mm256_slli_epi16::<4>(hh),
-            );
+            let q5h = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4), _mm256_slli_epi16::<4>(hh));
             let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
             let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
-            let pl =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q5l, q8l), _mm256_set1_epi16(sc[2 * k]));
-            let ph = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(q5h, q8h),
-                _mm256_set1_epi16(sc[2 * k + 1]),
-            );
+            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q5l, q8l), _mm256_set1_epi16(sc[2 * k]));
+            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q5h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(bw.d)),
-            _mm256_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - acc_m
 }
@@ -370,9 +312,7 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// `32 * sum_j sc[j] * bsum[j]`: the offset of Q6_K's unsigned quants (q + 32) against the activations.
 #[inline]
 pub(crate) fn q6k_offset(bw: &BlockQ6K, bx: &BlockQ8K) -> i32 {
-    32 * (0..16)
-        .map(|j| bw.scales[j] as i32 * bx.bsum(j))
-        .sum::<i32>()
+    32 * (0..16).map(|j| bw.scales[j] as i32 * bx.bsum(j)).sum::<i32>()
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -394,16 +334,12 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
             ];
             for (t, low) in lows.into_iter().enumerate() {
-                let high =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), m2);
+                let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), m2);
                 let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
                 let base = 128 * h + 32 * t;
                 let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
                 let j = base / 16;
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi16(bw.scales[j + 1] as i16),
-                    _mm_set1_epi16(bw.scales[j] as i16),
-                );
+                let sc = _mm256_set_m128i(_mm_set1_epi16(bw.scales[j + 1] as i16), _mm_set1_epi16(bw.scales[j] as i16));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
             }
         }
@@ -483,19 +419,11 @@ fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     let d = amax / 127.0;
     let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
     let q: [__m256i; 4] = std::array::from_fn(|u| {
-        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(v[u], id),
-        );
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v[u], id));
         _mm256_cvtps_epi32(r)
     });
-    let sum = hsum_epi32(_mm256_add_epi32(
-        _mm256_add_epi32(q[0], q[1]),
-        _mm256_add_epi32(q[2], q[3]),
-    ));
-    let packed = _mm256_packs_epi16(
-        _mm256_packs_epi32(q[0], q[1]),
-        _mm256_packs_epi32(q[2], q[3]),
-    );
+    let sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     store_i8_32(qs, ordered);
     (d, sum)
@@ -503,10 +431,7 @@ fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn quantize_q8_0(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_0>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(32))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_0>(dst).iter_mut().zip(x.chunks_exact(32)) {
         let (d, _) = quantize_block_q8(x, &mut b.qs);
         b.d = crate::f32_to_f16(d).to_le_bytes();
     }
@@ -514,10 +439,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], dst: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn quantize_q8_1(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_1>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(32))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_1>(dst).iter_mut().zip(x.chunks_exact(32)) {
         let (d, sum) = quantize_block_q8(x, &mut b.qs);
         b.d = crate::f32_to_f16(d).to_le_bytes();
         b.s = crate::f32_to_f16(d * sum as f32).to_le_bytes();
@@ -526,10 +448,7 @@ pub(crate) fn quantize_q8_1(x: &[f32], dst: &mut [u8]) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn quantize_q8_k(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ8K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut vmax, mut vmin) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for c in x.chunks_exact(8) {
             let v = load_f32x8(arr(c));
@@ -561,12 +480,8 @@ pub(crate) fn quantize_q8_k(x: &[f32], dst: &mut [u8]) {
             });
             b.bsums[2 * g] = (hsum_epi32(_mm256_add_epi32(q[0], q[1])) as i16).to_le_bytes();
             b.bsums[2 * g + 1] = (hsum_epi32(_mm256_add_epi32(q[2], q[3])) as i16).to_le_bytes();
-            let packed = _mm256_packs_epi16(
-                _mm256_packs_epi32(q[0], q[1]),
-                _mm256_packs_epi32(q[2], q[3]),
-            );
-            let ordered =
-                _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             store_i8_32(arr_mut(&mut b.qs[32 * g..32 * g + 32]), ordered);
         }
         b.d = (1.0 / iscale).to_le_bytes();

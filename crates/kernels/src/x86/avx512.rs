@@ -41,11 +41,7 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(
-        _mm256_setzero_si256(),
-        _mm256_sign_epi8(x, x),
-        _mm256_sign_epi8(y, x),
-    )
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 // Q8_0 and Q4_0 blocks are 32 quants: one 256-bit `vpdpbusd` per block (Zen 4 splits 512-bit operations in two
@@ -55,10 +51,7 @@ fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
+        (d, _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
     })
 }
 
@@ -83,24 +76,14 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let mut sumi = _mm512_setzero_si512();
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q = join(
-                _mm256_and_si256(q4, m4),
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4),
-            );
+            let q = join(_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4));
             let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
             // Bytes 0..32 belong to sub-block 2k, 32..64 to 2k + 1: u8 x i8 pairs (<= 2 * 15 * 127) into i16,
             // then times the i16 scale into i32.
-            let scale = join(
-                _mm256_set1_epi16(sc[2 * k]),
-                _mm256_set1_epi16(sc[2 * k + 1]),
-            );
+            let scale = join(_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
         }
-        acc = _mm512_fmadd_ps(
-            _mm512_set1_ps(dy * f16(bw.d)),
-            _mm512_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * f16(bw.d)), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc) - acc_m
 }
@@ -123,10 +106,7 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let qh2 = join(qh, _mm256_srli_epi16::<2>(qh));
             // Values 128h + 0..64 (low nibbles, qh bits 0..4) and 128h + 64..128 (high nibbles, bits 4..8).
             let halves = [
-                _mm512_or_si512(
-                    _mm512_and_si512(ql, m4),
-                    _mm512_slli_epi16::<4>(_mm512_and_si512(qh2, m2)),
-                ),
+                _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh2, m2))),
                 _mm512_or_si512(
                     _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
                     _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh2), m2)),
@@ -156,10 +136,7 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                     j + 3,
                 );
                 let scale = _mm512_permutexvar_epi32(idx, sc32);
-                sumi = _mm512_add_epi32(
-                    sumi,
-                    _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale),
-                );
+                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale));
             }
         }
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);

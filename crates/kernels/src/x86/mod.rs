@@ -9,9 +9,7 @@ use crate::dispatch::{check_dot, Isa, Kernels};
 use crate::dtype::DType;
 
 pub(crate) fn has_avx2() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
 pub(crate) fn has_avx512() -> bool {
@@ -83,10 +81,7 @@ mod avx512_entries {
 /// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
 pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     use avx2_entries as a2;
-    assert!(
-        has_avx2(),
-        "AVX2 table requested on a CPU without AVX2/FMA/F16C"
-    );
+    assert!(has_avx2(), "AVX2 table requested on a CPU without AVX2/FMA/F16C");
     let mut k = scalar.with_isa_tag(isa);
     let dots: [(DType, crate::VecDotFn); 11] = [
         (DType::F32, a2::dot_f32),
@@ -116,10 +111,7 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     }
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
-        assert!(
-            has_avx512(),
-            "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI"
-        );
+        assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
         let dots: [(DType, crate::VecDotFn); 5] = [
             (DType::BF16, a5::dot_bf16),
             (DType::Q4_0, a5::dot_q4_0),
