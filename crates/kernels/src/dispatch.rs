@@ -14,7 +14,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
-    /// aarch64 NEON (not implemented yet: never available).
+    /// aarch64 NEON (base NEON, no `sdot`); formats without a NEON kernel use the scalar ones.
     Neon,
 }
 
@@ -42,6 +42,8 @@ impl Isa {
             Isa::Avx2 => crate::x86::has_avx2(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => crate::x86::has_avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::has_neon(),
             _ => false,
         }
     }
@@ -225,6 +227,8 @@ impl Kernels {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::table(scalar),
             _ => scalar,
         }
     }

@@ -17,7 +17,7 @@
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
-//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions; `dispatch.rs` builds
+//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions, `aarch64/` the NEON ones; `dispatch.rs` builds
 //! the table.
 //!
 //! # Rules
@@ -29,6 +29,8 @@
 // iterator chains would hide that correspondence.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod dispatch;
 mod dtype;
 pub mod f16;
