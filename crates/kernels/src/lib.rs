@@ -15,6 +15,20 @@
 //! The activation quantizers round half to even (as llama.cpp's AVX path, `_MM_ROUND_NEAREST`), and every SIMD
 //! quantizer is bit-identical to its scalar twin.
 //!
+//! # Instruction-set coverage
+//! | format | scalar | avx2 | avx512 | neon |
+//! |---|---|---|---|---|
+//! | Q4_K, Q6_K dot | ref | AVX2 | 512-bit (Q6_K with VNNI) | NEON |
+//! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON |
+//! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON |
+//! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | = scalar |
+//! | F32 dot | ref | AVX2 | = AVX2 | NEON |
+//! | F16 dot | ref | AVX2 (F16C) | = AVX2 | = scalar |
+//! | BF16 dot | ref | AVX2 | 512-bit | NEON |
+//! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
+//! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
+//! | weight quantizers, all dequantizers | ref | = scalar | = scalar | = scalar |
+//!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
 //! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions, `aarch64/` the NEON ones; `dispatch.rs` builds
@@ -47,7 +61,7 @@ pub mod q8_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use dispatch::{Isa, Kernels, VecDotFn};
+pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

@@ -256,7 +256,7 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 /// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block, and `sum_j m[j] * (bsum[2j] + bsum[2j+1])`.
 /// The 12 packed bytes are unpacked with ggml's mask trick on three u32 words (same result as
-/// [`scale_min_k4`], without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
+/// `scale_min_k4`, without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32) {
