@@ -96,6 +96,12 @@ pub struct Kernels {
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
 }
 
+// The engine shares one table across its threads.
+const _: () = {
+    const fn shareable<T: Send + Sync + Copy>() {}
+    shareable::<Kernels>()
+};
+
 /// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`.
 pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
     let x = w.vec_dot_type();
