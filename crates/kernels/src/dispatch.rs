@@ -260,6 +260,34 @@ impl Kernels {
         }
     }
 
+    /// `out[r] = dot(row r of w_rows, x_row)` for a range of consecutive weight rows of `n` values each: the
+    /// unit of work the engine hands to one thread. `w_rows` must hold exactly `out.len()` rows.
+    pub fn gemv(&self, w: DType, n: usize, w_rows: &[u8], x_row: &[u8], out: &mut [f32]) {
+        let dot = self.vec_dot(w);
+        let row_bytes = w.row_bytes(n);
+        assert!(
+            row_bytes.is_some(),
+            "{n} is not a whole number of {} blocks",
+            w.name()
+        );
+        let row_bytes = row_bytes.unwrap_or(0);
+        assert!(
+            row_bytes.checked_mul(out.len()) == Some(w_rows.len()),
+            "{} rows of {n} {} values need {} x {row_bytes} bytes, got {}",
+            out.len(),
+            w.name(),
+            out.len(),
+            w_rows.len()
+        );
+        if row_bytes == 0 {
+            out.fill(0.0);
+            return;
+        }
+        for (o, row) in out.iter_mut().zip(w_rows.chunks_exact(row_bytes)) {
+            *o = dot(n, row, x_row);
+        }
+    }
+
     /// Quantizes (or converts) the f32 row `x` into `dst`, which must be exactly `dtype.row_bytes(x.len())`
     /// bytes; `x.len()` must be a whole number of blocks.
     pub fn quantize_row(&self, dtype: DType, x: &[f32], dst: &mut [u8]) {

@@ -341,6 +341,40 @@ fn detect_agrees_with_forced_scalar() {
 }
 
 #[test]
+fn gemv_is_vec_dot_per_row() {
+    let mut rng = SmallRng::seed_from_u64(8);
+    let k = Kernels::detect();
+    for t in WEIGHT_TYPES {
+        let (n, n_rows) = (row_len(t, 3), 5);
+        let w = weight_row(&mut rng, t, n * n_rows, Pattern::Random);
+        let xq = quant(&k, t.vec_dot_type(), &activations(&mut rng, n, 0));
+        let mut out = vec![0f32; n_rows];
+        k.gemv(t, n, &w, &xq, &mut out);
+        let row_bytes = t.row_bytes(n).expect("whole blocks");
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(
+                *o,
+                k.vec_dot(t)(n, &w[r * row_bytes..(r + 1) * row_bytes], &xq),
+                "{t:?} row {r}"
+            );
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "rows of")]
+fn gemv_rejects_a_partial_row() {
+    let k = Kernels::detect();
+    k.gemv(
+        DType::Q8_0,
+        32,
+        &[0u8; 34 * 2 + 1],
+        &[0u8; 34],
+        &mut [0.0; 2],
+    );
+}
+
+#[test]
 #[should_panic(expected = "needs")]
 fn dot_rejects_short_rows() {
     let k = Kernels::detect();
