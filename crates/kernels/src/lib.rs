@@ -27,7 +27,8 @@
 //! | BF16 dot | ref | AVX2 | 512-bit | NEON |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
 //! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
-//! | weight quantizers, all dequantizers | ref | = scalar | = scalar | = scalar |
+//! | dequantize F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K | ref | AVX2 | = AVX2 | = scalar |
+//! | weight quantizers, other dequantizers | ref | = scalar | = scalar | = scalar |
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the

@@ -605,3 +605,145 @@ pub(crate) fn quantize_bf16(x: &[f32], dst: &mut [u8]) {
     }
     crate::f16::quantize_bf16_ref(xt, &mut dst[2 * n_main..]);
 }
+
+// ---- dequantizers (bit-identical to the scalar ones: the same f32 operations in the same order, no FMA) ----
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_f32x8(y: &mut [f32; 8], v: __m256) {
+    // SAFETY: writes exactly the 8 floats of `y`.
+    unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) }
+}
+
+/// 8 quant bytes (u8 or i8 already widened by the caller) -> f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn i8x8_to_f32(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_f16(src: &[u8], y: &mut [f32]) {
+    let (sc, yc) = (src.chunks_exact(16), y.chunks_exact_mut(8));
+    let st = sc.remainder();
+    for (s, y) in sc.zip(yc) {
+        store_f32x8(arr_mut(y), _mm256_cvtph_ps(load_16(arr(s))));
+    }
+    let n_main = y.len() - st.len() / 2;
+    crate::f16::dequant_f16_ref(st, &mut y[n_main..]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_bf16(src: &[u8], y: &mut [f32]) {
+    let (sc, yc) = (src.chunks_exact(16), y.chunks_exact_mut(8));
+    let st = sc.remainder();
+    for (s, y) in sc.zip(yc) {
+        store_f32x8(arr_mut(y), bf16x8(arr(s)));
+    }
+    let n_main = y.len() - st.len() / 2;
+    crate::f16::dequant_bf16_ref(st, &mut y[n_main..]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q8_0(src: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks::<BlockQ8_0>(src).iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16(b.d));
+        let q = load_i8_32(&b.qs);
+        let halves = [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let lo = i8x8_to_f32(half);
+            let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
+            store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
+            store_f32x8(
+                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
+                _mm256_mul_ps(hi, d),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q4_0(src: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks::<BlockQ4_0>(src).iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16(b.d));
+        let q = _mm256_sub_epi8(nibbles_32(&b.qs), _mm256_set1_epi8(8));
+        let halves = [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let lo = i8x8_to_f32(half);
+            let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
+            store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
+            store_f32x8(
+                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
+                _mm256_mul_ps(hi, d),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q4_k(src: &[u8], y: &mut [f32]) {
+    let m4 = _mm_set1_epi8(0x0f);
+    for (b, y) in blocks::<BlockQ4K>(src).iter().zip(y.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        for j in 0..8 {
+            let (sc, m) = crate::q4_k::scale_min_k4(j, &b.scales);
+            let (dj, mj) = (
+                _mm256_set1_ps(d * sc as f32),
+                _mm256_set1_ps(dmin * m as f32),
+            );
+            let (k, shift) = (j / 2, _mm_cvtsi32_si128(4 * (j % 2) as i32));
+            for h in 0..2 {
+                let q = load_16(arr(&b.qs[32 * k + 16 * h..32 * k + 16 * h + 16]));
+                let q = _mm_and_si128(_mm_srl_epi16(q, shift), m4);
+                for e in 0..2 {
+                    let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
+                    let at = 32 * j + 16 * h + 8 * e;
+                    store_f32x8(
+                        arr_mut(&mut y[at..at + 8]),
+                        _mm256_sub_ps(_mm256_mul_ps(dj, v), mj),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q6_k(src: &[u8], y: &mut [f32]) {
+    let m4 = _mm_set1_epi8(0x0f);
+    let m2 = _mm_set1_epi8(3);
+    for (b, y) in blocks::<BlockQ6K>(src).iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16(b.d);
+        for h in 0..2 {
+            for o in [0, 16] {
+                let ql0 = load_16(arr(&b.ql[64 * h + o..64 * h + o + 16]));
+                let ql1 = load_16(arr(&b.ql[64 * h + 32 + o..64 * h + 32 + o + 16]));
+                let qh = load_16(arr(&b.qh[32 * h + o..32 * h + o + 16]));
+                let high = |t: i32| {
+                    _mm_slli_epi16::<4>(_mm_and_si128(
+                        _mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)),
+                        m2,
+                    ))
+                };
+                let q = [
+                    _mm_or_si128(_mm_and_si128(ql0, m4), high(0)),
+                    _mm_or_si128(_mm_and_si128(ql1, m4), high(1)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql0), m4), high(2)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql1), m4), high(3)),
+                ];
+                for (t, q) in q.into_iter().enumerate() {
+                    let q = _mm_sub_epi8(q, _mm_set1_epi8(32));
+                    let at = 128 * h + 32 * t + o;
+                    let dsc = _mm256_set1_ps(d * b.scales[at / 16] as f32);
+                    for e in 0..2 {
+                        let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
+                        store_f32x8(
+                            arr_mut(&mut y[at + 8 * e..at + 8 * e + 8]),
+                            _mm256_mul_ps(dsc, v),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
