@@ -3,7 +3,9 @@
 //! multiply is free there, while `vpdpbusd` needs a `vpmulld` after it), and a 512-bit BF16 dot (F16 stays on AVX2: on Zen 4 the 512-bit `vcvtph2ps` was slower). Other formats use the AVX2 entries.
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
-use super::avx2::{f16, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k};
+use super::avx2::{
+    f16, f16_mul, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k,
+};
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_k::BlockQ4K;
@@ -54,7 +56,7 @@ fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
         (
             d,
             _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
@@ -65,7 +67,7 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(qw, load_i8_32(&bx.qs))))
     })
