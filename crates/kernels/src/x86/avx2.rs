@@ -87,6 +87,24 @@ pub(crate) fn f16(h: [u8; 2]) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))))
 }
 
+/// `(f16(a), f16(b))` with one conversion of a full 32-bit value (no merge into a stale register).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f16_pair(a: [u8; 2], b: [u8; 2]) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]])));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// `dy * f16(h)` in all 8 lanes; converting a full broadcast keeps the conversion off the accumulator chain.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn scale_x8(dy: f32, h: [u8; 2]) -> __m256 {
+    _mm256_mul_ps(
+        _mm256_set1_ps(dy),
+        _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))),
+    )
+}
+
 /// `f16(a) * f16(b)` (the same f32 product) with one conversion.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -306,8 +324,9 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc_m = 0f32;
     for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let dy = f32::from_le_bytes(bx.d);
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * f16(bw.dmin) * summ as f32;
+        acc_m += dy * dmin * summ as f32;
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
@@ -323,11 +342,7 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             );
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(bw.d)),
-            _mm256_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - acc_m
 }
@@ -340,8 +355,9 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc_m = 0f32;
     for (bw, bx) in blocks::<BlockQ5K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let dy = f32::from_le_bytes(bx.d);
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * f16(bw.dmin) * summ as f32;
+        acc_m += dy * dmin * summ as f32;
         let hbits = load_32(&bw.qh);
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
@@ -366,11 +382,7 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             );
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-        acc = _mm256_fmadd_ps(
-            _mm256_set1_ps(dy * f16(bw.d)),
-            _mm256_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - acc_m
 }
@@ -389,7 +401,7 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m2 = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_ps();
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        let d = _mm256_set1_ps(f32::from_le_bytes(bx.d) * f16(bw.d));
+        let d = scale_x8(f32::from_le_bytes(bx.d), bw.d);
         let mut sumi = _mm256_setr_epi32(-q6k_offset(bw, bx), 0, 0, 0, 0, 0, 0, 0);
         for h in 0..2 {
             let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));

@@ -4,7 +4,7 @@
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
 use super::avx2::{
-    f16, f16_mul, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k,
+    f16_mul, f16_pair, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k,
 };
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
@@ -80,8 +80,9 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc_m = 0f32;
     for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let dy = f32::from_le_bytes(bx.d);
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * f16(bw.dmin) * summ as f32;
+        acc_m += dy * dmin * summ as f32;
         let mut sumi = _mm512_setzero_si512();
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
@@ -98,11 +99,7 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             );
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
         }
-        acc = _mm512_fmadd_ps(
-            _mm512_set1_ps(dy * f16(bw.d)),
-            _mm512_cvtepi32_ps(sumi),
-            acc,
-        );
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
     }
     _mm512_reduce_add_ps(acc) - acc_m
 }
@@ -114,7 +111,9 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let zero = _mm512_setzero_si512();
     let mut acc = _mm512_setzero_ps();
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        let d = _mm512_set1_ps(f32::from_le_bytes(bx.d) * f16(bw.d));
+        // A full 16-lane conversion keeps it off the accumulator chain (see avx2::scale_x8).
+        let dw = _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(bw.d)));
+        let d = _mm512_mul_ps(_mm512_set1_ps(f32::from_le_bytes(bx.d)), dw);
         // SAFETY: reads exactly the 16 bytes of the scales array.
         let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
         let sc32 = _mm512_cvtepi8_epi32(sc8);
