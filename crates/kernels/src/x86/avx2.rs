@@ -402,8 +402,24 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let d = scale_x8(f32::from_le_bytes(bx.d), bw.d);
-        let mut sumi = _mm256_setr_epi32(-q6k_offset(bw, bx), 0, 0, 0, 0, 0, 0, 0);
+        // SAFETY: reads exactly the 16 bytes of the i8 scales, and the 32 bytes of the 16 i16 bsums.
+        let (sc8, bsums) = unsafe {
+            (
+                _mm_loadu_si128(bw.scales.as_ptr().cast()),
+                _mm256_loadu_si256(bx.bsums.as_ptr().cast()),
+            )
+        };
+        // Quants are stored as q + 32: subtract 32 * sum_j sc[j] * bsum[j] (|pair| <= 2 * 128 * 2032).
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums);
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
         for h in 0..2 {
+            // The 8 i16 scales of this half in both 128-bit lanes.
+            let sc8_h = if h == 0 {
+                sc8
+            } else {
+                _mm_unpackhi_epi64(sc8, sc8)
+            };
+            let sc_h = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h));
             let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));
             let ql1 = load_32(arr(&bw.ql[64 * h + 32..64 * h + 64]));
             let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
@@ -419,11 +435,13 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
                 let base = 128 * h + 32 * t;
                 let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
-                let j = base / 16;
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi16(bw.scales[j + 1] as i16),
-                    _mm_set1_epi16(bw.scales[j] as i16),
+                // Low lane: scale 2t of the half (values base..base + 16), high lane: scale 2t + 1.
+                let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
+                let pick = _mm256_set_m128i(
+                    _mm_set1_epi16(hi | ((hi + 1) << 8)),
+                    _mm_set1_epi16(lo | ((lo + 1) << 8)),
                 );
+                let sc = _mm256_shuffle_epi8(sc_h, pick);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
             }
         }

@@ -83,6 +83,9 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
         acc_m += dy * dmin * summ as f32;
+        // SAFETY: reads exactly the 16 bytes of the [i16; 8] array `sc`.
+        let sc16 = unsafe { _mm_loadu_si128(sc.as_ptr().cast()) };
+        let sc512 = _mm512_broadcast_i32x4(sc16);
         let mut sumi = _mm512_setzero_si512();
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
@@ -93,10 +96,13 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
             // Bytes 0..32 belong to sub-block 2k, 32..64 to 2k + 1: u8 x i8 pairs (<= 2 * 15 * 127) into i16,
             // then times the i16 scale into i32.
-            let scale = join(
-                _mm256_set1_epi16(sc[2 * k]),
-                _mm256_set1_epi16(sc[2 * k + 1]),
+            // Scales 2k and 2k + 1 broadcast from the 8 i16 scales (same 16 bytes in every 128-bit lane).
+            let (lo, hi) = ((4 * k) as i16, (4 * k + 2) as i16);
+            let pick = join(
+                _mm256_set1_epi16(lo | ((lo + 1) << 8)),
+                _mm256_set1_epi16(hi | ((hi + 1) << 8)),
             );
+            let scale = _mm512_shuffle_epi8(sc512, pick);
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
