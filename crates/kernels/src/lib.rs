@@ -21,7 +21,7 @@
 //! | Q4_K, Q6_K dot | ref | AVX2 | 512-bit (Q6_K with VNNI) | NEON |
 //! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON |
 //! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON |
-//! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | = scalar |
+//! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON |
 //! | F32 dot | ref | AVX2 | = AVX2 | NEON |
 //! | F16 dot | ref | AVX2 (F16C) | = AVX2 | = scalar |
 //! | BF16 dot | ref | AVX2 | 512-bit | NEON |

@@ -1,6 +1,6 @@
 //! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline; the kernels use only base
 //! NEON (no `sdot`), so they run on every aarch64 CPU. Formats without a NEON kernel (F16, whose vector
-//! conversions need Rust's unstable `f16`; Q5_0, Q5_1, Q5_K) keep the scalar entries.
+//! conversions need Rust's unstable `f16`) keep the scalar entries.
 
 mod neon;
 
@@ -34,6 +34,9 @@ neon_entry!(dot dot_bf16, DType::BF16, dot_bf16);
 neon_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
 neon_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
 neon_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
+neon_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
+neon_entry!(dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
+neon_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
 neon_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
 neon_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
 neon_entry!(quant quantize_q8_0, quantize_q8_0);
@@ -44,7 +47,10 @@ neon_entry!(quant quantize_q8_k, quantize_q8_k);
 pub(crate) fn table(scalar: Kernels) -> Kernels {
     assert!(has_neon(), "NEON table requested on a CPU without NEON");
     let mut k = scalar.with_isa_tag(Isa::Neon);
-    let dots: [(DType, crate::VecDotFn); 7] = [
+    let dots: [(DType, crate::VecDotFn); 10] = [
+        (DType::Q5_0, dot_q5_0),
+        (DType::Q5_1, dot_q5_1),
+        (DType::Q5_K, dot_q5_k),
         (DType::F32, dot_f32),
         (DType::BF16, dot_bf16),
         (DType::Q4_0, dot_q4_0),

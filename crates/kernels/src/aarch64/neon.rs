@@ -6,6 +6,9 @@ use crate::f16::f16_to_f32;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_1::BlockQ4_1;
 use crate::q4_k::{scale_min_k4, BlockQ4K};
+use crate::q5_0::BlockQ5_0;
+use crate::q5_1::BlockQ5_1;
+use crate::q5_k::BlockQ5K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_1::BlockQ8_1;
@@ -124,6 +127,96 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1])) + summs
+}
+
+/// The 5th bits of a Q5_0/Q5_1 block as two 16-byte vectors of 0x10 (bit set) or 0: values 0..16 and 16..32.
+#[inline]
+#[target_feature(enable = "neon")]
+fn high_bits_q5(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
+    let bit = vcombine_u8(
+        vcreate_u8(0x8040201008040201),
+        vcreate_u8(0x8040201008040201),
+    );
+    let spread = |a: u8, b: u8| vcombine_u8(vdup_n_u8(a), vdup_n_u8(b));
+    let set = |v: uint8x16_t| vandq_u8(vtstq_u8(v, bit), vdupq_n_u8(0x10));
+    (set(spread(qh[0], qh[1])), set(spread(qh[2], qh[3])))
+}
+
+#[target_feature(enable = "neon")]
+pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    let sixteen = vdupq_n_s8(16);
+    for (i, (bw, bx)) in blocks::<BlockQ5_0>(w)
+        .iter()
+        .zip(blocks::<BlockQ8_0>(x))
+        .enumerate()
+    {
+        let (lo, hi) = nibbles(&bw.qs);
+        let (h0, h1) = high_bits_q5(bw.qh);
+        let q0 = vsubq_s8(vorrq_s8(lo, vreinterpretq_s8_u8(h0)), sixteen);
+        let q1 = vsubq_s8(vorrq_s8(hi, vreinterpretq_s8_u8(h1)), sixteen);
+        let s0 = dot_i8x16(q0, ld_s8(arr(&bx.qs[..16])));
+        let s1 = dot_i8x16(q1, ld_s8(arr(&bx.qs[16..])));
+        let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+    }
+    vaddvq_f32(vaddq_f32(acc[0], acc[1]))
+}
+
+#[target_feature(enable = "neon")]
+pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = [vdupq_n_f32(0.0); 2];
+    let mut summs = 0f32;
+    for (i, (bw, bx)) in blocks::<BlockQ5_1>(w)
+        .iter()
+        .zip(blocks::<BlockQ8_1>(x))
+        .enumerate()
+    {
+        summs += f16(bw.m) * f16(bx.s);
+        let (lo, hi) = nibbles(&bw.qs);
+        let (h0, h1) = high_bits_q5(bw.qh);
+        let q0 = vorrq_s8(lo, vreinterpretq_s8_u8(h0));
+        let q1 = vorrq_s8(hi, vreinterpretq_s8_u8(h1));
+        let s0 = dot_i8x16(q0, ld_s8(arr(&bx.qs[..16])));
+        let s1 = dot_i8x16(q1, ld_s8(arr(&bx.qs[16..])));
+        let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+    }
+    vaddvq_f32(vaddq_f32(acc[0], acc[1])) + summs
+}
+
+#[target_feature(enable = "neon")]
+pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut sumf = 0f32;
+    let m4 = vdupq_n_u8(0x0f);
+    for (bw, bx) in blocks::<BlockQ5K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        let qh = [ld_u8(arr(&bw.qh[..16])), ld_u8(arr(&bw.qh[16..]))];
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &bw.scales);
+            summ += m as i32 * (bx.bsum(2 * j) + bx.bsum(2 * j + 1));
+            // Sub-block j: nibble j % 2 of qs[32 (j / 2)..][..32], 5th bit j of qh[l].
+            let (k, shift) = (j / 2, j % 2);
+            let bit = vdupq_n_u8(1 << j);
+            let mut s = vdupq_n_s32(0);
+            for half in 0..2 {
+                let q4 = ld_u8(arr(&bw.qs[32 * k + 16 * half..32 * k + 16 * half + 16]));
+                let low = if shift == 0 {
+                    vandq_u8(q4, m4)
+                } else {
+                    vshrq_n_u8::<4>(q4)
+                };
+                let high = vandq_u8(vtstq_u8(qh[half], bit), vdupq_n_u8(0x10));
+                let q5 = vreinterpretq_s8_u8(vorrq_u8(low, high));
+                let y = ld_s8(arr(&bx.qs[32 * j + 16 * half..32 * j + 16 * half + 16]));
+                s = vaddq_s32(s, dot_i8x16(q5, y));
+            }
+            sumi += sc as i32 * vaddvq_s32(s);
+        }
+        let dy = f32::from_le_bytes(bx.d);
+        sumf += dy * f16(bw.d) * sumi as f32 - dy * f16(bw.dmin) * summ as f32;
+    }
+    sumf
 }
 
 #[target_feature(enable = "neon")]
