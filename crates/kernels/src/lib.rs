@@ -13,7 +13,8 @@
 //! `w.vec_dot_type()` (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants, F16/BF16/F32 for the
 //! float types). Integer products are accumulated exactly; SIMD and scalar differ only in f32 summation order.
 //! The activation quantizers round half to even (as llama.cpp's AVX path, `_MM_ROUND_NEAREST`), and every SIMD
-//! quantizer is bit-identical to its scalar twin.
+//! quantizer is bit-identical to its scalar twin. The weight quantizers are llama.cpp's `quantize_row_*_ref`
+//! (bit-exact, including the k-quant scale searches), except Q8_0, which shares the activation quantizer.
 //!
 //! # Instruction-set coverage
 //! | format | scalar | avx2 | avx512 | neon |
@@ -32,8 +33,10 @@
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
-//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions, `aarch64/` the NEON ones; `dispatch.rs` builds
-//! the table.
+//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions, `aarch64/` the NEON
+//! ones; `dispatch.rs` builds the table. `tests/kernels.rs` checks every path against the references,
+//! `tests/ggml_vectors.rs` the references against golden vectors written by llama.cpp's own ggml code, and
+//! `examples/kernel_bench.rs` measures GB/s.
 //!
 //! # Rules
 //! Kernels work on single rows, are single-threaded and never allocate: the engine splits rows across threads.
