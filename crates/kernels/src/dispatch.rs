@@ -14,7 +14,7 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
-    /// aarch64 NEON (not implemented yet: never available).
+    /// aarch64 NEON (base NEON, no `sdot`); formats without a NEON kernel use the scalar ones.
     Neon,
 }
 
@@ -40,6 +40,8 @@ impl Isa {
             Isa::Avx2 => crate::x86::has_avx2(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => crate::x86::has_avx512(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::has_neon(),
             _ => false,
         }
     }
@@ -81,6 +83,12 @@ pub struct Kernels {
     pub(crate) quantize: [QuantizeFn; N_TYPES],
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
 }
+
+// The engine shares one table across its threads.
+const _: () = {
+    const fn shareable<T: Send + Sync + Copy>() {}
+    shareable::<Kernels>()
+};
 
 /// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`.
 pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
@@ -206,6 +214,8 @@ impl Kernels {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::table(scalar),
             _ => scalar,
         }
     }
@@ -225,6 +235,34 @@ impl Kernels {
         match self.dot[w.index()] {
             Some(f) => f,
             None => panic!("{} is an activation-only type: no weight dot product", w.name()),
+        }
+    }
+
+    /// `out[r] = dot(row r of w_rows, x_row)` for a range of consecutive weight rows of `n` values each: the
+    /// unit of work the engine hands to one thread. `w_rows` must hold exactly `out.len()` rows.
+    pub fn gemv(&self, w: DType, n: usize, w_rows: &[u8], x_row: &[u8], out: &mut [f32]) {
+        let dot = self.vec_dot(w);
+        let row_bytes = w.row_bytes(n);
+        assert!(
+            row_bytes.is_some(),
+            "{n} is not a whole number of {} blocks",
+            w.name()
+        );
+        let row_bytes = row_bytes.unwrap_or(0);
+        assert!(
+            row_bytes.checked_mul(out.len()) == Some(w_rows.len()),
+            "{} rows of {n} {} values need {} x {row_bytes} bytes, got {}",
+            out.len(),
+            w.name(),
+            out.len(),
+            w_rows.len()
+        );
+        if row_bytes == 0 {
+            out.fill(0.0);
+            return;
+        }
+        for (o, row) in out.iter_mut().zip(w_rows.chunks_exact(row_bytes)) {
+            *o = dot(n, row, x_row);
         }
     }
 

@@ -67,17 +67,17 @@ pub(crate) fn read_f32(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
 }
 
-/// sum(w[i] * x[i]) over f32 rows, summed in f64.
+/// `sum(w[i] * x[i])` over f32 rows, summed in f64.
 pub fn dot_f32_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
     (0..n).map(|i| read_f32(w, i) as f64 * read_f32(x, i) as f64).sum::<f64>() as f32
 }
 
-/// sum(w[i] * x[i]) over f16 rows: each product in f32 (exact), summed in f64.
+/// `sum(w[i] * x[i])` over f16 rows: each product in f32 (exact), summed in f64.
 pub fn dot_f16_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
     (0..n).map(|i| (f16_to_f32(read_u16(w, i)) * f16_to_f32(read_u16(x, i))) as f64).sum::<f64>() as f32
 }
 
-/// sum(w[i] * x[i]) over bf16 rows: each product in f32 (exact), summed in f64.
+/// `sum(w[i] * x[i])` over bf16 rows: each product in f32 (exact), summed in f64.
 pub fn dot_bf16_ref(n: usize, w: &[u8], x: &[u8]) -> f32 {
     (0..n).map(|i| (bf16_to_f32(read_u16(w, i)) * bf16_to_f32(read_u16(x, i))) as f64).sum::<f64>() as f32
 }

@@ -13,12 +13,30 @@
 //! `w.vec_dot_type()` (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants, F16/BF16/F32 for the
 //! float types). Integer products are accumulated exactly; SIMD and scalar differ only in f32 summation order.
 //! The activation quantizers round half to even (as llama.cpp's AVX path, `_MM_ROUND_NEAREST`), and every SIMD
-//! quantizer is bit-identical to its scalar twin.
+//! quantizer is bit-identical to its scalar twin. The weight quantizers are llama.cpp's `quantize_row_*_ref`
+//! (bit-exact, including the k-quant scale searches), except Q8_0, which shares the activation quantizer.
+//!
+//! # Instruction-set coverage
+//! | format | scalar | avx2 | avx512 | neon |
+//! |---|---|---|---|---|
+//! | Q4_K, Q6_K dot | ref | AVX2 | 512-bit (Q6_K with VNNI) | NEON |
+//! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON |
+//! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON |
+//! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON |
+//! | F32 dot | ref | AVX2 | = AVX2 | NEON |
+//! | F16 dot | ref | AVX2 (F16C) | = AVX2 | = scalar |
+//! | BF16 dot | ref | AVX2 | 512-bit | NEON |
+//! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
+//! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
+//! | dequantize F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K | ref | AVX2 | = AVX2 | = scalar |
+//! | weight quantizers, other dequantizers | ref | = scalar | = scalar | = scalar |
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
-//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions; `dispatch.rs` builds
-//! the table.
+//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions, `aarch64/` the NEON
+//! ones; `dispatch.rs` builds the table. `tests/kernels.rs` checks every path against the references,
+//! `tests/ggml_vectors.rs` the references against golden vectors written by llama.cpp's own ggml code, and
+//! `examples/kernel_bench.rs` measures GB/s.
 //!
 //! # Rules
 //! Kernels work on single rows, are single-threaded and never allocate: the engine splits rows across threads.
@@ -29,6 +47,8 @@
 // iterator chains would hide that correspondence.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod dispatch;
 mod dtype;
 pub mod f16;
@@ -45,7 +65,7 @@ pub mod q8_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use dispatch::{Isa, Kernels, VecDotFn};
+pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

@@ -322,6 +322,30 @@ fn detect_agrees_with_forced_scalar() {
 }
 
 #[test]
+fn gemv_is_vec_dot_per_row() {
+    let mut rng = SmallRng::seed_from_u64(8);
+    let k = Kernels::detect();
+    for t in WEIGHT_TYPES {
+        let (n, n_rows) = (row_len(t, 3), 5);
+        let w = weight_row(&mut rng, t, n * n_rows, Pattern::Random);
+        let xq = quant(&k, t.vec_dot_type(), &activations(&mut rng, n, 0));
+        let mut out = vec![0f32; n_rows];
+        k.gemv(t, n, &w, &xq, &mut out);
+        let row_bytes = t.row_bytes(n).expect("whole blocks");
+        for (r, o) in out.iter().enumerate() {
+            assert_eq!(*o, k.vec_dot(t)(n, &w[r * row_bytes..(r + 1) * row_bytes], &xq), "{t:?} row {r}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "rows of")]
+fn gemv_rejects_a_partial_row() {
+    let k = Kernels::detect();
+    k.gemv(DType::Q8_0, 32, &[0u8; 34 * 2 + 1], &[0u8; 34], &mut [0.0; 2]);
+}
+
+#[test]
 #[should_panic(expected = "needs")]
 fn dot_rejects_short_rows() {
     let k = Kernels::detect();
@@ -427,11 +451,12 @@ mod f16_hardware {
             same(x);
         }
         let mut rng = SmallRng::seed_from_u64(6);
+        // Random bit patterns, NaNs included (quiet NaN, top payload bits kept, as vcvtps2ph).
         for _ in 0..1_000_000 {
-            let x = f32::from_bits(rng.gen());
-            if !x.is_nan() {
-                same(x);
-            }
+            same(f32::from_bits(rng.gen()));
+        }
+        for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001), f32::from_bits(0xffbf_ffff)] {
+            same(nan);
         }
     }
 }

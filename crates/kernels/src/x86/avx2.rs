@@ -79,10 +79,42 @@ fn arr_mut<const N: usize, T>(s: &mut [T]) -> &mut [T; N] {
 
 // ---- helpers ----
 
+/// f16 bits to f32 with F16C. Broadcasting (rather than inserting into lane 0) keeps LLVM from merging the
+/// value into an unrelated register, which made every block wait for the previous block's accumulator.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn f16(h: [u8; 2]) -> f32 {
+<<<<<<< HEAD
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
+=======
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))))
+}
+
+/// `(f16(a), f16(b))` with one conversion of a full 32-bit value (no merge into a stale register).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f16_pair(a: [u8; 2], b: [u8; 2]) -> (f32, f32) {
+    let v = _mm_cvtph_ps(_mm_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]])));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// `dy * f16(h)` in all 8 lanes; converting a full broadcast keeps the conversion off the accumulator chain.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn scale_x8(dy: f32, h: [u8; 2]) -> __m256 {
+    _mm256_mul_ps(
+        _mm256_set1_ps(dy),
+        _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))),
+    )
+}
+
+/// `f16(a) * f16(b)` (the same f32 product) with one conversion.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn f16_mul(a: [u8; 2], b: [u8; 2]) -> f32 {
+    let v = _mm_cvtph_ps(_mm_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]])));
+    _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+>>>>>>> kernels
 }
 
 #[inline]
@@ -177,7 +209,7 @@ pub(crate) fn fold_blocks<W, X>(bw: &[W], bx: &[X], mut f: impl FnMut(&W, &X) ->
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ4_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
         (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(qw, load_i8_32(&bx.qs))))
     })
@@ -188,9 +220,18 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (bw, bx) = (blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(x));
     let mut summs = 0f32;
     let sum = fold_blocks(bw, bx, |bw, bx| {
+<<<<<<< HEAD
         summs += f16(bw.m) * f16(bx.s);
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))))
+=======
+        summs += f16_mul(bw.m, bx.s);
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))),
+        )
+>>>>>>> kernels
     });
     sum + summs
 }
@@ -198,7 +239,7 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ5_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
         // q - 16 as i8: the low nibble, with 0xf0 or-ed in where the high bit is clear.
         let hi = _mm256_andnot_si256(bits_32(bw.qh), _mm256_set1_epi8(0xf0u8 as i8));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
@@ -211,8 +252,8 @@ pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (bw, bx) = (blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(x));
     let mut summs = 0f32;
     let sum = fold_blocks(bw, bx, |bw, bx| {
-        summs += f16(bw.m) * f16(bx.s);
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
+        summs += f16_mul(bw.m, bx.s);
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
         let hi = _mm256_and_si256(bits_32(bw.qh), _mm256_set1_epi8(0x10));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
         (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs))))
@@ -223,14 +264,22 @@ pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
+<<<<<<< HEAD
         let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
         (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
+=======
+        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
+        (
+            d,
+            _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
+        )
+>>>>>>> kernels
     })
 }
 
 /// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block, and `sum_j m[j] * (bsum[2j] + bsum[2j+1])`.
 /// The 12 packed bytes are unpacked with ggml's mask trick on three u32 words (same result as
-/// [`scale_min_k4`], without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
+/// `scale_min_k4`, without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32) {
@@ -262,8 +311,9 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc_m = 0f32;
     for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let dy = f32::from_le_bytes(bx.d);
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * f16(bw.dmin) * summ as f32;
+        acc_m += dy * dmin * summ as f32;
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
             let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
@@ -275,7 +325,11 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
+<<<<<<< HEAD
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
+=======
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
+>>>>>>> kernels
     }
     hsum_ps(acc) - acc_m
 }
@@ -288,8 +342,9 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc_m = 0f32;
     for (bw, bx) in blocks::<BlockQ5K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let dy = f32::from_le_bytes(bx.d);
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
         let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * f16(bw.dmin) * summ as f32;
+        acc_m += dy * dmin * summ as f32;
         let hbits = load_32(&bw.qh);
         let mut sumi = _mm256_setzero_si256();
         for k in 0..4 {
@@ -304,7 +359,11 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q5h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
+<<<<<<< HEAD
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
+=======
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
+>>>>>>> kernels
     }
     hsum_ps(acc) - acc_m
 }
@@ -321,9 +380,25 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m2 = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_ps();
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        let d = _mm256_set1_ps(f32::from_le_bytes(bx.d) * f16(bw.d));
-        let mut sumi = _mm256_setr_epi32(-q6k_offset(bw, bx), 0, 0, 0, 0, 0, 0, 0);
+        let d = scale_x8(f32::from_le_bytes(bx.d), bw.d);
+        // SAFETY: reads exactly the 16 bytes of the i8 scales, and the 32 bytes of the 16 i16 bsums.
+        let (sc8, bsums) = unsafe {
+            (
+                _mm_loadu_si128(bw.scales.as_ptr().cast()),
+                _mm256_loadu_si256(bx.bsums.as_ptr().cast()),
+            )
+        };
+        // Quants are stored as q + 32: subtract 32 * sum_j sc[j] * bsum[j] (|pair| <= 2 * 128 * 2032).
+        let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums);
+        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
         for h in 0..2 {
+            // The 8 i16 scales of this half in both 128-bit lanes.
+            let sc8_h = if h == 0 {
+                sc8
+            } else {
+                _mm_unpackhi_epi64(sc8, sc8)
+            };
+            let sc_h = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h));
             let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));
             let ql1 = load_32(arr(&bw.ql[64 * h + 32..64 * h + 64]));
             let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
@@ -338,8 +413,18 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
                 let base = 128 * h + 32 * t;
                 let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
+<<<<<<< HEAD
                 let j = base / 16;
                 let sc = _mm256_set_m128i(_mm_set1_epi16(bw.scales[j + 1] as i16), _mm_set1_epi16(bw.scales[j] as i16));
+=======
+                // Low lane: scale 2t of the half (values base..base + 16), high lane: scale 2t + 1.
+                let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
+                let pick = _mm256_set_m128i(
+                    _mm_set1_epi16(hi | ((hi + 1) << 8)),
+                    _mm_set1_epi16(lo | ((lo + 1) << 8)),
+                );
+                let sc = _mm256_shuffle_epi8(sc_h, pick);
+>>>>>>> kernels
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
             }
         }
@@ -519,4 +604,146 @@ pub(crate) fn quantize_bf16(x: &[f32], dst: &mut [u8]) {
         store_16(arr_mut(d), _mm256_castsi256_si128(packed));
     }
     crate::f16::quantize_bf16_ref(xt, &mut dst[2 * n_main..]);
+}
+
+// ---- dequantizers (bit-identical to the scalar ones: the same f32 operations in the same order, no FMA) ----
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_f32x8(y: &mut [f32; 8], v: __m256) {
+    // SAFETY: writes exactly the 8 floats of `y`.
+    unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) }
+}
+
+/// 8 quant bytes (u8 or i8 already widened by the caller) -> f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn i8x8_to_f32(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_f16(src: &[u8], y: &mut [f32]) {
+    let (sc, yc) = (src.chunks_exact(16), y.chunks_exact_mut(8));
+    let st = sc.remainder();
+    for (s, y) in sc.zip(yc) {
+        store_f32x8(arr_mut(y), _mm256_cvtph_ps(load_16(arr(s))));
+    }
+    let n_main = y.len() - st.len() / 2;
+    crate::f16::dequant_f16_ref(st, &mut y[n_main..]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_bf16(src: &[u8], y: &mut [f32]) {
+    let (sc, yc) = (src.chunks_exact(16), y.chunks_exact_mut(8));
+    let st = sc.remainder();
+    for (s, y) in sc.zip(yc) {
+        store_f32x8(arr_mut(y), bf16x8(arr(s)));
+    }
+    let n_main = y.len() - st.len() / 2;
+    crate::f16::dequant_bf16_ref(st, &mut y[n_main..]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q8_0(src: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks::<BlockQ8_0>(src).iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16(b.d));
+        let q = load_i8_32(&b.qs);
+        let halves = [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let lo = i8x8_to_f32(half);
+            let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
+            store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
+            store_f32x8(
+                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
+                _mm256_mul_ps(hi, d),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q4_0(src: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks::<BlockQ4_0>(src).iter().zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(f16(b.d));
+        let q = _mm256_sub_epi8(nibbles_32(&b.qs), _mm256_set1_epi8(8));
+        let halves = [_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)];
+        for (h, half) in halves.into_iter().enumerate() {
+            let lo = i8x8_to_f32(half);
+            let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
+            store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
+            store_f32x8(
+                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
+                _mm256_mul_ps(hi, d),
+            );
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q4_k(src: &[u8], y: &mut [f32]) {
+    let m4 = _mm_set1_epi8(0x0f);
+    for (b, y) in blocks::<BlockQ4K>(src).iter().zip(y.chunks_exact_mut(QK_K)) {
+        let (d, dmin) = (f16(b.d), f16(b.dmin));
+        for j in 0..8 {
+            let (sc, m) = crate::q4_k::scale_min_k4(j, &b.scales);
+            let (dj, mj) = (
+                _mm256_set1_ps(d * sc as f32),
+                _mm256_set1_ps(dmin * m as f32),
+            );
+            let (k, shift) = (j / 2, _mm_cvtsi32_si128(4 * (j % 2) as i32));
+            for h in 0..2 {
+                let q = load_16(arr(&b.qs[32 * k + 16 * h..32 * k + 16 * h + 16]));
+                let q = _mm_and_si128(_mm_srl_epi16(q, shift), m4);
+                for e in 0..2 {
+                    let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
+                    let at = 32 * j + 16 * h + 8 * e;
+                    store_f32x8(
+                        arr_mut(&mut y[at..at + 8]),
+                        _mm256_sub_ps(_mm256_mul_ps(dj, v), mj),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dequant_q6_k(src: &[u8], y: &mut [f32]) {
+    let m4 = _mm_set1_epi8(0x0f);
+    let m2 = _mm_set1_epi8(3);
+    for (b, y) in blocks::<BlockQ6K>(src).iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = f16(b.d);
+        for h in 0..2 {
+            for o in [0, 16] {
+                let ql0 = load_16(arr(&b.ql[64 * h + o..64 * h + o + 16]));
+                let ql1 = load_16(arr(&b.ql[64 * h + 32 + o..64 * h + 32 + o + 16]));
+                let qh = load_16(arr(&b.qh[32 * h + o..32 * h + o + 16]));
+                let high = |t: i32| {
+                    _mm_slli_epi16::<4>(_mm_and_si128(
+                        _mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)),
+                        m2,
+                    ))
+                };
+                let q = [
+                    _mm_or_si128(_mm_and_si128(ql0, m4), high(0)),
+                    _mm_or_si128(_mm_and_si128(ql1, m4), high(1)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql0), m4), high(2)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16::<4>(ql1), m4), high(3)),
+                ];
+                for (t, q) in q.into_iter().enumerate() {
+                    let q = _mm_sub_epi8(q, _mm_set1_epi8(32));
+                    let at = 128 * h + 32 * t + o;
+                    let dsc = _mm256_set1_ps(d * b.scales[at / 16] as f32);
+                    for e in 0..2 {
+                        let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
+                        store_f32x8(
+                            arr_mut(&mut y[at + 8 * e..at + 8 * e + 8]),
+                            _mm256_mul_ps(dsc, v),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

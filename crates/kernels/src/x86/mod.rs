@@ -38,6 +38,17 @@ macro_rules! avx2_entry {
     };
 }
 
+/// Safe dequantizer entry points for `avx2::$f`.
+macro_rules! avx2_dequant_entry {
+    ($name:ident, $f:ident) => {
+        pub(super) fn $name(src: &[u8], dst: &mut [f32]) {
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths are checked by the
+            // caller (Kernels::dequantize_row), and the kernel only indexes within the slices.
+            unsafe { avx2::$f(src, dst) }
+        }
+    };
+}
+
 /// Safe entry points for `avx512::$f`, only ever stored in tables built after `has_avx512()`.
 macro_rules! avx512_entry {
     (dot $name:ident, $w:expr, $f:ident) => {
@@ -67,6 +78,12 @@ mod avx2_entries {
     avx2_entry!(quant quantize_q8_0, quantize_q8_0);
     avx2_entry!(quant quantize_q8_1, quantize_q8_1);
     avx2_entry!(quant quantize_q8_k, quantize_q8_k);
+    avx2_dequant_entry!(dequant_f16, dequant_f16);
+    avx2_dequant_entry!(dequant_bf16, dequant_bf16);
+    avx2_dequant_entry!(dequant_q8_0, dequant_q8_0);
+    avx2_dequant_entry!(dequant_q4_0, dequant_q4_0);
+    avx2_dequant_entry!(dequant_q4_k, dequant_q4_k);
+    avx2_dequant_entry!(dequant_q6_k, dequant_q6_k);
 }
 
 mod avx512_entries {
@@ -108,6 +125,17 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     ];
     for (t, f) in quants {
         k.quantize[t.index()] = f;
+    }
+    let dequants: [(DType, crate::dispatch::DequantizeFn); 6] = [
+        (DType::F16, a2::dequant_f16),
+        (DType::BF16, a2::dequant_bf16),
+        (DType::Q8_0, a2::dequant_q8_0),
+        (DType::Q4_0, a2::dequant_q4_0),
+        (DType::Q4_K, a2::dequant_q4_k),
+        (DType::Q6_K, a2::dequant_q6_k),
+    ];
+    for (t, f) in dequants {
+        k.dequantize[t.index()] = f;
     }
     if isa == Isa::Avx512 {
         use avx512_entries as a5;

@@ -1,0 +1,74 @@
+//! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline; the kernels use only base
+//! NEON (no `sdot`), so they run on every aarch64 CPU. Formats without a NEON kernel (F16, whose vector
+//! conversions need Rust's unstable `f16`) keep the scalar entries.
+
+mod neon;
+
+use crate::dispatch::{check_dot, Isa, Kernels};
+use crate::dtype::DType;
+
+pub(crate) fn has_neon() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// Safe, length-checked entry points for `neon::$f`, only stored in tables built after `has_neon()`.
+macro_rules! neon_entry {
+    (dot $name:ident, $w:expr, $f:ident) => {
+        fn $name(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_dot($w, n, w, x);
+            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+            unsafe { neon::$f(n, w, x) }
+        }
+    };
+    (quant $name:ident, $f:ident) => {
+        fn $name(x: &[f32], dst: &mut [u8]) {
+            // SAFETY: only reachable through a table built when has_neon() held; lengths are checked by the
+            // caller (Kernels::quantize_row), and the kernel only indexes within the slices.
+            unsafe { neon::$f(x, dst) }
+        }
+    };
+}
+
+neon_entry!(dot dot_f32, DType::F32, dot_f32);
+neon_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+neon_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
+neon_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
+neon_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
+neon_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
+neon_entry!(dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
+neon_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
+neon_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
+neon_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+neon_entry!(quant quantize_q8_0, quantize_q8_0);
+neon_entry!(quant quantize_q8_1, quantize_q8_1);
+neon_entry!(quant quantize_q8_k, quantize_q8_k);
+
+/// The NEON table, starting from the scalar one.
+pub(crate) fn table(scalar: Kernels) -> Kernels {
+    assert!(has_neon(), "NEON table requested on a CPU without NEON");
+    let mut k = scalar.with_isa_tag(Isa::Neon);
+    let dots: [(DType, crate::VecDotFn); 10] = [
+        (DType::Q5_0, dot_q5_0),
+        (DType::Q5_1, dot_q5_1),
+        (DType::Q5_K, dot_q5_k),
+        (DType::F32, dot_f32),
+        (DType::BF16, dot_bf16),
+        (DType::Q4_0, dot_q4_0),
+        (DType::Q4_1, dot_q4_1),
+        (DType::Q8_0, dot_q8_0),
+        (DType::Q4_K, dot_q4_k),
+        (DType::Q6_K, dot_q6_k),
+    ];
+    for (t, f) in dots {
+        k.dot[t.index()] = Some(f);
+    }
+    let quants: [(DType, crate::dispatch::QuantizeFn); 3] = [
+        (DType::Q8_0, quantize_q8_0),
+        (DType::Q8_1, quantize_q8_1),
+        (DType::Q8_K, quantize_q8_k),
+    ];
+    for (t, f) in quants {
+        k.quantize[t.index()] = f;
+    }
+    k
+}
