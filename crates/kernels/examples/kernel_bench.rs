@@ -60,16 +60,9 @@ fn main() {
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
     println!("gemv {rows} x {cols}, single thread; GB/s of weight bytes read by vec_dot");
-<<<<<<< HEAD
-    println!("{:<6} {:>10} {:>10} {:>10} {:>10}", "format", "MB", "scalar", "avx2", "avx512");
-=======
     let isas = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
-    let header: String = isas
-        .iter()
-        .map(|isa| format!(" {:>10}", isa.name()))
-        .collect();
+    let header: String = isas.iter().map(|isa| format!(" {:>10}", isa.name())).collect();
     println!("{:<6} {:>10}{header}", "format", "MB");
->>>>>>> kernels
     for t in WEIGHT_TYPES {
         let m = random_matrix(&mut rng, t, rows, cols);
         let row_bytes = m.len() / rows;

@@ -243,11 +243,7 @@ impl Kernels {
     pub fn gemv(&self, w: DType, n: usize, w_rows: &[u8], x_row: &[u8], out: &mut [f32]) {
         let dot = self.vec_dot(w);
         let row_bytes = w.row_bytes(n);
-        assert!(
-            row_bytes.is_some(),
-            "{n} is not a whole number of {} blocks",
-            w.name()
-        );
+        assert!(row_bytes.is_some(), "{n} is not a whole number of {} blocks", w.name());
         let row_bytes = row_bytes.unwrap_or(0);
         assert!(
             row_bytes.checked_mul(out.len()) == Some(w_rows.len()),

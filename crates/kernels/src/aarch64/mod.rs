@@ -62,11 +62,8 @@ pub(crate) fn table(scalar: Kernels) -> Kernels {
     for (t, f) in dots {
         k.dot[t.index()] = Some(f);
     }
-    let quants: [(DType, crate::dispatch::QuantizeFn); 3] = [
-        (DType::Q8_0, quantize_q8_0),
-        (DType::Q8_1, quantize_q8_1),
-        (DType::Q8_K, quantize_q8_k),
-    ];
+    let quants: [(DType, crate::dispatch::QuantizeFn); 3] =
+        [(DType::Q8_0, quantize_q8_0), (DType::Q8_1, quantize_q8_1), (DType::Q8_K, quantize_q8_k)];
     for (t, f) in quants {
         k.quantize[t.index()] = f;
     }

@@ -70,20 +70,13 @@ fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "neon")]
 fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     let q = ld_u8(qs);
-    (
-        vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))),
-        vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)),
-    )
+    (vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)))
 }
 
 #[target_feature(enable = "neon")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
-    for (i, (bw, bx)) in blocks::<BlockQ8_0>(w)
-        .iter()
-        .zip(blocks::<BlockQ8_0>(x))
-        .enumerate()
-    {
+    for (i, (bw, bx)) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
         let s0 = dot_i8x16(ld_s8(arr(&bw.qs[..16])), ld_s8(arr(&bx.qs[..16])));
         let s1 = dot_i8x16(ld_s8(arr(&bw.qs[16..])), ld_s8(arr(&bx.qs[16..])));
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
@@ -96,11 +89,7 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let eight = vdupq_n_s8(8);
-    for (i, (bw, bx)) in blocks::<BlockQ4_0>(w)
-        .iter()
-        .zip(blocks::<BlockQ8_0>(x))
-        .enumerate()
-    {
+    for (i, (bw, bx)) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
         let (lo, hi) = nibbles(&bw.qs);
         let s0 = dot_i8x16(vsubq_s8(lo, eight), ld_s8(arr(&bx.qs[..16])));
         let s1 = dot_i8x16(vsubq_s8(hi, eight), ld_s8(arr(&bx.qs[16..])));
@@ -114,11 +103,7 @@ pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let mut summs = 0f32;
-    for (i, (bw, bx)) in blocks::<BlockQ4_1>(w)
-        .iter()
-        .zip(blocks::<BlockQ8_1>(x))
-        .enumerate()
-    {
+    for (i, (bw, bx)) in blocks::<BlockQ4_1>(w).iter().zip(blocks::<BlockQ8_1>(x)).enumerate() {
         summs += f16(bw.m) * f16(bx.s);
         let (lo, hi) = nibbles(&bw.qs);
         let s0 = dot_i8x16(lo, ld_s8(arr(&bx.qs[..16])));
@@ -133,10 +118,7 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[inline]
 #[target_feature(enable = "neon")]
 fn high_bits_q5(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
-    let bit = vcombine_u8(
-        vcreate_u8(0x8040201008040201),
-        vcreate_u8(0x8040201008040201),
-    );
+    let bit = vcombine_u8(vcreate_u8(0x8040201008040201), vcreate_u8(0x8040201008040201));
     let spread = |a: u8, b: u8| vcombine_u8(vdup_n_u8(a), vdup_n_u8(b));
     let set = |v: uint8x16_t| vandq_u8(vtstq_u8(v, bit), vdupq_n_u8(0x10));
     (set(spread(qh[0], qh[1])), set(spread(qh[2], qh[3])))
@@ -146,11 +128,7 @@ fn high_bits_q5(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
 pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let sixteen = vdupq_n_s8(16);
-    for (i, (bw, bx)) in blocks::<BlockQ5_0>(w)
-        .iter()
-        .zip(blocks::<BlockQ8_0>(x))
-        .enumerate()
-    {
+    for (i, (bw, bx)) in blocks::<BlockQ5_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
         let (lo, hi) = nibbles(&bw.qs);
         let (h0, h1) = high_bits_q5(bw.qh);
         let q0 = vsubq_s8(vorrq_s8(lo, vreinterpretq_s8_u8(h0)), sixteen);
@@ -167,11 +145,7 @@ pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let mut summs = 0f32;
-    for (i, (bw, bx)) in blocks::<BlockQ5_1>(w)
-        .iter()
-        .zip(blocks::<BlockQ8_1>(x))
-        .enumerate()
-    {
+    for (i, (bw, bx)) in blocks::<BlockQ5_1>(w).iter().zip(blocks::<BlockQ8_1>(x)).enumerate() {
         summs += f16(bw.m) * f16(bx.s);
         let (lo, hi) = nibbles(&bw.qs);
         let (h0, h1) = high_bits_q5(bw.qh);
@@ -201,11 +175,7 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let mut s = vdupq_n_s32(0);
             for half in 0..2 {
                 let q4 = ld_u8(arr(&bw.qs[32 * k + 16 * half..32 * k + 16 * half + 16]));
-                let low = if shift == 0 {
-                    vandq_u8(q4, m4)
-                } else {
-                    vshrq_n_u8::<4>(q4)
-                };
+                let low = if shift == 0 { vandq_u8(q4, m4) } else { vshrq_n_u8::<4>(q4) };
                 let high = vandq_u8(vtstq_u8(qh[half], bit), vdupq_n_u8(0x10));
                 let q5 = vreinterpretq_s8_u8(vorrq_u8(low, high));
                 let y = ld_s8(arr(&bx.qs[32 * j + 16 * half..32 * j + 16 * half + 16]));
@@ -258,14 +228,8 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let qh = ld_u8(arr(&bw.qh[32 * h + o..32 * h + o + 16]));
                 let q = [
                     vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8::<4>(vandq_u8(qh, m2))),
-                    vorrq_u8(
-                        vandq_u8(ql1, m4),
-                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), m2)),
-                    ),
-                    vorrq_u8(
-                        vshrq_n_u8::<4>(ql0),
-                        vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), m2)),
-                    ),
+                    vorrq_u8(vandq_u8(ql1, m4), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), m2))),
+                    vorrq_u8(vshrq_n_u8::<4>(ql0), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), m2))),
                     vorrq_u8(vshrq_n_u8::<4>(ql1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh))),
                 ];
                 for (t, q) in q.into_iter().enumerate() {
@@ -303,10 +267,7 @@ pub(crate) fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
     let (wt, xt) = (wc.remainder(), xc.remainder());
     let widen = |b: uint16x8_t| {
-        (
-            vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))),
-            vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)),
-        )
+        (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)))
     };
     for (w, x) in wc.zip(xc) {
         for u in 0..2 {
@@ -332,9 +293,7 @@ fn round_narrow(v0: int32x4_t, v1: int32x4_t) -> int8x8_t {
 #[target_feature(enable = "neon")]
 fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     let v: [float32x4_t; 8] = std::array::from_fn(|u| ld_f32(arr(&x[4 * u..4 * u + 4])));
-    let amax = v
-        .iter()
-        .fold(vdupq_n_f32(0.0), |m, &vu| vmaxq_f32(m, vabsq_f32(vu)));
+    let amax = v.iter().fold(vdupq_n_f32(0.0), |m, &vu| vmaxq_f32(m, vabsq_f32(vu)));
     let amax = vmaxvq_f32(amax);
     let d = amax / 127.0;
     let id = vdupq_n_f32(if amax != 0.0 { 127.0 / amax } else { 0.0 });
@@ -342,20 +301,14 @@ fn quantize_block_q8(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
     let mut sum = vdupq_n_s32(0);
     for u in 0..4 {
         sum = vaddq_s32(sum, vaddq_s32(q[2 * u], q[2 * u + 1]));
-        st_s8(
-            arr_mut(&mut qs[8 * u..8 * u + 8]),
-            round_narrow(q[2 * u], q[2 * u + 1]),
-        );
+        st_s8(arr_mut(&mut qs[8 * u..8 * u + 8]), round_narrow(q[2 * u], q[2 * u + 1]));
     }
     (d, vaddvq_s32(sum))
 }
 
 #[target_feature(enable = "neon")]
 pub(crate) fn quantize_q8_0(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_0>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(32))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_0>(dst).iter_mut().zip(x.chunks_exact(32)) {
         let (d, _) = quantize_block_q8(x, &mut b.qs);
         b.d = crate::f32_to_f16(d).to_le_bytes();
     }
@@ -363,10 +316,7 @@ pub(crate) fn quantize_q8_0(x: &[f32], dst: &mut [u8]) {
 
 #[target_feature(enable = "neon")]
 pub(crate) fn quantize_q8_1(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8_1>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(32))
-    {
+    for (b, x) in blocks_mut::<BlockQ8_1>(dst).iter_mut().zip(x.chunks_exact(32)) {
         let (d, sum) = quantize_block_q8(x, &mut b.qs);
         b.d = crate::f32_to_f16(d).to_le_bytes();
         b.s = crate::f32_to_f16(d * sum as f32).to_le_bytes();
@@ -375,10 +325,7 @@ pub(crate) fn quantize_q8_1(x: &[f32], dst: &mut [u8]) {
 
 #[target_feature(enable = "neon")]
 pub(crate) fn quantize_q8_k(x: &[f32], dst: &mut [u8]) {
-    for (b, x) in blocks_mut::<BlockQ8K>(dst)
-        .iter_mut()
-        .zip(x.chunks_exact(QK_K))
-    {
+    for (b, x) in blocks_mut::<BlockQ8K>(dst).iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut vmax, mut vmin) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
         for c in x.chunks_exact(4) {
             let v = ld_f32(arr(c));
@@ -410,14 +357,8 @@ pub(crate) fn quantize_q8_k(x: &[f32], dst: &mut [u8]) {
             });
             let sum = vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])));
             b.bsums[g] = (sum as i16).to_le_bytes();
-            st_s8(
-                arr_mut(&mut b.qs[16 * g..16 * g + 8]),
-                round_narrow(q[0], q[1]),
-            );
-            st_s8(
-                arr_mut(&mut b.qs[16 * g + 8..16 * g + 16]),
-                round_narrow(q[2], q[3]),
-            );
+            st_s8(arr_mut(&mut b.qs[16 * g..16 * g + 8]), round_narrow(q[0], q[1]));
+            st_s8(arr_mut(&mut b.qs[16 * g + 8..16 * g + 16]), round_narrow(q[2], q[3]));
         }
         b.d = (1.0 / iscale).to_le_bytes();
     }

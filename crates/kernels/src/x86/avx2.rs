@@ -84,9 +84,6 @@ fn arr_mut<const N: usize, T>(s: &mut [T]) -> &mut [T; N] {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn f16(h: [u8; 2]) -> f32 {
-<<<<<<< HEAD
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
-=======
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))))
 }
 
@@ -102,10 +99,7 @@ pub(crate) fn f16_pair(a: [u8; 2], b: [u8; 2]) -> (f32, f32) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scale_x8(dy: f32, h: [u8; 2]) -> __m256 {
-    _mm256_mul_ps(
-        _mm256_set1_ps(dy),
-        _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))),
-    )
+    _mm256_mul_ps(_mm256_set1_ps(dy), _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(h))))
 }
 
 /// `f16(a) * f16(b)` (the same f32 product) with one conversion.
@@ -114,7 +108,6 @@ pub(crate) fn scale_x8(dy: f32, h: [u8; 2]) -> __m256 {
 pub(crate) fn f16_mul(a: [u8; 2], b: [u8; 2]) -> f32 {
     let v = _mm_cvtph_ps(_mm_set1_epi32(i32::from_le_bytes([a[0], a[1], b[0], b[1]])));
     _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
->>>>>>> kernels
 }
 
 #[inline]
@@ -220,18 +213,9 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (bw, bx) = (blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(x));
     let mut summs = 0f32;
     let sum = fold_blocks(bw, bx, |bw, bx| {
-<<<<<<< HEAD
-        summs += f16(bw.m) * f16(bx.s);
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))))
-=======
         summs += f16_mul(bw.m, bx.s);
         let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
->>>>>>> kernels
+        (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))))
     });
     sum + summs
 }
@@ -264,16 +248,8 @@ pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-<<<<<<< HEAD
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
-=======
         let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
->>>>>>> kernels
+        (d, _mm256_cvtepi32_ps(mul_sum_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
     })
 }
 
@@ -325,11 +301,7 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-<<<<<<< HEAD
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
-=======
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
->>>>>>> kernels
     }
     hsum_ps(acc) - acc_m
 }
@@ -359,11 +331,7 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q5h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
         }
-<<<<<<< HEAD
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * f16(bw.d)), _mm256_cvtepi32_ps(sumi), acc);
-=======
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
->>>>>>> kernels
     }
     hsum_ps(acc) - acc_m
 }
@@ -382,22 +350,14 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let d = scale_x8(f32::from_le_bytes(bx.d), bw.d);
         // SAFETY: reads exactly the 16 bytes of the i8 scales, and the 32 bytes of the 16 i16 bsums.
-        let (sc8, bsums) = unsafe {
-            (
-                _mm_loadu_si128(bw.scales.as_ptr().cast()),
-                _mm256_loadu_si256(bx.bsums.as_ptr().cast()),
-            )
-        };
+        let (sc8, bsums) =
+            unsafe { (_mm_loadu_si128(bw.scales.as_ptr().cast()), _mm256_loadu_si256(bx.bsums.as_ptr().cast())) };
         // Quants are stored as q + 32: subtract 32 * sum_j sc[j] * bsum[j] (|pair| <= 2 * 128 * 2032).
         let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums);
         let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
         for h in 0..2 {
             // The 8 i16 scales of this half in both 128-bit lanes.
-            let sc8_h = if h == 0 {
-                sc8
-            } else {
-                _mm_unpackhi_epi64(sc8, sc8)
-            };
+            let sc8_h = if h == 0 { sc8 } else { _mm_unpackhi_epi64(sc8, sc8) };
             let sc_h = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h));
             let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));
             let ql1 = load_32(arr(&bw.ql[64 * h + 32..64 * h + 64]));
@@ -413,18 +373,10 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
                 let base = 128 * h + 32 * t;
                 let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
-<<<<<<< HEAD
-                let j = base / 16;
-                let sc = _mm256_set_m128i(_mm_set1_epi16(bw.scales[j + 1] as i16), _mm_set1_epi16(bw.scales[j] as i16));
-=======
                 // Low lane: scale 2t of the half (values base..base + 16), high lane: scale 2t + 1.
                 let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
-                let pick = _mm256_set_m128i(
-                    _mm_set1_epi16(hi | ((hi + 1) << 8)),
-                    _mm_set1_epi16(lo | ((lo + 1) << 8)),
-                );
+                let pick = _mm256_set_m128i(_mm_set1_epi16(hi | ((hi + 1) << 8)), _mm_set1_epi16(lo | ((lo + 1) << 8)));
                 let sc = _mm256_shuffle_epi8(sc_h, pick);
->>>>>>> kernels
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
             }
         }
@@ -654,10 +606,7 @@ pub(crate) fn dequant_q8_0(src: &[u8], y: &mut [f32]) {
             let lo = i8x8_to_f32(half);
             let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
             store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
-            store_f32x8(
-                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
-                _mm256_mul_ps(hi, d),
-            );
+            store_f32x8(arr_mut(&mut y[16 * h + 8..16 * h + 16]), _mm256_mul_ps(hi, d));
         }
     }
 }
@@ -672,10 +621,7 @@ pub(crate) fn dequant_q4_0(src: &[u8], y: &mut [f32]) {
             let lo = i8x8_to_f32(half);
             let hi = i8x8_to_f32(_mm_unpackhi_epi64(half, half));
             store_f32x8(arr_mut(&mut y[16 * h..16 * h + 8]), _mm256_mul_ps(lo, d));
-            store_f32x8(
-                arr_mut(&mut y[16 * h + 8..16 * h + 16]),
-                _mm256_mul_ps(hi, d),
-            );
+            store_f32x8(arr_mut(&mut y[16 * h + 8..16 * h + 16]), _mm256_mul_ps(hi, d));
         }
     }
 }
@@ -687,10 +633,7 @@ pub(crate) fn dequant_q4_k(src: &[u8], y: &mut [f32]) {
         let (d, dmin) = (f16(b.d), f16(b.dmin));
         for j in 0..8 {
             let (sc, m) = crate::q4_k::scale_min_k4(j, &b.scales);
-            let (dj, mj) = (
-                _mm256_set1_ps(d * sc as f32),
-                _mm256_set1_ps(dmin * m as f32),
-            );
+            let (dj, mj) = (_mm256_set1_ps(d * sc as f32), _mm256_set1_ps(dmin * m as f32));
             let (k, shift) = (j / 2, _mm_cvtsi32_si128(4 * (j % 2) as i32));
             for h in 0..2 {
                 let q = load_16(arr(&b.qs[32 * k + 16 * h..32 * k + 16 * h + 16]));
@@ -698,10 +641,7 @@ pub(crate) fn dequant_q4_k(src: &[u8], y: &mut [f32]) {
                 for e in 0..2 {
                     let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
                     let at = 32 * j + 16 * h + 8 * e;
-                    store_f32x8(
-                        arr_mut(&mut y[at..at + 8]),
-                        _mm256_sub_ps(_mm256_mul_ps(dj, v), mj),
-                    );
+                    store_f32x8(arr_mut(&mut y[at..at + 8]), _mm256_sub_ps(_mm256_mul_ps(dj, v), mj));
                 }
             }
         }
@@ -719,12 +659,7 @@ pub(crate) fn dequant_q6_k(src: &[u8], y: &mut [f32]) {
                 let ql0 = load_16(arr(&b.ql[64 * h + o..64 * h + o + 16]));
                 let ql1 = load_16(arr(&b.ql[64 * h + 32 + o..64 * h + 32 + o + 16]));
                 let qh = load_16(arr(&b.qh[32 * h + o..32 * h + o + 16]));
-                let high = |t: i32| {
-                    _mm_slli_epi16::<4>(_mm_and_si128(
-                        _mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)),
-                        m2,
-                    ))
-                };
+                let high = |t: i32| _mm_slli_epi16::<4>(_mm_and_si128(_mm_srl_epi16(qh, _mm_cvtsi32_si128(2 * t)), m2));
                 let q = [
                     _mm_or_si128(_mm_and_si128(ql0, m4), high(0)),
                     _mm_or_si128(_mm_and_si128(ql1, m4), high(1)),
@@ -737,10 +672,7 @@ pub(crate) fn dequant_q6_k(src: &[u8], y: &mut [f32]) {
                     let dsc = _mm256_set1_ps(d * b.scales[at / 16] as f32);
                     for e in 0..2 {
                         let v = i8x8_to_f32(if e == 0 { q } else { _mm_unpackhi_epi64(q, q) });
-                        store_f32x8(
-                            arr_mut(&mut y[at + 8 * e..at + 8 * e + 8]),
-                            _mm256_mul_ps(dsc, v),
-                        );
+                        store_f32x8(arr_mut(&mut y[at + 8 * e..at + 8 * e + 8]), _mm256_mul_ps(dsc, v));
                     }
                 }
             }

@@ -3,9 +3,7 @@
 //! multiply is free there, while `vpdpbusd` needs a `vpmulld` after it), and a 512-bit BF16 dot (F16 stays on AVX2: on Zen 4 the 512-bit `vcvtph2ps` was slower). Other formats use the AVX2 entries.
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
-use super::avx2::{
-    f16_mul, f16_pair, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k,
-};
+use super::avx2::{f16_mul, f16_pair, fold_blocks, load_32, load_i8_32, nibbles_32, q6k_offset, scales_mins_k};
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_k::BlockQ4K;
@@ -52,16 +50,8 @@ fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     fold_blocks(blocks::<BlockQ8_0>(w), blocks::<BlockQ8_0>(x), |bw, bx| {
-<<<<<<< HEAD
-        let d = _mm256_set1_ps(f16(bw.d) * f16(bx.d));
-        (d, _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
-=======
         let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
-        (
-            d,
-            _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))),
-        )
->>>>>>> kernels
+        (d, _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), load_i8_32(&bx.qs))))
     })
 }
 
@@ -94,23 +84,13 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
             // Bytes 0..32 belong to sub-block 2k, 32..64 to 2k + 1: u8 x i8 pairs (<= 2 * 15 * 127) into i16,
             // then times the i16 scale into i32.
-<<<<<<< HEAD
-            let scale = join(_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1]));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
-        }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * f16(bw.d)), _mm512_cvtepi32_ps(sumi), acc);
-=======
             // Scales 2k and 2k + 1 broadcast from the 8 i16 scales (same 16 bytes in every 128-bit lane).
             let (lo, hi) = ((4 * k) as i16, (4 * k + 2) as i16);
-            let pick = join(
-                _mm256_set1_epi16(lo | ((lo + 1) << 8)),
-                _mm256_set1_epi16(hi | ((hi + 1) << 8)),
-            );
+            let pick = join(_mm256_set1_epi16(lo | ((lo + 1) << 8)), _mm256_set1_epi16(hi | ((hi + 1) << 8)));
             let scale = _mm512_shuffle_epi8(sc512, pick);
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
->>>>>>> kernels
     }
     _mm512_reduce_add_ps(acc) - acc_m
 }
