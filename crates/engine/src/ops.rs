@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn rms_norm_unit_rows() {
         let mut x = vec![3.0, 4.0, 0.0, 0.0];
-        rms_norm(&mut x, &[1.0, 1.0], 0.0);
+        rms_norm(&mut x, &[1.0, 1.0], 1e-12);
         assert!((x[0] - 0.6 * 2f32.sqrt()).abs() < 1e-6 && (x[1] - 0.8 * 2f32.sqrt()).abs() < 1e-6);
         assert_eq!(&x[2..], &[0.0, 0.0]);
     }
