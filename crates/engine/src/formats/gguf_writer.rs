@@ -207,6 +207,10 @@ impl<W: Write> GgufWriter<W> {
         if !self.header_written {
             self.write_header()?;
         }
+        // Tensors of zero bytes take no data call.
+        while self.cur_written == 0 && self.tensors.get(self.cur).is_some_and(|t| t.len == 0) {
+            self.cur += 1;
+        }
         let Some(t) = self.tensors.get(self.cur) else {
             return Err(self.err("GgufWriter: tensor data past the last tensor"));
         };
@@ -234,7 +238,6 @@ impl<W: Write> GgufWriter<W> {
         if !self.header_written {
             self.write_header()?;
         }
-        // Tensors of zero bytes need no data call.
         while self.tensors.get(self.cur).is_some_and(|t| t.len == 0) {
             self.cur += 1;
         }
