@@ -143,6 +143,10 @@ fn round_trip_every_value_type_and_tensor_layout() {
         let dir = TempDir::new();
         let path = dir.path("round_trip.gguf");
         write_model(&path, alignment, chunk);
+        if let (None, Some(out)) = (alignment, std::env::var_os("FLASH_MOE_GGUF_OUT")) {
+            // For checking against another reader by hand (gguf-py: see the formats report).
+            std::fs::copy(&path, out).expect("copy");
+        }
         let index = WeightIndex::open(&path).expect("open");
         let md = gguf_md(&index);
         assert_eq!(md.version, 3);
@@ -580,4 +584,36 @@ fn zero_tensors_and_no_data_section() {
     let index = gguf::open(&path).expect("open");
     assert!(index.tensors.is_empty());
     assert_eq!(gguf_md(&index).arch().expect("arch"), "llama");
+}
+
+/// Opens a real GGUF named by `FLASH_MOE_GGUF` (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) and prints a summary to
+/// compare with gguf-py's `gguf-dump`.
+#[test]
+#[ignore = "needs FLASH_MOE_GGUF=path/to/model.gguf"]
+fn real_file_from_env() {
+    let path = PathBuf::from(std::env::var_os("FLASH_MOE_GGUF").expect("set FLASH_MOE_GGUF"));
+    let start = Instant::now();
+    let index = WeightIndex::open(&path).expect("open");
+    let md = gguf_md(&index);
+    println!(
+        "opened in {:?}: v{} {} kvs, {} tensors, data at {}",
+        start.elapsed(),
+        md.version,
+        md.len(),
+        index.tensors.len(),
+        md.data_offset
+    );
+    for (k, v) in md.iter() {
+        println!("{k} = {v}");
+    }
+    for t in &index.tensors {
+        println!(
+            "{} {} {:?} @{} +{}",
+            t.name,
+            t.dtype.name(),
+            t.shape,
+            t.offset,
+            t.len
+        );
+    }
 }
