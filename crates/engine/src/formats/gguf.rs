@@ -184,7 +184,8 @@ impl RawTensor {
         let len = (row_bytes as u64)
             .checked_mul(n_rows)
             .ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
-        if self.rel_offset % md.alignment != 0 {
+        if self.rel_offset & (md.alignment - 1) != 0 {
+            // (the alignment is a power of two)
             return Err(err(format!(
                 "data offset {} is not a multiple of the alignment {}",
                 self.rel_offset, md.alignment
