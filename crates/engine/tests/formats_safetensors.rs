@@ -356,3 +356,26 @@ fn parse_header_from_bytes() {
         .to_string();
     assert!(e.contains("mem") && e.contains("truncated"), "{e}");
 }
+
+/// Opens a safetensors file or model directory named by `FLASH_MOE_SAFETENSORS` and prints every tensor with its
+/// first bytes, to compare with the `safetensors` Python package.
+#[test]
+#[ignore = "needs FLASH_MOE_SAFETENSORS=path/to/model_dir_or_file"]
+fn real_model_from_env() {
+    let path = PathBuf::from(
+        std::env::var_os("FLASH_MOE_SAFETENSORS").expect("set FLASH_MOE_SAFETENSORS"),
+    );
+    let index = WeightIndex::open(&path).expect("open");
+    for t in &index.tensors {
+        let mut buf = vec![0u8; t.len as usize];
+        index.read_tensor(t, &mut buf).expect("read");
+        let head: String = buf.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        println!(
+            "{} {} {:?} {} {head}",
+            t.name,
+            t.dtype.name(),
+            t.shape,
+            t.len
+        );
+    }
+}
