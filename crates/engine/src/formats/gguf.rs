@@ -27,6 +27,9 @@ pub const GGUF_DEFAULT_ALIGNMENT: u64 = 32;
 pub const GGUF_DIMS_MAX: usize = 4;
 /// Longest string accepted (keys, values, tensor names). The longest real ones are chat templates (~100 KB).
 pub const GGUF_STRING_BYTES_MAX: u64 = 64 << 20;
+/// Largest header accepted: counts and lengths are bounded by the smaller of this and the file's length. Real
+/// headers are tens of MB at most (token lists and merges).
+pub const GGUF_HEADER_BYTES_MAX: u64 = 1 << 30;
 /// Deepest nesting of arrays in arrays (llama.cpp writes none; gguf-py can write them).
 pub const GGUF_ARRAY_DEPTH_MAX: usize = 8;
 /// Capacity reserved up front for a list read from a file; beyond it lists grow as elements actually arrive.
@@ -218,8 +221,11 @@ impl<R: Read> Header<'_, R> {
         Error::format(self.path, msg)
     }
 
+    /// Bytes the rest of the header may take: what is left of the file and of [`GGUF_HEADER_BYTES_MAX`].
     fn remaining(&self) -> u64 {
-        self.file_len.saturating_sub(self.pos)
+        self.file_len
+            .min(GGUF_HEADER_BYTES_MAX)
+            .saturating_sub(self.pos)
     }
 
     fn bytes(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
@@ -255,7 +261,8 @@ impl<R: Read> Header<'_, R> {
             .is_none_or(|b| b > self.remaining())
         {
             return Err(self.err(format!(
-                "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file",
+                "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file (or the \
+                 header limit of {GGUF_HEADER_BYTES_MAX})",
                 self.pos,
                 self.remaining()
             )));
@@ -267,8 +274,8 @@ impl<R: Read> Header<'_, R> {
         let len = self.u64("a string length")?;
         if len > self.remaining() || len > GGUF_STRING_BYTES_MAX {
             return Err(self.err(format!(
-                "corrupt header: {} at byte {} has length {len}, more than the {} bytes left in the file or the \
-                 limit of {GGUF_STRING_BYTES_MAX}",
+                "corrupt header: {} at byte {} has length {len}, more than the {} bytes left in the file (or the \
+                 header limit) or the string limit of {GGUF_STRING_BYTES_MAX}",
                 what(),
                 self.pos,
                 self.remaining()
