@@ -440,6 +440,11 @@ fn duplicates() {
     let (_, msg) = open_err("dup_tensor.gguf", &file(3, 2, 0, &body, &[0u8; 64]));
     assert!(msg.contains("duplicate tensor name 'w'"), "{msg}");
     let mut body = Vec::new();
+    tensor_info(&mut body, "w1", &[16], 0, 0);
+    tensor_info(&mut body, "w2", &[8], 0, 32);
+    let (_, msg) = open_err("overlap.gguf", &file(3, 2, 0, &body, &[0u8; 64]));
+    assert!(msg.contains("tensors 'w1' and 'w2' overlap"), "{msg}");
+    let mut body = Vec::new();
     kv(&mut body, "a", GgufValue::U32(1));
     kv(&mut body, "a", GgufValue::U32(2));
     let (_, msg) = open_err("dup_key.gguf", &file(3, 0, 2, &body, &[]));
@@ -616,4 +621,55 @@ fn real_file_from_env() {
             t.len
         );
     }
+}
+
+/// A 150k-token vocabulary with scores, types and merges (the size of a real one) parses quickly.
+#[test]
+fn large_vocabulary_parses_quickly() {
+    let n = 150_000;
+    let mut w = GgufWriter::new(Vec::new(), "vocab.gguf");
+    let tokens = (0..n).map(|i| format!("token{i}")).collect();
+    w.add_kv(
+        "tokenizer.ggml.tokens",
+        GgufValue::Array(GgufArray::String(tokens)),
+    )
+    .expect("kv");
+    w.add_kv(
+        "tokenizer.ggml.scores",
+        GgufValue::Array(GgufArray::F32(vec![0.5; n])),
+    )
+    .expect("kv");
+    w.add_kv(
+        "tokenizer.ggml.token_type",
+        GgufValue::Array(GgufArray::I32(vec![1; n])),
+    )
+    .expect("kv");
+    let merges = (0..n).map(|i| format!("tok en{i}")).collect();
+    w.add_kv(
+        "tokenizer.ggml.merges",
+        GgufValue::Array(GgufArray::String(merges)),
+    )
+    .expect("kv");
+    let bytes = w.finish().expect("finish");
+    let start = Instant::now();
+    let (md, _) = gguf::parse(
+        bytes.as_slice(),
+        bytes.len() as u64,
+        Path::new("vocab.gguf"),
+    )
+    .expect("parse");
+    let took = start.elapsed();
+    assert_eq!(
+        md.require_str_array("tokenizer.ggml.tokens")
+            .expect("tokens")[n - 1],
+        format!("token{}", n - 1)
+    );
+    assert_eq!(
+        md.require_i32_array("tokenizer.ggml.token_type")
+            .expect("types")
+            .len(),
+        n
+    );
+    println!("{} header bytes parsed in {took:?}", bytes.len());
+    assert!(took.as_secs() < 5, "{took:?}");
 }

@@ -120,7 +120,24 @@ pub fn parse<R: Read>(r: R, file_len: u64, path: &Path) -> Result<(GgufMetadata,
         .into_iter()
         .map(|t| t.place(&md, file_len, path))
         .collect::<Result<Vec<_>>>()?;
+    check_no_overlap(&tensors, path)?;
     Ok((md, tensors))
+}
+
+/// Fails if two tensors share bytes (llama.cpp is stricter still: it wants them packed in order).
+fn check_no_overlap(tensors: &[TensorInfo], path: &Path) -> Result<()> {
+    let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
+    by_offset.sort_unstable_by_key(|t| (t.offset, t.len));
+    for w in by_offset.windows(2) {
+        if w[1].offset < w[0].offset + w[0].len {
+            let msg = format!(
+                "tensors '{}' and '{}' overlap in the file",
+                w[0].name, w[1].name
+            );
+            return Err(Error::format(path, msg));
+        }
+    }
+    Ok(())
 }
 
 /// `general.alignment`: any integer type that fits u32, a power of two.
