@@ -1,7 +1,7 @@
 //! GGUF v2 and v3 (little-endian), as llama.cpp's `ggml/src/gguf.cpp` reads and writes it.
 //!
 //! Layout: `"GGUF"`, u32 version, u64 n_tensors, u64 n_kv, the key/values (u64-length string key, u32 type,
-//! value), the tensor infos (name, u32 n_dims, i64 ne[n_dims] contiguous dimension first, u32 ggml type, u64
+//! value), the tensor infos (name, u32 n_dims, `i64 ne[n_dims]` contiguous dimension first, u32 ggml type, u64
 //! offset relative to the data section), padding to `general.alignment` (default 32), then the tensor data.
 //!
 //! [`parse`] reads the header from any `Read` (a `BufReader<File>` or a byte slice, for fuzzing) and returns
