@@ -13,17 +13,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn iters() -> usize {
-    std::env::var("FLASH_MOE_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200_000)
+    std::env::var("FLASH_MOE_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000)
 }
 
 /// Files in `fuzz/seeds/<target>/`, plus `extra`.
 fn seeds(target: &str, extra: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/seeds")
-        .join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target);
     let mut out = extra;
     if let Ok(entries) = std::fs::read_dir(&dir) {
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -79,17 +74,10 @@ fn check_gguf(data: &[u8]) -> bool {
     };
     assert!(md.alignment.is_power_of_two());
     for t in &tensors {
-        assert!(
-            t.offset >= md.data_offset && t.offset + t.len <= file_len,
-            "{t:?}"
-        );
+        assert!(t.offset >= md.data_offset && t.offset + t.len <= file_len, "{t:?}");
         let row = t.shape.last().copied().unwrap_or(1);
         let rows: usize = t.shape.iter().rev().skip(1).product();
-        assert_eq!(
-            t.dtype.row_bytes(row).map(|b| (b * rows) as u64),
-            Some(t.len),
-            "{t:?}"
-        );
+        assert_eq!(t.dtype.row_bytes(row).map(|b| (b * rows) as u64), Some(t.len), "{t:?}");
     }
     for (_, v) in md.iter() {
         let _ = v.to_string();
@@ -121,26 +109,15 @@ fn small_gguf() -> Vec<u8> {
     let kvs = [
         ("general.architecture", GgufValue::String("qwen3moe".into())),
         ("qwen3moe.expert_count", GgufValue::U32(4)),
-        (
-            "tokenizer.ggml.tokens",
-            GgufValue::Array(GgufArray::String(vec!["a".into(), "b".into()])),
-        ),
-        (
-            "tokenizer.ggml.scores",
-            GgufValue::Array(GgufArray::F32(vec![0.0, 1.0])),
-        ),
-        (
-            "t.nested",
-            GgufValue::Array(GgufArray::Array(vec![GgufArray::Bool(vec![true])])),
-        ),
+        ("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::String(vec!["a".into(), "b".into()]))),
+        ("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(vec![0.0, 1.0]))),
+        ("t.nested", GgufValue::Array(GgufArray::Array(vec![GgufArray::Bool(vec![true])]))),
     ];
     for (k, v) in kvs {
         w.add_kv(k, v).expect("kv");
     }
-    w.add_tensor("blk.0.ffn_up_exps.weight", DType::Q8_0, &[2, 2, 32])
-        .expect("t");
-    w.add_tensor("blk.0.ffn_gate_inp.weight", DType::F32, &[2, 4])
-        .expect("t");
+    w.add_tensor("blk.0.ffn_up_exps.weight", DType::Q8_0, &[2, 2, 32]).expect("t");
+    w.add_tensor("blk.0.ffn_gate_inp.weight", DType::F32, &[2, 4]).expect("t");
     w.write_tensor_data(&[7u8; 136]).expect("data");
     w.write_tensor_data(&[1u8; 32]).expect("data");
     w.finish().expect("finish")
@@ -173,10 +150,6 @@ fn safetensors_mutations_never_panic() {
     let mut file = (seed.len() as u64).to_le_bytes().to_vec();
     file.extend_from_slice(seed);
     file.extend_from_slice(&[0u8; 22]);
-    let n_ok = run(
-        seeds("safetensors_header", vec![file]),
-        check_safetensors,
-        2,
-    );
+    let n_ok = run(seeds("safetensors_header", vec![file]), check_safetensors, 2);
     println!("safetensors: {n_ok} of {} mutants parsed", iters());
 }

@@ -62,22 +62,11 @@ fn every_value_type() -> Vec<(&'static str, GgufValue)> {
         ("t.arr_i32", V::Array(GgufArray::I32(vec![-7, 0, 7]))),
         ("t.arr_u64", V::Array(GgufArray::U64(vec![u64::MAX]))),
         ("t.arr_i64", V::Array(GgufArray::I64(vec![i64::MIN, 3]))),
-        (
-            "t.arr_f32",
-            V::Array(GgufArray::F32(vec![0.5, -1.0, f32::INFINITY])),
-        ),
+        ("t.arr_f32", V::Array(GgufArray::F32(vec![0.5, -1.0, f32::INFINITY]))),
         ("t.arr_f64", V::Array(GgufArray::F64(vec![0.25]))),
-        (
-            "t.arr_bool",
-            V::Array(GgufArray::Bool(vec![true, false, true])),
-        ),
+        ("t.arr_bool", V::Array(GgufArray::Bool(vec![true, false, true]))),
         ("t.arr_empty", V::Array(GgufArray::F32(vec![]))),
-        (
-            "tokenizer.ggml.tokens",
-            V::Array(GgufArray::String(
-                (0..1000).map(|i| format!("tok{i}")).collect(),
-            )),
-        ),
+        ("tokenizer.ggml.tokens", V::Array(GgufArray::String((0..1000).map(|i| format!("tok{i}")).collect()))),
         (
             "t.arr_nested",
             V::Array(GgufArray::Array(vec![
@@ -112,8 +101,7 @@ fn data(i: usize, len: u64) -> Vec<u8> {
 fn write_model(path: &Path, alignment: Option<u32>, chunk: usize) {
     let mut w = GgufWriter::create(path).expect("create");
     if let Some(a) = alignment {
-        w.add_kv("general.alignment", GgufValue::U32(a))
-            .expect("alignment");
+        w.add_kv("general.alignment", GgufValue::U32(a)).expect("alignment");
     }
     for (k, v) in every_value_type() {
         w.add_kv(k, v).expect("kv");
@@ -156,21 +144,14 @@ fn round_trip_every_value_type_and_tensor_layout() {
             expected.insert(0, ("general.alignment", GgufValue::U32(a)));
         }
         let got: Vec<_> = md.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let expected: Vec<_> = expected
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let expected: Vec<_> = expected.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(got, expected);
 
         assert_eq!(index.tensors.len(), tensors().len());
         for (i, (name, dtype, shape)) in tensors().into_iter().enumerate() {
             let t = index.require(name).expect("tensor");
             assert_eq!((t.dtype, &t.shape), (dtype, &shape), "{name}");
-            assert_eq!(
-                (t.offset - md.data_offset) % md.alignment,
-                0,
-                "{name} aligned"
-            );
+            assert_eq!((t.offset - md.data_offset) % md.alignment, 0, "{name} aligned");
             let mut buf = vec![0u8; t.len as usize];
             index.read_tensor(t, &mut buf).expect("read");
             assert_eq!(buf, data(i, t.len), "{name} data");
@@ -198,53 +179,22 @@ fn accessors_convert_integers_and_name_key_and_file() {
     assert_eq!(md.get_f32("t.f32"), Some(1.5e-6));
     assert_eq!(md.get_bool("t.bool"), Some(true));
     assert_eq!(md.get_str("t.str_utf8"), Some("héllo ✓ 𝄞"));
-    assert_eq!(
-        md.get_str_array("tokenizer.ggml.tokens").map(|t| t.len()),
-        Some(1000)
-    );
+    assert_eq!(md.get_str_array("tokenizer.ggml.tokens").map(|t| t.len()), Some(1000));
     assert_eq!(md.get_f32_array("t.arr_f32").map(|a| a[0]), Some(0.5));
     assert_eq!(md.get_i32_array("t.arr_u8"), Some(vec![0, 1, 255]));
-    assert_eq!(
-        md.get_i32_array("t.arr_u64"),
-        None,
-        "u64::MAX does not fit i32"
-    );
+    assert_eq!(md.get_i32_array("t.arr_u64"), None, "u64::MAX does not fit i32");
     assert_eq!(md.opt_u32("absent").expect("absent is Ok(None)"), None);
 
-    let e = md
-        .require_u32("llm.block_count")
-        .expect_err("missing")
-        .to_string();
-    assert!(
-        e.contains("llm.block_count") && e.contains("missing") && e.contains("accessors.gguf"),
-        "{e}"
-    );
-    let e = md
-        .require_u32("t.str_utf8")
-        .expect_err("wrong type")
-        .to_string();
-    assert!(
-        e.contains("t.str_utf8") && e.contains("STRING") && e.contains("integer"),
-        "{e}"
-    );
-    let e = md
-        .require_u32("t.i64")
-        .expect_err("does not fit")
-        .to_string();
+    let e = md.require_u32("llm.block_count").expect_err("missing").to_string();
+    assert!(e.contains("llm.block_count") && e.contains("missing") && e.contains("accessors.gguf"), "{e}");
+    let e = md.require_u32("t.str_utf8").expect_err("wrong type").to_string();
+    assert!(e.contains("t.str_utf8") && e.contains("STRING") && e.contains("integer"), "{e}");
+    let e = md.require_u32("t.i64").expect_err("does not fit").to_string();
     assert!(e.contains("fits u32"), "{e}");
-    let e = md
-        .require_str_array("t.arr_f32")
-        .expect_err("wrong array")
-        .to_string();
-    assert!(
-        e.contains("ARRAY[FLOAT32]") && e.contains("array of strings"),
-        "{e}"
-    );
+    let e = md.require_str_array("t.arr_f32").expect_err("wrong array").to_string();
+    assert!(e.contains("ARRAY[FLOAT32]") && e.contains("array of strings"), "{e}");
     let shown = md.get("tokenizer.ggml.tokens").expect("tokens").to_string();
-    assert!(
-        shown.contains("\"tok0\"") && shown.contains("(1000 items)"),
-        "{shown}"
-    );
+    assert!(shown.contains("\"tok0\"") && shown.contains("(1000 items)"), "{shown}");
 }
 
 // ---- hand-made headers ----
@@ -282,21 +232,14 @@ fn open_err(name: &str, bytes: &[u8]) -> (Error, String) {
     std::fs::write(&path, bytes).expect("write");
     let e = gguf::open(&path).expect_err("must fail");
     let msg = e.to_string();
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "message must name the file: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "message must name the file: {msg}");
     (e, msg)
 }
 
 /// One F32 tensor `w` of 8 values at relative offset 0, with its data.
 fn one_tensor_file(version: u32) -> Vec<u8> {
     let mut body = Vec::new();
-    kv(
-        &mut body,
-        "general.architecture",
-        GgufValue::String("llama".into()),
-    );
+    kv(&mut body, "general.architecture", GgufValue::String("llama".into()));
     tensor_info(&mut body, "w", &[8], 0, 0);
     file(version, 1, 1, &body, &[1u8; 32])
 }
@@ -316,10 +259,7 @@ fn wrong_magic() {
     let mut f = one_tensor_file(3);
     f[..4].copy_from_slice(b"GGUX");
     let (_, msg) = open_err("magic.gguf", &f);
-    assert!(
-        msg.contains("not a GGUF file") && msg.contains("GGUX"),
-        "{msg}"
-    );
+    assert!(msg.contains("not a GGUF file") && msg.contains("GGUX"), "{msg}");
 }
 
 #[test]
@@ -342,10 +282,7 @@ fn every_truncation_is_an_error() {
     let data_offset = gguf_md(&index).data_offset as usize;
     let last = index.tensors.last().expect("tensors");
     let data_end = (last.offset + last.len) as usize;
-    assert!(
-        full.len() >= data_end && full.len() - data_end < 32,
-        "only padding after the last tensor"
-    );
+    assert!(full.len() >= data_end && full.len() - data_end < 32, "only padding after the last tensor");
     std::fs::write(&path, &full[..data_end]).expect("write");
     gguf::open(&path).expect("the padding after the last tensor is optional");
     // Every cut inside the header, and a few inside the data.
@@ -357,17 +294,12 @@ fn every_truncation_is_an_error() {
         };
         assert!(msg.contains("cut.gguf"), "{msg}");
         assert!(
-            msg.contains("truncated")
-                || msg.contains("cannot fit")
-                || msg.contains("bytes left in the file"),
+            msg.contains("truncated") || msg.contains("cannot fit") || msg.contains("bytes left in the file"),
             "cut at {cut}: {msg}"
         );
     }
     let (_, msg) = open_err("cut_data.gguf", &full[..data_end - 1]);
-    assert!(
-        msg.contains("truncated file") && msg.contains("tensor 'four_d'"),
-        "{msg}"
-    );
+    assert!(msg.contains("truncated file") && msg.contains("tensor 'four_d'"), "{msg}");
 }
 
 #[test]
@@ -375,14 +307,8 @@ fn unknown_tensor_type_names_the_type() {
     let mut body = Vec::new();
     tensor_info(&mut body, "blk.0.ffn_down_exps.weight", &[256, 4], 10, 0);
     let (e, msg) = open_err("q2k.gguf", &file(3, 1, 0, &body, &[0u8; 4 * 84]));
-    assert!(
-        matches!(e, Error::UnsupportedDType { type_id: 10, .. }),
-        "{e:?}"
-    );
-    assert!(
-        msg.contains("Q2_K") && msg.contains("blk.0.ffn_down_exps.weight"),
-        "{msg}"
-    );
+    assert!(matches!(e, Error::UnsupportedDType { type_id: 10, .. }), "{e:?}");
+    assert!(msg.contains("Q2_K") && msg.contains("blk.0.ffn_down_exps.weight"), "{msg}");
     let mut body = Vec::new();
     tensor_info(&mut body, "x", &[32], 1000, 0);
     let (_, msg) = open_err("type1000.gguf", &file(3, 1, 0, &body, &[0u8; 64]));
@@ -393,24 +319,15 @@ fn unknown_tensor_type_names_the_type() {
 fn huge_counts_fail_fast_without_allocating() {
     let start = Instant::now();
     let (_, msg) = open_err("n_tensors.gguf", &file(3, u64::MAX, 0, &[], &[]));
-    assert!(
-        msg.contains("18446744073709551615 tensors") && msg.contains("cannot fit"),
-        "{msg}"
-    );
+    assert!(msg.contains("18446744073709551615 tensors") && msg.contains("cannot fit"), "{msg}");
     let (_, msg) = open_err("n_kv.gguf", &file(3, 0, u64::MAX, &[], &[]));
-    assert!(
-        msg.contains("key/value pairs") && msg.contains("cannot fit"),
-        "{msg}"
-    );
+    assert!(msg.contains("key/value pairs") && msg.contains("cannot fit"), "{msg}");
 
     let mut body = Vec::new();
     body.extend_from_slice(&(1u64 << 60).to_le_bytes());
     body.extend_from_slice(b"key");
     let (_, msg) = open_err("strlen.gguf", &file(3, 0, 1, &body, &[]));
-    assert!(
-        msg.contains("length 1152921504606846976") && msg.contains("key/value pair 0"),
-        "{msg}"
-    );
+    assert!(msg.contains("length 1152921504606846976") && msg.contains("key/value pair 0"), "{msg}");
 
     let mut body = Vec::new();
     write_string(&mut body, "tokenizer.ggml.tokens").expect("vec");
@@ -418,10 +335,7 @@ fn huge_counts_fail_fast_without_allocating() {
     body.extend_from_slice(&8u32.to_le_bytes()); // of strings
     body.extend_from_slice(&(1u64 << 60).to_le_bytes());
     let (_, msg) = open_err("arrlen.gguf", &file(3, 0, 1, &body, &[]));
-    assert!(
-        msg.contains("elements of array 'tokenizer.ggml.tokens'") && msg.contains("cannot fit"),
-        "{msg}"
-    );
+    assert!(msg.contains("elements of array 'tokenizer.ggml.tokens'") && msg.contains("cannot fit"), "{msg}");
 
     let mut body = Vec::new();
     write_string(&mut body, "name").expect("vec");
@@ -456,46 +370,23 @@ fn alignment_rules() {
     let mut body = Vec::new();
     tensor_info(&mut body, "w", &[8], 0, 16);
     let (_, msg) = open_err("misaligned.gguf", &file(3, 1, 0, &body, &[0u8; 64]));
-    assert!(
-        msg.contains("tensor 'w'") && msg.contains("not a multiple of the alignment 32"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'w'") && msg.contains("not a multiple of the alignment 32"), "{msg}");
     let mut body = Vec::new();
     kv(&mut body, "general.alignment", GgufValue::U32(48));
     let (_, msg) = open_err("align48.gguf", &file(3, 0, 1, &body, &[]));
-    assert!(
-        msg.contains("general.alignment is 48") && msg.contains("power of two"),
-        "{msg}"
-    );
+    assert!(msg.contains("general.alignment is 48") && msg.contains("power of two"), "{msg}");
     let mut body = Vec::new();
-    kv(
-        &mut body,
-        "general.alignment",
-        GgufValue::String("32".into()),
-    );
+    kv(&mut body, "general.alignment", GgufValue::String("32".into()));
     let (_, msg) = open_err("align_str.gguf", &file(3, 0, 1, &body, &[]));
-    assert!(
-        msg.contains("general.alignment") && msg.contains("STRING"),
-        "{msg}"
-    );
+    assert!(msg.contains("general.alignment") && msg.contains("STRING"), "{msg}");
 }
 
 #[test]
 fn bad_shapes() {
     let cases: [(&str, &[u64], u32, &str); 5] = [
-        (
-            "block.gguf",
-            &[64, 2],
-            12,
-            "not a multiple of Q4_K's block size 256",
-        ),
+        ("block.gguf", &[64, 2], 12, "not a multiple of Q4_K's block size 256"),
         ("overflow.gguf", &[1 << 40, 1 << 40], 0, "overflows"),
-        (
-            "overflow3.gguf",
-            &[1 << 20, 1 << 30, 1 << 30],
-            0,
-            "overflows",
-        ),
+        ("overflow3.gguf", &[1 << 20, 1 << 30, 1 << 30], 0, "overflows"),
         ("negative.gguf", &[8, u64::MAX], 0, "negative dimension"),
         ("dims5.gguf", &[1, 1, 1, 1, 1], 0, "5 dimensions"),
     ];
@@ -514,19 +405,13 @@ fn bad_values() {
     body.extend_from_slice(&7u32.to_le_bytes());
     body.push(2);
     let (_, msg) = open_err("bool.gguf", &file(3, 0, 1, &body, &[]));
-    assert!(
-        msg.contains("'b'") && msg.contains("neither 0 nor 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("'b'") && msg.contains("neither 0 nor 1"), "{msg}");
 
     let mut body = Vec::new();
     write_string(&mut body, "t").expect("vec");
     body.extend_from_slice(&13u32.to_le_bytes());
     let (_, msg) = open_err("vtype.gguf", &file(3, 0, 1, &body, &[0u8; 64]));
-    assert!(
-        msg.contains("'t'") && msg.contains("unknown value type 13"),
-        "{msg}"
-    );
+    assert!(msg.contains("'t'") && msg.contains("unknown value type 13"), "{msg}");
 
     // Arrays nested 100 deep (each level: type ARRAY, count 1).
     let mut body = Vec::new();
@@ -544,31 +429,13 @@ fn bad_values() {
 fn writer_refuses_misuse() {
     let mut w = GgufWriter::new(Vec::new(), "mem.gguf");
     w.add_tensor("a", DType::F32, &[2]).expect("a");
-    assert!(w
-        .add_tensor("a", DType::F32, &[2])
-        .expect_err("dup")
-        .to_string()
-        .contains("duplicate"));
-    assert!(w
-        .add_tensor("q", DType::Q4_K, &[64])
-        .expect_err("block")
-        .to_string()
-        .contains("block size"));
+    assert!(w.add_tensor("a", DType::F32, &[2]).expect_err("dup").to_string().contains("duplicate"));
+    assert!(w.add_tensor("q", DType::Q4_K, &[64]).expect_err("block").to_string().contains("block size"));
     assert!(w.add_tensor("big", DType::F32, &[1, 1, 1, 1, 1]).is_err());
-    assert!(
-        w.add_kv("general.alignment", GgufValue::U32(64)).is_err(),
-        "alignment after a tensor"
-    );
-    assert!(w
-        .write_tensor_data(&[0u8; 9])
-        .expect_err("too much")
-        .to_string()
-        .contains("only 8 bytes left"));
+    assert!(w.add_kv("general.alignment", GgufValue::U32(64)).is_err(), "alignment after a tensor");
+    assert!(w.write_tensor_data(&[0u8; 9]).expect_err("too much").to_string().contains("only 8 bytes left"));
     w.write_tensor_data(&[0u8; 4]).expect("half");
-    assert!(
-        w.add_kv("late", GgufValue::U8(1)).is_err(),
-        "key after the header"
-    );
+    assert!(w.add_kv("late", GgufValue::U8(1)).is_err(), "key after the header");
     let e = w.finish().expect_err("incomplete").to_string();
     assert!(e.contains("4 of 8 bytes of tensor 'a'"), "{e}");
 }
@@ -576,11 +443,7 @@ fn writer_refuses_misuse() {
 #[test]
 fn zero_tensors_and_no_data_section() {
     let mut body = Vec::new();
-    kv(
-        &mut body,
-        "general.architecture",
-        GgufValue::String("llama".into()),
-    );
+    kv(&mut body, "general.architecture", GgufValue::String("llama".into()));
     let mut f = file(3, 0, 1, &body, &[]);
     f.truncate(24 + body.len()); // the padding after the header is optional without tensors
     let dir = TempDir::new();
@@ -612,14 +475,7 @@ fn real_file_from_env() {
         println!("{k} = {v}");
     }
     for t in &index.tensors {
-        println!(
-            "{} {} {:?} @{} +{}",
-            t.name,
-            t.dtype.name(),
-            t.shape,
-            t.offset,
-            t.len
-        );
+        println!("{} {} {:?} @{} +{}", t.name, t.dtype.name(), t.shape, t.offset, t.len);
     }
 }
 
@@ -629,47 +485,17 @@ fn large_vocabulary_parses_quickly() {
     let n = 150_000;
     let mut w = GgufWriter::new(Vec::new(), "vocab.gguf");
     let tokens = (0..n).map(|i| format!("token{i}")).collect();
-    w.add_kv(
-        "tokenizer.ggml.tokens",
-        GgufValue::Array(GgufArray::String(tokens)),
-    )
-    .expect("kv");
-    w.add_kv(
-        "tokenizer.ggml.scores",
-        GgufValue::Array(GgufArray::F32(vec![0.5; n])),
-    )
-    .expect("kv");
-    w.add_kv(
-        "tokenizer.ggml.token_type",
-        GgufValue::Array(GgufArray::I32(vec![1; n])),
-    )
-    .expect("kv");
+    w.add_kv("tokenizer.ggml.tokens", GgufValue::Array(GgufArray::String(tokens))).expect("kv");
+    w.add_kv("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(vec![0.5; n]))).expect("kv");
+    w.add_kv("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![1; n]))).expect("kv");
     let merges = (0..n).map(|i| format!("tok en{i}")).collect();
-    w.add_kv(
-        "tokenizer.ggml.merges",
-        GgufValue::Array(GgufArray::String(merges)),
-    )
-    .expect("kv");
+    w.add_kv("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(merges))).expect("kv");
     let bytes = w.finish().expect("finish");
     let start = Instant::now();
-    let (md, _) = gguf::parse(
-        bytes.as_slice(),
-        bytes.len() as u64,
-        Path::new("vocab.gguf"),
-    )
-    .expect("parse");
+    let (md, _) = gguf::parse(bytes.as_slice(), bytes.len() as u64, Path::new("vocab.gguf")).expect("parse");
     let took = start.elapsed();
-    assert_eq!(
-        md.require_str_array("tokenizer.ggml.tokens")
-            .expect("tokens")[n - 1],
-        format!("token{}", n - 1)
-    );
-    assert_eq!(
-        md.require_i32_array("tokenizer.ggml.token_type")
-            .expect("types")
-            .len(),
-        n
-    );
+    assert_eq!(md.require_str_array("tokenizer.ggml.tokens").expect("tokens")[n - 1], format!("token{}", n - 1));
+    assert_eq!(md.require_i32_array("tokenizer.ggml.token_type").expect("types").len(), n);
     println!("{} header bytes parsed in {took:?}", bytes.len());
     assert!(took.as_secs() < 5, "{took:?}");
 }

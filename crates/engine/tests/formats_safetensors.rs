@@ -69,11 +69,7 @@ fn config() -> Vec<u8> {
 fn open_err(path: &Path, names: &Path) -> (Error, String) {
     let e = WeightIndex::open(path).expect_err("must fail");
     let msg = e.to_string();
-    assert!(
-        msg.contains(&names.display().to_string()),
-        "message must name {}: {msg}",
-        names.display()
-    );
+    assert!(msg.contains(&names.display().to_string()), "message must name {}: {msg}", names.display());
     (e, msg)
 }
 
@@ -84,32 +80,17 @@ fn single_file_and_directory() {
     dir.write("config.json", &config());
     for path in [file.clone(), dir.0.clone()] {
         let index = WeightIndex::open(&path).expect("open");
-        let Metadata::HfConfig {
-            config,
-            dir: config_dir,
-        } = &index.metadata
-        else {
-            panic!("HfConfig")
-        };
+        let Metadata::HfConfig { config, dir: config_dir } = &index.metadata else { panic!("HfConfig") };
         assert_eq!(config["num_experts"], 8);
         assert_eq!(config_dir, &dir.0);
         let names: Vec<_> = index.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"], "sorted by offset");
         let a = index.require("a").expect("a");
-        assert_eq!(
-            (a.dtype, a.shape.as_slice(), a.len),
-            (DType::F32, &[2, 3][..], 24)
-        );
+        assert_eq!((a.dtype, a.shape.as_slice(), a.len), (DType::F32, &[2, 3][..], 24));
         let b = index.require("b").expect("b");
-        assert_eq!(
-            (b.dtype, b.shape.as_slice(), b.len),
-            (DType::F16, &[4][..], 8)
-        );
+        assert_eq!((b.dtype, b.shape.as_slice(), b.len), (DType::F16, &[4][..], 8));
         let c = index.require("c").expect("c");
-        assert_eq!(
-            (c.dtype, c.shape.len(), c.n_elems(), c.len),
-            (DType::BF16, 0, 1, 2)
-        );
+        assert_eq!((c.dtype, c.shape.len(), c.n_elems(), c.len), (DType::BF16, 0, 1, 2));
         let mut buf = vec![0u8; 8];
         index.read_tensor(b, &mut buf).expect("read");
         assert_eq!(buf, (24..32).collect::<Vec<u8>>());
@@ -124,32 +105,20 @@ fn sharded_directory() {
     let dir = TempDir::new();
     dir.write("config.json", &config());
     let shard = |name: &str, off: u64| json!({ name: {"dtype": "F32", "shape": [2], "data_offsets": [off, off + 8]} });
-    dir.write(
-        "model-00001-of-00002.safetensors",
-        &st_bytes(&shard("x", 0), &[1; 8]),
-    );
+    dir.write("model-00001-of-00002.safetensors", &st_bytes(&shard("x", 0), &[1; 8]));
     let mut two = shard("y", 0);
     two["z"] = json!({"dtype": "F32", "shape": [1], "data_offsets": [8, 12]});
-    dir.write(
-        "model-00002-of-00002.safetensors",
-        &st_bytes(&two, &[2; 12]),
-    );
+    dir.write("model-00002-of-00002.safetensors", &st_bytes(&two, &[2; 12]));
     let index_json = json!({"metadata": {"total_size": 20}, "weight_map": {
         "x": "model-00001-of-00002.safetensors",
         "y": "model-00002-of-00002.safetensors",
         "z": "model-00002-of-00002.safetensors",
     }});
-    let index_path = dir.write(
-        "model.safetensors.index.json",
-        &serde_json::to_vec(&index_json).expect("json"),
-    );
+    let index_path = dir.write("model.safetensors.index.json", &serde_json::to_vec(&index_json).expect("json"));
     let index = WeightIndex::open(&dir.0).expect("open");
     assert_eq!(index.files.len(), 2);
     let z = index.require("z").expect("z");
-    assert_eq!(
-        index.files[z.file].path,
-        dir.path("model-00002-of-00002.safetensors")
-    );
+    assert_eq!(index.files[z.file].path, dir.path("model-00002-of-00002.safetensors"));
     let mut buf = [0u8; 4];
     index.read_tensor(z, &mut buf).expect("read");
     assert_eq!(buf, [2; 4]);
@@ -159,20 +128,14 @@ fn sharded_directory() {
     missing["weight_map"]["w"] = json!("model-00003-of-00002.safetensors");
     std::fs::write(&index_path, serde_json::to_vec(&missing).expect("json")).expect("write");
     let (_, msg) = open_err(&dir.0, &index_path);
-    assert!(
-        msg.contains("shard 'model-00003-of-00002.safetensors'") && msg.contains("missing"),
-        "{msg}"
-    );
+    assert!(msg.contains("shard 'model-00003-of-00002.safetensors'") && msg.contains("missing"), "{msg}");
 
     // The index puts a tensor in a shard that does not hold it.
     let mut wrong = index_json.clone();
     wrong["weight_map"]["x"] = json!("model-00002-of-00002.safetensors");
     std::fs::write(&index_path, serde_json::to_vec(&wrong).expect("json")).expect("write");
     let (_, msg) = open_err(&dir.0, &index_path);
-    assert!(
-        msg.contains("tensor 'x'") && msg.contains("does not hold it"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'x'") && msg.contains("does not hold it"), "{msg}");
 
     // A shard name that leaves the directory.
     let mut escape = index_json.clone();
@@ -188,15 +151,9 @@ fn sharded_directory() {
 
     // The same tensor in two shards.
     std::fs::write(&index_path, serde_json::to_vec(&index_json).expect("json")).expect("write");
-    let shard1 = dir.write(
-        "model-00001-of-00002.safetensors",
-        &st_bytes(&shard("y", 0), &[1; 8]),
-    );
+    let shard1 = dir.write("model-00001-of-00002.safetensors", &st_bytes(&shard("y", 0), &[1; 8]));
     let (_, msg) = open_err(&dir.0, &shard1);
-    assert!(
-        msg.contains("tensor 'y'") && msg.contains("another shard"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'y'") && msg.contains("another shard"), "{msg}");
 }
 
 #[test]
@@ -220,10 +177,7 @@ fn directory_without_weights() {
     let dir = TempDir::new();
     dir.write("config.json", &config());
     let (_, msg) = open_err(&dir.0, &dir.0);
-    assert!(
-        msg.contains("no model.safetensors or model.safetensors.index.json"),
-        "{msg}"
-    );
+    assert!(msg.contains("no model.safetensors or model.safetensors.index.json"), "{msg}");
 }
 
 /// Writes `bytes` as `model.safetensors` beside a good config.json and returns the open error's message.
@@ -240,10 +194,7 @@ fn header_length_and_truncation() {
     let mut past_eof = good.clone();
     past_eof[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
     let (_, msg) = file_err(&past_eof);
-    assert!(
-        msg.contains("header length") && msg.contains("exceeds"),
-        "{msg}"
-    );
+    assert!(msg.contains("header length") && msg.contains("exceeds"), "{msg}");
     let mut huge = good.clone();
     huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let (_, msg) = file_err(&huge);
@@ -252,18 +203,12 @@ fn header_length_and_truncation() {
     assert!(msg.contains("truncated"), "{msg}");
     // Data cut: the last tensor's end is past the end of the file.
     let (_, msg) = file_err(&good[..good.len() - 1]);
-    assert!(
-        msg.contains("tensor 'c'") && msg.contains("outside the data section"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor 'c'") && msg.contains("outside the data section"), "{msg}");
     // Every cut of the header fails (through parse_header too).
     let header_end = 8 + u64::from_le_bytes(good[..8].try_into().expect("8")) as usize;
     for cut in 0..header_end {
         let (_, msg) = file_err(&good[..cut]);
-        assert!(
-            msg.contains("truncated") || msg.contains("exceeds") || msg.contains("too short"),
-            "{cut}: {msg}"
-        );
+        assert!(msg.contains("truncated") || msg.contains("exceeds") || msg.contains("too short"), "{cut}: {msg}");
     }
 }
 
@@ -271,26 +216,11 @@ fn header_length_and_truncation() {
 fn bad_json_and_entries() {
     let cases: Vec<(Value, &str)> = vec![
         (json!([1, 2, 3]), "not a JSON object of tensors"),
-        (
-            json!({"a": {"dtype": "F32", "shape": [2]}}),
-            "tensor 'a': needs",
-        ),
-        (
-            json!({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}),
-            "tensor 'a': needs",
-        ),
-        (
-            json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 9999]}}),
-            "outside the data section",
-        ),
-        (
-            json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}}),
-            "outside the data section",
-        ),
-        (
-            json!({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}),
-            "span 8 bytes, but F32 [3] needs 12",
-        ),
+        (json!({"a": {"dtype": "F32", "shape": [2]}}), "tensor 'a': needs"),
+        (json!({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}), "tensor 'a': needs"),
+        (json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 9999]}}), "outside the data section"),
+        (json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 4]}}), "outside the data section"),
+        (json!({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}), "span 8 bytes, but F32 [3] needs 12"),
         (
             json!({"a": {"dtype": "F32", "shape": [4294967296u64, 4294967296u64, 2], "data_offsets": [0, 8]}}),
             "overflows",
@@ -317,43 +247,21 @@ fn unsupported_dtypes_name_the_tensor() {
     for dtype in ["I8", "F64", "U8", "F8_E4M3", "BOOL"] {
         let header = json!({"model.layers.0.mlp.gate.weight": {"dtype": dtype, "shape": [1], "data_offsets": [0, 1]}});
         let (e, msg) = file_err(&st_bytes(&header, &[0u8; 8]));
-        assert!(
-            matches!(
-                e,
-                Error::UnsupportedDType {
-                    type_id: u32::MAX,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert!(
-            msg.contains(dtype) && msg.contains("model.layers.0.mlp.gate.weight"),
-            "{msg}"
-        );
+        assert!(matches!(e, Error::UnsupportedDType { type_id: u32::MAX, .. }), "{e:?}");
+        assert!(msg.contains(dtype) && msg.contains("model.layers.0.mlp.gate.weight"), "{msg}");
     }
 }
 
 #[test]
 fn parse_header_from_bytes() {
     let good = good_file();
-    let n = safetensors::header_len(
-        good[..8].try_into().expect("8"),
-        good.len() as u64,
-        Path::new("mem"),
-    )
-    .expect("len");
-    let tensors = safetensors::parse_header(
-        &good[8..8 + n as usize],
-        good.len() as u64,
-        Path::new("mem"),
-    )
-    .expect("parse");
+    let n =
+        safetensors::header_len(good[..8].try_into().expect("8"), good.len() as u64, Path::new("mem")).expect("len");
+    let tensors =
+        safetensors::parse_header(&good[8..8 + n as usize], good.len() as u64, Path::new("mem")).expect("parse");
     assert_eq!(tensors.len(), 3);
     assert_eq!(tensors[0].offset, 8 + n);
-    let e = safetensors::parse_header(b"{}", 1, Path::new("mem"))
-        .expect_err("header past the end")
-        .to_string();
+    let e = safetensors::parse_header(b"{}", 1, Path::new("mem")).expect_err("header past the end").to_string();
     assert!(e.contains("mem") && e.contains("truncated"), "{e}");
 }
 
@@ -362,20 +270,12 @@ fn parse_header_from_bytes() {
 #[test]
 #[ignore = "needs FLASH_MOE_SAFETENSORS=path/to/model_dir_or_file"]
 fn real_model_from_env() {
-    let path = PathBuf::from(
-        std::env::var_os("FLASH_MOE_SAFETENSORS").expect("set FLASH_MOE_SAFETENSORS"),
-    );
+    let path = PathBuf::from(std::env::var_os("FLASH_MOE_SAFETENSORS").expect("set FLASH_MOE_SAFETENSORS"));
     let index = WeightIndex::open(&path).expect("open");
     for t in &index.tensors {
         let mut buf = vec![0u8; t.len as usize];
         index.read_tensor(t, &mut buf).expect("read");
         let head: String = buf.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        println!(
-            "{} {} {:?} {} {head}",
-            t.name,
-            t.dtype.name(),
-            t.shape,
-            t.len
-        );
+        println!("{} {} {:?} {} {head}", t.name, t.dtype.name(), t.shape, t.len);
     }
 }

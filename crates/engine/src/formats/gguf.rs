@@ -40,11 +40,7 @@ pub fn open(path: &Path) -> Result<WeightIndex> {
     let model_file = ModelFile::open(path)?;
     let reader = BufReader::with_capacity(1 << 20, &model_file.file);
     let (metadata, tensors) = parse(reader, model_file.size, path)?;
-    let by_name = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
+    let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
     Ok(WeightIndex {
         path: path.to_path_buf(),
         files: vec![model_file],
@@ -59,24 +55,20 @@ pub fn open(path: &Path) -> Result<WeightIndex> {
 /// Returns the metadata and the tensors (with `file = 0`) in file order. Checks that every tensor lies inside
 /// `file_len`, is aligned, has a supported type and a row length that is a whole number of blocks.
 pub fn parse<R: Read>(r: R, file_len: u64, path: &Path) -> Result<(GgufMetadata, Vec<TensorInfo>)> {
-    let mut h = Header {
-        r,
-        pos: 0,
-        file_len,
-        path,
-    };
+    let mut h = Header { r, pos: 0, file_len, path };
     let mut magic = [0u8; 4];
     h.bytes(&mut magic, "the magic")?;
     if magic != GGUF_MAGIC {
-        return Err(h.err(format!(
-            "not a GGUF file: magic {:?}, expected \"GGUF\"",
-            String::from_utf8_lossy(&magic)
-        )));
+        return Err(h.err(format!("not a GGUF file: magic {:?}, expected \"GGUF\"", String::from_utf8_lossy(&magic))));
     }
     let version = h.u32("the version")?;
     match version {
         2 | 3 => {}
-        1 => return Err(h.err("GGUF version 1 is not supported (only 2 and 3): re-convert the model with a current llama.cpp")),
+        1 => {
+            return Err(
+                h.err("GGUF version 1 is not supported (only 2 and 3): re-convert the model with a current llama.cpp")
+            )
+        }
         v if matches!(v.swap_bytes(), 1..=3) => {
             return Err(h.err(format!(
                 "big-endian GGUF (version {} byte-swapped) is not supported: convert it with gguf-convert-endian",
@@ -111,15 +103,9 @@ pub fn parse<R: Read>(r: R, file_len: u64, path: &Path) -> Result<(GgufMetadata,
         }
         raw.push(t);
     }
-    let data_offset = h
-        .pos
-        .checked_next_multiple_of(md.alignment)
-        .ok_or_else(|| h.err("header size overflows"))?;
+    let data_offset = h.pos.checked_next_multiple_of(md.alignment).ok_or_else(|| h.err("header size overflows"))?;
     md.data_offset = data_offset;
-    let tensors = raw
-        .into_iter()
-        .map(|t| t.place(&md, file_len, path))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors = raw.into_iter().map(|t| t.place(&md, file_len, path)).collect::<Result<Vec<_>>>()?;
     check_no_overlap(&tensors, path)?;
     Ok((md, tensors))
 }
@@ -130,10 +116,7 @@ fn check_no_overlap(tensors: &[TensorInfo], path: &Path) -> Result<()> {
     by_offset.sort_unstable_by_key(|t| (t.offset, t.len));
     for w in by_offset.windows(2) {
         if w[1].offset < w[0].offset + w[0].len {
-            let msg = format!(
-                "tensors '{}' and '{}' overlap in the file",
-                w[0].name, w[1].name
-            );
+            let msg = format!("tensors '{}' and '{}' overlap in the file", w[0].name, w[1].name);
             return Err(Error::format(path, msg));
         }
     }
@@ -147,10 +130,7 @@ fn alignment<R: Read>(md: &GgufMetadata, h: &Header<R>) -> Result<u64> {
     };
     match v.as_int().and_then(|a| u32::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a.into()),
-        _ => Err(h.err(format!(
-            "general.alignment is {v} ({}); it must be a power of two",
-            v.type_name()
-        ))),
+        _ => Err(h.err(format!("general.alignment is {v} ({}); it must be a power of two", v.type_name()))),
     }
 }
 
@@ -168,8 +148,7 @@ impl RawTensor {
     fn place(self, md: &GgufMetadata, file_len: u64, path: &Path) -> Result<TensorInfo> {
         let err = |msg: String| Error::format(path, format!("tensor '{}': {msg}", self.name));
         let ne0 = self.ne.first().copied().unwrap_or(1);
-        let ne0_usize =
-            usize::try_from(ne0).map_err(|_| err(format!("row length {ne0} is too large")))?;
+        let ne0_usize = usize::try_from(ne0).map_err(|_| err(format!("row length {ne0} is too large")))?;
         let row_bytes = self.dtype.row_bytes(ne0_usize).ok_or_else(|| {
             err(format!(
                 "row length {ne0} is not a multiple of {}'s block size {}",
@@ -180,30 +159,14 @@ impl RawTensor {
         let mut n_elems = ne0;
         let mut n_rows = 1u64;
         for &d in self.ne.iter().skip(1) {
-            n_rows = n_rows
-                .checked_mul(d)
-                .ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
-            n_elems = n_elems
-                .checked_mul(d)
-                .ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
+            n_rows = n_rows.checked_mul(d).ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
+            n_elems = n_elems.checked_mul(d).ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
         }
-        let shape = self
-            .ne
-            .iter()
-            .rev()
-            .map(|&d| usize::try_from(d))
-            .collect::<std::result::Result<Vec<_>, _>>();
-        let shape = shape.map_err(|_| {
-            err(format!(
-                "shape {:?} does not fit this machine's usize",
-                self.ne
-            ))
-        })?;
-        usize::try_from(n_elems)
-            .map_err(|_| err(format!("shape {:?} overflows usize", self.ne)))?;
-        let len = (row_bytes as u64)
-            .checked_mul(n_rows)
-            .ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
+        let shape = self.ne.iter().rev().map(|&d| usize::try_from(d)).collect::<std::result::Result<Vec<_>, _>>();
+        let shape = shape.map_err(|_| err(format!("shape {:?} does not fit this machine's usize", self.ne)))?;
+        usize::try_from(n_elems).map_err(|_| err(format!("shape {:?} overflows usize", self.ne)))?;
+        let len =
+            (row_bytes as u64).checked_mul(n_rows).ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
         if self.rel_offset & (md.alignment - 1) != 0 {
             // (the alignment is a power of two)
             return Err(err(format!(
@@ -240,9 +203,7 @@ impl<R: Read> Header<'_, R> {
 
     /// Bytes the rest of the header may take: what is left of the file and of [`GGUF_HEADER_BYTES_MAX`].
     fn remaining(&self) -> u64 {
-        self.file_len
-            .min(GGUF_HEADER_BYTES_MAX)
-            .saturating_sub(self.pos)
+        self.file_len.min(GGUF_HEADER_BYTES_MAX).saturating_sub(self.pos)
     }
 
     fn bytes(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
@@ -274,9 +235,7 @@ impl<R: Read> Header<'_, R> {
 
     /// Fails unless `n` items of at least `min_bytes` each fit in the rest of the file.
     fn check_count(&self, n: u64, min_bytes: u64, what: &str) -> Result<()> {
-        if n.checked_mul(min_bytes)
-            .is_none_or(|b| b > self.remaining())
-        {
+        if n.checked_mul(min_bytes).is_none_or(|b| b > self.remaining()) {
             return Err(self.err(format!(
                 "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file (or the \
                  header limit of {GGUF_HEADER_BYTES_MAX})",
@@ -307,11 +266,8 @@ impl<R: Read> Header<'_, R> {
     }
 
     fn value(&mut self, type_id: u32, key: &str, depth: usize) -> Result<GgufValue> {
-        let t = GgufType::from_id(type_id).ok_or_else(|| {
-            self.err(format!(
-                "metadata key '{key}' has unknown value type {type_id}"
-            ))
-        })?;
+        let t = GgufType::from_id(type_id)
+            .ok_or_else(|| self.err(format!("metadata key '{key}' has unknown value type {type_id}")))?;
         let what = || format!("the value of '{key}'");
         Ok(match t {
             GgufType::U8 => GgufValue::U8(self.scalar::<1>(key)?[0]),
@@ -340,25 +296,18 @@ impl<R: Read> Header<'_, R> {
         match self.scalar::<1>(key)?[0] {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(self.err(format!(
-                "metadata key '{key}': bool value {b} is neither 0 nor 1"
-            ))),
+            b => Err(self.err(format!("metadata key '{key}': bool value {b} is neither 0 nor 1"))),
         }
     }
 
     /// An array: u32 element type, u64 count, elements. Counts are bounded by the bytes left.
     fn array(&mut self, key: &str, depth: usize) -> Result<GgufArray> {
         if depth >= GGUF_ARRAY_DEPTH_MAX {
-            return Err(self.err(format!(
-                "metadata key '{key}': arrays nested deeper than {GGUF_ARRAY_DEPTH_MAX}"
-            )));
+            return Err(self.err(format!("metadata key '{key}': arrays nested deeper than {GGUF_ARRAY_DEPTH_MAX}")));
         }
         let type_id = self.u32("an array element type")?;
-        let t = GgufType::from_id(type_id).ok_or_else(|| {
-            self.err(format!(
-                "metadata key '{key}': array of unknown value type {type_id}"
-            ))
-        })?;
+        let t = GgufType::from_id(type_id)
+            .ok_or_else(|| self.err(format!("metadata key '{key}': array of unknown value type {type_id}")))?;
         let n = self.u64("an array length")?;
         self.check_count(n, t.min_bytes(), &format!("elements of array '{key}'"))?;
         let n = n as usize; // fits: bounded by the file length above
@@ -381,9 +330,7 @@ impl<R: Read> Header<'_, R> {
             GgufType::F32 => GgufArray::F32(list(n, || Ok(f32::from_le_bytes(self.scalar(key)?)))?),
             GgufType::F64 => GgufArray::F64(list(n, || Ok(f64::from_le_bytes(self.scalar(key)?)))?),
             GgufType::Bool => GgufArray::Bool(list(n, || self.bool(key))?),
-            GgufType::String => GgufArray::String(list(n, || {
-                self.string(|| format!("an element of array '{key}'"))
-            })?),
+            GgufType::String => GgufArray::String(list(n, || self.string(|| format!("an element of array '{key}'")))?),
             GgufType::Array => GgufArray::Array(list(n, || self.array(key, depth + 1))?),
         })
     }
@@ -392,9 +339,7 @@ impl<R: Read> Header<'_, R> {
         let name = self.string(|| format!("the name of tensor {i}"))?;
         let n_dims = self.u32("a tensor's dimension count")?;
         if n_dims as usize > GGUF_DIMS_MAX {
-            return Err(self.err(format!(
-                "tensor '{name}' has {n_dims} dimensions, more than {GGUF_DIMS_MAX}"
-            )));
+            return Err(self.err(format!("tensor '{name}' has {n_dims} dimensions, more than {GGUF_DIMS_MAX}")));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -412,11 +357,6 @@ impl<R: Read> Header<'_, R> {
             type_name: DType::ggml_name(type_id).to_string(),
         })?;
         let rel_offset = self.u64("a tensor offset")?;
-        Ok(RawTensor {
-            name,
-            ne,
-            dtype,
-            rel_offset,
-        })
+        Ok(RawTensor { name, ne, dtype, rel_offset })
     }
 }

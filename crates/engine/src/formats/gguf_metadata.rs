@@ -365,13 +365,7 @@ macro_rules! int_accessors {
 impl GgufMetadata {
     /// An empty map for `path`; the parser fills it with [`GgufMetadata::insert`].
     pub(crate) fn new(path: &Path, version: u32) -> GgufMetadata {
-        GgufMetadata {
-            version,
-            alignment: 32,
-            data_offset: 0,
-            path: path.to_path_buf(),
-            ..Default::default()
-        }
+        GgufMetadata { version, alignment: 32, data_offset: 0, path: path.to_path_buf(), ..Default::default() }
     }
 
     /// Adds a key; returns `false` (and keeps the first) if the key is already there.
@@ -417,10 +411,7 @@ impl GgufMetadata {
     fn bad(&self, key: &str, v: &GgufValue, expected: &str) -> Error {
         Error::config(
             &self.path,
-            format!(
-                "GGUF metadata key '{key}' has type {} (value {v}), expected {expected}",
-                v.type_name()
-            ),
+            format!("GGUF metadata key '{key}' has type {} (value {v}), expected {expected}", v.type_name()),
         )
     }
 
@@ -439,10 +430,7 @@ impl GgufMetadata {
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f32()
-                .map(Some)
-                .ok_or_else(|| self.bad(key, v, "a float")),
+            Some(v) => v.as_f32().map(Some).ok_or_else(|| self.bad(key, v, "a float")),
         }
     }
 
@@ -480,10 +468,7 @@ impl GgufMetadata {
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.bad(key, v, "a string")),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.bad(key, v, "a string")),
         }
     }
 
@@ -549,8 +534,7 @@ impl GgufMetadata {
             return Err(self.bad(key, v, "an array of integers"));
         };
         let out: std::result::Result<Vec<i32>, _> = ints.into_iter().map(i32::try_from).collect();
-        out.map(Some)
-            .map_err(|_| self.bad(key, v, "an array of integers that fit i32"))
+        out.map(Some).map_err(|_| self.bad(key, v, "an array of integers that fit i32"))
     }
 
     pub fn require_i32_array(&self, key: &str) -> Result<Vec<i32>> {

@@ -108,32 +108,17 @@ impl<W: Write> GgufWriter<W> {
 
     /// Adds a tensor of `dtype` and row-major `shape` (outermost first); its data comes later, in the order
     /// tensors were added.
-    pub fn add_tensor(
-        &mut self,
-        name: impl Into<String>,
-        dtype: DType,
-        shape: &[usize],
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: impl Into<String>, dtype: DType, shape: &[usize]) -> Result<()> {
         let name = name.into();
         self.planning(&format!("adding tensor '{name}'"))?;
         if shape.len() > GGUF_DIMS_MAX {
-            return Err(self.err(format!(
-                "tensor '{name}': {} dimensions, more than {GGUF_DIMS_MAX}",
-                shape.len()
-            )));
+            return Err(self.err(format!("tensor '{name}': {} dimensions, more than {GGUF_DIMS_MAX}", shape.len())));
         }
         let ne0 = shape.last().copied().unwrap_or(1);
         let row_bytes = dtype.row_bytes(ne0).ok_or_else(|| {
-            self.err(format!(
-                "tensor '{name}': row length {ne0} is not a multiple of {}'s block size",
-                dtype.name()
-            ))
+            self.err(format!("tensor '{name}': row length {ne0} is not a multiple of {}'s block size", dtype.name()))
         })?;
-        let n_rows = shape
-            .iter()
-            .rev()
-            .skip(1)
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let n_rows = shape.iter().rev().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let len = n_rows.and_then(|r| r.checked_mul(row_bytes as u64));
         let padded = len.and_then(|l| l.checked_next_multiple_of(self.alignment));
         let end = padded.and_then(|p| self.data_bytes.checked_add(p));
@@ -144,13 +129,7 @@ impl<W: Write> GgufWriter<W> {
             return Err(self.err(format!("GgufWriter: duplicate tensor name '{name}'")));
         }
         let ne = shape.iter().rev().map(|&d| d as u64).collect();
-        self.tensors.push(PlannedTensor {
-            name,
-            ne,
-            dtype,
-            len,
-            rel_offset: self.data_bytes,
-        });
+        self.tensors.push(PlannedTensor { name, ne, dtype, len, rel_offset: self.data_bytes });
         self.data_bytes = end;
         Ok(())
     }
@@ -161,9 +140,7 @@ impl<W: Write> GgufWriter<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.w
-            .write_all(bytes)
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.w.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }

@@ -69,12 +69,7 @@ impl ModelFile {
         if !meta.is_file() {
             return Err(Error::format(path, "not a regular file"));
         }
-        Ok(ModelFile {
-            path: path.to_path_buf(),
-            size: meta.len(),
-            mtime: meta.modified().ok(),
-            file,
-        })
+        Ok(ModelFile { path: path.to_path_buf(), size: meta.len(), mtime: meta.modified().ok(), file })
     }
 }
 
@@ -83,10 +78,7 @@ impl ModelFile {
 pub enum Metadata {
     Gguf(gguf::GgufMetadata),
     /// `config.json` of a Hugging Face model directory (and the directory, for `tokenizer.json`).
-    HfConfig {
-        config: serde_json::Value,
-        dir: PathBuf,
-    },
+    HfConfig { config: serde_json::Value, dir: PathBuf },
 }
 
 /// Every tensor of a model: type, shape, file, offset, length.
@@ -113,10 +105,7 @@ impl WeightIndex {
             let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
             let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
             if n < 4 {
-                return Err(Error::format(
-                    path,
-                    "file too short to be a model (fewer than 4 bytes)",
-                ));
+                return Err(Error::format(path, "file too short to be a model (fewer than 4 bytes)"));
             }
         }
         if &magic == b"GGUF" {
@@ -140,10 +129,7 @@ impl WeightIndex {
 
     /// The tensor or a [`Error::MissingTensor`] naming it.
     pub fn require(&self, name: &str) -> Result<&TensorInfo> {
-        self.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            tensor: name.to_string(),
-        })
+        self.get(name).ok_or_else(|| Error::MissingTensor { path: self.path.clone(), tensor: name.to_string() })
     }
 
     /// Reads `dst.len()` bytes at `offset` of file `file`, failing on a short read.
@@ -154,10 +140,7 @@ impl WeightIndex {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::format(
                     &f.path,
-                    format!(
-                        "truncated: reading {} bytes at offset {offset} goes past the end",
-                        dst.len()
-                    ),
+                    format!("truncated: reading {} bytes at offset {offset} goes past the end", dst.len()),
                 )
             } else {
                 Error::io(&f.path, e)

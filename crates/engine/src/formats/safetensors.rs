@@ -34,10 +34,7 @@ pub fn dtype_from_str(s: &str) -> Option<DType> {
 
 /// Opens one `.safetensors` file; `config.json` must be in the same directory.
 pub fn open_file(path: &Path) -> Result<WeightIndex> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let config = read_config(dir)?;
     let mut index = Builder::default();
     index.add_file(path)?;
@@ -60,19 +57,13 @@ pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
             if !shard_path.is_file() {
                 return Err(Error::format(
                     &index_path,
-                    format!(
-                        "shard '{shard}' named in the weight_map is missing ({})",
-                        shard_path.display()
-                    ),
+                    format!("shard '{shard}' named in the weight_map is missing ({})", shard_path.display()),
                 ));
             }
             index.add_file(&shard_path)?;
         }
         for (name, shard) in &weight_map {
-            let found = index
-                .by_name
-                .get(name)
-                .map(|&i| index.files[index.tensors[i].file].path.as_path());
+            let found = index.by_name.get(name).map(|&i| index.files[index.tensors[i].file].path.as_path());
             if found != Some(dir.join(shard).as_path()) {
                 return Err(Error::format(
                     &index_path,
@@ -83,10 +74,7 @@ pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
     } else if single.is_file() {
         index.add_file(&single)?;
     } else {
-        return Err(Error::format(
-            dir,
-            "no model.safetensors or model.safetensors.index.json in this directory",
-        ));
+        return Err(Error::format(dir, "no model.safetensors or model.safetensors.index.json in this directory"));
     }
     index.finish(dir, config, dir)
 }
@@ -94,17 +82,11 @@ pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
 fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value> {
     let f = ModelFile::open(path)?;
     if f.size > JSON_BYTES_MAX {
-        return Err(Error::format(
-            path,
-            format!("{what} is {} bytes, more than {JSON_BYTES_MAX}", f.size),
-        ));
+        return Err(Error::format(path, format!("{what} is {} bytes, more than {JSON_BYTES_MAX}", f.size)));
     }
     let mut bytes = Vec::with_capacity(f.size as usize);
-    (&f.file)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(path, format!("{what} is not valid JSON: {e}")))
+    (&f.file).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("{what} is not valid JSON: {e}")))
 }
 
 /// `dir/config.json`, parsed.
@@ -131,21 +113,12 @@ fn read_weight_map(path: &Path) -> Result<BTreeMap<String, String>> {
     }
     let v = read_json_file(path, "the safetensors index")?;
     let index: IndexJson = serde_json::from_value(v).map_err(|e| {
-        Error::format(
-            path,
-            format!("not a safetensors index (needs \"weight_map\": {{name: file}}): {e}"),
-        )
+        Error::format(path, format!("not a safetensors index (needs \"weight_map\": {{name: file}}): {e}"))
     })?;
     for shard in index.weight_map.values() {
         let mut parts = Path::new(shard).components();
-        if !matches!(
-            (parts.next(), parts.next()),
-            (Some(Component::Normal(_)), None)
-        ) {
-            return Err(Error::format(
-                path,
-                format!("shard name '{shard}' is not a plain file name"),
-            ));
+        if !matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) {
+            return Err(Error::format(path, format!("shard name '{shard}' is not a plain file name")));
         }
     }
     Ok(index.weight_map)
@@ -171,15 +144,8 @@ impl Builder {
         for mut t in parse_header(&header, f.size, path)? {
             t.file = file_index;
             if let Some(first) = self.by_name.insert(t.name.clone(), self.tensors.len()) {
-                let other = self
-                    .files
-                    .get(self.tensors[first].file)
-                    .map_or(path, |f| f.path.as_path());
-                let msg = format!(
-                    "tensor '{}' is also in another shard, {}",
-                    t.name,
-                    other.display()
-                );
+                let other = self.files.get(self.tensors[first].file).map_or(path, |f| f.path.as_path());
+                let msg = format!("tensor '{}' is also in another shard, {}", t.name, other.display());
                 return Err(Error::format(path, msg));
             }
             self.tensors.push(t);
@@ -194,10 +160,7 @@ impl Builder {
             files: self.files,
             tensors: self.tensors,
             by_name: self.by_name,
-            metadata: Metadata::HfConfig {
-                config,
-                dir: dir.to_path_buf(),
-            },
+            metadata: Metadata::HfConfig { config, dir: dir.to_path_buf() },
         })
     }
 }
@@ -205,10 +168,7 @@ impl Builder {
 fn read_exact(f: &ModelFile, buf: &mut [u8], path: &Path, what: &str) -> Result<()> {
     (&f.file).read_exact(buf).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::format(
-                path,
-                format!("truncated file: it ends while reading {what}"),
-            )
+            Error::format(path, format!("truncated file: it ends while reading {what}"))
         } else {
             Error::io(path, e)
         }
@@ -230,10 +190,7 @@ pub fn header_len(prefix: [u8; 8], file_len: u64, path: &Path) -> Result<u64> {
         ));
     }
     if n < 2 {
-        return Err(Error::format(
-            path,
-            format!("safetensors header length {n} is too short for a JSON object"),
-        ));
+        return Err(Error::format(path, format!("safetensors header length {n} is too short for a JSON object")));
     }
     Ok(n)
 }
@@ -249,21 +206,11 @@ struct RawTensor {
 ///
 /// Returns the tensors (with `file = 0`) sorted by offset, with absolute offsets (`8 + header.len() + begin`).
 pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<TensorInfo>> {
-    let entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| {
-            Error::format(
-                path,
-                format!("safetensors header is not a JSON object of tensors: {e}"),
-            )
-        })?;
+    let entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| Error::format(path, format!("safetensors header is not a JSON object of tensors: {e}")))?;
     let data_start = 8 + header.len() as u64;
     let data_len = file_len.checked_sub(data_start).ok_or_else(|| {
-        Error::format(
-            path,
-            format!(
-                "truncated file: the header ends at byte {data_start}, past the end ({file_len})"
-            ),
-        )
+        Error::format(path, format!("truncated file: the header ends at byte {data_start}, past the end ({file_len})"))
     })?;
     let mut tensors = Vec::with_capacity(entries.len());
     for (name, v) in entries {
@@ -271,29 +218,19 @@ pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<Ten
             continue;
         }
         let err = |msg: String| Error::format(path, format!("tensor '{name}': {msg}"));
-        let raw: RawTensor = serde_json::from_value(v).map_err(|e| {
-            err(format!(
-                "needs {{\"dtype\", \"shape\", \"data_offsets\": [begin, end]}}: {e}"
-            ))
-        })?;
+        let raw: RawTensor = serde_json::from_value(v)
+            .map_err(|e| err(format!("needs {{\"dtype\", \"shape\", \"data_offsets\": [begin, end]}}: {e}")))?;
         let dtype = dtype_from_str(&raw.dtype).ok_or_else(|| Error::UnsupportedDType {
             path: path.to_path_buf(),
             tensor: name.clone(),
             type_id: u32::MAX,
             type_name: raw.dtype.clone(),
         })?;
-        let n_elems = raw
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let n_elems = raw.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let n_bytes = n_elems.and_then(|n| n.checked_mul(dtype.block_bytes() as u64));
-        let (Some(n_bytes), Ok(shape)) = (
-            n_bytes,
-            raw.shape
-                .iter()
-                .map(|&d| usize::try_from(d))
-                .collect::<std::result::Result<Vec<_>, _>>(),
-        ) else {
+        let (Some(n_bytes), Ok(shape)) =
+            (n_bytes, raw.shape.iter().map(|&d| usize::try_from(d)).collect::<std::result::Result<Vec<_>, _>>())
+        else {
             return Err(err(format!("shape {:?} overflows", raw.shape)));
         };
         if n_elems.and_then(|n| usize::try_from(n).ok()).is_none() {
@@ -314,22 +251,12 @@ pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<Ten
                 raw.shape
             )));
         }
-        tensors.push(TensorInfo {
-            name,
-            dtype,
-            shape,
-            file: 0,
-            offset: data_start + begin,
-            len: n_bytes,
-        });
+        tensors.push(TensorInfo { name, dtype, shape, file: 0, offset: data_start + begin, len: n_bytes });
     }
     tensors.sort_by_key(|t| (t.offset, t.len));
     for w in tensors.windows(2) {
         if w[1].offset < w[0].offset + w[0].len {
-            return Err(Error::format(
-                path,
-                format!("tensors '{}' and '{}' overlap", w[0].name, w[1].name),
-            ));
+            return Err(Error::format(path, format!("tensors '{}' and '{}' overlap", w[0].name, w[1].name)));
         }
     }
     Ok(tensors)
