@@ -195,6 +195,8 @@ fn accessors_convert_integers_and_name_key_and_file() {
     assert!(e.contains("ARRAY[FLOAT32]") && e.contains("array of strings"), "{e}");
     let shown = md.get("tokenizer.ggml.tokens").expect("tokens").to_string();
     assert!(shown.contains("\"tok0\"") && shown.contains("(1000 items)"), "{shown}");
+    let debug = format!("{md:?}");
+    assert!(debug.contains("(1000 items)") && debug.len() < 4000, "Debug shortens arrays: {debug}");
 }
 
 // ---- hand-made headers ----
