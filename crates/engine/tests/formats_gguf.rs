@@ -115,6 +115,7 @@ fn write_model(path: &Path, alignment: Option<u32>, chunk: usize) {
             w.write_tensor_data(c).expect("data");
         }
     }
+    assert_eq!(w.next_tensor(), None, "all data written");
     w.finish().expect("finish");
 }
 
@@ -436,7 +437,9 @@ fn writer_refuses_misuse() {
     assert!(w.add_tensor("big", DType::F32, &[1, 1, 1, 1, 1]).is_err());
     assert!(w.add_kv("general.alignment", GgufValue::U32(64)).is_err(), "alignment after a tensor");
     assert!(w.write_tensor_data(&[0u8; 9]).expect_err("too much").to_string().contains("only 8 bytes left"));
+    assert_eq!(w.next_tensor(), Some(("a", 8)));
     w.write_tensor_data(&[0u8; 4]).expect("half");
+    assert_eq!(w.next_tensor(), Some(("a", 4)));
     assert!(w.add_kv("late", GgufValue::U8(1)).is_err(), "key after the header");
     let e = w.finish().expect_err("incomplete").to_string();
     assert!(e.contains("4 of 8 bytes of tensor 'a'"), "{e}");
