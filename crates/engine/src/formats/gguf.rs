@@ -1,7 +1,7 @@
 //! GGUF v2 and v3 (little-endian), as llama.cpp's `ggml/src/gguf.cpp` reads and writes it.
 //!
 //! Layout: `"GGUF"`, u32 version, u64 n_tensors, u64 n_kv, the key/values (u64-length string key, u32 type,
-//! value), the tensor infos (name, u32 n_dims, i64 ne[n_dims] contiguous dimension first, u32 ggml type, u64
+//! value), the tensor infos (name, u32 n_dims, `i64 ne[n_dims]` contiguous dimension first, u32 ggml type, u64
 //! offset relative to the data section), padding to `general.alignment` (default 32), then the tensor data.
 //!
 //! [`parse`] reads the header from any `Read` (a `BufReader<File>` or a byte slice, for fuzzing) and returns
@@ -27,6 +27,9 @@ pub const GGUF_DEFAULT_ALIGNMENT: u64 = 32;
 pub const GGUF_DIMS_MAX: usize = 4;
 /// Longest string accepted (keys, values, tensor names). The longest real ones are chat templates (~100 KB).
 pub const GGUF_STRING_BYTES_MAX: u64 = 64 << 20;
+/// Largest header accepted: counts and lengths are bounded by the smaller of this and the file's length. Real
+/// headers are tens of MB at most (token lists and merges).
+pub const GGUF_HEADER_BYTES_MAX: u64 = 1 << 30;
 /// Deepest nesting of arrays in arrays (llama.cpp writes none; gguf-py can write them).
 pub const GGUF_ARRAY_DEPTH_MAX: usize = 8;
 /// Capacity reserved up front for a list read from a file; beyond it lists grow as elements actually arrive.
@@ -103,7 +106,21 @@ pub fn parse<R: Read>(r: R, file_len: u64, path: &Path) -> Result<(GgufMetadata,
     let data_offset = h.pos.checked_next_multiple_of(md.alignment).ok_or_else(|| h.err("header size overflows"))?;
     md.data_offset = data_offset;
     let tensors = raw.into_iter().map(|t| t.place(&md, file_len, path)).collect::<Result<Vec<_>>>()?;
+    check_no_overlap(&tensors, path)?;
     Ok((md, tensors))
+}
+
+/// Fails if two tensors share bytes (llama.cpp is stricter still: it wants them packed in order).
+fn check_no_overlap(tensors: &[TensorInfo], path: &Path) -> Result<()> {
+    let mut by_offset: Vec<&TensorInfo> = tensors.iter().collect();
+    by_offset.sort_unstable_by_key(|t| (t.offset, t.len));
+    for w in by_offset.windows(2) {
+        if w[1].offset < w[0].offset + w[0].len {
+            let msg = format!("tensors '{}' and '{}' overlap in the file", w[0].name, w[1].name);
+            return Err(Error::format(path, msg));
+        }
+    }
+    Ok(())
 }
 
 /// `general.alignment`: any integer type that fits u32, a power of two.
@@ -150,7 +167,8 @@ impl RawTensor {
         usize::try_from(n_elems).map_err(|_| err(format!("shape {:?} overflows usize", self.ne)))?;
         let len =
             (row_bytes as u64).checked_mul(n_rows).ok_or_else(|| err(format!("shape {:?} overflows", self.ne)))?;
-        if !self.rel_offset.is_multiple_of(md.alignment) {
+        if self.rel_offset & (md.alignment - 1) != 0 {
+            // (the alignment is a power of two)
             return Err(err(format!(
                 "data offset {} is not a multiple of the alignment {}",
                 self.rel_offset, md.alignment
@@ -183,8 +201,9 @@ impl<R: Read> Header<'_, R> {
         Error::format(self.path, msg)
     }
 
+    /// Bytes the rest of the header may take: what is left of the file and of [`GGUF_HEADER_BYTES_MAX`].
     fn remaining(&self) -> u64 {
-        self.file_len.saturating_sub(self.pos)
+        self.file_len.min(GGUF_HEADER_BYTES_MAX).saturating_sub(self.pos)
     }
 
     fn bytes(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
@@ -218,7 +237,8 @@ impl<R: Read> Header<'_, R> {
     fn check_count(&self, n: u64, min_bytes: u64, what: &str) -> Result<()> {
         if n.checked_mul(min_bytes).is_none_or(|b| b > self.remaining()) {
             return Err(self.err(format!(
-                "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file",
+                "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file (or the \
+                 header limit of {GGUF_HEADER_BYTES_MAX})",
                 self.pos,
                 self.remaining()
             )));
@@ -230,8 +250,8 @@ impl<R: Read> Header<'_, R> {
         let len = self.u64("a string length")?;
         if len > self.remaining() || len > GGUF_STRING_BYTES_MAX {
             return Err(self.err(format!(
-                "corrupt header: {} at byte {} has length {len}, more than the {} bytes left in the file or the \
-                 limit of {GGUF_STRING_BYTES_MAX}",
+                "corrupt header: {} at byte {} has length {len}, more than the {} bytes left in the file (or the \
+                 header limit) or the string limit of {GGUF_STRING_BYTES_MAX}",
                 what(),
                 self.pos,
                 self.remaining()

@@ -325,7 +325,7 @@ impl fmt::Display for GgufArray {
 /// Accessors come in three forms: `get_*` (`None` when the key is missing or of another type), `opt_*`
 /// (`Ok(None)` when missing, `Err` naming key, type and file when present with the wrong type) and `require_*`
 /// (`Err` when missing too). Integer accessors accept any integer type whose value fits.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct GgufMetadata {
     /// GGUF version of the file (2 or 3).
     pub version: u32,
@@ -336,6 +336,29 @@ pub struct GgufMetadata {
     path: PathBuf,
     kvs: Vec<(String, GgufValue)>,
     by_key: HashMap<String, usize>,
+}
+
+/// Long arrays (150k tokens) are shown shortened, as by `Display`.
+impl fmt::Debug for GgufMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Kvs<'a>(&'a [(String, GgufValue)]);
+        impl fmt::Debug for Kvs<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut m = f.debug_map();
+                for (k, v) in self.0 {
+                    m.key(k).value(&format_args!("{v}"));
+                }
+                m.finish()
+            }
+        }
+        f.debug_struct("GgufMetadata")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("data_offset", &self.data_offset)
+            .field("kvs", &Kvs(&self.kvs))
+            .finish()
+    }
 }
 
 macro_rules! int_accessors {

@@ -139,6 +139,17 @@ impl<W: Write> GgufWriter<W> {
         self.tensors.iter().find(|t| t.name == name).map(|t| t.len)
     }
 
+    /// The tensor whose data [`write_tensor_data`](Self::write_tensor_data) takes next, and how many of its
+    /// bytes are still to come; `None` once all data is written.
+    pub fn next_tensor(&self) -> Option<(&str, u64)> {
+        let mut i = self.cur;
+        while self.cur_written == 0 && self.tensors.get(i).is_some_and(|t| t.len == 0) {
+            i += 1;
+        }
+        let written = if i == self.cur { self.cur_written } else { 0 };
+        self.tensors.get(i).map(|t| (t.name.as_str(), t.len - written))
+    }
+
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.w.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
         self.pos += bytes.len() as u64;
@@ -184,6 +195,10 @@ impl<W: Write> GgufWriter<W> {
         if !self.header_written {
             self.write_header()?;
         }
+        // Tensors of zero bytes take no data call.
+        while self.cur_written == 0 && self.tensors.get(self.cur).is_some_and(|t| t.len == 0) {
+            self.cur += 1;
+        }
         let Some(t) = self.tensors.get(self.cur) else {
             return Err(self.err("GgufWriter: tensor data past the last tensor"));
         };
@@ -211,7 +226,6 @@ impl<W: Write> GgufWriter<W> {
         if !self.header_written {
             self.write_header()?;
         }
-        // Tensors of zero bytes need no data call.
         while self.tensors.get(self.cur).is_some_and(|t| t.len == 0) {
             self.cur += 1;
         }

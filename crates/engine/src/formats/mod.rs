@@ -7,6 +7,15 @@
 //!
 //! The model's configuration comes with the index as [`Metadata`]: GGUF key/values or a Hugging Face
 //! `config.json`.
+//!
+//! # Layout
+//! - [`gguf`]: the GGUF v2/v3 reader ([`gguf::parse`], [`gguf::open`]) and its metadata types
+//!   ([`gguf::GgufMetadata`], [`gguf::GgufValue`], [`gguf::GgufArray`]).
+//! - [`gguf_writer`]: a streaming GGUF v3 writer for synthetic models and test files.
+//! - [`safetensors`]: Hugging Face safetensors files, directories and sharded indexes.
+//!
+//! Readers bound every count and length in a header by the file's size before allocating, and report a broken
+//! file as an [`Error`] naming the file and the problem, never a panic.
 
 pub mod gguf;
 mod gguf_metadata;

@@ -143,8 +143,10 @@ impl Builder {
         let file_index = self.files.len();
         for mut t in parse_header(&header, f.size, path)? {
             t.file = file_index;
-            if self.by_name.insert(t.name.clone(), self.tensors.len()).is_some() {
-                return Err(Error::format(path, format!("tensor '{}' is also in another shard", t.name)));
+            if let Some(first) = self.by_name.insert(t.name.clone(), self.tensors.len()) {
+                let other = self.files.get(self.tensors[first].file).map_or(path, |f| f.path.as_path());
+                let msg = format!("tensor '{}' is also in another shard, {}", t.name, other.display());
+                return Err(Error::format(path, msg));
             }
             self.tensors.push(t);
         }
