@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use engine::formats::WeightIndex;
-use engine::models::{LoadOptions, Logits, Model};
+use engine::models::{Logits, Model};
 use engine::ops::Cpu;
 
 use crate::{mib, ModelArgs};
@@ -34,7 +34,10 @@ pub struct BenchArgs {
 pub fn main(a: BenchArgs) -> Result<()> {
     let n_threads = a.model.n_threads();
     let index = WeightIndex::open(&a.model.model)?;
-    let model = Model::load(&index, &LoadOptions { progress: true })?;
+    let model = Model::load(&index, &a.model.load_options(&index, a.n_prompt + a.n_gen + 1)?)?;
+    if let Some(plan) = model.memory_plan() {
+        eprintln!("{plan}");
+    }
     let cpu = Cpu::new(n_threads);
     let n_vocab = model.info.n_vocab as u32;
     // Deterministic pseudo-random prompt tokens.

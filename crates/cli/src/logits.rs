@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use engine::formats::WeightIndex;
-use engine::models::{LoadOptions, Logits, Model};
+use engine::models::{Logits, Model};
 use engine::ops::Cpu;
 
 use crate::ModelArgs;
@@ -42,9 +42,12 @@ pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
 pub fn main(a: LogitsArgs) -> Result<()> {
     let tokens = parse_tokens(&a.tokens)?;
     let index = WeightIndex::open(&a.model.model)?;
-    let model = Model::load(&index, &LoadOptions { progress: true })?;
-    let cpu = Cpu::new(a.model.n_threads());
     let n_ctx = a.model.ctx_size.unwrap_or(tokens.len());
+    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    if let Some(plan) = model.memory_plan() {
+        eprintln!("{plan}");
+    }
+    let cpu = Cpu::new(a.model.n_threads());
     let mut session = model.new_session(n_ctx);
     let n_vocab = model.info.n_vocab;
     let mut all = Vec::with_capacity(tokens.len() * n_vocab);

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use engine::models::{ExpertResidency, LoadOptions, StreamOptions};
 
 /// Run Mixture-of-Experts language models larger than memory, exactly.
 #[derive(Parser)]
@@ -45,11 +46,40 @@ pub struct ModelArgs {
     /// Context size in tokens (KV cache length) [default: the model's training context, at most 4096].
     #[arg(short = 'c', long = "ctx-size")]
     pub ctx_size: Option<usize>,
+    /// Memory the process may use: a size (8GiB, 512MiB), 'min' (the smallest expert cache that runs) or 'auto'
+    /// (the cgroup limit or available memory, less headroom). Experts then stream from the model file into a
+    /// cache sized to fit. [default: all experts in RAM when the model fits in 'auto', else 'auto']
+    #[arg(long = "memory-budget", value_name = "SIZE|min|auto")]
+    pub memory_budget: Option<String>,
+    /// Threads issuing expert reads when experts stream.
+    #[arg(long = "io-threads", default_value_t = 4)]
+    pub io_threads: usize,
 }
 
 impl ModelArgs {
     pub fn n_threads(&self) -> usize {
         self.threads.unwrap_or_else(engine::pool::physical_cores).max(1)
+    }
+
+    /// Load options for a KV cache of `n_ctx` tokens.
+    pub fn load_options(&self, index: &engine::formats::WeightIndex, n_ctx: usize) -> anyhow::Result<LoadOptions> {
+        use engine::experts::budget::{auto_budget, Budget};
+        let budget = match &self.memory_budget {
+            Some(s) => Some(Budget::parse(s)?),
+            // Stream only when the whole file would not fit.
+            None => (index.total_bytes() > auto_budget().0).then_some(Budget::Auto),
+        };
+        let experts = match budget {
+            None => ExpertResidency::AllInRam,
+            Some(budget) => ExpertResidency::Stream(StreamOptions {
+                budget,
+                n_ctx,
+                n_threads: self.n_threads(),
+                io_threads: self.io_threads.max(1),
+                n_slots: None,
+            }),
+        };
+        Ok(LoadOptions { progress: true, experts })
     }
 }
 

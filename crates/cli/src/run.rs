@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use engine::formats::WeightIndex;
 use engine::generate::{self, GenerateParams};
-use engine::models::{LoadOptions, Model};
+use engine::models::Model;
 use engine::ops::Cpu;
 use engine::sample::SamplerConfig;
 use engine::tokenizer::{ChatMessage, ChatTemplate};
@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Write the expert cache statistics of the run as JSON.
+    #[arg(long = "stats-json")]
+    pub stats_json: Option<std::path::PathBuf>,
 }
 
 pub fn main(a: RunArgs) -> Result<()> {
@@ -77,9 +80,15 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let index = WeightIndex::open(&a.model.model)?;
     let tokenizer = generate::load_tokenizer(&index)?;
-    let model = Model::load(&index, &LoadOptions { progress: true })?;
+    let n_ctx_req = a.model.ctx_size;
+    let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
+    let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
+    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
     for note in &model.info.notes {
         eprintln!("note: {note}");
+    }
+    if let Some(plan) = model.memory_plan() {
+        eprintln!("{plan}");
     }
     let cpu = Cpu::new(a.model.n_threads());
 
@@ -101,7 +110,6 @@ pub fn main(a: RunArgs) -> Result<()> {
     let add_special = !(a.chat && tokenizer.bos_token().is_some_and(|b| prompt_text.starts_with(&b)));
     let prompt = tokenizer.encode(&prompt_text, add_special, parse_special)?;
 
-    let n_ctx = a.model.ctx_size.unwrap_or(model.info.n_ctx_train.min(4096));
     if prompt.len() > n_ctx {
         return Err(engine::Error::PromptTooLong { n_tokens: prompt.len(), n_ctx }.into());
     }
@@ -153,6 +161,29 @@ pub fn main(a: RunArgs) -> Result<()> {
         stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
         stats.stop
     );
+    if let Some(st) = model.cache_stats() {
+        let n = (st.hits + st.misses).max(1);
+        eprintln!(
+            "experts    {} hits, {} misses ({:.1}% hit), {:.1} MiB read, waited {:.3} s for reads",
+            st.hits,
+            st.misses,
+            100.0 * st.hits as f64 / n as f64,
+            mib(st.bytes_read),
+            st.wait_secs
+        );
+        if let Some(path) = &a.stats_json {
+            let json = serde_json::json!({
+                "prompt_tokens": stats.n_prompt,
+                "prompt_secs": stats.prompt_secs,
+                "generated_tokens": stats.n_generated,
+                "decode_secs": stats.decode_secs,
+                "plan": model.memory_plan(),
+                "experts": st,
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&json)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     if let Some(rss) = peak_rss_bytes() {
         eprintln!(
             "memory     peak RSS {:.1} MiB (weights resident {:.1} MiB, KV cache {:.1} MiB)",

@@ -67,6 +67,8 @@ pub struct Session {
     pub pos: usize,
     pub n_ctx: usize,
     pub scratch: Scratch,
+    /// Logits of every position of a prompt run in chunks.
+    pub all_logits: Vec<f32>,
 }
 
 impl Session {
@@ -77,6 +79,7 @@ impl Session {
             pos: 0,
             n_ctx,
             scratch: Scratch::default(),
+            all_logits: Vec::new(),
         }
     }
 

@@ -45,6 +45,11 @@ impl AlignedBuf {
         self.len == 0
     }
 
+    /// The base pointer, for code that hands disjoint parts of the buffer to other threads (the expert cache).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len initialised bytes (or dangling with len 0).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }

@@ -2,12 +2,16 @@
 //! ([`ExpertProvider`]).
 //!
 //! The MoE layer never indexes a big array of experts: it asks a provider for the experts the router chose and
-//! gets back borrowed matrices that stay valid while the returned [`ExpertSet`] lives. Today the provider is
-//! [`resident::ResidentExperts`] (every expert in RAM); the streaming expert cache is a second provider behind
-//! the same trait, and it must give bit-identical results.
+//! gets back borrowed matrices one at a time. [`resident::ResidentExperts`] holds every expert in RAM;
+//! [`cache::ExpertCache`] streams them from the model files ([`store::ExpertStore`], [`io::IoPool`]) into a fixed
+//! number of slots sized by [`budget`], and must give bit-identical results.
 
+pub mod budget;
+pub mod cache;
+pub mod io;
 pub mod layout;
 pub mod resident;
+pub mod store;
 
 use crate::tensor::QMatRef;
 use crate::Result;
@@ -24,13 +28,18 @@ pub struct ExpertWeights<'a> {
 
 /// Experts of one layer made available for one forward step.
 pub trait ExpertSet {
-    /// The weights of the `i`-th requested expert (blocking until they are in memory).
-    fn get(&mut self, i: usize) -> Result<ExpertWeights<'_>>;
+    /// The next expert, in the order the provider prefers (experts already in memory first): its index in the
+    /// requested ids and its weights, valid until the next call. `None` once every requested expert was handed out.
+    fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>>;
 }
 
 /// A source of expert weights.
 pub trait ExpertProvider: Sync {
-    /// Makes experts `ids` (ascending, distinct) of layer `layer` available; they stay so until the returned set
-    /// is dropped.
+    /// Starts making experts `ids` (distinct) of layer `layer` available; the returned set hands each out once.
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>>;
+
+    /// Hit/miss/bytes counters, for providers that stream.
+    fn cache_stats(&self) -> Option<cache::CacheStats> {
+        None
+    }
 }

@@ -60,19 +60,22 @@ impl ResidentExperts {
 struct ResidentSet<'a> {
     layer: &'a [Stacked; 3],
     ids: Vec<u32>,
+    next: usize,
 }
 
 impl ExpertSet for ResidentSet<'_> {
-    fn get(&mut self, i: usize) -> Result<ExpertWeights<'_>> {
-        let e = self.ids[i] as usize;
+    fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>> {
+        let i = self.next;
+        let e = *self.ids.get(i)? as usize;
+        self.next += 1;
         let [g, u, d] = self.layer;
-        Ok(ExpertWeights { gate: g.expert(e), up: u.expert(e), down: d.expert(e) })
+        Some(Ok((i, ExpertWeights { gate: g.expert(e), up: u.expert(e), down: d.expert(e) })))
     }
 }
 
 impl ExpertProvider for ResidentExperts {
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>> {
         let l = self.layers[layer].as_ref().expect("acquire on a layer without experts");
-        Ok(Box::new(ResidentSet { layer: l, ids: ids.to_vec() }))
+        Ok(Box::new(ResidentSet { layer: l, ids: ids.to_vec(), next: 0 }))
     }
 }

@@ -111,7 +111,8 @@ pub fn moe(
 
     let mut set = experts.acquire(layer, &s.used)?;
     s.expert_out.resize(n * k * n_embd, 0.0);
-    for i in 0..s.used.len() {
+    while let Some(next) = set.next() {
+        let (i, ew) = next?;
         let e = s.used[i];
         s.slots.clear();
         for (t, route) in s.routes[..n].iter().enumerate() {
@@ -124,7 +125,6 @@ pub fn moe(
             s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
         }
         s.y.resize(s.slots.len() * n_embd, 0.0);
-        let ew = set.get(i)?;
         ffn::swiglu(cpu, ew.gate, ew.up, ew.down, &s.rows, &mut s.ffn, &mut s.y);
         for (j, &(t, slot)) in s.slots.iter().enumerate() {
             let dst = (t * k + slot) * n_embd;

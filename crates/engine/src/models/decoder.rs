@@ -12,10 +12,16 @@
 
 use kernels::Kernels;
 
+use crate::experts::budget::MemoryPlan;
+use crate::experts::cache::{CacheConfig, ExpertCache};
+use crate::experts::resident::ResidentExperts;
+use crate::experts::store::ExpertStore;
 use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
+use crate::formats::WeightIndex;
 use crate::layers::attention::{self, AttentionShape, AttentionWeights};
 use crate::layers::ffn::{self, FfnWeights};
 use crate::layers::moe::{self, MoeRouting, MoeWeights};
+use crate::models::loader::ExpertResidency;
 use crate::models::loader::Loader;
 use crate::models::{Logits, ModelInfo};
 use crate::ops::{self, Cpu};
@@ -73,6 +79,8 @@ pub struct Decoder {
     kernels: Kernels,
     pub expert_layout: ExpertLayout,
     pub experts: Box<dyn ExpertProvider + Send>,
+    /// How the memory budget was split (streaming mode only).
+    pub plan: Option<MemoryPlan>,
 }
 
 impl Decoder {
@@ -137,9 +145,38 @@ impl Decoder {
         info.resident_bytes = ld.resident_bytes;
         let index = ld.index;
         let mut progress = std::mem::replace(&mut ld.progress, super::loader::Progress::new(0, false));
-        let experts = crate::experts::resident::ResidentExperts::load(index, &expert_layout, &mut |b| progress.add(b))?;
-        progress.finish();
+        let mut plan = None;
+        let experts: Box<dyn ExpertProvider + Send> = match &ld.opts.experts {
+            ExpertResidency::Stream(so) if expert_layout.n_moe_layers() > 0 => {
+                progress.finish();
+                let store = ExpertStore::open(index, &expert_layout)?;
+                let kv_bytes = (cfg.n_layer * so.n_ctx * info.kv_dim * 2 * 4) as u64;
+                let scratch = scratch_bytes(&cfg, so.n_ctx, so.n_threads);
+                let n_total = expert_layout.n_moe_layers() * expert_layout.n_expert;
+                let min_slots = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used);
+                let p = MemoryPlan::new(
+                    so.budget,
+                    info.resident_bytes,
+                    kv_bytes,
+                    scratch,
+                    store.slot_bytes() as u64,
+                    n_total,
+                    min_slots,
+                )?;
+                let n_slots = so.n_slots.unwrap_or(p.n_slots);
+                plan = Some(p);
+                // The resident weights were read through the page cache; a memory cgroup charges it, so drop it.
+                drop_page_cache(index);
+                Box::new(ExpertCache::new(store, &CacheConfig { n_slots, io_threads: so.io_threads })?)
+            }
+            _ => {
+                let experts = ResidentExperts::load(index, &expert_layout, &mut |b| progress.add(b))?;
+                progress.finish();
+                Box::new(experts)
+            }
+        };
         Ok(Decoder {
+            plan,
             info,
             cfg,
             token_embd,
@@ -148,12 +185,47 @@ impl Decoder {
             output,
             kernels: Kernels::detect(),
             expert_layout,
-            experts: Box::new(experts),
+            experts,
         })
     }
 
-    /// Runs `tokens` at the session's position; see [`crate::models::Model::forward`].
+    /// Runs `tokens` at the session's position in chunks of at most [`N_BATCH`]; see
+    /// [`crate::models::Model::forward`].
     pub fn forward<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        if tokens.len() <= N_BATCH {
+            return self.forward_batch(cpu, sess, tokens, want);
+        }
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        sess.check_room(tokens.len())?;
+        let mut all = std::mem::take(&mut sess.all_logits);
+        all.clear();
+        let chunks: Vec<&[u32]> = tokens.chunks(N_BATCH).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let w = if want == Logits::All {
+                Logits::All
+            } else if last {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            let out = self.forward_batch(cpu, sess, c, w)?;
+            if want == Logits::All {
+                all.extend_from_slice(out);
+            }
+        }
+        if want == Logits::All {
+            sess.all_logits = all;
+            Ok(&sess.all_logits)
+        } else {
+            sess.all_logits = all;
+            Ok(&sess.scratch.logits)
+        }
+    }
+
+    fn forward_batch<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
         let cfg = &self.cfg;
         let n = tokens.len();
         let e = cfg.n_embd;
@@ -204,6 +276,7 @@ impl Decoder {
         let rows = match want {
             Logits::Last => &s.x[(n - 1) * e..],
             Logits::All => &s.x[..],
+            Logits::None => return Ok(&[]),
         };
         s.xn.resize(rows.len(), 0.0);
         ops::rms_norm_into(rows, &self.output_norm, cfg.rms_eps, &mut s.xn);
@@ -231,4 +304,34 @@ fn expert_layer_layout(ld: &Loader<'_>, l: usize, n_expert: usize, n_ff: usize, 
         up: proj("ffn_up_exps", "ffn_up_exp.{e}", n_ff, n_embd)?,
         down: proj("ffn_down_exps", "ffn_down_exp.{e}", n_embd, n_ff)?,
     })
+}
+
+/// Prompt tokens run through the layers at once; longer prompts are split (results do not depend on it).
+pub const N_BATCH: usize = 64;
+
+/// Bytes of the forward pass's scratch buffers for a batch of [`N_BATCH`] tokens (an upper estimate).
+pub fn scratch_bytes(cfg: &DecoderConfig, n_ctx: usize, n_threads: usize) -> u64 {
+    let b = N_BATCH;
+    let a = &cfg.attn;
+    let q_dim = a.n_head * a.head_dim;
+    let kv_dim = a.n_head_kv * a.head_dim;
+    let (n_expert, k) = cfg.moe.as_ref().map_or((0, 0), |m| (m.n_expert, m.n_expert_used));
+    let n_ff = cfg.n_ff.max(cfg.n_ff_exp);
+    let floats = b * cfg.n_embd * 6          // residual, normed input, block output, gathered rows, expert output
+        + b * (2 * q_dim + 2 * kv_dim)       // q, k, v, attention output
+        + n_threads * n_ctx                  // attention scores
+        + b * (n_expert + k * cfg.n_embd)    // router logits, per-slot expert outputs
+        + b * 2 * n_ff                       // gate and up
+        + b * cfg.n_vocab; // logits
+                           // Quantized copies of activations are at most as large again as the f32 rows they come from.
+    (floats as u64) * 4 * 2
+}
+
+/// Asks the kernel to drop the model files' cached pages.
+fn drop_page_cache(index: &WeightIndex) {
+    use std::os::fd::AsRawFd;
+    for f in &index.files {
+        // SAFETY: a valid open descriptor; the call only advises the kernel.
+        unsafe { libc::posix_fadvise(f.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
 }

@@ -15,6 +15,32 @@ use crate::{Error, Result};
 pub struct LoadOptions {
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Where the routed experts live.
+    pub experts: ExpertResidency,
+}
+
+/// Where the routed experts live while the model runs.
+#[derive(Clone, Debug, Default)]
+pub enum ExpertResidency {
+    /// Every expert read into RAM at load.
+    #[default]
+    AllInRam,
+    /// Experts streamed from the model files into a cache sized by a memory budget.
+    Stream(StreamOptions),
+}
+
+/// Sizes of the streaming mode.
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    pub budget: crate::experts::budget::Budget,
+    /// Context length the KV cache is planned for.
+    pub n_ctx: usize,
+    /// Compute threads (per-thread attention scratch).
+    pub n_threads: usize,
+    /// Threads issuing expert reads.
+    pub io_threads: usize,
+    /// Force the number of cache slots (tests); `None` derives it from the budget.
+    pub n_slots: Option<usize>,
 }
 
 /// Hyper-parameters by GGUF key (without the `{arch}.` prefix) or `config.json` key.
@@ -138,6 +164,7 @@ pub struct Loader<'a> {
     kernels: Kernels,
     pub progress: Progress,
     pub resident_bytes: u64,
+    pub opts: LoadOptions,
 }
 
 impl<'a> Loader<'a> {
@@ -148,6 +175,7 @@ impl<'a> Loader<'a> {
             kernels: Kernels::detect(),
             progress: Progress::new(index.total_bytes(), opts.progress),
             resident_bytes: 0,
+            opts: opts.clone(),
         }
     }
 

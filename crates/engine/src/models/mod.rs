@@ -16,7 +16,7 @@ use crate::session::Session;
 use crate::{Error, Result};
 
 pub use decoder::Decoder;
-pub use loader::{Hparams, LoadOptions};
+pub use loader::{ExpertResidency, Hparams, LoadOptions, StreamOptions};
 
 /// What a caller needs to know about a loaded model.
 #[derive(Clone, Debug)]
@@ -43,6 +43,8 @@ pub struct ModelInfo {
 pub enum Logits {
     Last,
     All,
+    /// None (a prompt chunk before the last).
+    None,
 }
 
 /// A loaded model: weights, expert source and configuration.
@@ -87,6 +89,16 @@ impl Model {
         &self.decoder.expert_layout
     }
 
+    /// How the memory budget was split, when experts stream.
+    pub fn memory_plan(&self) -> Option<&crate::experts::budget::MemoryPlan> {
+        self.decoder.plan.as_ref()
+    }
+
+    /// Expert cache counters, when experts stream.
+    pub fn cache_stats(&self) -> Option<crate::experts::cache::CacheStats> {
+        self.decoder.experts.cache_stats()
+    }
+
     /// Replaces the source of expert weights (e.g. by a streaming cache over the same layout).
     pub fn set_experts(&mut self, experts: Box<dyn ExpertProvider + Send>) {
         self.decoder.experts = experts;
@@ -107,4 +119,10 @@ pub fn architecture(index: &WeightIndex) -> Result<String> {
             .map(str::to_string)
             .ok_or_else(|| Error::config(&index.path, "config.json has no \"architectures\" entry")),
     }
+}
+
+/// The training context length the file declares, without loading the model.
+pub fn context_length(index: &WeightIndex) -> Option<usize> {
+    let arch = architecture(index).ok()?;
+    Hparams::new(index, &arch).usize_opt("context_length", "max_position_embeddings")
 }

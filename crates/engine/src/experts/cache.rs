@@ -1,0 +1,340 @@
+//! The expert cache: a fixed number of slots, allocated once, that hold experts read from the model files.
+//!
+//! A forward step asks for the experts the router chose ([`ExpertProvider::acquire`]); the cache pins those it
+//! holds, starts reads for the others into free or evicted slots (as many as fit, all in flight together), and
+//! hands the experts to the MoE block hits first, so compute overlaps the reads. A slot being read or computed is
+//! pinned and never evicted. Eviction takes the unpinned slot whose expert has the lowest decayed use count
+//! (least recently used among equals): routing is skewed, and frequency-aware policies beat plain LRU on the
+//! traces in shared/traces. Two requests for an expert already being read share that read.
+//!
+//! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
+//! [`super::resident::ResidentExperts`] at any capacity down to one slot.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::io::{IoPool, ReadBatch, DIRECT_ALIGN};
+use super::store::ExpertStore;
+use super::{ExpertProvider, ExpertSet, ExpertWeights};
+use crate::tensor::AlignedBuf;
+use crate::{Error, Result};
+
+/// Counters of the cache, for the run summary and `--stats-json`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_read: u64,
+    /// Time the forward pass waited for expert reads.
+    pub wait_secs: f64,
+    /// Time reads were in flight (first submit to last completion, summed over waits that blocked).
+    pub per_layer_hits: Vec<u64>,
+    pub per_layer_misses: Vec<u64>,
+}
+
+impl CacheStats {
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.hits + self.misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Loading,
+    Ready,
+}
+
+struct Slot {
+    owner: Option<(u32, u32)>,
+    state: SlotState,
+    pins: u32,
+    last_use: u64,
+    batch: Option<ReadBatch>,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    map: HashMap<(u32, u32), usize>,
+    /// Decayed use counts, `[layer][expert]`.
+    freq: Vec<Vec<u32>>,
+    tick: u64,
+    uses_since_decay: u64,
+    stats: CacheStats,
+}
+
+/// Sizes of an expert cache.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    pub n_slots: usize,
+    pub io_threads: usize,
+}
+
+/// A fixed-size cache of experts over an [`ExpertStore`].
+pub struct ExpertCache {
+    store: ExpertStore,
+    io: IoPool,
+    mem: AlignedBuf, // [n_slots, slot_bytes]
+    slot_bytes: usize,
+    n_slots: usize,
+    state: Mutex<State>,
+}
+
+// SAFETY: slot memory is written only by I/O threads for a slot claimed (pinned, Loading) by one set, and read
+// only through pinned, Ready slots; the mutex guards all bookkeeping.
+unsafe impl Sync for ExpertCache {}
+
+impl ExpertCache {
+    pub fn new(store: ExpertStore, cfg: &CacheConfig) -> Result<ExpertCache> {
+        if cfg.n_slots == 0 {
+            return Err(Error::Invalid("the expert cache needs at least one slot".into()));
+        }
+        let slot_bytes = store.slot_bytes();
+        let n_layer = store.layout().layers.len();
+        let n_expert = store.layout().n_expert;
+        let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
+        let slots = (0..cfg.n_slots)
+            .map(|_| Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None })
+            .collect();
+        let stats =
+            CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
+        Ok(ExpertCache {
+            store,
+            io: IoPool::new(cfg.io_threads),
+            mem,
+            slot_bytes,
+            n_slots: cfg.n_slots,
+            state: Mutex::new(State {
+                slots,
+                map: HashMap::new(),
+                freq: vec![vec![0; n_expert]; n_layer],
+                tick: 0,
+                uses_since_decay: 0,
+                stats,
+            }),
+        })
+    }
+
+    pub fn n_slots(&self) -> usize {
+        self.n_slots
+    }
+
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.lock().stats.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot_ptr(&self, slot: usize) -> *mut u8 {
+        assert!(slot < self.n_slots);
+        self.mem.as_ptr().wrapping_add(slot * self.slot_bytes)
+    }
+
+    /// The bytes of a pinned, ready slot.
+    fn slot(&self, slot: usize) -> &[u8] {
+        // SAFETY: the slot is pinned and Ready (checked by the caller), so no read into it is in flight and none
+        // can start until it is unpinned; the range lies inside `mem`.
+        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), self.slot_bytes) }
+    }
+
+    /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
+    fn claim(&self, st: &mut State, layer: usize, e: u32) -> Option<usize> {
+        st.tick += 1;
+        let tick = st.tick;
+        st.freq[layer][e as usize] = st.freq[layer][e as usize].saturating_add(1);
+        st.uses_since_decay += 1;
+        if st.uses_since_decay > 64 * self.n_slots as u64 {
+            st.uses_since_decay = 0;
+            for f in st.freq.iter_mut().flatten() {
+                *f /= 2;
+            }
+        }
+        if let Some(&s) = st.map.get(&(layer as u32, e)) {
+            st.slots[s].pins += 1;
+            st.slots[s].last_use = tick;
+            st.stats.hits += 1;
+            st.stats.per_layer_hits[layer] += 1;
+            return Some(s);
+        }
+        let victim = self.victim(st)?;
+        if let Some(old) = st.slots[victim].owner.take() {
+            st.map.remove(&old);
+        }
+        st.map.insert((layer as u32, e), victim);
+        let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(victim));
+        st.stats.bytes_read += reqs.iter().map(|r| r.len as u64).sum::<u64>();
+        st.stats.misses += 1;
+        st.stats.per_layer_misses[layer] += 1;
+        let batch = self.io.submit(reqs);
+        let slot = &mut st.slots[victim];
+        *slot = Slot {
+            owner: Some((layer as u32, e)),
+            state: SlotState::Loading,
+            pins: 1,
+            last_use: tick,
+            batch: Some(batch),
+        };
+        Some(victim)
+    }
+
+    /// A free slot, else the unpinned ready slot with the lowest (use count, last use).
+    fn victim(&self, st: &State) -> Option<usize> {
+        if let Some(s) = st.slots.iter().position(|s| s.state == SlotState::Free) {
+            return Some(s);
+        }
+        st.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready)
+            .min_by_key(|(_, s)| {
+                let (l, e) = s.owner.expect("a ready slot has an owner");
+                (st.freq[l as usize][e as usize], s.last_use)
+            })
+            .map(|(i, _)| i)
+    }
+
+    /// Blocks until the pinned slot `s` is readable.
+    fn wait_ready(&self, s: usize) -> Result<()> {
+        let batch = {
+            let st = self.lock();
+            match st.slots[s].state {
+                SlotState::Ready => return Ok(()),
+                SlotState::Loading => st.slots[s].batch.clone().expect("a loading slot has a batch"),
+                SlotState::Free => unreachable!("a pinned slot is never free"),
+            }
+        };
+        let t0 = Instant::now();
+        let result = batch.wait();
+        let mut st = self.lock();
+        st.stats.wait_secs += t0.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                if st.slots[s].state == SlotState::Loading {
+                    st.slots[s].state = SlotState::Ready;
+                    st.slots[s].batch = None;
+                }
+                Ok(())
+            }
+            Err(msg) => {
+                // Never leave garbage mapped: forget the expert and free the slot.
+                if let Some(owner) = st.slots[s].owner.take() {
+                    st.map.remove(&owner);
+                }
+                st.slots[s].state = SlotState::Free;
+                st.slots[s].batch = None;
+                Err(Error::Invalid(format!("reading an expert failed: {msg}")))
+            }
+        }
+    }
+
+    fn unpin(&self, s: usize) {
+        let mut st = self.lock();
+        st.slots[s].pins -= 1;
+    }
+}
+
+/// The experts of one layer for one forward step.
+struct CacheSet<'a> {
+    cache: &'a ExpertCache,
+    layer: usize,
+    ids: Vec<u32>,
+    /// Indices into `ids`, in the order they are handed out (hits first).
+    order: Vec<usize>,
+    /// Slot pinned for each entry of `order`, once claimed.
+    claimed: Vec<Option<usize>>,
+    /// Entries of `order` handed out so far.
+    next: usize,
+    /// Entries of `order` claimed so far (claims run ahead of `next`).
+    n_claimed: usize,
+}
+
+impl CacheSet<'_> {
+    /// Claims further experts in order while slots are available.
+    fn top_up(&mut self) {
+        let mut st = self.cache.lock();
+        while self.n_claimed < self.order.len() {
+            let e = self.ids[self.order[self.n_claimed]];
+            match self.cache.claim(&mut st, self.layer, e) {
+                Some(s) => {
+                    self.claimed[self.n_claimed] = Some(s);
+                    self.n_claimed += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl ExpertSet for CacheSet<'_> {
+    fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>> {
+        if self.next > 0 {
+            if let Some(s) = self.claimed[self.next - 1].take() {
+                self.cache.unpin(s);
+            }
+        }
+        if self.next == self.order.len() {
+            return None;
+        }
+        self.top_up();
+        let k = self.next;
+        let Some(s) = self.claimed[k] else {
+            return Some(Err(Error::Invalid(
+                "expert cache: every slot is pinned (is it shared by concurrent sessions?)".into(),
+            )));
+        };
+        self.next += 1;
+        if let Err(e) = self.cache.wait_ready(s) {
+            return Some(Err(e));
+        }
+        let i = self.order[k];
+        Some(Ok((i, self.cache.store.view(self.layer, self.ids[i] as usize, self.cache.slot(s)))))
+    }
+}
+
+impl Drop for CacheSet<'_> {
+    fn drop(&mut self) {
+        let mut st = self.cache.lock();
+        for s in self.claimed.iter_mut().filter_map(Option::take) {
+            st.slots[s].pins -= 1;
+        }
+    }
+}
+
+impl ExpertProvider for ExpertCache {
+    fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>> {
+        let order: Vec<usize> = {
+            let st = self.lock();
+            let cached = |i: &usize| st.map.contains_key(&(layer as u32, ids[*i]));
+            let (mut hits, misses): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(cached);
+            hits.extend(misses);
+            hits
+        };
+        let mut set = CacheSet {
+            cache: self,
+            layer,
+            ids: ids.to_vec(),
+            claimed: vec![None; order.len()],
+            order,
+            next: 0,
+            n_claimed: 0,
+        };
+        set.top_up();
+        Ok(Box::new(set))
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.stats())
+    }
+}

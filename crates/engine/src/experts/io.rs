@@ -1,0 +1,173 @@
+//! Positioned reads on a pool of I/O threads, many in flight, bypassing the page cache where the file system
+//! allows (O_DIRECT).
+//!
+//! A [`ReadBatch`] is a set of reads that complete together (the gate, up and down ranges of one expert); callers
+//! submit batches and wait for them later, so reads overlap with compute and with each other. This is the
+//! thread-pool `pread` engine; io_uring can replace it behind the same interface.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// The alignment of direct reads (buffer address, file offset and length): the page size, which covers every
+/// logical block size in use.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// One read: `len` bytes at `offset` of `file` into `dst`.
+pub struct ReadReq {
+    pub file: Arc<File>,
+    pub path: Arc<PathBuf>,
+    pub offset: u64,
+    pub dst: *mut u8,
+    pub len: usize,
+    /// Bytes that must arrive (the rest of `len` is alignment padding that may lie past the end of the file).
+    pub len_needed: usize,
+}
+
+// SAFETY: `dst` points into an expert-cache slot that the submitter has claimed for this read and does not touch
+// until the batch completes; no other thread reads or writes it meanwhile.
+unsafe impl Send for ReadReq {}
+
+/// Completion state shared by the reads of one batch.
+#[derive(Default)]
+struct BatchState {
+    remaining: usize,
+    error: Option<String>,
+}
+
+/// A group of reads that complete together.
+#[derive(Clone, Default)]
+pub struct ReadBatch {
+    state: Arc<(Mutex<BatchState>, Condvar)>,
+}
+
+impl ReadBatch {
+    /// Blocks until every read of the batch is done; returns the first error.
+    pub fn wait(&self) -> Result<(), String> {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while s.remaining > 0 {
+            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        match &s.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether every read has finished (successfully or not).
+    pub fn is_done(&self) -> bool {
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining == 0
+    }
+
+    fn finish_one(&self, err: Option<String>) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if s.error.is_none() {
+            s.error = err;
+        }
+        s.remaining -= 1;
+        if s.remaining == 0 {
+            cv.notify_all();
+        }
+    }
+}
+
+/// Persistent I/O threads.
+pub struct IoPool {
+    tx: Mutex<Option<Sender<(ReadReq, ReadBatch)>>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl IoPool {
+    pub fn new(n_threads: usize) -> IoPool {
+        let (tx, rx) = channel::<(ReadReq, ReadBatch)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let handles = (0..n_threads.max(1))
+            .map(|i| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("flash-moe-io-{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((req, batch)) = job else { return };
+                        batch.finish_one(read_one(&req).err());
+                    })
+                    .expect("spawning an I/O thread")
+            })
+            .collect();
+        IoPool { tx: Mutex::new(Some(tx)), handles }
+    }
+
+    /// Submits `reqs` as one batch; wait on the returned handle.
+    pub fn submit(&self, reqs: Vec<ReadReq>) -> ReadBatch {
+        let batch = ReadBatch::default();
+        batch.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining = reqs.len();
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = tx.as_ref().expect("I/O pool is running");
+        for r in reqs {
+            if let Err(e) = tx.send((r, batch.clone())) {
+                // The threads are gone (only at shutdown): fail the read rather than hang.
+                let (req, b) = e.0;
+                drop(req);
+                b.finish_one(Some("I/O threads stopped".into()));
+            }
+        }
+        batch
+    }
+}
+
+impl Drop for IoPool {
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One read, retried once on an I/O error or a short read.
+fn read_one(req: &ReadReq) -> Result<(), String> {
+    // SAFETY: see `ReadReq`: the destination is exclusively ours until the batch completes.
+    let dst = unsafe { std::slice::from_raw_parts_mut(req.dst, req.len) };
+    let mut last = String::new();
+    for _attempt in 0..2 {
+        match read_full(&req.file, dst, req.offset) {
+            Ok(n) if n >= req.len_needed => return Ok(()),
+            Ok(n) => {
+                last = format!(
+                    "{}: short read: {n} of {} bytes at offset {} (file truncated or replaced?)",
+                    req.path.display(),
+                    req.len_needed,
+                    req.offset
+                )
+            }
+            Err(e) => last = format!("{}: reading {} bytes at offset {}: {e}", req.path.display(), req.len, req.offset),
+        }
+    }
+    Err(last)
+}
+
+/// Reads until `dst` is full or the end of the file; returns the bytes read.
+fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < dst.len() {
+        match f.read_at(&mut dst[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                // A direct read returns less only at the end of the file; continuing at an unaligned offset
+                // would fail, so stop and let the caller check the length.
+                if done % DIRECT_ALIGN != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

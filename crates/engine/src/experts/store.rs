@@ -1,0 +1,156 @@
+//! The expert store: reads one expert's three matrices from the model files into a cache slot.
+//!
+//! Files are opened a second time with `O_DIRECT` (falling back to buffered reads, then dropping the pages with
+//! `posix_fadvise(DONTNEED)`, where a file system refuses it), so expert bytes never pile up in the page cache
+//! that a memory cgroup also charges. Direct reads need 4 KiB-aligned offsets, lengths and buffers, so each
+//! projection is read as the aligned range around it and the matrix is viewed at its offset inside the slot.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::io::{ReadReq, DIRECT_ALIGN};
+use super::{ExpertLayout, ExpertWeights};
+use crate::formats::WeightIndex;
+use crate::tensor::QMatRef;
+use crate::{Error, Result};
+
+/// Where one projection of one expert goes: the aligned file range read and the matrix's place in the slot.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    file: usize,
+    read_offset: u64,
+    read_len: usize,
+    slot_offset: usize,
+    data_offset: usize,
+    data_len: usize,
+}
+
+/// Reads single experts through the expert layout.
+pub struct ExpertStore {
+    layout: ExpertLayout,
+    files: Vec<Arc<File>>,
+    paths: Vec<Arc<PathBuf>>,
+    /// Whether the files were opened with O_DIRECT.
+    pub direct: bool,
+    slot_bytes: usize,
+}
+
+fn align_down(x: u64) -> u64 {
+    x / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64
+}
+
+fn align_up(x: usize) -> usize {
+    x.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
+}
+
+impl ExpertStore {
+    /// Opens the model files for direct reads and checks they are still the files the index was built from.
+    pub fn open(index: &WeightIndex, layout: &ExpertLayout) -> Result<ExpertStore> {
+        let mut files = Vec::new();
+        let mut paths = Vec::new();
+        let mut direct = true;
+        for mf in &index.files {
+            let f = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&mf.path) {
+                Ok(f) => f,
+                Err(_) => {
+                    direct = false;
+                    File::open(&mf.path).map_err(|e| Error::io(&mf.path, e))?
+                }
+            };
+            let meta = f.metadata().map_err(|e| Error::io(&mf.path, e))?;
+            if meta.len() != mf.size || meta.modified().ok() != mf.mtime {
+                return Err(Error::format(
+                    &mf.path,
+                    format!(
+                        "changed since it was opened (size {} -> {}): the model file was replaced or truncated",
+                        mf.size,
+                        meta.len()
+                    ),
+                ));
+            }
+            files.push(Arc::new(f));
+            paths.push(Arc::new(mf.path.clone()));
+        }
+        let mut store = ExpertStore { layout: layout.clone(), files, paths, direct, slot_bytes: 0 };
+        let mut slot_bytes = 0;
+        for (l, le) in layout.layers.iter().enumerate() {
+            if le.is_some() {
+                for e in 0..layout.n_expert {
+                    let p = store.placements(l, e);
+                    slot_bytes = slot_bytes.max(p[2].slot_offset + p[2].read_len);
+                }
+            }
+        }
+        store.slot_bytes = slot_bytes;
+        Ok(store)
+    }
+
+    pub fn layout(&self) -> &ExpertLayout {
+        &self.layout
+    }
+
+    /// Bytes of one cache slot: enough for the aligned reads of any expert of any layer.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    fn placements(&self, layer: usize, e: usize) -> [Placement; 3] {
+        let le = self.layout.layers[layer].as_ref().expect("a MoE layer");
+        let mut slot_offset = 0;
+        le.projs().map(|p| {
+            let span = p.spans[e];
+            let read_offset = align_down(span.offset);
+            let delta = (span.offset - read_offset) as usize;
+            let read_len = align_up(delta + span.len as usize);
+            let pl = Placement {
+                file: span.file,
+                read_offset,
+                read_len,
+                slot_offset,
+                data_offset: slot_offset + delta,
+                data_len: span.len as usize,
+            };
+            slot_offset += read_len;
+            pl
+        })
+    }
+
+    /// The reads that bring expert `e` of `layer` into the slot at `slot` (`slot_bytes()` long, 4 KiB aligned).
+    pub fn read_reqs(&self, layer: usize, e: usize, slot: *mut u8) -> Vec<ReadReq> {
+        self.placements(layer, e)
+            .iter()
+            .map(|p| ReadReq {
+                file: Arc::clone(&self.files[p.file]),
+                path: Arc::clone(&self.paths[p.file]),
+                offset: p.read_offset,
+                // SAFETY (of the pointer arithmetic): slot_offset + read_len <= slot_bytes by construction.
+                dst: slot.wrapping_add(p.slot_offset),
+                len: p.read_len,
+                len_needed: p.data_offset - p.slot_offset + p.data_len,
+            })
+            .collect()
+    }
+
+    /// The matrices of expert `e` of `layer` in a slot filled by [`ExpertStore::read_reqs`].
+    pub fn view<'a>(&self, layer: usize, e: usize, slot: &'a [u8]) -> ExpertWeights<'a> {
+        let le = self.layout.layers[layer].as_ref().expect("a MoE layer");
+        let p = self.placements(layer, e);
+        let m = |i: usize, pl: &crate::experts::ProjLayout| {
+            QMatRef::new(pl.dtype, pl.rows, pl.cols, &slot[p[i].data_offset..p[i].data_offset + p[i].data_len])
+        };
+        ExpertWeights { gate: m(0, &le.gate), up: m(1, &le.up), down: m(2, &le.down) }
+    }
+
+    /// Drops cached pages of the model files (after buffered reads, where O_DIRECT was refused).
+    pub fn drop_page_cache(&self) {
+        if !self.direct {
+            for f in &self.files {
+                use std::os::fd::AsRawFd;
+                // SAFETY: a valid open descriptor; the call only advises the kernel.
+                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            }
+        }
+    }
+}
