@@ -25,6 +25,9 @@ pub struct ReadReq {
     pub len: usize,
     /// Bytes that must arrive (the rest of `len` is alignment padding that may lie past the end of the file).
     pub len_needed: usize,
+    /// The file's size and modification time when the model was opened: a read from a file that changed since
+    /// then fails instead of handing out bytes of another model.
+    pub expected: (u64, Option<std::time::SystemTime>),
 }
 
 // SAFETY: `dst` points into an expert-cache slot that the submitter has claimed for this read and does not touch
@@ -136,7 +139,7 @@ fn read_one(req: &ReadReq) -> Result<(), String> {
     let mut last = String::new();
     for _attempt in 0..2 {
         match read_full(&req.file, dst, req.offset) {
-            Ok(n) if n >= req.len_needed => return Ok(()),
+            Ok(n) if n >= req.len_needed => return check_unchanged(req),
             Ok(n) => {
                 last = format!(
                     "{}: short read: {n} of {} bytes at offset {} (file truncated or replaced?)",
@@ -170,4 +173,19 @@ fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// Fails if the file's size or modification time differ from when the model was opened.
+fn check_unchanged(req: &ReadReq) -> Result<(), String> {
+    let meta = req.file.metadata().map_err(|e| format!("{}: {e}", req.path.display()))?;
+    let now = (meta.len(), meta.modified().ok());
+    if now != req.expected {
+        return Err(format!(
+            "{}: the model file changed while running (size {} -> {}, or modified): restart with the new file",
+            req.path.display(),
+            req.expected.0,
+            now.0
+        ));
+    }
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub struct ExpertStore {
     layout: ExpertLayout,
     files: Vec<Arc<File>>,
     paths: Vec<Arc<PathBuf>>,
+    /// Size and modification time of each file at open.
+    meta: Vec<(u64, Option<std::time::SystemTime>)>,
     /// Whether the files were opened with O_DIRECT.
     pub direct: bool,
     slot_bytes: usize,
@@ -50,6 +52,7 @@ impl ExpertStore {
     pub fn open(index: &WeightIndex, layout: &ExpertLayout) -> Result<ExpertStore> {
         let mut files = Vec::new();
         let mut paths = Vec::new();
+        let mut metas = Vec::new();
         let mut direct = true;
         for mf in &index.files {
             let f = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&mf.path) {
@@ -72,8 +75,9 @@ impl ExpertStore {
             }
             files.push(Arc::new(f));
             paths.push(Arc::new(mf.path.clone()));
+            metas.push((mf.size, mf.mtime));
         }
-        let mut store = ExpertStore { layout: layout.clone(), files, paths, direct, slot_bytes: 0 };
+        let mut store = ExpertStore { layout: layout.clone(), files, paths, meta: metas, direct, slot_bytes: 0 };
         let mut slot_bytes = 0;
         for (l, le) in layout.layers.iter().enumerate() {
             if le.is_some() {
@@ -129,6 +133,7 @@ impl ExpertStore {
                 dst: slot.wrapping_add(p.slot_offset),
                 len: p.read_len,
                 len_needed: p.data_offset - p.slot_offset + p.data_len,
+                expected: self.meta[p.file],
             })
             .collect()
     }

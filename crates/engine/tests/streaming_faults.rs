@@ -1,0 +1,100 @@
+//! A model file truncated or rewritten while experts stream from it gives a clear error, never garbage weights.
+
+mod common;
+
+use common::*;
+use engine::experts::budget::Budget;
+use engine::formats::WeightIndex;
+use engine::models::{ExpertResidency, LoadOptions, Logits, Model, StreamOptions};
+use engine::ops::Cpu;
+
+fn temp_copy(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flash-moe-faults-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dst = dir.join("model.gguf");
+    std::fs::copy(fixture("qwen3moe-h256").join("qwen3moe-h256-q4_k_m.gguf"), &dst).expect("copy");
+    dst
+}
+
+fn open_streamed(path: &std::path::Path) -> Model {
+    let index = WeightIndex::open(path).expect("open");
+    let opts = LoadOptions {
+        progress: false,
+        experts: ExpertResidency::Stream(StreamOptions {
+            budget: Budget::Min,
+            n_ctx: 64,
+            n_threads: 1,
+            io_threads: 2,
+            n_slots: Some(1),
+        }),
+    };
+    Model::load(&index, &opts).expect("load")
+}
+
+/// Runs single tokens until one fails; panics if none does.
+fn first_error(model: &Model) -> String {
+    let cpu = Cpu::new(1);
+    let mut s = model.new_session(64);
+    for t in 0..60u32 {
+        if let Err(e) = model.forward(&cpu, &mut s, &[t % 300], Logits::Last) {
+            return e.to_string();
+        }
+    }
+    panic!("no error after the file changed");
+}
+
+#[test]
+fn truncated_while_running_is_an_error() {
+    let path = temp_copy("trunc");
+    let model = open_streamed(&path);
+    let cpu = Cpu::new(1);
+    let mut s = model.new_session(64);
+    model.forward(&cpu, &mut s, &[1, 2, 3], Logits::Last).expect("runs before the change");
+    let len = std::fs::metadata(&path).expect("meta").len();
+    std::fs::OpenOptions::new().write(true).open(&path).expect("open rw").set_len(len / 2).expect("truncate");
+    let msg = first_error(&model);
+    assert!(msg.contains("model.gguf") && (msg.contains("short read") || msg.contains("changed")), "{msg}");
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}
+
+#[test]
+fn rewritten_while_running_is_an_error() {
+    let path = temp_copy("rewrite");
+    let model = open_streamed(&path);
+    let cpu = Cpu::new(1);
+    let mut s = model.new_session(64);
+    model.forward(&cpu, &mut s, &[1, 2, 3], Logits::Last).expect("runs before the change");
+    // Same size, other bytes, later modification time.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut bytes = std::fs::read(&path).expect("read");
+    let n = bytes.len();
+    for b in &mut bytes[n / 2..] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(&path, &bytes).expect("rewrite");
+    let msg = first_error(&model);
+    assert!(msg.contains("changed while running"), "{msg}");
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}
+
+#[test]
+fn replaced_before_streaming_starts_is_refused() {
+    let path = temp_copy("replace");
+    let index = WeightIndex::open(&path).expect("open");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let len = std::fs::metadata(&path).expect("meta").len();
+    std::fs::OpenOptions::new().write(true).open(&path).expect("open rw").set_len(len + 4096).expect("grow");
+    let opts = LoadOptions {
+        progress: false,
+        experts: ExpertResidency::Stream(StreamOptions {
+            budget: Budget::Min,
+            n_ctx: 64,
+            n_threads: 1,
+            io_threads: 1,
+            n_slots: None,
+        }),
+    };
+    let err = Model::load(&index, &opts).err().expect("must refuse");
+    assert!(err.to_string().contains("changed since it was opened"), "{err}");
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}
