@@ -161,24 +161,36 @@ pub fn main(a: RunArgs) -> Result<()> {
         stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
         stats.stop
     );
-    if let Some(st) = model.cache_stats() {
-        let n = (st.hits + st.misses).max(1);
-        eprintln!(
-            "experts    {} hits, {} misses ({:.1}% hit), {:.1} MiB read, waited {:.3} s for reads",
-            st.hits,
-            st.misses,
-            100.0 * st.hits as f64 / n as f64,
-            mib(st.bytes_read),
-            st.wait_secs
-        );
+    if let (Some(pre), Some(dec)) = (&stats.cache_prefill, &stats.cache_decode) {
+        for (phase, st, secs, n_tok) in [
+            ("prefill", pre, stats.prompt_secs, stats.n_prompt),
+            ("decode", dec, stats.decode_secs, stats.n_decode_steps),
+        ] {
+            eprintln!(
+                "experts    {phase:<7} {} hits, {} misses ({:.1}% hit), {:.1} MiB read ({:.1} MiB/token, {:.2} GB/s), \
+                 waited {:.3} s for reads",
+                st.hits,
+                st.misses,
+                100.0 * st.hit_rate(),
+                mib(st.bytes_read),
+                mib(st.bytes_read) / n_tok.max(1) as f64,
+                st.bytes_read as f64 / secs.max(1e-9) / 1e9,
+                st.wait_secs
+            );
+        }
         if let Some(path) = &a.stats_json {
             let json = serde_json::json!({
+                "model": a.model.model,
                 "prompt_tokens": stats.n_prompt,
                 "prompt_secs": stats.prompt_secs,
                 "generated_tokens": stats.n_generated,
+                "decode_steps": stats.n_decode_steps,
                 "decode_secs": stats.decode_secs,
+                "decode_tok_s": stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
                 "plan": model.memory_plan(),
-                "experts": st,
+                "experts_prefill": pre,
+                "experts_decode": dec,
+                "peak_rss_bytes": peak_rss_bytes(),
             });
             std::fs::write(path, serde_json::to_string_pretty(&json)?)
                 .with_context(|| format!("writing {}", path.display()))?;

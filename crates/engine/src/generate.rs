@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use crate::experts::cache::CacheStats;
 use crate::formats::{Metadata, WeightIndex};
 use crate::models::{Logits, Model};
 use crate::ops::Cpu;
@@ -83,6 +84,9 @@ pub struct GenerateStats {
     pub decode_secs: f64,
     pub stop: StopReason,
     pub tokens: Vec<u32>,
+    /// Expert cache counters of the prefill and of the decode steps (streaming mode only).
+    pub cache_prefill: Option<CacheStats>,
+    pub cache_decode: Option<CacheStats>,
 }
 
 /// Prefills `prompt` and generates, calling `on_text` with each complete piece of text.
@@ -108,6 +112,7 @@ pub fn generate(
     let logits = model.forward(cpu, session, prompt, Logits::Last)?;
     let mut next = sampler.sample(logits, &history);
     let prompt_secs = t0.elapsed().as_secs_f64();
+    let cache_prefill = model.cache_stats();
 
     let t1 = Instant::now();
     let mut generated = Vec::new();
@@ -151,5 +156,7 @@ pub fn generate(
         decode_secs: t1.elapsed().as_secs_f64(),
         stop,
         tokens: generated,
+        cache_decode: model.cache_stats().zip(cache_prefill.as_ref()).map(|(end, start)| end.since(start)),
+        cache_prefill,
     })
 }

@@ -28,12 +28,24 @@ pub struct CacheStats {
     pub bytes_read: u64,
     /// Time the forward pass waited for expert reads.
     pub wait_secs: f64,
-    /// Time reads were in flight (first submit to last completion, summed over waits that blocked).
     pub per_layer_hits: Vec<u64>,
     pub per_layer_misses: Vec<u64>,
 }
 
 impl CacheStats {
+    /// The counts accumulated since `start` (an earlier snapshot of the same cache).
+    pub fn since(&self, start: &CacheStats) -> CacheStats {
+        let diff = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| x - y).collect();
+        CacheStats {
+            hits: self.hits - start.hits,
+            misses: self.misses - start.misses,
+            bytes_read: self.bytes_read - start.bytes_read,
+            wait_secs: self.wait_secs - start.wait_secs,
+            per_layer_hits: diff(&self.per_layer_hits, &start.per_layer_hits),
+            per_layer_misses: diff(&self.per_layer_misses, &start.per_layer_misses),
+        }
+    }
+
     pub fn hit_rate(&self) -> f64 {
         let n = self.hits + self.misses;
         if n == 0 {
