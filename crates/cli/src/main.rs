@@ -4,6 +4,7 @@
 //! holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
 
 mod bench;
+mod diskbench;
 mod inspect;
 mod logits;
 mod run;
@@ -32,6 +33,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prompt and decode speed (and, given a llama.cpp build, compare with llama-bench).
     Bench(bench::BenchArgs),
+    /// Measure the disk's random direct-read bandwidth for expert-sized reads.
+    Diskbench(diskbench::DiskbenchArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => logits::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Diskbench(a) => diskbench::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
