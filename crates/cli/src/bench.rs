@@ -38,6 +38,7 @@ pub fn main(a: BenchArgs) -> Result<()> {
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
+    a.model.apply_mlock();
     let cpu = Cpu::new(n_threads);
     let n_vocab = model.info.n_vocab as u32;
     // Deterministic pseudo-random prompt tokens.

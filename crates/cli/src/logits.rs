@@ -47,6 +47,7 @@ pub fn main(a: LogitsArgs) -> Result<()> {
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
+    a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
     let mut session = model.new_session(n_ctx);
     let n_vocab = model.info.n_vocab;

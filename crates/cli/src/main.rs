@@ -57,9 +57,26 @@ pub struct ModelArgs {
     /// Threads issuing expert reads when experts stream.
     #[arg(long = "io-threads", default_value_t = 4)]
     pub io_threads: usize,
+    /// Lock the loaded weights and the expert cache in RAM (never swapped out).
+    #[arg(long)]
+    pub mlock: bool,
 }
 
 impl ModelArgs {
+    /// Applies --mlock once the model is loaded (a warning, not an error, when the limit refuses it).
+    pub fn apply_mlock(&self) {
+        if self.mlock {
+            // SAFETY: mlockall only changes how the kernel pages this process's memory.
+            let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
+            if rc != 0 {
+                eprintln!(
+                    "warning: --mlock failed ({}); raise the locked-memory limit (ulimit -l) or run without it",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+
     pub fn n_threads(&self) -> usize {
         self.threads.unwrap_or_else(engine::pool::physical_cores).max(1)
     }

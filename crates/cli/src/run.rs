@@ -90,6 +90,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
+    a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
 
     let (prompt_text, parse_special) = if a.chat {

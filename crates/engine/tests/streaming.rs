@@ -76,3 +76,26 @@ fn streamed_logits_equal_resident_bitwise() {
         }
     }
 }
+
+#[test]
+fn pinned_experts_stay_and_results_do_not_change() {
+    use engine::experts::cache::{CacheConfig, ExpertCache};
+    use engine::experts::store::ExpertStore;
+    let cpu = Cpu::new(2);
+    let path = fixture("qwen3moe-h256").join("qwen3moe-h256-q4_k_m.gguf");
+    let resident = load(&path);
+    let want = run(&resident, &cpu);
+    let index = WeightIndex::open(&path).expect("open");
+    let mut model = streamed(&path, 3, 2);
+    let store = ExpertStore::open(&index, model.expert_layout()).expect("store");
+    let cache = ExpertCache::new(store, &CacheConfig { n_slots: 4, io_threads: 2 }).expect("cache");
+    cache.pin(&[(0, 1), (1, 2)], 2).expect("pin two of four");
+    assert!(cache.pin(&[(0, 3)], 2).is_err(), "a third pin would leave one free slot");
+    assert!(cache.pin(&[(7, 0)], 0).is_err(), "no such layer");
+    let before = cache.stats();
+    assert_eq!(before.misses, 2);
+    model.set_experts(Box::new(cache));
+    assert!(run(&model, &cpu) == want, "pinning changed the logits");
+    let st = model.cache_stats().expect("stats");
+    assert!(st.hits > 0);
+}

@@ -251,6 +251,38 @@ impl ExpertCache {
         }
     }
 
+    /// Loads the given `(layer, expert)` pairs and keeps them for good (hot experts from a routing profile).
+    /// Fails if pinning them would leave fewer than `keep_free` slots for everything else.
+    pub fn pin(&self, experts: &[(usize, u32)], keep_free: usize) -> Result<()> {
+        let mut slots = Vec::with_capacity(experts.len());
+        {
+            let mut st = self.lock();
+            let pinned = st.slots.iter().filter(|s| s.pins > 0).count();
+            if pinned + experts.len() + keep_free > self.n_slots {
+                return Err(Error::Invalid(format!(
+                    "cannot pin {} experts: the cache has {} slots, {} already pinned, and {keep_free} must stay free",
+                    experts.len(),
+                    self.n_slots,
+                    pinned
+                )));
+            }
+            for &(layer, e) in experts {
+                if layer >= st.freq.len()
+                    || e as usize >= self.store.layout().n_expert
+                    || self.store.layout().layers[layer].is_none()
+                {
+                    return Err(Error::Invalid(format!("cannot pin expert {e} of layer {layer}: no such expert")));
+                }
+                let s = self.claim(&mut st, layer, e).expect("room was checked above");
+                slots.push(s);
+            }
+        }
+        for s in slots {
+            self.wait_ready(s)?;
+        }
+        Ok(())
+    }
+
     fn unpin(&self, s: usize) {
         let mut st = self.lock();
         st.slots[s].pins -= 1;
