@@ -121,8 +121,8 @@ macro_rules! checked_dot {
 }
 
 checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
-checked_dot!(dot_f16, DType::F16, f16::dot_f16_ref);
-checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_ref);
+checked_dot!(dot_f16, DType::F16, f16::dot_f16_f32_ref);
+checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_f32_ref);
 checked_dot!(dot_q4_0, DType::Q4_0, q4_0::dot_q4_0_q8_0_ref);
 checked_dot!(dot_q4_1, DType::Q4_1, q4_1::dot_q4_1_q8_1_ref);
 checked_dot!(dot_q5_0, DType::Q5_0, q5_0::dot_q5_0_q8_0_ref);

@@ -10,8 +10,10 @@
 //!
 //! # Semantics
 //! As llama.cpp's CPU backend: a weight row of type `w` is dotted with an activation row quantized to
-//! `w.vec_dot_type()` (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants, F16/BF16/F32 for the
-//! float types). Integer products are accumulated exactly; SIMD and scalar differ only in f32 summation order.
+//! `w.vec_dot_type()` (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants), except that the
+//! float weights F32, F16 and BF16 all take F32 activations (llama.cpp rounds them to F16/BF16, which costs
+//! ~4e-3 relative on a bf16 model). Integer products are accumulated exactly; SIMD and scalar differ only in
+//! f32 summation order.
 //! The activation quantizers round half to even (as llama.cpp's AVX path, `_MM_ROUND_NEAREST`), and every SIMD
 //! quantizer is bit-identical to its scalar twin. The weight quantizers are llama.cpp's `quantize_row_*_ref`
 //! (bit-exact, including the k-quant scale searches), except Q8_0, which shares the activation quantizer.
@@ -24,8 +26,8 @@
 //! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON |
 //! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON |
 //! | F32 dot | ref | AVX2 | = AVX2 | NEON |
-//! | F16 dot | ref | AVX2 (F16C) | = AVX2 | = scalar |
-//! | BF16 dot | ref | AVX2 | 512-bit | NEON |
+//! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
+//! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
 //! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
 //! | dequantize F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K | ref | AVX2 | = AVX2 | = scalar |

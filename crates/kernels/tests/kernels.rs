@@ -63,7 +63,7 @@ fn small_f16(rng: &mut SmallRng) -> u16 {
     f32_to_f16(rng.gen_range(-2.0f32..2.0) * 10f32.powi(rng.gen_range(-4..1)))
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Pattern {
     /// Random quants, realistic scales.
     Random,
@@ -318,6 +318,41 @@ fn detect_agrees_with_forced_scalar() {
         let (a, b) = (s.vec_dot(t)(n, &w, &xs), d.vec_dot(t)(n, &w, &xd));
         let tol = 1e-5 * magnitude(t, &w, &dequant(&s, t.vec_dot_type(), &xs, n));
         assert!(((a - b) as f64).abs() <= tol, "{t:?}: scalar {a} detect {b}");
+    }
+}
+
+/// F16 and BF16 weights against F32 activations at lengths around every SIMD step (1, 7, 8, 16, 32, 64 and
+/// their tails): SIMD vs scalar within f32 summation error (1e-5 of the magnitude), and the scalar reference,
+/// which forms each product exactly and sums in f64, within one f32 rounding of the exact f64 dot.
+#[test]
+fn half_float_dots_take_f32_activations() {
+    let mut rng = SmallRng::seed_from_u64(9);
+    let s = scalar();
+    for t in [DType::F16, DType::BF16] {
+        assert_eq!(t.vec_dot_type(), DType::F32);
+        for n in [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 257, 1000, 4099] {
+            for pattern in [Pattern::Random, Pattern::WideScales, Pattern::ZeroScales] {
+                let w = weight_row(&mut rng, t, n, pattern);
+                let x = activations(&mut rng, n, if pattern == Pattern::ZeroScales { 0 } else { n % N_ACT_CASES });
+                let xq = quant(&s, DType::F32, &x);
+                let wd = dequant(&s, t, &w, n);
+                let exact: f64 = wd.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let mag: f64 = wd.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let want = s.vec_dot(t)(n, &w, &xq);
+                assert!(
+                    (want as f64 - exact).abs() <= 1e-7 * mag + 1e-37,
+                    "{t:?} n={n} {pattern:?}: scalar {want} vs f64 {exact}"
+                );
+                for k in simd_tables() {
+                    let got = k.vec_dot(t)(n, &w, &xq);
+                    assert!(
+                        ((got - want) as f64).abs() <= 1e-5 * mag,
+                        "{} {t:?} n={n} {pattern:?}: simd {got} scalar {want} magnitude {mag}",
+                        k.isa().name()
+                    );
+                }
+            }
+        }
     }
 }
 

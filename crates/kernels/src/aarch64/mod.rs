@@ -30,7 +30,7 @@ macro_rules! neon_entry {
 }
 
 neon_entry!(dot dot_f32, DType::F32, dot_f32);
-neon_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+neon_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
 neon_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
 neon_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
 neon_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);

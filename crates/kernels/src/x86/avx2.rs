@@ -402,42 +402,59 @@ pub(crate) fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(sum) + crate::f16::dot_f32_ref(tail, wt, xt)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(64));
-    let (wt, xt) = (wc.remainder(), xc.remainder());
-    for (w, x) in wc.zip(xc) {
-        for u in 0..4 {
-            let a = _mm256_cvtph_ps(load_16(arr(&w[16 * u..16 * u + 16])));
-            let b = _mm256_cvtph_ps(load_16(arr(&x[16 * u..16 * u + 16])));
-            acc[u] = _mm256_fmadd_ps(a, b, acc[u]);
-        }
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum_ps(sum) + crate::f16::dot_f16_ref(n % 32, wt, xt)
-}
-
+/// 8 bf16 values widened to f32 (exact: the bf16 bits are the top half of the f32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bf16x8(b: &[u8; 16]) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_16(b))))
 }
 
+/// 8 f16 (`BF16 == false`, F16C) or bf16 values widened to f32, exactly.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn half_x8<const BF16: bool>(b: &[u8; 16]) -> __m256 {
+    if BF16 {
+        bf16x8(b)
+    } else {
+        _mm256_cvtph_ps(load_16(b))
+    }
+}
+
+/// `sum(w[i] * x[i])` of a 16-bit float weight row and an f32 activation row: 32 values per step in four
+/// independent accumulators, then 8 at a time, then the last `n % 8` with the scalar reference.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_half_f32<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
-    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(64));
+    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(128));
     let (wt, xt) = (wc.remainder(), xc.remainder());
     for (w, x) in wc.zip(xc) {
         for u in 0..4 {
-            let a = bf16x8(arr(&w[16 * u..16 * u + 16]));
-            let b = bf16x8(arr(&x[16 * u..16 * u + 16]));
+            let a = half_x8::<BF16>(arr(&w[16 * u..16 * u + 16]));
+            let b = load_f32x8_bytes(arr(&x[32 * u..32 * u + 32]));
             acc[u] = _mm256_fmadd_ps(a, b, acc[u]);
         }
     }
+    let (w8, x8) = (wt.chunks_exact(16), xt.chunks_exact(32));
+    let (wt, xt) = (w8.remainder(), x8.remainder());
+    // At most three chunks of 8: one per accumulator.
+    for (u, (w, x)) in w8.zip(x8).enumerate() {
+        acc[u] = _mm256_fmadd_ps(half_x8::<BF16>(arr(w)), load_f32x8_bytes(arr(x)), acc[u]);
+    }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum_ps(sum) + crate::f16::dot_bf16_ref(n % 32, wt, xt)
+    let tail =
+        if BF16 { crate::f16::dot_bf16_f32_ref(n % 8, wt, xt) } else { crate::f16::dot_f16_f32_ref(n % 8, wt, xt) };
+    hsum_ps(sum) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f16_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_half_f32::<false>(n, w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_half_f32::<true>(n, w, x)
 }
 
 // ---- activation quantizers (bit-identical to the scalar ones) ----

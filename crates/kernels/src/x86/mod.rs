@@ -63,8 +63,8 @@ macro_rules! avx512_entry {
 mod avx2_entries {
     use super::*;
     avx2_entry!(dot dot_f32, DType::F32, dot_f32);
-    avx2_entry!(dot dot_f16, DType::F16, dot_f16);
-    avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx2_entry!(dot dot_f16, DType::F16, dot_f16_f32);
+    avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
     avx2_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
     avx2_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
     avx2_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
@@ -88,7 +88,8 @@ mod avx2_entries {
 
 mod avx512_entries {
     use super::*;
-    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx512_entry!(dot dot_f16, DType::F16, dot_f16_f32);
+    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
     avx512_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
     avx512_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
     avx512_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
@@ -140,7 +141,8 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
         assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
-        let dots: [(DType, crate::VecDotFn); 5] = [
+        let dots: [(DType, crate::VecDotFn); 6] = [
+            (DType::F16, a5::dot_f16),
             (DType::BF16, a5::dot_bf16),
             (DType::Q4_0, a5::dot_q4_0),
             (DType::Q8_0, a5::dot_q8_0),
