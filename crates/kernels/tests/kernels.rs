@@ -356,6 +356,51 @@ fn half_float_dots_take_f32_activations() {
     }
 }
 
+/// (g) The four-row dot of every table is BIT-IDENTICAL to four single-row dots of the same table (the engine's
+/// batch == token-by-token invariant rests on it): every weight type, many block counts (odd ones exercise the
+/// unpaired last block of the Q8_0 fold), every weight pattern, activation rows of different kinds.
+#[test]
+fn vec_dot_x4_is_bit_identical_to_four_single_dots() {
+    let mut rng = SmallRng::seed_from_u64(10);
+    let s = scalar();
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in WEIGHT_TYPES {
+            for nb in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33] {
+                let n = row_len(t, nb);
+                for (p, pattern) in PATTERNS.into_iter().enumerate() {
+                    for rep in 0..2 {
+                        let w = weight_row(&mut rng, t, n, pattern);
+                        let cases = if rep == 0 { [0, 4, 0, 4] } else { [0, 1, 2, 3].map(|i| (i + p) % N_ACT_CASES) };
+                        let xs = cases.map(|c| quant(&s, t.vec_dot_type(), &activations(&mut rng, n, c)));
+                        let rows = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+                        let mut out = [f32::NAN; 4];
+                        k.vec_dot_x4(t)(n, &w, rows, &mut out);
+                        for (i, row) in rows.into_iter().enumerate() {
+                            let want = k.vec_dot(t)(n, &w, row);
+                            assert_eq!(
+                                out[i].to_bits(),
+                                want.to_bits(),
+                                "{} {t:?} n={n} {pattern:?} row {i}: x4 {} single {want}",
+                                k.isa().name(),
+                                out[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "needs")]
+fn dot_x4_rejects_a_short_activation_row() {
+    let k = Kernels::detect();
+    let w = vec![0u8; DType::Q4_K.block_bytes()];
+    let (x, short) = (vec![0u8; DType::Q8_K.block_bytes()], vec![0u8; DType::Q8_K.block_bytes() - 1]);
+    k.vec_dot_x4(DType::Q4_K)(256, &w, [&x, &x, &short, &x], &mut [0.0; 4]);
+}
+
 #[test]
 fn gemv_is_vec_dot_per_row() {
     let mut rng = SmallRng::seed_from_u64(8);

@@ -69,7 +69,7 @@ fn store_16(b: &mut [u8; 16], v: __m128i) {
     unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
 }
 
-fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
+pub(crate) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
     s.try_into().expect("chunk of exactly N elements")
 }
 
@@ -254,11 +254,18 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 /// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block, and `sum_j m[j] * (bsum[2j] + bsum[2j+1])`.
-/// The 12 packed bytes are unpacked with ggml's mask trick on three u32 words (same result as
-/// `scale_min_k4`, without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32) {
+    let (sc, mins) = unpack_scales_mins_k(scales);
+    (sc, min_sum_k(mins, bx))
+}
+
+/// The 8 scales (as i16) and the 8 mins (as i16 lanes) of a Q4_K/Q5_K block. The 12 packed bytes are unpacked
+/// with ggml's mask trick on three u32 words (same result as `scale_min_k4`, without branches).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unpack_scales_mins_k(scales: &[u8; 12]) -> ([i16; 8], __m128i) {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
@@ -270,14 +277,20 @@ pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32)
     let m_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
     let sc_bytes = (sc_lo as u64 | ((sc_hi as u64) << 32)).to_le_bytes();
     let sc = sc_bytes.map(|b| b as i16);
+    (sc, _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32)))
+}
+
+/// `sum_j m[j] * (bsum[2j] + bsum[2j+1])` for the 8 i16 mins of `unpack_scales_mins_k`: the 16 bsums are
+/// paired with `vphaddw` (|pair| <= 2 * 16 * 127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn min_sum_k(mins: __m128i, bx: &BlockQ8K) -> i32 {
     // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
     let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
     let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
-    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
     let p = _mm_madd_epi16(mins, pairs);
     let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
-    let summ = _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p)));
-    (sc, summ)
+    _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

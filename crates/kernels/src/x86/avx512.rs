@@ -15,25 +15,25 @@ use std::arch::x86_64::*;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_64(b: &[u8; 64]) -> __m512i {
+pub(super) fn load_64(b: &[u8; 64]) -> __m512i {
     // SAFETY: reads exactly the 64 bytes of `b`; loadu has no alignment requirement.
     unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load_i8_64(b: &[i8; 64]) -> __m512i {
+pub(super) fn load_i8_64(b: &[i8; 64]) -> __m512i {
     // SAFETY: reads exactly the 64 bytes of `b`.
     unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
 }
 
-fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
+pub(super) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
     s.try_into().expect("chunk of exactly N elements")
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn join(lo: __m256i, hi: __m256i) -> __m512i {
+pub(super) fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
@@ -41,7 +41,7 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
 /// sign (|y| <= 127).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
+pub(super) fn dot_i8_quads(x: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
