@@ -349,12 +349,6 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(acc) - acc_m
 }
 
-/// `32 * sum_j sc[j] * bsum[j]`: the offset of Q6_K's unsigned quants (q + 32) against the activations.
-#[inline]
-pub(crate) fn q6k_offset(bw: &BlockQ6K, bx: &BlockQ8K) -> i32 {
-    32 * (0..16).map(|j| bw.scales[j] as i32 * bx.bsum(j)).sum::<i32>()
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
