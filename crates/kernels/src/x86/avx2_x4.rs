@@ -53,35 +53,21 @@ pub(crate) fn fold_blocks_x4<W, X, S>(
     [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc0[i], acc1[i])))
 }
 
-/// A decoded Q8_0 weight block for `mul_sum_i8_quads`: its f32 scale, its quants and their magnitudes.
-pub(crate) struct Q8Weights {
-    pub(crate) d: f32,
-    pub(crate) q: __m256i,
-    pub(crate) abs: __m256i,
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn decode_q8_0(bw: &BlockQ8_0) -> Q8Weights {
-    let q = load_i8_32(&bw.qs);
-    Q8Weights { d: f16(bw.d), q, abs: _mm256_sign_epi8(q, q) }
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
     let bw = blocks::<BlockQ8_0>(w);
     // As avx2::dot_q8_0_q8_0: `f16_mul` is the f32 product f16(w.d) * f16(x.d), and `mul_sum_i8_quads` is
     // |w| x (y with w's sign) summed in quads, both repeated here with w's half computed once.
-    *out = fold_blocks_x4(
-        bw,
-        blocks_x4(bw.len(), xs),
-        |b| decode_q8_0(b),
-        |s, bx: &BlockQ8_0| {
-            let d = _mm256_set1_ps(s.d * f16(bx.d));
-            let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), s.q);
-            (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(s.abs, sy), _mm256_set1_epi16(1))))
-        },
-    );
+    // Decoded once per weight block: its f32 scale, its quants and their magnitudes.
+    let decode = |bw: &BlockQ8_0| {
+        let q = load_i8_32(&bw.qs);
+        (f16(bw.d), q, _mm256_sign_epi8(q, q))
+    };
+    *out = fold_blocks_x4(bw, blocks_x4(bw.len(), xs), decode, |&(dw, qw, abs), bx: &BlockQ8_0| {
+        let d = _mm256_set1_ps(dw * f16(bx.d));
+        let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), qw);
+        (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, sy), _mm256_set1_epi16(1))))
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
