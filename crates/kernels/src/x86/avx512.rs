@@ -4,7 +4,9 @@
 //! entries.
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
-use super::avx2::{f16_mul, f16_pair, fold_blocks, hsum_epi32, load_32, load_i8_32, nibbles_32, scales_mins_k};
+use super::avx2::{
+    f16_mul, f16_pair, fold_blocks, hsum_epi32, hsum_ps, load_32, load_i8_32, nibbles_32, scales_mins_k,
+};
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_k::BlockQ4K;
@@ -35,6 +37,16 @@ pub(super) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(super) fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Horizontal sum in a fixed order (256-bit halves, then `hsum_ps`), built from plain adds the compiler may not
+/// reorder (unlike a reduction intrinsic, which LLVM may reassociate): the four-row kernels call it too and so
+/// stay bit-identical to the single-row ones.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn hsum_512(v: __m512) -> f32 {
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(v), hi))
 }
 
 /// Signed x signed byte dot in groups of 4 with one `vpdpbusd`: |x| (as u8, so -128 is 128) times y with x's
@@ -93,7 +105,7 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         }
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
     }
-    _mm512_reduce_add_ps(acc) - acc_m
+    hsum_512(acc) - acc_m
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -155,7 +167,7 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         }
         acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
     }
-    _mm512_reduce_add_ps(acc)
+    hsum_512(acc)
 }
 
 /// 16 f16 (`BF16 == false`) or bf16 values widened to f32, exactly.
@@ -205,7 +217,7 @@ fn dot_half_f32<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
         acc[3] = _mm512_fmadd_ps(half_x16::<BF16>(h), b, acc[3]);
     }
     let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(sum)
+    hsum_512(sum)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

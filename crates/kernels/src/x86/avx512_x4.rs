@@ -4,7 +4,7 @@
 
 use super::avx2::{f16, f16_pair, hsum_epi32, load_32, load_i8_32, min_sum_k, unpack_scales_mins_k};
 use super::avx2_x4::{blocks_x4, fold_blocks_x4};
-use super::avx512::{arr, dot_i8_quads, join, load_64, load_i8_64};
+use super::avx512::{arr, dot_i8_quads, hsum_512, join, load_64, load_i8_64};
 use crate::blocks;
 use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
@@ -56,7 +56,7 @@ pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
             acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(dy[i] * d), _mm512_cvtepi32_ps(sumi[i]), acc[i]);
         }
     }
-    *out = [0, 1, 2, 3].map(|i| _mm512_reduce_add_ps(acc[i]) - acc_m[i]);
+    *out = [0, 1, 2, 3].map(|i| hsum_512(acc[i]) - acc_m[i]);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -124,5 +124,5 @@ pub(crate) fn dot_q6_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
             acc[i] = _mm512_fmadd_ps(d[i], _mm512_cvtepi32_ps(sumi[i]), acc[i]);
         }
     }
-    *out = [0, 1, 2, 3].map(|i| _mm512_reduce_add_ps(acc[i]));
+    *out = [0, 1, 2, 3].map(|i| hsum_512(acc[i]));
 }
