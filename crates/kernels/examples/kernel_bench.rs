@@ -2,6 +2,10 @@
 //! matrix (a gemv: every row against one quantized activation row). Each kernel is first checked against the
 //! scalar reference on a few rows. Reports the fastest pass (the machine may be shared).
 //!
+//! Then the prefill case: every row against 4 activation rows (tokens), as 4 `vec_dot` calls per row (what the
+//! engine's matmul does) and as one `vec_dot_x4` call, in GB/s of weight bytes x tokens; `vec_dot_x4` is first
+//! checked to be bit-identical to the single calls.
+//!
 //! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`
 
 use kernels::{f32_to_bf16, f32_to_f16, DType, Isa, Kernels};
@@ -51,6 +55,67 @@ fn random_matrix(rng: &mut SmallRng, t: DType, rows: usize, cols: usize) -> Vec<
     m
 }
 
+/// Fastest of several passes of `pass` (at least 3, and at least 300 ms), in seconds.
+fn best_time(mut pass: impl FnMut()) -> f64 {
+    let (mut best, start) = (f64::MAX, Instant::now());
+    let mut passes = 0;
+    while passes < 3 || start.elapsed() < Duration::from_millis(300) {
+        let t0 = Instant::now();
+        pass();
+        best = best.min(t0.elapsed().as_secs_f64());
+        passes += 1;
+    }
+    best
+}
+
+/// GB/s of weight bytes x 4 tokens through 4 `vec_dot` calls per row, and through one `vec_dot_x4` per row.
+fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
+    println!("\nprefill {rows} x {cols} x 4 tokens, single thread; GB/s of weight bytes x tokens");
+    println!("{:<6} {:<7} {:>10} {:>10} {:>8}", "format", "isa", "4 x dot", "dot_x4", "speedup");
+    let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
+    for t in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+        let m = random_matrix(rng, t, rows, cols);
+        let row_bytes = m.len() / rows;
+        let xq: Vec<Vec<u8>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
+                let mut xq = vec![0u8; t.vec_dot_type().row_bytes(cols).expect("whole blocks")];
+                scalar.quantize_row(t.vec_dot_type(), &x, &mut xq);
+                xq
+            })
+            .collect();
+        let xs = [&xq[0][..], &xq[1][..], &xq[2][..], &xq[3][..]];
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+            let Some(k) = Kernels::with_isa(isa) else { continue };
+            let (dot, dot4) = (k.vec_dot(t), k.vec_dot_x4(t));
+            for row in m.chunks_exact(row_bytes).step_by(rows / 8 + 1) {
+                let mut out = [0f32; 4];
+                dot4(cols, row, xs, &mut out);
+                let want = xs.map(|x| dot(cols, row, x));
+                assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {}: x4 differs", t.name(), isa.name());
+            }
+            let mut sink = 0f32;
+            let single = best_time(|| {
+                for row in m.chunks_exact(row_bytes) {
+                    for x in xs {
+                        sink += dot(cols, row, x);
+                    }
+                }
+            });
+            let x4 = best_time(|| {
+                let mut out = [0f32; 4];
+                for row in m.chunks_exact(row_bytes) {
+                    dot4(cols, row, xs, &mut out);
+                    sink += out[0];
+                }
+            });
+            std::hint::black_box(sink);
+            let gbs = |secs: f64| 4.0 * m.len() as f64 / secs / 1e9;
+            println!("{:<6} {:<7} {:>10.2} {:>10.2} {:>7.2}x", t.name(), isa.name(), gbs(single), gbs(x4), single / x4);
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let rows = args.next().and_then(Result::ok).unwrap_or(4096);
@@ -83,19 +148,15 @@ fn main() {
             }
             // Fastest of many passes: the machine is shared, and the minimum is the least disturbed pass.
             let mut sink = 0f32;
-            let (mut best, start) = (f64::MAX, Instant::now());
-            let mut passes = 0;
-            while passes < 3 || start.elapsed() < Duration::from_millis(300) {
-                let t0 = Instant::now();
+            let best = best_time(|| {
                 for row in m.chunks_exact(row_bytes) {
                     sink += dot(cols, row, &xq);
                 }
-                best = best.min(t0.elapsed().as_secs_f64());
-                passes += 1;
-            }
+            });
             std::hint::black_box(sink);
             line += &format!(" {:>10.2}", m.len() as f64 / best / 1e9);
         }
         println!("{line}");
     }
+    bench_x4(&mut rng, rows, cols);
 }

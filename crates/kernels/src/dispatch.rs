@@ -67,6 +67,10 @@ fn choose_isa(requested: Option<&str>) -> (Isa, Option<String>) {
 /// Dot product of a weight row of `n` values with an activation row in the weight type's `vec_dot_type()`.
 /// Panics unless `n` is a whole number of blocks and both rows are exactly `row_bytes(n)` long.
 pub type VecDotFn = fn(n: usize, w_row: &[u8], x_row: &[u8]) -> f32;
+/// Four dot products of one weight row of `n` values with four activation rows (for prompt batches: the
+/// weight row is decoded once). `out[i]` is bit-identical to the same table's `VecDotFn` on `x_rows[i]`.
+/// Panics as [`VecDotFn`] for any of the four rows.
+pub type VecDotX4Fn = fn(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [f32; 4]);
 /// Quantize or convert one f32 row into a row of the table entry's type.
 pub type QuantizeFn = fn(x: &[f32], dst: &mut [u8]);
 /// Dequantize one row of the table entry's type into f32.
@@ -80,6 +84,8 @@ pub struct Kernels {
     isa: Isa,
     /// Indexed by [`DType::index`]; `None` for the activation-only types.
     pub(crate) dot: [Option<VecDotFn>; N_TYPES],
+    /// The four-row dots, same indexing; always set together with `dot` (bit-identity needs the same ISA).
+    pub(crate) dot_x4: [Option<VecDotX4Fn>; N_TYPES],
     pub(crate) quantize: [QuantizeFn; N_TYPES],
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
 }
@@ -120,9 +126,22 @@ macro_rules! checked_dot {
     };
 }
 
+/// Defines a [`VecDotX4Fn`] that calls the single-row entry `$single` four times (trivially bit-identical to
+/// it): the four-row dot of every format and instruction set without a shared-decode kernel.
+macro_rules! x4_by_single {
+    ($name:ident, $single:path) => {
+        pub(crate) fn $name(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [f32; 4]) {
+            for (o, x) in out.iter_mut().zip(x_rows) {
+                *o = $single(n, w_row, x);
+            }
+        }
+    };
+}
+pub(crate) use x4_by_single;
+
 checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
-checked_dot!(dot_f16, DType::F16, f16::dot_f16_ref);
-checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_ref);
+checked_dot!(dot_f16, DType::F16, f16::dot_f16_f32_ref);
+checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_f32_ref);
 checked_dot!(dot_q4_0, DType::Q4_0, q4_0::dot_q4_0_q8_0_ref);
 checked_dot!(dot_q4_1, DType::Q4_1, q4_1::dot_q4_1_q8_1_ref);
 checked_dot!(dot_q5_0, DType::Q5_0, q5_0::dot_q5_0_q8_0_ref);
@@ -131,6 +150,17 @@ checked_dot!(dot_q8_0, DType::Q8_0, q8_0::dot_q8_0_q8_0_ref);
 checked_dot!(dot_q4_k, DType::Q4_K, q4_k::dot_q4_k_q8_k_ref);
 checked_dot!(dot_q5_k, DType::Q5_K, q5_k::dot_q5_k_q8_k_ref);
 checked_dot!(dot_q6_k, DType::Q6_K, q6_k::dot_q6_k_q8_k_ref);
+x4_by_single!(dot_f32_x4, dot_f32);
+x4_by_single!(dot_f16_x4, dot_f16);
+x4_by_single!(dot_bf16_x4, dot_bf16);
+x4_by_single!(dot_q4_0_x4, dot_q4_0);
+x4_by_single!(dot_q4_1_x4, dot_q4_1);
+x4_by_single!(dot_q5_0_x4, dot_q5_0);
+x4_by_single!(dot_q5_1_x4, dot_q5_1);
+x4_by_single!(dot_q8_0_x4, dot_q8_0);
+x4_by_single!(dot_q4_k_x4, dot_q4_k);
+x4_by_single!(dot_q5_k_x4, dot_q5_k);
+x4_by_single!(dot_q6_k_x4, dot_q6_k);
 
 impl Kernels {
     /// The scalar reference table.
@@ -151,6 +181,21 @@ impl Kernels {
                 Some(dot_q4_k),
                 Some(dot_q5_k),
                 Some(dot_q6_k),
+                None,
+            ],
+            dot_x4: [
+                Some(dot_f32_x4),
+                Some(dot_f16_x4),
+                Some(dot_bf16_x4),
+                Some(dot_q4_0_x4),
+                Some(dot_q4_1_x4),
+                Some(dot_q5_0_x4),
+                Some(dot_q5_1_x4),
+                Some(dot_q8_0_x4),
+                None,
+                Some(dot_q4_k_x4),
+                Some(dot_q5_k_x4),
+                Some(dot_q6_k_x4),
                 None,
             ],
             quantize: [
@@ -233,6 +278,18 @@ impl Kernels {
     /// activation-only types Q8_1 and Q8_K.
     pub fn vec_dot(&self, w: DType) -> VecDotFn {
         match self.dot[w.index()] {
+            Some(f) => f,
+            None => panic!("{} is an activation-only type: no weight dot product", w.name()),
+        }
+    }
+
+    /// The four-row dot kernel for weight rows of type `w`: one weight row against four activation rows (in
+    /// `w.vec_dot_type()`), decoding the weight row once where the format has such a kernel (Q4_K, Q6_K, Q8_0
+    /// on AVX2 and AVX-512), else four single-row calls. Each `out[i]` is bit-identical to
+    /// `self.vec_dot(w)(n, w_row, x_rows[i])`, so batched and token-by-token prompts give the same logits.
+    /// Panics for the activation-only types Q8_1 and Q8_K.
+    pub fn vec_dot_x4(&self, w: DType) -> VecDotX4Fn {
+        match self.dot_x4[w.index()] {
             Some(f) => f,
             None => panic!("{} is an activation-only type: no weight dot product", w.name()),
         }

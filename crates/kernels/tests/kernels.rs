@@ -63,7 +63,7 @@ fn small_f16(rng: &mut SmallRng) -> u16 {
     f32_to_f16(rng.gen_range(-2.0f32..2.0) * 10f32.powi(rng.gen_range(-4..1)))
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Pattern {
     /// Random quants, realistic scales.
     Random,
@@ -319,6 +319,86 @@ fn detect_agrees_with_forced_scalar() {
         let tol = 1e-5 * magnitude(t, &w, &dequant(&s, t.vec_dot_type(), &xs, n));
         assert!(((a - b) as f64).abs() <= tol, "{t:?}: scalar {a} detect {b}");
     }
+}
+
+/// F16 and BF16 weights against F32 activations at lengths around every SIMD step (1, 7, 8, 16, 32, 64 and
+/// their tails): SIMD vs scalar within f32 summation error (1e-5 of the magnitude), and the scalar reference,
+/// which forms each product exactly and sums in f64, within one f32 rounding of the exact f64 dot.
+#[test]
+fn half_float_dots_take_f32_activations() {
+    let mut rng = SmallRng::seed_from_u64(9);
+    let s = scalar();
+    for t in [DType::F16, DType::BF16] {
+        assert_eq!(t.vec_dot_type(), DType::F32);
+        for n in [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 257, 1000, 4099] {
+            for pattern in [Pattern::Random, Pattern::WideScales, Pattern::ZeroScales] {
+                let w = weight_row(&mut rng, t, n, pattern);
+                let x = activations(&mut rng, n, if pattern == Pattern::ZeroScales { 0 } else { n % N_ACT_CASES });
+                let xq = quant(&s, DType::F32, &x);
+                let wd = dequant(&s, t, &w, n);
+                let exact: f64 = wd.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let mag: f64 = wd.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let want = s.vec_dot(t)(n, &w, &xq);
+                assert!(
+                    (want as f64 - exact).abs() <= 1e-7 * mag + 1e-37,
+                    "{t:?} n={n} {pattern:?}: scalar {want} vs f64 {exact}"
+                );
+                for k in simd_tables() {
+                    let got = k.vec_dot(t)(n, &w, &xq);
+                    assert!(
+                        ((got - want) as f64).abs() <= 1e-5 * mag,
+                        "{} {t:?} n={n} {pattern:?}: simd {got} scalar {want} magnitude {mag}",
+                        k.isa().name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// (g) The four-row dot of every table is BIT-IDENTICAL to four single-row dots of the same table (the engine's
+/// batch == token-by-token invariant rests on it): every weight type, many block counts (odd ones exercise the
+/// unpaired last block of the Q8_0 fold), every weight pattern, activation rows of different kinds.
+#[test]
+fn vec_dot_x4_is_bit_identical_to_four_single_dots() {
+    let mut rng = SmallRng::seed_from_u64(10);
+    let s = scalar();
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in WEIGHT_TYPES {
+            for nb in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33] {
+                let n = row_len(t, nb);
+                for (p, pattern) in PATTERNS.into_iter().enumerate() {
+                    for rep in 0..2 {
+                        let w = weight_row(&mut rng, t, n, pattern);
+                        let cases = if rep == 0 { [0, 4, 0, 4] } else { [0, 1, 2, 3].map(|i| (i + p) % N_ACT_CASES) };
+                        let xs = cases.map(|c| quant(&s, t.vec_dot_type(), &activations(&mut rng, n, c)));
+                        let rows = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+                        let mut out = [f32::NAN; 4];
+                        k.vec_dot_x4(t)(n, &w, rows, &mut out);
+                        for (i, row) in rows.into_iter().enumerate() {
+                            let want = k.vec_dot(t)(n, &w, row);
+                            assert_eq!(
+                                out[i].to_bits(),
+                                want.to_bits(),
+                                "{} {t:?} n={n} {pattern:?} row {i}: x4 {} single {want}",
+                                k.isa().name(),
+                                out[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "needs")]
+fn dot_x4_rejects_a_short_activation_row() {
+    let k = Kernels::detect();
+    let w = vec![0u8; DType::Q4_K.block_bytes()];
+    let (x, short) = (vec![0u8; DType::Q8_K.block_bytes()], vec![0u8; DType::Q8_K.block_bytes() - 1]);
+    k.vec_dot_x4(DType::Q4_K)(256, &w, [&x, &x, &short, &x], &mut [0.0; 4]);
 }
 
 #[test]

@@ -261,24 +261,28 @@ pub(crate) fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     vaddvq_f32(sum) + crate::f16::dot_f32_ref(n % 16, wt, xt)
 }
 
+/// `sum(w[i] * x[i])` of a bf16 weight row (widened exactly by a 16-bit shift) and an f32 activation row: 16
+/// values per step in four independent accumulators, the last `n % 16` with the scalar reference.
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 4];
-    let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
+    let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(64));
     let (wt, xt) = (wc.remainder(), xc.remainder());
     let widen = |b: uint16x8_t| {
         (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(b))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(b)))
     };
+    let ld_f32_bytes = |b: &[u8]| vreinterpretq_f32_u8(ld_u8(arr(b)));
     for (w, x) in wc.zip(xc) {
         for u in 0..2 {
             let (a0, a1) = widen(vreinterpretq_u16_u8(ld_u8(arr(&w[16 * u..16 * u + 16]))));
-            let (b0, b1) = widen(vreinterpretq_u16_u8(ld_u8(arr(&x[16 * u..16 * u + 16]))));
+            let b0 = ld_f32_bytes(&x[32 * u..32 * u + 16]);
+            let b1 = ld_f32_bytes(&x[32 * u + 16..32 * u + 32]);
             acc[2 * u] = vfmaq_f32(acc[2 * u], a0, b0);
             acc[2 * u + 1] = vfmaq_f32(acc[2 * u + 1], a1, b1);
         }
     }
     let sum = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
-    vaddvq_f32(sum) + crate::f16::dot_bf16_ref(n % 16, wt, xt)
+    vaddvq_f32(sum) + crate::f16::dot_bf16_f32_ref(n % 16, wt, xt)
 }
 
 /// Rounds `v * s` to nearest-even i32 and narrows 8 of them (two vectors) to saturated i8.

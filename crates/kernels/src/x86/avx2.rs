@@ -69,7 +69,7 @@ fn store_16(b: &mut [u8; 16], v: __m128i) {
     unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
 }
 
-fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
+pub(crate) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
     s.try_into().expect("chunk of exactly N elements")
 }
 
@@ -254,11 +254,18 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 }
 
 /// Scales and mins of the 8 sub-blocks of a Q4_K/Q5_K block, and `sum_j m[j] * (bsum[2j] + bsum[2j+1])`.
-/// The 12 packed bytes are unpacked with ggml's mask trick on three u32 words (same result as
-/// `scale_min_k4`, without branches); the min term pairs the 16 bsums with `vphaddw` (|pair| <= 2 * 16 * 127).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32) {
+    let (sc, mins) = unpack_scales_mins_k(scales);
+    (sc, min_sum_k(mins, bx))
+}
+
+/// The 8 scales (as i16) and the 8 mins (as i16 lanes) of a Q4_K/Q5_K block. The 12 packed bytes are unpacked
+/// with ggml's mask trick on three u32 words (same result as `scale_min_k4`, without branches).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unpack_scales_mins_k(scales: &[u8; 12]) -> ([i16; 8], __m128i) {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
@@ -270,14 +277,20 @@ pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32)
     let m_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
     let sc_bytes = (sc_lo as u64 | ((sc_hi as u64) << 32)).to_le_bytes();
     let sc = sc_bytes.map(|b| b as i16);
+    (sc, _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32)))
+}
+
+/// `sum_j m[j] * (bsum[2j] + bsum[2j+1])` for the 8 i16 mins of `unpack_scales_mins_k`: the 16 bsums are
+/// paired with `vphaddw` (|pair| <= 2 * 16 * 127).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn min_sum_k(mins: __m128i, bx: &BlockQ8K) -> i32 {
     // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
     let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
     let pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256::<1>(bsums));
-    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32));
     let p = _mm_madd_epi16(mins, pairs);
     let p = _mm_add_epi32(p, _mm_unpackhi_epi64(p, p));
-    let summ = _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p)));
-    (sc, summ)
+    _mm_cvtsi128_si32(_mm_add_epi32(p, _mm_shuffle_epi32::<0b01>(p)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -334,12 +347,6 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - acc_m
-}
-
-/// `32 * sum_j sc[j] * bsum[j]`: the offset of Q6_K's unsigned quants (q + 32) against the activations.
-#[inline]
-pub(crate) fn q6k_offset(bw: &BlockQ6K, bx: &BlockQ8K) -> i32 {
-    32 * (0..16).map(|j| bw.scales[j] as i32 * bx.bsum(j)).sum::<i32>()
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -402,42 +409,59 @@ pub(crate) fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
     hsum_ps(sum) + crate::f16::dot_f32_ref(tail, wt, xt)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_f16(n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(64));
-    let (wt, xt) = (wc.remainder(), xc.remainder());
-    for (w, x) in wc.zip(xc) {
-        for u in 0..4 {
-            let a = _mm256_cvtph_ps(load_16(arr(&w[16 * u..16 * u + 16])));
-            let b = _mm256_cvtph_ps(load_16(arr(&x[16 * u..16 * u + 16])));
-            acc[u] = _mm256_fmadd_ps(a, b, acc[u]);
-        }
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum_ps(sum) + crate::f16::dot_f16_ref(n % 32, wt, xt)
-}
-
+/// 8 bf16 values widened to f32 (exact: the bf16 bits are the top half of the f32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bf16x8(b: &[u8; 16]) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(load_16(b))))
 }
 
+/// 8 f16 (`BF16 == false`, F16C) or bf16 values widened to f32, exactly.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_bf16(n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn half_x8<const BF16: bool>(b: &[u8; 16]) -> __m256 {
+    if BF16 {
+        bf16x8(b)
+    } else {
+        _mm256_cvtph_ps(load_16(b))
+    }
+}
+
+/// `sum(w[i] * x[i])` of a 16-bit float weight row and an f32 activation row: 32 values per step in four
+/// independent accumulators, then 8 at a time, then the last `n % 8` with the scalar reference.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_half_f32<const BF16: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
-    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(64));
+    let (wc, xc) = (w.chunks_exact(64), x.chunks_exact(128));
     let (wt, xt) = (wc.remainder(), xc.remainder());
     for (w, x) in wc.zip(xc) {
         for u in 0..4 {
-            let a = bf16x8(arr(&w[16 * u..16 * u + 16]));
-            let b = bf16x8(arr(&x[16 * u..16 * u + 16]));
+            let a = half_x8::<BF16>(arr(&w[16 * u..16 * u + 16]));
+            let b = load_f32x8_bytes(arr(&x[32 * u..32 * u + 32]));
             acc[u] = _mm256_fmadd_ps(a, b, acc[u]);
         }
     }
+    let (w8, x8) = (wt.chunks_exact(16), xt.chunks_exact(32));
+    let (wt, xt) = (w8.remainder(), x8.remainder());
+    // At most three chunks of 8: one per accumulator.
+    for (u, (w, x)) in w8.zip(x8).enumerate() {
+        acc[u] = _mm256_fmadd_ps(half_x8::<BF16>(arr(w)), load_f32x8_bytes(arr(x)), acc[u]);
+    }
     let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum_ps(sum) + crate::f16::dot_bf16_ref(n % 32, wt, xt)
+    let tail =
+        if BF16 { crate::f16::dot_bf16_f32_ref(n % 8, wt, xt) } else { crate::f16::dot_f16_f32_ref(n % 8, wt, xt) };
+    hsum_ps(sum) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_f16_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_half_f32::<false>(n, w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_bf16_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
+    dot_half_f32::<true>(n, w, x)
 }
 
 // ---- activation quantizers (bit-identical to the scalar ones) ----

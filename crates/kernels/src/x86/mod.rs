@@ -3,10 +3,19 @@
 //! detected, which is what makes the wrappers' `unsafe` calls sound.
 
 mod avx2;
+mod avx2_x4;
 mod avx512;
+mod avx512_x4;
 
-use crate::dispatch::{check_dot, Isa, Kernels};
+use crate::dispatch::{check_dot, x4_by_single, Isa, Kernels};
 use crate::dtype::DType;
+
+/// Panics unless every row of `x_rows` fits [`check_dot`] with `w_row`.
+pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4]) {
+    for x in x_rows {
+        check_dot(w, n, w_row, x);
+    }
+}
 
 pub(crate) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
@@ -36,6 +45,13 @@ macro_rules! avx2_entry {
             unsafe { avx2::$f(x, dst) }
         }
     };
+    (dot_x4 $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+            check_dot_x4($w, n, w, xs);
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            unsafe { avx2_x4::$f(n, w, xs, out) }
+        }
+    };
 }
 
 /// Safe dequantizer entry points for `avx2::$f`.
@@ -58,13 +74,20 @@ macro_rules! avx512_entry {
             unsafe { avx512::$f(n, w, x) }
         }
     };
+    (dot_x4 $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+            check_dot_x4($w, n, w, xs);
+            // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
+            unsafe { avx512_x4::$f(n, w, xs, out) }
+        }
+    };
 }
 
 mod avx2_entries {
     use super::*;
     avx2_entry!(dot dot_f32, DType::F32, dot_f32);
-    avx2_entry!(dot dot_f16, DType::F16, dot_f16);
-    avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx2_entry!(dot dot_f16, DType::F16, dot_f16_f32);
+    avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
     avx2_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
     avx2_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
     avx2_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
@@ -73,6 +96,17 @@ mod avx2_entries {
     avx2_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
     avx2_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
     avx2_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+    avx2_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
+    avx2_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, dot_q4_k_q8_k_x4);
+    avx2_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
+    x4_by_single!(dot_f32_x4, dot_f32);
+    x4_by_single!(dot_f16_x4, dot_f16);
+    x4_by_single!(dot_bf16_x4, dot_bf16);
+    x4_by_single!(dot_q4_0_x4, dot_q4_0);
+    x4_by_single!(dot_q4_1_x4, dot_q4_1);
+    x4_by_single!(dot_q5_0_x4, dot_q5_0);
+    x4_by_single!(dot_q5_1_x4, dot_q5_1);
+    x4_by_single!(dot_q5_k_x4, dot_q5_k);
     avx2_entry!(quant quantize_f16, quantize_f16);
     avx2_entry!(quant quantize_bf16, quantize_bf16);
     avx2_entry!(quant quantize_q8_0, quantize_q8_0);
@@ -88,11 +122,18 @@ mod avx2_entries {
 
 mod avx512_entries {
     use super::*;
-    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16);
+    avx512_entry!(dot dot_f16, DType::F16, dot_f16_f32);
+    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
     avx512_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
     avx512_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
     avx512_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
     avx512_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+    avx512_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
+    avx512_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, dot_q4_k_q8_k_x4);
+    avx512_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
+    x4_by_single!(dot_f16_x4, dot_f16);
+    x4_by_single!(dot_bf16_x4, dot_bf16);
+    x4_by_single!(dot_q4_0_x4, dot_q4_0);
 }
 
 /// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
@@ -100,21 +141,23 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     use avx2_entries as a2;
     assert!(has_avx2(), "AVX2 table requested on a CPU without AVX2/FMA/F16C");
     let mut k = scalar.with_isa_tag(isa);
-    let dots: [(DType, crate::VecDotFn); 11] = [
-        (DType::F32, a2::dot_f32),
-        (DType::F16, a2::dot_f16),
-        (DType::BF16, a2::dot_bf16),
-        (DType::Q4_0, a2::dot_q4_0),
-        (DType::Q4_1, a2::dot_q4_1),
-        (DType::Q5_0, a2::dot_q5_0),
-        (DType::Q5_1, a2::dot_q5_1),
-        (DType::Q8_0, a2::dot_q8_0),
-        (DType::Q4_K, a2::dot_q4_k),
-        (DType::Q5_K, a2::dot_q5_k),
-        (DType::Q6_K, a2::dot_q6_k),
+    // Each single-row dot with its four-row twin: they must come from the same instruction set.
+    let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn); 11] = [
+        (DType::F32, a2::dot_f32, a2::dot_f32_x4),
+        (DType::F16, a2::dot_f16, a2::dot_f16_x4),
+        (DType::BF16, a2::dot_bf16, a2::dot_bf16_x4),
+        (DType::Q4_0, a2::dot_q4_0, a2::dot_q4_0_x4),
+        (DType::Q4_1, a2::dot_q4_1, a2::dot_q4_1_x4),
+        (DType::Q5_0, a2::dot_q5_0, a2::dot_q5_0_x4),
+        (DType::Q5_1, a2::dot_q5_1, a2::dot_q5_1_x4),
+        (DType::Q8_0, a2::dot_q8_0, a2::dot_q8_0_x4),
+        (DType::Q4_K, a2::dot_q4_k, a2::dot_q4_k_x4),
+        (DType::Q5_K, a2::dot_q5_k, a2::dot_q5_k_x4),
+        (DType::Q6_K, a2::dot_q6_k, a2::dot_q6_k_x4),
     ];
-    for (t, f) in dots {
+    for (t, f, f4) in dots {
         k.dot[t.index()] = Some(f);
+        k.dot_x4[t.index()] = Some(f4);
     }
     let quants: [(DType, crate::dispatch::QuantizeFn); 5] = [
         (DType::F16, a2::quantize_f16),
@@ -140,15 +183,17 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
         assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
-        let dots: [(DType, crate::VecDotFn); 5] = [
-            (DType::BF16, a5::dot_bf16),
-            (DType::Q4_0, a5::dot_q4_0),
-            (DType::Q8_0, a5::dot_q8_0),
-            (DType::Q4_K, a5::dot_q4_k),
-            (DType::Q6_K, a5::dot_q6_k),
+        let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn); 6] = [
+            (DType::F16, a5::dot_f16, a5::dot_f16_x4),
+            (DType::BF16, a5::dot_bf16, a5::dot_bf16_x4),
+            (DType::Q4_0, a5::dot_q4_0, a5::dot_q4_0_x4),
+            (DType::Q8_0, a5::dot_q8_0, a5::dot_q8_0_x4),
+            (DType::Q4_K, a5::dot_q4_k, a5::dot_q4_k_x4),
+            (DType::Q6_K, a5::dot_q6_k, a5::dot_q6_k_x4),
         ];
-        for (t, f) in dots {
+        for (t, f, f4) in dots {
             k.dot[t.index()] = Some(f);
+            k.dot_x4[t.index()] = Some(f4);
         }
     }
     k

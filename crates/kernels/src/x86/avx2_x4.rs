@@ -1,0 +1,157 @@
+//! AVX2 multi-row dots: one weight row against four activation rows, decoding each weight block once (nibbles,
+//! 6-bit scales, the sign trick) and reusing it for the four rows. The engine's exactness invariant (a prompt
+//! processed as a batch gives the logits of token-by-token decoding) needs each output BIT-IDENTICAL to the
+//! single-row kernel of `avx2.rs`: every output repeats that kernel's f32 operations in the same order (same
+//! accumulators, same block-to-accumulator assignment, same horizontal sum); only integer work, which is exact,
+//! and the weight decode are shared.
+
+use super::avx2::{arr, f16, f16_pair, hsum_ps, load_32, load_i8_32, min_sum_k, unpack_scales_mins_k};
+use crate::blocks;
+use crate::q4_k::BlockQ4K;
+use crate::q6_k::BlockQ6K;
+use crate::q8_0::BlockQ8_0;
+use crate::q8_k::BlockQ8K;
+use std::arch::x86_64::*;
+
+/// Four activation rows viewed as blocks, each as long as the weight row.
+pub(crate) fn blocks_x4<X: crate::Block>(n_blocks: usize, xs: [&[u8]; 4]) -> [&[X]; 4] {
+    let bx = xs.map(blocks::<X>);
+    assert!(bx.iter().all(|b| b.len() == n_blocks), "activation rows must match the weight row");
+    bx
+}
+
+/// `fold_blocks` for four activation rows: `decode` runs once per weight block, `f` once per (block, row).
+/// Row i's accumulators see exactly the sequence of fused multiply-adds `fold_blocks` would give it (blocks
+/// 0, 2, 4, ... in `acc0`, 1, 3, 5, ... in `acc1`, an odd last block in `acc0`), and the same final sum.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn fold_blocks_x4<W, X, S>(
+    bw: &[W],
+    bx: [&[X]; 4],
+    mut decode: impl FnMut(&W) -> S,
+    mut f: impl FnMut(&S, &X) -> (__m256, __m256),
+) -> [f32; 4] {
+    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    let n_pairs = bw.len() / 2;
+    for p in 0..n_pairs {
+        let (s0, s1) = (decode(&bw[2 * p]), decode(&bw[2 * p + 1]));
+        for i in 0..4 {
+            let (d0, q0) = f(&s0, &bx[i][2 * p]);
+            let (d1, q1) = f(&s1, &bx[i][2 * p + 1]);
+            acc0[i] = _mm256_fmadd_ps(d0, q0, acc0[i]);
+            acc1[i] = _mm256_fmadd_ps(d1, q1, acc1[i]);
+        }
+    }
+    if bw.len() % 2 == 1 {
+        let last = bw.len() - 1;
+        let s = decode(&bw[last]);
+        for i in 0..4 {
+            let (d, q) = f(&s, &bx[i][last]);
+            acc0[i] = _mm256_fmadd_ps(d, q, acc0[i]);
+        }
+    }
+    [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc0[i], acc1[i])))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+    let bw = blocks::<BlockQ8_0>(w);
+    // As avx2::dot_q8_0_q8_0: `f16_mul` is the f32 product f16(w.d) * f16(x.d), and `mul_sum_i8_quads` is
+    // |w| x (y with w's sign) summed in quads, both repeated here with w's half computed once.
+    // Decoded once per weight block: its f32 scale, its quants and their magnitudes.
+    let decode = |bw: &BlockQ8_0| {
+        let q = load_i8_32(&bw.qs);
+        (f16(bw.d), q, _mm256_sign_epi8(q, q))
+    };
+    *out = fold_blocks_x4(bw, blocks_x4(bw.len(), xs), decode, |&(dw, qw, abs), bx: &BlockQ8_0| {
+        let d = _mm256_set1_ps(dw * f16(bx.d));
+        let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), qw);
+        (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, sy), _mm256_set1_epi16(1))))
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let bw = blocks::<BlockQ4K>(w);
+    let bx = blocks_x4::<BlockQ8K>(bw.len(), xs);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut acc_m = [0f32; 4];
+    for (b, bw) in bw.iter().enumerate() {
+        let (d, dmin) = f16_pair(bw.d, bw.dmin);
+        let (sc, mins) = unpack_scales_mins_k(&bw.scales);
+        let dy = [0, 1, 2, 3].map(|i| f32::from_le_bytes(bx[i][b].d));
+        for i in 0..4 {
+            acc_m[i] += dy[i] * dmin * min_sum_k(mins, &bx[i][b]) as f32;
+        }
+        let mut sumi = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
+            let q4l = _mm256_and_si256(q4, m4);
+            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
+            let (scl, sch) = (_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1]));
+            for i in 0..4 {
+                let q8l = load_i8_32(arr(&bx[i][b].qs[64 * k..64 * k + 32]));
+                let q8h = load_i8_32(arr(&bx[i][b].qs[64 * k + 32..64 * k + 64]));
+                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), scl);
+                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), sch);
+                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(pl, ph));
+            }
+        }
+        for i in 0..4 {
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dy[i] * d), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+        }
+    }
+    *out = [0, 1, 2, 3].map(|i| hsum_ps(acc[i]) - acc_m[i]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_q6_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(3);
+    let bw = blocks::<BlockQ6K>(w);
+    let bx = blocks_x4::<BlockQ8K>(bw.len(), xs);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, bw) in bw.iter().enumerate() {
+        // As `scale_x8`: dy times the f16 scale converted in all 8 lanes.
+        let dw = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes(bw.d)));
+        let d = [0, 1, 2, 3].map(|i| _mm256_mul_ps(_mm256_set1_ps(f32::from_le_bytes(bx[i][b].d)), dw));
+        // SAFETY: reads exactly the 16 bytes of the i8 scales.
+        let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
+        let sc16 = _mm256_cvtepi8_epi16(sc8);
+        let mut sumi = [0, 1, 2, 3].map(|i| {
+            // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
+            let bsums = unsafe { _mm256_loadu_si256(bx[i][b].bsums.as_ptr().cast()) };
+            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, bsums)))
+        });
+        for h in 0..2 {
+            let sc8_h = if h == 0 { sc8 } else { _mm_unpackhi_epi64(sc8, sc8) };
+            let sc_h = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h));
+            let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));
+            let ql1 = load_32(arr(&bw.ql[64 * h + 32..64 * h + 64]));
+            let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
+            let lows = [
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+            ];
+            for (t, low) in lows.into_iter().enumerate() {
+                let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), m2);
+                let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+                let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
+                let pick = _mm256_set_m128i(_mm_set1_epi16(hi | ((hi + 1) << 8)), _mm_set1_epi16(lo | ((lo + 1) << 8)));
+                let sc = _mm256_shuffle_epi8(sc_h, pick);
+                let base = 128 * h + 32 * t;
+                for i in 0..4 {
+                    let q8 = load_i8_32(arr(&bx[i][b].qs[base..base + 32]));
+                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
+                }
+            }
+        }
+        for i in 0..4 {
+            acc[i] = _mm256_fmadd_ps(d[i], _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+        }
+    }
+    *out = [0, 1, 2, 3].map(|i| hsum_ps(acc[i]));
+}
