@@ -89,6 +89,7 @@ pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
     let n_tokens = x.n_rows();
     assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
     let dot = cpu.kernels.vec_dot(w.dtype);
+    let dot4 = cpu.kernels.vec_dot_x4(w.dtype);
     let cols = w.cols;
     let rows = w.rows;
     let outp = SharedOut(out.as_mut_ptr());
@@ -96,11 +97,22 @@ pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
     cpu.pool.for_chunks(rows, chunk, &|range| {
         for r in range {
             let wr = w.row(r);
-            for t in 0..n_tokens {
+            // SAFETY (both writes): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r
+            // is within `out`, whose length was checked above, and `out` outlives the pool call.
+            let mut t = 0;
+            while t + 4 <= n_tokens {
+                let mut v = [0.0f32; 4];
+                // Four tokens share one decode of the weight row; each result is bit-identical to `dot`.
+                dot4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
+                for (i, vi) in v.iter().enumerate() {
+                    unsafe { *outp.get().add((t + i) * rows + r) = *vi };
+                }
+                t += 4;
+            }
+            while t < n_tokens {
                 let v = dot(cols, wr, x.row(t));
-                // SAFETY: (t, r) is written by exactly one thread (rows are partitioned) and t * rows + r is
-                // within `out`, whose length was checked above; `out` outlives the pool call.
                 unsafe { *outp.get().add(t * rows + r) = v };
+                t += 1;
             }
         }
     });
