@@ -4,7 +4,8 @@
 # limit (time per token >= compute time + bytes missed / disk bandwidth).
 #
 #   bench/stream_bench.sh MODEL.gguf [LIMIT=8G] [BUDGET=auto] [THREADS=2] [N_GEN=32]
-#   env: LLAMA_CPP_DIR=llama.cpp build dir (holding bin/llama-bench) to compare; LLAMA_EXTRA="-nr 1" extra flags;
+#   env: LLAMA_CPP_DIR=llama.cpp build dir (holding bin/llama-bench) to compare; LLAMA_EXTRA="--repack 0" extra
+#        llama-bench flags (stock llama.cpp repacks weights into its own memory and is OOM-killed under a limit);
 #        READ_AHEAD_KB=128 sets the disk's read-ahead for the llama.cpp run (restored after); FLASH_MOE=binary.
 # Needs root (cgroup v1 memory controller at /sys/fs/cgroup/memory, drop_caches). Prints a summary table.
 set -euo pipefail
@@ -46,8 +47,11 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 "$fm" diskbench "$model" --bytes 2GiB --chunk 1MiB --io-threads 4 | tee "$out/disk.txt"
 disk_gbs=$(grep -o '[0-9.]* GB/s' "$out/disk.txt" | cut -d' ' -f1)
 
+if [[ -z ${SKIP_FLASH_MOE:-} ]]; then
 echo "== flash-moe (cgroup $limit, --memory-budget $budget, $threads threads)"
-in_cgroup "$fm" run -m "$model" -p "The quick brown fox" -n "$n_gen" --temp 0 --ignore-eos -t "$threads" \
+# Sampling from the full distribution: varied tokens and so varied routing, like llama-bench's random tokens.
+in_cgroup "$fm" run -m "$model" -p "The quick brown fox" -n "$n_gen" --temp 1 --top-k 0 --top-p 1 --min-p 0 \
+    --seed 1 --ignore-eos -t "$threads" \
     --memory-budget "$budget" --stats-json "$out/fm.json" > /dev/null
 cgroup_report "flash-moe" | tee "$out/fm_cg.txt"
 
@@ -66,6 +70,9 @@ print(f"physical limit {1/limit_tok:.2f} tok/s (compute + bytes missed / {bw/1e9
 print(f"FM_TOKS={1/t_tok:.4f}")
 PY
 fm_toks=$(grep -o 'FM_TOKS=[0-9.]*' "$out/fm_summary.txt" | cut -d= -f2)
+else
+fm_toks=${FM_TOKS:-1}
+fi
 
 if [[ -n ${LLAMA_CPP_DIR:-} ]]; then
     bench="$LLAMA_CPP_DIR/bin/llama-bench"

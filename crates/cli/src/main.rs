@@ -54,7 +54,7 @@ pub struct ModelArgs {
     /// cache sized to fit. [default: all experts in RAM when the model fits in 'auto', else 'auto']
     #[arg(long = "memory-budget", value_name = "SIZE|min|auto")]
     pub memory_budget: Option<String>,
-    /// Threads issuing expert reads when experts stream.
+    /// Threads issuing expert reads when experts stream and io_uring is unavailable (or FLASH_MOE_IO=threads).
     #[arg(long = "io-threads", default_value_t = 4)]
     pub io_threads: usize,
     /// Lock the loaded weights and the expert cache in RAM (never swapped out).
@@ -96,6 +96,7 @@ impl ModelArgs {
                 n_ctx,
                 n_threads: self.n_threads(),
                 io_threads: self.io_threads.max(1),
+                io_engine: None,
                 n_slots: None,
             }),
         };

@@ -187,7 +187,7 @@ pub fn add(x: &mut [f32], y: &[f32]) {
 /// every tap prints its name (llama.cpp's graph names, e.g. `attn_norm-3`), sum and first values to stderr.
 pub fn tap(name: &str, layer: Option<usize>, x: &[f32]) {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*ON.get_or_init(|| std::env::var_os("FLASH_MOE_TAPS").is_some_and(|v| v != "0")) {
+    if !*ON.get_or_init(|| std::env::var_os("FLASH_MOE_TAPS").is_some_and(|v| !v.is_empty() && v != "0")) {
         return;
     }
     let sum: f64 = x.iter().map(|&v| v as f64).sum();

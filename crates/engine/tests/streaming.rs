@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use engine::experts::budget::Budget;
+use engine::experts::io::IoEngine;
 use engine::formats::WeightIndex;
 use engine::models::{ExpertResidency, LoadOptions, Logits, Model, StreamOptions};
 use engine::ops::Cpu;
@@ -20,6 +21,8 @@ const MODELS: &[(&str, &str)] = &[
 ];
 
 fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize) -> Model {
+    // One I/O thread: the pread engine; several: io_uring (where the kernel allows it), so both are covered.
+    let io_engine = Some(if io_threads == 1 { IoEngine::Threads } else { IoEngine::Uring });
     let index = WeightIndex::open(path).expect("open");
     let opts = LoadOptions {
         progress: false,
@@ -28,6 +31,7 @@ fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize) -> Model 
             n_ctx: 64,
             n_threads: 2,
             io_threads,
+            io_engine,
             n_slots: Some(n_slots),
         }),
     };
@@ -88,7 +92,7 @@ fn pinned_experts_stay_and_results_do_not_change() {
     let index = WeightIndex::open(&path).expect("open");
     let mut model = streamed(&path, 3, 2);
     let store = ExpertStore::open(&index, model.expert_layout()).expect("store");
-    let cache = ExpertCache::new(store, &CacheConfig { n_slots: 4, io_threads: 2 }).expect("cache");
+    let cache = ExpertCache::new(store, &CacheConfig { n_slots: 4, io_threads: 2, io_engine: None }).expect("cache");
     cache.pin(&[(0, 1), (1, 2)], 2).expect("pin two of four");
     assert!(cache.pin(&[(0, 3)], 2).is_err(), "a third pin would leave one free slot");
     assert!(cache.pin(&[(7, 0)], 0).is_err(), "no such layer");

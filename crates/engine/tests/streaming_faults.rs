@@ -25,6 +25,7 @@ fn open_streamed(path: &std::path::Path) -> Model {
             n_ctx: 64,
             n_threads: 1,
             io_threads: 2,
+            io_engine: None,
             n_slots: Some(1),
         }),
     };
@@ -91,6 +92,7 @@ fn replaced_before_streaming_starts_is_refused() {
             n_ctx: 64,
             n_threads: 1,
             io_threads: 1,
+            io_engine: None,
             n_slots: None,
         }),
     };

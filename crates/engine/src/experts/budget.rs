@@ -130,6 +130,8 @@ pub struct MemoryPlan {
     pub n_slots: usize,
     pub n_experts_total: usize,
     pub min_slots: usize,
+    /// The read engine, once the cache exists ("io_uring" or "pread threads").
+    pub io_engine: String,
 }
 
 impl MemoryPlan {
@@ -176,6 +178,7 @@ impl MemoryPlan {
             n_slots,
             n_experts_total,
             min_slots,
+            io_engine: String::new(),
         })
     }
 
@@ -197,7 +200,11 @@ impl fmt::Display for MemoryPlan {
             self.n_slots,
             self.n_experts_total,
             100.0 * self.n_slots as f64 / self.n_experts_total.max(1) as f64
-        )
+        )?;
+        if !self.io_engine.is_empty() {
+            write!(f, ", read with {}", self.io_engine)?;
+        }
+        Ok(())
     }
 }
 

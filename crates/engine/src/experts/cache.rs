@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::io::{IoPool, ReadBatch, DIRECT_ALIGN};
+use super::io::{IoEngine, IoPool, ReadBatch, DIRECT_ALIGN};
 use super::store::ExpertStore;
 use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
@@ -86,6 +86,8 @@ struct State {
 pub struct CacheConfig {
     pub n_slots: usize,
     pub io_threads: usize,
+    /// `None`: io_uring where available (see [`IoPool::new`]).
+    pub io_engine: Option<IoEngine>,
 }
 
 /// A fixed-size cache of experts over an [`ExpertStore`].
@@ -118,7 +120,10 @@ impl ExpertCache {
             CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
         Ok(ExpertCache {
             store,
-            io: IoPool::new(cfg.io_threads),
+            io: match cfg.io_engine {
+                Some(engine) => IoPool::with_engine(engine, cfg.io_threads),
+                None => IoPool::new(cfg.io_threads),
+            },
             mem,
             slot_bytes,
             n_slots: cfg.n_slots,
@@ -139,6 +144,10 @@ impl ExpertCache {
 
     pub fn slot_bytes(&self) -> usize {
         self.slot_bytes
+    }
+
+    pub fn io_engine(&self) -> IoEngine {
+        self.io.engine()
     }
 
     pub fn stats(&self) -> CacheStats {

@@ -2,8 +2,12 @@
 //! allows (O_DIRECT).
 //!
 //! A [`ReadBatch`] is a set of reads that complete together (the gate, up and down ranges of one expert); callers
-//! submit batches and wait for them later, so reads overlap with compute and with each other. This is the
-//! thread-pool `pread` engine; io_uring can replace it behind the same interface.
+//! submit batches and wait for them later, so reads overlap with compute and with each other.
+//!
+//! Two engines behind one interface: io_uring (one thread keeps up to [`URING_DEPTH`] reads in flight), and a
+//! pool of threads doing `pread` where io_uring is unavailable (old kernels, seccomp) or
+//! `FLASH_MOE_IO=threads` asks for it. A failed or short read is retried once with `pread`; a read from a file
+//! that changed since the model was opened fails.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -79,14 +83,47 @@ impl ReadBatch {
     }
 }
 
+/// Reads io_uring keeps in flight.
+pub const URING_DEPTH: usize = 64;
+
+/// Which engine an [`IoPool`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEngine {
+    Uring,
+    Threads,
+}
+
 /// Persistent I/O threads.
 pub struct IoPool {
     tx: Mutex<Option<Sender<(ReadReq, ReadBatch)>>>,
     handles: Vec<JoinHandle<()>>,
+    engine: IoEngine,
 }
 
 impl IoPool {
+    /// io_uring when the kernel allows it (unless `FLASH_MOE_IO=threads`), else `n_threads` pread threads.
     pub fn new(n_threads: usize) -> IoPool {
+        let want_threads = std::env::var("FLASH_MOE_IO").is_ok_and(|v| v == "threads");
+        Self::with_engine(if want_threads { IoEngine::Threads } else { IoEngine::Uring }, n_threads)
+    }
+
+    /// The engine asked for (io_uring falls back to threads where the kernel refuses it).
+    pub fn with_engine(engine: IoEngine, n_threads: usize) -> IoPool {
+        if engine == IoEngine::Uring {
+            if let Ok(ring) = io_uring::IoUring::new(URING_DEPTH as u32) {
+                let (tx, rx) = channel::<(ReadReq, ReadBatch)>();
+                let handle = std::thread::Builder::new()
+                    .name("flash-moe-uring".into())
+                    .spawn(move || uring_loop(ring, rx))
+                    .expect("spawning the io_uring thread");
+                return IoPool { tx: Mutex::new(Some(tx)), handles: vec![handle], engine: IoEngine::Uring };
+            }
+        }
+        Self::threads(n_threads)
+    }
+
+    /// A pool of `n_threads` pread threads.
+    pub fn threads(n_threads: usize) -> IoPool {
         let (tx, rx) = channel::<(ReadReq, ReadBatch)>();
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..n_threads.max(1))
@@ -102,7 +139,11 @@ impl IoPool {
                     .expect("spawning an I/O thread")
             })
             .collect();
-        IoPool { tx: Mutex::new(Some(tx)), handles }
+        IoPool { tx: Mutex::new(Some(tx)), handles, engine: IoEngine::Threads }
+    }
+
+    pub fn engine(&self) -> IoEngine {
+        self.engine
     }
 
     /// Submits `reqs` as one batch; wait on the returned handle.
@@ -188,4 +229,74 @@ fn check_unchanged(req: &ReadReq) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The io_uring engine: takes requests from `rx`, keeps up to [`URING_DEPTH`] in flight, completes batches.
+fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadReq, ReadBatch)>) {
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc::TryRecvError;
+    let mut inflight: Vec<Option<(ReadReq, ReadBatch)>> = (0..URING_DEPTH).map(|_| None).collect();
+    let mut free: Vec<usize> = (0..URING_DEPTH).rev().collect();
+    let mut closed = false;
+    loop {
+        // Queue new requests: block for one only when nothing is in flight.
+        while let Some(&slot) = free.last() {
+            let idle = free.len() == URING_DEPTH;
+            let msg = if idle && !closed { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() };
+            let (req, batch) = match msg {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            };
+            let len = u32::try_from(req.len).expect("expert reads are far below 4 GiB");
+            let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(req.file.as_raw_fd()), req.dst, len)
+                .offset(req.offset)
+                .build()
+                .user_data(slot as u64);
+            // SAFETY: the buffer stays valid and untouched until the completion (see `ReadReq`), and the request
+            // (holding the file open) is kept in `inflight` until then.
+            if unsafe { ring.submission().push(&sqe) }.is_err() {
+                // The queue is full (cannot happen: its depth equals the in-flight table's): read directly.
+                batch.finish_one(read_one(&req).err());
+                continue;
+            }
+            free.pop();
+            inflight[slot] = Some((req, batch));
+        }
+        if free.len() == URING_DEPTH {
+            if closed {
+                return;
+            }
+            continue;
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // The ring itself failed: finish everything in flight with pread.
+                for (req, batch) in inflight.iter_mut().filter_map(Option::take) {
+                    let r = read_one(&req).map_err(|m| format!("{m} (after io_uring failed: {e})"));
+                    batch.finish_one(r.err());
+                }
+                free = (0..URING_DEPTH).rev().collect();
+                continue;
+            }
+        }
+        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (slot, res) in done {
+            let slot = slot as usize;
+            let Some((req, batch)) = inflight[slot].take() else { continue };
+            free.push(slot);
+            let outcome = if res >= 0 && res as usize >= req.len_needed {
+                check_unchanged(&req)
+            } else {
+                // An error or a short read: retry with pread (which retries once more and checks lengths).
+                read_one(&req)
+            };
+            batch.finish_one(outcome.err());
+        }
+    }
 }

@@ -14,6 +14,7 @@ use kernels::Kernels;
 
 use crate::experts::budget::MemoryPlan;
 use crate::experts::cache::{CacheConfig, ExpertCache};
+use crate::experts::io::IoEngine;
 use crate::experts::resident::ResidentExperts;
 use crate::experts::store::ExpertStore;
 use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
@@ -154,7 +155,7 @@ impl Decoder {
                 let scratch = scratch_bytes(&cfg, so.n_ctx, so.n_threads);
                 let n_total = expert_layout.n_moe_layers() * expert_layout.n_expert;
                 let min_slots = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used);
-                let p = MemoryPlan::new(
+                let mut p = MemoryPlan::new(
                     so.budget,
                     info.resident_bytes,
                     kv_bytes,
@@ -164,10 +165,16 @@ impl Decoder {
                     min_slots,
                 )?;
                 let n_slots = so.n_slots.unwrap_or(p.n_slots);
-                plan = Some(p);
                 // The resident weights were read through the page cache; a memory cgroup charges it, so drop it.
                 drop_page_cache(index);
-                Box::new(ExpertCache::new(store, &CacheConfig { n_slots, io_threads: so.io_threads })?)
+                let cfg = CacheConfig { n_slots, io_threads: so.io_threads, io_engine: so.io_engine };
+                let cache = ExpertCache::new(store, &cfg)?;
+                p.io_engine = match cache.io_engine() {
+                    IoEngine::Uring => "io_uring".into(),
+                    IoEngine::Threads => format!("{} pread threads", so.io_threads),
+                };
+                plan = Some(p);
+                Box::new(cache)
             }
             _ => {
                 let experts = ResidentExperts::load(index, &expert_layout, &mut |b| progress.add(b))?;

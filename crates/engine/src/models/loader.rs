@@ -37,8 +37,10 @@ pub struct StreamOptions {
     pub n_ctx: usize,
     /// Compute threads (per-thread attention scratch).
     pub n_threads: usize,
-    /// Threads issuing expert reads.
+    /// Threads issuing expert reads (the pread engine).
     pub io_threads: usize,
+    /// `None`: io_uring where the kernel allows it, else pread threads.
+    pub io_engine: Option<crate::experts::io::IoEngine>,
     /// Force the number of cache slots (tests); `None` derives it from the budget.
     pub n_slots: Option<usize>,
 }
