@@ -1,10 +1,11 @@
-//! A persistent thread pool for the forward pass: `n - 1` workers plus the calling thread run one job at a time.
+//! A persistent thread pool for the forward pass: `n - 1` workers plus the calling thread share one job at a time.
 //!
 //! A decode step hands the pool hundreds of small jobs (one per matrix), so a job must start in well under a
-//! microsecond: workers spin for a short while on a generation counter before they park on a condition variable.
-//! Jobs are plain closures `f(thread_index)`; [`ThreadPool::for_chunks`] splits a range of rows into chunks taken
-//! dynamically, which keeps every output element computed by the same code whatever thread computes it (results
-//! never depend on the thread count).
+//! microsecond: workers spin briefly on a generation counter, then yield, then park on a condition variable.
+//! Jobs split a range into chunks that threads take dynamically ([`ThreadPool::for_chunks`]); the calling thread
+//! takes chunks too and never waits for a worker that has not started: when a core is busy with another process
+//! and a worker is descheduled, the caller simply does the work itself. Every output element is computed by the
+//! same code whatever thread computes it, so results never depend on the thread count or on scheduling.
 
 use std::cell::UnsafeCell;
 use std::ops::Range;
@@ -12,18 +13,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Spin iterations before a worker parks.
-const SPIN_ITERS: u32 = 20_000;
+/// Busy-wait iterations before a waiting worker starts yielding, and yields before it parks.
+const SPIN_ITERS: u32 = 2_000;
+const YIELD_ITERS: u32 = 200;
 
 type Job = dyn Fn(usize) + Sync;
 
 struct Shared {
-    /// Bumped once per job; workers compare it with the last one they ran.
+    /// Bumped once per job; workers compare it with the last one they saw.
     generation: AtomicU64,
-    /// The current job, valid while `remaining > 0` for the generation it was published with.
+    /// The highest generation whose job may no longer be entered.
+    closed: AtomicU64,
+    /// Workers inside a job (entered and not yet left).
+    active: AtomicUsize,
+    /// The current job, valid for the generation it was published with until that generation is closed and
+    /// `active` drops to zero.
     job: UnsafeCell<Option<*const Job>>,
-    /// Workers that have not finished the current job.
-    remaining: AtomicUsize,
     /// Workers parked on `wake` (only then does publishing a job take the lock).
     n_sleeping: AtomicUsize,
     shutdown: AtomicBool,
@@ -31,9 +36,10 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by the thread that holds `ThreadPool::run_lock`, before it bumps `generation`
-// (Release) and while no worker reads it; workers read it only after observing the new generation (Acquire) and
-// finish with it before decrementing `remaining`, which the publisher waits for before the job goes out of scope.
+// SAFETY: `job` is written only by the thread holding `ThreadPool::run_lock`, before it bumps `generation`, and
+// only while no worker is inside a job (`active == 0` after the previous generation was closed). A worker reads it
+// only after incrementing `active` and checking that the generation it saw is current and not closed (all SeqCst,
+// so the publisher either sees the worker in `active` and waits, or the worker sees the job closed and skips it).
 unsafe impl Sync for Shared {}
 // SAFETY: the raw job pointer is only dereferenced under the protocol above.
 unsafe impl Send for Shared {}
@@ -51,8 +57,9 @@ impl ThreadPool {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
-            remaining: AtomicUsize::new(0),
             n_sleeping: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -74,31 +81,32 @@ impl ThreadPool {
         self.n_threads
     }
 
-    /// Runs `f(i)` for every thread index `i` in `0..n_threads`, the caller taking index 0; returns when all are
-    /// done.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// Runs `f(0)` on the caller and `f(i)` on every worker `i` that starts before the caller finishes; returns
+    /// when the caller is done and no worker is still inside `f`. `f` must therefore share its work dynamically
+    /// (as [`ThreadPool::for_chunks`] does): a worker may not run it at all.
+    fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n_threads == 1 {
             f(0);
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
-        // SAFETY: only the holder of run_lock writes `job`, and no worker reads it until the generation changes.
-        // The lifetime is erased; the pointer is not used after this function returns, because we wait below
-        // for every worker to finish the job.
+        // SAFETY: we hold run_lock and the previous job is closed with no worker inside it (see below), so no
+        // worker reads `job` now. The lifetime is erased; the pointer is not used after this function returns,
+        // because we close the generation and wait for `active == 0` before returning.
         unsafe {
             let ptr: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
             *shared.job.get() = Some(ptr);
         }
-        shared.remaining.store(self.n_threads - 1, Ordering::Relaxed);
-        shared.generation.fetch_add(1, Ordering::SeqCst);
+        let gen = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if shared.n_sleeping.load(Ordering::SeqCst) > 0 {
             let _l = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
             shared.wake.notify_all();
         }
         f(0);
+        shared.closed.store(gen, Ordering::SeqCst);
         let mut spins = 0u32;
-        while shared.remaining.load(Ordering::Acquire) != 0 {
+        while shared.active.load(Ordering::SeqCst) != 0 {
             spins += 1;
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
@@ -108,8 +116,8 @@ impl ThreadPool {
         }
     }
 
-    /// Splits `0..n` into chunks of `chunk` items (the last may be shorter) and runs `f` on each, spreading the
-    /// chunks over the threads dynamically.
+    /// Splits `0..n` into chunks of `chunk` items (the last may be shorter) and runs `f` on each exactly once,
+    /// spreading the chunks over the threads dynamically.
     pub fn for_chunks(&self, n: usize, chunk: usize, f: &(dyn Fn(Range<usize>) + Sync)) {
         self.for_chunks_indexed(n, chunk, &|_, r| f(r));
     }
@@ -149,16 +157,21 @@ fn worker(shared: Arc<Shared>, index: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
-        loop {
+        let gen = loop {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            if shared.generation.load(Ordering::Acquire) != seen {
-                break;
+            let g = shared.generation.load(Ordering::SeqCst);
+            if g != seen {
+                break g;
             }
             spins += 1;
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
+                continue;
+            }
+            if spins < SPIN_ITERS + YIELD_ITERS {
+                std::thread::yield_now();
                 continue;
             }
             let guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,14 +184,17 @@ fn worker(shared: Arc<Shared>, index: usize) {
                 .unwrap_or_else(|e| e.into_inner());
             shared.n_sleeping.fetch_sub(1, Ordering::SeqCst);
             spins = 0;
+        };
+        seen = gen;
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        if shared.generation.load(Ordering::SeqCst) == gen && shared.closed.load(Ordering::SeqCst) < gen {
+            // SAFETY: generation `gen` is current and not closed, and we are counted in `active`, so the publisher
+            // keeps the job alive until we leave (see `Shared`).
+            let job = unsafe { (*shared.job.get()).expect("job published with the generation") };
+            // SAFETY: as above.
+            unsafe { (*job)(index) };
         }
-        seen = shared.generation.load(Ordering::Acquire);
-        // SAFETY: the publisher stored the job before bumping the generation we observed (Acquire), and keeps it
-        // alive until `remaining` reaches zero, which happens only after this call returns.
-        let job = unsafe { (*shared.job.get()).expect("job published with the generation") };
-        // SAFETY: see above: the pointee outlives this call.
-        unsafe { (*job)(index) };
-        shared.remaining.fetch_sub(1, Ordering::AcqRel);
+        shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -238,12 +254,15 @@ mod tests {
     }
 
     #[test]
-    fn run_gives_each_thread_its_index() {
+    fn every_thread_index_is_in_range_and_used_once_per_job() {
         let pool = ThreadPool::new(4);
-        let seen: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
-        pool.run(&|i| {
-            seen[i].fetch_add(1, Ordering::Relaxed);
-        });
-        assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1));
+        for _ in 0..100 {
+            let seen: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(&|i| {
+                seen[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(seen[0].load(Ordering::Relaxed), 1, "the caller always runs");
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) <= 1));
+        }
     }
 }
