@@ -7,6 +7,7 @@ mod bench;
 mod inspect;
 mod logits;
 mod run;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure prompt and decode speed (and, given a llama.cpp build, compare with llama-bench).
     Bench(bench::BenchArgs),
+    /// Write a Qwen3-MoE GGUF with random weights (qwen3-30b-a3b, coder-next-like, small, tiny) for tests and
+    /// benchmarks; flash-moe and llama.cpp both run it.
+    Synth(synth::SynthArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Logits(a) => logits::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Synth(a) => synth::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
