@@ -26,8 +26,8 @@ pub struct SynthArgs {
     /// Seed: the same seed, shape and quantization give the same bytes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Router skew: 0 spreads tokens evenly over experts; 0.5 mild, 1 strong popularity of a few experts per
-    /// layer (router rows scaled by (1 + rank)^-skew).
+    /// Router skew: 0 spreads tokens evenly over experts; larger values make a few experts per layer more
+    /// popular (router rows scaled by (1 + rank)^-skew; 1 mild, 2 stronger).
     #[arg(long, default_value_t = 0.0)]
     pub skew: f32,
     /// Override the shape's layer count (quick tests of the big shapes).

@@ -11,8 +11,8 @@
 //! Tensor by tensor, in chunks of about [`CHUNK_BYTES`]: the calling thread fills a chunk (rows split over
 //! scoped threads) while a writer thread writes the previous one through [`GgufWriter`]; at most a few chunks
 //! are in flight, so memory stays bounded (tens of MB) whatever the model size. Weights: see [`weights`]
-//! (dense tensors fully random and quantized with [`Kernels::quantize_row`]; expert rows drawn from pools of
-//! random quantized rows). The tokenizer is a synthetic byte-level BPE (see [`vocab`]).
+//! (norms and the router fully random; every matrix row drawn from a pool of random rows quantized with
+//! [`Kernels::quantize_row`]). The tokenizer is a synthetic byte-level BPE (see [`vocab`]).
 //!
 //! Must not: hold a whole tensor in memory, or depend on the thread count for its output (same seed, same
 //! bytes).
@@ -99,21 +99,22 @@ impl Shape {
     }
 
     pub fn params(self) -> ShapeParams {
-        let p = |n_layer, n_embd, n_head, n_head_kv, head_dim, n_expert, n_expert_used, n_ff_exp, n_ff, n_vocab, ctx| {
-            ShapeParams {
-                n_layer,
-                n_embd,
-                n_head,
-                n_head_kv,
-                head_dim,
-                n_expert,
-                n_expert_used,
-                n_ff_exp,
-                n_ff,
-                n_vocab,
-                n_ctx_train: ctx,
-            }
-        };
+        let p =
+            |n_layer, n_embd, n_head, n_head_kv, head_dim, n_expert, n_expert_used, n_ff_exp, n_ff, n_vocab, ctx| {
+                ShapeParams {
+                    n_layer,
+                    n_embd,
+                    n_head,
+                    n_head_kv,
+                    head_dim,
+                    n_expert,
+                    n_expert_used,
+                    n_ff_exp,
+                    n_ff,
+                    n_vocab,
+                    n_ctx_train: ctx,
+                }
+            };
         match self {
             Shape::Qwen3_30bA3b => p(48, 2048, 32, 4, 128, 128, 8, 768, 6144, 151_936, 40_960),
             Shape::CoderNextLike => p(48, 2048, 16, 2, 256, 512, 10, 512, 5120, 151_936, 262_144),
@@ -173,7 +174,8 @@ impl QuantMix {
             return DType::F32;
         }
         // llama-quant.cpp's use_more_bits.
-        let more_bits = layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer as i64 - (n_layer / 8) as i64) % 3 == 2;
+        let more_bits =
+            layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer as i64 - (n_layer / 8) as i64) % 3 == 2;
         match self {
             QuantMix::F16 => DType::F16,
             QuantMix::Q8_0 => DType::Q8_0,
@@ -321,7 +323,9 @@ pub struct SynthOptions {
     pub shape_name: String,
     pub quant: QuantMix,
     pub seed: u64,
-    /// Router popularity skew: 0 spreads tokens evenly; 0.5 is mild, 1 strong (see `router_scales`).
+    /// Router popularity skew: 0 spreads tokens evenly; larger values scale the router row of the expert of
+    /// popularity rank r (per layer) by (1 + r)^-skew, so a few experts are chosen more often (see
+    /// `weights::router_scales`; 1 is mild, 2 stronger).
     pub skew: f32,
     pub n_threads: usize,
 }
@@ -407,19 +411,27 @@ fn metadata(o: &SynthOptions) -> Result<Vec<(String, GgufValue)>> {
     ])
 }
 
-/// The row source and seed of tensor `t`; expert tensors borrow a pool from `pools`.
-fn source<'a>(t: &PlannedTensor, o: &SynthOptions, pools: &'a HashMap<(DType, usize), RowPool>) -> RowSource<'a> {
-    let sigma = 1.0 / (t.cols() as f32).sqrt();
-    match t.kind {
-        // Unit-variance embeddings: the residual stream starts at RMS ~1, the scale of every block's output.
-        Kind::TokenEmbd => RowSource::Gaussian { sigma: 1.0 },
-        k if k.is_f32() && k != Kind::FfnGateInp => RowSource::Norm,
-        Kind::FfnGateInp => RowSource::Scaled {
-            sigma,
+/// The pool a matrix's rows come from: (type, row length, bits of sigma); `None` for norms and the router.
+type PoolKey = (DType, usize, u32);
+
+fn pool_key(t: &PlannedTensor) -> Option<PoolKey> {
+    if t.kind.is_f32() {
+        return None;
+    }
+    // Unit-variance embeddings: the residual stream starts at RMS ~1, the scale of every block's output.
+    let sigma = if t.kind == Kind::TokenEmbd { 1.0 } else { 1.0 / (t.cols() as f32).sqrt() };
+    Some((t.dtype, t.cols(), sigma.to_bits()))
+}
+
+/// The row source of tensor `t`; matrices borrow their pool from `pools`.
+fn source<'a>(t: &PlannedTensor, o: &SynthOptions, pools: &'a HashMap<PoolKey, RowPool>) -> RowSource<'a> {
+    match (t.kind, pool_key(t)) {
+        (Kind::FfnGateInp, _) => RowSource::Scaled {
+            sigma: 1.0 / (t.cols() as f32).sqrt(),
             scales: router_scales(o.shape.n_expert, o.skew, o.seed ^ mix64(0x5EED ^ t.layer.unwrap_or(0) as u64)),
         },
-        k if k.is_expert() => RowSource::Pooled(&pools[&(t.dtype, t.cols())]),
-        _ => RowSource::Gaussian { sigma },
+        (_, Some(key)) => RowSource::Pooled(&pools[&key]),
+        (_, None) => RowSource::Norm,
     }
 }
 
@@ -439,7 +451,7 @@ pub fn write(path: &Path, o: &SynthOptions, progress: &mut dyn FnMut(&SynthProgr
     let data_total: u64 = tensors.iter().map(|t| t.bytes().next_multiple_of(GGUF_DEFAULT_ALIGNMENT)).sum();
     let bytes_total = header_bytes + data_total;
     let written = AtomicU64::new(header_bytes);
-    let mut pools: HashMap<(DType, usize), RowPool> = HashMap::new();
+    let mut pools: HashMap<PoolKey, RowPool> = HashMap::new();
 
     let (tx, rx) = sync_channel::<Vec<u8>>(2);
     let written = &written;
@@ -455,10 +467,11 @@ pub fn write(path: &Path, o: &SynthOptions, progress: &mut dyn FnMut(&SynthProgr
         });
         let gen = (|| -> Result<()> {
             for (i, t) in tensors.iter().enumerate() {
-                if t.kind.is_expert() && !pools.contains_key(&(t.dtype, t.cols())) {
-                    let seed = o.seed ^ mix64(hash_name(t.dtype.name()) ^ t.cols() as u64);
-                    let sigma = 1.0 / (t.cols() as f32).sqrt();
-                    pools.insert((t.dtype, t.cols()), RowPool::new(&k, t.dtype, t.cols(), sigma, seed, o.n_threads));
+                if let Some(key @ (dtype, cols, sigma)) = pool_key(t) {
+                    pools.entry(key).or_insert_with(|| {
+                        let seed = o.seed ^ mix64(hash_name(dtype.name()) ^ mix64(cols as u64) ^ u64::from(sigma));
+                        RowPool::new(&k, dtype, cols, f32::from_bits(sigma), seed, o.n_threads)
+                    });
                 }
                 let src = source(t, o, &pools);
                 let seed = mix64(o.seed) ^ hash_name(&t.name) ^ mix64(i as u64);

@@ -43,7 +43,8 @@ pub(crate) fn build(n_vocab: usize) -> Result<Vocab> {
     let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
     let mut merges = Vec::with_capacity(n_merges);
     let letters: Vec<char> = ('a'..='z').collect();
-    let mut frontier: Vec<String> = std::iter::once(byte_char(b' ')).chain(letters.iter().copied()).map(String::from).collect();
+    let mut frontier: Vec<String> =
+        std::iter::once(byte_char(b' ')).chain(letters.iter().copied()).map(String::from).collect();
     'levels: while merges.len() < n_merges {
         let mut next = Vec::with_capacity(frontier.len() * letters.len());
         for left in &frontier {

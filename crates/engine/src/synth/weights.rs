@@ -4,14 +4,15 @@
 //! Every row is a pure function of (seed, tensor, row index), so the output does not depend on the number of
 //! threads or on the chunking.
 //!
-//! # Why experts come from a pool
-//! Quantizing with the k-quant reference quantizers costs ~20-40 ns per value per core; a 30B-parameter model
-//! would take 10+ minutes on 2 cores, while the disk takes about 1.5 minutes. So dense tensors (embeddings,
-//! attention, router, norms) are fully random, but each expert row is copied from a pool of
-//! [`POOL_ROWS`] fully random quantized rows (one pool per row length and type), chosen by a hash of
-//! (tensor, row) and rotated by a hashed number of whole blocks. Rotating blocks keeps every block valid; two
-//! experts share a given row with probability 1 / (`POOL_ROWS` x blocks per row), so experts are distinct
-//! (a cache that served the wrong expert would change the logits) at memcpy speed.
+//! # Why matrix rows come from a pool
+//! The k-quant reference quantizers run at about 5-10 M values/s per core here (Q4_K searches 20 scales per
+//! 32 values): quantizing the 30 G values of a 30B model would take an hour on 2 cores, while the disk takes
+//! about 1.5 minutes. So only the norms and the router (F32, small) are fully random; each row of every
+//! matrix (embeddings, attention, experts, output) is copied from a pool of [`POOL_ROWS`] fully random
+//! quantized rows (one pool per type, row length and sigma), chosen by a hash of (tensor, row) and rotated by
+//! a hashed number of whole blocks. Rotating blocks keeps every block valid; two experts share a given row
+//! with probability 1 / (`POOL_ROWS` x blocks per row), so experts are distinct (a cache that served the
+//! wrong expert would change the logits), at memcpy speed.
 
 use kernels::{DType, Kernels};
 
@@ -60,7 +61,7 @@ impl Rng {
 
 /// How the rows of one tensor are made.
 pub(crate) enum RowSource<'a> {
-    /// N(0, sigma) values, quantized to the tensor's type.
+    /// N(0, sigma) values, quantized to the tensor's type (the pools' rows).
     Gaussian { sigma: f32 },
     /// `1 + 0.1 N(0, 1)`: RMSNorm weights.
     Norm,
