@@ -74,9 +74,11 @@ fn shapes_help() -> String {
     for shape in Shape::ALL {
         s += &format!("  {}: {}\n", shape.name(), shape.about());
     }
-    s += "Weights: dense tensors are random N(0, 1/sqrt(fan_in)) quantized with flash-moe's reference quantizers; \
-          expert rows are drawn from pools of 4096 such rows, rotated by whole blocks (fast, and every expert \
-          distinct). Tokenizer: a synthetic byte-level BPE (gpt2 model, qwen2 pre-tokenizer).";
+    s += "Weights: norms (1 + 0.1 N(0,1)) and the F32 router are fully random; every row of every matrix \
+          (embeddings, attention, experts, output) is copied from a pool of 4096 random N(0, 1/sqrt(row length)) (embeddings N(0, 1)) \
+          rows quantized with flash-moe's reference quantizers, picked by a hash of (seed, tensor, row) and \
+          rotated by whole blocks: disk-speed generation, and every expert distinct. Tokenizer: a synthetic \
+          byte-level BPE (gpt2 model, qwen2 pre-tokenizer, ChatML template).";
     s
 }
 
