@@ -20,7 +20,7 @@ pub(crate) struct Vocab {
     pub pad_id: u32,
 }
 
-/// Control tokens at the end of the vocabulary: (text, role).
+/// Control tokens at the end of the vocabulary: BOS and padding, (unused), EOS.
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 
 /// GPT-2's byte -> char table (`bytes_to_unicode`).
