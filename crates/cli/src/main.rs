@@ -8,6 +8,7 @@ mod diskbench;
 mod inspect;
 mod logits;
 mod run;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure the disk's random direct-read bandwidth for expert-sized reads.
     Diskbench(diskbench::DiskbenchArgs),
+    /// Write a Qwen3-MoE GGUF with random weights (qwen3-30b-a3b, coder-next-like, small, tiny) for tests and
+    /// benchmarks; flash-moe and llama.cpp both run it.
+    Synth(synth::SynthArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Diskbench(a) => diskbench::main(a),
+        Command::Synth(a) => synth::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod pool;
 pub mod sample;
 pub mod session;
+pub mod synth;
 pub mod tensor;
 pub mod tokenizer;
 
