@@ -12,7 +12,13 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     align: usize,
+    /// Mapped with mmap (large buffers: zero pages cost nothing until touched) rather than allocated.
+    mapped: bool,
 }
+
+/// Buffers at least this large are mapped directly, so untouched parts (an expert cache's empty slots) take no
+/// memory: the allocator would zero them with memset for a large alignment.
+const MMAP_MIN: usize = 1 << 20;
 
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
@@ -27,14 +33,34 @@ impl AlignedBuf {
     /// A zeroed buffer with a given power-of-two alignment (4096 for direct I/O).
     pub fn zeroed_aligned(len: usize, align: usize) -> AlignedBuf {
         if len == 0 {
-            return AlignedBuf { ptr: NonNull::dangling(), len: 0, align: ALIGN };
+            return AlignedBuf { ptr: NonNull::dangling(), len: 0, align: ALIGN, mapped: false };
+        }
+        if len >= MMAP_MIN && align <= 4096 {
+            // SAFETY: an anonymous private mapping; no file or existing memory is involved.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                if let Some(ptr) = NonNull::new(p as *mut u8) {
+                    return AlignedBuf { ptr, len, align: 4096, mapped: true };
+                }
+            }
+            let layout = Layout::from_size_align(len, align.max(ALIGN)).expect("buffer layout");
+            std::alloc::handle_alloc_error(layout);
         }
         let align = align.max(ALIGN);
         let layout = Layout::from_size_align(len, align).expect("buffer layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        AlignedBuf { ptr, len, align }
+        AlignedBuf { ptr, len, align, mapped: false }
     }
 
     pub fn len(&self) -> usize {
@@ -63,7 +89,10 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len != 0 {
+        if self.mapped {
+            // SAFETY: the mapping of exactly this address and length made in `zeroed_aligned`.
+            unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+        } else if self.len != 0 {
             let layout = Layout::from_size_align(self.len, self.align).expect("buffer layout");
             // SAFETY: allocated in `zeroed_aligned` with exactly this layout.
             unsafe { dealloc(self.ptr.as_ptr(), layout) };
