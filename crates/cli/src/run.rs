@@ -73,7 +73,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         (None, None) => bail!("no prompt: give one with -p TEXT or -f FILE"),
     };
     if text.is_empty() {
-        return Err(engine::Error::EmptyPrompt.into());
+        bail!("the prompt is empty: give some text with -p TEXT or -f FILE");
     }
     let index = WeightIndex::open(&a.model.model)?;
     let tokenizer = generate::load_tokenizer(&index)?;
