@@ -249,8 +249,15 @@ fn logits_token_out_of_vocabulary() {
     let dir = temp_dir("logits_token_out_of_vocabulary");
     let out = dir.join("l.npy");
     let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "--tokens", "1,4000000000", "-o", s(&out)]);
-    assert_fails(&res, &["token id 4000000000", "outside the vocabulary"]);
+    assert_fails(&res, &["--tokens", s(&moe_gguf()), "token id 4000000000 is outside the vocabulary (size 320)"]);
     assert!(!out.exists(), "no output file after an error");
+}
+
+#[test]
+fn logits_tokens_longer_than_context() {
+    let dir = temp_dir("logits_tokens_longer_than_context");
+    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "-c", "2", "--tokens", "1,2,3", "-o", s(&dir.join("l.npy"))]);
+    assert_fails(&res, &["the prompt has 3 tokens but the context holds 2", "--ctx-size"]);
 }
 
 #[test]
