@@ -51,15 +51,25 @@ impl ModelArgs {
     pub fn n_threads(&self) -> usize {
         self.threads.unwrap_or_else(engine::pool::physical_cores).max(1)
     }
+
+    /// Rejects a thread count above the logical CPUs: the pool's workers spin, so extra threads only steal time
+    /// from each other (`-t 1000` on 2 CPUs takes minutes for a few tokens).
+    fn check(&self) -> anyhow::Result<()> {
+        let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
+            anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => run::main(a),
-        Command::Logits(a) => logits::main(a),
+        Command::Run(a) => a.model.check().and_then(|()| run::main(a)),
+        Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),
         Command::Inspect(a) => inspect::main(a),
-        Command::Bench(a) => bench::main(a),
+        Command::Bench(a) => a.model.check().and_then(|()| bench::main(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -333,3 +333,22 @@ fn contradictory_config_json() {
         assert_fails(&flash_moe(&["run", "-m", s(&dir), "-p", "hi"]), &[s(&dir), msg]);
     }
 }
+
+#[test]
+fn bad_sampling_and_thread_arguments() {
+    let m = moe_gguf();
+    for (flag, value, msg) in [
+        ("--temp", "nan", "--temp NaN: must be a finite number of at least 0"),
+        ("--temp", "-1", "--temp -1: must be a finite number of at least 0"),
+        ("--top-p", "1.5", "--top-p 1.5: must be between 0 and 1"),
+        ("--min-p", "inf", "--min-p inf: must be between 0 and 1"),
+        ("--repeat-penalty", "0", "--repeat-penalty 0: must be a finite number above 0"),
+        ("--frequency-penalty", "nan", "--frequency-penalty NaN: must be a finite number"),
+        ("-t", "100000", "-t 100000: this machine has"),
+    ] {
+        assert_fails(&flash_moe(&["run", "-m", s(&m), "-p", "hi", "-n", "1", flag, value]), &[msg]);
+    }
+    // Negative penalties are allowed (they favour repeats), and parse as numbers, not flags.
+    let out = flash_moe(&["run", "-m", s(&m), "-p", "hi", "-n", "1", "-t", "1", "--presence-penalty", "-0.5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
