@@ -32,7 +32,12 @@ fn temp_dir(test: &str) -> PathBuf {
 }
 
 fn flash_moe(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("FLASH_MOE_TAPS", "").output().expect("run flash-moe")
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FLASH_MOE_TAPS")
+        .env_remove("FLASH_MOE_TAPS_DIR")
+        .output()
+        .expect("run flash-moe")
 }
 
 fn s(p: &Path) -> &str {
