@@ -185,7 +185,16 @@ fn shape_contradicts_config() {
         _ => Some(v.clone()),
     };
     rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
-    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &[s(&path), "has shape", "model config implies"]);
+    let needles = [s(&path), "tensor 'token_embd.weight' has shape [320, 64], but the model config implies [320, 128]"];
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+    // Twice the heads: attn_q must have twice the rows.
+    let edit = |k: &str, v: &GgufValue| match (k, v) {
+        ("qwen3moe.attention.head_count", GgufValue::U32(n)) => Some(GgufValue::U32(n * 2)),
+        _ => Some(v.clone()),
+    };
+    rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
+    let needles = [s(&path), "tensor 'blk.0.attn_q.weight' has shape [64, 64], but the model config implies [128, 64]"];
+    assert_fails(&flash_moe(&["logits", "-m", s(&path), "--tokens", "1", "-o", s(&dir.join("l.npy"))]), &needles);
 }
 
 #[test]
