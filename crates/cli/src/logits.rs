@@ -43,14 +43,21 @@ pub fn main(a: LogitsArgs) -> Result<()> {
     let tokens = parse_tokens(&a.tokens)?;
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.model.ctx_size.unwrap_or(tokens.len());
+    if tokens.len() > n_ctx {
+        return Err(engine::Error::PromptTooLong { n_tokens: tokens.len(), n_ctx }.into());
+    }
     let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
-    let mut session = model.new_session(n_ctx);
     let n_vocab = model.info.n_vocab;
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= n_vocab) {
+        let err = engine::Error::TokenOutOfRange { id, n_vocab };
+        return Err(anyhow::Error::new(err).context(format!("--tokens (model {})", a.model.model.display())));
+    }
+    let mut session = model.new_session(n_ctx);
     let mut all = Vec::with_capacity(tokens.len() * n_vocab);
     if a.one_by_one {
         for &t in &tokens {

@@ -106,25 +106,51 @@ impl ModelArgs {
         };
         Ok(LoadOptions { progress: true, experts })
     }
+
+    /// Rejects a thread count above the logical CPUs: the pool's workers spin, so extra threads only steal time
+    /// from each other (`-t 1000` on 2 CPUs takes minutes for a few tokens).
+    fn check(&self) -> anyhow::Result<()> {
+        let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
+            anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => run::main(a),
-        Command::Logits(a) => logits::main(a),
+        Command::Run(a) => a.model.check().and_then(|()| run::main(a)),
+        Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),
         Command::Inspect(a) => inspect::main(a),
-        Command::Bench(a) => bench::main(a),
+        Command::Bench(a) => a.model.check().and_then(|()| bench::main(a)),
         Command::Diskbench(a) => diskbench::main(a),
         Command::Synth(a) => synth::main(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", like `{e:#}`, but without a cause that the message before it already
+/// ends with (the engine's `Io` error prints its source itself: "path: No such file or directory").
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Peak resident set size of this process in bytes (VmHWM), if the kernel reports it.

@@ -33,27 +33,27 @@ pub struct RunArgs {
     #[arg(long = "system", requires = "chat")]
     pub system: Option<String>,
     /// Sampling temperature; 0 means greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     pub temp: f32,
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long = "top-k", default_value_t = 40)]
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95)]
+    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than min-p times the most likely one (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05)]
+    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise repeats of the last --repeat-last-n tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long = "repeat-last-n", default_value_t = 64)]
     pub repeat_last_n: usize,
     /// Subtract this from the logit of every token already present (0 = off).
-    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    #[arg(long = "presence-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
     pub presence_penalty: f32,
     /// Subtract this times the count of every token already present (0 = off).
-    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Random seed [default: random].
     #[arg(short = 's', long = "seed")]
@@ -69,14 +69,39 @@ pub struct RunArgs {
     pub stats_json: Option<std::path::PathBuf>,
 }
 
+/// Rejects sampling parameters that are NaN, infinite or outside their range.
+fn check_sampling(a: &RunArgs) -> Result<()> {
+    let ranges = [
+        ("--temp", a.temp, 0.0, f32::MAX),
+        ("--top-p", a.top_p, 0.0, 1.0),
+        ("--min-p", a.min_p, 0.0, 1.0),
+        ("--repeat-penalty", a.repeat_penalty, f32::MIN_POSITIVE, f32::MAX),
+        ("--presence-penalty", a.presence_penalty, f32::MIN, f32::MAX),
+        ("--frequency-penalty", a.frequency_penalty, f32::MIN, f32::MAX),
+    ];
+    for (flag, v, lo, hi) in ranges {
+        if !(lo..=hi).contains(&v) {
+            let range = match (lo, hi) {
+                (f32::MIN, f32::MAX) => "a finite number".to_string(),
+                (_, f32::MAX) if lo > 0.0 => "a finite number above 0".to_string(),
+                (_, f32::MAX) => format!("a finite number of at least {lo}"),
+                _ => format!("between {lo} and {hi}"),
+            };
+            bail!("{flag} {v}: must be {range}");
+        }
+    }
+    Ok(())
+}
+
 pub fn main(a: RunArgs) -> Result<()> {
+    check_sampling(&a)?;
     let text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
         (None, None) => bail!("no prompt: give one with -p TEXT or -f FILE"),
     };
     if text.is_empty() {
-        return Err(engine::Error::EmptyPrompt.into());
+        bail!("the prompt is empty: give some text with -p TEXT or -f FILE");
     }
     let index = WeightIndex::open(&a.model.model)?;
     let tokenizer = generate::load_tokenizer(&index)?;

@@ -40,7 +40,10 @@ pub fn load_tokenizer(index: &WeightIndex) -> Result<Tokenizer> {
                 add_eos: m.get_bool("tokenizer.ggml.add_eos_token"),
                 chat_template: m.get_str("tokenizer.chat_template").map(str::to_string),
             };
-            Tokenizer::from_gguf(data)
+            Tokenizer::from_gguf(data).map_err(|e| match e {
+                Error::Tokenizer(msg) => Error::Tokenizer(format!("{}: {msg}", index.path.display())),
+                e => e,
+            })
         }
         Metadata::HfConfig { dir, .. } => {
             let path = dir.join("tokenizer.json");

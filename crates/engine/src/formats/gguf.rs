@@ -181,7 +181,8 @@ impl RawTensor {
                 Ok(TensorInfo { name: self.name, dtype: self.dtype, shape, file: 0, offset, len })
             }
             _ => Err(err(format!(
-                "truncated file: data at offset {} + {} of {len} bytes ends past the end of the file ({file_len} bytes)",
+                "truncated file: its {len} bytes of data at offset {} + {} end past the end of the file ({file_len} \
+                 bytes); the file is incomplete: download or convert it again",
                 md.data_offset, self.rel_offset
             ))),
         }
@@ -237,10 +238,11 @@ impl<R: Read> Header<'_, R> {
     fn check_count(&self, n: u64, min_bytes: u64, what: &str) -> Result<()> {
         if n.checked_mul(min_bytes).is_none_or(|b| b > self.remaining()) {
             return Err(self.err(format!(
-                "corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the file (or the \
-                 header limit of {GGUF_HEADER_BYTES_MAX})",
+                "truncated file or corrupt header: {n} {what} at byte {} cannot fit in the {} bytes left in the \
+                 file of {} bytes (or the header limit of {GGUF_HEADER_BYTES_MAX})",
                 self.pos,
-                self.remaining()
+                self.remaining(),
+                self.file_len
             )));
         }
         Ok(())
@@ -250,11 +252,12 @@ impl<R: Read> Header<'_, R> {
         let len = self.u64("a string length")?;
         if len > self.remaining() || len > GGUF_STRING_BYTES_MAX {
             return Err(self.err(format!(
-                "corrupt header: {} at byte {} has length {len}, more than the {} bytes left in the file (or the \
-                 header limit) or the string limit of {GGUF_STRING_BYTES_MAX}",
+                "truncated file or corrupt header: {} at byte {} has length {len}, more than the {} bytes left in \
+                 the file of {} bytes (or the header limit) or the string limit of {GGUF_STRING_BYTES_MAX}",
                 what(),
                 self.pos,
-                self.remaining()
+                self.remaining(),
+                self.file_len
             )));
         }
         let mut buf = vec![0u8; len as usize];

@@ -43,9 +43,17 @@ pub fn open_file(path: &Path) -> Result<WeightIndex> {
 
 /// Opens a model directory: `model.safetensors.index.json` (sharded) or `model.safetensors`, and `config.json`.
 pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
-    let config = read_config(dir)?;
     let index_path = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
+    // Weights first: a directory without them is the wrong directory, whatever else it holds.
+    if !index_path.is_file() && !single.is_file() {
+        return Err(Error::format(
+            dir,
+            "no model.safetensors or model.safetensors.index.json in this directory: give a model directory, a \
+             .safetensors file or a .gguf file",
+        ));
+    }
+    let config = read_config(dir)?;
     let mut index = Builder::default();
     if index_path.is_file() {
         let weight_map = read_weight_map(&index_path)?;
@@ -71,10 +79,8 @@ pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
                 ));
             }
         }
-    } else if single.is_file() {
-        index.add_file(&single)?;
     } else {
-        return Err(Error::format(dir, "no model.safetensors or model.safetensors.index.json in this directory"));
+        index.add_file(&single)?;
     }
     index.finish(dir, config, dir)
 }

@@ -37,19 +37,19 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
     let n_layer = hp.usize("block_count", "num_hidden_layers")?;
     let n_head = hp.usize("attention.head_count", "num_attention_heads")?;
-    let n_head_kv = hp.usize_opt("attention.head_count_kv", "num_key_value_heads").unwrap_or(n_head);
-    let head_dim = hp.usize_opt("attention.key_length", "head_dim").unwrap_or(n_embd / n_head.max(1));
+    let n_head_kv = hp.usize_opt("attention.head_count_kv", "num_key_value_heads")?.unwrap_or(n_head);
+    let head_dim = hp.usize_opt("attention.key_length", "head_dim")?.unwrap_or(n_embd / n_head.max(1));
     check_shape(&hp, n_embd, n_layer, n_head, n_head_kv, head_dim)?;
     refuse_rope_scaling(&hp)?;
     if ld.has("rope_freqs", None) {
         return Err(hp.error("rope_freqs (Llama 3.1 RoPE scaling) is not supported yet"));
     }
-    let n_vocab = match hp.usize_opt("vocab_size", "vocab_size") {
+    let n_vocab = match hp.usize_opt("vocab_size", "vocab_size")? {
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
-    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps").unwrap_or(1e-5);
-    let n_expert = hp.usize_opt("expert_count", "num_local_experts").unwrap_or(0);
+    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-5);
+    let n_expert = hp.usize_opt("expert_count", "num_local_experts")?.unwrap_or(0);
     let moe = if n_expert > 0 {
         let n_expert_used = hp.usize("expert_used_count", "num_experts_per_tok")?;
         Some(MoeRouting { n_expert, n_expert_used, norm_topk_prob: true })
@@ -61,14 +61,14 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
         n_vocab,
         n_embd,
         n_layer,
-        n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings").unwrap_or(4096),
+        n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings")?.unwrap_or(4096),
         rms_eps,
         attn: AttentionShape {
             n_head,
             n_head_kv,
             head_dim,
             norm_eps: rms_eps,
-            rope: Rope::new(style, head_dim, hp.f32_opt("rope.freq_base", "rope_theta").unwrap_or(10_000.0)),
+            rope: Rope::new(style, head_dim, hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(10_000.0)),
         },
         n_ff: hp.usize("feed_forward_length", "intermediate_size")?,
         n_ff_exp: if moe.is_some() { hp.usize("expert_feed_forward_length", "intermediate_size")? } else { 0 },
@@ -115,13 +115,25 @@ pub(crate) fn check_shape(
         );
     }
     if n_layer > 4096 || n_head > 4096 || head_dim > 4096 {
-        return Err(hp.error("implausibly large model shape"));
+        return Err(hp.error(format!(
+            "implausibly large model shape: n_layer {n_layer}, n_head {n_head}, head_dim {head_dim} (at most 4096 each)"
+        )));
+    }
+    // Attention here uses one head size for keys and values.
+    if let Some(v_dim) = hp.usize_opt("attention.value_length", "")?.filter(|&v| v != head_dim) {
+        return Err(hp.error(format!(
+            "value head size {v_dim} differs from key head size {head_dim}, which flash-moe does not support"
+        )));
     }
     Ok(())
 }
 
-/// RoPE scaling (linear, YaRN, Llama 3) is not implemented: refuse rather than compute something else.
+/// RoPE scaling (linear, YaRN, Llama 3) is not implemented: refuse rather than compute something else. Also
+/// refuses a base frequency that is not a positive number.
 pub(crate) fn refuse_rope_scaling(hp: &Hparams<'_>) -> Result<()> {
+    if let Some(theta) = hp.f32_opt("rope.freq_base", "rope_theta")?.filter(|t| !(t.is_finite() && *t > 0.0)) {
+        return Err(hp.error(format!("RoPE base frequency {theta} must be a positive number")));
+    }
     if let Some(v) = hp.hf_value("rope_scaling") {
         let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
         if !v.is_null() && kind != "default" {

@@ -74,26 +74,40 @@ impl<'a> Hparams<'a> {
         format!("{}.{key}", self.arch)
     }
 
-    pub fn usize_opt(&self, gguf: &str, hf: &str) -> Option<usize> {
+    /// `Ok(None)` if the key is absent (or `null` in `config.json`); an error naming the key if its value is not
+    /// a non-negative integer.
+    pub fn usize_opt(&self, gguf: &str, hf: &str) -> Result<Option<usize>> {
         match &self.index.metadata {
-            Metadata::Gguf(m) => m.get_u64(&self.gguf_key(gguf)).map(|v| v as usize),
-            Metadata::HfConfig { .. } => self.json(hf).and_then(|v| v.as_u64()).map(|v| v as usize),
+            Metadata::Gguf(m) => m.opt_usize(&self.gguf_key(gguf)),
+            Metadata::HfConfig { .. } => match self.json(hf).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v.as_u64().and_then(|v| usize::try_from(v).ok()).map(Some).ok_or_else(|| {
+                    self.error(format!("config.json has \"{hf}\": {v}, expected a non-negative integer"))
+                }),
+            },
         }
     }
 
     pub fn usize(&self, gguf: &str, hf: &str) -> Result<usize> {
-        self.usize_opt(gguf, hf).ok_or_else(|| self.missing(gguf, hf))
+        self.usize_opt(gguf, hf)?.ok_or_else(|| self.missing(gguf, hf))
     }
 
-    pub fn f32_opt(&self, gguf: &str, hf: &str) -> Option<f32> {
+    /// Like [`Hparams::usize_opt`] for a number.
+    pub fn f32_opt(&self, gguf: &str, hf: &str) -> Result<Option<f32>> {
         match &self.index.metadata {
-            Metadata::Gguf(m) => m.get_f32(&self.gguf_key(gguf)),
-            Metadata::HfConfig { .. } => self.json(hf).and_then(|v| v.as_f64()).map(|v| v as f32),
+            Metadata::Gguf(m) => m.opt_f32(&self.gguf_key(gguf)),
+            Metadata::HfConfig { .. } => match self.json(hf).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(|v| Some(v as f32))
+                    .ok_or_else(|| self.error(format!("config.json has \"{hf}\": {v}, expected a number"))),
+            },
         }
     }
 
     pub fn f32(&self, gguf: &str, hf: &str) -> Result<f32> {
-        self.f32_opt(gguf, hf).ok_or_else(|| self.missing(gguf, hf))
+        self.f32_opt(gguf, hf)?.ok_or_else(|| self.missing(gguf, hf))
     }
 
     /// A `config.json` boolean (GGUF has no key for it).

@@ -124,5 +124,5 @@ pub fn architecture(index: &WeightIndex) -> Result<String> {
 /// The training context length the file declares, without loading the model.
 pub fn context_length(index: &WeightIndex) -> Option<usize> {
     let arch = architecture(index).ok()?;
-    Hparams::new(index, &arch).usize_opt("context_length", "max_position_embeddings")
+    Hparams::new(index, &arch).usize_opt("context_length", "max_position_embeddings").ok().flatten()
 }

@@ -64,19 +64,19 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
     let n_layer = hp.usize("block_count", "num_hidden_layers")?;
     let n_head = hp.usize("attention.head_count", "num_attention_heads")?;
-    let n_head_kv = hp.usize_opt("attention.head_count_kv", "num_key_value_heads").unwrap_or(n_head);
-    let head_dim = hp.usize_opt("attention.key_length", "head_dim").unwrap_or(n_embd / n_head.max(1));
-    let n_vocab = match hp.usize_opt("vocab_size", "vocab_size") {
+    let n_head_kv = hp.usize_opt("attention.head_count_kv", "num_key_value_heads")?.unwrap_or(n_head);
+    let head_dim = hp.usize_opt("attention.key_length", "head_dim")?.unwrap_or(n_embd / n_head.max(1));
+    let n_vocab = match hp.usize_opt("vocab_size", "vocab_size")? {
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
     super::llama::check_shape(hp, n_embd, n_layer, n_head, n_head_kv, head_dim)?;
     super::llama::refuse_rope_scaling(hp)?;
-    let rope_theta = hp.f32_opt("rope.freq_base", "rope_theta").unwrap_or(1_000_000.0);
+    let rope_theta = hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(1_000_000.0);
     // transformers 5 writes num_local_experts; the released Qwen3 configs say num_experts.
     let n_expert = hp
-        .usize_opt("expert_count", "num_experts")
-        .or_else(|| hp.usize_opt("expert_count", "num_local_experts"))
+        .usize_opt("expert_count", "num_experts")?
+        .or(hp.usize_opt("expert_count", "num_local_experts")?)
         .unwrap_or(0);
     let moe = if n_expert > 0 {
         let n_expert_used = hp.usize("expert_used_count", "num_experts_per_tok")?;
@@ -108,7 +108,7 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
                 .and_then(|v| v.as_array())
                 .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
                 .unwrap_or_default();
-            let step = hp.usize_opt("", "decoder_sparse_step").unwrap_or(1).max(1);
+            let step = hp.usize_opt("", "decoder_sparse_step")?.unwrap_or(1).max(1);
             Ok(!dense.contains(&(l as u64)) && (l + 1) % step == 0)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -117,13 +117,13 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
         n_vocab,
         n_embd,
         n_layer,
-        n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings").unwrap_or(4096),
-        rms_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps").unwrap_or(1e-6),
+        n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings")?.unwrap_or(4096),
+        rms_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
         attn: AttentionShape {
             n_head,
             n_head_kv,
             head_dim,
-            norm_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps").unwrap_or(1e-6),
+            norm_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
             rope: Rope::new(RopeStyle::Neox, head_dim, rope_theta),
         },
         n_ff: if any_dense { hp.usize("feed_forward_length", "intermediate_size")? } else { 0 },

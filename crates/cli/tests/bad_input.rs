@@ -1,0 +1,368 @@
+//! Bad input to the real `flash-moe` binary: every case must end with a non-zero exit code (not 101, a panic),
+//! no panic message, and an error on stderr that names the file (where there is one) and the problem.
+//!
+//! Broken model files are made in a temporary directory from the fixtures: cut short, with a wrong magic, a
+//! patched tensor type, a tensor left out, or edited metadata (rewritten with the engine's own GGUF writer).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engine::formats::gguf::{self, GgufValue};
+use engine::formats::gguf_writer::GgufWriter;
+use engine::formats::Metadata;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tiny Qwen3-MoE GGUF with a tokenizer in its metadata.
+fn moe_gguf() -> PathBuf {
+    fixtures().join("qwen3moe-h64/qwen3moe-h64-q8_0.gguf")
+}
+
+/// A fresh, empty directory for one test.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad_input").join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn flash_moe(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FLASH_MOE_TAPS")
+        .env_remove("FLASH_MOE_TAPS_DIR")
+        .output()
+        .expect("run flash-moe")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Asserts a clean failure: exit code 1-255 but not 101 (panic), no panic message, and stderr containing
+/// every one of `needles`. Returns stderr.
+#[track_caller]
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code();
+    assert!(code.is_some_and(|c| c != 0 && c != 101), "exit code {code:?}, stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    assert!(stderr.contains("error: "), "no error line:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+    eprintln!("{}", stderr.trim_end());
+    stderr
+}
+
+/// Copies a fixture GGUF to `dst` through the GGUF writer: metadata through `edit` (`None` drops a key), and
+/// only the tensors `keep` accepts.
+fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
+    keep: impl Fn(&str) -> bool,
+) {
+    let index = gguf::open(src).expect("open fixture");
+    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
+    let mut w = GgufWriter::create(dst).expect("create");
+    for (k, v) in md.iter() {
+        if let Some(v) = edit(k, v) {
+            w.add_kv(k, v).expect("add_kv");
+        }
+    }
+    let kept: Vec<_> = index.tensors.iter().filter(|t| keep(&t.name)).collect();
+    for t in &kept {
+        w.add_tensor(t.name.clone(), t.dtype, &t.shape).expect("add_tensor");
+    }
+    for t in &kept {
+        let mut buf = vec![0u8; t.len as usize];
+        index.read_tensor(t, &mut buf).expect("read fixture tensor");
+        w.write_tensor_data(&buf).expect("write tensor");
+    }
+    w.finish().expect("finish");
+}
+
+/// Sets the ggml type id of tensor `name` in a GGUF file's header.
+fn patch_tensor_type(path: &Path, name: &str, type_id: u32) {
+    let mut bytes = fs::read(path).expect("read");
+    let mut needle = (name.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(name.as_bytes());
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("tensor name in header");
+    let dims_at = at + needle.len();
+    let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().expect("4 bytes")) as usize;
+    let type_at = dims_at + 4 + 8 * n_dims;
+    bytes[type_at..type_at + 4].copy_from_slice(&type_id.to_le_bytes());
+    fs::write(path, bytes).expect("write");
+}
+
+/// A copy of the fixture GGUF cut to `len` bytes.
+fn truncated_gguf(dir: &Path, len: usize) -> PathBuf {
+    let bytes = fs::read(moe_gguf()).expect("read fixture");
+    assert!(len < bytes.len());
+    let path = dir.join("cut.gguf");
+    fs::write(&path, &bytes[..len]).expect("write");
+    path
+}
+
+#[test]
+fn fixture_runs() {
+    let out = flash_moe(&["run", "-m", s(&moe_gguf()), "-p", "hello", "-n", "4", "--temp", "0", "-t", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("decode"), "{stderr}");
+}
+
+#[test]
+fn truncated_in_header() {
+    let dir = temp_dir("truncated_in_header");
+    let index = gguf::open(&moe_gguf()).expect("fixture");
+    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
+    // In the counts, in the key/values (among the token strings), in the tensor infos.
+    let header_len = md.data_offset as usize;
+    for len in [10, 100, header_len / 2, header_len - 40] {
+        let path = truncated_gguf(&dir, len);
+        assert_fails(&flash_moe(&["inspect", s(&path)]), &[s(&path), "truncated file"]);
+        assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &[s(&path), "truncated file"]);
+    }
+}
+
+#[test]
+fn truncated_in_tensor_data() {
+    let dir = temp_dir("truncated_in_tensor_data");
+    let full = fs::metadata(moe_gguf()).expect("fixture").len() as usize;
+    let path = truncated_gguf(&dir, full - 1000);
+    assert_fails(&flash_moe(&["inspect", s(&path)]), &[s(&path), "truncated file", "past the end of the file"]);
+    assert_fails(
+        &flash_moe(&["run", "-m", s(&path), "-p", "hi"]),
+        &[s(&path), "truncated file", "past the end of the file"],
+    );
+}
+
+#[test]
+fn wrong_magic() {
+    let dir = temp_dir("wrong_magic");
+    let mut bytes = fs::read(moe_gguf()).expect("read fixture");
+    bytes[..4].copy_from_slice(b"GGML");
+    let path = dir.join("model.gguf");
+    fs::write(&path, bytes).expect("write");
+    assert_fails(&flash_moe(&["inspect", s(&path)]), &[s(&path), "not a GGUF file", "GGML"]);
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &[s(&path), "not a GGUF file"]);
+}
+
+#[test]
+fn unknown_tensor_type() {
+    let dir = temp_dir("unknown_tensor_type");
+    let path = dir.join("q2k.gguf");
+    fs::copy(moe_gguf(), &path).expect("copy");
+    patch_tensor_type(&path, "blk.0.attn_q.weight", 10);
+    let needles = [s(&path), "blk.0.attn_q.weight", "Q2_K", "does not support"];
+    assert_fails(&flash_moe(&["inspect", s(&path)]), &needles);
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = temp_dir("missing_tensor");
+    let path = dir.join("no_attn_q.gguf");
+    rewrite_gguf(&moe_gguf(), &path, |_, v| Some(v.clone()), |name| name != "blk.0.attn_q.weight");
+    let needles = [s(&path), "blk.0.attn_q.weight", "missing"];
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+    assert_fails(&flash_moe(&["logits", "-m", s(&path), "--tokens", "1,2", "-o", s(&dir.join("l.npy"))]), &needles);
+}
+
+#[test]
+fn shape_contradicts_config() {
+    let dir = temp_dir("shape_contradicts_config");
+    let path = dir.join("wide.gguf");
+    let edit = |k: &str, v: &GgufValue| match (k, v) {
+        ("qwen3moe.embedding_length", GgufValue::U32(n)) => Some(GgufValue::U32(n * 2)),
+        _ => Some(v.clone()),
+    };
+    rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
+    let needles = [s(&path), "tensor 'token_embd.weight' has shape [320, 64], but the model config implies [320, 128]"];
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+    // Twice the heads: attn_q must have twice the rows.
+    let edit = |k: &str, v: &GgufValue| match (k, v) {
+        ("qwen3moe.attention.head_count", GgufValue::U32(n)) => Some(GgufValue::U32(n * 2)),
+        _ => Some(v.clone()),
+    };
+    rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
+    let needles = [s(&path), "tensor 'blk.0.attn_q.weight' has shape [64, 64], but the model config implies [128, 64]"];
+    assert_fails(&flash_moe(&["logits", "-m", s(&path), "--tokens", "1", "-o", s(&dir.join("l.npy"))]), &needles);
+}
+
+#[test]
+fn unknown_gguf_architecture() {
+    let dir = temp_dir("unknown_gguf_architecture");
+    let path = dir.join("mamba9.gguf");
+    let edit = |k: &str, v: &GgufValue| match k {
+        "general.architecture" => Some(GgufValue::String("mamba9".into())),
+        _ => Some(v.clone()),
+    };
+    rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
+    let needles = [s(&path), "unknown architecture 'mamba9'", "supported: GGUF: llama"];
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+    assert_fails(&flash_moe(&["logits", "-m", s(&path), "--tokens", "1", "-o", s(&dir.join("l.npy"))]), &needles);
+}
+
+/// A model directory: the Llama fixture's safetensors, tokenizer and a `config.json` given as text.
+fn safetensors_dir(test: &str, config: Option<&str>) -> PathBuf {
+    let dir = temp_dir(test);
+    let src = fixtures().join("llama-h64");
+    fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).expect("copy weights");
+    fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).expect("copy tokenizer");
+    if let Some(c) = config {
+        fs::write(dir.join("config.json"), c).expect("write config");
+    }
+    dir
+}
+
+#[test]
+fn unknown_safetensors_architecture() {
+    let src = fs::read_to_string(fixtures().join("llama-h64/config.json")).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&src).expect("json");
+    config["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+    let dir = safetensors_dir("unknown_safetensors_architecture", Some(&config.to_string()));
+    let needles = [s(&dir), "unknown architecture 'MambaForCausalLM'", "LlamaForCausalLM"];
+    assert_fails(&flash_moe(&["run", "-m", s(&dir), "-p", "hi"]), &needles);
+    assert_fails(&flash_moe(&["logits", "-m", s(&dir), "--tokens", "1", "-o", s(&dir.join("l.npy"))]), &needles);
+}
+
+#[test]
+fn missing_config_json() {
+    let dir = safetensors_dir("missing_config_json", None);
+    let config = dir.join("config.json");
+    let needles = [s(&config), "config.json is missing"];
+    assert_fails(&flash_moe(&["inspect", s(&dir)]), &needles);
+    assert_fails(&flash_moe(&["run", "-m", s(&dir), "-p", "hi"]), &needles);
+    // A .safetensors file given directly needs config.json beside it too.
+    assert_fails(&flash_moe(&["run", "-m", s(&dir.join("model.safetensors")), "-p", "hi"]), &needles);
+}
+
+#[test]
+fn empty_prompt() {
+    let out = flash_moe(&["run", "-m", s(&moe_gguf()), "-p", ""]);
+    assert_fails(&out, &["the prompt is empty", "-p"]);
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(4);
+    let out = flash_moe(&["run", "-m", s(&moe_gguf()), "-c", "8", "-p", &long, "-n", "4"]);
+    assert_fails(&out, &["the prompt has", "the context holds 8", "--ctx-size"]);
+}
+
+#[test]
+fn logits_token_out_of_vocabulary() {
+    let dir = temp_dir("logits_token_out_of_vocabulary");
+    let out = dir.join("l.npy");
+    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "--tokens", "1,4000000000", "-o", s(&out)]);
+    assert_fails(&res, &["--tokens", s(&moe_gguf()), "token id 4000000000 is outside the vocabulary (size 320)"]);
+    assert!(!out.exists(), "no output file after an error");
+}
+
+#[test]
+fn logits_tokens_longer_than_context() {
+    let dir = temp_dir("logits_tokens_longer_than_context");
+    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "-c", "2", "--tokens", "1,2,3", "-o", s(&dir.join("l.npy"))]);
+    assert_fails(&res, &["the prompt has 3 tokens but the context holds 2", "--ctx-size"]);
+}
+
+#[test]
+fn logits_tokens_not_numbers() {
+    let dir = temp_dir("logits_tokens_not_numbers");
+    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "--tokens", "abc", "-o", s(&dir.join("l.npy"))]);
+    assert_fails(&res, &["--tokens", "'abc' is not a token id"]);
+    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "--tokens", ",", "-o", s(&dir.join("l.npy"))]);
+    assert_fails(&res, &["--tokens", "no token ids"]);
+}
+
+#[test]
+fn nonexistent_model_path() {
+    let dir = temp_dir("nonexistent_model_path");
+    let path = dir.join("no-such-model.gguf");
+    let needles = [s(&path), "No such file or directory"];
+    assert_fails(&flash_moe(&["inspect", s(&path)]), &needles);
+    assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &needles);
+    assert_fails(&flash_moe(&["logits", "-m", s(&path), "--tokens", "1", "-o", s(&dir.join("l.npy"))]), &needles);
+}
+
+#[test]
+fn directory_without_weights() {
+    // Empty, and with only a config.json: both name the weight files a model directory needs.
+    let dir = temp_dir("directory_without_weights");
+    let needles = [s(&dir), "no model.safetensors or model.safetensors.index.json"];
+    assert_fails(&flash_moe(&["inspect", s(&dir)]), &needles);
+    fs::copy(fixtures().join("llama-h64/config.json"), dir.join("config.json")).expect("copy config");
+    assert_fails(&flash_moe(&["inspect", s(&dir)]), &needles);
+    assert_fails(&flash_moe(&["run", "-m", s(&dir), "-p", "hi"]), &needles);
+}
+
+#[test]
+fn contradictory_gguf_hparams() {
+    let dir = temp_dir("contradictory_gguf_hparams");
+    let path = dir.join("model.gguf");
+    let cases: [(&str, GgufValue, &str); 6] = [
+        ("qwen3moe.attention.head_count", GgufValue::U32(3), "3 heads cannot share 2 KV heads"),
+        ("qwen3moe.expert_used_count", GgufValue::U32(9), "9 experts per token out of 8"),
+        ("qwen3moe.attention.value_length", GgufValue::U32(32), "value head size 32 differs from key head size 16"),
+        ("qwen3moe.rope.freq_base", GgufValue::F32(0.0), "RoPE base frequency 0 must be a positive number"),
+        ("qwen3moe.block_count", GgufValue::U32(u32::MAX), "implausibly large model shape"),
+        (
+            "qwen3moe.embedding_length",
+            GgufValue::String("64".into()),
+            "GGUF metadata key 'qwen3moe.embedding_length' has type STRING (value \"64\"), expected an integer",
+        ),
+    ];
+    for (key, value, msg) in cases {
+        let edit = |k: &str, v: &GgufValue| Some(if k == key { value.clone() } else { v.clone() });
+        rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
+        assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi"]), &[s(&path), msg]);
+    }
+}
+
+#[test]
+fn contradictory_config_json() {
+    let src = fs::read_to_string(fixtures().join("llama-h64/config.json")).expect("config");
+    let cases = [
+        (
+            "hidden_size",
+            serde_json::json!("64"),
+            "config.json has \"hidden_size\": \"64\", expected a non-negative integer",
+        ),
+        ("num_attention_heads", serde_json::json!(0), "impossible shape"),
+        ("num_key_value_heads", serde_json::json!(-1), "\"num_key_value_heads\": -1"),
+        ("hidden_size", serde_json::json!(128), "model config implies"),
+    ];
+    for (i, (key, value, msg)) in cases.into_iter().enumerate() {
+        let mut config: serde_json::Value = serde_json::from_str(&src).expect("json");
+        config[key] = value;
+        let dir = safetensors_dir(&format!("contradictory_config_json_{i}"), Some(&config.to_string()));
+        assert_fails(&flash_moe(&["run", "-m", s(&dir), "-p", "hi"]), &[s(&dir), msg]);
+    }
+}
+
+#[test]
+fn bad_sampling_and_thread_arguments() {
+    let m = moe_gguf();
+    for (flag, value, msg) in [
+        ("--temp", "nan", "--temp NaN: must be a finite number of at least 0"),
+        ("--temp", "-1", "--temp -1: must be a finite number of at least 0"),
+        ("--top-p", "1.5", "--top-p 1.5: must be between 0 and 1"),
+        ("--min-p", "inf", "--min-p inf: must be between 0 and 1"),
+        ("--repeat-penalty", "0", "--repeat-penalty 0: must be a finite number above 0"),
+        ("--frequency-penalty", "nan", "--frequency-penalty NaN: must be a finite number"),
+        ("-t", "100000", "-t 100000: this machine has"),
+    ] {
+        assert_fails(&flash_moe(&["run", "-m", s(&m), "-p", "hi", "-n", "1", flag, value]), &[msg]);
+    }
+    // Negative penalties are allowed (they favour repeats), and parse as numbers, not flags.
+    let out = flash_moe(&["run", "-m", s(&m), "-p", "hi", "-n", "1", "-t", "1", "--presence-penalty", "-0.5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
