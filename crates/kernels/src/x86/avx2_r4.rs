@@ -15,9 +15,13 @@ use std::arch::x86_64::*;
 
 /// Four weight rows viewed as blocks, each as long as the activation row.
 pub(crate) fn blocks_r4<W: crate::Block>(n_blocks: usize, ws: [&[u8]; 4]) -> [&[W]; 4] {
-    let bw = ws.map(blocks::<W>);
-    assert!(bw.iter().all(|b| b.len() == n_blocks), "weight rows must match the activation row");
-    bw
+    // Spelled out: `ws.map(..)` was left as a call to `array::try_map` in the kernels' prologue.
+    let row = |i: usize| {
+        let b = blocks::<W>(ws[i]);
+        assert!(b.len() == n_blocks, "weight rows must match the activation row");
+        b
+    };
+    [row(0), row(1), row(2), row(3)]
 }
 
 /// `[hsum_ps(v[0]), .., hsum_ps(v[3])]` with the four reductions interleaved: each lane adds exactly the
@@ -143,52 +147,61 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
     *out = [0, 1, 2, 3].map(|i| sums[i] - acc_m[i]);
 }
 
+/// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of
+/// avx2::dot_q6_k_q8_k: the f32 scale `dy * d` in 8 lanes and the exact i32 sums (`bsums` shared by the rows).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_q6_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+fn q6_k_block(bw: &BlockQ6K, bx: &BlockQ8K, dy: f32, bsums: __m256i) -> (__m256, __m256i) {
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(3);
-    let bx = blocks::<BlockQ8K>(x);
-    let bw = blocks_r4::<BlockQ6K>(bx.len(), ws);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (b, bx) in bx.iter().enumerate() {
-        let dy = f32::from_le_bytes(bx.d);
-        // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
-        let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
-        let d = [0, 1, 2, 3].map(|i| scale_x8(dy, bw[i][b].d));
-        // SAFETY: reads exactly the 16 bytes of each row's i8 scales.
-        let sc8 = [0, 1, 2, 3].map(|i| unsafe { _mm_loadu_si128(bw[i][b].scales.as_ptr().cast()) });
-        // As avx2::dot_q6_k_q8_k: start from -32 * sum_j sc[j] * bsum[j] (exact).
-        let mut sumi = sc8.map(|sc8| {
-            let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums);
-            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset))
-        });
-        for h in 0..2 {
-            let sc_h = sc8.map(|sc8| {
-                let sc8_h = if h == 0 { sc8 } else { _mm_unpackhi_epi64(sc8, sc8) };
-                _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h))
-            });
-            for t in 0..4 {
-                let base = 128 * h + 32 * t;
-                let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
-                let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
-                let pick = _mm256_set_m128i(_mm_set1_epi16(hi | ((hi + 1) << 8)), _mm_set1_epi16(lo | ((lo + 1) << 8)));
-                // Values base..base + 32: low (t < 2) or high nibbles of ql bytes 64h + 32 (t % 2).., qh bits 2t.
-                let ql_at = 64 * h + 32 * (t % 2);
-                for i in 0..4 {
-                    let ql = load_32(arr(&bw[i][b].ql[ql_at..ql_at + 32]));
-                    let low = if t < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
-                    let low = _mm256_and_si256(low, m4);
-                    let qh = load_32(arr(&bw[i][b].qh[32 * h..32 * h + 32]));
-                    let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), m2);
-                    let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                    let sc = _mm256_shuffle_epi8(sc_h[i], pick);
-                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
-                }
-            }
-        }
-        for i in 0..4 {
-            acc[i] = _mm256_fmadd_ps(d[i], _mm256_cvtepi32_ps(sumi[i]), acc[i]);
+    let d = scale_x8(dy, bw.d);
+    // SAFETY: reads exactly the 16 bytes of the i8 scales.
+    let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
+    // Quants are stored as q + 32: start from -32 * sum_j sc[j] * bsum[j] (exact).
+    let offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums);
+    let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(offset));
+    for h in 0..2 {
+        let sc8_h = if h == 0 { sc8 } else { _mm_unpackhi_epi64(sc8, sc8) };
+        let sc_h = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(sc8_h));
+        let ql0 = load_32(arr(&bw.ql[64 * h..64 * h + 32]));
+        let ql1 = load_32(arr(&bw.ql[64 * h + 32..64 * h + 64]));
+        let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
+        let lows = [
+            _mm256_and_si256(ql0, m4),
+            _mm256_and_si256(ql1, m4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+        ];
+        for (t, low) in lows.into_iter().enumerate() {
+            let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * t as i32)), m2);
+            let q6 = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+            let base = 128 * h + 32 * t;
+            let q8 = load_i8_32(arr(&bx.qs[base..base + 32]));
+            let (lo, hi) = ((4 * t) as i16, (4 * t + 2) as i16);
+            let pick = _mm256_set_m128i(_mm_set1_epi16(hi | ((hi + 1) << 8)), _mm_set1_epi16(lo | ((lo + 1) << 8)));
+            let sc = _mm256_shuffle_epi8(sc_h, pick);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q6, q8), sc));
         }
     }
+    (d, sumi)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_q6_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+    let bx = blocks::<BlockQ8K>(x);
+    let bw = blocks_r4::<BlockQ6K>(bx.len(), ws);
+    // Row by row: the weight decode needs all the registers, the activation row (at most a few KB) stays in L1
+    // for the four passes, and each weight row is read front to back, as the prefetchers like it.
+    let row = |bw: &[BlockQ6K]| {
+        let mut acc = _mm256_setzero_ps();
+        for (bw, bx) in bw.iter().zip(bx) {
+            // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
+            let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
+            let (d, sumi) = q6_k_block(bw, bx, f32::from_le_bytes(bx.d), bsums);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        acc
+    };
+    let acc = [row(bw[0]), row(bw[1]), row(bw[2]), row(bw[3])];
     *out = hsum4_ps(acc);
 }
