@@ -75,69 +75,77 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
     *out = [0, 1, 2, 3].map(|i| sums[i] - acc_m[i]);
 }
 
+/// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of
+/// avx512::dot_q6_k_q8_k: the f32 scale in 16 lanes and the exact i32 sums (`bsums` shared by the rows).
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) fn dot_q6_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+fn q6_k_block(bw: &BlockQ6K, bx: &BlockQ8K, dy: __m512, bsums: __m256i) -> (__m512, __m512i) {
     let m4 = _mm512_set1_epi8(0x0f);
     let m2 = _mm512_set1_epi8(3);
     let zero = _mm512_setzero_si512();
-    let bx = blocks::<BlockQ8K>(x);
-    let bw = blocks_r4::<BlockQ6K>(bx.len(), ws);
-    let mut acc = [_mm512_setzero_ps(); 4];
-    for (b, bx) in bx.iter().enumerate() {
-        let dy = _mm512_set1_ps(f32::from_le_bytes(bx.d));
-        let d =
-            [0, 1, 2, 3].map(|i| _mm512_mul_ps(dy, _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(bw[i][b].d)))));
-        // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
-        let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
-        // SAFETY: reads exactly the 16 bytes of each row's scales array.
-        let sc8 = [0, 1, 2, 3].map(|i| unsafe { _mm_loadu_si128(bw[i][b].scales.as_ptr().cast()) });
-        let sc32 = sc8.map(|sc8| _mm512_cvtepi8_epi32(sc8));
-        // `q6k_offset` (an exact integer), as avx512::dot_q6_k_q8_k.
-        let mut sumi = sc8.map(|sc8| {
-            let offset = 32 * hsum_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums));
-            _mm512_mask_set1_epi32(zero, 1, -offset)
-        });
-        for h in 0..2 {
-            for p in 0..2 {
-                let base = 128 * h + 64 * p;
-                let q8 = load_i8_64(arr(&bx.qs[base..base + 64]));
-                // Lane l covers values base + 4l .. base + 4l + 4: sub-block base / 16 + l / 4.
-                let j = (base / 16) as i32;
-                let idx = _mm512_setr_epi32(
-                    j,
-                    j,
-                    j,
-                    j,
-                    j + 1,
-                    j + 1,
-                    j + 1,
-                    j + 1,
-                    j + 2,
-                    j + 2,
-                    j + 2,
-                    j + 2,
-                    j + 3,
-                    j + 3,
-                    j + 3,
-                    j + 3,
-                );
-                for i in 0..4 {
-                    let ql = load_64(arr(&bw[i][b].ql[64 * h..64 * h + 64]));
-                    let qh = load_32(arr(&bw[i][b].qh[32 * h..32 * h + 32]));
-                    let qh2 = join(qh, _mm256_srli_epi16::<2>(qh));
-                    // Values 128h + 0..64 (low nibbles, qh bits 0..4) or 128h + 64..128 (high nibbles, 4..8).
-                    let (low, high) =
-                        if p == 0 { (ql, qh2) } else { (_mm512_srli_epi16::<4>(ql), _mm512_srli_epi16::<4>(qh2)) };
-                    let q6 =
-                        _mm512_or_si512(_mm512_and_si512(low, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(high, m2)));
-                    let scale = _mm512_permutexvar_epi32(idx, sc32[i]);
-                    sumi[i] = _mm512_add_epi32(sumi[i], _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale));
-                }
-            }
-        }
-        for i in 0..4 {
-            acc[i] = _mm512_fmadd_ps(d[i], _mm512_cvtepi32_ps(sumi[i]), acc[i]);
+    let d = _mm512_mul_ps(dy, _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(bw.d))));
+    // SAFETY: reads exactly the 16 bytes of the scales array.
+    let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
+    let sc32 = _mm512_cvtepi8_epi32(sc8);
+    // `q6k_offset` (an exact integer), as avx512::dot_q6_k_q8_k.
+    let offset = 32 * hsum_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums));
+    let mut sumi = _mm512_mask_set1_epi32(zero, 1, -offset);
+    for h in 0..2 {
+        let ql = load_64(arr(&bw.ql[64 * h..64 * h + 64]));
+        let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
+        let qh2 = join(qh, _mm256_srli_epi16::<2>(qh));
+        // Values 128h + 0..64 (low nibbles, qh bits 0..4) and 128h + 64..128 (high nibbles, bits 4..8).
+        let halves = [
+            _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh2, m2))),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh2), m2)),
+            ),
+        ];
+        for (p, q6) in halves.into_iter().enumerate() {
+            let base = 128 * h + 64 * p;
+            let q8 = load_i8_64(arr(&bx.qs[base..base + 64]));
+            // Lane l covers values base + 4l .. base + 4l + 4: sub-block base / 16 + l / 4.
+            let j = (base / 16) as i32;
+            let idx = _mm512_setr_epi32(
+                j,
+                j,
+                j,
+                j,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 2,
+                j + 2,
+                j + 2,
+                j + 2,
+                j + 3,
+                j + 3,
+                j + 3,
+                j + 3,
+            );
+            let scale = _mm512_permutexvar_epi32(idx, sc32);
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale));
         }
     }
-    *out = hsum4_512(acc);
+    (d, sumi)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q6_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+    let bx = blocks::<BlockQ8K>(x);
+    let bw = blocks_r4::<BlockQ6K>(bx.len(), ws);
+    // Row by row, as avx2_r4::dot_q6_k_q8_k_r4 (interleaving the rows block by block was slower).
+    let row = |bw: &[BlockQ6K]| {
+        let mut acc = _mm512_setzero_ps();
+        for (bw, bx) in bw.iter().zip(bx) {
+            // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
+            let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
+            let (d, sumi) = q6_k_block(bw, bx, _mm512_set1_ps(f32::from_le_bytes(bx.d)), bsums);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
+        }
+        acc
+    };
+    *out = hsum4_512([row(bw[0]), row(bw[1]), row(bw[2]), row(bw[3])]);
 }
