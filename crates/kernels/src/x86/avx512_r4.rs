@@ -3,7 +3,7 @@
 //! Q8_K `bsums` work, with the four horizontal sums done together. As in `avx2_r4.rs`, every output repeats
 //! the single-row kernel's f32 operations in the same order, so it is BIT-IDENTICAL to it.
 
-use super::avx2::{f16, f16_pair, hsum_epi32, load_32, load_i8_32, unpack_scales_mins_k};
+use super::avx2::{f16_mul, f16_pair, hsum_epi32, load_32, load_i8_32, unpack_scales_mins_k};
 use super::avx2_r4::{blocks_r4, bsum_pairs_k, fold_blocks_r4, hsum4_ps, min_sum_pairs};
 use super::avx512::{arr, dot_i8_quads, join, load_64, load_i8_64};
 use crate::blocks;
@@ -26,10 +26,10 @@ fn hsum4_512(v: [__m512; 4]) -> [f32; 4] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
     let bx = blocks::<BlockQ8_0>(x);
-    let decode = |bx: &BlockQ8_0| (f16(bx.d), load_i8_32(&bx.qs));
-    // As avx512::dot_q8_0_q8_0: the f32 product f16(w.d) * f16(x.d), and one `vpdpbusd` per block.
+    let decode = |bx: &BlockQ8_0| (bx.d, load_i8_32(&bx.qs));
+    // As avx512::dot_q8_0_q8_0: the f32 product f16(w.d) * f16(x.d) (`f16_mul`), and one `vpdpbusd` per block.
     *out = fold_blocks_r4(blocks_r4(bx.len(), ws), bx, decode, |bw: &BlockQ8_0, &(dx, qx)| {
-        let d = _mm256_set1_ps(f16(bw.d) * dx);
+        let d = _mm256_set1_ps(f16_mul(bw.d, dx));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), qx)))
     });
 }
