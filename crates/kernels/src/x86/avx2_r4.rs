@@ -4,6 +4,10 @@
 //! the single-row kernel of `avx2.rs`: every output repeats that kernel's f32 operations in the same order
 //! (same accumulators, same block-to-accumulator assignment, same horizontal-sum tree); only loads, the
 //! activation decode and exact integer work are shared.
+//! Q4_K and Q8_0 walk the four rows block by block (each activation block loaded once for the four rows);
+//! Q6_K, whose weight decode needs all the registers, runs the rows one after the other over the same
+//! activation row (in L1) and shares only the `bsums` load and the final horizontal sums: interleaving its rows
+//! measured slower.
 
 use super::avx2::{arr, f16_mul, f16_pair, load_32, load_i8_32, scale_x8, unpack_scales_mins_k};
 use crate::blocks;

@@ -2,6 +2,10 @@
 //! kernel in `avx512.rs`: four weight rows against one activation row, sharing the activation loads and the
 //! Q8_K `bsums` work, with the four horizontal sums done together. As in `avx2_r4.rs`, every output repeats
 //! the single-row kernel's f32 operations in the same order, so it is BIT-IDENTICAL to it.
+//! Q4_K and Q8_0 walk the four rows block by block (each activation block loaded once for the four rows);
+//! Q6_K, whose weight decode needs all the registers, runs the rows one after the other over the same
+//! activation row (in L1) and shares only the `bsums` load and the final horizontal sums: interleaving its rows
+//! measured slower.
 
 use super::avx2::{f16_mul, f16_pair, hsum_epi32, load_32, load_i8_32, unpack_scales_mins_k};
 use super::avx2_r4::{blocks_r4, bsum_pairs_k, fold_blocks_r4, hsum4_ps, min_sum_pairs};
