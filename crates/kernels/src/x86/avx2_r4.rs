@@ -6,8 +6,8 @@
 //! activation decode and exact integer work are shared.
 //! Q4_K and Q8_0 walk the four rows block by block (each activation block loaded once for the four rows);
 //! Q6_K, whose weight decode needs all the registers, runs the rows one after the other over the same
-//! activation row (in L1) and shares only the `bsums` load and the final horizontal sums: interleaving its rows
-//! measured slower.
+//! activation row (in L1) and saves only the calls, the per-call setup and three horizontal sums: interleaving
+//! its rows measured slower.
 
 use super::avx2::{arr, f16_mul, f16_pair, load_32, load_i8_32, scale_x8, unpack_scales_mins_k};
 use crate::blocks;
@@ -153,7 +153,7 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
 }
 
 /// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of
-/// avx2::dot_q6_k_q8_k: the f32 scale `dy * d` in 8 lanes and the exact i32 sums (`bsums` shared by the rows).
+/// avx2::dot_q6_k_q8_k: the f32 scale `dy * d` in 8 lanes and the exact i32 sums (`bsums`: the activation block's, loaded by the caller).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_block(bw: &BlockQ6K, bx: &BlockQ8K, dy: f32, bsums: __m256i) -> (__m256, __m256i) {

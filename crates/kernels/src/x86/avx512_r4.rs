@@ -4,8 +4,8 @@
 //! the single-row kernel's f32 operations in the same order, so it is BIT-IDENTICAL to it.
 //! Q4_K and Q8_0 walk the four rows block by block (each activation block loaded once for the four rows);
 //! Q6_K, whose weight decode needs all the registers, runs the rows one after the other over the same
-//! activation row (in L1) and shares only the `bsums` load and the final horizontal sums: interleaving its rows
-//! measured slower.
+//! activation row (in L1) and saves only the calls, the per-call setup and three horizontal sums: interleaving
+//! its rows measured slower.
 
 use super::avx2::{f16_mul, f16_pair, hsum_epi32, load_32, load_i8_32, unpack_scales_mins_k};
 use super::avx2_r4::{blocks_r4, bsum_pairs_k, fold_blocks_r4, hsum4_ps, min_sum_pairs};
@@ -80,7 +80,7 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
 }
 
 /// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of
-/// avx512::dot_q6_k_q8_k: the f32 scale in 16 lanes and the exact i32 sums (`bsums` shared by the rows).
+/// avx512::dot_q6_k_q8_k: the f32 scale in 16 lanes and the exact i32 sums (`bsums`: the activation block's, loaded by the caller).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6_k_block(bw: &BlockQ6K, bx: &BlockQ8K, dy: __m512, bsums: __m256i) -> (__m512, __m512i) {
