@@ -80,7 +80,8 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
 }
 
 /// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of
-/// avx512::dot_q6_k_q8_k: the f32 scale in 16 lanes and the exact i32 sums (`bsums`: the activation block's, loaded by the caller).
+/// avx512::dot_q6_k_q8_k: the f32 scale in 16 lanes and the exact i32 sums (`bsums`: the activation block's,
+/// loaded by the caller).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6_k_block(bw: &BlockQ6K, bx: &BlockQ8K, dy: __m512, bsums: __m256i) -> (__m512, __m512i) {
