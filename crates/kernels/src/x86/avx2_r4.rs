@@ -18,6 +18,7 @@ use crate::q8_k::BlockQ8K;
 use std::arch::x86_64::*;
 
 /// Four weight rows viewed as blocks, each as long as the activation row.
+#[inline(always)]
 pub(crate) fn blocks_r4<W: crate::Block>(n_blocks: usize, ws: [&[u8]; 4]) -> [&[W]; 4] {
     // Spelled out: `ws.map(..)` was left as a call to `array::try_map` in the kernels' prologue.
     let row = |i: usize| {
