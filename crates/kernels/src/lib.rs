@@ -32,7 +32,7 @@
 //! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
 //! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (512-bit / VNNI) | 4 x NEON |
-//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | shared x loads, 4-way hsum | same (512-bit / VNNI) | 4 x NEON |
+//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (512-bit / VNNI) | 4 x NEON |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
 //! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
