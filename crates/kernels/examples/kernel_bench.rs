@@ -6,7 +6,14 @@
 //! engine's matmul does) and as one `vec_dot_x4` call, in GB/s of weight bytes x tokens; `vec_dot_x4` is first
 //! checked to be bit-identical to the single calls.
 //!
-//! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`
+//! Then the decode case at the shapes of the benchmark MoE (hidden 1024, expert FFN 256): 1024 x 1024,
+//! 256 x 1024 and 1024 x 256 matrices against one activation row, as one `vec_dot` per row and as one
+//! `vec_dot_r4` per four rows, in GB/s of weight bytes (these matrices fit in cache: this measures the
+//! per-row overhead the four-row kernel removes, not memory bandwidth); `vec_dot_r4` is first checked to be
+//! bit-identical to the single calls.
+//!
+//! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`, or `... kernel_bench r4`
+//! for the decode comparison alone.
 
 use kernels::{f32_to_bf16, f32_to_f16, DType, Isa, Kernels};
 use rand::rngs::SmallRng;
@@ -116,7 +123,69 @@ fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
     }
 }
 
+/// GB/s of weight bytes through one `vec_dot` per row, and through one `vec_dot_r4` per four rows, for the
+/// decode shapes of the benchmark model.
+fn bench_r4(rng: &mut SmallRng) {
+    println!("\ndecode: matrix x 1 activation row, single thread; GB/s of weight bytes");
+    println!("{:<6} {:<7} {:>11} {:>10} {:>10} {:>8}", "format", "isa", "rows x cols", "4 x dot", "dot_r4", "speedup");
+    let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
+    for t in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
+        for (rows, cols) in [(1024, 1024), (256, 1024), (1024, 256)] {
+            let m = random_matrix(rng, t, rows, cols);
+            let row_bytes = m.len() / rows;
+            let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
+            let mut xq = vec![0u8; t.vec_dot_type().row_bytes(cols).expect("whole blocks")];
+            scalar.quantize_row(t.vec_dot_type(), &x, &mut xq);
+            for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+                let Some(k) = Kernels::with_isa(isa) else { continue };
+                let (dot, dot_r4) = (k.vec_dot(t), k.vec_dot_r4(t));
+                let quads = || {
+                    m.chunks_exact(4 * row_bytes).map(|q| {
+                        let r = |i: usize| &q[i * row_bytes..(i + 1) * row_bytes];
+                        [r(0), r(1), r(2), r(3)]
+                    })
+                };
+                for ws in quads() {
+                    let mut out = [0f32; 4];
+                    dot_r4(cols, ws, &xq, &mut out);
+                    let want = ws.map(|w| dot(cols, w, &xq));
+                    assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {}: r4 differs", t.name(), isa.name());
+                }
+                let mut out = vec![0f32; rows];
+                let single = best_time(|| {
+                    for (o, row) in out.iter_mut().zip(m.chunks_exact(row_bytes)) {
+                        *o = dot(cols, row, &xq);
+                    }
+                    std::hint::black_box(&mut out);
+                });
+                let r4 = best_time(|| {
+                    for (o, ws) in out.chunks_exact_mut(4).zip(quads()) {
+                        let o: &mut [f32; 4] = o.try_into().expect("chunks of 4");
+                        dot_r4(cols, ws, &xq, o);
+                    }
+                    std::hint::black_box(&mut out);
+                });
+                let gbs = |secs: f64| m.len() as f64 / secs / 1e9;
+                let shape = format!("{rows}x{cols}");
+                println!(
+                    "{:<6} {:<7} {:>11} {:>10.2} {:>10.2} {:>7.2}x",
+                    t.name(),
+                    isa.name(),
+                    shape,
+                    gbs(single),
+                    gbs(r4),
+                    single / r4
+                );
+            }
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("r4") {
+        bench_r4(&mut SmallRng::seed_from_u64(42));
+        return;
+    }
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let rows = args.next().and_then(Result::ok).unwrap_or(4096);
     let cols = args.next().and_then(Result::ok).unwrap_or(4096);
@@ -159,4 +228,5 @@ fn main() {
         println!("{line}");
     }
     bench_x4(&mut rng, rows, cols);
+    bench_r4(&mut rng);
 }

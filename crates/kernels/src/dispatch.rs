@@ -71,6 +71,10 @@ pub type VecDotFn = fn(n: usize, w_row: &[u8], x_row: &[u8]) -> f32;
 /// weight row is decoded once). `out[i]` is bit-identical to the same table's `VecDotFn` on `x_rows[i]`.
 /// Panics as [`VecDotFn`] for any of the four rows.
 pub type VecDotX4Fn = fn(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [f32; 4]);
+/// Four dot products of four weight rows of `n` values with one activation row (for single-token decode: the
+/// activation is loaded once for four rows). `out[i]` is bit-identical to the same table's `VecDotFn` on
+/// `w_rows[i]`. Panics as [`VecDotFn`] for any of the four rows.
+pub type VecDotR4Fn = fn(n: usize, w_rows: [&[u8]; 4], x_row: &[u8], out: &mut [f32; 4]);
 /// Quantize or convert one f32 row into a row of the table entry's type.
 pub type QuantizeFn = fn(x: &[f32], dst: &mut [u8]);
 /// Dequantize one row of the table entry's type into f32.
@@ -86,6 +90,8 @@ pub struct Kernels {
     pub(crate) dot: [Option<VecDotFn>; N_TYPES],
     /// The four-row dots, same indexing; always set together with `dot` (bit-identity needs the same ISA).
     pub(crate) dot_x4: [Option<VecDotX4Fn>; N_TYPES],
+    /// The four-weight-row dots, same indexing; always set together with `dot`, as `dot_x4`.
+    pub(crate) dot_r4: [Option<VecDotR4Fn>; N_TYPES],
     pub(crate) quantize: [QuantizeFn; N_TYPES],
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
 }
@@ -116,6 +122,13 @@ pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
     );
 }
 
+/// The bytes of an f32 slice (the F32 row layout on the little-endian targets this crate builds for).
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: u8 has alignment 1 and every byte of an f32 is initialized; the view covers exactly the
+    // `size_of_val(v)` bytes of the borrowed slice and lives no longer than it.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 /// Defines a checked [`VecDotFn`] around a kernel that trusts its lengths.
 macro_rules! checked_dot {
     ($name:ident, $w:expr, $inner:path) => {
@@ -139,6 +152,19 @@ macro_rules! x4_by_single {
 }
 pub(crate) use x4_by_single;
 
+/// Defines a [`VecDotR4Fn`] that calls the single-row entry `$single` four times (trivially bit-identical to
+/// it): the four-weight-row dot of every format and instruction set without a shared-activation kernel.
+macro_rules! r4_by_single {
+    ($name:ident, $single:path) => {
+        pub(crate) fn $name(n: usize, w_rows: [&[u8]; 4], x_row: &[u8], out: &mut [f32; 4]) {
+            for (o, w) in out.iter_mut().zip(w_rows) {
+                *o = $single(n, w, x_row);
+            }
+        }
+    };
+}
+pub(crate) use r4_by_single;
+
 checked_dot!(dot_f32, DType::F32, f16::dot_f32_ref);
 checked_dot!(dot_f16, DType::F16, f16::dot_f16_f32_ref);
 checked_dot!(dot_bf16, DType::BF16, f16::dot_bf16_f32_ref);
@@ -161,6 +187,17 @@ x4_by_single!(dot_q8_0_x4, dot_q8_0);
 x4_by_single!(dot_q4_k_x4, dot_q4_k);
 x4_by_single!(dot_q5_k_x4, dot_q5_k);
 x4_by_single!(dot_q6_k_x4, dot_q6_k);
+r4_by_single!(dot_f32_r4, dot_f32);
+r4_by_single!(dot_f16_r4, dot_f16);
+r4_by_single!(dot_bf16_r4, dot_bf16);
+r4_by_single!(dot_q4_0_r4, dot_q4_0);
+r4_by_single!(dot_q4_1_r4, dot_q4_1);
+r4_by_single!(dot_q5_0_r4, dot_q5_0);
+r4_by_single!(dot_q5_1_r4, dot_q5_1);
+r4_by_single!(dot_q8_0_r4, dot_q8_0);
+r4_by_single!(dot_q4_k_r4, dot_q4_k);
+r4_by_single!(dot_q5_k_r4, dot_q5_k);
+r4_by_single!(dot_q6_k_r4, dot_q6_k);
 
 impl Kernels {
     /// The scalar reference table.
@@ -196,6 +233,21 @@ impl Kernels {
                 Some(dot_q4_k_x4),
                 Some(dot_q5_k_x4),
                 Some(dot_q6_k_x4),
+                None,
+            ],
+            dot_r4: [
+                Some(dot_f32_r4),
+                Some(dot_f16_r4),
+                Some(dot_bf16_r4),
+                Some(dot_q4_0_r4),
+                Some(dot_q4_1_r4),
+                Some(dot_q5_0_r4),
+                Some(dot_q5_1_r4),
+                Some(dot_q8_0_r4),
+                None,
+                Some(dot_q4_k_r4),
+                Some(dot_q5_k_r4),
+                Some(dot_q6_k_r4),
                 None,
             ],
             quantize: [
@@ -293,6 +345,26 @@ impl Kernels {
             Some(f) => f,
             None => panic!("{} is an activation-only type: no weight dot product", w.name()),
         }
+    }
+
+    /// The four-weight-row dot kernel for weight rows of type `w`: four weight rows against one activation row
+    /// (in `w.vec_dot_type()`), loading each activation block once for the four rows where the format has such
+    /// a kernel (Q4_K, Q6_K, Q8_0 on AVX2 and AVX-512), else four single-row calls. Each `out[i]` is
+    /// bit-identical to `self.vec_dot(w)(n, w_rows[i], x_row)`, so grouping rows never changes a result.
+    /// Panics for the activation-only types Q8_1 and Q8_K.
+    pub fn vec_dot_r4(&self, w: DType) -> VecDotR4Fn {
+        match self.dot_r4[w.index()] {
+            Some(f) => f,
+            None => panic!("{} is an activation-only type: no weight dot product", w.name()),
+        }
+    }
+
+    /// `sum(a[i] * b[i])` of two f32 slices of the same length (e.g. attention's q . k): exactly
+    /// `self.vec_dot(DType::F32)` on the same values viewed as little-endian bytes. Panics unless
+    /// `a.len() == b.len()`.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "dot_f32 of slices of different lengths");
+        self.vec_dot(DType::F32)(a.len(), f32_bytes(a), f32_bytes(b))
     }
 
     /// `out[r] = dot(row r of w_rows, x_row)` for a range of consecutive weight rows of `n` values each: the

@@ -6,7 +6,9 @@
 //! - [`Kernels`]: the table of row kernels chosen once at start-up from the CPU's features (or forced with the
 //!   environment variable `FLASH_MOE_ISA=scalar|avx2|avx512|neon`): [`Kernels::vec_dot`],
 //!   [`Kernels::vec_dot_x4`] (one weight row against four activation rows, bit-identical to four
-//!   `vec_dot` calls), [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
+//!   `vec_dot` calls), [`Kernels::vec_dot_r4`] (four weight rows against one activation row, for single-token
+//!   decode; bit-identical to four `vec_dot` calls), [`Kernels::dot_f32`] (the F32 dot on `f32` slices),
+//!   [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
 //! - [`Isa`]: an instruction set a table can be built for.
 //!
 //! # Semantics
@@ -30,7 +32,8 @@
 //! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
 //! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (512-bit / VNNI) | 4 x NEON |
-//! | other four-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
+//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (512-bit / VNNI) | 4 x NEON |
+//! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
 //! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
 //! | dequantize F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K | ref | AVX2 | = AVX2 | = scalar |
@@ -39,15 +42,17 @@
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
 //! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions (`avx2_x4.rs`,
-//! `avx512_x4.rs`: the four-row dots), `aarch64/` the NEON ones; `dispatch.rs` builds the table.
+//! `avx512_x4.rs`: the four-row dots; `avx2_r4.rs`, `avx512_r4.rs`: the four-weight-row dots), `aarch64/` the
+//! NEON ones; `dispatch.rs` builds the table.
 //! `tests/kernels.rs` checks every path against the references, `tests/ggml_vectors.rs` the references against
 //! golden vectors written by llama.cpp's own ggml code, and `examples/kernel_bench.rs` measures GB/s (gemv,
-//! and the four-row dots against four single calls).
+//! the four-row and four-weight-row dots against four single calls).
 //!
 //! # Rules
 //! Kernels work on single rows, are single-threaded and never allocate: the engine splits rows across threads.
 //! Every public kernel asserts its slice lengths before touching memory. Every SIMD version is tested against
-//! its scalar twin; every four-row dot is tested bit for bit against four single-row dots of its table.
+//! its scalar twin; every four-row and four-weight-row dot is tested bit for bit against four single-row dots of
+//! its table.
 
 // Kernels index several arrays in lockstep with the indices of the format's spec (`qs[32 k + l]`, `y[64 k + l]`);
 // iterator chains would hide that correspondence.
@@ -71,7 +76,7 @@ pub mod q8_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotX4Fn};
+pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotX4Fn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

@@ -401,6 +401,100 @@ fn dot_x4_rejects_a_short_activation_row() {
     k.vec_dot_x4(DType::Q4_K)(256, &w, [&x, &x, &short, &x], &mut [0.0; 4]);
 }
 
+/// `vec_dot_r4` (four weight rows, one activation row) must equal four `vec_dot` calls of the same table BIT
+/// FOR BIT: every weight type, many block counts, rows of mixed weight patterns, activations of every kind.
+#[test]
+fn vec_dot_r4_is_bit_identical_to_four_single_dots() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let s = scalar();
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in WEIGHT_TYPES {
+            for nb in [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33] {
+                let n = row_len(t, nb);
+                for p in 0..PATTERNS.len() {
+                    for rep in 0..2 {
+                        // Rep 0: four rows of one pattern; rep 1: four different patterns side by side.
+                        let pats = [0, 1, 2, 3].map(|i| PATTERNS[if rep == 0 { p } else { (p + i) % PATTERNS.len() }]);
+                        let ws = pats.map(|pattern| weight_row(&mut rng, t, n, pattern));
+                        let case = if rep == 0 { [0, 4][p % 2] } else { p % N_ACT_CASES };
+                        let x = quant(&s, t.vec_dot_type(), &activations(&mut rng, n, case));
+                        let rows = [&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]];
+                        let mut out = [f32::NAN; 4];
+                        k.vec_dot_r4(t)(n, rows, &x, &mut out);
+                        for (i, row) in rows.into_iter().enumerate() {
+                            let want = k.vec_dot(t)(n, row, &x);
+                            assert_eq!(
+                                out[i].to_bits(),
+                                want.to_bits(),
+                                "{} {t:?} n={n} {:?} row {i}: r4 {} single {want}",
+                                k.isa().name(),
+                                pats[i],
+                                out[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every table's `vec_dot_r4` panics (before touching memory) on a short weight row in any position, a short
+/// activation row, or a partial block.
+#[test]
+fn dot_r4_rejects_bad_lengths() {
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q5_K, DType::F32] {
+            let n = 2 * t.block_elems().max(32);
+            let w = vec![0u8; t.row_bytes(n).expect("whole blocks")];
+            let x = vec![0u8; t.vec_dot_type().row_bytes(n).expect("whole blocks")];
+            let r4 = k.vec_dot_r4(t);
+            for bad in 0..4 {
+                let mut rows = [&w[..]; 4];
+                rows[bad] = &w[..w.len() - 1];
+                let short_w = std::panic::catch_unwind(|| r4(n, rows, &x, &mut [0.0; 4]));
+                assert!(short_w.is_err(), "{} {t:?}: short weight row {bad} accepted", k.isa().name());
+            }
+            let short_x = std::panic::catch_unwind(|| r4(n, [&w[..]; 4], &x[..x.len() - 1], &mut [0.0; 4]));
+            assert!(short_x.is_err(), "{} {t:?}: short activation row accepted", k.isa().name());
+            if t.block_elems() > 1 {
+                let partial = std::panic::catch_unwind(|| r4(n - 1, [&w[..]; 4], &x, &mut [0.0; 4]));
+                assert!(partial.is_err(), "{} {t:?}: partial block accepted", k.isa().name());
+            }
+            let mut out = [f32::NAN; 4];
+            r4(n, [&w[..]; 4], &x, &mut out);
+            assert_eq!(out, [0.0; 4]);
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "activation-only")]
+fn no_r4_dot_for_activation_types() {
+    Kernels::detect().vec_dot_r4(DType::Q8_1);
+}
+
+/// `dot_f32` on f32 slices is the F32 `vec_dot` on the same values as bytes, on every table and length.
+#[test]
+fn dot_f32_is_the_f32_vec_dot() {
+    let mut rng = SmallRng::seed_from_u64(12);
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for n in [0, 1, 7, 8, 31, 32, 33, 64, 127, 128, 129, 200] {
+            let a: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.gen_range(-1e3f32..1e3)).collect();
+            let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+            let want = k.vec_dot(DType::F32)(n, &bytes(&a), &bytes(&b));
+            assert_eq!(k.dot_f32(&a, &b).to_bits(), want.to_bits(), "{} n={n}", k.isa().name());
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "different lengths")]
+fn dot_f32_rejects_different_lengths() {
+    Kernels::detect().dot_f32(&[1.0; 8], &[1.0; 7]);
+}
+
 #[test]
 fn gemv_is_vec_dot_per_row() {
     let mut rng = SmallRng::seed_from_u64(8);

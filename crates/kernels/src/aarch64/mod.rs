@@ -4,7 +4,7 @@
 
 mod neon;
 
-use crate::dispatch::{check_dot, x4_by_single, Isa, Kernels};
+use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
 use crate::dtype::DType;
 
 pub(crate) fn has_neon() -> bool {
@@ -49,6 +49,16 @@ x4_by_single!(dot_q5_1_x4, dot_q5_1);
 x4_by_single!(dot_q5_k_x4, dot_q5_k);
 x4_by_single!(dot_q4_k_x4, dot_q4_k);
 x4_by_single!(dot_q6_k_x4, dot_q6_k);
+r4_by_single!(dot_f32_r4, dot_f32);
+r4_by_single!(dot_bf16_r4, dot_bf16);
+r4_by_single!(dot_q4_0_r4, dot_q4_0);
+r4_by_single!(dot_q4_1_r4, dot_q4_1);
+r4_by_single!(dot_q8_0_r4, dot_q8_0);
+r4_by_single!(dot_q5_0_r4, dot_q5_0);
+r4_by_single!(dot_q5_1_r4, dot_q5_1);
+r4_by_single!(dot_q5_k_r4, dot_q5_k);
+r4_by_single!(dot_q4_k_r4, dot_q4_k);
+r4_by_single!(dot_q6_k_r4, dot_q6_k);
 neon_entry!(quant quantize_q8_0, quantize_q8_0);
 neon_entry!(quant quantize_q8_1, quantize_q8_1);
 neon_entry!(quant quantize_q8_k, quantize_q8_k);
@@ -57,22 +67,23 @@ neon_entry!(quant quantize_q8_k, quantize_q8_k);
 pub(crate) fn table(scalar: Kernels) -> Kernels {
     assert!(has_neon(), "NEON table requested on a CPU without NEON");
     let mut k = scalar.with_isa_tag(Isa::Neon);
-    // Each single-row dot with its four-row twin (four single calls: no shared-decode NEON kernels yet).
-    let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn); 10] = [
-        (DType::Q5_0, dot_q5_0, dot_q5_0_x4),
-        (DType::Q5_1, dot_q5_1, dot_q5_1_x4),
-        (DType::Q5_K, dot_q5_k, dot_q5_k_x4),
-        (DType::F32, dot_f32, dot_f32_x4),
-        (DType::BF16, dot_bf16, dot_bf16_x4),
-        (DType::Q4_0, dot_q4_0, dot_q4_0_x4),
-        (DType::Q4_1, dot_q4_1, dot_q4_1_x4),
-        (DType::Q8_0, dot_q8_0, dot_q8_0_x4),
-        (DType::Q4_K, dot_q4_k, dot_q4_k_x4),
-        (DType::Q6_K, dot_q6_k, dot_q6_k_x4),
+    // Each single-row dot with its four-row twins (four single calls: no shared NEON kernels yet).
+    let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 10] = [
+        (DType::Q5_0, dot_q5_0, dot_q5_0_x4, dot_q5_0_r4),
+        (DType::Q5_1, dot_q5_1, dot_q5_1_x4, dot_q5_1_r4),
+        (DType::Q5_K, dot_q5_k, dot_q5_k_x4, dot_q5_k_r4),
+        (DType::F32, dot_f32, dot_f32_x4, dot_f32_r4),
+        (DType::BF16, dot_bf16, dot_bf16_x4, dot_bf16_r4),
+        (DType::Q4_0, dot_q4_0, dot_q4_0_x4, dot_q4_0_r4),
+        (DType::Q4_1, dot_q4_1, dot_q4_1_x4, dot_q4_1_r4),
+        (DType::Q8_0, dot_q8_0, dot_q8_0_x4, dot_q8_0_r4),
+        (DType::Q4_K, dot_q4_k, dot_q4_k_x4, dot_q4_k_r4),
+        (DType::Q6_K, dot_q6_k, dot_q6_k_x4, dot_q6_k_r4),
     ];
-    for (t, f, f4) in dots {
+    for (t, f, f4, r4) in dots {
         k.dot[t.index()] = Some(f);
         k.dot_x4[t.index()] = Some(f4);
+        k.dot_r4[t.index()] = Some(r4);
     }
     let quants: [(DType, crate::dispatch::QuantizeFn); 3] =
         [(DType::Q8_0, quantize_q8_0), (DType::Q8_1, quantize_q8_1), (DType::Q8_K, quantize_q8_k)];

@@ -3,17 +3,26 @@
 //! detected, which is what makes the wrappers' `unsafe` calls sound.
 
 mod avx2;
+mod avx2_r4;
 mod avx2_x4;
 mod avx512;
+mod avx512_r4;
 mod avx512_x4;
 
-use crate::dispatch::{check_dot, x4_by_single, Isa, Kernels};
+use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
 use crate::dtype::DType;
 
 /// Panics unless every row of `x_rows` fits [`check_dot`] with `w_row`.
 pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4]) {
     for x in x_rows {
         check_dot(w, n, w_row, x);
+    }
+}
+
+/// Panics unless every row of `w_rows` fits [`check_dot`] with `x_row`.
+pub(crate) fn check_dot_r4(w: DType, n: usize, w_rows: [&[u8]; 4], x_row: &[u8]) {
+    for row in w_rows {
+        check_dot(w, n, row, x_row);
     }
 }
 
@@ -52,6 +61,13 @@ macro_rules! avx2_entry {
             unsafe { avx2_x4::$f(n, w, xs, out) }
         }
     };
+    (dot_r4 $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+            check_dot_r4($w, n, ws, x);
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            unsafe { avx2_r4::$f(n, ws, x, out) }
+        }
+    };
 }
 
 /// Safe dequantizer entry points for `avx2::$f`.
@@ -81,6 +97,13 @@ macro_rules! avx512_entry {
             unsafe { avx512_x4::$f(n, w, xs, out) }
         }
     };
+    (dot_r4 $name:ident, $w:expr, $f:ident) => {
+        pub(super) fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+            check_dot_r4($w, n, ws, x);
+            // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
+            unsafe { avx512_r4::$f(n, ws, x, out) }
+        }
+    };
 }
 
 mod avx2_entries {
@@ -107,6 +130,17 @@ mod avx2_entries {
     x4_by_single!(dot_q5_0_x4, dot_q5_0);
     x4_by_single!(dot_q5_1_x4, dot_q5_1);
     x4_by_single!(dot_q5_k_x4, dot_q5_k);
+    avx2_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, dot_q8_0_q8_0_r4);
+    avx2_entry!(dot_r4 dot_q4_k_r4, DType::Q4_K, dot_q4_k_q8_k_r4);
+    avx2_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, dot_q6_k_q8_k_r4);
+    r4_by_single!(dot_f32_r4, dot_f32);
+    r4_by_single!(dot_f16_r4, dot_f16);
+    r4_by_single!(dot_bf16_r4, dot_bf16);
+    r4_by_single!(dot_q4_0_r4, dot_q4_0);
+    r4_by_single!(dot_q4_1_r4, dot_q4_1);
+    r4_by_single!(dot_q5_0_r4, dot_q5_0);
+    r4_by_single!(dot_q5_1_r4, dot_q5_1);
+    r4_by_single!(dot_q5_k_r4, dot_q5_k);
     avx2_entry!(quant quantize_f16, quantize_f16);
     avx2_entry!(quant quantize_bf16, quantize_bf16);
     avx2_entry!(quant quantize_q8_0, quantize_q8_0);
@@ -134,6 +168,12 @@ mod avx512_entries {
     x4_by_single!(dot_f16_x4, dot_f16);
     x4_by_single!(dot_bf16_x4, dot_bf16);
     x4_by_single!(dot_q4_0_x4, dot_q4_0);
+    avx512_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, dot_q8_0_q8_0_r4);
+    avx512_entry!(dot_r4 dot_q4_k_r4, DType::Q4_K, dot_q4_k_q8_k_r4);
+    avx512_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, dot_q6_k_q8_k_r4);
+    r4_by_single!(dot_f16_r4, dot_f16);
+    r4_by_single!(dot_bf16_r4, dot_bf16);
+    r4_by_single!(dot_q4_0_r4, dot_q4_0);
 }
 
 /// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
@@ -141,23 +181,24 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     use avx2_entries as a2;
     assert!(has_avx2(), "AVX2 table requested on a CPU without AVX2/FMA/F16C");
     let mut k = scalar.with_isa_tag(isa);
-    // Each single-row dot with its four-row twin: they must come from the same instruction set.
-    let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn); 11] = [
-        (DType::F32, a2::dot_f32, a2::dot_f32_x4),
-        (DType::F16, a2::dot_f16, a2::dot_f16_x4),
-        (DType::BF16, a2::dot_bf16, a2::dot_bf16_x4),
-        (DType::Q4_0, a2::dot_q4_0, a2::dot_q4_0_x4),
-        (DType::Q4_1, a2::dot_q4_1, a2::dot_q4_1_x4),
-        (DType::Q5_0, a2::dot_q5_0, a2::dot_q5_0_x4),
-        (DType::Q5_1, a2::dot_q5_1, a2::dot_q5_1_x4),
-        (DType::Q8_0, a2::dot_q8_0, a2::dot_q8_0_x4),
-        (DType::Q4_K, a2::dot_q4_k, a2::dot_q4_k_x4),
-        (DType::Q5_K, a2::dot_q5_k, a2::dot_q5_k_x4),
-        (DType::Q6_K, a2::dot_q6_k, a2::dot_q6_k_x4),
+    // Each single-row dot with its four-row twins: they must come from the same instruction set.
+    let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 11] = [
+        (DType::F32, a2::dot_f32, a2::dot_f32_x4, a2::dot_f32_r4),
+        (DType::F16, a2::dot_f16, a2::dot_f16_x4, a2::dot_f16_r4),
+        (DType::BF16, a2::dot_bf16, a2::dot_bf16_x4, a2::dot_bf16_r4),
+        (DType::Q4_0, a2::dot_q4_0, a2::dot_q4_0_x4, a2::dot_q4_0_r4),
+        (DType::Q4_1, a2::dot_q4_1, a2::dot_q4_1_x4, a2::dot_q4_1_r4),
+        (DType::Q5_0, a2::dot_q5_0, a2::dot_q5_0_x4, a2::dot_q5_0_r4),
+        (DType::Q5_1, a2::dot_q5_1, a2::dot_q5_1_x4, a2::dot_q5_1_r4),
+        (DType::Q8_0, a2::dot_q8_0, a2::dot_q8_0_x4, a2::dot_q8_0_r4),
+        (DType::Q4_K, a2::dot_q4_k, a2::dot_q4_k_x4, a2::dot_q4_k_r4),
+        (DType::Q5_K, a2::dot_q5_k, a2::dot_q5_k_x4, a2::dot_q5_k_r4),
+        (DType::Q6_K, a2::dot_q6_k, a2::dot_q6_k_x4, a2::dot_q6_k_r4),
     ];
-    for (t, f, f4) in dots {
+    for (t, f, f4, r4) in dots {
         k.dot[t.index()] = Some(f);
         k.dot_x4[t.index()] = Some(f4);
+        k.dot_r4[t.index()] = Some(r4);
     }
     let quants: [(DType, crate::dispatch::QuantizeFn); 5] = [
         (DType::F16, a2::quantize_f16),
@@ -183,17 +224,18 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
         assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
-        let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn); 6] = [
-            (DType::F16, a5::dot_f16, a5::dot_f16_x4),
-            (DType::BF16, a5::dot_bf16, a5::dot_bf16_x4),
-            (DType::Q4_0, a5::dot_q4_0, a5::dot_q4_0_x4),
-            (DType::Q8_0, a5::dot_q8_0, a5::dot_q8_0_x4),
-            (DType::Q4_K, a5::dot_q4_k, a5::dot_q4_k_x4),
-            (DType::Q6_K, a5::dot_q6_k, a5::dot_q6_k_x4),
+        let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 6] = [
+            (DType::F16, a5::dot_f16, a5::dot_f16_x4, a5::dot_f16_r4),
+            (DType::BF16, a5::dot_bf16, a5::dot_bf16_x4, a5::dot_bf16_r4),
+            (DType::Q4_0, a5::dot_q4_0, a5::dot_q4_0_x4, a5::dot_q4_0_r4),
+            (DType::Q8_0, a5::dot_q8_0, a5::dot_q8_0_x4, a5::dot_q8_0_r4),
+            (DType::Q4_K, a5::dot_q4_k, a5::dot_q4_k_x4, a5::dot_q4_k_r4),
+            (DType::Q6_K, a5::dot_q6_k, a5::dot_q6_k_x4, a5::dot_q6_k_r4),
         ];
-        for (t, f, f4) in dots {
+        for (t, f, f4, r4) in dots {
             k.dot[t.index()] = Some(f);
             k.dot_x4[t.index()] = Some(f4);
+            k.dot_r4[t.index()] = Some(r4);
         }
     }
     k
