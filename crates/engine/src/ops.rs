@@ -89,30 +89,50 @@ pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
     let n_tokens = x.n_rows();
     assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
     let dot = cpu.kernels.vec_dot(w.dtype);
-    let dot4 = cpu.kernels.vec_dot_x4(w.dtype);
+    let dot_x4 = cpu.kernels.vec_dot_x4(w.dtype);
+    let dot_r4 = cpu.kernels.vec_dot_r4(w.dtype);
     let cols = w.cols;
     let rows = w.rows;
     let outp = SharedOut(out.as_mut_ptr());
+    // Every kernel below gives each output bit-identical to `dot`, so how rows and tokens are grouped never
+    // changes a result.
     let chunk = cpu.pool.chunk_size(rows, 16);
     cpu.pool.for_chunks(rows, chunk, &|range| {
-        for r in range {
-            let wr = w.row(r);
-            // SAFETY (both writes): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r
-            // is within `out`, whose length was checked above, and `out` outlives the pool call.
-            let mut t = 0;
-            while t + 4 <= n_tokens {
-                let mut v = [0.0f32; 4];
-                // Four tokens share one decode of the weight row; each result is bit-identical to `dot`.
-                dot4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
-                for (i, vi) in v.iter().enumerate() {
-                    unsafe { *outp.get().add((t + i) * rows + r) = *vi };
+        // SAFETY (every write below): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r
+        // is within `out`, whose length was checked above, and `out` outlives the pool call.
+        let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
+        let mut r = range.start;
+        // Tokens in groups of four share one decode of each weight row.
+        let n_x4 = n_tokens / 4 * 4;
+        if n_x4 > 0 {
+            for r in range.clone() {
+                let wr = w.row(r);
+                for t in (0..n_x4).step_by(4) {
+                    let mut v = [0.0f32; 4];
+                    dot_x4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
+                    for (i, &vi) in v.iter().enumerate() {
+                        put(t + i, r, vi);
+                    }
                 }
-                t += 4;
             }
-            while t < n_tokens {
-                let v = dot(cols, wr, x.row(t));
-                unsafe { *outp.get().add(t * rows + r) = v };
-                t += 1;
+        }
+        // The remaining tokens (all of them when decoding): four weight rows share each activation load.
+        if n_x4 < n_tokens {
+            while r + 4 <= range.end {
+                let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                for t in n_x4..n_tokens {
+                    let mut v = [0.0f32; 4];
+                    dot_r4(cols, rows4, x.row(t), &mut v);
+                    for (i, &vi) in v.iter().enumerate() {
+                        put(t, r + i, vi);
+                    }
+                }
+                r += 4;
+            }
+            for r in r..range.end {
+                for t in n_x4..n_tokens {
+                    put(t, r, dot(cols, w.row(r), x.row(t)));
+                }
             }
         }
     });
