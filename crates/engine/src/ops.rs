@@ -85,57 +85,88 @@ impl SharedOut {
 
 /// `out[t, r] = dot(w[r], x[t])` for every token `t` and row `r`: `out` is `[x.n_rows(), w.rows]`.
 pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
-    assert!(x.is_for(w.dtype, w.cols), "matmul: activations were quantized for another type or width");
+    matmul_many(cpu, &mut [(w, out)], x);
+}
+
+/// Several matrices of one type and width times the same activations, in one pass over the thread pool (q, k
+/// and v; an expert's gate and up): fewer, larger jobs when decoding.
+pub fn matmul_many(cpu: &Cpu, mats: &mut [(QMatRef<'_>, &mut [f32])], x: &QuantActs) {
+    const MAX: usize = 4;
+    assert!(!mats.is_empty() && mats.len() <= MAX, "matmul_many: 1 to {MAX} matrices");
     let n_tokens = x.n_rows();
-    assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
+    // Fixed-size tables: no allocation in the decode loop.
+    let mut outs = [SharedOut(std::ptr::null_mut()); MAX];
+    let mut starts = [usize::MAX; MAX + 1];
+    let mut ws = [mats[0].0; MAX];
+    let mut total = 0;
+    for (i, (w, out)) in mats.iter_mut().enumerate() {
+        assert!(x.is_for(w.dtype, w.cols), "matmul: activations were quantized for another type or width");
+        assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
+        starts[i] = total;
+        total += w.rows;
+        outs[i] = SharedOut(out.as_mut_ptr());
+        ws[i] = *w;
+    }
+    starts[mats.len()] = total;
+    let starts = &starts[..=mats.len()];
+    let chunk = cpu.pool.chunk_size(total, 16);
+    cpu.pool.for_chunks(total, chunk, &|range| {
+        // A chunk of the concatenated rows may span two matrices: split it at the boundaries.
+        let mut r = range.start;
+        while r < range.end {
+            let m = starts.partition_point(|&s| s <= r) - 1;
+            let end = range.end.min(starts[m + 1]);
+            rows_times_tokens(cpu, ws[m], x, r - starts[m]..end - starts[m], outs[m]);
+            r = end;
+        }
+    });
+}
+
+/// Rows `range` of `w` times every token of `x`, into `out` (`[n_tokens, w.rows]`).
+fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::Range<usize>, outp: SharedOut) {
+    // Every kernel below gives each output bit-identical to `vec_dot`, so how rows and tokens are grouped never
+    // changes a result.
     let dot = cpu.kernels.vec_dot(w.dtype);
     let dot_x4 = cpu.kernels.vec_dot_x4(w.dtype);
     let dot_r4 = cpu.kernels.vec_dot_r4(w.dtype);
-    let cols = w.cols;
-    let rows = w.rows;
-    let outp = SharedOut(out.as_mut_ptr());
-    // Every kernel below gives each output bit-identical to `dot`, so how rows and tokens are grouped never
-    // changes a result.
-    let chunk = cpu.pool.chunk_size(rows, 16);
-    cpu.pool.for_chunks(rows, chunk, &|range| {
-        // SAFETY (every write below): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r
-        // is within `out`, whose length was checked above, and `out` outlives the pool call.
-        let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
+    let (cols, rows, n_tokens) = (w.cols, w.rows, x.n_rows());
+    // SAFETY (every write): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r is
+    // within the output, whose length the caller checked, and the output outlives the pool call.
+    let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
+    // Tokens in groups of four share one decode of each weight row.
+    let n_x4 = n_tokens / 4 * 4;
+    if n_x4 > 0 {
+        for r in range.clone() {
+            let wr = w.row(r);
+            for t in (0..n_x4).step_by(4) {
+                let mut v = [0.0f32; 4];
+                dot_x4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
+                for (i, &vi) in v.iter().enumerate() {
+                    put(t + i, r, vi);
+                }
+            }
+        }
+    }
+    // The remaining tokens (all of them when decoding): four weight rows share each activation load.
+    if n_x4 < n_tokens {
         let mut r = range.start;
-        // Tokens in groups of four share one decode of each weight row.
-        let n_x4 = n_tokens / 4 * 4;
-        if n_x4 > 0 {
-            for r in range.clone() {
-                let wr = w.row(r);
-                for t in (0..n_x4).step_by(4) {
-                    let mut v = [0.0f32; 4];
-                    dot_x4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
-                    for (i, &vi) in v.iter().enumerate() {
-                        put(t + i, r, vi);
-                    }
+        while r + 4 <= range.end {
+            let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            for t in n_x4..n_tokens {
+                let mut v = [0.0f32; 4];
+                dot_r4(cols, rows4, x.row(t), &mut v);
+                for (i, &vi) in v.iter().enumerate() {
+                    put(t, r + i, vi);
                 }
+            }
+            r += 4;
+        }
+        for r in r..range.end {
+            for t in n_x4..n_tokens {
+                put(t, r, dot(cols, w.row(r), x.row(t)));
             }
         }
-        // The remaining tokens (all of them when decoding): four weight rows share each activation load.
-        if n_x4 < n_tokens {
-            while r + 4 <= range.end {
-                let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
-                for t in n_x4..n_tokens {
-                    let mut v = [0.0f32; 4];
-                    dot_r4(cols, rows4, x.row(t), &mut v);
-                    for (i, &vi) in v.iter().enumerate() {
-                        put(t, r + i, vi);
-                    }
-                }
-                r += 4;
-            }
-            for r in r..range.end {
-                for t in n_x4..n_tokens {
-                    put(t, r, dot(cols, w.row(r), x.row(t)));
-                }
-            }
-        }
-    });
+    }
 }
 
 /// Quantizes `x` (`[n, w.cols]`) into `scratch` and multiplies.

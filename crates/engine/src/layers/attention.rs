@@ -75,9 +75,14 @@ pub fn attention(
     s.k.resize(n * kv_dim, 0.0);
     s.v.resize(n * kv_dim, 0.0);
     s.xq.quantize(&cpu.kernels, w.wq.dtype, x, n_embd);
-    ops::matmul(cpu, w.wq.as_ref(), &s.xq, &mut s.q);
-    ops::matmul_reuse(cpu, w.wk.as_ref(), x, &mut s.xq, &mut s.k);
-    ops::matmul_reuse(cpu, w.wv.as_ref(), x, &mut s.xq, &mut s.v);
+    if w.wk.dtype == w.wq.dtype && w.wv.dtype == w.wq.dtype {
+        let mats = &mut [(w.wq.as_ref(), &mut s.q[..]), (w.wk.as_ref(), &mut s.k[..]), (w.wv.as_ref(), &mut s.v[..])];
+        ops::matmul_many(cpu, mats, &s.xq);
+    } else {
+        ops::matmul(cpu, w.wq.as_ref(), &s.xq, &mut s.q);
+        ops::matmul_reuse(cpu, w.wk.as_ref(), x, &mut s.xq, &mut s.k);
+        ops::matmul_reuse(cpu, w.wv.as_ref(), x, &mut s.xq, &mut s.v);
+    }
     for (buf, bias) in [(&mut s.q, &w.bq), (&mut s.k, &w.bk), (&mut s.v, &w.bv)] {
         if let Some(b) = bias {
             for row in buf.chunks_exact_mut(b.len()) {

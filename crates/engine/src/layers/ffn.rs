@@ -36,8 +36,13 @@ pub fn swiglu(
     let n = x.len() / gate.cols;
     s.gate.resize(n * gate.rows, 0.0);
     s.up.resize(n * up.rows, 0.0);
-    ops::matmul_f32(cpu, gate, x, &mut s.xq, &mut s.gate);
-    ops::matmul_reuse(cpu, up, x, &mut s.xq, &mut s.up);
+    s.xq.quantize(&cpu.kernels, gate.dtype, x, gate.cols);
+    if up.dtype == gate.dtype {
+        ops::matmul_many(cpu, &mut [(gate, &mut s.gate[..]), (up, &mut s.up[..])], &s.xq);
+    } else {
+        ops::matmul(cpu, gate, &s.xq, &mut s.gate);
+        ops::matmul_reuse(cpu, up, x, &mut s.xq, &mut s.up);
+    }
     ops::tap("ffn_gate", None, &s.gate);
     ops::tap("ffn_up", None, &s.up);
     ops::swiglu(&mut s.gate, &s.up);
