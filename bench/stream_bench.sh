@@ -44,7 +44,7 @@ cgroup_report() {
 
 echo "== disk"
 sync; echo 3 > /proc/sys/vm/drop_caches
-"$fm" diskbench "$model" --bytes 2GiB --chunk 1MiB --io-threads 4 | tee "$out/disk.txt"
+"$fm" diskbench "$model" --bytes 2GiB --chunk 1MiB --in-flight 16 | tee "$out/disk.txt"
 disk_gbs=$(grep -o '[0-9.]* GB/s' "$out/disk.txt" | cut -d' ' -f1)
 
 if [[ -z ${SKIP_FLASH_MOE:-} ]]; then

@@ -23,9 +23,9 @@ pub struct DiskbenchArgs {
     /// Size of each read (about one expert's projection).
     #[arg(long, default_value = "1MiB")]
     pub chunk: String,
-    /// Reads in flight.
-    #[arg(long = "io-threads", default_value_t = 4)]
-    pub io_threads: usize,
+    /// Reads in flight (a layer's misses are all in flight together: top-k experts x 3 projections).
+    #[arg(long = "in-flight", default_value_t = 16)]
+    pub in_flight: usize,
 }
 
 pub fn main(a: DiskbenchArgs) -> Result<()> {
@@ -44,7 +44,7 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
     }
     let file = Arc::new(file);
     let path = Arc::new(a.file.clone());
-    let n_threads = a.io_threads.max(1);
+    let n_threads = a.in_flight.max(1);
     let io = IoPool::new(n_threads);
     let mut bufs: Vec<AlignedBuf> = (0..n_threads).map(|_| AlignedBuf::zeroed_aligned(chunk, DIRECT_ALIGN)).collect();
     let n_reads = (total / chunk as u64).max(1) as usize;
