@@ -216,6 +216,7 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "plan": model.memory_plan(),
                 "experts_prefill": pre,
                 "experts_decode": dec,
+                "per_token": stats.per_token,
                 "peak_rss_bytes": peak_rss_bytes(),
             });
             std::fs::write(path, serde_json::to_string_pretty(&json)?)

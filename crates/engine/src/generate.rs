@@ -90,6 +90,18 @@ pub struct GenerateStats {
     /// Expert cache counters of the prefill and of the decode steps (streaming mode only).
     pub cache_prefill: Option<CacheStats>,
     pub cache_decode: Option<CacheStats>,
+    /// Per decode step (streaming mode only).
+    pub per_token: Vec<TokenStats>,
+}
+
+/// What one decode step cost.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenStats {
+    pub secs: f64,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_read: u64,
+    pub wait_secs: f64,
 }
 
 /// Prefills `prompt` and generates, calling `on_text` with each complete piece of text.
@@ -120,6 +132,7 @@ pub fn generate(
     let t1 = Instant::now();
     let mut generated = Vec::new();
     let mut n_decode_steps = 0;
+    let mut per_token = Vec::new();
     let stop = loop {
         if !params.ignore_eos && tokenizer.is_eog(next) {
             break StopReason::EndOfGeneration;
@@ -140,8 +153,19 @@ pub fn generate(
         if session.check_room(1).is_err() {
             break StopReason::ContextFull;
         }
+        let before = model.cache_stats();
+        let t_step = Instant::now();
         let logits = model.forward(cpu, session, &[next], Logits::Last)?;
         n_decode_steps += 1;
+        if let (Some(b), Some(a)) = (before, model.cache_stats()) {
+            per_token.push(TokenStats {
+                secs: t_step.elapsed().as_secs_f64(),
+                hits: a.hits - b.hits,
+                misses: a.misses - b.misses,
+                bytes_read: a.bytes_read - b.bytes_read,
+                wait_secs: a.wait_secs - b.wait_secs,
+            });
+        }
         next = sampler.sample(logits, &history);
     };
     if stop != StopReason::StopString {
@@ -161,5 +185,6 @@ pub fn generate(
         tokens: generated,
         cache_decode: model.cache_stats().zip(cache_prefill.as_ref()).map(|(end, start)| end.since(start)),
         cache_prefill,
+        per_token,
     })
 }

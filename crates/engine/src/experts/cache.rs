@@ -71,6 +71,9 @@ struct Slot {
     batch: Option<ReadBatch>,
 }
 
+/// Use counts are halved after this many uses per slot, so that old popularity fades.
+const DECAY_USES_PER_SLOT: u64 = 1 << 20;
+
 struct State {
     slots: Vec<Slot>,
     map: HashMap<(u32, u32), usize>,
@@ -79,6 +82,131 @@ struct State {
     tick: u64,
     uses_since_decay: u64,
     stats: CacheStats,
+    /// Slots held by each layer, and each MoE layer's fair share of the slots.
+    per_layer: Vec<usize>,
+    quota: usize,
+}
+
+impl State {
+    fn new(n_slots: usize, n_layer: usize, n_moe_layers: usize, n_expert: usize) -> State {
+        let slots = (0..n_slots)
+            .map(|_| Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None })
+            .collect();
+        let stats =
+            CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
+        State {
+            slots,
+            map: HashMap::new(),
+            freq: vec![vec![0; n_expert]; n_layer],
+            tick: 0,
+            uses_since_decay: 0,
+            stats,
+            per_layer: vec![0; n_layer],
+            quota: (n_slots / n_moe_layers.max(1)).max(1),
+        }
+    }
+
+    /// The policy's bookkeeping for one use of expert `e` of `layer`: counts the use and pins the expert's slot,
+    /// evicting a victim on a miss (that slot is left `Loading` for the caller to fill). Returns the slot and
+    /// whether it was a miss; `None` when every slot is pinned.
+    fn claim_slot(&mut self, layer: usize, e: u32) -> Option<(usize, bool)> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.freq[layer][e as usize] = self.freq[layer][e as usize].saturating_add(1);
+        self.uses_since_decay += 1;
+        if self.uses_since_decay > DECAY_USES_PER_SLOT * self.slots.len() as u64 {
+            self.uses_since_decay = 0;
+            for f in self.freq.iter_mut().flatten() {
+                *f /= 2;
+            }
+        }
+        if let Some(&s) = self.map.get(&(layer as u32, e)) {
+            self.slots[s].pins += 1;
+            self.slots[s].last_use = tick;
+            self.stats.hits += 1;
+            self.stats.per_layer_hits[layer] += 1;
+            return Some((s, false));
+        }
+        let victim = self.victim(layer)?;
+        if let Some(old) = self.slots[victim].owner.take() {
+            self.map.remove(&old);
+            self.per_layer[old.0 as usize] -= 1;
+        }
+        self.per_layer[layer] += 1;
+        self.map.insert((layer as u32, e), victim);
+        self.stats.misses += 1;
+        self.stats.per_layer_misses[layer] += 1;
+        self.slots[victim] =
+            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: tick, batch: None };
+        Some((victim, true))
+    }
+
+    /// Where a miss of `layer` goes: a free slot; else, when the layer holds its share (`quota`) or more, its own
+    /// least-used expert; else the least-used expert of the layer furthest over its share; else any unpinned one.
+    /// "Least used" is the lowest (decayed use count, last use). Per-layer shares keep one layer's burst from
+    /// evicting every other layer's experts, which a global policy does below one token's working set.
+    fn victim(&self, layer: usize) -> Option<usize> {
+        if let Some(s) = self.slots.iter().position(|s| s.state == SlotState::Free) {
+            return Some(s);
+        }
+        let least_used = |from: Option<usize>| {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready)
+                .filter(|(_, s)| from.is_none_or(|l| s.owner.is_some_and(|o| o.0 as usize == l)))
+                .min_by_key(|(_, s)| {
+                    let (l, e) = s.owner.expect("a ready slot has an owner");
+                    (self.freq[l as usize][e as usize], s.last_use)
+                })
+                .map(|(i, _)| i)
+        };
+        if self.per_layer[layer] >= self.quota {
+            if let Some(v) = least_used(Some(layer)) {
+                return Some(v);
+            }
+        }
+        let mut over: Vec<usize> = (0..self.per_layer.len()).filter(|&l| self.per_layer[l] > self.quota).collect();
+        over.sort_by_key(|&l| std::cmp::Reverse(self.per_layer[l]));
+        for l in over {
+            if let Some(v) = least_used(Some(l)) {
+                return Some(v);
+            }
+        }
+        least_used(None)
+    }
+}
+
+/// Replays a routing trace through the cache's eviction policy alone (no model, no I/O): each element of `steps`
+/// is one layer of one token, `(layer, experts used, counted)`; returns (hits, misses) over the counted steps. The
+/// experts of a step are pinned together, as in a forward step.
+pub fn replay_policy(
+    n_slots: usize,
+    n_layer: usize,
+    n_expert: usize,
+    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
+) -> (u64, u64) {
+    let mut st = State::new(n_slots, n_layer, n_layer, n_expert);
+    let (mut hits, mut misses) = (0, 0);
+    for (layer, experts, counted) in steps {
+        let mut pinned = Vec::with_capacity(experts.len());
+        for &e in &experts {
+            let Some((s, miss)) = st.claim_slot(layer, e) else { continue };
+            st.slots[s].state = SlotState::Ready;
+            pinned.push(s);
+            if counted {
+                if miss {
+                    misses += 1;
+                } else {
+                    hits += 1;
+                }
+            }
+        }
+        for s in pinned {
+            st.slots[s].pins -= 1;
+        }
+    }
+    (hits, misses)
 }
 
 /// Sizes of an expert cache.
@@ -113,11 +241,7 @@ impl ExpertCache {
         let n_layer = store.layout().layers.len();
         let n_expert = store.layout().n_expert;
         let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
-        let slots = (0..cfg.n_slots)
-            .map(|_| Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None })
-            .collect();
-        let stats =
-            CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
+        let store_moe_layers = store.layout().n_moe_layers();
         Ok(ExpertCache {
             store,
             io: match cfg.io_engine {
@@ -127,14 +251,7 @@ impl ExpertCache {
             mem,
             slot_bytes,
             n_slots: cfg.n_slots,
-            state: Mutex::new(State {
-                slots,
-                map: HashMap::new(),
-                freq: vec![vec![0; n_expert]; n_layer],
-                tick: 0,
-                uses_since_decay: 0,
-                stats,
-            }),
+            state: Mutex::new(State::new(cfg.n_slots, n_layer, store_moe_layers, n_expert)),
         })
     }
 
@@ -172,58 +289,13 @@ impl ExpertCache {
 
     /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
     fn claim(&self, st: &mut State, layer: usize, e: u32) -> Option<usize> {
-        st.tick += 1;
-        let tick = st.tick;
-        st.freq[layer][e as usize] = st.freq[layer][e as usize].saturating_add(1);
-        st.uses_since_decay += 1;
-        if st.uses_since_decay > 64 * self.n_slots as u64 {
-            st.uses_since_decay = 0;
-            for f in st.freq.iter_mut().flatten() {
-                *f /= 2;
-            }
+        let (s, miss) = st.claim_slot(layer, e)?;
+        if miss {
+            let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
+            st.stats.bytes_read += reqs.iter().map(|r| r.len as u64).sum::<u64>();
+            st.slots[s].batch = Some(self.io.submit(reqs));
         }
-        if let Some(&s) = st.map.get(&(layer as u32, e)) {
-            st.slots[s].pins += 1;
-            st.slots[s].last_use = tick;
-            st.stats.hits += 1;
-            st.stats.per_layer_hits[layer] += 1;
-            return Some(s);
-        }
-        let victim = self.victim(st)?;
-        if let Some(old) = st.slots[victim].owner.take() {
-            st.map.remove(&old);
-        }
-        st.map.insert((layer as u32, e), victim);
-        let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(victim));
-        st.stats.bytes_read += reqs.iter().map(|r| r.len as u64).sum::<u64>();
-        st.stats.misses += 1;
-        st.stats.per_layer_misses[layer] += 1;
-        let batch = self.io.submit(reqs);
-        let slot = &mut st.slots[victim];
-        *slot = Slot {
-            owner: Some((layer as u32, e)),
-            state: SlotState::Loading,
-            pins: 1,
-            last_use: tick,
-            batch: Some(batch),
-        };
-        Some(victim)
-    }
-
-    /// A free slot, else the unpinned ready slot with the lowest (use count, last use).
-    fn victim(&self, st: &State) -> Option<usize> {
-        if let Some(s) = st.slots.iter().position(|s| s.state == SlotState::Free) {
-            return Some(s);
-        }
-        st.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready)
-            .min_by_key(|(_, s)| {
-                let (l, e) = s.owner.expect("a ready slot has an owner");
-                (st.freq[l as usize][e as usize], s.last_use)
-            })
-            .map(|(i, _)| i)
+        Some(s)
     }
 
     /// Blocks until the pinned slot `s` is readable.
