@@ -72,7 +72,7 @@ struct Slot {
 }
 
 /// Use counts are halved after this many uses per slot, so that old popularity fades.
-const DECAY_USES_PER_SLOT: u64 = 1 << 20;
+const DECAY_USES_PER_SLOT: u64 = 64;
 
 struct State {
     slots: Vec<Slot>,
