@@ -69,7 +69,7 @@ impl QuantActs {
 
 /// A raw pointer to an output buffer whose disjoint parts are written by several threads.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: used only to write disjoint elements from several threads, within the lifetime of the borrow it
 // was made from (the pool call returns before that borrow ends).
 unsafe impl Send for SharedOut {}
@@ -78,7 +78,7 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// A method (not a field access) so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

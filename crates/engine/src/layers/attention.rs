@@ -5,7 +5,7 @@
 //! `out[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(head_dim)) v[j]` over cached positions `j <= p`.
 //! Each (token, head) pair is computed by the same loop whether it comes in a prefill batch or alone.
 
-use crate::ops::{self, Cpu, QuantActs};
+use crate::ops::{self, Cpu, QuantActs, SharedOut};
 use crate::session::LayerKv;
 use crate::tensor::QMat;
 
@@ -123,8 +123,8 @@ pub fn attention(
     s.att.resize(n * q_dim, 0.0);
     let group = shape.n_head / shape.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores_ptr = SharedPtr(s.scores.as_mut_ptr());
-    let att_ptr = SharedPtr(s.att.as_mut_ptr());
+    let scores_ptr = SharedOut(s.scores.as_mut_ptr());
+    let att_ptr = SharedOut(s.att.as_mut_ptr());
     let (q, kv_ref) = (&s.q, &*kv);
     cpu.pool.for_chunks_indexed(n * shape.n_head, 1, &|thread, pairs| {
         for pair in pairs {
@@ -172,18 +172,4 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-#[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: used only to write disjoint parts of a buffer from pool threads during one pool call.
-unsafe impl Send for SharedPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SharedPtr {}
-
-impl SharedPtr {
-    /// A method (not a field access) so closures capture the whole `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
