@@ -67,6 +67,13 @@ pub struct RunArgs {
     /// Write the expert cache statistics of the run as JSON.
     #[arg(long = "stats-json")]
     pub stats_json: Option<std::path::PathBuf>,
+    /// Record the experts chosen per token and layer to a CSV trace (the format of shared/traces).
+    #[arg(long = "record-routes", value_name = "FILE")]
+    pub record_routes: Option<std::path::PathBuf>,
+    /// BENCHMARK MODE, not inference: replace the router's choices by a recorded trace's, so the cache and
+    /// loader run with real routing on a synthetic model of the same shape. The text it prints means nothing.
+    #[arg(long = "replay-routes", value_name = "FILE", conflicts_with = "record_routes")]
+    pub replay_routes: Option<std::path::PathBuf>,
 }
 
 /// Rejects sampling parameters that are NaN, infinite or outside their range.
@@ -108,7 +115,32 @@ pub fn main(a: RunArgs) -> Result<()> {
     let n_ctx_req = a.model.ctx_size;
     let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
     let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
-    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let mut recorder = None;
+    if let Some(path) = &a.record_routes {
+        let expert_bytes: Vec<u64> =
+            model.expert_layout().layers.iter().map(|l| l.as_ref().map_or(0, |l| l.expert_bytes())).collect();
+        let r = std::sync::Arc::new(engine::routes::RouteRecorder::create(
+            path,
+            &a.model.model.display().to_string(),
+            &model.info.arch,
+            model.info.n_expert,
+            model.info.n_expert_used,
+            &expert_bytes,
+        )?);
+        model.set_route_hook(Some(r.clone()));
+        recorder = Some(r);
+    }
+    let replay = a.replay_routes.is_some();
+    if let Some(path) = &a.replay_routes {
+        let r = engine::routes::RouteReplay::load(path, model.info.n_expert.max(1))?;
+        eprintln!(
+            "REPLAY MODE: routing replaced by {} ({} tokens); a benchmark, not inference: the text means nothing",
+            path.display(),
+            r.n_tokens()
+        );
+        model.set_route_hook(Some(std::sync::Arc::new(r)));
+    }
     for note in &model.info.notes {
         eprintln!("note: {note}");
     }
@@ -165,6 +197,12 @@ pub fn main(a: RunArgs) -> Result<()> {
     })?;
     let _ = writeln!(out);
     drop(out);
+    if let Some(r) = &recorder {
+        r.finish()?;
+    }
+    if replay {
+        eprintln!("REPLAY MODE: the routing came from the trace, not from the model");
+    }
 
     eprintln!();
     eprintln!(
@@ -206,6 +244,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         }
         if let Some(path) = &a.stats_json {
             let json = serde_json::json!({
+                "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
                 "model": a.model.model,
                 "prompt_tokens": stats.n_prompt,
                 "prompt_secs": stats.prompt_secs,

@@ -24,6 +24,7 @@ pub mod layers;
 pub mod models;
 pub mod ops;
 pub mod pool;
+pub mod routes;
 pub mod sample;
 pub mod session;
 pub mod synth;

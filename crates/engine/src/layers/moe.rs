@@ -79,7 +79,15 @@ pub fn route(logits: &[f32], r: &MoeRouting, probs: &mut Vec<f32>, order: &mut V
     }
 }
 
-/// Runs the MoE block for `x` (`[n, n_embd]`, already normed) into `out` (`[n, n_embd]`).
+/// Observes or replaces routing decisions: route traces, a benchmark and analysis mode that is never on by
+/// default ([`crate::routes`]).
+pub trait RouteHook: Send + Sync {
+    /// Called with the router's choice for the token at position `pos` in MoE layer `layer` (`n_call` tokens in
+    /// this forward call); may replace it.
+    fn route(&self, layer: usize, pos: usize, n_call: usize, route: &mut Route) -> Result<()>;
+}
+
+/// Runs the MoE block for `x` (`[n, n_embd]`, already normed, positions `pos0..`) into `out` (`[n, n_embd]`).
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
     cpu: &Cpu,
@@ -87,13 +95,13 @@ pub fn moe(
     r: &MoeRouting,
     experts: &dyn ExpertProvider,
     layer: usize,
+    (pos0, hook): (usize, Option<&dyn RouteHook>),
     x: &[f32],
     s: &mut MoeScratch,
     out: &mut [f32],
 ) -> Result<()> {
     let n_embd = w.router.cols;
     let n = x.len() / n_embd;
-    let k = r.n_expert_used;
 
     s.logits.resize(n * r.n_expert, 0.0);
     ops::matmul_f32(cpu, w.router.as_ref(), x, &mut s.xq, &mut s.logits);
@@ -101,7 +109,12 @@ pub fn moe(
     for t in 0..n {
         let logits = &s.logits[t * r.n_expert..(t + 1) * r.n_expert];
         route(logits, r, &mut s.probs, &mut s.order, &mut s.routes[t]);
+        if let Some(h) = hook {
+            h.route(layer, pos0 + t, n, &mut s.routes[t])?;
+        }
     }
+    // Experts per token: the router's k, or what a replayed trace gives.
+    let k = s.routes[..n].iter().map(|r| r.experts.len()).max().unwrap_or(0);
     s.used.clear();
     for route in &s.routes[..n] {
         s.used.extend_from_slice(&route.experts);
@@ -136,7 +149,7 @@ pub fn moe(
     for t in 0..n {
         let o = &mut out[t * n_embd..(t + 1) * n_embd];
         let route = &s.routes[t];
-        for slot in 0..k {
+        for slot in 0..route.experts.len() {
             let y = &s.expert_out[(t * k + slot) * n_embd..(t * k + slot + 1) * n_embd];
             let wt = route.weights[slot];
             if slot == 0 {

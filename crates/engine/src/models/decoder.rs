@@ -21,7 +21,7 @@ use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
 use crate::formats::WeightIndex;
 use crate::layers::attention::{self, AttentionShape, AttentionWeights};
 use crate::layers::ffn::{self, FfnWeights};
-use crate::layers::moe::{self, MoeRouting, MoeWeights};
+use crate::layers::moe::{self, MoeRouting, MoeWeights, RouteHook};
 use crate::models::loader::ExpertResidency;
 use crate::models::loader::Loader;
 use crate::models::{Logits, ModelInfo};
@@ -82,6 +82,8 @@ pub struct Decoder {
     pub experts: Box<dyn ExpertProvider + Send>,
     /// How the memory budget was split (streaming mode only).
     pub plan: Option<MemoryPlan>,
+    /// Route recording or replay (off by default).
+    pub route_hook: Option<std::sync::Arc<dyn RouteHook>>,
 }
 
 impl Decoder {
@@ -183,6 +185,7 @@ impl Decoder {
             }
         };
         Ok(Decoder {
+            route_hook: None,
             plan,
             info,
             cfg,
@@ -271,7 +274,17 @@ impl Decoder {
                 FeedForward::Dense(w) => ffn::ffn(cpu, w, &s.xn, &mut s.ffn, &mut s.y),
                 FeedForward::Moe(w) => {
                     let routing = cfg.moe.as_ref().expect("MoE layer has routing");
-                    moe::moe(cpu, w, routing, &*self.experts, l, &s.xn, &mut s.moe, &mut s.y)?
+                    moe::moe(
+                        cpu,
+                        w,
+                        routing,
+                        &*self.experts,
+                        l,
+                        (pos0, self.route_hook.as_deref()),
+                        &s.xn,
+                        &mut s.moe,
+                        &mut s.y,
+                    )?
                 }
             }
             ops::tap("ffn_out", Some(l), &s.y);

@@ -99,6 +99,11 @@ impl Model {
         self.decoder.experts.cache_stats()
     }
 
+    /// Records or replays routing decisions (see [`crate::routes`]).
+    pub fn set_route_hook(&mut self, hook: Option<std::sync::Arc<dyn crate::layers::moe::RouteHook>>) {
+        self.decoder.route_hook = hook;
+    }
+
     /// Replaces the source of expert weights (e.g. by a streaming cache over the same layout).
     pub fn set_experts(&mut self, experts: Box<dyn ExpertProvider + Send>) {
         self.decoder.experts = experts;
