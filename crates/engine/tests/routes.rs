@@ -76,7 +76,7 @@ fn bad_traces_are_refused() {
     model.set_route_hook(Some(Arc::new(RouteReplay::load(&p, 8).expect("load"))));
     let cpu = Cpu::new(1);
     let mut s = model.new_session(8);
-    let err = model.forward(&cpu, &mut s, &[1, 2], Logits::Last).err().expect("token 1 is not in the trace");
+    let err = model.forward(&cpu, &mut s, &[1, 2], Logits::Last).expect_err("token 1 is not in the trace");
     assert!(err.to_string().contains("covers 1 tokens"), "{err}");
     let _ = std::fs::remove_file(p);
 }
