@@ -99,6 +99,9 @@ pub struct RouteReplay {
     /// (absolute position, layer) -> (expert, weight) in slot order.
     steps: HashMap<(usize, usize), Vec<(u32, f32)>>,
     n_tokens: usize,
+    /// Prompt positions: where a trace lacks a layer of a prompt token (engines skip the last layer's rows that
+    /// no output needs), the model's own routing stands.
+    n_prompt: usize,
 }
 
 impl RouteReplay {
@@ -127,9 +130,11 @@ impl RouteReplay {
             }
         }
         let n_prompt = rows.iter().filter(|r| r.0 == 0).map(|r| r.1 + 1).max().unwrap_or(0);
+        // Decode steps count from 0, or go on from the prompt's positions (both occur in real traces).
+        let decode_from_zero = rows.iter().filter(|r| r.0 == 1).map(|r| r.1).min().is_some_and(|m| m < n_prompt);
         let mut steps: HashMap<(usize, usize), Vec<(u32, f32)>> = HashMap::new();
         for &(phase, step, layer, slot, e, w) in &rows {
-            let pos = if phase == 0 { step } else { n_prompt + step };
+            let pos = if phase == 1 && decode_from_zero { n_prompt + step } else { step };
             let v = steps.entry((pos, layer)).or_default();
             if v.len() <= slot {
                 v.resize(slot + 1, (u32::MAX, 0.0));
@@ -151,7 +156,7 @@ impl RouteReplay {
         if n_tokens == 0 {
             return Err(Error::format(path, "the trace holds no routing rows"));
         }
-        Ok(RouteReplay { path: path.to_path_buf(), steps, n_tokens })
+        Ok(RouteReplay { path: path.to_path_buf(), steps, n_tokens, n_prompt })
     }
 
     /// Tokens (prompt + decode) the trace covers.
@@ -163,6 +168,9 @@ impl RouteReplay {
 impl RouteHook for RouteReplay {
     fn route(&self, layer: usize, pos: usize, _n_call: usize, route: &mut Route) -> Result<()> {
         let Some(v) = self.steps.get(&(pos, layer)) else {
+            if pos < self.n_prompt {
+                return Ok(());
+            }
             return Err(Error::Invalid(format!(
                 "{}: no routing for token {pos} of layer {layer} (the trace covers {} tokens): shorten the run",
                 self.path.display(),
