@@ -2,12 +2,14 @@
 //!
 //! # Data flow
 //! file -> [`formats::WeightIndex`] (every tensor's type, shape, file, offset and length) -> resident weights +
-//! [`experts::ExpertLayout`] -> an [`experts::ExpertProvider`] (all in RAM today; the streaming cache next) ->
+//! [`experts::ExpertLayout`] -> an [`experts::ExpertProvider`] (all in RAM, or the streaming cache) ->
 //! [`layers`] -> [`models::Model`] -> logits -> sampler -> tokens.
 //!
 //! # Layout
 //! - `formats/`: GGUF and safetensors readers that build the weight index; they never read a whole file.
-//! - `experts/`: where each expert's bytes are, and the providers that hand them to the MoE block.
+//! - `experts/`: where each expert's bytes are (layout, store), the providers that hand them to the MoE block
+//!   (resident, cache), the read engines (io) and the memory budget plan (budget).
+//! - `routes`: route traces (record; replay as a benchmark mode). `synth`: random-weight GGUFs of real shapes.
 //! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.
 //! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
 //! - `session`: the per-sequence state (KV cache, scratch); weights never hold state.
