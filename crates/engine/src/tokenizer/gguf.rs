@@ -234,6 +234,7 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
         eos_id: data.eos_id,
         eos_ids,
         add_bos,
+        add_eos: data.add_eos.unwrap_or(false) && data.eos_id.is_some(),
         chat_template: data.chat_template,
     })
 }
