@@ -161,61 +161,10 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
             pre::supported_names()
         )));
     };
-    let n_vocab = data.tokens.len();
-    let types = data.token_types.clone().unwrap_or_else(|| vec![token_type::NORMAL; n_vocab]);
-
-    // llama.cpp's token_to_id keeps the last id for a text that appears twice.
-    let mut vocab = Vocab::with_capacity(n_vocab);
-    for (id, text) in data.tokens.iter().enumerate() {
-        vocab.insert(text.clone(), id as u32);
-    }
-    let mut merges = Vec::with_capacity(data.merges.len());
-    for (i, merge) in data.merges.iter().enumerate() {
-        if merge.len() > TOKEN_BYTES_MAX {
-            return Err(err(format!("GGUF merge {i} is {} bytes long (at most {TOKEN_BYTES_MAX})", merge.len())));
-        }
-        let Some((left, right)) = split_merge(merge) else {
-            return Err(err(format!("GGUF merge {i} ({merge:?}) is not two tokens separated by a space")));
-        };
-        for part in [left, right] {
-            if !vocab.contains_key(part) {
-                return Err(err(format!(
-                    "GGUF merge {i} ({merge:?}) refers to {part:?}, which is not in the vocabulary"
-                )));
-            }
-        }
-        merges.push((left.to_string(), right.to_string()));
-    }
-
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(pre_type.ignore_merges)
-        .build()
-        .map_err(|e| err(format!("GGUF BPE vocabulary: {e}")))?;
-    let mut pieces = Vec::with_capacity(n_vocab);
-    let mut added = Vec::new();
-    for (text, &ty) in data.tokens.iter().zip(&types) {
-        match ty {
-            token_type::CONTROL | token_type::USER_DEFINED => {
-                if !text.is_empty() {
-                    added.push(AddedToken::from(text.clone(), ty == token_type::CONTROL).normalized(false));
-                }
-                pieces.push(text.as_bytes().to_vec());
-            }
-            token_type::BYTE => pieces.push(byte_token(text).map_or_else(|| byte_level_bytes(text), |b| vec![b])),
-            _ => pieces.push(byte_level_bytes(text)),
-        }
-    }
-
-    let mut splits = Vec::with_capacity(pre_type.regexes.len() + 1);
-    for re in pre_type.regexes {
-        let split = Split::new(SplitPattern::Regex((*re).to_string()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| err(format!("pre-tokenizer '{}' regex {re:?}: {e}", pre_type.name)))?;
-        splits.push(PreTokenizerWrapper::Split(split));
-    }
-    splits.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
+    let bpe = build_bpe(&data, pre_type.ignore_merges)?;
+    let (pieces, added) = pieces_and_special_tokens(&data);
     let mut hf = tokenizers::Tokenizer::new(bpe);
-    hf.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(splits))));
+    hf.with_pre_tokenizer(Some(pre_tokenizer(&pre_type)?));
     hf.with_decoder(Some(ByteLevel::new(false, false, false)));
     hf.add_special_tokens(&added);
 
@@ -237,6 +186,71 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
         add_eos: data.add_eos.unwrap_or(false) && data.eos_id.is_some(),
         chat_template: data.chat_template,
     })
+}
+
+/// The BPE model: vocabulary (llama.cpp keeps the last id of a text that appears twice) and checked merges.
+fn build_bpe(data: &GgufTokenizerData, ignore_merges: bool) -> Result<BPE> {
+    let mut vocab = Vocab::with_capacity(data.tokens.len());
+    for (id, text) in data.tokens.iter().enumerate() {
+        vocab.insert(text.clone(), id as u32);
+    }
+    let mut merges = Vec::with_capacity(data.merges.len());
+    for (i, merge) in data.merges.iter().enumerate() {
+        if merge.len() > TOKEN_BYTES_MAX {
+            return Err(err(format!("GGUF merge {i} is {} bytes long (at most {TOKEN_BYTES_MAX})", merge.len())));
+        }
+        let Some((left, right)) = split_merge(merge) else {
+            return Err(err(format!("GGUF merge {i} ({merge:?}) is not two tokens separated by a space")));
+        };
+        for part in [left, right] {
+            if !vocab.contains_key(part) {
+                return Err(err(format!(
+                    "GGUF merge {i} ({merge:?}) refers to {part:?}, which is not in the vocabulary"
+                )));
+            }
+        }
+        merges.push((left.to_string(), right.to_string()));
+    }
+    BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| err(format!("GGUF BPE vocabulary: {e}")))
+}
+
+/// Each id's bytes (llama.cpp's `token_to_piece`), and the tokens matched in raw text before BPE: control tokens
+/// (only with `parse_special`) and user-defined ones (always). Like llama.cpp, an end-of-generation text such as
+/// `<|im_end|>` counts as control whatever its declared type.
+fn pieces_and_special_tokens(data: &GgufTokenizerData) -> (Vec<Vec<u8>>, Vec<AddedToken>) {
+    let mut pieces = Vec::with_capacity(data.tokens.len());
+    let mut added = Vec::new();
+    for (id, text) in data.tokens.iter().enumerate() {
+        let declared = data.token_types.as_ref().and_then(|types| types.get(id).copied()).unwrap_or(token_type::NORMAL);
+        let ty = if EOG_TEXTS.contains(&text.as_str()) { token_type::CONTROL } else { declared };
+        match ty {
+            token_type::CONTROL | token_type::USER_DEFINED => {
+                if !text.is_empty() {
+                    added.push(AddedToken::from(text.clone(), ty == token_type::CONTROL).normalized(false));
+                }
+                pieces.push(text.as_bytes().to_vec());
+            }
+            token_type::BYTE => pieces.push(byte_token(text).map_or_else(|| byte_level_bytes(text), |b| vec![b])),
+            _ => pieces.push(byte_level_bytes(text)),
+        }
+    }
+    (pieces, added)
+}
+
+/// The regex splits of `pre_type`, then GGUF's byte-to-char mapping.
+fn pre_tokenizer(pre_type: &pre::PreType) -> Result<PreTokenizerWrapper> {
+    let mut splits = Vec::with_capacity(pre_type.regexes.len() + 1);
+    for re in pre_type.regexes {
+        let split = Split::new(SplitPattern::Regex((*re).to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| err(format!("pre-tokenizer '{}' regex {re:?}: {e}", pre_type.name)))?;
+        splits.push(PreTokenizerWrapper::Split(split));
+    }
+    splits.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
+    Ok(PreTokenizerWrapper::Sequence(Sequence::new(splits)))
 }
 
 /// The byte of a byte-type token "<0xAB>".
