@@ -9,6 +9,13 @@
 //!
 //! This module does no I/O beyond reading the tokenizer files it is pointed at, and knows nothing of GGUF parsing:
 //! the engine's GGUF reader fills a [`GgufTokenizerData`].
+//!
+//! # Versus llama.cpp (tag b11434)
+//! GGUF encoding gives the same ids as llama.cpp on its own vocabulary fixtures and on SmolLM2
+//! (`tests/tokenizer_llama_cpp.rs`). Differences: decoding renders control tokens as their text (llama.cpp's
+//! `token_to_piece(.., special = true)`) and never applies llama.cpp's `clean_spaces` post-processing; per-token
+//! `lstrip`/`rstrip` attributes are not applied; only the `gpt2` tokenizer model is supported (SentencePiece
+//! `llama`, WordPiece `bert`, ... are refused with an error naming the model).
 
 mod chat;
 mod fuzz;
