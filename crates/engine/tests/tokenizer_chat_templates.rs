@@ -82,3 +82,15 @@ fn qwen3_renders_chatml_exactly() {
     let without_prompt = render("Qwen-Qwen3-0.6B.jinja", false);
     assert_eq!(without_prompt, expected.strip_suffix("<|im_start|>assistant\n").expect("suffix"));
 }
+
+#[test]
+fn extra_variables_reach_the_template() {
+    let path = templates_dir().join("Qwen-Qwen3-0.6B.jinja");
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let template = ChatTemplate::new(&src).expect("compiles");
+    let messages = [ChatMessage::new("user", "hi")];
+    let extra = serde_json::json!({"enable_thinking": false, "add_generation_prompt": false});
+    let text = template.render_with(&messages, true, None, None, &extra).expect("renders");
+    assert_eq!(text, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    assert!(template.render_with(&messages, true, None, None, &serde_json::json!([1])).is_err());
+}

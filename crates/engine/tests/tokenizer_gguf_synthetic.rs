@@ -56,6 +56,13 @@ fn id_of(d: &GgufTokenizerData, text: &str) -> u32 {
 }
 
 #[test]
+fn tokenizer_is_shareable_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<engine::tokenizer::ChatTemplate>();
+}
+
+#[test]
 fn encodes_with_merges_and_round_trips() {
     let d = data();
     let t = Tokenizer::from_gguf(d.clone()).expect("builds");
@@ -98,6 +105,9 @@ fn bos_and_eos() {
     assert_eq!(t.eos_ids(), [id_of(&d, "<|im_end|>")]);
     assert!(t.is_eog(id_of(&d, "<|im_end|>")));
     assert!(!t.is_eog(bos));
+    let t = Tokenizer::from_gguf(GgufTokenizerData { add_eos: Some(true), ..d.clone() }).expect("builds");
+    assert_eq!(t.encode("Hello", true, false).expect("encodes"), [id_of(&d, "Hello"), id_of(&d, "<|im_end|>")]);
+    assert_eq!(t.encode("Hello", false, false).expect("encodes"), [id_of(&d, "Hello")]);
     // llama3's pre-type defaults add_bos to true when the GGUF does not say.
     let t = Tokenizer::from_gguf(GgufTokenizerData { add_bos: None, pre: Some("llama-bpe".into()), ..d }).expect("ok");
     assert!(t.add_bos());

@@ -155,6 +155,22 @@ impl ChatTemplate {
         bos_token: Option<&str>,
         eos_token: Option<&str>,
     ) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, bos_token, eos_token, &serde_json::Value::Null)
+    }
+
+    /// [`ChatTemplate::render`] with extra template variables from a JSON object (`{"enable_thinking": false}`,
+    /// `{"tools": [...]}`); `null` adds none. The fixed variables win over extras of the same name.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
+        if !(extra.is_null() || extra.is_object()) {
+            return Err(Error::Tokenizer(format!("chat template variables must be a JSON object, not {extra}")));
+        }
         let template = self.env.get_template(NAME).map_err(template_error)?;
         template
             .render(context! {
@@ -162,6 +178,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token.unwrap_or(""),
                 eos_token => eos_token.unwrap_or(""),
+                ..Value::from_serialize(extra)
             })
             .map_err(template_error)
     }

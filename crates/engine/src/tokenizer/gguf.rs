@@ -161,11 +161,36 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
             pre::supported_names()
         )));
     };
-    let n_vocab = data.tokens.len();
-    let types = data.token_types.clone().unwrap_or_else(|| vec![token_type::NORMAL; n_vocab]);
+    let bpe = build_bpe(&data, pre_type.ignore_merges)?;
+    let (pieces, added) = pieces_and_special_tokens(&data);
+    let mut hf = tokenizers::Tokenizer::new(bpe);
+    hf.with_pre_tokenizer(Some(pre_tokenizer(&pre_type)?));
+    hf.with_decoder(Some(ByteLevel::new(false, false, false)));
+    hf.add_special_tokens(&added);
 
-    // llama.cpp's token_to_id keeps the last id for a text that appears twice.
-    let mut vocab = Vocab::with_capacity(n_vocab);
+    let bos_id = if pre_type.no_bos { None } else { data.bos_id };
+    let add_bos = data.add_bos.unwrap_or(pre_type.add_bos) && bos_id.is_some();
+    let mut eos_ids: Vec<u32> = [data.eos_id, data.eot_id, data.eom_id].into_iter().flatten().collect();
+    for (id, text) in data.tokens.iter().enumerate() {
+        if EOG_TEXTS.contains(&text.as_str()) {
+            eos_ids.push(id as u32);
+        }
+    }
+    Tokenizer::assemble(super::Parts {
+        hf,
+        pieces,
+        bos_id,
+        eos_id: data.eos_id,
+        eos_ids,
+        add_bos,
+        add_eos: data.add_eos.unwrap_or(false) && data.eos_id.is_some(),
+        chat_template: data.chat_template,
+    })
+}
+
+/// The BPE model: vocabulary (llama.cpp keeps the last id of a text that appears twice) and checked merges.
+fn build_bpe(data: &GgufTokenizerData, ignore_merges: bool) -> Result<BPE> {
+    let mut vocab = Vocab::with_capacity(data.tokens.len());
     for (id, text) in data.tokens.iter().enumerate() {
         vocab.insert(text.clone(), id as u32);
     }
@@ -186,15 +211,22 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
         }
         merges.push((left.to_string(), right.to_string()));
     }
-
-    let bpe = BPE::builder()
+    BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .ignore_merges(pre_type.ignore_merges)
+        .ignore_merges(ignore_merges)
         .build()
-        .map_err(|e| err(format!("GGUF BPE vocabulary: {e}")))?;
-    let mut pieces = Vec::with_capacity(n_vocab);
+        .map_err(|e| err(format!("GGUF BPE vocabulary: {e}")))
+}
+
+/// Each id's bytes (llama.cpp's `token_to_piece`), and the tokens matched in raw text before BPE: control tokens
+/// (only with `parse_special`) and user-defined ones (always). Like llama.cpp, an end-of-generation text such as
+/// `<|im_end|>` counts as control whatever its declared type.
+fn pieces_and_special_tokens(data: &GgufTokenizerData) -> (Vec<Vec<u8>>, Vec<AddedToken>) {
+    let mut pieces = Vec::with_capacity(data.tokens.len());
     let mut added = Vec::new();
-    for (text, &ty) in data.tokens.iter().zip(&types) {
+    for (id, text) in data.tokens.iter().enumerate() {
+        let declared = data.token_types.as_ref().and_then(|types| types.get(id).copied()).unwrap_or(token_type::NORMAL);
+        let ty = if EOG_TEXTS.contains(&text.as_str()) { token_type::CONTROL } else { declared };
         match ty {
             token_type::CONTROL | token_type::USER_DEFINED => {
                 if !text.is_empty() {
@@ -206,7 +238,11 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
             _ => pieces.push(byte_level_bytes(text)),
         }
     }
+    (pieces, added)
+}
 
+/// The regex splits of `pre_type`, then GGUF's byte-to-char mapping.
+fn pre_tokenizer(pre_type: &pre::PreType) -> Result<PreTokenizerWrapper> {
     let mut splits = Vec::with_capacity(pre_type.regexes.len() + 1);
     for re in pre_type.regexes {
         let split = Split::new(SplitPattern::Regex((*re).to_string()), SplitDelimiterBehavior::Isolated, false)
@@ -214,28 +250,7 @@ pub(super) fn from_gguf(data: GgufTokenizerData) -> Result<Tokenizer> {
         splits.push(PreTokenizerWrapper::Split(split));
     }
     splits.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)));
-    let mut hf = tokenizers::Tokenizer::new(bpe);
-    hf.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(splits))));
-    hf.with_decoder(Some(ByteLevel::new(false, false, false)));
-    hf.add_special_tokens(&added);
-
-    let bos_id = if pre_type.no_bos { None } else { data.bos_id };
-    let add_bos = data.add_bos.unwrap_or(pre_type.add_bos) && bos_id.is_some();
-    let mut eos_ids: Vec<u32> = [data.eos_id, data.eot_id, data.eom_id].into_iter().flatten().collect();
-    for (id, text) in data.tokens.iter().enumerate() {
-        if EOG_TEXTS.contains(&text.as_str()) {
-            eos_ids.push(id as u32);
-        }
-    }
-    Tokenizer::assemble(super::Parts {
-        hf,
-        pieces,
-        bos_id,
-        eos_id: data.eos_id,
-        eos_ids,
-        add_bos,
-        chat_template: data.chat_template,
-    })
+    Ok(PreTokenizerWrapper::Sequence(Sequence::new(splits)))
 }
 
 /// The byte of a byte-type token "<0xAB>".

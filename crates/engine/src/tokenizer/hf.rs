@@ -107,7 +107,7 @@ pub(super) fn from_hf_file(path: &Path) -> Result<Tokenizer> {
         }
     };
     let add_bos = config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false) && bos_id.is_some();
-    Tokenizer::assemble(Parts { hf, pieces, bos_id, eos_id, eos_ids, add_bos, chat_template })
+    Tokenizer::assemble(Parts { hf, pieces, bos_id, eos_id, eos_ids, add_bos, add_eos: false, chat_template })
 }
 
 /// A SentencePiece-style token: `▁` is a space and `<0xAB>` is one byte.

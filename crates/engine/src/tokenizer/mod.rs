@@ -9,6 +9,13 @@
 //!
 //! This module does no I/O beyond reading the tokenizer files it is pointed at, and knows nothing of GGUF parsing:
 //! the engine's GGUF reader fills a [`GgufTokenizerData`].
+//!
+//! # Versus llama.cpp (tag b11434)
+//! GGUF encoding gives the same ids as llama.cpp on its own vocabulary fixtures and on SmolLM2
+//! (`tests/tokenizer_llama_cpp.rs`). Differences: decoding renders control tokens as their text (llama.cpp's
+//! `token_to_piece(.., special = true)`) and never applies llama.cpp's `clean_spaces` post-processing; per-token
+//! `lstrip`/`rstrip` attributes are not applied; only the `gpt2` tokenizer model is supported (SentencePiece
+//! `llama`, WordPiece `bert`, ... are refused with an error naming the model).
 
 mod chat;
 mod fuzz;
@@ -42,6 +49,8 @@ pub struct Tokenizer {
     /// End-of-generation ids, the declared EOS first, no duplicates.
     eos_ids: Vec<u32>,
     add_bos: bool,
+    /// Append EOS in `encode(.., add_special = true, ..)` (GGUF `add_eos_token`; rare).
+    add_eos: bool,
     chat_template: Option<String>,
 }
 
@@ -53,6 +62,7 @@ struct Parts {
     eos_id: Option<u32>,
     eos_ids: Vec<u32>,
     add_bos: bool,
+    add_eos: bool,
     chat_template: Option<String>,
 }
 
@@ -81,7 +91,7 @@ impl Tokenizer {
     }
 
     fn assemble(parts: Parts) -> Result<Tokenizer> {
-        let Parts { hf, pieces, bos_id, eos_id, eos_ids: eog, add_bos, chat_template } = parts;
+        let Parts { hf, pieces, bos_id, eos_id, eos_ids: eog, add_bos, add_eos, chat_template } = parts;
         let n_vocab = pieces.len();
         let mut eos_ids = Vec::with_capacity(eog.len());
         for id in eog {
@@ -94,12 +104,13 @@ impl Tokenizer {
         }
         let mut hf_plain = hf.clone();
         hf_plain.set_encode_special_tokens(true);
-        Ok(Tokenizer { hf, hf_plain, pieces, bos_id, eos_id, eos_ids, add_bos, chat_template })
+        Ok(Tokenizer { hf, hf_plain, pieces, bos_id, eos_id, eos_ids, add_bos, add_eos, chat_template })
     }
 
-    /// Text to ids. `add_special` adds BOS when the model asks for it (GGUF `add_bos_token`, or the Hugging Face
-    /// post-processor); `parse_special` turns control-token text such as `<|im_start|>` into its id, otherwise it is
-    /// tokenized as plain text. User-defined tokens are always matched, as in llama.cpp.
+    /// Text to ids. `add_special` adds BOS (and EOS) when the model asks for it (GGUF `add_bos_token` /
+    /// `add_eos_token`, or the Hugging Face post-processor); `parse_special` turns control-token text such as
+    /// `<|im_start|>` into its id, otherwise it is tokenized as plain text. User-defined tokens are always matched,
+    /// as in llama.cpp.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         if text.len() > ENCODE_BYTES_MAX {
             return Err(Error::Tokenizer(format!(
@@ -118,6 +129,9 @@ impl Tokenizer {
             }
         }
         out.extend_from_slice(ids);
+        if let (true, true, Some(eos)) = (add_special, self.add_eos, self.eos_id) {
+            out.push(eos);
+        }
         Ok(out)
     }
 

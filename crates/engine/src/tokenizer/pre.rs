@@ -1,9 +1,10 @@
 //! Pre-tokenizer regexes for GGUF byte-level BPE vocabularies, keyed by `tokenizer.ggml.pre`.
 //!
-//! A copy of llama.cpp's table (`src/llama-vocab.cpp`, tag b11434: the `tokenizer_pre` string -> `LLAMA_VOCAB_PRE_TYPE_*`
-//! mapping and `llm_tokenizer_bpe`'s `regex_exprs` per type). Each regex splits every piece left by the previous one,
-//! keeping both matches and the text between them, which is what a `Sequence` of `Split(.., Isolated)` does in the
-//! `tokenizers` crate. Pre-types that need a custom splitter in llama.cpp (afmoe digits, superbpe) or no byte-level
+//! A copy of llama.cpp's table (`src/llama-vocab.cpp`, tag b11434: the `tokenizer_pre` string ->
+//! `LLAMA_VOCAB_PRE_TYPE_*` mapping and `llm_tokenizer_bpe`'s `regex_exprs` per type). Each regex splits every piece
+//! left by the previous one, keeping both matches and the text between them, which is what a `Sequence` of
+//! `Split(.., Isolated)` does in the `tokenizers` crate. llama.cpp's own vocabulary fixtures agree with this on every
+//! case (see `tests/tokenizer_llama_cpp.rs`). Pre-types that need a custom splitter in llama.cpp (afmoe digits, superbpe) or no byte-level
 //! encoding (gemma4, sarvam-moe, mmbert, whitespace) are not here: an unknown name is refused, never guessed.
 //! Non-ASCII characters in the regexes are written as `\x{..}` escapes so that no editor's Unicode normalization
 //! can silently change them (NFC turns some range ends in deepseek-llm's classes into other code points).

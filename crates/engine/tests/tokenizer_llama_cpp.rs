@@ -1,7 +1,13 @@
-//! SmolLM2-135M-Instruct's GGUF tokenizer (gpt2 model, pre "smollm") against ids from llama.cpp's `llama-tokenize`.
+//! GGUF tokenizers against llama.cpp (tag b11434).
 //!
-//! The GGUF metadata is read by a small reader in this file, independent of the engine's GGUF reader. The model
-//! file must be at `models/` (run `tools/fetch_smollm2.sh`); the tests fail, not skip, without it.
+//! - SmolLM2-135M-Instruct (gpt2 model, pre "smollm") against ids recorded from llama.cpp's `llama-tokenize`. The
+//!   model file must be at `models/` (run `tools/fetch_smollm2.sh`); these tests fail, not skip, without it.
+//! - llama.cpp's own vocabulary fixtures (`models/ggml-vocab-*.gguf` with `.inp`/`.out`, the data of its
+//!   `test-tokenizer-0`), for every byte-level BPE pre-tokenizer they cover. Those files live in a llama.cpp checkout,
+//!   not in this repository, so that test is `#[ignore]`d: run it with
+//!   `LLAMA_CPP_DIR=/path/to/llama.cpp cargo test -p flash-moe-engine --test tokenizer_llama_cpp -- --ignored`.
+//!
+//! The GGUF metadata is read by a small reader in this file, independent of the engine's GGUF reader.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -273,4 +279,77 @@ fn embedded_chat_template_renders_chatml() {
     assert!(text.ends_with("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"), "{text:?}");
     let ids = t.encode(&text, true, true).expect("encodes");
     assert_eq!(ids.iter().filter(|&&id| id == 1).count(), text.matches("<|im_start|>").count());
+}
+
+/// llama.cpp's `test-tokenizer-0` cases: inputs separated by "\n__ggml_vocab_test__\n", one line of ids each.
+fn vocab_cases(inp: &str, out: &str) -> Vec<(String, Vec<u32>)> {
+    const SEP: &str = "\n__ggml_vocab_test__\n";
+    // As llama.cpp splits: a separator at the very end does not start another input.
+    let inputs: Vec<&str> = inp.strip_suffix(SEP).unwrap_or(inp).split(SEP).collect();
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap_or_else(|e| panic!("id {t:?}: {e}"))).collect())
+        .collect();
+    assert_eq!(inputs.len(), outputs.len(), "inputs and outputs differ in number");
+    inputs.into_iter().map(str::to_string).zip(outputs).collect()
+}
+
+#[test]
+#[ignore = "needs a llama.cpp checkout: set LLAMA_CPP_DIR and run with --ignored"]
+fn matches_llama_cpp_vocab_fixtures() {
+    let dir = std::env::var_os("LLAMA_CPP_DIR")
+        .map(PathBuf::from)
+        .expect("set LLAMA_CPP_DIR to a llama.cpp checkout (with models/ggml-vocab-*.gguf)")
+        .join("models");
+    // Byte-level BPE vocabularies; the others (llama-spm, phi-3, bert-bge, gemma-4, ...) must be refused.
+    let bpe = [
+        "command-r",
+        "deepseek-coder",
+        "deepseek-llm",
+        "falcon",
+        "gpt-2",
+        "llama-bpe",
+        "mpt",
+        "qwen2",
+        "qwen35",
+        "refact",
+        "starcoder",
+    ];
+    let mut report = Vec::new();
+    let mut n_failed = 0;
+    for name in bpe {
+        let gguf = dir.join(format!("ggml-vocab-{name}.gguf"));
+        let kv = read_metadata(&gguf).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let data = tokenizer_data(&kv);
+        let pre = data.pre.clone();
+        let t = match Tokenizer::from_gguf(data) {
+            Ok(t) => t,
+            Err(e) => {
+                n_failed += 1;
+                report.push(format!("{name}: refused: {e}"));
+                continue;
+            }
+        };
+        let read = |ext: &str| {
+            let path = dir.join(format!("ggml-vocab-{name}.gguf.{ext}"));
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let cases = vocab_cases(&read("inp"), &read("out"));
+        let mut n_bad = 0;
+        for (text, want) in &cases {
+            let got = t.encode(text, false, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if &got != want {
+                n_bad += 1;
+                report.push(format!("  {name} {text:?}:\n    llama.cpp {want:?}\n    flash-moe {got:?}"));
+            }
+        }
+        n_failed += usize::from(n_bad > 0);
+        report.push(format!("{name} (pre {pre:?}): {}/{} cases identical", cases.len() - n_bad, cases.len()));
+    }
+    for name in ["llama-spm", "phi-3", "bert-bge"] {
+        let kv = read_metadata(&dir.join(format!("ggml-vocab-{name}.gguf"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(Tokenizer::from_gguf(tokenizer_data(&kv)).is_err(), "{name} should be refused");
+    }
+    eprintln!("{}", report.join("\n"));
+    assert_eq!(n_failed, 0, "{}", report.join("\n"));
 }
