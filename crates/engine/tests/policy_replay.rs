@@ -1,11 +1,13 @@
 //! The expert cache's eviction policy on a real routing trace (shared/traces: Qwen3-30B-A3B, 48 layers x 128
 //! experts, top-6), replayed through the cache's own bookkeeping, against the trace's replay curve.
 //!
-//! Measured (printed by this test): per-layer shares with least-used eviction beat global LRU below one token
-//! cycle (785 MiB, where LRU thrashes to 0%: 15% vs 0%) and match it at 1-2 GB, but fall 2-3 points below LRU at
-//! 3-6 GB and 2-23 points below the curve's per-layer LFU: the policy is not yet the best known (issue 4). What this test
-//! holds the policy to is what it does today: never worse than random eviction, never better than Belady (which
-//! would mean the replay is wrong), and not below LRU where LRU thrashes.
+//! Measured (printed by this test), against a global LRU computed here with the same accounting (the curve's own
+//! LRU column runs 0-2 points higher, its accounting differs slightly): 15% vs 0% at 500 MiB (LRU thrashes below
+//! one token cycle, 785 MiB), equal at 1 GB, +2.7 points at 2 GB, +0.3 at 3 GB, then 0.7-1.3 points below LRU
+//! at 4-6 GB. The test holds the policy to that: above LRU where LRU thrashes, within 1.5 points of it elsewhere,
+//! above random eviction, below Belady (else the replay would be wrong). The curve's per-layer LFU (38-91%) is
+//! higher still; a plain per-layer LFU simulated with this accounting is not (16-88%), so its numbers likely
+//! count differently.
 
 mod common;
 
@@ -49,6 +51,31 @@ fn steps() -> Vec<(usize, Vec<u32>, bool)> {
     out
 }
 
+/// Global LRU over the same steps and the same hit accounting (the reference the policy is held to).
+fn lru_reference(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
+    let mut last_use: std::collections::HashMap<(usize, u32), u64> = std::collections::HashMap::new();
+    let (mut tick, mut hits, mut misses) = (0u64, 0u64, 0u64);
+    for (layer, experts, counted) in steps {
+        for &e in experts {
+            tick += 1;
+            let hit = last_use.contains_key(&(*layer, e));
+            if *counted {
+                if hit {
+                    hits += 1;
+                } else {
+                    misses += 1;
+                }
+            }
+            last_use.insert((*layer, e), tick);
+            if !hit && last_use.len() > n_slots {
+                let oldest = *last_use.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k).expect("non-empty");
+                last_use.remove(&oldest);
+            }
+        }
+    }
+    100.0 * hits as f64 / (hits + misses) as f64
+}
+
 #[test]
 fn eviction_on_a_real_trace() {
     let steps = steps();
@@ -57,14 +84,17 @@ fn eviction_on_a_real_trace() {
         let n_slots = (budget / expert_mib) as usize;
         let (h, m) = replay_policy(n_slots, 48, 128, steps.iter().cloned());
         let ours = 100.0 * h as f64 / (h + m) as f64;
+        let lru_here = lru_reference(n_slots, &steps);
         eprintln!(
-            "{budget:6.0} MiB ({n_slots:4} slots): flash-moe {ours:5.1}%  LRU {lru:5.1}%  per-layer LFU {layer_lfu:5.1}%  \
-             Belady {belady:5.1}%"
+            "{budget:6.0} MiB ({n_slots:4} slots): flash-moe {ours:5.1}%  LRU {lru_here:5.1}% (curve {lru:5.1}%)  \
+             per-layer LFU (curve) {layer_lfu:5.1}%  Belady (curve) {belady:5.1}%"
         );
-        assert!(ours >= random, "{budget} MiB: {ours:.1}% is below random eviction's {random}%");
-        if lru == 0.0 {
+        // Same accounting: beat LRU where it thrashes, stay within 1.5 points of it elsewhere.
+        if lru_here < 1.0 {
             assert!(ours > 10.0, "{budget} MiB: {ours:.1}%: thrashing like LRU");
         }
+        assert!(ours >= lru_here - 1.5, "{budget} MiB: {ours:.1}% is more than 1.5 points below LRU's {lru_here:.1}%");
+        assert!(ours >= random, "{budget} MiB: {ours:.1}% is below random eviction's {random}%");
         assert!(ours <= belady + 0.5, "{budget} MiB: {ours:.1}% beats Belady's {belady}%: the replay is wrong");
     }
 }
