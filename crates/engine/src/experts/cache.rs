@@ -166,12 +166,17 @@ impl State {
                 return Some(v);
             }
         }
-        let mut over: Vec<usize> = (0..self.per_layer.len()).filter(|&l| self.per_layer[l] > self.quota).collect();
-        over.sort_by_key(|&l| std::cmp::Reverse(self.per_layer[l]));
-        for l in over {
+        // Layers over their share, most over first, without allocating: take the largest excess below the last.
+        let mut bound = usize::MAX;
+        loop {
+            let most = (0..self.per_layer.len())
+                .filter(|&l| self.per_layer[l] > self.quota && self.per_layer[l] < bound)
+                .max_by_key(|&l| (self.per_layer[l], std::cmp::Reverse(l)));
+            let Some(l) = most else { break };
             if let Some(v) = least_used(Some(l)) {
                 return Some(v);
             }
+            bound = self.per_layer[l];
         }
         least_used(None)
     }

@@ -205,34 +205,23 @@ impl Decoder {
         if tokens.len() <= N_BATCH {
             return self.forward_batch(cpu, sess, tokens, want);
         }
-        if tokens.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
         sess.check_room(tokens.len())?;
         let mut all = std::mem::take(&mut sess.all_logits);
         all.clear();
-        let chunks: Vec<&[u32]> = tokens.chunks(N_BATCH).collect();
-        for (i, c) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
-            let w = if want == Logits::All {
-                Logits::All
-            } else if last {
-                Logits::Last
-            } else {
-                Logits::None
+        let n_chunks = tokens.len().div_ceil(N_BATCH);
+        for (i, c) in tokens.chunks(N_BATCH).enumerate() {
+            let w = match want {
+                Logits::All => Logits::All,
+                _ if i + 1 == n_chunks => Logits::Last,
+                _ => Logits::None,
             };
             let out = self.forward_batch(cpu, sess, c, w)?;
             if want == Logits::All {
                 all.extend_from_slice(out);
             }
         }
-        if want == Logits::All {
-            sess.all_logits = all;
-            Ok(&sess.all_logits)
-        } else {
-            sess.all_logits = all;
-            Ok(&sess.scratch.logits)
-        }
+        sess.all_logits = all;
+        Ok(if want == Logits::All { &sess.all_logits } else { &sess.scratch.logits })
     }
 
     fn forward_batch<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
