@@ -25,6 +25,7 @@ pub mod generate;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod perplexity;
 pub mod pool;
 pub mod routes;
 pub mod sample;

@@ -1,0 +1,88 @@
+//! `flash-moe perplexity`: held-out loss and perplexity of a text (or of given token ids), like llama.cpp's
+//! `llama-perplexity` with non-overlapping windows scored from their second token.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use engine::formats::WeightIndex;
+use engine::generate;
+use engine::models::Model;
+use engine::ops::Cpu;
+
+use crate::logits::parse_tokens;
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to score (tokenized with the model's tokenizer, no BOS added unless the model asks for one).
+    #[arg(short = 'f', long = "file", required_unless_present = "tokens")]
+    pub file: Option<std::path::PathBuf>,
+    /// Comma-separated token ids to score instead of a text.
+    #[arg(long, conflicts_with = "file")]
+    pub tokens: Option<String>,
+    /// Tokens per window [default: --ctx-size, else the model's training context, at most 4096].
+    #[arg(long)]
+    pub window: Option<usize>,
+    /// Write the result as JSON.
+    #[arg(long = "json")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+pub fn main(a: PerplexityArgs) -> Result<()> {
+    let index = WeightIndex::open(&a.model.model)?;
+    let tokens = match (&a.tokens, &a.file) {
+        (Some(t), _) => parse_tokens(t)?,
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            generate::load_tokenizer(&index)?.encode(&text, true, false)?
+        }
+        (None, None) => bail!("nothing to score: give -f FILE or --tokens 1,2,3"),
+    };
+    let n_ctx = a
+        .window
+        .or(a.model.ctx_size)
+        .unwrap_or_else(|| engine::models::context_length(&index).unwrap_or(4096).min(4096));
+    if n_ctx < 2 {
+        bail!("--window {n_ctx}: a window needs at least 2 tokens");
+    }
+    if tokens.len() < 2 {
+        bail!("the text has {} token(s); scoring needs at least 2", tokens.len());
+    }
+    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    if let Some(plan) = model.memory_plan() {
+        eprintln!("{plan}");
+    }
+    if let Some(&id) = tokens.iter().find(|&&id| id as usize >= model.info.n_vocab) {
+        return Err(engine::Error::TokenOutOfRange { id, n_vocab: model.info.n_vocab }.into());
+    }
+    a.model.apply_mlock();
+    let cpu = Cpu::new(a.model.n_threads());
+    let mut session = model.new_session(n_ctx);
+    let t0 = std::time::Instant::now();
+    let loss = engine::perplexity::evaluate(&model, &cpu, &mut session, &tokens, n_ctx)?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "loss {:.6}  perplexity {:.4}  ({} tokens scored in {} windows of {n_ctx}, {:.1} tok/s)",
+        loss.mean(),
+        loss.perplexity(),
+        loss.n_scored,
+        loss.n_windows,
+        tokens.len() as f64 / secs.max(1e-9)
+    );
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "model": a.model.model,
+            "window": n_ctx,
+            "n_tokens": tokens.len(),
+            "loss": loss.mean(),
+            "perplexity": loss.perplexity(),
+            "nll_sum": loss.nll_sum,
+            "n_scored": loss.n_scored,
+            "n_windows": loss.n_windows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
