@@ -1,12 +1,13 @@
 //! The `flash-moe` command line: argument parsing and printing live here, the work in the engine.
 //!
-//! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `inspect` (what a model file
-//! holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
+//! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `perplexity` (held-out loss),
+//! `inspect` (what a model file holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
 
 mod bench;
 mod diskbench;
 mod inspect;
 mod logits;
+mod perplexity;
 mod run;
 mod synth;
 
@@ -30,6 +31,8 @@ enum Command {
     Run(run::RunArgs),
     /// Write float32 logits [n_tokens, n_vocab] for every position of a token sequence to a .npy file.
     Logits(logits::LogitsArgs),
+    /// Held-out loss and perplexity of a text (non-overlapping windows), like llama.cpp's llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
     /// Print a model file's architecture, tensor types and sizes, and how many bytes are experts.
     Inspect(inspect::InspectArgs),
     /// Measure prompt and decode speed (and, given a llama.cpp build, compare with llama-bench).
@@ -45,7 +48,9 @@ enum Command {
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model: a GGUF file, a .safetensors file, or a Hugging Face model directory (config.json + safetensors).
-    #[arg(short = 'm', long = "model")]
+    /// [default: the bundled tiny-py-moe (assets/tiny-py-moe), whose experts then stream from disk through a
+    /// cache of a quarter of them unless --memory-budget says otherwise]
+    #[arg(short = 'm', long = "model", default_value_os_t = bundled_model(), hide_default_value = true)]
     pub model: PathBuf,
     /// Threads for the forward pass [default: the number of physical cores].
     #[arg(short = 't', long = "threads")]
@@ -90,6 +95,8 @@ impl ModelArgs {
         use engine::experts::budget::{auto_budget, Budget};
         let budget = match &self.memory_budget {
             Some(s) => Some(Budget::parse(s)?),
+            // The bundled model fits anywhere; stream its experts anyway, to show what the engine is for.
+            None if self.is_bundled_model() => Some(Budget::ExpertPercent(BUNDLED_CACHE_PERCENT)),
             // Stream only when the whole file would not fit.
             None => (index.total_bytes() > auto_budget().0).then_some(Budget::Auto),
         };
@@ -107,6 +114,12 @@ impl ModelArgs {
         Ok(LoadOptions { progress: true, experts })
     }
 
+    /// Whether `--model` is the bundled model (given or by default).
+    pub fn is_bundled_model(&self) -> bool {
+        let canon = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        canon(&self.model).is_some_and(|m| Some(m) == canon(&bundled_model()))
+    }
+
     /// Rejects a thread count above the logical CPUs: the pool's workers spin, so extra threads only steal time
     /// from each other (`-t 1000` on 2 CPUs takes minutes for a few tokens).
     fn check(&self) -> anyhow::Result<()> {
@@ -118,11 +131,32 @@ impl ModelArgs {
     }
 }
 
+/// The bundled model's file, relative to the repository (see assets/tiny-py-moe/README.md).
+const BUNDLED_MODEL: &str = "assets/tiny-py-moe/tiny-py-moe-Q4_K_M.gguf";
+
+/// The share of the bundled model's experts its cache holds by default.
+const BUNDLED_CACHE_PERCENT: u8 = 25;
+
+/// The bundled model: under the current directory when run from a checkout, else where this binary was built from.
+fn bundled_model() -> PathBuf {
+    let here = PathBuf::from(BUNDLED_MODEL);
+    if here.exists() {
+        return here;
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
+    if built.exists() {
+        built
+    } else {
+        here
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(a)),
         Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),
+        Command::Perplexity(a) => a.model.check().and_then(|()| perplexity::main(a)),
         Command::Inspect(a) => inspect::main(a),
         Command::Bench(a) => a.model.check().and_then(|()| bench::main(a)),
         Command::Diskbench(a) => diskbench::main(a),

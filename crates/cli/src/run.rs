@@ -206,12 +206,19 @@ pub fn main(a: RunArgs) -> Result<()> {
 
     eprintln!();
     eprintln!(
-        "model      {} ({}, {} threads, {})",
+        "model      {} ({}, {} threads, {}){}",
         a.model.model.display(),
         model.info.arch,
         cpu.pool.n_threads(),
-        cpu.kernels.isa().name()
+        cpu.kernels.isa().name(),
+        if a.model.is_bundled_model() { ", the bundled model" } else { "" }
     );
+    if let Some(plan) = model.memory_plan() {
+        eprintln!(
+            "streaming  experts read from disk into a cache of {} of {} experts ({})",
+            plan.n_slots, plan.n_experts_total, plan.budget_source
+        );
+    }
     eprintln!(
         "prompt     {} tokens in {:.3} s = {:.2} tok/s",
         stats.n_prompt,

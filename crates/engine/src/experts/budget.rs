@@ -17,6 +17,9 @@ pub enum Budget {
     /// The smallest expert cache that can run: the experts one token needs in one layer.
     Min,
     Bytes(u64),
+    /// Whatever the resident weights, KV cache and scratch need plus a cache of this percentage (1-100) of the
+    /// model's experts: the bundled model's default, so that its experts stream.
+    ExpertPercent(u8),
 }
 
 impl Budget {
@@ -151,6 +154,10 @@ impl MemoryPlan {
         let (budget_bytes, budget_source) = match budget {
             Budget::Min => (min_total, "min: one layer's top-k experts".to_string()),
             Budget::Bytes(b) => (b, "--memory-budget".to_string()),
+            Budget::ExpertPercent(pct) => {
+                let n = (n_experts_total * pct.clamp(1, 100) as usize).div_ceil(100).max(min_slots);
+                (fixed + n as u64 * slot_bytes, format!("a cache of {pct}% of the experts"))
+            }
             Budget::Auto => auto_budget(),
         };
         if budget_bytes < min_total {
@@ -231,6 +238,8 @@ mod tests {
         assert_eq!(p.n_slots, 10);
         let e = MemoryPlan::new(Budget::Bytes(1100), 800, 100, 100, 100, 64, 2).expect_err("too small");
         assert!(e.to_string().contains("too small"), "{e}");
+        let q = MemoryPlan::new(Budget::ExpertPercent(25), 800, 100, 100, 100, 64, 2).expect("25%");
+        assert_eq!((q.n_slots, q.budget_bytes), (16, 1000 + 1600));
         let m = MemoryPlan::new(Budget::Min, 800, 100, 100, 100, 64, 2).expect("min");
         assert_eq!(m.n_slots, 2);
         let all = MemoryPlan::new(Budget::Bytes(1 << 40), 800, 100, 100, 100, 64, 2).expect("all");
