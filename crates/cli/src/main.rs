@@ -123,6 +123,13 @@ impl ModelArgs {
     /// Rejects a thread count above the logical CPUs: the pool's workers spin, so extra threads only steal time
     /// from each other (`-t 1000` on 2 CPUs takes minutes for a few tokens).
     fn check(&self) -> anyhow::Result<()> {
+        if self.model == bundled_model() && !self.model.exists() {
+            anyhow::bail!(
+                "no model given (-m MODEL) and the bundled model is not at {} (run from a checkout of flash-moe, or \
+                 give -m MODEL)",
+                self.model.display()
+            );
+        }
         let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
             anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
