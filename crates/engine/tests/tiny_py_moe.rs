@@ -5,11 +5,14 @@
 //!   step's top-1/top-2 margin (tools/llama_logits.cpp, strict), and the text `llama-completion --temp 0` prints.
 //!   On llama.cpp's greedy path (teacher-forced) our argmax must equal its token wherever its margin is at least
 //!   `MARGIN_CLEAR`, and at 97% of all steps. Not at every step: this small model's greedy path is full of near
-//!   ties (margins down to 0.002), and a MoE amplifies last-bit differences: logits agree with llama.cpp's to
-//!   1.4e-7 relative position after position, until a router near-tie picks another expert at one position, when
-//!   the difference jumps to ~1e-2 at once and stays (later positions attend to it). Measured on "if __name__":
-//!   1e-7 up to position 7, 2.6e-3 at 8; flash-moe's own scalar and AVX-512 kernels part the same way at
-//!   position 27. Bit-exact routing would need ggml's exact summation orders and exp; not done. The free-running
+//!   ties (margins down to 0.002), and 8-bit activation rounding amplifies last-bit differences: logits agree
+//!   with llama.cpp's to 1.4e-7 relative position after position, until, at one position, a value computed a few
+//!   ulps apart (summation order, exp, RoPE angles: flash-moe does not reproduce ggml's) rounds to the other 8-bit
+//!   level, moving by 1/127 of its block's largest value; the difference then jumps to ~1e-2 at once and stays
+//!   (later positions attend to it, router weights shift by ~1e-3). Measured on "if __name__": 1e-7 up to
+//!   position 7, 2.6e-3 at 8, with the same experts chosen in every layer; flash-moe's own scalar and AVX-512
+//!   kernels part the same way at position 27. Matching at every step would need ggml's exact f32 arithmetic,
+//!   per instruction set; not done. The free-running
 //!   texts part at the first such tie (the count is printed);
 //! - held-out loss: transformers in f32 on the GGUF's own weights (dequantized by gguf-py), 8 windows of 512
 //!   tokens. flash-moe rounds activations to 8-bit blocks before each quantized matmul, as llama.cpp does, which
