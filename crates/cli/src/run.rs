@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// loader run with real routing on a synthetic model of the same shape. The text it prints means nothing.
     #[arg(long = "replay-routes", value_name = "FILE", conflicts_with = "record_routes")]
     pub replay_routes: Option<std::path::PathBuf>,
+    /// APPROXIMATE MODE, not the model's exact output: 'drop-missing' skips routed experts that are not in the
+    /// expert cache (their reads start in the background; a token whose experts all miss keeps its best one),
+    /// 'top-k=N' uses only the N best of the router's k experts; the kept experts' weights are renormalised.
+    /// Off unless given; the count of dropped experts is printed.
+    #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
+    pub approx: Option<String>,
 }
 
 /// Rejects sampling parameters that are NaN, infinite or outside their range.
@@ -102,6 +108,8 @@ fn check_sampling(a: &RunArgs) -> Result<()> {
 
 pub fn main(a: RunArgs) -> Result<()> {
     check_sampling(&a)?;
+    // Checked before the (slow) load; applied after it.
+    let approx = a.approx.as_deref().map(engine::approx::Approx::parse).transpose()?;
     let text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
@@ -140,6 +148,10 @@ pub fn main(a: RunArgs) -> Result<()> {
             r.n_tokens()
         );
         model.set_route_hook(Some(std::sync::Arc::new(r)));
+    }
+    if let Some(mode) = approx {
+        model.set_approx(Some(mode))?;
+        eprintln!("{}", approx_banner(mode, model.info.n_expert_used, model.memory_plan().is_some()));
     }
     for note in &model.info.notes {
         eprintln!("note: {note}");
@@ -203,6 +215,15 @@ pub fn main(a: RunArgs) -> Result<()> {
     if replay {
         eprintln!("REPLAY MODE: the routing came from the trace, not from the model");
     }
+    if let Some((mode, st)) = model.approx_stats() {
+        eprintln!(
+            "APPROXIMATE MODE ({}): dropped {} of {} routed experts ({:.1}%); the output is not the model's exact output",
+            mode.name(),
+            st.dropped,
+            st.routed,
+            100.0 * st.dropped_fraction()
+        );
+    }
 
     eprintln!();
     eprintln!(
@@ -245,6 +266,12 @@ pub fn main(a: RunArgs) -> Result<()> {
         if let Some(path) = &a.stats_json {
             let json = serde_json::json!({
                 "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
+                "approx": model.approx_stats().map(|(mode, st)| serde_json::json!({
+                    "mode": mode.name(),
+                    "routed_experts": st.routed,
+                    "dropped_experts": st.dropped,
+                    "dropped_fraction": st.dropped_fraction(),
+                })),
                 "model": a.model.model,
                 "prompt_tokens": stats.n_prompt,
                 "prompt_secs": stats.prompt_secs,
@@ -271,6 +298,19 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The start-of-run warning for `--approx`.
+fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: bool) -> String {
+    let what = match mode {
+        engine::approx::Approx::TopK(n) => format!("only {n} of the router's {n_expert_used} experts per token"),
+        _ if streaming => "routed experts not in the expert cache are skipped (read in the background)".into(),
+        _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
+    };
+    format!(
+        "APPROXIMATE MODE (--approx {}): {what}, the others reweighted; the output is not the model's exact output",
+        mode.name()
+    )
 }
 
 fn random_seed() -> u64 {

@@ -1,0 +1,279 @@
+//! Approximate expert selection: an opt-in mode that trades fidelity for speed. Never on by default: the
+//! decoder applies it only when [`crate::models::Model::set_approx`] was called, and the CLI only with an
+//! explicit `--approx MODE`. Without it the MoE block computes every expert the router chose, bit for bit.
+//!
+//! Two modes, both applied to each token's route after the router (and any [`crate::layers::moe::RouteHook`]):
+//! - [`Approx::TopK`] (`top-k=N`): keep only the N best of the router's k experts.
+//! - [`Approx::DropMissing`] (`drop-missing`): keep the experts that are in the cache or already being read
+//!   ([`ExpertProvider::resident`]); skip the others, but start their reads in the background
+//!   ([`ExpertProvider::fetch_background`]) so a later token finds them. A token whose experts *all* miss keeps
+//!   its best one (the highest router weight) and waits for it: a token never goes through a layer with no expert.
+//!   Within a batch (prefill), an expert read for one token's fallback is used by every token that chose it.
+//!
+//! In both, the kept experts' weights are scaled so they sum to what all the router's experts summed to (1 with
+//! `norm_topk_prob`): the output is a weighted mean of fewer experts, not a shrunken one. The counters
+//! ([`ApproxStats`]) say how many routed experts were dropped.
+//!
+//! `drop-missing` is not reproducible bit for bit: background reads never block, so when the cache is full, which
+//! slot a miss evicts (and so what is resident later) can depend on which reads had finished. The streaming cache
+//! keeps at most a few background reads in flight and skips the rest, so that a disk that falls behind never
+//! delays the reads a step waits for; a skipped expert is simply read the next time it is dropped. `top-k=N` is
+//! reproducible and independent of the cache.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::experts::ExpertProvider;
+use crate::layers::moe::Route;
+use crate::{Error, Result};
+
+/// Which approximation (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Approx {
+    DropMissing,
+    TopK(usize),
+}
+
+impl Approx {
+    /// Parses `drop-missing` or `top-k=N`.
+    pub fn parse(s: &str) -> Result<Approx> {
+        if s == "drop-missing" {
+            return Ok(Approx::DropMissing);
+        }
+        if let Some(n) = s.strip_prefix("top-k=") {
+            return match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Approx::TopK(n)),
+                _ => Err(Error::Invalid(format!("--approx {s}: N in top-k=N must be a whole number of at least 1"))),
+            };
+        }
+        Err(Error::Invalid(format!("--approx {s}: unknown mode; give drop-missing or top-k=N")))
+    }
+
+    /// The name as the CLI spells it.
+    pub fn name(&self) -> String {
+        match self {
+            Approx::DropMissing => "drop-missing".into(),
+            Approx::TopK(n) => format!("top-k={n}"),
+        }
+    }
+
+    /// Checks the mode against a model with `n_expert_used` experts per token.
+    pub fn check(&self, n_expert_used: usize) -> Result<()> {
+        match *self {
+            _ if n_expert_used == 0 => Err(Error::Invalid(format!(
+                "--approx {}: the model has no routed experts, so there is nothing to approximate",
+                self.name()
+            ))),
+            Approx::TopK(n) if n >= n_expert_used => Err(Error::Invalid(format!(
+                "--approx top-k={n}: the model uses {n_expert_used} experts per token; N must be below that \
+                 (1..={})",
+                n_expert_used - 1
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Routed and dropped experts (token-expert pairs) since the mode was set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApproxStats {
+    /// Experts the router (or a replayed trace) chose, summed over tokens and layers.
+    pub routed: u64,
+    /// Of those, the ones not computed.
+    pub dropped: u64,
+}
+
+impl ApproxStats {
+    pub fn dropped_fraction(&self) -> f64 {
+        if self.routed == 0 {
+            0.0
+        } else {
+            self.dropped as f64 / self.routed as f64
+        }
+    }
+
+    /// The counts accumulated since `start` (an earlier snapshot).
+    pub fn since(&self, start: &ApproxStats) -> ApproxStats {
+        ApproxStats { routed: self.routed - start.routed, dropped: self.dropped - start.dropped }
+    }
+}
+
+/// An approximation and its counters, held by the decoder.
+#[derive(Debug)]
+pub struct ApproxMode {
+    pub approx: Approx,
+    routed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Per-layer buffers of the selection (in the session's MoE scratch).
+#[derive(Default)]
+pub struct ApproxScratch {
+    distinct: Vec<u32>,      // distinct experts routed in the batch, ascending
+    resident: Vec<bool>,     // [distinct]
+    dropped: Vec<u32>,       // experts no token keeps, ascending
+    saved_weights: Vec<f32>, // one token's weights before dropping
+}
+
+impl ApproxMode {
+    pub fn new(approx: Approx) -> ApproxMode {
+        ApproxMode { approx, routed: AtomicU64::new(0), dropped: AtomicU64::new(0) }
+    }
+
+    pub fn stats(&self) -> ApproxStats {
+        ApproxStats { routed: self.routed.load(Ordering::Relaxed), dropped: self.dropped.load(Ordering::Relaxed) }
+    }
+
+    /// Thins the routes of one layer's batch in place; the experts no token keeps are left in the scratch for
+    /// [`ApproxMode::fetch_dropped`].
+    pub fn select(&self, experts: &dyn ExpertProvider, layer: usize, routes: &mut [Route], s: &mut ApproxScratch) {
+        s.dropped.clear();
+        let routed: usize = routes.iter().map(|r| r.experts.len()).sum();
+        let mut dropped = 0;
+        match self.approx {
+            Approx::TopK(n) => {
+                for r in routes.iter_mut() {
+                    dropped += retain_renormalised(r, |slot, _| slot < n, &mut s.saved_weights);
+                }
+            }
+            Approx::DropMissing => {
+                s.distinct.clear();
+                for r in routes.iter() {
+                    s.distinct.extend_from_slice(&r.experts);
+                }
+                s.distinct.sort_unstable();
+                s.distinct.dedup();
+                experts.resident(layer, &s.distinct, &mut s.resident);
+                let idx = |d: &[u32], e: u32| d.binary_search(&e).expect("a routed expert is in the distinct list");
+                // A token with no resident expert makes its best one available (read and waited for).
+                for r in routes.iter() {
+                    if !r.experts.iter().any(|&e| s.resident[idx(&s.distinct, e)]) {
+                        if let Some(&best) = r.experts.first() {
+                            let i = idx(&s.distinct, best);
+                            s.resident[i] = true;
+                        }
+                    }
+                }
+                for r in routes.iter_mut() {
+                    dropped += retain_renormalised(r, |_, e| s.resident[idx(&s.distinct, e)], &mut s.saved_weights);
+                }
+                s.dropped.extend(s.distinct.iter().zip(&s.resident).filter(|(_, &r)| !r).map(|(&e, _)| e));
+            }
+        }
+        self.routed.fetch_add(routed as u64, Ordering::Relaxed);
+        self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
+    /// Starts background reads of the experts [`ApproxMode::select`] dropped (drop-missing only), without
+    /// waiting for them. Called once the kept experts are acquired, so their reads go first.
+    pub fn fetch_dropped(&self, experts: &dyn ExpertProvider, layer: usize, s: &ApproxScratch) {
+        if !s.dropped.is_empty() {
+            experts.fetch_background(layer, &s.dropped);
+        }
+    }
+}
+
+/// Keeps the experts of `route` for which `keep(top-k slot, expert)` holds, in order, scaling their weights so
+/// they sum to what all of them summed to; returns how many were removed. A route that would keep none is
+/// left whole (callers keep at least one).
+fn retain_renormalised(route: &mut Route, mut keep: impl FnMut(usize, u32) -> bool, saved: &mut Vec<f32>) -> usize {
+    let n = route.experts.len();
+    let n_keep = (0..n).filter(|&i| keep(i, route.experts[i])).count();
+    if n_keep == n || n_keep == 0 {
+        return 0;
+    }
+    let sum_all: f32 = route.weights.iter().sum();
+    saved.clear();
+    saved.extend_from_slice(&route.weights);
+    let mut j = 0;
+    for i in 0..n {
+        if keep(i, route.experts[i]) {
+            route.experts[j] = route.experts[i];
+            route.weights[j] = saved[i];
+            j += 1;
+        }
+    }
+    route.experts.truncate(j);
+    route.weights.truncate(j);
+    let sum_kept: f32 = route.weights.iter().sum();
+    if sum_kept > 0.0 {
+        let scale = sum_all / sum_kept;
+        for w in route.weights.iter_mut() {
+            *w *= scale;
+        }
+    }
+    n - j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_only_spelled_out_modes() {
+        assert_eq!(Approx::parse("drop-missing").unwrap(), Approx::DropMissing);
+        assert_eq!(Approx::parse("top-k=3").unwrap(), Approx::TopK(3));
+        for bad in ["", "drop", "top-k", "top-k=", "top-k=0", "top-k=-1", "top-k=x", "DROP-MISSING", "1"] {
+            assert!(Approx::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(Approx::TopK(2).check(2).is_err(), "top-k=k is not an approximation");
+        assert!(Approx::TopK(1).check(2).is_ok());
+        assert!(Approx::DropMissing.check(0).is_err(), "a dense model has nothing to drop");
+    }
+
+    #[test]
+    fn kept_weights_are_rescaled_to_the_original_sum() {
+        let mut r = Route { experts: vec![5, 2, 9], weights: vec![0.5, 0.3, 0.2] };
+        let n = retain_renormalised(&mut r, |_, e| e != 2, &mut vec![]);
+        assert_eq!(n, 1);
+        assert_eq!(r.experts, vec![5, 9]);
+        assert!((r.weights[0] - 0.5 / 0.7).abs() < 1e-6 && (r.weights[1] - 0.2 / 0.7).abs() < 1e-6);
+        // Not normalised (sum 0.6): the kept ones sum to 0.6 again.
+        let mut r = Route { experts: vec![1, 2], weights: vec![0.4, 0.2] };
+        retain_renormalised(&mut r, |slot, _| slot < 1, &mut vec![]);
+        assert_eq!(r.experts, vec![1]);
+        assert!((r.weights[0] - 0.6).abs() < 1e-6);
+        // Keeping none leaves the route whole.
+        let mut r = Route { experts: vec![1, 2], weights: vec![0.4, 0.2] };
+        assert_eq!(retain_renormalised(&mut r, |_, _| false, &mut vec![]), 0);
+        assert_eq!(r.experts, vec![1, 2]);
+    }
+
+    /// A provider whose resident set is fixed, recording background fetches.
+    struct Fixed {
+        resident: Vec<u32>,
+        fetched: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl ExpertProvider for Fixed {
+        fn acquire<'a>(&'a self, _: usize, _: &[u32]) -> Result<Box<dyn crate::experts::ExpertSet + 'a>> {
+            unreachable!("select never acquires")
+        }
+        fn resident(&self, _: usize, ids: &[u32], out: &mut Vec<bool>) {
+            out.clear();
+            out.extend(ids.iter().map(|e| self.resident.contains(e)));
+        }
+        fn fetch_background(&self, _: usize, ids: &[u32]) {
+            self.fetched.lock().unwrap().extend_from_slice(ids);
+        }
+    }
+
+    #[test]
+    fn drop_missing_keeps_resident_experts_and_the_best_when_all_miss() {
+        let p = Fixed { resident: vec![3], fetched: Default::default() };
+        let mode = ApproxMode::new(Approx::DropMissing);
+        let mut routes = vec![
+            Route { experts: vec![1, 3], weights: vec![0.6, 0.4] }, // 1 misses: keeps 3 alone
+            Route { experts: vec![4, 2], weights: vec![0.7, 0.3] }, // all miss: keeps its best, 4
+            Route { experts: vec![2, 4], weights: vec![0.5, 0.5] }, // 4 is read for the token above: kept
+        ];
+        let mut s = ApproxScratch::default();
+        mode.select(&p, 0, &mut routes, &mut s);
+        for (r, want) in routes.iter().zip([3, 4, 4]) {
+            assert_eq!(r.experts, vec![want]);
+            assert!((r.weights[0] - 1.0).abs() < 1e-6, "the one kept expert takes the whole weight");
+        }
+        assert_eq!(mode.stats(), ApproxStats { routed: 6, dropped: 3 });
+        mode.fetch_dropped(&p, 0, &s);
+        assert_eq!(*p.fetched.lock().unwrap(), vec![1, 2], "the dropped experts are read for next time");
+    }
+}
