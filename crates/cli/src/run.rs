@@ -308,7 +308,7 @@ fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: 
         _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
     };
     format!(
-        "APPROXIMATE MODE (--approx {}): {what}, the others reweighted; the output is not the model's exact output",
+        "APPROXIMATE MODE (--approx {}): {what}, the kept experts reweighted; the output is not the model's exact output",
         mode.name()
     )
 }
