@@ -303,7 +303,7 @@ pub fn main(a: RunArgs) -> Result<()> {
 /// The start-of-run warning for `--approx`.
 fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: bool) -> String {
     let what = match mode {
-        engine::approx::Approx::TopK(n) => format!("only {n} of the router's {n_expert_used} experts per token"),
+        engine::approx::Approx::TopK(n) => format!("at most {n} experts per token (the router's k is {n_expert_used})"),
         _ if streaming => "routed experts not in the expert cache are skipped (read in the background)".into(),
         _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
     };

@@ -185,10 +185,11 @@ fn retain_renormalised(route: &mut Route, mut keep: impl FnMut(usize, u32) -> bo
     saved.clear();
     saved.extend_from_slice(&route.weights);
     let mut j = 0;
-    for i in 0..n {
-        if keep(i, route.experts[i]) {
-            route.experts[j] = route.experts[i];
-            route.weights[j] = saved[i];
+    for (i, &w) in saved.iter().enumerate() {
+        let e = route.experts[i];
+        if keep(i, e) {
+            route.experts[j] = e;
+            route.weights[j] = w;
             j += 1;
         }
     }
@@ -210,8 +211,8 @@ mod tests {
 
     #[test]
     fn parse_accepts_only_spelled_out_modes() {
-        assert_eq!(Approx::parse("drop-missing").unwrap(), Approx::DropMissing);
-        assert_eq!(Approx::parse("top-k=3").unwrap(), Approx::TopK(3));
+        assert_eq!(Approx::parse("drop-missing").expect("valid"), Approx::DropMissing);
+        assert_eq!(Approx::parse("top-k=3").expect("valid"), Approx::TopK(3));
         for bad in ["", "drop", "top-k", "top-k=", "top-k=0", "top-k=-1", "top-k=x", "DROP-MISSING", "1"] {
             assert!(Approx::parse(bad).is_err(), "{bad:?} must be refused");
         }
@@ -253,7 +254,7 @@ mod tests {
             out.extend(ids.iter().map(|e| self.resident.contains(e)));
         }
         fn fetch_background(&self, _: usize, ids: &[u32]) {
-            self.fetched.lock().unwrap().extend_from_slice(ids);
+            self.fetched.lock().expect("lock").extend_from_slice(ids);
         }
     }
 
@@ -274,6 +275,6 @@ mod tests {
         }
         assert_eq!(mode.stats(), ApproxStats { routed: 6, dropped: 3 });
         mode.fetch_dropped(&p, 0, &s);
-        assert_eq!(*p.fetched.lock().unwrap(), vec![1, 2], "the dropped experts are read for next time");
+        assert_eq!(*p.fetched.lock().expect("lock"), vec![1, 2], "the dropped experts are read for next time");
     }
 }
