@@ -74,9 +74,10 @@ pub struct RunArgs {
     /// loader run with real routing on a synthetic model of the same shape. The text it prints means nothing.
     #[arg(long = "replay-routes", value_name = "FILE", conflicts_with = "record_routes")]
     pub replay_routes: Option<std::path::PathBuf>,
-    /// APPROXIMATE MODE, not the model's exact output: 'drop-missing' skips routed experts that are not in the
-    /// expert cache (their reads start in the background; a token whose experts all miss keeps its best one),
-    /// 'top-k=N' uses only the N best of the router's k experts; the kept experts' weights are renormalised.
+    /// APPROXIMATE MODE, not the model's exact output: 'drop-missing' skips, in decode steps, routed experts that
+    /// are not in the expert cache (their reads start in the background; a token whose experts all miss keeps its
+    /// best one; the prompt is computed exactly), 'top-k=N' uses only the N best of the router's k experts; the
+    /// kept experts' weights are renormalised.
     /// Off unless given; the count of dropped experts is printed.
     #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
     pub approx: Option<String>,
@@ -217,10 +218,12 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     if let Some((mode, st)) = model.approx_stats() {
         eprintln!(
-            "APPROXIMATE MODE ({}): dropped {} of {} routed experts ({:.1}%); the output is not the model's exact output",
+            "APPROXIMATE MODE ({}): dropped {} of {} experts routed{} ({:.1}%); the output is not the model's exact \
+             output",
             mode.name(),
             st.dropped,
             st.routed,
+            if mode == engine::approx::Approx::DropMissing { " in decode steps" } else { "" },
             100.0 * st.dropped_fraction()
         );
     }
@@ -268,6 +271,10 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
                 "approx": model.approx_stats().map(|(mode, st)| serde_json::json!({
                     "mode": mode.name(),
+                    "applies_to": match mode {
+                        engine::approx::Approx::DropMissing => "decode steps (single-token forward passes)",
+                        engine::approx::Approx::TopK(_) => "every token",
+                    },
                     "routed_experts": st.routed,
                     "dropped_experts": st.dropped,
                     "dropped_fraction": st.dropped_fraction(),
@@ -304,7 +311,11 @@ pub fn main(a: RunArgs) -> Result<()> {
 fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: bool) -> String {
     let what = match mode {
         engine::approx::Approx::TopK(n) => format!("at most {n} experts per token (the router's k is {n_expert_used})"),
-        _ if streaming => "routed experts not in the expert cache are skipped (read in the background)".into(),
+        _ if streaming => {
+            "in decode steps, routed experts not in the expert cache are skipped (read in the background; the prompt \
+             is exact)"
+                .into()
+        }
         _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
     };
     format!(

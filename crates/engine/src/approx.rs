@@ -4,15 +4,17 @@
 //!
 //! Two modes, both applied to each token's route after the router (and any [`crate::layers::moe::RouteHook`]):
 //! - [`Approx::TopK`] (`top-k=N`): keep only the N best of the router's k experts.
-//! - [`Approx::DropMissing`] (`drop-missing`): keep the experts that are in the cache or already being read
-//!   ([`ExpertProvider::resident`]); skip the others, but start their reads in the background
-//!   ([`ExpertProvider::fetch_background`]) so a later token finds them. A token whose experts *all* miss keeps
-//!   its best one (the highest router weight) and waits for it: a token never goes through a layer with no expert.
-//!   Within a batch (prefill), an expert read for one token's fallback is used by every token that chose it.
+//! - [`Approx::DropMissing`] (`drop-missing`), in single-token steps (decode): keep the experts that are in the
+//!   cache or already being read ([`ExpertProvider::resident`]); skip the others, but start their reads in the
+//!   background ([`ExpertProvider::fetch_background`]) so a later token finds them. A token whose experts *all*
+//!   miss keeps its best one (the highest router weight) and waits for it: a token never goes through a layer
+//!   with no expert. A batch of several tokens (a prompt) is left exact: each read there serves many tokens, and
+//!   the prompt's KV cache feeds every later token (dropping in the prompt too cost 2-5x the KL on the fixtures
+//!   and the `small` model at large caches).
 //!
 //! In both, the kept experts' weights are scaled so they sum to what all the router's experts summed to (1 with
 //! `norm_topk_prob`): the output is a weighted mean of fewer experts, not a shrunken one. The counters
-//! ([`ApproxStats`]) say how many routed experts were dropped.
+//! ([`ApproxStats`]) say how many routed experts were dropped, of those routed in the steps the mode applies to.
 //!
 //! `drop-missing` is not reproducible bit for bit: background reads never block, so when the cache is full, which
 //! slot a miss evicts (and so what is resident later) can depend on which reads had finished. The streaming cache
@@ -108,9 +110,8 @@ pub struct ApproxMode {
 /// Per-layer buffers of the selection (in the session's MoE scratch).
 #[derive(Default)]
 pub struct ApproxScratch {
-    distinct: Vec<u32>,      // distinct experts routed in the batch, ascending
-    resident: Vec<bool>,     // [distinct]
-    dropped: Vec<u32>,       // experts no token keeps, ascending
+    resident: Vec<bool>,     // [experts of the token]
+    dropped: Vec<u32>,       // experts dropped, best first
     saved_weights: Vec<f32>, // one token's weights before dropping
 }
 
@@ -123,41 +124,30 @@ impl ApproxMode {
         ApproxStats { routed: self.routed.load(Ordering::Relaxed), dropped: self.dropped.load(Ordering::Relaxed) }
     }
 
-    /// Thins the routes of one layer's batch in place; the experts no token keeps are left in the scratch for
+    /// Thins the routes of one layer's batch in place; the experts dropped are left in the scratch for
     /// [`ApproxMode::fetch_dropped`].
     pub fn select(&self, experts: &dyn ExpertProvider, layer: usize, routes: &mut [Route], s: &mut ApproxScratch) {
         s.dropped.clear();
-        let routed: usize = routes.iter().map(|r| r.experts.len()).sum();
+        let mut routed = 0;
         let mut dropped = 0;
-        match self.approx {
-            Approx::TopK(n) => {
+        match (self.approx, routes) {
+            (Approx::TopK(n), routes) => {
                 for r in routes.iter_mut() {
+                    routed += r.experts.len();
                     dropped += retain_renormalised(r, |slot, _| slot < n, &mut s.saved_weights);
                 }
             }
-            Approx::DropMissing => {
-                s.distinct.clear();
-                for r in routes.iter() {
-                    s.distinct.extend_from_slice(&r.experts);
+            // One token (a decode step); a batch is left exact (see the module doc).
+            (Approx::DropMissing, [r]) if !r.experts.is_empty() => {
+                routed = r.experts.len();
+                experts.resident(layer, &r.experts, &mut s.resident);
+                if !s.resident.iter().any(|&x| x) {
+                    s.resident[0] = true; // all miss: keep the best and wait for it
                 }
-                s.distinct.sort_unstable();
-                s.distinct.dedup();
-                experts.resident(layer, &s.distinct, &mut s.resident);
-                let idx = |d: &[u32], e: u32| d.binary_search(&e).expect("a routed expert is in the distinct list");
-                // A token with no resident expert makes its best one available (read and waited for).
-                for r in routes.iter() {
-                    if !r.experts.iter().any(|&e| s.resident[idx(&s.distinct, e)]) {
-                        if let Some(&best) = r.experts.first() {
-                            let i = idx(&s.distinct, best);
-                            s.resident[i] = true;
-                        }
-                    }
-                }
-                for r in routes.iter_mut() {
-                    dropped += retain_renormalised(r, |_, e| s.resident[idx(&s.distinct, e)], &mut s.saved_weights);
-                }
-                s.dropped.extend(s.distinct.iter().zip(&s.resident).filter(|(_, &r)| !r).map(|(&e, _)| e));
+                s.dropped.extend(r.experts.iter().zip(&s.resident).filter(|(_, &x)| !x).map(|(&e, _)| e));
+                dropped = retain_renormalised(r, |slot, _| s.resident[slot], &mut s.saved_weights);
             }
+            (Approx::DropMissing, _) => {}
         }
         self.routed.fetch_add(routed as u64, Ordering::Relaxed);
         self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
@@ -262,19 +252,24 @@ mod tests {
     fn drop_missing_keeps_resident_experts_and_the_best_when_all_miss() {
         let p = Fixed { resident: vec![3], fetched: Default::default() };
         let mode = ApproxMode::new(Approx::DropMissing);
-        let mut routes = vec![
-            Route { experts: vec![1, 3], weights: vec![0.6, 0.4] }, // 1 misses: keeps 3 alone
-            Route { experts: vec![4, 2], weights: vec![0.7, 0.3] }, // all miss: keeps its best, 4
-            Route { experts: vec![2, 4], weights: vec![0.5, 0.5] }, // 4 is read for the token above: kept
-        ];
         let mut s = ApproxScratch::default();
-        mode.select(&p, 0, &mut routes, &mut s);
-        for (r, want) in routes.iter().zip([3, 4, 4]) {
-            assert_eq!(r.experts, vec![want]);
-            assert!((r.weights[0] - 1.0).abs() < 1e-6, "the one kept expert takes the whole weight");
+        let cases = [
+            (Route { experts: vec![1, 3], weights: vec![0.6, 0.4] }, 3, vec![1]), // 1 misses: keeps 3 alone
+            (Route { experts: vec![4, 2], weights: vec![0.7, 0.3] }, 4, vec![2]), // all miss: keeps its best
+        ];
+        for (mut route, kept, dropped) in cases {
+            mode.select(&p, 0, std::slice::from_mut(&mut route), &mut s);
+            assert_eq!(route.experts, vec![kept]);
+            assert!((route.weights[0] - 1.0).abs() < 1e-6, "the one kept expert takes the whole weight");
+            p.fetched.lock().expect("lock").clear();
+            mode.fetch_dropped(&p, 0, &s);
+            assert_eq!(*p.fetched.lock().expect("lock"), dropped, "the dropped experts are read for next time");
         }
-        assert_eq!(mode.stats(), ApproxStats { routed: 6, dropped: 3 });
-        mode.fetch_dropped(&p, 0, &s);
-        assert_eq!(*p.fetched.lock().expect("lock"), vec![1, 2], "the dropped experts are read for next time");
+        assert_eq!(mode.stats(), ApproxStats { routed: 4, dropped: 2 });
+        // A batch (a prompt) is left exact and not counted.
+        let mut batch = vec![Route { experts: vec![1, 2], weights: vec![0.5, 0.5] }; 2];
+        mode.select(&p, 0, &mut batch, &mut s);
+        assert!(batch.iter().all(|r| r.experts == vec![1, 2]));
+        assert_eq!(mode.stats(), ApproxStats { routed: 4, dropped: 2 });
     }
 }
