@@ -9,6 +9,10 @@
 //!
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot.
+//!
+//! Only the opt-in approximate mode ([`crate::approx`]) asks which experts are resident and starts reads nobody
+//! waits for ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until
+//! a later call finds its read finished (`reap_background`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
