@@ -76,7 +76,8 @@ struct Slot {
 }
 
 /// Background reads (approximate mode) in flight at most: more would queue ahead of the reads a step waits for
-/// when the disk falls behind; past it, dropped experts are not read.
+/// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
+/// slot being read in the background cannot be evicted, and the others must keep a step going.
 const BACKGROUND_READS_MAX: usize = 16;
 
 /// Use counts are halved after this many uses per slot, so that old popularity fades.
@@ -521,8 +522,10 @@ impl ExpertProvider for ExpertCache {
 
     fn fetch_background(&self, layer: usize, ids: &[u32]) {
         let mut st = self.lock();
+        self.reap_background(&mut st);
+        let max = BACKGROUND_READS_MAX.min(self.n_slots / 2);
         for &e in ids {
-            if st.background.len() >= BACKGROUND_READS_MAX {
+            if st.background.len() >= max {
                 break;
             }
             let Some(s) = self.claim(&mut st, layer, e) else { break };
