@@ -13,7 +13,7 @@ use engine::formats::WeightIndex;
 use engine::models::{ExpertResidency, LoadOptions, Logits, Model, StreamOptions};
 use engine::ops::Cpu;
 
-const N_CTX: usize = 72;
+const N_CTX: usize = 136;
 const N_PROMPT: usize = 8;
 
 fn streamed(path: &std::path::Path, n_slots: usize) -> Model {
@@ -43,10 +43,20 @@ fn run(model: &Model, cpu: &Cpu, tokens: &[u32]) -> Vec<f32> {
     out
 }
 
-/// A prompt then the exact model's greedy continuation: the sequence both runs are fed.
-fn sequence(model: &Model, cpu: &Cpu, n_tokens: usize) -> Vec<u32> {
+/// A prompt (the first N_PROMPT tokens of `text`, or arbitrary ids) then the exact model's greedy continuation:
+/// the sequence both runs are fed.
+fn sequence(model: &Model, cpu: &Cpu, n_tokens: usize, text: Option<(&std::path::Path, &str)>) -> Vec<u32> {
     let n_vocab = model.info.n_vocab;
-    let mut tokens: Vec<u32> = (0..N_PROMPT as u32).map(|i| (i * 37 + 11) % n_vocab as u32).collect();
+    let mut tokens: Vec<u32> = match text {
+        Some((path, text)) => {
+            let index = WeightIndex::open(path).expect("open");
+            let tok = engine::generate::load_tokenizer(&index).expect("the model has a tokenizer");
+            let ids = tok.encode(text, true, false).expect("encode");
+            assert!(ids.len() >= N_PROMPT, "the prompt text is shorter than {N_PROMPT} tokens");
+            ids[..N_PROMPT].to_vec()
+        }
+        None => (0..N_PROMPT as u32).map(|i| (i * 37 + 11) % n_vocab as u32).collect(),
+    };
     let mut s = model.new_session(N_CTX);
     let mut l = model.forward(cpu, &mut s, &tokens, Logits::Last).expect("prefill").to_vec();
     while tokens.len() < n_tokens {
@@ -85,7 +95,8 @@ struct Row {
 fn measure(path: &std::path::Path, approx: Approx, slots: &[usize], n_tokens: usize) -> (f64, Vec<Row>) {
     let cpu = Cpu::new(2);
     let resident = load(path);
-    let tokens = sequence(&resident, &cpu, n_tokens);
+    let text = std::env::var("FLASH_MOE_APPROX_PROMPT").ok();
+    let tokens = sequence(&resident, &cpu, n_tokens, text.as_deref().map(|t| (path, t)));
     let want = run(&resident, &cpu, &tokens);
     let n_vocab = resident.info.n_vocab;
     let exact = run(&streamed(path, slots[0]), &cpu, &tokens);
@@ -162,7 +173,7 @@ fn drop_missing_drops_nothing_with_every_expert_in_ram() {
     let cpu = Cpu::new(2);
     let path = fixture("qwen3moe-h64").join("qwen3moe-h64-q4_k_m.gguf");
     let exact = load(&path);
-    let tokens = sequence(&exact, &cpu, 24);
+    let tokens = sequence(&exact, &cpu, 24, None);
     let want = run(&exact, &cpu, &tokens);
     let mut model = load(&path);
     model.set_approx(Some(Approx::DropMissing)).expect("set approx");
@@ -222,18 +233,22 @@ fn drop_missing_runs_at_the_smallest_caches_and_after_a_second_prompt() {
     }
 }
 
-/// Measures a larger model given by FLASH_MOE_APPROX_MODEL (e.g. /work/bench-models/small-q4_k_m.gguf).
+/// Measures a larger model given by FLASH_MOE_APPROX_MODEL (e.g. /work/bench-models/small-q4_k_m.gguf) over
+/// FLASH_MOE_APPROX_POSITIONS positions (default 64, at most 128), the prompt's first tokens from
+/// FLASH_MOE_APPROX_PROMPT (text) if set.
 #[test]
 #[ignore = "needs FLASH_MOE_APPROX_MODEL"]
 fn kl_table_of_a_given_model() {
     let path = std::path::PathBuf::from(std::env::var("FLASH_MOE_APPROX_MODEL").expect("FLASH_MOE_APPROX_MODEL"));
     let (n_total, k) = load(&path).expect_layout();
     let slots: Vec<usize> = [0.1, 0.25, 0.5, 1.0].iter().map(|f| ((n_total as f64 * f) as usize).max(k)).collect();
-    let (exact_kl, _) = measure(&path, Approx::DropMissing, &slots, 64);
+    let n: usize = std::env::var("FLASH_MOE_APPROX_POSITIONS").map_or(64, |v| v.parse().expect("a number"));
+    assert!((N_PROMPT..=N_CTX - 8).contains(&n), "FLASH_MOE_APPROX_POSITIONS: {N_PROMPT}..={}", N_CTX - 8);
+    let (exact_kl, _) = measure(&path, Approx::DropMissing, &slots, n);
     assert_eq!(exact_kl, 0.0);
-    measure(&path, Approx::TopK(k - 1), &slots[..1], 64);
+    measure(&path, Approx::TopK(k - 1), &slots[..1], n);
     if k > 2 {
-        measure(&path, Approx::TopK(k / 2), &slots[..1], 64);
+        measure(&path, Approx::TopK(k / 2), &slots[..1], n);
     }
 }
 
