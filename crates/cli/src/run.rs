@@ -75,9 +75,9 @@ pub struct RunArgs {
     #[arg(long = "replay-routes", value_name = "FILE", conflicts_with = "record_routes")]
     pub replay_routes: Option<std::path::PathBuf>,
     /// APPROXIMATE MODE, not the model's exact output: 'drop-missing' skips, in decode steps, routed experts that
-    /// are not in the expert cache (their reads start in the background; a token whose experts all miss keeps its
-    /// best one; the prompt is computed exactly), 'top-k=N' uses only the N best of the router's k experts; the
-    /// kept experts' weights are renormalised.
+    /// are not in the expert cache, except each token's best one (their reads start in the background; the prompt
+    /// is computed exactly), 'top-k=N' uses only the N best of the router's k experts; the kept experts' weights
+    /// are renormalised.
     /// Off unless given; the count of dropped experts is printed.
     #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
     pub approx: Option<String>,
@@ -312,8 +312,8 @@ fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: 
     let what = match mode {
         engine::approx::Approx::TopK(n) => format!("at most {n} experts per token (the router's k is {n_expert_used})"),
         _ if streaming => {
-            "in decode steps, routed experts not in the expert cache are skipped (read in the background; the prompt \
-             is exact)"
+            "in decode steps, routed experts not in the expert cache, but a token's best, are skipped (read in the \
+             background; the prompt is exact)"
                 .into()
         }
         _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
