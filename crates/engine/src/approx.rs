@@ -8,8 +8,8 @@
 //!   (the router's first choice, waiting for it if it misses) and, of the others, those that are in the cache or
 //!   already being read ([`ExpertProvider::resident`]); skip the rest, but start their reads in the background
 //!   ([`ExpertProvider::fetch_background`]) so a later token finds them. Always keeping the best one cost 2.3-6.6x
-//!   less KL than dropping it too (on the trained tiny-py-moe at 10-25% cache, and the `small` model), and a token
-//!   never goes through a layer with no expert. A batch of several tokens (a prompt) is left exact: each read
+//!   less KL than dropping it too on the trained tiny-py-moe at 10-25% cache (1.5x on the random `small` model),
+//!   and a token never goes through a layer with no expert. A batch of several tokens (a prompt) is left exact: each read
 //!   there serves many tokens, and the prompt's KV cache feeds every later token (dropping in the prompt too cost
 //!   2-5x the KL on the fixtures and the `small` model at large caches).
 //!
