@@ -6,7 +6,8 @@
 #   bench/stream_bench.sh MODEL.gguf [LIMIT=8G] [BUDGET=auto] [THREADS=2] [N_GEN=32]
 #   env: LLAMA_CPP_DIR=llama.cpp build dir (holding bin/llama-bench) to compare; LLAMA_EXTRA="--repack 0" extra
 #        llama-bench flags (stock llama.cpp repacks weights into its own memory and is OOM-killed under a limit);
-#        FM_EXTRA="--replay-routes ../shared/traces/qwen3-30b-a3b.route.csv" extra flags for flash-moe run;
+#        FM_EXTRA="--replay-routes ../shared/traces/qwen3-30b-a3b.route.csv" extra flags for flash-moe run
+#        (e.g. "--approx drop-missing": the summary then gives the drop rate);
 #        READ_AHEAD_KB=128 sets the disk's read-ahead for the llama.cpp run (restored after); FLASH_MOE=binary.
 # Needs root (cgroup v1 memory controller at /sys/fs/cgroup/memory, drop_caches). Prints a summary table.
 set -euo pipefail
@@ -68,6 +69,10 @@ print(f"flash-moe decode {1/t_tok:.2f} tok/s; {bytes_tok/2**20:.1f} MiB read/tok
       f"{d['hits']/max(d['hits']+d['misses'],1)*100:.1f}%; compute {compute_tok*1e3:.0f} ms/token")
 print(f"physical limit {1/limit_tok:.2f} tok/s (compute + bytes missed / {bw/1e9:.2f} GB/s); "
       f"flash-moe reaches {limit_tok/t_tok*100:.0f}% of it")
+if s.get("approx"):
+    a = s["approx"]
+    print(f"APPROXIMATE MODE {a['mode']}: dropped {a['dropped_experts']} of {a['routed_experts']} routed experts "
+          f"({a['dropped_fraction']*100:.1f}%)")
 print(f"FM_TOKS={1/t_tok:.4f}")
 PY
 fm_toks=$(grep -o 'FM_TOKS=[0-9.]*' "$out/fm_summary.txt" | cut -d= -f2)

@@ -74,6 +74,13 @@ pub struct RunArgs {
     /// loader run with real routing on a synthetic model of the same shape. The text it prints means nothing.
     #[arg(long = "replay-routes", value_name = "FILE", conflicts_with = "record_routes")]
     pub replay_routes: Option<std::path::PathBuf>,
+    /// APPROXIMATE MODE, not the model's exact output: 'drop-missing' skips, in decode steps, routed experts that
+    /// are not in the expert cache, except each token's best one (their reads start in the background; the prompt
+    /// is computed exactly), 'top-k=N' uses only the N best of the router's k experts; the kept experts' weights
+    /// are renormalised.
+    /// Off unless given; the count of dropped experts is printed.
+    #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
+    pub approx: Option<String>,
 }
 
 /// Rejects sampling parameters that are NaN, infinite or outside their range.
@@ -102,6 +109,8 @@ fn check_sampling(a: &RunArgs) -> Result<()> {
 
 pub fn main(a: RunArgs) -> Result<()> {
     check_sampling(&a)?;
+    // Checked before the (slow) load; applied after it.
+    let approx = a.approx.as_deref().map(engine::approx::Approx::parse).transpose()?;
     let text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
@@ -140,6 +149,10 @@ pub fn main(a: RunArgs) -> Result<()> {
             r.n_tokens()
         );
         model.set_route_hook(Some(std::sync::Arc::new(r)));
+    }
+    if let Some(mode) = approx {
+        model.set_approx(Some(mode))?;
+        eprintln!("{}", approx_banner(mode, model.info.n_expert_used, model.memory_plan().is_some()));
     }
     for note in &model.info.notes {
         eprintln!("note: {note}");
@@ -203,6 +216,17 @@ pub fn main(a: RunArgs) -> Result<()> {
     if replay {
         eprintln!("REPLAY MODE: the routing came from the trace, not from the model");
     }
+    if let Some((mode, st)) = model.approx_stats() {
+        eprintln!(
+            "APPROXIMATE MODE ({}): dropped {} of {} experts routed{} ({:.1}%); the output is not the model's exact \
+             output",
+            mode.name(),
+            st.dropped,
+            st.routed,
+            if mode == engine::approx::Approx::DropMissing { " in decode steps" } else { "" },
+            100.0 * st.dropped_fraction()
+        );
+    }
 
     eprintln!();
     eprintln!(
@@ -252,6 +276,16 @@ pub fn main(a: RunArgs) -> Result<()> {
         if let Some(path) = &a.stats_json {
             let json = serde_json::json!({
                 "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
+                "approx": model.approx_stats().map(|(mode, st)| serde_json::json!({
+                    "mode": mode.name(),
+                    "applies_to": match mode {
+                        engine::approx::Approx::DropMissing => "decode steps (single-token forward passes)",
+                        engine::approx::Approx::TopK(_) => "every token",
+                    },
+                    "routed_experts": st.routed,
+                    "dropped_experts": st.dropped,
+                    "dropped_fraction": st.dropped_fraction(),
+                })),
                 "model": a.model.model,
                 "prompt_tokens": stats.n_prompt,
                 "prompt_secs": stats.prompt_secs,
@@ -278,6 +312,23 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The start-of-run warning for `--approx`.
+fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: bool) -> String {
+    let what = match mode {
+        engine::approx::Approx::TopK(n) => format!("at most {n} experts per token (the router's k is {n_expert_used})"),
+        _ if streaming => {
+            "in decode steps, routed experts not in the expert cache, but a token's best, are skipped (read in the \
+             background; the prompt is exact)"
+                .into()
+        }
+        _ => "routed experts not in memory are skipped (all experts are in RAM: none will be)".into(),
+    };
+    format!(
+        "APPROXIMATE MODE (--approx {}): {what}, the kept experts reweighted; the output is not the model's exact output",
+        mode.name()
+    )
 }
 
 fn random_seed() -> u64 {

@@ -9,6 +9,7 @@
 //! - `formats/`: GGUF and safetensors readers that build the weight index; they never read a whole file.
 //! - `experts/`: where each expert's bytes are (layout, store), the providers that hand them to the MoE block
 //!   (resident, cache), the read engines (io) and the memory budget plan (budget).
+//! - `approx`: the opt-in approximate expert selection (`--approx`), never on by default.
 //! - `routes`: route traces (record; replay as a benchmark mode). `synth`: random-weight GGUFs of real shapes.
 //! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.
 //! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
@@ -18,6 +19,7 @@
 //! # Rules
 //! Operating errors (bad files, bad input) return [`Error`]; programmer errors assert.
 
+pub mod approx;
 pub mod error;
 pub mod experts;
 pub mod formats;

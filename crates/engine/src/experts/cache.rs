@@ -9,6 +9,10 @@
 //!
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot.
+//!
+//! Only the opt-in approximate mode ([`crate::approx`]) asks which experts are resident and starts reads nobody
+//! waits for ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until
+//! a later call finds its read finished (`reap_background`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -71,6 +75,11 @@ struct Slot {
     batch: Option<ReadBatch>,
 }
 
+/// Background reads (approximate mode) in flight at most: more would queue ahead of the reads a step waits for
+/// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
+/// slot being read in the background cannot be evicted, and the others must keep a step going.
+const BACKGROUND_READS_MAX: usize = 16;
+
 /// Use counts are halved after this many uses per slot, so that old popularity fades.
 const DECAY_USES_PER_SLOT: u64 = 64;
 
@@ -85,6 +94,9 @@ struct State {
     /// Slots held by each layer, and each MoE layer's fair share of the slots.
     per_layer: Vec<usize>,
     quota: usize,
+    /// Slots with a read started by [`ExpertProvider::fetch_background`] (approximate mode only) that nobody has
+    /// waited for yet.
+    background: Vec<usize>,
 }
 
 impl State {
@@ -103,6 +115,7 @@ impl State {
             stats,
             per_layer: vec![0; n_layer],
             quota: (n_slots / n_moe_layers.max(1)).max(1),
+            background: Vec::new(),
         }
     }
 
@@ -369,6 +382,37 @@ impl ExpertCache {
         Ok(())
     }
 
+    /// Approximate mode: marks finished background reads ready (or frees their slot on an error), so that their
+    /// slots can be evicted again; a read nobody waits for leaves its slot `Loading` and unpinned until then.
+    fn reap_background(&self, st: &mut State) {
+        let mut i = 0;
+        while i < st.background.len() {
+            let s = st.background[i];
+            let slot = &mut st.slots[s];
+            if slot.state == SlotState::Loading && slot.pins == 0 {
+                let batch = slot.batch.as_ref().expect("a loading slot has a batch");
+                if !batch.is_done() {
+                    i += 1;
+                    continue;
+                }
+                if batch.wait().is_ok() {
+                    slot.state = SlotState::Ready;
+                    slot.batch = None;
+                } else {
+                    // Never leave garbage mapped: forget the expert and free the slot.
+                    slot.state = SlotState::Free;
+                    slot.batch = None;
+                    if let Some(owner) = slot.owner.take() {
+                        st.map.remove(&owner);
+                        st.per_layer[owner.0 as usize] -= 1;
+                    }
+                }
+            }
+            // Finished here, or pinned by a set that waits for it itself.
+            st.background.swap_remove(i);
+        }
+    }
+
     fn unpin(&self, s: usize) {
         let mut st = self.lock();
         st.slots[s].pins -= 1;
@@ -466,5 +510,29 @@ impl ExpertProvider for ExpertCache {
 
     fn cache_stats(&self) -> Option<CacheStats> {
         Some(self.stats())
+    }
+
+    /// Cached or being read: acquiring waits at most for a read started by an earlier step.
+    fn resident(&self, layer: usize, ids: &[u32], out: &mut Vec<bool>) {
+        let mut st = self.lock();
+        self.reap_background(&mut st);
+        out.clear();
+        out.extend(ids.iter().map(|&e| st.map.contains_key(&(layer as u32, e))));
+    }
+
+    fn fetch_background(&self, layer: usize, ids: &[u32]) {
+        let mut st = self.lock();
+        self.reap_background(&mut st);
+        let max = BACKGROUND_READS_MAX.min(self.n_slots / 2);
+        for &e in ids {
+            if st.background.len() >= max {
+                break;
+            }
+            let Some(s) = self.claim(&mut st, layer, e) else { break };
+            st.slots[s].pins -= 1;
+            if st.slots[s].state == SlotState::Loading && !st.background.contains(&s) {
+                st.background.push(s);
+            }
+        }
     }
 }

@@ -38,6 +38,19 @@ pub trait ExpertProvider: Sync {
     /// Starts making experts `ids` (distinct) of layer `layer` available; the returned set hands each out once.
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>>;
 
+    /// Approximate mode only ([`crate::approx`]; never called by default): marks in `out` (`[ids.len()]`) which of
+    /// experts `ids` (distinct) of `layer` are in memory or already being read, so that acquiring them waits for
+    /// no read started now. Providers that hold every expert mark all.
+    fn resident(&self, _layer: usize, ids: &[u32], out: &mut Vec<bool>) {
+        out.clear();
+        out.resize(ids.len(), true);
+    }
+
+    /// Approximate mode only: starts reading experts `ids` (distinct, not resident) of `layer` without waiting, so
+    /// that a later step finds them; best effort (skips what finds no free slot). Providers that hold every expert
+    /// do nothing.
+    fn fetch_background(&self, _layer: usize, _ids: &[u32]) {}
+
     /// Hit/miss/bytes counters, for providers that stream.
     fn cache_stats(&self) -> Option<cache::CacheStats> {
         None

@@ -8,7 +8,11 @@
 //! A batch of tokens is routed first; each expert used by any token is acquired once and run over all its
 //! tokens (expert-major), and each token's sum is formed in its own top-k order, so the result is bit-identical
 //! to running the tokens one at a time.
+//!
+//! Only when an approximate mode was asked for ([`crate::approx`], never by default) are routes thinned after
+//! routing: fewer experts per token, or only those already in memory.
 
+use crate::approx::{ApproxMode, ApproxScratch};
 use crate::experts::ExpertProvider;
 use crate::ops::{self, Cpu, QuantActs};
 use crate::tensor::QMat;
@@ -50,6 +54,7 @@ pub struct MoeScratch {
     slots: Vec<(usize, usize)>, // (token, top-k slot) of one expert
     expert_out: Vec<f32>,       // [n, n_expert_used, n_embd]
     ffn: FfnScratch,
+    approx: ApproxScratch,
 }
 
 impl MoeScratch {
@@ -87,6 +92,13 @@ pub trait RouteHook: Send + Sync {
     fn route(&self, layer: usize, pos: usize, n_call: usize, route: &mut Route) -> Result<()>;
 }
 
+/// What may change a layer's routing: a route hook, an approximate mode (both off by default).
+#[derive(Clone, Copy, Default)]
+pub struct RouteOverrides<'a> {
+    pub hook: Option<&'a dyn RouteHook>,
+    pub approx: Option<&'a ApproxMode>,
+}
+
 /// Runs the MoE block for `x` (`[n, n_embd]`, already normed, positions `pos0..`) into `out` (`[n, n_embd]`).
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
@@ -95,7 +107,7 @@ pub fn moe(
     r: &MoeRouting,
     experts: &dyn ExpertProvider,
     layer: usize,
-    (pos0, hook): (usize, Option<&dyn RouteHook>),
+    (pos0, ov): (usize, RouteOverrides<'_>),
     x: &[f32],
     s: &mut MoeScratch,
     out: &mut [f32],
@@ -109,9 +121,12 @@ pub fn moe(
     for t in 0..n {
         let logits = &s.logits[t * r.n_expert..(t + 1) * r.n_expert];
         route(logits, r, &mut s.probs, &mut s.order, &mut s.routes[t]);
-        if let Some(h) = hook {
+        if let Some(h) = ov.hook {
             h.route(layer, pos0 + t, n, &mut s.routes[t])?;
         }
+    }
+    if let Some(a) = ov.approx {
+        a.select(experts, layer, &mut s.routes[..n], &mut s.approx);
     }
     // Experts per token: the router's k, or what a replayed trace gives.
     let k = s.routes[..n].iter().map(|r| r.experts.len()).max().unwrap_or(0);
@@ -123,6 +138,9 @@ pub fn moe(
     s.used.dedup();
 
     let mut set = experts.acquire(layer, &s.used)?;
+    if let Some(a) = ov.approx {
+        a.fetch_dropped(experts, layer, &s.approx);
+    }
     s.expert_out.resize(n * k * n_embd, 0.0);
     while let Some(next) = set.next() {
         let (i, ew) = next?;

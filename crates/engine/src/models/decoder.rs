@@ -12,6 +12,7 @@
 
 use kernels::Kernels;
 
+use crate::approx::ApproxMode;
 use crate::experts::budget::MemoryPlan;
 use crate::experts::cache::{CacheConfig, ExpertCache};
 use crate::experts::io::IoEngine;
@@ -21,7 +22,7 @@ use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
 use crate::formats::WeightIndex;
 use crate::layers::attention::{self, AttentionShape, AttentionWeights};
 use crate::layers::ffn::{self, FfnWeights};
-use crate::layers::moe::{self, MoeRouting, MoeWeights, RouteHook};
+use crate::layers::moe::{self, MoeRouting, MoeWeights, RouteHook, RouteOverrides};
 use crate::models::loader::ExpertResidency;
 use crate::models::loader::Loader;
 use crate::models::{Logits, ModelInfo};
@@ -84,6 +85,8 @@ pub struct Decoder {
     pub plan: Option<MemoryPlan>,
     /// Route recording or replay (off by default).
     pub route_hook: Option<std::sync::Arc<dyn RouteHook>>,
+    /// Approximate expert selection (off by default; see [`crate::approx`]).
+    pub approx: Option<ApproxMode>,
 }
 
 impl Decoder {
@@ -186,6 +189,7 @@ impl Decoder {
         };
         Ok(Decoder {
             route_hook: None,
+            approx: None,
             plan,
             info,
             cfg,
@@ -269,7 +273,7 @@ impl Decoder {
                         routing,
                         &*self.experts,
                         l,
-                        (pos0, self.route_hook.as_deref()),
+                        (pos0, RouteOverrides { hook: self.route_hook.as_deref(), approx: self.approx.as_ref() }),
                         &s.xn,
                         &mut s.moe,
                         &mut s.y,

@@ -104,6 +104,21 @@ impl Model {
         self.decoder.route_hook = hook;
     }
 
+    /// Turns an approximate expert selection on (`Some`) or off; see [`crate::approx`]. Off by default, and
+    /// refused for a model without routed experts or a `top-k=N` with N not below the model's k.
+    pub fn set_approx(&mut self, approx: Option<crate::approx::Approx>) -> Result<()> {
+        if let Some(a) = &approx {
+            a.check(self.info.n_expert_used)?;
+        }
+        self.decoder.approx = approx.map(crate::approx::ApproxMode::new);
+        Ok(())
+    }
+
+    /// The approximate mode in force and its counters since it was set.
+    pub fn approx_stats(&self) -> Option<(crate::approx::Approx, crate::approx::ApproxStats)> {
+        self.decoder.approx.as_ref().map(|m| (m.approx, m.stats()))
+    }
+
     /// Replaces the source of expert weights (e.g. by a streaming cache over the same layout).
     pub fn set_experts(&mut self, experts: Box<dyn ExpertProvider + Send>) {
         self.decoder.experts = experts;
