@@ -10,6 +10,8 @@
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot.
 
+mod preload;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -19,6 +21,8 @@ use super::store::ExpertStore;
 use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
+
+pub use preload::{HotExpert, PreloadItem, PreloadStats};
 
 /// Counters of the cache, for the run summary and `--stats-json`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -82,9 +86,10 @@ struct State {
     tick: u64,
     uses_since_decay: u64,
     stats: CacheStats,
-    /// Slots held by each layer, and each MoE layer's fair share of the slots.
+    /// Slots held by each layer, and each layer's share of the slots (even by default; from a routing profile
+    /// with [`ExpertCache::set_layer_quotas`]).
     per_layer: Vec<usize>,
-    quota: usize,
+    quota: Vec<usize>,
 }
 
 impl State {
@@ -102,7 +107,7 @@ impl State {
             uses_since_decay: 0,
             stats,
             per_layer: vec![0; n_layer],
-            quota: (n_slots / n_moe_layers.max(1)).max(1),
+            quota: vec![(n_slots / n_moe_layers.max(1)).max(1); n_layer],
         }
     }
 
@@ -161,22 +166,23 @@ impl State {
                 })
                 .map(|(i, _)| i)
         };
-        if self.per_layer[layer] >= self.quota {
+        if self.per_layer[layer] >= self.quota[layer] {
             if let Some(v) = least_used(Some(layer)) {
                 return Some(v);
             }
         }
         // Layers over their share, most over first, without allocating: take the largest excess below the last.
+        let excess = |l: usize| self.per_layer[l].saturating_sub(self.quota[l]);
         let mut bound = usize::MAX;
         loop {
             let most = (0..self.per_layer.len())
-                .filter(|&l| self.per_layer[l] > self.quota && self.per_layer[l] < bound)
-                .max_by_key(|&l| (self.per_layer[l], std::cmp::Reverse(l)));
+                .filter(|&l| excess(l) > 0 && excess(l) < bound)
+                .max_by_key(|&l| (excess(l), std::cmp::Reverse(l)));
             let Some(l) = most else { break };
             if let Some(v) = least_used(Some(l)) {
                 return Some(v);
             }
-            bound = self.per_layer[l];
+            bound = excess(l);
         }
         least_used(None)
     }
@@ -466,5 +472,9 @@ impl ExpertProvider for ExpertCache {
 
     fn cache_stats(&self) -> Option<CacheStats> {
         Some(self.stats())
+    }
+
+    fn as_cache(&self) -> Option<&ExpertCache> {
+        Some(self)
     }
 }

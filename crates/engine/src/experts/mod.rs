@@ -10,8 +10,10 @@ pub mod budget;
 pub mod cache;
 pub mod io;
 pub mod layout;
+pub mod profile;
 pub mod resident;
 pub mod store;
+pub mod warm;
 
 use crate::tensor::QMatRef;
 use crate::Result;
@@ -40,6 +42,11 @@ pub trait ExpertProvider: Sync {
 
     /// Hit/miss/bytes counters, for providers that stream.
     fn cache_stats(&self) -> Option<cache::CacheStats> {
+        None
+    }
+
+    /// The streaming cache behind this provider, if it is one (to pin, preload or size per-layer shares).
+    fn as_cache(&self) -> Option<&cache::ExpertCache> {
         None
     }
 }
