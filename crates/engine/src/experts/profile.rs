@@ -54,7 +54,10 @@ pub struct ModelIdentity {
 impl ModelIdentity {
     pub fn of(index: &WeightIndex, info: &ModelInfo) -> ModelIdentity {
         ModelIdentity {
-            file: index.path.file_name().map_or_else(|| index.path.display().to_string(), |n| n.to_string_lossy().into()),
+            file: index
+                .path
+                .file_name()
+                .map_or_else(|| index.path.display().to_string(), |n| n.to_string_lossy().into()),
             size_bytes: index.files.iter().map(|f| f.size).sum(),
             n_layer: info.n_layer,
             n_expert: info.n_expert,
@@ -122,7 +125,13 @@ impl RoutingProfile {
             if l.layer >= model.n_layer || l.prefill.len() != model.n_expert || l.decode.len() != model.n_expert {
                 return Err(Error::format(
                     path,
-                    format!("layer {} has {}/{} counts for {} experts", l.layer, l.prefill.len(), l.decode.len(), model.n_expert),
+                    format!(
+                        "layer {} has {}/{} counts for {} experts",
+                        l.layer,
+                        l.prefill.len(),
+                        l.decode.len(),
+                        model.n_expert
+                    ),
                 ));
             }
         }

@@ -94,7 +94,10 @@ impl HotFile {
         let h: HotFile =
             serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a flash-moe hot file: {e}")))?;
         if h.format != HOT_FORMAT || h.version != HOT_VERSION {
-            return Err(Error::format(path, format!("format '{}' v{}, expected '{HOT_FORMAT}' v{HOT_VERSION}", h.format, h.version)));
+            return Err(Error::format(
+                path,
+                format!("format '{}' v{}, expected '{HOT_FORMAT}' v{HOT_VERSION}", h.format, h.version),
+            ));
         }
         h.model.check(model, path, "hot file")?;
         if h.mtime_ns != mtime_ns {
@@ -130,7 +133,12 @@ pub fn prepare(
         }));
     }
     if let Some(h) = hot {
-        items.extend(h.experts.iter().map(|&[l, e, uses]| PreloadItem { layer: l as usize, expert: e, uses, pin: false }));
+        items.extend(h.experts.iter().map(|&[l, e, uses]| PreloadItem {
+            layer: l as usize,
+            expert: e,
+            uses,
+            pin: false,
+        }));
     }
     if items.is_empty() {
         return Ok(PreloadStats::default());

@@ -4,8 +4,8 @@
 //! [`ExpertCache::preload`] puts a list of experts into free slots in large sequential reads: the byte ranges of
 //! their projections are sorted by file offset, ranges that touch (or nearly: gaps up to [`GAP_BYTES_MAX`], the
 //! alignment padding) are coalesced into reads of up to [`RUN_BYTES_MAX`], and [`IN_FLIGHT_MAX`] of them are in
-//! flight at once. A run of one range is read straight into its slot; a longer run into a staging buffer and
-//! copied out. Preloading only changes which experts are cached, never a computed bit.
+//! flight at once. A run of one range is read straight into its slot; a longer run into one of [`STAGING_MAX`]
+//! staging buffers and copied out. Preloading only changes which experts are cached, never a computed bit.
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
@@ -18,8 +18,10 @@ use crate::{Error, Result};
 
 /// The longest coalesced read.
 pub const RUN_BYTES_MAX: usize = 4 << 20;
-/// Coalesced reads in flight (each is split into many device requests by the kernel).
-pub const IN_FLIGHT_MAX: usize = 8;
+/// Coalesced reads in flight (half the io_uring queue; long reads are split into many device requests).
+pub const IN_FLIGHT_MAX: usize = 32;
+/// Staging buffers (of [`RUN_BYTES_MAX`]) for runs of several ranges: the transient memory a preload takes.
+pub const STAGING_MAX: usize = 8;
 /// Ranges closer than this are read as one (the gap is read and dropped).
 pub const GAP_BYTES_MAX: u64 = 64 << 10;
 
@@ -75,7 +77,8 @@ impl State {
     /// Takes a free slot for `(layer, e)`, left `Loading` and pinned for the preload to fill.
     fn claim_free(&mut self, s: usize, layer: usize, e: u32, uses: u32) {
         debug_assert_eq!(self.slots[s].state, SlotState::Free);
-        self.slots[s] = Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: 0, batch: None };
+        self.slots[s] =
+            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: 0, batch: None };
         self.map.insert((layer as u32, e), s);
         self.per_layer[layer] += 1;
         let f = &mut self.freq[layer][e as usize];
@@ -227,8 +230,11 @@ impl ExpertCache {
         loop {
             while error.is_none() && next < runs.len() && inflight.len() < IN_FLIGHT_MAX {
                 let run = runs[next].clone();
-                next += 1;
                 let ps = &pieces[run.clone()];
+                if ps.len() > 1 && free_staging.is_empty() && staging.len() == STAGING_MAX {
+                    break; // wait for a staged run to finish
+                }
+                next += 1;
                 let start = ps[0].offset;
                 let end = ps.iter().map(|p| p.offset + p.len as u64).max().expect("a run has pieces");
                 let needed = ps.iter().map(|p| p.offset + p.len_needed as u64).max().expect("a run has pieces");
