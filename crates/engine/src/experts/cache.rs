@@ -22,7 +22,7 @@ use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
 
-pub use preload::{HotExpert, PreloadItem, PreloadStats};
+pub use preload::{replay_policy_planned, HotExpert, PreloadItem, PreloadStats};
 
 /// Counters of the cache, for the run summary and `--stats-json`.
 #[derive(Clone, Debug, Default, serde::Serialize)]

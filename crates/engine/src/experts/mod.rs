@@ -4,7 +4,9 @@
 //! The MoE layer never indexes a big array of experts: it asks a provider for the experts the router chose and
 //! gets back borrowed matrices one at a time. [`resident::ResidentExperts`] holds every expert in RAM;
 //! [`cache::ExpertCache`] streams them from the model files ([`store::ExpertStore`], [`io::IoPool`]) into a fixed
-//! number of slots sized by [`budget`], and must give bit-identical results.
+//! number of slots sized by [`budget`], and must give bit-identical results. [`profile`] (routing profiles: pins and
+//! per-layer shares) and [`warm`] (hot files: the last run's cached experts, read back at start) prepare the cache
+//! before the first token.
 
 pub mod budget;
 pub mod cache;

@@ -18,10 +18,10 @@ use crate::{Error, Result};
 
 /// The longest coalesced read.
 pub const RUN_BYTES_MAX: usize = 4 << 20;
-/// Coalesced reads in flight (half the io_uring queue; long reads are split into many device requests).
-pub const IN_FLIGHT_MAX: usize = 32;
+/// Coalesced reads in flight (the io_uring queue depth; long reads are split into many device requests).
+pub const IN_FLIGHT_MAX: usize = 64;
 /// Staging buffers (of [`RUN_BYTES_MAX`]) for runs of several ranges: the transient memory a preload takes.
-pub const STAGING_MAX: usize = 8;
+pub const STAGING_MAX: usize = 16;
 /// Ranges closer than this are read as one (the gap is read and dropped).
 pub const GAP_BYTES_MAX: u64 = 64 << 10;
 
@@ -278,6 +278,49 @@ impl ExpertCache {
     }
 }
 
+/// [`super::replay_policy`] with a routing profile's plan applied first: per-layer shares `quotas` (empty: the
+/// even default) and `pinned` experts loaded and pinned before the first step.
+pub fn replay_policy_planned(
+    n_slots: usize,
+    n_layer: usize,
+    n_expert: usize,
+    quotas: &[usize],
+    pinned: &[(usize, u32)],
+    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
+) -> (u64, u64) {
+    let mut st = State::new(n_slots, n_layer, n_layer, n_expert);
+    if !quotas.is_empty() {
+        assert_eq!(quotas.len(), n_layer, "one share per layer");
+        st.quota.copy_from_slice(quotas);
+    }
+    let mut free: Vec<usize> = (0..n_slots).rev().collect();
+    for &(layer, e) in pinned {
+        let Some(s) = free.pop() else { break };
+        st.claim_free(s, layer, e, 0);
+        st.slots[s].state = SlotState::Ready;
+    }
+    let (mut hits, mut misses) = (0, 0);
+    for (layer, experts, counted) in steps {
+        let mut claimed = Vec::with_capacity(experts.len());
+        for &e in &experts {
+            let Some((s, miss)) = st.claim_slot(layer, e) else { continue };
+            st.slots[s].state = SlotState::Ready;
+            claimed.push(s);
+            if counted {
+                if miss {
+                    misses += 1;
+                } else {
+                    hits += 1;
+                }
+            }
+        }
+        for s in claimed {
+            st.slots[s].pins -= 1;
+        }
+    }
+    (hits, misses)
+}
+
 /// Groups sorted pieces into runs: same file, each starting at most [`GAP_BYTES_MAX`] past the run's end, the
 /// run at most [`RUN_BYTES_MAX`] long (a single longer piece is a run of its own).
 fn coalesce(pieces: &[Piece]) -> Vec<Range<usize>> {
@@ -300,4 +343,28 @@ fn coalesce(pieces: &[Piece]) -> Vec<Range<usize>> {
         i = j;
     }
     runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(file: usize, offset: u64, len: usize) -> Piece {
+        Piece { file, offset, len, len_needed: len, dst: std::ptr::null_mut() }
+    }
+
+    #[test]
+    fn ranges_coalesce_when_adjacent_and_split_at_gaps_files_and_the_length_cap() {
+        let mb = 1 << 20;
+        let pieces = [
+            piece(0, 0, mb),
+            piece(0, mb as u64, mb),                         // adjacent: same run
+            piece(0, 2 * mb as u64 + 4096, mb),              // small gap: same run
+            piece(0, 3 * mb as u64 + (1 << 20), mb),         // 1 MiB gap: new run
+            piece(1, 4 * mb as u64 + (1 << 20), mb),         // another file: new run
+            piece(1, 5 * mb as u64 + (1 << 20), 3 * mb + 1), // would pass 4 MiB: new run
+        ];
+        assert_eq!(coalesce(&pieces), vec![0..3, 3..4, 4..5, 5..6]);
+        assert!(coalesce(&[]).is_empty());
+    }
 }
