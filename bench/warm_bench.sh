@@ -47,17 +47,18 @@ A recipe for bread: mix flour, water, salt and yeast, knead the dough for ten mi
 SELECT name, count(*) FROM orders JOIN customers ON orders.customer_id = customers.id GROUP BY name;
 EOF
 hot="$out/model.hot.json"
+short="The harbour was quiet in the early morning."
 run() { # name, extra flags...
     local name=$1; shift
     echo "== $name"
-    in_cgroup "$fm" run -m "$model" -p "$prompt" -n "$n_gen" --temp 1 --top-k 0 --top-p 1 --min-p 0 --seed 1 \
+    in_cgroup "$fm" run -m "$model" -p "${PROMPT:-$prompt}" -n "$n_gen" --temp 1 --top-k 0 --top-p 1 --min-p 0 --seed 1 \
         --ignore-eos -t "$threads" --memory-budget auto --stats-json "$out/$name.json" "$@" 2>&1 >/dev/null |
         grep -E '^(first token|prefill |decode |experts )' | sed 's/^/  /'
 }
 
 echo "== disk (page cache dropped)"
 sync; echo 3 > /proc/sys/vm/drop_caches
-"$fm" diskbench "$model" --bytes 2GiB --chunk 4MiB --in-flight 8 --sequential | tee "$out/disk_seq.txt"
+"$fm" diskbench "$model" --bytes 4GiB --chunk 16MiB --in-flight 8 --sequential | tee "$out/disk_seq.txt"
 "$fm" diskbench "$model" --bytes 2GiB --chunk 1MiB --in-flight 16 | tee "$out/disk_rand.txt"
 
 rm -f "$hot"
@@ -66,21 +67,26 @@ run warm --warm-start "$hot"
 echo "== profile (other prompts)"
 in_cgroup "$fm" profile -m "$model" --prompts "$out/profile_prompts.txt" -n 16 -t "$threads" --memory-budget auto \
     -o "$out/profile.json" 2>&1 | grep -E '^wrote' | sed 's/^/  /'
-run noprofile --warm-start off
-run profile --warm-start off --profile "$out/profile.json"
+for round in 1 2; do
+    run noprofile$round --warm-start off
+    run profile$round --warm-start off --profile "$out/profile.json"
+    run shares$round --warm-start off --profile "$out/profile.json" --pin-fraction 0
+done
+PROMPT=$short run short --warm-start off
 echo "== disk again (page cache dropped)"
 sync; echo 3 > /proc/sys/vm/drop_caches
-"$fm" diskbench "$model" --bytes 2GiB --chunk 4MiB --in-flight 8 --sequential | tee -a "$out/disk_seq.txt"
+"$fm" diskbench "$model" --bytes 4GiB --chunk 16MiB --in-flight 8 --sequential | tee -a "$out/disk_seq.txt"
 
 python3 - "$out" <<'PY'
 import json, re, sys
 d = sys.argv[1]
 seq = [float(x) for x in re.findall(r'([0-9.]+) GB/s', open(f"{d}/disk_seq.txt").read())]
 rnd = float(re.findall(r'([0-9.]+) GB/s', open(f"{d}/disk_rand.txt").read())[0])
-j = {n: json.load(open(f"{d}/{n}.json")) for n in ["cold", "warm", "noprofile", "profile"]}
+names = ["cold", "warm", "short"] + [f"{n}{r}" for r in (1, 2) for n in ("noprofile", "profile", "shares")]
+j = {n: json.load(open(f"{d}/{n}.json")) for n in names}
 bw = sum(seq) / len(seq)
 print(f"disk: sequential {' / '.join(f'{s:.2f}' for s in seq)} GB/s (mean {bw:.2f}), random 1 MiB {rnd:.2f} GB/s")
-for n in ["cold", "warm"]:
+for n in ["cold", "warm", "short"]:
     t = j[n]["time_to_first_token"]; p = t["warm_start"]["preload"]
     print(f"{n:5} first token {t['total_secs']:.2f} s = load {t['load_secs']:.2f} + preload {p['secs']:.2f} "
           f"({p['n_experts']} experts, {p['bytes_read']/2**30:.2f} GiB in {p['n_reads']} reads, "
@@ -94,9 +100,12 @@ print(f"warm: preload + prefill {actual:.2f} s vs hot bytes / sequential bandwid
       f"{actual/ideal:.2f}x; with load on both sides {(actual + w['load_secs'])/(ideal + w['load_secs']):.2f}x")
 c = j["cold"]["time_to_first_token"]
 print(f"first token warm / cold: {w['total_secs']:.2f} / {c['total_secs']:.2f} s = {w['total_secs']/c['total_secs']:.2f}x")
-for n in ["cold", "warm", "noprofile", "profile"]:
+for n in names:
     e = j[n]["experts_decode"]
     print(f"{n:9} decode {j[n]['decode_tok_s']:.2f} tok/s, hit {100*e['hits']/max(1,e['hits']+e['misses']):.1f}%, "
           f"{e['bytes_read']/2**20/max(1,j[n]['decode_steps']):.1f} MiB/token")
-print(f"decode with profile / without: {j['profile']['decode_tok_s']/j['noprofile']['decode_tok_s']:.2f}x")
+for r in (1, 2):
+    b = j[f"noprofile{r}"]["decode_tok_s"]
+    print(f"round {r}: decode with profile / without: {j[f'profile{r}']['decode_tok_s']/b:.2f}x, "
+          f"shares only (--pin-fraction 0) / without: {j[f'shares{r}']['decode_tok_s']/b:.2f}x")
 PY

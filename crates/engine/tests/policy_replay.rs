@@ -101,7 +101,8 @@ fn eviction_on_a_real_trace() {
 
 /// Routing profiles on the real trace: a profile of the prompt and the first 64 decoded tokens (pinned experts and
 /// per-layer shares, `experts::profile::plan`), decode hit rate measured on the last 64 tokens, against the same
-/// cache without a profile.
+/// cache without a profile. Measured (printed): +0.3 to +1.0 points from the per-layer shares at 1-6 GB (37.3 ->
+/// 37.6% at 1 GB, 90.4 -> 91.4% at 6 GB); pinning a quarter or half of the slots on top changes at most 0.3 points.
 #[test]
 fn routing_profile_on_a_real_trace() {
     use engine::experts::cache::replay_policy_planned;
@@ -136,8 +137,8 @@ fn routing_profile_on_a_real_trace() {
                 rate(replay_policy_planned(n_slots, n_layer, n_expert, &p.quotas, &p.pinned, steps.iter().cloned()));
             line.push_str(&format!("  shares + pin {pin_fraction:.2}: {r:5.1}%"));
             assert!(
-                r >= base - 10.0,
-                "{budget} MiB, pin {pin_fraction}: {r:.1}% far below {base:.1}% without a profile"
+                r >= base - 1.0,
+                "{budget} MiB, pin {pin_fraction}: {r:.1}% is over a point below {base:.1}% without a profile"
             );
         }
         eprintln!("{line}");
