@@ -3,7 +3,8 @@
 #   1. the disk's sequential and random direct-read bandwidth (flash-moe diskbench), in the same run;
 #   2. time to first token cold (no hot file) and warm (the hot file the cold run saved), each split into load,
 #      warm-start preload and prefill; warm is compared with hot bytes / sequential bandwidth + prefill;
-#   3. decode speed with --profile (made from other prompts than the one measured) and without, both cold.
+#   3. decode speed and bytes read with --profile (made from other prompts than the one measured) at several
+#      --pin-fraction values, and without, all cold.
 #
 #   bench/warm_bench.sh MODEL.gguf [LIMIT=8G] [THREADS=2] [N_GEN=48]
 # Needs root (cgroup v1 memory controller, drop_caches). Wrap in `flock /tmp/flash-moe-bench.lock` on shared hosts.
@@ -56,56 +57,63 @@ run() { # name, extra flags...
         grep -E '^(first token|prefill |decode |experts )' | sed 's/^/  /'
 }
 
+seqdisk() { # appends one sequential measurement to disk_seq.txt
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    "$fm" diskbench "$model" --bytes 2GiB --chunk 16MiB --in-flight 8 --sequential | tee -a "$out/disk_seq.txt"
+}
 echo "== disk (page cache dropped)"
+rm -f "$out/disk_seq.txt"
 sync; echo 3 > /proc/sys/vm/drop_caches
-"$fm" diskbench "$model" --bytes 4GiB --chunk 16MiB --in-flight 8 --sequential | tee "$out/disk_seq.txt"
 "$fm" diskbench "$model" --bytes 2GiB --chunk 1MiB --in-flight 16 | tee "$out/disk_rand.txt"
 
+# Cold then warm, for a short prompt (its experts fit the cache) and a long one; the sequential bandwidth is
+# measured right before and after each warm run (the shared disk's speed drifts from minute to minute).
+rm -f "$hot"
+PROMPT=$short run cold_short --warm-start "$hot"
+seqdisk; PROMPT=$short run warm_short --warm-start "$hot"; seqdisk
 rm -f "$hot"
 run cold --warm-start "$hot"
-run warm --warm-start "$hot"
+seqdisk; run warm --warm-start "$hot"; seqdisk
 echo "== profile (other prompts)"
 in_cgroup "$fm" profile -m "$model" --prompts "$out/profile_prompts.txt" -n 16 -t "$threads" --memory-budget auto \
     -o "$out/profile.json" 2>&1 | grep -E '^wrote' | sed 's/^/  /'
-for round in 1 2; do
-    run noprofile$round --warm-start off
-    run profile$round --warm-start off --profile "$out/profile.json"
-    run shares$round --warm-start off --profile "$out/profile.json" --pin-fraction 0
+run noprofile --warm-start off
+for pin in 0 0.1 0.25 0.5; do
+    run "profile_pin$pin" --warm-start off --profile "$out/profile.json" --pin-fraction "$pin"
 done
-PROMPT=$short run short --warm-start off
-echo "== disk again (page cache dropped)"
-sync; echo 3 > /proc/sys/vm/drop_caches
-"$fm" diskbench "$model" --bytes 4GiB --chunk 16MiB --in-flight 8 --sequential | tee -a "$out/disk_seq.txt"
 
 python3 - "$out" <<'PY'
 import json, re, sys
 d = sys.argv[1]
 seq = [float(x) for x in re.findall(r'([0-9.]+) GB/s', open(f"{d}/disk_seq.txt").read())]
 rnd = float(re.findall(r'([0-9.]+) GB/s', open(f"{d}/disk_rand.txt").read())[0])
-names = ["cold", "warm", "short"] + [f"{n}{r}" for r in (1, 2) for n in ("noprofile", "profile", "shares")]
+names = ["cold_short", "warm_short", "cold", "warm", "noprofile"] + [f"profile_pin{p}" for p in ("0", "0.1", "0.25", "0.5")]
 j = {n: json.load(open(f"{d}/{n}.json")) for n in names}
-bw = sum(seq) / len(seq)
-print(f"disk: sequential {' / '.join(f'{s:.2f}' for s in seq)} GB/s (mean {bw:.2f}), random 1 MiB {rnd:.2f} GB/s")
-for n in ["cold", "warm", "short"]:
+print(f"disk: sequential 16 MiB x 8 {' / '.join(f'{s:.2f}' for s in seq)} GB/s, random 1 MiB x 16 {rnd:.2f} GB/s")
+for n in names[:4]:
     t = j[n]["time_to_first_token"]; p = t["warm_start"]["preload"]
-    print(f"{n:5} first token {t['total_secs']:.2f} s = load {t['load_secs']:.2f} + preload {p['secs']:.2f} "
+    print(f"{n:10} first token {t['total_secs']:6.2f} s = load {t['load_secs']:.2f} + preload {p['secs']:.2f} "
           f"({p['n_experts']} experts, {p['bytes_read']/2**30:.2f} GiB in {p['n_reads']} reads, "
-          f"{t['warm_start']['gb_per_s']:.2f} GB/s) + prefill {t['prefill_secs']:.2f} s; prefill touched "
-          f"{t['prefill_distinct_experts']} experts ({t['prefill_distinct_experts_cached_at_start']} cached), "
-          f"expected {t['prefill_bytes_expected']/2**20:.1f} MiB, read {t['prefill_bytes_read']/2**20:.1f} MiB")
-w = j["warm"]["time_to_first_token"]; p = w["warm_start"]["preload"]
-ideal = p["bytes_read"] / 1e9 / bw + w["prefill_secs"]
-actual = p["secs"] + w["prefill_secs"]
-print(f"warm: preload + prefill {actual:.2f} s vs hot bytes / sequential bandwidth + prefill {ideal:.2f} s = "
-      f"{actual/ideal:.2f}x; with load on both sides {(actual + w['load_secs'])/(ideal + w['load_secs']):.2f}x")
-c = j["cold"]["time_to_first_token"]
-print(f"first token warm / cold: {w['total_secs']:.2f} / {c['total_secs']:.2f} s = {w['total_secs']/c['total_secs']:.2f}x")
+          f"{t['warm_start']['gb_per_s']:.2f} GB/s) + prefill {t['prefill_secs']:.2f} s ({j[n]['prompt_tokens']} tokens); "
+          f"prefill touched {t['prefill_distinct_experts']} experts ({t['prefill_distinct_experts_cached_at_start']} "
+          f"cached): expected {t['prefill_bytes_expected']/2**20:.1f} MiB, read {t['prefill_bytes_read']/2**20:.1f} MiB; "
+          f"to token {j[n]['generated_tokens']}: {t['total_secs'] + j[n]['decode_secs']:.2f} s")
+for i, (c, w) in enumerate([("cold_short", "warm_short"), ("cold", "warm")]):
+    wt = j[w]["time_to_first_token"]; p = wt["warm_start"]["preload"]
+    bw = (seq[2 * i] + seq[2 * i + 1]) / 2
+    ideal = p["bytes_read"] / 1e9 / bw + wt["prefill_secs"]
+    actual = p["secs"] + wt["prefill_secs"]
+    ct = j[c]["time_to_first_token"]
+    print(f"{w}: preload + prefill {actual:.2f} s vs hot bytes / sequential bandwidth ({bw:.2f} GB/s, around it) + "
+          f"prefill = {ideal:.2f} s: {actual/ideal:.2f}x; first token warm/cold {wt['total_secs']/ct['total_secs']:.2f}x, "
+          f"to the last token {(wt['total_secs']+j[w]['decode_secs'])/(ct['total_secs']+j[c]['decode_secs']):.2f}x")
 for n in names:
     e = j[n]["experts_decode"]
-    print(f"{n:9} decode {j[n]['decode_tok_s']:.2f} tok/s, hit {100*e['hits']/max(1,e['hits']+e['misses']):.1f}%, "
-          f"{e['bytes_read']/2**20/max(1,j[n]['decode_steps']):.1f} MiB/token")
-for r in (1, 2):
-    b = j[f"noprofile{r}"]["decode_tok_s"]
-    print(f"round {r}: decode with profile / without: {j[f'profile{r}']['decode_tok_s']/b:.2f}x, "
-          f"shares only (--pin-fraction 0) / without: {j[f'shares{r}']['decode_tok_s']/b:.2f}x")
+    print(f"{n:17} decode {j[n]['decode_tok_s']:5.2f} tok/s, hit {100*e['hits']/max(1,e['hits']+e['misses']):.1f}%, "
+          f"{e['bytes_read']/2**20/max(1,j[n]['decode_steps']):6.1f} MiB/token")
+b = j["noprofile"]
+for p in ("0", "0.1", "0.25", "0.5"):
+    x = j[f"profile_pin{p}"]
+    print(f"--profile --pin-fraction {p} / no profile: decode {x['decode_tok_s']/b['decode_tok_s']:.2f}x tok/s, "
+          f"{x['experts_decode']['bytes_read']/max(1,b['experts_decode']['bytes_read']):.2f}x bytes read")
 PY

@@ -260,45 +260,9 @@ pub fn main(a: RunArgs) -> Result<()> {
         stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
         stats.stop
     );
-    let ttft = prepared.as_ref().map(|p| {
+    let ttft = prepared.as_ref().zip(model.expert_cache()).map(|(p, cache)| {
         let touched = counter.as_ref().map(|c| c.counts().prefill_experts()).unwrap_or_default();
-        let cache = model.expert_cache().expect("streaming");
-        let not_cached: Vec<&(usize, u32)> = touched.iter().filter(|x| !cached_at_start.contains(x)).collect();
-        let expected: u64 = not_cached.iter().map(|&&(l, e)| cache.expert_read_bytes(l, e)).sum();
-        let read = stats.cache_prefill.as_ref().map_or(0, |s| s.bytes_read);
-        let pre = &p.preload;
-        eprintln!(
-            "first token {:.3} s = load {:.3} s + warm start {:.3} s ({} experts{}, {:.1} MiB in {} reads, {:.2} GB/s) \
-             + prefill {:.3} s",
-            load_secs + pre.secs + stats.prompt_secs,
-            load_secs,
-            pre.secs,
-            pre.n_experts,
-            if pre.n_pinned > 0 { format!(", {} pinned", pre.n_pinned) } else { String::new() },
-            mib(pre.bytes_read),
-            pre.n_reads,
-            pre.gb_per_s(),
-            stats.prompt_secs
-        );
-        eprintln!(
-            "prefill    touched {} distinct experts ({} already cached): {:.1} MiB to read, {:.1} MiB read ({})",
-            touched.len(),
-            touched.len() - not_cached.len(),
-            mib(expected),
-            mib(read),
-            if read == expected { "each expert read once" } else { "not equal: experts evicted during the prefill" }
-        );
-        serde_json::json!({
-            "load_secs": load_secs,
-            "warm_start": { "hot_file": p.hot_path, "read_back": p.warm, "pinned_planned": p.n_pinned_planned,
-                            "preload": pre, "gb_per_s": pre.gb_per_s() },
-            "prefill_secs": stats.prompt_secs,
-            "total_secs": load_secs + pre.secs + stats.prompt_secs,
-            "prefill_distinct_experts": touched.len(),
-            "prefill_distinct_experts_cached_at_start": touched.len() - not_cached.len(),
-            "prefill_bytes_expected": expected,
-            "prefill_bytes_read": read,
-        })
+        first_token_report(load_secs, p, &stats, cache, &touched, &cached_at_start)
     });
     if let (Some(pre), Some(dec)) = (&stats.cache_prefill, &stats.cache_decode) {
         for (phase, st, secs, n_tok) in [
@@ -347,6 +311,54 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints and returns the time to the first token split into load, warm start and prefill, and the bytes the
+/// prefill read against what the distinct experts it touched (less those cached at the start) take to read.
+fn first_token_report(
+    load_secs: f64,
+    p: &crate::warmstart::Prepared,
+    stats: &generate::GenerateStats,
+    cache: &engine::experts::cache::ExpertCache,
+    touched: &[(usize, u32)],
+    cached_at_start: &std::collections::HashSet<(usize, u32)>,
+) -> serde_json::Value {
+    let not_cached: Vec<&(usize, u32)> = touched.iter().filter(|x| !cached_at_start.contains(x)).collect();
+    let expected: u64 = not_cached.iter().map(|&&(l, e)| cache.expert_read_bytes(l, e)).sum();
+    let read = stats.cache_prefill.as_ref().map_or(0, |s| s.bytes_read);
+    let pre = &p.preload;
+    eprintln!(
+        "first token {:.3} s = load {:.3} s + warm start {:.3} s ({} experts{}, {:.1} MiB in {} reads, {:.2} GB/s) \
+         + prefill {:.3} s",
+        load_secs + pre.secs + stats.prompt_secs,
+        load_secs,
+        pre.secs,
+        pre.n_experts,
+        if pre.n_pinned > 0 { format!(", {} pinned", pre.n_pinned) } else { String::new() },
+        mib(pre.bytes_read),
+        pre.n_reads,
+        pre.gb_per_s(),
+        stats.prompt_secs
+    );
+    eprintln!(
+        "prefill    touched {} distinct experts ({} already cached): {:.1} MiB to read, {:.1} MiB read ({})",
+        touched.len(),
+        touched.len() - not_cached.len(),
+        mib(expected),
+        mib(read),
+        if read == expected { "each expert read once" } else { "not equal: experts evicted during the prefill" }
+    );
+    serde_json::json!({
+        "load_secs": load_secs,
+        "warm_start": { "hot_file": p.hot_path, "read_back": p.warm, "pinned_planned": p.n_pinned_planned,
+                        "preload": pre, "gb_per_s": pre.gb_per_s() },
+        "prefill_secs": stats.prompt_secs,
+        "total_secs": load_secs + pre.secs + stats.prompt_secs,
+        "prefill_distinct_experts": touched.len(),
+        "prefill_distinct_experts_cached_at_start": touched.len() - not_cached.len(),
+        "prefill_bytes_expected": expected,
+        "prefill_bytes_read": read,
+    })
 }
 
 /// Text pieces (about tokens) between saves of the hot experts.
