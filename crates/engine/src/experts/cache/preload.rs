@@ -9,6 +9,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{ExpertCache, Slot, SlotState, State};
@@ -202,7 +203,19 @@ impl ExpertCache {
             }
         }
         pieces.sort_by_key(|p| (p.file, p.offset));
-        let result = self.read_runs(&pieces, &coalesce(&pieces), &mut stats);
+        let runs = coalesce(&pieces);
+        // The slots' pages are first touched here: fault them in on a second thread, in the order the reads fill
+        // them, so the kernel's page allocation overlaps the reads instead of delaying their submission (it
+        // takes about 2 s for 5.5 GiB on the 2-core dev machine, as long as the reads themselves).
+        let ranges: Vec<(usize, usize)> =
+            runs.iter().flat_map(|r| pieces[r.clone()].iter().map(|p| (p.dst as usize, p.len))).collect();
+        let stop = AtomicBool::new(false);
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| populate(&ranges, &stop));
+            let r = self.read_runs(&pieces, &runs, &mut stats);
+            stop.store(true, Ordering::Relaxed);
+            r
+        });
         let mut st = self.lock();
         for &(s, pin) in &jobs {
             if result.is_ok() {
@@ -319,6 +332,21 @@ pub fn replay_policy_planned(
         }
     }
     (hits, misses)
+}
+
+/// Faults in the pages of `ranges` (address, length; 4 KiB aligned) for writing, until `stop` or the kernel
+/// refuses (MADV_POPULATE_WRITE needs Linux 5.14). Contents never change: present pages are left as they are.
+fn populate(ranges: &[(usize, usize)], stop: &AtomicBool) {
+    for &(addr, len) in ranges {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: the range lies inside the cache's own anonymous mapping (a claimed slot); populating only
+        // allocates pages that are not present yet and never changes data.
+        if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } != 0 {
+            return;
+        }
+    }
 }
 
 /// Groups sorted pieces into runs: same file, each starting at most [`GAP_BYTES_MAX`] past the run's end, the
