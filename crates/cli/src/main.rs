@@ -1,7 +1,8 @@
 //! The `flash-moe` command line: argument parsing and printing live here, the work in the engine.
 //!
 //! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `inspect` (what a model file
-//! holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
+//! holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`), `profile` (expert use
+//! over prompts, for `run --profile`), `diskbench`, `synth`.
 
 mod bench;
 mod diskbench;
