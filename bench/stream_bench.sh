@@ -8,6 +8,7 @@
 #        llama-bench flags (stock llama.cpp repacks weights into its own memory and is OOM-killed under a limit);
 #        FM_EXTRA="--replay-routes ../shared/traces/qwen3-30b-a3b.route.csv" extra flags for flash-moe run
 #        (e.g. "--approx drop-missing": the summary then gives the drop rate);
+#        WARM_START=FILE warm-starts flash-moe from a hot file (default off: a cold start);
 #        READ_AHEAD_KB=128 sets the disk's read-ahead for the llama.cpp run (restored after); FLASH_MOE=binary.
 # Needs root (cgroup v1 memory controller at /sys/fs/cgroup/memory, drop_caches). Prints a summary table.
 set -euo pipefail
@@ -53,7 +54,7 @@ if [[ -z ${SKIP_FLASH_MOE:-} ]]; then
 echo "== flash-moe (cgroup $limit, --memory-budget $budget, $threads threads)"
 # Sampling from the full distribution: varied tokens and so varied routing, like llama-bench's random tokens.
 in_cgroup "$fm" run -m "$model" -p "The quick brown fox" -n "$n_gen" --temp 1 --top-k 0 --top-p 1 --min-p 0 \
-    --seed 1 --ignore-eos -t "$threads" ${FM_EXTRA:-} \
+    --seed 1 --ignore-eos -t "$threads" --warm-start "${WARM_START:-off}" ${FM_EXTRA:-} \
     --memory-budget "$budget" --stats-json "$out/fm.json" > /dev/null
 cgroup_report "flash-moe" | tee "$out/fm_cg.txt"
 

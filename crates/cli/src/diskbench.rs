@@ -26,6 +26,10 @@ pub struct DiskbenchArgs {
     /// Reads in flight (a layer's misses are all in flight together: top-k experts x 3 projections).
     #[arg(long = "in-flight", default_value_t = 16)]
     pub in_flight: usize,
+    /// Read consecutive chunks (from the file's middle, wrapping at its end) instead of random ones: the
+    /// bandwidth a warm start's coalesced reads can reach.
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 pub fn main(a: DiskbenchArgs) -> Result<()> {
@@ -50,6 +54,8 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
     let n_reads = (total / chunk as u64).max(1) as usize;
     let n_positions = (size - chunk as u64) / DIRECT_ALIGN as u64;
     let mut rng = 0x9E3779B97F4A7C15u64;
+    let n_chunks = size / chunk as u64;
+    let mut seq = n_chunks / 2;
     let t0 = Instant::now();
     let mut done = 0;
     while done < n_reads {
@@ -60,10 +66,12 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
+                seq = (seq + 1) % n_chunks;
+                let offset = if a.sequential { seq * chunk as u64 } else { (rng % n_positions) * DIRECT_ALIGN as u64 };
                 ReadReq {
                     file: Arc::clone(&file),
                     path: Arc::clone(&path),
-                    offset: (rng % n_positions) * DIRECT_ALIGN as u64,
+                    offset,
                     dst: b.as_ptr(),
                     len: chunk,
                     len_needed: chunk,
@@ -78,7 +86,8 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let bytes = (n_reads * chunk) as f64;
     println!(
-        "disk random reads: {} reads of {} KiB, {} in flight: {:.2} GB/s ({:.2} s)",
+        "disk {} reads: {} reads of {} KiB, {} in flight: {:.2} GB/s ({:.2} s)",
+        if a.sequential { "sequential" } else { "random" },
         n_reads,
         chunk / 1024,
         n_threads,

@@ -1,15 +1,18 @@
 //! The `flash-moe` command line: argument parsing and printing live here, the work in the engine.
 //!
 //! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `perplexity` (held-out loss),
-//! `inspect` (what a model file holds), `bench` (prompt and decode speed, optionally against llama.cpp's `llama-bench`).
+//! `inspect` (what a model file holds), `bench` (prompt and decode speed, optionally against llama.cpp's
+//! `llama-bench`), `profile` (expert use over prompts, for `run --profile`), `diskbench`, `synth`.
 
 mod bench;
 mod diskbench;
 mod inspect;
 mod logits;
 mod perplexity;
+mod profile;
 mod run;
 mod synth;
+mod warmstart;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt, streaming it to stdout; a summary goes to stderr.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Write float32 logits [n_tokens, n_vocab] for every position of a token sequence to a .npy file.
     Logits(logits::LogitsArgs),
     /// Held-out loss and perplexity of a text (non-overlapping windows), like llama.cpp's llama-perplexity.
@@ -41,6 +44,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Measure the disk's random direct-read bandwidth for expert-sized reads.
     Diskbench(diskbench::DiskbenchArgs),
+    /// Run prompts through a model and save how often each expert was chosen (a routing profile for --profile).
+    Profile(profile::ProfileArgs),
     /// Write a Qwen3-MoE GGUF with random weights (qwen3-30b-a3b, coder-next-like, small, tiny) for tests and
     /// benchmarks; flash-moe and llama.cpp both run it.
     Synth(synth::SynthArgs),
@@ -163,13 +168,14 @@ fn bundled_model() -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => a.model.check().and_then(|()| run::main(a)),
+        Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),
         Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),
         Command::Perplexity(a) => a.model.check().and_then(|()| perplexity::main(a)),
         Command::Inspect(a) => inspect::main(a),
         Command::Bench(a) => a.model.check().and_then(|()| bench::main(a)),
         Command::Diskbench(a) => diskbench::main(a),
         Command::Synth(a) => synth::main(a),
+        Command::Profile(a) => a.model.check().and_then(|()| profile::main(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,6 +81,8 @@ pub struct RunArgs {
     /// Off unless given; the count of dropped experts is printed.
     #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
     pub approx: Option<String>,
+    #[command(flatten)]
+    pub cache: crate::warmstart::CacheArgs,
 }
 
 /// Rejects sampling parameters that are NaN, infinite or outside their range.
@@ -108,6 +110,7 @@ fn check_sampling(a: &RunArgs) -> Result<()> {
 }
 
 pub fn main(a: RunArgs) -> Result<()> {
+    let t_start = std::time::Instant::now();
     check_sampling(&a)?;
     // Checked before the (slow) load; applied after it.
     let approx = a.approx.as_deref().map(engine::approx::Approx::parse).transpose()?;
@@ -125,6 +128,8 @@ pub fn main(a: RunArgs) -> Result<()> {
     let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
     let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let load_secs = t_start.elapsed().as_secs_f64();
+    let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
     let mut recorder = None;
     if let Some(path) = &a.record_routes {
         let expert_bytes: Vec<u64> =
@@ -137,7 +142,7 @@ pub fn main(a: RunArgs) -> Result<()> {
             model.info.n_expert_used,
             &expert_bytes,
         )?);
-        model.set_route_hook(Some(r.clone()));
+        hook = Some(r.clone());
         recorder = Some(r);
     }
     let replay = a.replay_routes.is_some();
@@ -148,12 +153,26 @@ pub fn main(a: RunArgs) -> Result<()> {
             path.display(),
             r.n_tokens()
         );
-        model.set_route_hook(Some(std::sync::Arc::new(r)));
+        hook = Some(std::sync::Arc::new(r));
     }
     if let Some(mode) = approx {
         model.set_approx(Some(mode))?;
         eprintln!("{}", approx_banner(mode, model.info.n_expert_used, model.memory_plan().is_some()));
     }
+    // When experts stream, count the routes too (which experts the prefill touched), around any other hook.
+    let counter = model.expert_cache().map(|_| {
+        let moe: Vec<bool> = model.expert_layout().layers.iter().map(Option::is_some).collect();
+        std::sync::Arc::new(engine::experts::profile::RouteCounter::new(
+            model.info.n_layer,
+            model.info.n_expert,
+            &moe,
+            hook.take(),
+        ))
+    });
+    if let Some(c) = &counter {
+        hook = Some(c.clone());
+    }
+    model.set_route_hook(hook);
     for note in &model.info.notes {
         eprintln!("note: {note}");
     }
@@ -162,6 +181,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
+    let prepared = crate::warmstart::prepare(&a.cache, &index, &model)?;
 
     let (prompt_text, parse_special) = if a.chat {
         let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
@@ -202,14 +222,29 @@ pub fn main(a: RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         stop: a.stop.clone(),
     };
+    if let Some(c) = &counter {
+        c.start_prompt(prompt.len());
+    }
+    let cached_at_start: std::collections::HashSet<(usize, u32)> =
+        model.expert_cache().map(|c| c.hot_experts().iter().map(|h| (h.layer, h.expert)).collect()).unwrap_or_default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut n_pieces = 0usize;
     let stats = generate::generate(&model, &cpu, &tokenizer, &mut session, &prompt, &params, &mut |t| {
         let _ = out.write_all(t.as_bytes());
         let _ = out.flush();
+        n_pieces += 1;
+        if n_pieces.is_multiple_of(HOT_SAVE_EVERY) {
+            if let Some(p) = &prepared {
+                p.save_hot(&model);
+            }
+        }
     })?;
     let _ = writeln!(out);
     drop(out);
+    if let Some(p) = &prepared {
+        p.save_hot(&model);
+    }
     if let Some(r) = &recorder {
         r.finish()?;
     }
@@ -256,6 +291,10 @@ pub fn main(a: RunArgs) -> Result<()> {
         stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
         stats.stop
     );
+    let ttft = prepared.as_ref().zip(model.expert_cache()).map(|(p, cache)| {
+        let touched = counter.as_ref().map(|c| c.counts().prefill_experts()).unwrap_or_default();
+        first_token_report(load_secs, p, &stats, cache, &touched, &cached_at_start)
+    });
     if let (Some(pre), Some(dec)) = (&stats.cache_prefill, &stats.cache_decode) {
         for (phase, st, secs, n_tok) in [
             ("prefill", pre, stats.prompt_secs, stats.n_prompt),
@@ -297,6 +336,7 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "experts_prefill": pre,
                 "experts_decode": dec,
                 "per_token": stats.per_token,
+                "time_to_first_token": ttft,
                 "peak_rss_bytes": peak_rss_bytes(),
             });
             std::fs::write(path, serde_json::to_string_pretty(&json)?)
@@ -330,6 +370,57 @@ fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: 
         mode.name()
     )
 }
+
+/// Prints and returns the time to the first token split into load, warm start and prefill, and the bytes the
+/// prefill read against what the distinct experts it touched (less those cached at the start) take to read.
+fn first_token_report(
+    load_secs: f64,
+    p: &crate::warmstart::Prepared,
+    stats: &generate::GenerateStats,
+    cache: &engine::experts::cache::ExpertCache,
+    touched: &[(usize, u32)],
+    cached_at_start: &std::collections::HashSet<(usize, u32)>,
+) -> serde_json::Value {
+    let not_cached: Vec<&(usize, u32)> = touched.iter().filter(|x| !cached_at_start.contains(x)).collect();
+    let expected: u64 = not_cached.iter().map(|&&(l, e)| cache.expert_read_bytes(l, e)).sum();
+    let read = stats.cache_prefill.as_ref().map_or(0, |s| s.bytes_read);
+    let pre = &p.preload;
+    eprintln!(
+        "first token {:.3} s = load {:.3} s + warm start {:.3} s ({} experts{}, {:.1} MiB in {} reads, {:.2} GB/s) \
+         + prefill {:.3} s",
+        load_secs + pre.secs + stats.prompt_secs,
+        load_secs,
+        pre.secs,
+        pre.n_experts,
+        if pre.n_pinned > 0 { format!(", {} pinned", pre.n_pinned) } else { String::new() },
+        mib(pre.bytes_read),
+        pre.n_reads,
+        pre.gb_per_s(),
+        stats.prompt_secs
+    );
+    eprintln!(
+        "prefill    touched {} distinct experts ({} already cached): {:.1} MiB to read, {:.1} MiB read ({})",
+        touched.len(),
+        touched.len() - not_cached.len(),
+        mib(expected),
+        mib(read),
+        if read == expected { "each expert read once" } else { "not equal: experts evicted during the prefill" }
+    );
+    serde_json::json!({
+        "load_secs": load_secs,
+        "warm_start": { "hot_file": p.hot_path, "read_back": p.warm, "pinned_planned": p.n_pinned_planned,
+                        "preload": pre, "gb_per_s": pre.gb_per_s() },
+        "prefill_secs": stats.prompt_secs,
+        "total_secs": load_secs + pre.secs + stats.prompt_secs,
+        "prefill_distinct_experts": touched.len(),
+        "prefill_distinct_experts_cached_at_start": touched.len() - not_cached.len(),
+        "prefill_bytes_expected": expected,
+        "prefill_bytes_read": read,
+    })
+}
+
+/// Text pieces (about tokens) between saves of the hot experts.
+const HOT_SAVE_EVERY: usize = 64;
 
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -366,3 +366,75 @@ fn bad_sampling_and_thread_arguments() {
     let out = flash_moe(&["run", "-m", s(&m), "-p", "hi", "-n", "1", "-t", "1", "--presence-penalty", "-0.5"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn routing_profile_of_another_model() {
+    let dir = temp_dir("routing_profile_of_another_model");
+    let prompts = dir.join("prompts.txt");
+    fs::write(&prompts, "hello there\ngeneral kenobi\n").expect("write prompts");
+    let profile = dir.join("profile.json");
+    let out = flash_moe(&["profile", "-m", s(&moe_gguf()), "--prompts", s(&prompts), "-n", "2", "-o", s(&profile)]);
+    assert!(out.status.success(), "profile: {}", String::from_utf8_lossy(&out.stderr));
+    let other = fixtures().join("qwen3moe-h64/qwen3moe-h64-q4_k_m.gguf");
+    let run = |model: &Path, profile: &Path| {
+        flash_moe(&[
+            "run",
+            "-m",
+            s(model),
+            "-p",
+            "hi",
+            "-n",
+            "2",
+            "--memory-budget",
+            "min",
+            "--warm-start",
+            "off",
+            "--profile",
+            s(profile),
+        ])
+    };
+    assert!(run(&moe_gguf(), &profile).status.success(), "the profile fits the model it was made for");
+    assert_fails(&run(&other, &profile), &["profile.json", "made for another model", "qwen3moe-h64-q8_0.gguf"]);
+    fs::write(&profile, "{\"format\": 3}").expect("write");
+    assert_fails(&run(&moe_gguf(), &profile), &["profile.json", "not a flash-moe routing profile"]);
+    let empty = dir.join("empty.txt");
+    fs::write(&empty, "\n\n").expect("write");
+    assert_fails(
+        &flash_moe(&["profile", "-m", s(&moe_gguf()), "--prompts", s(&empty), "-o", s(&profile)]),
+        &["empty.txt", "no prompts"],
+    );
+}
+
+#[test]
+fn corrupt_hot_file_is_ignored_with_a_warning() {
+    let dir = temp_dir("corrupt_hot_file_is_ignored_with_a_warning");
+    let hot = dir.join("model.hot.json");
+    fs::write(&hot, "{\"format\": \"flash-moe hot experts\", \"versi").expect("write");
+    let run = || {
+        let out = flash_moe(&[
+            "run",
+            "-m",
+            s(&moe_gguf()),
+            "-p",
+            "hi",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--memory-budget",
+            "min",
+            "--warm-start",
+            s(&hot),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success() && !stderr.contains("panicked"), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (text_cold, stderr) = run();
+    assert!(stderr.contains("warning: warm start") && stderr.contains("model.hot.json"), "{stderr}");
+    // The run wrote a valid hot file; the next run reads it back without a warning and prints the same text.
+    let (text_warm, stderr) = run();
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(!stderr.contains("warm start 0.000 s (0 experts"), "nothing was read back:\n{stderr}");
+    assert_eq!(text_cold, text_warm);
+}

@@ -8,7 +8,8 @@
 //! # Layout
 //! - `formats/`: GGUF and safetensors readers that build the weight index; they never read a whole file.
 //! - `experts/`: where each expert's bytes are (layout, store), the providers that hand them to the MoE block
-//!   (resident, cache), the read engines (io) and the memory budget plan (budget).
+//!   (resident, cache), the read engines (io), the memory budget plan (budget), routing profiles (profile) and
+//!   hot files for the warm start (warm).
 //! - `approx`: the opt-in approximate expert selection (`--approx`), never on by default.
 //! - `routes`: route traces (record; replay as a benchmark mode). `synth`: random-weight GGUFs of real shapes.
 //! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.

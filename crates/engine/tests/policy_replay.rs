@@ -98,3 +98,49 @@ fn eviction_on_a_real_trace() {
         assert!(ours <= belady + 0.5, "{budget} MiB: {ours:.1}% beats Belady's {belady}%: the replay is wrong");
     }
 }
+
+/// Routing profiles on the real trace: a profile of the prompt and the first 64 decoded tokens (pinned experts and
+/// per-layer shares, `experts::profile::plan`), decode hit rate measured on the last 64 tokens, against the same
+/// cache without a profile. Measured (printed): +0.3 to +1.0 points from the per-layer shares at 1-6 GB (37.3 ->
+/// 37.6% at 1 GB, 90.4 -> 91.4% at 6 GB); pinning a quarter or half of the slots on top changes at most 0.3 points.
+#[test]
+fn routing_profile_on_a_real_trace() {
+    use engine::experts::cache::replay_policy_planned;
+    use engine::experts::profile::plan;
+    let steps = steps();
+    let (n_layer, n_expert, k) = (48, 128, 6);
+    let mut counts = vec![vec![0u64; n_expert]; n_layer];
+    let mut n_decode = 0;
+    let steps: Vec<(usize, Vec<u32>, bool)> = steps
+        .into_iter()
+        .map(|(layer, experts, decode)| {
+            let late = decode && n_decode / n_layer >= 64;
+            n_decode += usize::from(decode);
+            if !late {
+                for &e in &experts {
+                    counts[layer][e as usize] += 1;
+                }
+            }
+            (layer, experts, late)
+        })
+        .collect();
+    let moe = vec![true; n_layer];
+    let expert_mib = 3059712.0 / (1 << 20) as f64;
+    for budget in [1000.0, 2000.0, 3000.0, 4000.0, 6000.0] {
+        let n_slots = (budget / expert_mib) as usize;
+        let rate = |(h, m): (u64, u64)| 100.0 * h as f64 / (h + m) as f64;
+        let base = rate(replay_policy_planned(n_slots, n_layer, n_expert, &[], &[], steps.iter().cloned()));
+        let mut line = format!("{budget:6.0} MiB ({n_slots:4} slots): no profile {base:5.1}%");
+        for pin_fraction in [0.0, 0.25, 0.5] {
+            let p = plan(&counts, &moe, n_slots, k, pin_fraction);
+            let r =
+                rate(replay_policy_planned(n_slots, n_layer, n_expert, &p.quotas, &p.pinned, steps.iter().cloned()));
+            line.push_str(&format!("  shares + pin {pin_fraction:.2}: {r:5.1}%"));
+            assert!(
+                r >= base - 1.0,
+                "{budget} MiB, pin {pin_fraction}: {r:.1}% is over a point below {base:.1}% without a profile"
+            );
+        }
+        eprintln!("{line}");
+    }
+}

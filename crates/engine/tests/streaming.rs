@@ -103,3 +103,97 @@ fn pinned_experts_stay_and_results_do_not_change() {
     let st = model.cache_stats().expect("stats");
     assert!(st.hits > 0);
 }
+
+/// A routing profile (per-layer shares and pinned hot experts) and a warm start from the hot file of an earlier
+/// run change which experts are cached, never a bit of the logits; at every cache size tried.
+#[test]
+fn profile_pinning_and_warm_start_do_not_change_results() {
+    use engine::experts::profile::{plan, ModelIdentity, RouteCounter};
+    use engine::experts::warm::{prepare, HotFile};
+    use std::sync::Arc;
+    let cpu = Cpu::new(2);
+    let dir = std::env::temp_dir().join(format!("flash-moe-warm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (fixture_dir, file) in [("qwen3moe-h64", "qwen3moe-h64-q4_k_m.gguf"), ("qwen3moe-h256", "model.safetensors")] {
+        let path = fixture(fixture_dir).join(file);
+        let index = WeightIndex::open(&path).expect("open");
+        let resident = load(&path);
+        let want = run(&resident, &cpu);
+        let layout = resident.expert_layout();
+        let moe: Vec<bool> = layout.layers.iter().map(Option::is_some).collect();
+        let n_total = layout.n_moe_layers() * layout.n_expert;
+        let k = resident.info.n_expert_used;
+        let id = ModelIdentity::of(&index, &resident.info);
+        for n_slots in [k + 1, n_total / 2, n_total] {
+            // First run: count routes for a profile, and save what the cache holds at the end.
+            let mut first = streamed(&path, n_slots, 4);
+            let counter = Arc::new(RouteCounter::new(resident.info.n_layer, layout.n_expert, &moe, None));
+            counter.start_prompt(23);
+            first.set_route_hook(Some(counter.clone()));
+            assert!(run(&first, &cpu) == want, "{file}: {n_slots} slots: counting routes changed the logits");
+            let profile = counter.profile(id.clone(), &moe, 1);
+            let hot_path = dir.join("model.hot.json");
+            let cache = first.expert_cache().expect("a streaming cache");
+            HotFile::of(cache, id.clone(), 7).save(&hot_path).expect("save hot file");
+            let hot = HotFile::load(&hot_path, &id, 7, &moe).expect("valid").expect("present");
+            assert_eq!(hot.experts.len(), cache.hot_experts().len());
+            assert!(!hot.experts.is_empty() && hot.experts.len() <= n_slots);
+
+            // Second run: profile shares, pins and warm start.
+            let second = streamed(&path, n_slots, 4);
+            let cache = second.expert_cache().expect("a streaming cache");
+            let p = plan(&profile.totals(), &moe, n_slots, k, 0.5);
+            assert_eq!(p.quotas.iter().sum::<usize>(), n_slots.min(n_total));
+            let pre = prepare(cache, Some(&p), Some(&hot), k).expect("preload");
+            assert!(pre.n_experts > 0 && pre.n_experts <= n_slots, "{file}: {} experts preloaded", pre.n_experts);
+            assert!(pre.bytes_read > 0 && pre.n_reads <= 3 * pre.n_experts);
+            assert!(pre.n_pinned <= n_slots - k, "{file}: pins leave room for a token's experts");
+            assert_eq!(cache.layer_quotas(), p.quotas);
+            let before = cache.stats();
+            assert_eq!(before.misses, 0, "preloading is not counted as misses");
+            assert!(run(&second, &cpu) == want, "{file}: {n_slots} slots: profile/pins/warm start changed the logits");
+            if n_slots == n_total {
+                let st = second.cache_stats().expect("stats");
+                assert_eq!(st.misses, 0, "{file}: a warm start with room for all re-read nothing");
+            }
+        }
+        // Hot files for another model, of another model file version, or corrupt, are refused.
+        let hot_path = dir.join("model.hot.json");
+        let other = ModelIdentity { size_bytes: id.size_bytes + 1, ..id.clone() };
+        assert!(HotFile::load(&hot_path, &other, 7, &moe).is_err(), "another model's hot file");
+        assert!(HotFile::load(&hot_path, &id, 8, &moe).is_err(), "a modified model file");
+        std::fs::write(&hot_path, "{\"format\": \"flash-moe hot experts\", \"vers").expect("write");
+        assert!(HotFile::load(&hot_path, &id, 7, &moe).is_err(), "a truncated hot file");
+        assert!(HotFile::load(&dir.join("absent.json"), &id, 7, &moe).expect("absent is fine").is_none());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The expert-major prefill reads each expert it touches once: with room for all, the bytes read by a prefill
+/// equal the distinct experts its tokens routed to times their read size; after a warm start from a full run's
+/// hot file it reads nothing.
+#[test]
+fn prefill_reads_each_touched_expert_once() {
+    use engine::experts::profile::RouteCounter;
+    use std::sync::Arc;
+    let cpu = Cpu::new(2);
+    let path = fixture("qwen3moe-h256").join("qwen3moe-h256-q4_k_m.gguf");
+    let resident = load(&path);
+    let layout = resident.expert_layout();
+    let moe: Vec<bool> = layout.layers.iter().map(Option::is_some).collect();
+    let n_total = layout.n_moe_layers() * layout.n_expert;
+    let mut model = streamed(&path, n_total, 4);
+    let counter = Arc::new(RouteCounter::new(resident.info.n_layer, layout.n_expert, &moe, None));
+    // Longer than one batch of the chunked forward (64), so several chunks share the cache.
+    let tokens: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % model.info.n_vocab as u32).collect();
+    counter.start_prompt(tokens.len());
+    model.set_route_hook(Some(counter.clone()));
+    let mut s = model.new_session(160);
+    model.forward(&cpu, &mut s, &tokens, Logits::Last).expect("prefill");
+    let cache = model.expert_cache().expect("cache");
+    let touched = counter.counts().prefill_experts();
+    let expected: u64 = touched.iter().map(|&(l, e)| cache.expert_read_bytes(l, e)).sum();
+    let st = cache.stats();
+    assert_eq!(st.misses as usize, touched.len(), "one read per distinct expert");
+    assert_eq!(st.bytes_read, expected);
+}

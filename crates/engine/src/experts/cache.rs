@@ -14,6 +14,8 @@
 //! waits for ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until
 //! a later call finds its read finished (`reap_background`).
 
+mod preload;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -23,6 +25,8 @@ use super::store::ExpertStore;
 use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
+
+pub use preload::{replay_policy_planned, HotExpert, PreloadItem, PreloadStats};
 
 /// Counters of the cache, for the run summary and `--stats-json`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -91,9 +95,10 @@ struct State {
     tick: u64,
     uses_since_decay: u64,
     stats: CacheStats,
-    /// Slots held by each layer, and each MoE layer's fair share of the slots.
+    /// Slots held by each layer, and each layer's share of the slots (even by default; from a routing profile
+    /// with [`ExpertCache::set_layer_quotas`]).
     per_layer: Vec<usize>,
-    quota: usize,
+    quota: Vec<usize>,
     /// Slots with a read started by [`ExpertProvider::fetch_background`] (approximate mode only) that nobody has
     /// waited for yet.
     background: Vec<usize>,
@@ -114,7 +119,7 @@ impl State {
             uses_since_decay: 0,
             stats,
             per_layer: vec![0; n_layer],
-            quota: (n_slots / n_moe_layers.max(1)).max(1),
+            quota: vec![(n_slots / n_moe_layers.max(1)).max(1); n_layer],
             background: Vec::new(),
         }
     }
@@ -174,22 +179,23 @@ impl State {
                 })
                 .map(|(i, _)| i)
         };
-        if self.per_layer[layer] >= self.quota {
+        if self.per_layer[layer] >= self.quota[layer] {
             if let Some(v) = least_used(Some(layer)) {
                 return Some(v);
             }
         }
         // Layers over their share, most over first, without allocating: take the largest excess below the last.
+        let excess = |l: usize| self.per_layer[l].saturating_sub(self.quota[l]);
         let mut bound = usize::MAX;
         loop {
             let most = (0..self.per_layer.len())
-                .filter(|&l| self.per_layer[l] > self.quota && self.per_layer[l] < bound)
-                .max_by_key(|&l| (self.per_layer[l], std::cmp::Reverse(l)));
+                .filter(|&l| excess(l) > 0 && excess(l) < bound)
+                .max_by_key(|&l| (excess(l), std::cmp::Reverse(l)));
             let Some(l) = most else { break };
             if let Some(v) = least_used(Some(l)) {
                 return Some(v);
             }
-            bound = self.per_layer[l];
+            bound = excess(l);
         }
         least_used(None)
     }
@@ -534,5 +540,9 @@ impl ExpertProvider for ExpertCache {
                 st.background.push(s);
             }
         }
+    }
+
+    fn as_cache(&self) -> Option<&ExpertCache> {
+        Some(self)
     }
 }

@@ -4,14 +4,18 @@
 //! The MoE layer never indexes a big array of experts: it asks a provider for the experts the router chose and
 //! gets back borrowed matrices one at a time. [`resident::ResidentExperts`] holds every expert in RAM;
 //! [`cache::ExpertCache`] streams them from the model files ([`store::ExpertStore`], [`io::IoPool`]) into a fixed
-//! number of slots sized by [`budget`], and must give bit-identical results.
+//! number of slots sized by [`budget`], and must give bit-identical results. [`profile`] (routing profiles: pins and
+//! per-layer shares) and [`warm`] (hot files: the last run's cached experts, read back at start) prepare the cache
+//! before the first token.
 
 pub mod budget;
 pub mod cache;
 pub mod io;
 pub mod layout;
+pub mod profile;
 pub mod resident;
 pub mod store;
+pub mod warm;
 
 use crate::tensor::QMatRef;
 use crate::Result;
@@ -53,6 +57,11 @@ pub trait ExpertProvider: Sync {
 
     /// Hit/miss/bytes counters, for providers that stream.
     fn cache_stats(&self) -> Option<cache::CacheStats> {
+        None
+    }
+
+    /// The streaming cache behind this provider, if it is one (to pin, preload or size per-layer shares).
+    fn as_cache(&self) -> Option<&cache::ExpertCache> {
         None
     }
 }

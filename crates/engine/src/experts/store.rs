@@ -18,13 +18,13 @@ use crate::{Error, Result};
 
 /// Where one projection of one expert goes: the aligned file range read and the matrix's place in the slot.
 #[derive(Clone, Copy, Debug)]
-struct Placement {
-    file: usize,
-    read_offset: u64,
-    read_len: usize,
-    slot_offset: usize,
-    data_offset: usize,
-    data_len: usize,
+pub(super) struct Placement {
+    pub file: usize,
+    pub read_offset: u64,
+    pub read_len: usize,
+    pub slot_offset: usize,
+    pub data_offset: usize,
+    pub data_len: usize,
 }
 
 /// Reads single experts through the expert layout.
@@ -100,7 +100,7 @@ impl ExpertStore {
         self.slot_bytes
     }
 
-    fn placements(&self, layer: usize, e: usize) -> [Placement; 3] {
+    pub(super) fn placements(&self, layer: usize, e: usize) -> [Placement; 3] {
         let le = self.layout.layers[layer].as_ref().expect("a MoE layer");
         let mut slot_offset = 0;
         le.projs().map(|p| {
@@ -136,6 +136,24 @@ impl ExpertStore {
                 expected: self.meta[p.file],
             })
             .collect()
+    }
+
+    /// Bytes read from disk to bring expert `e` of `layer` into a slot (its three ranges, 4 KiB aligned).
+    pub fn read_bytes(&self, layer: usize, e: usize) -> u64 {
+        self.placements(layer, e).iter().map(|p| p.read_len as u64).sum()
+    }
+
+    /// A read of `len` bytes at `offset` of file `file` into `dst`, of which the first `len_needed` must arrive.
+    pub(super) fn read_req(&self, file: usize, offset: u64, dst: *mut u8, len: usize, len_needed: usize) -> ReadReq {
+        ReadReq {
+            file: Arc::clone(&self.files[file]),
+            path: Arc::clone(&self.paths[file]),
+            offset,
+            dst,
+            len,
+            len_needed,
+            expected: self.meta[file],
+        }
     }
 
     /// The matrices of expert `e` of `layer` in a slot filled by [`ExpertStore::read_reqs`].

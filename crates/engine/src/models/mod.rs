@@ -99,6 +99,11 @@ impl Model {
         self.decoder.experts.cache_stats()
     }
 
+    /// The streaming expert cache, when experts stream.
+    pub fn expert_cache(&self) -> Option<&crate::experts::cache::ExpertCache> {
+        self.decoder.experts.as_cache()
+    }
+
     /// Records or replays routing decisions (see [`crate::routes`]).
     pub fn set_route_hook(&mut self, hook: Option<std::sync::Arc<dyn crate::layers::moe::RouteHook>>) {
         self.decoder.route_hook = hook;
