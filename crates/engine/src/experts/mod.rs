@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cache;
 pub mod io;
 pub mod layout;
+pub mod predict;
 pub mod resident;
 pub mod store;
 
@@ -37,6 +38,10 @@ pub trait ExpertSet {
 pub trait ExpertProvider: Sync {
     /// Starts making experts `ids` (distinct) of layer `layer` available; the returned set hands each out once.
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>>;
+
+    /// A hint that experts `ids` (best first) of `layer` will likely be acquired next; providers that stream may
+    /// start reading them. Never changes a result.
+    fn prefetch(&self, _layer: usize, _ids: &[u32]) {}
 
     /// Hit/miss/bytes counters, for providers that stream.
     fn cache_stats(&self) -> Option<cache::CacheStats> {
