@@ -140,7 +140,14 @@ impl Rng {
 /// A synthetic skewed workload with drift: per layer, expert popularity is Zipf(s) over a per-layer permutation
 /// that is partly reshuffled every `drift_every` tokens, plus token-to-token stickiness (an expert used by the
 /// previous token is reused with probability `sticky`), `k` distinct experts per layer and token.
-fn zipf_drift(n_layer: usize, n_expert: usize, k: usize, n_tokens: usize, s: f64, sticky: f64) -> Vec<(usize, Vec<u32>, bool)> {
+fn zipf_drift(
+    n_layer: usize,
+    n_expert: usize,
+    k: usize,
+    n_tokens: usize,
+    s: f64,
+    sticky: f64,
+) -> Vec<(usize, Vec<u32>, bool)> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let weights: Vec<f64> = (1..=n_expert).map(|r| 1.0 / (r as f64).powf(s)).collect();
     let total: f64 = weights.iter().sum();
@@ -192,10 +199,16 @@ fn eviction_on_synthetic_skewed_workloads_with_drift() {
         let steps = zipf_drift(n_layer, n_expert, k, 600, s, sticky);
         for slots_per_layer in [3, 6, 12, 24] {
             let n_slots = n_layer * slots_per_layer;
-            let ours = 100.0 * replay_policy(n_slots, &vec![true; n_layer], n_expert, None, steps.iter().cloned()).hit_rate();
+            let ours =
+                100.0 * replay_policy(n_slots, &vec![true; n_layer], n_expert, None, steps.iter().cloned()).hit_rate();
             let lru = lru_reference(n_slots, &steps);
-            eprintln!("zipf s={s} sticky={sticky}, {slots_per_layer:2} slots/layer: flash-moe {ours:5.1}%  LRU {lru:5.1}%");
-                assert!(ours > lru, "zipf s={s} sticky={sticky}, {slots_per_layer} slots/layer: {ours:.1}% <= LRU {lru:.1}%");
+            eprintln!(
+                "zipf s={s} sticky={sticky}, {slots_per_layer:2} slots/layer: flash-moe {ours:5.1}%  LRU {lru:5.1}%"
+            );
+            assert!(
+                ours > lru,
+                "zipf s={s} sticky={sticky}, {slots_per_layer} slots/layer: {ours:.1}% <= LRU {lru:.1}%"
+            );
         }
     }
 }

@@ -251,7 +251,8 @@ impl State {
             self.map.remove(&old);
         }
         self.map.insert((layer as u32, e), s);
-        self.slots[s] = Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, last_use: self.tick, ..Slot::FREE };
+        self.slots[s] =
+            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, last_use: self.tick, ..Slot::FREE };
     }
 
     /// Where a read goes: a free slot, else the unpinned ready slot with the lowest [`VictimKey`] (skipping the
@@ -497,6 +498,31 @@ impl ExpertCache {
         }
     }
 
+    /// Makes the slots of unpinned prefetches in flight reusable (cancelling their reads, or waiting for them);
+    /// returns whether there were any.
+    fn reclaim_prefetches(&self, st: &mut State) -> bool {
+        let mut any = false;
+        for i in 0..st.prefetching.len() {
+            let s = st.prefetching[i];
+            let slot = &st.slots[s];
+            if slot.pins > 0 || slot.state != SlotState::Loading {
+                continue;
+            }
+            any = true;
+            if let Some(b) = slot.batch.clone() {
+                if self.io.cancel(&b) {
+                    st.stats.prefetch_cancelled += 1;
+                } else {
+                    let t0 = Instant::now();
+                    let _ = b.wait();
+                    st.stats.wait_secs += t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        self.poll_prefetches(st);
+        any
+    }
+
     /// Drops the queued prefetches of `layer` that its visit (using `ids`) does not need.
     fn cancel_unused_prefetches(&self, st: &mut State, layer: usize, ids: &[u32]) {
         let mut i = 0;
@@ -550,7 +576,17 @@ impl ExpertCache {
 
     /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
     fn claim(&self, st: &mut State, layer: usize, e: u32) -> Option<usize> {
-        let (s, miss) = st.claim_slot(layer, e)?;
+        let (s, miss) = match st.claim_slot(layer, e) {
+            Some(claimed) => claimed,
+            None => {
+                // Demand comes before speculation: take back the slots of unused prefetches, dropping their reads
+                // or waiting for them (I/O threads never take the state lock, so waiting under it is safe).
+                if !self.reclaim_prefetches(st) {
+                    return None;
+                }
+                st.claim_slot(layer, e)?
+            }
+        };
         if !miss && st.slots[s].state == SlotState::Loading {
             // A prefetch still queued or in flight: the forward pass waits for it now.
             if let Some(b) = &st.slots[s].batch {

@@ -14,10 +14,10 @@
 //! flight, so a demand read never queues behind more than that; a queued speculative read can be promoted to the
 //! demand queue (the forward pass now needs it) or cancelled (the prediction was wrong).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 

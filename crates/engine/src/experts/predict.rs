@@ -38,8 +38,7 @@ impl TransitionTable {
     pub fn new(moe_layers: &[bool], n_expert: usize) -> TransitionTable {
         let n_layer = moe_layers.len();
         let with_table = n_layer * n_expert * n_expert * 2 <= TABLE_BYTES_MAX;
-        let next_moe =
-            (0..n_layer).map(|l| (l + 1..n_layer).find(|&m| moe_layers[m])).collect::<Vec<Option<usize>>>();
+        let next_moe = (0..n_layer).map(|l| (l + 1..n_layer).find(|&m| moe_layers[m])).collect::<Vec<Option<usize>>>();
         TransitionTable {
             n_expert,
             counts: if with_table { vec![0; n_layer * n_expert * n_expert] } else { Vec::new() },
