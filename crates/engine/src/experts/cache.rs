@@ -14,8 +14,9 @@
 //! more hold more slots.
 //!
 //! Prefetch ([`ExpertCache::prefetch`], or the cache's own transition table, [`super::predict`]): predicted experts
-//! of the next layer are read with low priority into a free slot or the slot of an expert worth less than a
-//! predicted one ([`PREDICTED_WORTH`]); a prefetched expert that its layer's visit did not use is the first
+//! of the next layer are read with low priority, if the measured chance that a prediction of their rank is used
+//! is at least [`PREFETCH_CHANCE_MIN`], into a free slot or the slot of an expert valued below that chance; a
+//! prefetched expert that its layer's visit did not use is the first
 //! victim, and its read is cancelled if it has not started.
 //!
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
@@ -51,7 +52,7 @@ pub struct CacheStats {
     /// not finished when they were needed.
     pub prefetch_used: u64,
     pub prefetch_late: u64,
-    /// Prefetches whose read was dropped before it started (the prediction was wrong).
+    /// Prefetches whose read was dropped before it started (the prediction was wrong; not counted above).
     pub prefetch_cancelled: u64,
     /// Experts used at visits that had a prediction, and how many of them were predicted.
     pub predicted_of: u64,
@@ -134,9 +135,12 @@ impl Slot {
 const RECENT_BONUS: f32 = 0.3;
 /// Use counts and visit counts of a layer are halved every this many visits of it.
 const RATE_HALF_LIFE_VISITS: u32 = 64;
-/// What a predicted expert is taken to be worth when prefetching (a chance of use at the next visit): it may evict
-/// only experts valued lower. Tuned on the shared trace's replay (0.3-0.5 prefetch too little to matter).
-const PREDICTED_WORTH: f32 = 0.8;
+/// Predictions are ranked; the chance that the expert predicted at each rank is used is measured online (at most
+/// this many ranks).
+const RANKS_MAX: usize = 64;
+/// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
+/// prefetch costs a read), and only over experts valued lower.
+pub const PREFETCH_CHANCE_MIN: f32 = 0.3;
 
 /// An eviction candidate's rank: prefetched-but-unused experts first, then the lowest value, then least recently
 /// used.
@@ -156,6 +160,11 @@ struct State {
     stats: CacheStats,
     /// The latest prediction for each layer (cleared when the layer is visited).
     predicted: Vec<Vec<u32>>,
+    /// Per prediction rank: predictions made and used (halved together now and then).
+    rank_made: [u32; RANKS_MAX],
+    rank_used: [u32; RANKS_MAX],
+    /// [`PREFETCH_CHANCE_MIN`] (the offline replay can change it).
+    chance_min: f32,
     /// Slots with a prefetch read in flight.
     prefetching: Vec<usize>,
 }
@@ -174,6 +183,9 @@ impl State {
             tick: 0,
             stats,
             predicted: vec![Vec::new(); n_layer],
+            rank_made: [0; RANKS_MAX],
+            rank_used: [0; RANKS_MAX],
+            chance_min: PREFETCH_CHANCE_MIN,
             prefetching: Vec::new(),
         }
     }
@@ -196,6 +208,14 @@ impl State {
         if !pred.is_empty() {
             self.stats.predicted_of += ids.len() as u64;
             self.stats.predicted_used += ids.iter().filter(|e| pred.contains(e)).count() as u64;
+            for (r, e) in pred.iter().enumerate().take(RANKS_MAX) {
+                self.rank_made[r] += 1;
+                self.rank_used[r] += u32::from(ids.contains(e));
+                if self.rank_made[r] >= 4096 {
+                    self.rank_made[r] /= 2;
+                    self.rank_used[r] /= 2;
+                }
+            }
         }
         self.predicted[layer].clear();
     }
@@ -273,13 +293,24 @@ impl State {
             .map(|(i, k)| (i, Some(k)))
     }
 
-    /// A slot for prefetching expert `e` of `layer` (one of the predicted `ids`), if it is not cached and a free
-    /// slot or a victim worth less than a freshly used expert exists. The slot is left `Loading`, unpinned.
-    fn prefetch_slot(&mut self, layer: usize, e: u32, ids: &[u32]) -> Option<usize> {
+    /// The measured chance that the expert predicted at `rank` is used (optimistic while little is known).
+    fn rank_chance(&self, rank: usize) -> f32 {
+        let r = rank.min(RANKS_MAX - 1);
+        (self.rank_used[r] + 2) as f32 / (self.rank_made[r] + 2) as f32
+    }
+
+    /// A slot for prefetching expert `e` of `layer`, predicted at `rank` of `ids`, if it is not cached, its rank's
+    /// chance of use is at least [`PREFETCH_CHANCE_MIN`], and a free slot or a victim valued lower exists. The slot
+    /// is left `Loading`, unpinned.
+    fn prefetch_slot(&mut self, layer: usize, e: u32, rank: usize, ids: &[u32]) -> Option<usize> {
         if self.map.contains_key(&(layer as u32, e)) {
             return None;
         }
-        let worth = self.value(layer, e).max(PREDICTED_WORTH);
+        let chance = self.rank_chance(rank);
+        if chance < self.chance_min {
+            return None;
+        }
+        let worth = self.value(layer, e).max(chance);
         let (s, key) = self.victim(Some((layer, ids)))?;
         if key.is_some_and(|(not_stale, v, _)| not_stale && v >= worth) {
             return None;
@@ -291,6 +322,14 @@ impl State {
         Some(s)
     }
 
+    /// Counts a prefetch of `bytes` as cancelled before its read started.
+    fn uncount_prefetch(&mut self, bytes: u64) {
+        self.stats.prefetch_cancelled += 1;
+        self.stats.prefetch_issued -= 1;
+        self.stats.prefetch_bytes -= bytes;
+        self.stats.bytes_read -= bytes;
+    }
+
     /// Frees slot `s` (a failed or cancelled read): never leave garbage mapped.
     fn free_slot(&mut self, s: usize) {
         if let Some(owner) = self.slots[s].owner.take() {
@@ -298,6 +337,16 @@ impl State {
         }
         self.slots[s] = Slot::FREE;
     }
+}
+
+/// Prefetch in [`replay_policy`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayPrefetch {
+    /// Experts per token (twice as many are predicted).
+    pub n_expert_used: usize,
+    /// The least measured chance of use of a prediction's rank to prefetch it ([`PREFETCH_CHANCE_MIN`] in the
+    /// cache; 0 prefetches whatever is predicted, where a victim is valued lower).
+    pub chance_min: f32,
 }
 
 /// What [`replay_policy`] counts.
@@ -329,11 +378,13 @@ pub fn replay_policy(
     n_slots: usize,
     moe_layers: &[bool],
     n_expert: usize,
-    prefetch: Option<usize>,
+    prefetch: Option<ReplayPrefetch>,
     steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
 ) -> ReplayStats {
     let n_layer = moe_layers.len();
     let mut st = State::new(n_slots, n_layer, n_expert);
+    st.chance_min = prefetch.map_or(PREFETCH_CHANCE_MIN, |p| p.chance_min);
+    let prefetch = prefetch.map(|p| p.n_expert_used);
     let mut table = prefetch.map(|_| TransitionTable::new(moe_layers, n_expert));
     let mut pred = Vec::new();
     let mut out = ReplayStats::default();
@@ -362,8 +413,8 @@ pub fn replay_policy(
                 t.interrupt();
             }
             if let Some(next) = t.predict(layer, &experts, 2 * k, &mut pred).filter(|_| single) {
-                for &e in &pred {
-                    if let Some(s) = st.prefetch_slot(next, e, &pred) {
+                for (rank, &e) in pred.iter().enumerate() {
+                    if let Some(s) = st.prefetch_slot(next, e, rank, &pred) {
                         st.slots[s].state = SlotState::Ready;
                         if counted {
                             out.prefetch_issued += 1;
@@ -463,8 +514,8 @@ impl ExpertCache {
         self.poll_prefetches(&mut st);
         st.predicted[layer].clear();
         st.predicted[layer].extend_from_slice(ids);
-        for &e in ids {
-            let Some(s) = st.prefetch_slot(layer, e, ids) else { continue };
+        for (rank, &e) in ids.iter().enumerate() {
+            let Some(s) = st.prefetch_slot(layer, e, rank, ids) else { continue };
             let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
             let bytes = reqs.iter().map(|r| r.len as u64).sum::<u64>();
             st.stats.bytes_read += bytes;
@@ -472,6 +523,13 @@ impl ExpertCache {
             st.slots[s].batch = Some(self.io.submit_speculative(reqs));
             st.prefetching.push(s);
         }
+    }
+
+    /// Bytes a read of the expert that slot `s` holds takes.
+    fn slot_read_bytes(&self, st: &State, s: usize) -> u64 {
+        st.slots[s].owner.map_or(0, |(l, e)| {
+            self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s)).iter().map(|r| r.len as u64).sum()
+        })
     }
 
     /// Marks finished prefetch reads ready (or frees their slots if they failed).
@@ -511,7 +569,8 @@ impl ExpertCache {
             any = true;
             if let Some(b) = slot.batch.clone() {
                 if self.io.cancel(&b) {
-                    st.stats.prefetch_cancelled += 1;
+                    let bytes = self.slot_read_bytes(st, s);
+                    st.uncount_prefetch(bytes);
                 } else {
                     let t0 = Instant::now();
                     let _ = b.wait();
@@ -534,8 +593,9 @@ impl ExpertCache {
                 && slot.owner.is_some_and(|(l, e)| l as usize == layer && !ids.contains(&e));
             if unused && slot.batch.as_ref().is_some_and(|b| self.io.cancel(b)) {
                 st.prefetching.swap_remove(i);
+                let bytes = self.slot_read_bytes(st, s);
+                st.uncount_prefetch(bytes);
                 st.free_slot(s);
-                st.stats.prefetch_cancelled += 1;
             } else {
                 i += 1;
             }
