@@ -160,7 +160,11 @@ struct State {
     stats: CacheStats,
     /// The latest prediction for each layer (cleared when the layer is visited).
     predicted: Vec<Vec<u32>>,
-    /// Per prediction rank: predictions made and used (halved together now and then).
+    /// The latest prediction's experts that were not cached then, with their rank.
+    predicted_missing: Vec<Vec<(usize, u32)>>,
+    /// Per prediction rank, over predicted experts that were not cached: how many, and how many were then used
+    /// (halved together now and then). Measured whether or not they were prefetched, so a rank judged useless can
+    /// recover.
     rank_made: [u32; RANKS_MAX],
     rank_used: [u32; RANKS_MAX],
     /// [`PREFETCH_CHANCE_MIN`] (the offline replay can change it).
@@ -183,6 +187,7 @@ impl State {
             tick: 0,
             stats,
             predicted: vec![Vec::new(); n_layer],
+            predicted_missing: vec![Vec::new(); n_layer],
             rank_made: [0; RANKS_MAX],
             rank_used: [0; RANKS_MAX],
             chance_min: PREFETCH_CHANCE_MIN,
@@ -208,16 +213,30 @@ impl State {
         if !pred.is_empty() {
             self.stats.predicted_of += ids.len() as u64;
             self.stats.predicted_used += ids.iter().filter(|e| pred.contains(e)).count() as u64;
-            for (r, e) in pred.iter().enumerate().take(RANKS_MAX) {
-                self.rank_made[r] += 1;
-                self.rank_used[r] += u32::from(ids.contains(e));
-                if self.rank_made[r] >= 4096 {
-                    self.rank_made[r] /= 2;
-                    self.rank_used[r] /= 2;
-                }
+        }
+        for &(r, e) in &self.predicted_missing[layer] {
+            let r = r.min(RANKS_MAX - 1);
+            self.rank_made[r] += 1;
+            self.rank_used[r] += u32::from(ids.contains(&e));
+            if self.rank_made[r] >= 4096 {
+                self.rank_made[r] /= 2;
+                self.rank_used[r] /= 2;
             }
         }
         self.predicted[layer].clear();
+        self.predicted_missing[layer].clear();
+    }
+
+    /// Records a prediction `ids` (best first) for the next visit of `layer`.
+    fn note_prediction(&mut self, layer: usize, ids: &[u32]) {
+        self.predicted[layer].clear();
+        self.predicted[layer].extend_from_slice(ids);
+        let mut missing = std::mem::take(&mut self.predicted_missing[layer]);
+        missing.clear();
+        missing.extend(
+            ids.iter().enumerate().filter(|(_, &e)| !self.map.contains_key(&(layer as u32, e))).map(|(r, &e)| (r, e)),
+        );
+        self.predicted_missing[layer] = missing;
     }
 
     /// The estimated chance that expert `e` of `layer` is used at the layer's next visit (see the module doc).
@@ -293,7 +312,7 @@ impl State {
             .map(|(i, k)| (i, Some(k)))
     }
 
-    /// The measured chance that the expert predicted at `rank` is used (optimistic while little is known).
+    /// The measured chance that an uncached expert predicted at `rank` is used (optimistic while little is known).
     fn rank_chance(&self, rank: usize) -> f32 {
         let r = rank.min(RANKS_MAX - 1);
         (self.rank_used[r] + 2) as f32 / (self.rank_made[r] + 2) as f32
@@ -413,6 +432,7 @@ pub fn replay_policy(
                 t.interrupt();
             }
             if let Some(next) = t.predict(layer, &experts, 2 * k, &mut pred).filter(|_| single) {
+                st.note_prediction(next, &pred);
                 for (rank, &e) in pred.iter().enumerate() {
                     if let Some(s) = st.prefetch_slot(next, e, rank, &pred) {
                         st.slots[s].state = SlotState::Ready;
@@ -421,7 +441,6 @@ pub fn replay_policy(
                         }
                     }
                 }
-                st.predicted[next].clone_from(&pred);
             }
         }
         for s in pinned {
@@ -512,8 +531,7 @@ impl ExpertCache {
         }
         let mut st = self.lock();
         self.poll_prefetches(&mut st);
-        st.predicted[layer].clear();
-        st.predicted[layer].extend_from_slice(ids);
+        st.note_prediction(layer, ids);
         for (rank, &e) in ids.iter().enumerate() {
             let Some(s) = st.prefetch_slot(layer, e, rank, ids) else { continue };
             let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));

@@ -428,3 +428,40 @@ fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(file: &Arc<File>) -> Job {
+        let req = ReadReq {
+            file: Arc::clone(file),
+            path: Arc::new(PathBuf::from("/dev/null")),
+            offset: 0,
+            dst: std::ptr::null_mut(),
+            len: 0,
+            len_needed: 0,
+            expected: (0, None),
+        };
+        (req, ReadBatch::default())
+    }
+
+    #[test]
+    fn demand_reads_go_first_and_speculative_ones_are_bounded() {
+        let f = Arc::new(File::open("/dev/null").expect("/dev/null"));
+        let mut q = Queues::default();
+        for _ in 0..SPEC_INFLIGHT_MAX + 2 {
+            q.spec.push_back(job(&f));
+        }
+        q.demand.push_back(job(&f));
+        assert!(matches!(q.pop(), Some((_, false))), "the demand read first");
+        for _ in 0..SPEC_INFLIGHT_MAX {
+            assert!(matches!(q.pop(), Some((_, true))));
+        }
+        assert!(q.pop().is_none(), "no more than SPEC_INFLIGHT_MAX speculative reads in flight");
+        q.demand.push_back(job(&f));
+        assert!(matches!(q.pop(), Some((_, false))), "a demand read still starts");
+        q.spec_inflight -= 1;
+        assert!(matches!(q.pop(), Some((_, true))), "a finished speculative read makes room");
+    }
+}
