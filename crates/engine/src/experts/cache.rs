@@ -171,6 +171,10 @@ struct State {
     chance_min: f32,
     /// Slots with a prefetch read in flight.
     prefetching: Vec<usize>,
+    /// The layer visited last and the experts it uses: a prefetch never evicts them (a visit may not have pinned
+    /// all of them yet).
+    current_layer: usize,
+    current: Vec<u32>,
 }
 
 impl State {
@@ -192,6 +196,8 @@ impl State {
             rank_used: [0; RANKS_MAX],
             chance_min: PREFETCH_CHANCE_MIN,
             prefetching: Vec::new(),
+            current_layer: 0,
+            current: Vec::new(),
         }
     }
 
@@ -204,6 +210,9 @@ impl State {
             self.visits_eff[layer] /= 2;
             self.uses[layer].iter_mut().for_each(|u| *u /= 2);
         }
+        self.current_layer = layer;
+        self.current.clear();
+        self.current.extend_from_slice(ids);
         let v = self.visits[layer];
         for &e in ids {
             self.uses[layer][e as usize] += 1;
@@ -297,11 +306,13 @@ impl State {
     /// Where a read goes: a free slot, else the unpinned ready slot with the lowest [`VictimKey`] (skipping the
     /// experts `keep` of one layer); with its key (`None` for a free slot).
     fn victim(&self, keep: Option<(usize, &[u32])>) -> Option<(usize, Option<VictimKey>)> {
+        let current = (self.current_layer, &self.current[..]);
         if let Some(s) = self.slots.iter().position(|s| s.state == SlotState::Free) {
             return Some((s, None));
         }
         let kept = |s: &Slot| {
-            keep.is_some_and(|(l, ids)| s.owner.is_some_and(|(ol, oe)| ol as usize == l && ids.contains(&oe)))
+            let is = |(l, ids): (usize, &[u32])| s.owner.is_some_and(|(ol, oe)| ol as usize == l && ids.contains(&oe));
+            keep.is_some_and(|k| is(k) || is(current))
         };
         self.slots
             .iter()

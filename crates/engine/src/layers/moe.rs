@@ -88,6 +88,8 @@ pub trait RouteHook: Send + Sync {
 }
 
 /// Runs the MoE block for `x` (`[n, n_embd]`, already normed, positions `pos0..`) into `out` (`[n, n_embd]`).
+/// `prefetch`: experts predicted for a later layer, handed to the provider once this layer's experts are acquired
+/// (so that prefetch never competes with them).
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
     cpu: &Cpu,
@@ -96,6 +98,7 @@ pub fn moe(
     experts: &dyn ExpertProvider,
     layer: usize,
     (pos0, hook): (usize, Option<&dyn RouteHook>),
+    prefetch: Option<(usize, &[u32])>,
     x: &[f32],
     s: &mut MoeScratch,
     out: &mut [f32],
@@ -123,6 +126,9 @@ pub fn moe(
     s.used.dedup();
 
     let mut set = experts.acquire(layer, &s.used)?;
+    if let Some((next, ids)) = prefetch {
+        experts.prefetch(next, ids);
+    }
     s.expert_out.resize(n * k * n_embd, 0.0);
     while let Some(next) = set.next() {
         let (i, ew) = next?;

@@ -270,9 +270,11 @@ impl Decoder {
                 FeedForward::Dense(w) => ffn::ffn(cpu, w, &s.xn, &mut s.ffn, &mut s.y),
                 FeedForward::Moe(w) => {
                     let routing = cfg.moe.as_ref().expect("MoE layer has routing");
-                    if self.prefetch == Prefetch::Router && n == 1 {
-                        self.predict_next(cpu, l, routing, s);
-                    }
+                    let next = if self.prefetch == Prefetch::Router && n == 1 {
+                        self.predict_next(cpu, l, routing, s)
+                    } else {
+                        None
+                    };
                     moe::moe(
                         cpu,
                         w,
@@ -280,6 +282,7 @@ impl Decoder {
                         &*self.experts,
                         l,
                         (pos0, self.route_hook.as_deref()),
+                        next.map(|l2| (l2, &s.pred_ids[..])),
                         &s.xn,
                         &mut s.moe,
                         &mut s.y,
@@ -308,9 +311,15 @@ impl Decoder {
 
 impl Decoder {
     /// Router-based prediction: the next MoE layer's router applied to this layer's MoE input residual (`s.x`,
-    /// one token) through the next layer's `ffn_norm`; prefetches its top `2 * k` experts. Only decides what is
-    /// read early, never a result.
-    fn predict_next(&self, cpu: &Cpu, l: usize, routing: &MoeRouting, s: &mut crate::session::Scratch) {
+    /// one token) through the next layer's `ffn_norm`: its top `2 * k` experts into `s.pred_ids`, to prefetch;
+    /// returns that layer. Only decides what is read early, never a result.
+    fn predict_next(
+        &self,
+        cpu: &Cpu,
+        l: usize,
+        routing: &MoeRouting,
+        s: &mut crate::session::Scratch,
+    ) -> Option<usize> {
         let Some((l2, FeedForward::Moe(w2))) = self
             .layers
             .iter()
@@ -319,7 +328,7 @@ impl Decoder {
             .map(|(i, x)| (i, &x.ffn))
             .find(|(_, f)| matches!(f, FeedForward::Moe(_)))
         else {
-            return;
+            return None;
         };
         s.pred_x.resize(self.cfg.n_embd, 0.0);
         ops::rms_norm_into(&s.x, &self.layers[l2].ffn_norm, self.cfg.rms_eps, &mut s.pred_x);
@@ -331,7 +340,7 @@ impl Decoder {
         s.pred_order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
         s.pred_ids.clear();
         s.pred_ids.extend(s.pred_order.iter().take(2 * routing.n_expert_used));
-        self.experts.prefetch(l2, &s.pred_ids);
+        Some(l2)
     }
 }
 
