@@ -68,12 +68,18 @@ compute_tok = max(t_tok - d["wait_secs"] / steps, 0.0)
 limit_tok = compute_tok + bytes_tok / bw
 print(f"flash-moe decode {1/t_tok:.2f} tok/s; {bytes_tok/2**20:.1f} MiB read/token; hit rate "
       f"{d['hits']/max(d['hits']+d['misses'],1)*100:.1f}%; compute {compute_tok*1e3:.0f} ms/token")
-print(f"physical limit {1/limit_tok:.2f} tok/s (compute + bytes missed / {bw/1e9:.2f} GB/s); "
+print(f"physical limit {1/limit_tok:.2f} tok/s (compute + bytes read / {bw/1e9:.2f} GB/s); "
       f"flash-moe reaches {limit_tok/t_tok*100:.0f}% of it")
 if s.get("approx"):
     a = s["approx"]
     print(f"APPROXIMATE MODE {a['mode']}: dropped {a['dropped_experts']} of {a['routed_experts']} routed experts "
           f"({a['dropped_fraction']*100:.1f}%)")
+if d.get("prefetch_issued", 0) or d.get("predicted_of", 0):
+    demand_tok = (d["bytes_read"] - d["prefetch_bytes"]) / steps
+    print(f"prefetch ({s.get('prefetch')}): {d['prefetch_issued']/steps:.1f} reads/token "
+          f"({d['prefetch_bytes']/steps/2**20:.1f} MiB), {d['prefetch_used']/steps:.1f} used/token "
+          f"({d['prefetch_late']/steps:.1f} late), {d['prefetch_cancelled']/steps:.1f} cancelled/token; "
+          f"prediction accuracy {s['prediction_accuracy_decode']*100:.1f}%; demand reads {demand_tok/2**20:.1f} MiB/token")
 print(f"FM_TOKS={1/t_tok:.4f}")
 PY
 fm_toks=$(grep -o 'FM_TOKS=[0-9.]*' "$out/fm_summary.txt" | cut -d= -f2)

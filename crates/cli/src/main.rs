@@ -76,6 +76,29 @@ pub struct ModelArgs {
     /// Lock the loaded weights and the expert cache in RAM (never swapped out).
     #[arg(long)]
     pub mlock: bool,
+    /// When experts stream, predict the next layer's experts and read them early with low priority: 'router' (the
+    /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
+    /// or 'off'. Never changes the output.
+    #[arg(long, value_enum, default_value_t = PrefetchArg::Off)]
+    pub prefetch: PrefetchArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrefetchArg {
+    Off,
+    Table,
+    Router,
+}
+
+impl PrefetchArg {
+    pub fn mode(self) -> engine::experts::cache::Prefetch {
+        use engine::experts::cache::Prefetch;
+        match self {
+            PrefetchArg::Off => Prefetch::Off,
+            PrefetchArg::Table => Prefetch::Table,
+            PrefetchArg::Router => Prefetch::Router,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -116,6 +139,7 @@ impl ModelArgs {
                 io_threads: self.io_threads.max(1),
                 io_engine: None,
                 n_slots: None,
+                prefetch: self.prefetch.mode(),
             }),
         };
         Ok(LoadOptions { progress: true, experts })

@@ -147,6 +147,11 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let replay = a.replay_routes.is_some();
     if let Some(path) = &a.replay_routes {
+        if a.model.prefetch == crate::PrefetchArg::Router {
+            anyhow::bail!(
+                "--prefetch router predicts from the model's own router, which --replay-routes overrides; use --prefetch table"
+            );
+        }
         let r = engine::routes::RouteReplay::load(path, model.info.n_expert.max(1))?;
         eprintln!(
             "REPLAY MODE: routing replaced by {} ({} tokens); a benchmark, not inference: the text means nothing",
@@ -311,6 +316,18 @@ pub fn main(a: RunArgs) -> Result<()> {
                 st.bytes_read as f64 / secs.max(1e-9) / 1e9,
                 st.wait_secs
             );
+            if st.prefetch_issued > 0 || st.predicted_of > 0 {
+                eprintln!(
+                    "prefetch   {phase:<7} {} reads ({:.1} MiB), {} used ({} late), {} cancelled; prediction accuracy \
+                     {:.1}% (predicted experts used / experts used)",
+                    st.prefetch_issued,
+                    mib(st.prefetch_bytes),
+                    st.prefetch_used,
+                    st.prefetch_late,
+                    st.prefetch_cancelled,
+                    100.0 * st.prediction_accuracy()
+                );
+            }
         }
         if let Some(path) = &a.stats_json {
             let json = serde_json::json!({
@@ -335,6 +352,8 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "plan": model.memory_plan(),
                 "experts_prefill": pre,
                 "experts_decode": dec,
+                "prefetch": format!("{:?}", a.model.prefetch).to_lowercase(),
+                "prediction_accuracy_decode": dec.prediction_accuracy(),
                 "per_token": stats.per_token,
                 "time_to_first_token": ttft,
                 "peak_rss_bytes": peak_rss_bytes(),

@@ -58,6 +58,12 @@ pub struct Scratch {
     pub ffn: FfnScratch,
     pub moe: MoeScratch,
     pub head_q: crate::ops::QuantActs,
+    /// Next-layer prediction (router-based prefetch).
+    pub pred_x: Vec<f32>, // [n_embd] the next layer's normed input, estimated
+    pub pred_logits: Vec<f32>, // [n_expert]
+    pub pred_q: crate::ops::QuantActs,
+    pub pred_ids: Vec<u32>,   // predicted experts, best first
+    pub pred_order: Vec<u32>, // [n_expert]
 }
 
 /// One sequence being decoded.

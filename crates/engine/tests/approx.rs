@@ -27,6 +27,7 @@ fn streamed(path: &std::path::Path, n_slots: usize) -> Model {
             io_threads: 2,
             io_engine: None,
             n_slots: Some(n_slots),
+            prefetch: engine::experts::cache::Prefetch::Off,
         }),
     };
     Model::load(&index, &opts).expect("load streamed")

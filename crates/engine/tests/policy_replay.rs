@@ -1,17 +1,21 @@
 //! The expert cache's eviction policy on a real routing trace (shared/traces: Qwen3-30B-A3B, 48 layers x 128
-//! experts, top-6), replayed through the cache's own bookkeeping, against the trace's replay curve.
+//! experts, top-6), replayed through the cache's own bookkeeping, against the trace's replay curve, and on
+//! synthetic skewed workloads with drift, against a global LRU under the same accounting.
 //!
-//! Measured (printed by this test), against a global LRU computed here with the same accounting (the curve's own
-//! LRU column runs 0-2 points higher, its accounting differs slightly): 15% vs 0% at 500 MiB (LRU thrashes below
-//! one token cycle, 785 MiB), equal at 1 GB, +2.7 points at 2 GB, +0.3 at 3 GB, then 0.7-1.3 points below LRU
-//! at 4-6 GB. The test holds the policy to that: above LRU where LRU thrashes, within 1.5 points of it elsewhere,
-//! above random eviction, below Belady (else the replay would be wrong). The curve's per-layer LFU (38-91%) is
-//! higher still; a plain per-layer LFU simulated with this accounting is not (16-88%), so its numbers likely
-//! count differently.
+//! Decode hit rates measured by this test (OURS below; the test holds the policy to them): 27.5 / 42.2 / 61.4 /
+//! 73.0 / 81.1 / 91.1% at 0.5 / 1 / 2 / 3 / 4 / 6 GB, against LRU's 0 / 37.7 / 54.4 / 68.6 / 78.3 / 90.6%. The
+//! curve's per-layer LFU column (45.1 / 74.2 / 91.0% at 1 / 3 / 6 GB) is not reproducible from this trace: the
+//! curve's own script (BigMoeOnEdge scripts/route-replay.py, ported) gives per-layer LFU 38.3 / 43.2 / 61.6 / 72.5
+//! / 80.2 / 90.1%, LRU 0 / 37.7 / 54.4 / 68.7 / 78.3 / 90.6% and Belady 43.4 / 60.9 / 78.0 / 86.6 / 91.8 / 96.3%
+//! here (the curve was likely computed on another recording of the same shape); its 500 MiB per-layer figures also
+//! hold 6 experts per layer, 842 MiB, over the budget. With the transition-table prefetch modelled as read in time
+//! (usable at the next layer), 12 experts predicted, 74.8% of the used ones among them: 43.1 / 59.2 / 71.0 / 77.8 /
+//! 84.0 / 91.3% with the cache's rule (prefetch ranks whose measured chance of use is at least 0.3), 44.5 / 60.6 /
+//! 75.1 / 81.4 / 85.2 / 91.6% prefetching every prediction where the victim is valued lower.
 
 mod common;
 
-use engine::experts::cache::replay_policy;
+use engine::experts::cache::{replay_policy, ReplayPrefetch, PREFETCH_CHANCE_MIN};
 
 /// (budget MiB, random, LRU, per-layer LFU, Belady hit %) from qwen3-30b-a3b.replay-curve.txt.
 const CURVE: &[(f64, f64, f64, f64, f64)] = &[
@@ -33,22 +37,31 @@ fn shared_traces() -> std::path::PathBuf {
     panic!("shared/traces/qwen3-30b-a3b.route.csv not found beside the repository (CI puts shared/ there)");
 }
 
-/// (layer, experts, is decode) per token and layer, in trace order.
+/// (layer, experts, is decode) per layer visit, in forward order: the prompt as one batch per layer (its distinct
+/// experts, as the engine acquires them for a prompt of up to 64 tokens), then one visit per layer and token.
 fn steps() -> Vec<(usize, Vec<u32>, bool)> {
     let text = std::fs::read_to_string(shared_traces().join("qwen3-30b-a3b.route.csv")).expect("trace");
+    let mut prompt: Vec<Vec<u32>> = vec![Vec::new(); 48];
     let mut out: Vec<(usize, Vec<u32>, bool)> = Vec::new();
     let mut key = None;
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("turn")) {
         let f: Vec<&str> = line.split(',').collect();
         let (turn, phase, step, layer, expert) = (f[0], f[1], f[2], f[3], f[5]);
-        let k = (turn.to_string(), phase.to_string(), step.to_string(), layer.to_string());
+        let (layer, expert): (usize, u32) = (layer.parse().expect("layer"), expert.parse().expect("expert"));
+        if phase == "0" {
+            if !prompt[layer].contains(&expert) {
+                prompt[layer].push(expert);
+            }
+            continue;
+        }
+        let k = (turn.to_string(), step.to_string(), layer);
         if key.as_ref() != Some(&k) {
-            out.push((layer.parse().expect("layer"), Vec::new(), phase == "1"));
+            out.push((layer, Vec::new(), true));
             key = Some(k);
         }
-        out.last_mut().expect("a step").1.push(expert.parse().expect("expert"));
+        out.last_mut().expect("a step").1.push(expert);
     }
-    out
+    prompt.into_iter().enumerate().map(|(l, ids)| (l, ids, false)).chain(out).collect()
 }
 
 /// Global LRU over the same steps and the same hit accounting (the reference the policy is held to).
@@ -76,26 +89,145 @@ fn lru_reference(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
     100.0 * hits as f64 / (hits + misses) as f64
 }
 
+/// Our decode hit rate at each budget of [`CURVE`], measured by this test: without prefetch, with the cache's
+/// prefetch (ranks whose measured chance of use is at least [`PREFETCH_CHANCE_MIN`]), and with every prediction
+/// prefetched where a victim is valued lower (an upper bound that ignores the bandwidth wrong prefetches cost).
+/// The policy is held to these (to 0.3 points), so a change that loses hits fails here.
+const OURS: &[(f64, f64, f64, f64)] = &[
+    (500.0, 27.5, 43.1, 44.5),
+    (1000.0, 42.2, 59.2, 60.6),
+    (2000.0, 61.4, 71.0, 75.1),
+    (3000.0, 73.0, 77.8, 81.4),
+    (4000.0, 81.1, 84.0, 85.2),
+    (6000.0, 91.1, 91.3, 91.6),
+];
+
 #[test]
 fn eviction_on_a_real_trace() {
     let steps = steps();
     let expert_mib = 3059712.0 / (1 << 20) as f64;
-    for &(budget, random, lru, layer_lfu, belady) in CURVE {
+    let moe = [true; 48];
+    // Print every budget first, then check, so that a failure shows the whole table.
+    let mut rows = Vec::new();
+    for &(budget, _, lru, layer_lfu, belady) in CURVE {
         let n_slots = (budget / expert_mib) as usize;
-        let (h, m) = replay_policy(n_slots, 48, 128, steps.iter().cloned());
-        let ours = 100.0 * h as f64 / (h + m) as f64;
+        let ours = replay_policy(n_slots, &moe, 128, None, steps.iter().cloned()).hit_rate() * 100.0;
+        let replay = |chance_min| {
+            let p = ReplayPrefetch { n_expert_used: 6, chance_min };
+            replay_policy(n_slots, &moe, 128, Some(p), steps.iter().cloned())
+        };
+        let (pf, all) = (replay(PREFETCH_CHANCE_MIN), replay(0.0));
+        let (ours_pf, ours_all) = (pf.hit_rate() * 100.0, all.hit_rate() * 100.0);
+        let acc = 100.0 * pf.predicted_used as f64 / pf.predicted_of as f64;
         let lru_here = lru_reference(n_slots, &steps);
         eprintln!(
             "{budget:6.0} MiB ({n_slots:4} slots): flash-moe {ours:5.1}%  LRU {lru_here:5.1}% (curve {lru:5.1}%)  \
-             per-layer LFU (curve) {layer_lfu:5.1}%  Belady (curve) {belady:5.1}%"
+             per-layer LFU (curve) {layer_lfu:5.1}%  Belady (curve) {belady:5.1}%  | with prefetch {ours_pf:5.1}% \
+             (prediction accuracy {acc:.1}%, {} prefetches, {} used); all predictions {ours_all:5.1}% ({} \
+             prefetches, {} used)",
+            pf.prefetch_issued, pf.prefetch_used, all.prefetch_issued, all.prefetch_used,
         );
-        // Same accounting: beat LRU where it thrashes, stay within 1.5 points of it elsewhere.
-        if lru_here < 1.0 {
-            assert!(ours > 10.0, "{budget} MiB: {ours:.1}%: thrashing like LRU");
-        }
-        assert!(ours >= lru_here - 1.5, "{budget} MiB: {ours:.1}% is more than 1.5 points below LRU's {lru_here:.1}%");
+        rows.push((ours, ours_pf, ours_all, acc, lru_here));
+    }
+    for (&(budget, random, _, _, belady), (&(_, want, want_pf, want_all), &(ours, ours_pf, ours_all, acc, lru_here))) in
+        CURVE.iter().zip(OURS.iter().zip(&rows))
+    {
+        assert!(ours > lru_here, "{budget} MiB: {ours:.1}% does not beat LRU's {lru_here:.1}%");
         assert!(ours >= random, "{budget} MiB: {ours:.1}% is below random eviction's {random}%");
         assert!(ours <= belady + 0.5, "{budget} MiB: {ours:.1}% beats Belady's {belady}%: the replay is wrong");
+        assert!((ours - want).abs() < 0.3, "{budget} MiB: {ours:.1}%, was {want}%");
+        assert!((ours_pf - want_pf).abs() < 0.3, "{budget} MiB with prefetch: {ours_pf:.1}%, was {want_pf}%");
+        assert!((ours_all - want_all).abs() < 0.3, "{budget} MiB, all predictions: {ours_all:.1}%, was {want_all}%");
+        assert!(ours_pf > ours, "{budget} MiB: prefetch loses hits ({ours:.1}% -> {ours_pf:.1}%)");
+        assert!(acc > 70.0, "{budget} MiB: prediction accuracy {acc:.1}%");
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so the synthetic workload needs no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A synthetic skewed workload with drift: per layer, expert popularity is Zipf(s) over a per-layer permutation
+/// that is partly reshuffled every `drift_every` tokens, plus token-to-token stickiness (an expert used by the
+/// previous token is reused with probability `sticky`), `k` distinct experts per layer and token.
+fn zipf_drift(
+    n_layer: usize,
+    n_expert: usize,
+    k: usize,
+    n_tokens: usize,
+    s: f64,
+    sticky: f64,
+) -> Vec<(usize, Vec<u32>, bool)> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let weights: Vec<f64> = (1..=n_expert).map(|r| 1.0 / (r as f64).powf(s)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut perm: Vec<Vec<u32>> = (0..n_layer).map(|_| (0..n_expert as u32).collect()).collect();
+    let mut prev: Vec<Vec<u32>> = vec![Vec::new(); n_layer];
+    let drift_every = 32;
+    let mut out = Vec::new();
+    for t in 0..n_tokens {
+        if t > 0 && t % drift_every == 0 {
+            for p in perm.iter_mut() {
+                // Swap a few popular ranks with random others: popularity drifts.
+                for _ in 0..n_expert / 16 {
+                    let a = (rng.next_f64() * (n_expert / 4) as f64) as usize;
+                    let b = (rng.next_f64() * n_expert as f64) as usize;
+                    p.swap(a, b);
+                }
+            }
+        }
+        for l in 0..n_layer {
+            let mut ids: Vec<u32> = Vec::with_capacity(k);
+            for &e in &prev[l] {
+                if ids.len() < k && rng.next_f64() < sticky {
+                    ids.push(e);
+                }
+            }
+            while ids.len() < k {
+                let mut x = rng.next_f64() * total;
+                let mut r = 0;
+                while r + 1 < n_expert && x >= weights[r] {
+                    x -= weights[r];
+                    r += 1;
+                }
+                let e = perm[l][r];
+                if !ids.contains(&e) {
+                    ids.push(e);
+                }
+            }
+            prev[l] = ids.clone();
+            out.push((l, ids, t >= 8));
+        }
+    }
+    out
+}
+
+#[test]
+fn eviction_on_synthetic_skewed_workloads_with_drift() {
+    let (n_layer, n_expert, k) = (16, 64, 4);
+    for (s, sticky) in [(0.8, 0.0), (1.0, 0.2), (1.2, 0.4)] {
+        let steps = zipf_drift(n_layer, n_expert, k, 600, s, sticky);
+        for slots_per_layer in [3, 6, 12, 24] {
+            let n_slots = n_layer * slots_per_layer;
+            let ours =
+                100.0 * replay_policy(n_slots, &vec![true; n_layer], n_expert, None, steps.iter().cloned()).hit_rate();
+            let lru = lru_reference(n_slots, &steps);
+            eprintln!(
+                "zipf s={s} sticky={sticky}, {slots_per_layer:2} slots/layer: flash-moe {ours:5.1}%  LRU {lru:5.1}%"
+            );
+            assert!(
+                ours > lru,
+                "zipf s={s} sticky={sticky}, {slots_per_layer} slots/layer: {ours:.1}% <= LRU {lru:.1}%"
+            );
+        }
     }
 }
 

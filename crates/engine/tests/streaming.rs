@@ -1,11 +1,13 @@
 //! Streaming experts changes where expert bytes come from, never a bit of the result: logits of a streamed run
 //! equal the all-in-RAM run exactly, at cache sizes from one slot to every expert, with 1 and several I/O threads,
-//! for GGUF (stacked experts) and safetensors (one tensor per expert) files.
+//! for GGUF (stacked experts) and safetensors (one tensor per expert) files, with prefetch off, from the
+//! transition table and from the next layer's router.
 
 mod common;
 
 use common::*;
 use engine::experts::budget::Budget;
+use engine::experts::cache::Prefetch;
 use engine::experts::io::IoEngine;
 use engine::formats::WeightIndex;
 use engine::models::{ExpertResidency, LoadOptions, Logits, Model, StreamOptions};
@@ -20,7 +22,7 @@ const MODELS: &[(&str, &str)] = &[
     ("qwen3moe-h256", "model.safetensors"),
 ];
 
-fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize) -> Model {
+fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize, prefetch: Prefetch) -> Model {
     // One I/O thread: the pread engine; several: io_uring (where the kernel allows it), so both are covered.
     let io_engine = Some(if io_threads == 1 { IoEngine::Threads } else { IoEngine::Uring });
     let index = WeightIndex::open(path).expect("open");
@@ -33,6 +35,7 @@ fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize) -> Model 
             io_threads,
             io_engine,
             n_slots: Some(n_slots),
+            prefetch,
         }),
     };
     Model::load(&index, &opts).expect("load streamed")
@@ -55,6 +58,9 @@ fn run(model: &Model, cpu: &Cpu) -> Vec<f32> {
 #[test]
 fn streamed_logits_equal_resident_bitwise() {
     let cpu = Cpu::new(2);
+    // Prefetches started per mode (indexed by `Prefetch as usize`) and used, over every run: the prefetch paths
+    // must actually run for the bit-identity above to mean something.
+    let (mut issued, mut used) = ([0u64; 3], 0u64);
     for (dir, file) in MODELS {
         let path = fixture(dir).join(file);
         let resident = load(&path);
@@ -62,14 +68,40 @@ fn streamed_logits_equal_resident_bitwise() {
         let layout = resident.expert_layout();
         let n_total = layout.n_moe_layers() * layout.n_expert;
         let k = resident.info.n_expert_used;
-        for n_slots in [1, k, k + 1, n_total / 2, n_total] {
-            for io_threads in [1, 4] {
-                let model = streamed(&path, n_slots, io_threads);
+        let n_moe = layout.n_moe_layers();
+        for n_slots in [1, k, k + 1, n_moe, 2 * n_moe * k, n_total / 2, n_total] {
+            for (io_threads, prefetch) in [
+                (1, Prefetch::Off),
+                (4, Prefetch::Off),
+                (1, Prefetch::Table),
+                (4, Prefetch::Table),
+                (1, Prefetch::Router),
+                (4, Prefetch::Router),
+            ] {
+                let model = streamed(&path, n_slots, io_threads, prefetch);
                 let got = run(&model, &cpu);
-                assert!(got == want, "{dir}/{file}: {n_slots} slots, {io_threads} I/O threads: logits differ");
+                assert!(
+                    got == want,
+                    "{dir}/{file}: {n_slots} slots, {io_threads} I/O threads, prefetch {prefetch:?}: logits differ"
+                );
                 let st = model.cache_stats().expect("stats");
+                if prefetch != Prefetch::Off {
+                    assert!(st.predicted_of > 0, "{dir}/{file}: {n_slots} slots, {prefetch:?}: nothing predicted");
+                    issued[prefetch as usize] += st.prefetch_issued;
+                    used += st.prefetch_used;
+                    eprintln!(
+                        "{dir}/{file}: {n_slots} slots, {io_threads} I/O threads, {prefetch:?}: {:.1}% hit, \
+                         {} prefetched, {} used, {} late, {} cancelled, accuracy {:.1}%",
+                        100.0 * st.hit_rate(),
+                        st.prefetch_issued,
+                        st.prefetch_used,
+                        st.prefetch_late,
+                        st.prefetch_cancelled,
+                        100.0 * st.prediction_accuracy()
+                    );
+                }
                 assert!(st.misses > 0 && st.bytes_read > 0, "{dir}/{file}: nothing was read");
-                if n_slots == n_total {
+                if n_slots == n_total && prefetch == Prefetch::Off {
                     assert_eq!(st.misses as usize, n_total.min(st.misses as usize), "each expert read at most once");
                     assert!(st.misses as usize <= n_total, "{dir}/{file}: re-read with room for all");
                 }
@@ -79,6 +111,9 @@ fn streamed_logits_equal_resident_bitwise() {
             }
         }
     }
+    assert!(issued[Prefetch::Table as usize] > 0, "the transition table never prefetched");
+    assert!(issued[Prefetch::Router as usize] > 0, "the router predictor never prefetched");
+    assert!(used > 0, "no prefetched expert was ever used");
 }
 
 #[test]
@@ -90,7 +125,7 @@ fn pinned_experts_stay_and_results_do_not_change() {
     let resident = load(&path);
     let want = run(&resident, &cpu);
     let index = WeightIndex::open(&path).expect("open");
-    let mut model = streamed(&path, 3, 2);
+    let mut model = streamed(&path, 3, 2, Prefetch::Off);
     let store = ExpertStore::open(&index, model.expert_layout()).expect("store");
     let cache = ExpertCache::new(store, &CacheConfig { n_slots: 4, io_threads: 2, io_engine: None }).expect("cache");
     cache.pin(&[(0, 1), (1, 2)], 2).expect("pin two of four");
@@ -126,7 +161,7 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
         let id = ModelIdentity::of(&index, &resident.info);
         for n_slots in [k + 1, n_total / 2, n_total] {
             // First run: count routes for a profile, and save what the cache holds at the end.
-            let mut first = streamed(&path, n_slots, 4);
+            let mut first = streamed(&path, n_slots, 4, Prefetch::Off);
             let counter = Arc::new(RouteCounter::new(resident.info.n_layer, layout.n_expert, &moe, None));
             counter.start_prompt(23);
             first.set_route_hook(Some(counter.clone()));
@@ -140,7 +175,7 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
             assert!(!hot.experts.is_empty() && hot.experts.len() <= n_slots);
 
             // Second run: profile shares, pins and warm start.
-            let second = streamed(&path, n_slots, 4);
+            let second = streamed(&path, n_slots, 4, Prefetch::Off);
             let cache = second.expert_cache().expect("a streaming cache");
             let p = plan(&profile.totals(), &moe, n_slots, k, 0.5);
             assert_eq!(p.quotas.iter().sum::<usize>(), n_slots.min(n_total));
@@ -148,7 +183,7 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
             assert!(pre.n_experts > 0 && pre.n_experts <= n_slots, "{file}: {} experts preloaded", pre.n_experts);
             assert!(pre.bytes_read > 0 && pre.n_reads <= 3 * pre.n_experts);
             assert!(pre.n_pinned <= n_slots - k, "{file}: pins leave room for a token's experts");
-            assert_eq!(cache.layer_quotas(), p.quotas);
+            assert_eq!(cache.layer_quotas(), Some(p.quotas.clone()));
             let before = cache.stats();
             assert_eq!(before.misses, 0, "preloading is not counted as misses");
             assert!(run(&second, &cpu) == want, "{file}: {n_slots} slots: profile/pins/warm start changed the logits");
@@ -182,7 +217,7 @@ fn prefill_reads_each_touched_expert_once() {
     let layout = resident.expert_layout();
     let moe: Vec<bool> = layout.layers.iter().map(Option::is_some).collect();
     let n_total = layout.n_moe_layers() * layout.n_expert;
-    let mut model = streamed(&path, n_total, 4);
+    let mut model = streamed(&path, n_total, 4, Prefetch::Off);
     let counter = Arc::new(RouteCounter::new(resident.info.n_layer, layout.n_expert, &moe, None));
     // Longer than one batch of the chunked forward (64), so several chunks share the cache.
     let tokens: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % model.info.n_vocab as u32).collect();

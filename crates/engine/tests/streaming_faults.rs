@@ -27,6 +27,7 @@ fn open_streamed(path: &std::path::Path) -> Model {
             io_threads: 2,
             io_engine: None,
             n_slots: Some(1),
+            prefetch: engine::experts::cache::Prefetch::Off,
         }),
     };
     Model::load(&index, &opts).expect("load")
@@ -94,6 +95,7 @@ fn replaced_before_streaming_starts_is_refused() {
             io_threads: 1,
             io_engine: None,
             n_slots: None,
+            prefetch: engine::experts::cache::Prefetch::Off,
         }),
     };
     let err = Model::load(&index, &opts).err().expect("must refuse");

@@ -26,6 +26,7 @@ mod common;
 
 use common::*;
 use engine::experts::budget::Budget;
+use engine::experts::cache::Prefetch;
 use engine::formats::WeightIndex;
 use engine::generate::load_tokenizer;
 use engine::models::{ExpertResidency, LoadOptions, Model, StreamOptions};
@@ -46,8 +47,9 @@ fn load_with(path: &std::path::Path, experts: ExpertResidency) -> Model {
     Model::load(&index, &LoadOptions { progress: false, experts }).expect("load")
 }
 
-fn stream_quarter(n_ctx: usize) -> ExpertResidency {
+fn stream_quarter(n_ctx: usize, prefetch: Prefetch) -> ExpertResidency {
     ExpertResidency::Stream(StreamOptions {
+        prefetch,
         budget: Budget::ExpertPercent(25),
         n_ctx,
         n_threads: 2,
@@ -137,14 +139,16 @@ fn heldout_loss_matches_transformers_and_streaming_changes_nothing() {
         eprintln!("{file}: flash-moe {:.6} transformers {want:.6} (relative {rel:.1e})", all.mean());
         assert!(rel < bound, "{file}: loss {} vs transformers {want}: relative {rel:.2e}", all.mean());
 
-        let streamed = load_with(&asset(file), stream_quarter(window));
-        let plan = streamed.memory_plan().expect("streams");
-        assert!(plan.n_slots * 4 <= plan.n_experts_total + 4, "a quarter of the experts: {plan}");
-        let mut s = streamed.new_session(window);
-        let st = engine::perplexity::evaluate(&streamed, &cpu, &mut s, &tokens, window).expect("evaluate");
-        assert_eq!(st.nll_sum.to_bits(), all.nll_sum.to_bits(), "{file}: streaming changed the loss");
-        let stats = streamed.cache_stats().expect("stats");
-        assert!(stats.misses > 0 && stats.bytes_read > 0, "experts were read from disk: {stats:?}");
+        for prefetch in [Prefetch::Off, Prefetch::Router, Prefetch::Table] {
+            let streamed = load_with(&asset(file), stream_quarter(window, prefetch));
+            let plan = streamed.memory_plan().expect("streams");
+            assert!(plan.n_slots * 4 <= plan.n_experts_total + 4, "a quarter of the experts: {plan}");
+            let mut s = streamed.new_session(window);
+            let st = engine::perplexity::evaluate(&streamed, &cpu, &mut s, &tokens, window).expect("evaluate");
+            assert_eq!(st.nll_sum.to_bits(), all.nll_sum.to_bits(), "{file} {prefetch:?}: streaming changed the loss");
+            let stats = streamed.cache_stats().expect("stats");
+            assert!(stats.misses > 0 && stats.bytes_read > 0, "experts were read from disk: {stats:?}");
+        }
     }
 }
 

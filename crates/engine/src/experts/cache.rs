@@ -3,16 +3,30 @@
 //! A forward step asks for the experts the router chose ([`ExpertProvider::acquire`]); the cache pins those it
 //! holds, starts reads for the others into free or evicted slots (as many as fit, all in flight together), and
 //! hands the experts to the MoE block hits first, so compute overlaps the reads. A slot being read or computed is
-//! pinned and never evicted. Eviction takes the unpinned slot whose expert has the lowest decayed use count
-//! (least recently used among equals): routing is skewed, and frequency-aware policies beat plain LRU on the
-//! traces in shared/traces. Two requests for an expert already being read share that read.
+//! pinned and never evicted. Two requests for an expert already being read share that read.
+//!
+//! Eviction takes the unpinned slot with the lowest estimated chance of being used at its layer's next visit:
+//! `uses / visits` of its layer (a use rate, halved every [`RATE_HALF_LIFE_VISITS`] visits so that old popularity
+//! fades) plus [`RECENT_BONUS`] `* 2^-visits since its last use` (an expert used at the latest visit of its layer is
+//! used again at the next one far more often than its rate says: 38% on the shared Qwen3-30B-A3B trace). Ages count
+//! visits of the expert's own layer, not time, so the layer about to run is not mistaken for the stalest one (what
+//! makes a global LRU thrash below one token's working set). The choice is global: layers whose experts are worth
+//! more hold more slots.
+//!
+//! Prefetch ([`ExpertCache::prefetch`], or the cache's own transition table, [`super::predict`]): predicted experts
+//! of the next layer are read with low priority, if the measured chance that a prediction of their rank is used
+//! is at least [`PREFETCH_CHANCE_MIN`], into a free slot or the slot of an expert valued below that chance; a
+//! prefetched expert that its layer's visit did not use is the first
+//! victim, and its read is cancelled if it has not started.
 //!
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
-//! [`super::resident::ResidentExperts`] at any capacity down to one slot.
+//! [`super::resident::ResidentExperts`] at any capacity down to one slot, with or without prefetch.
 //!
-//! Only the opt-in approximate mode ([`crate::approx`]) asks which experts are resident and starts reads nobody
-//! waits for ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until
-//! a later call finds its read finished (`reap_background`).
+//! A routing profile can give each layer a share of the slots ([`ExpertCache::set_layer_quotas`]): a miss then
+//! evicts from the layers holding more than their share first. Only the opt-in approximate mode
+//! ([`crate::approx`]) asks which experts are resident and starts reads nobody waits for
+//! ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until a later
+//! call finds its read finished (`reap_background`).
 
 mod preload;
 
@@ -21,6 +35,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::io::{IoEngine, IoPool, ReadBatch, DIRECT_ALIGN};
+use super::predict::TransitionTable;
 use super::store::ExpertStore;
 use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
@@ -31,13 +46,27 @@ pub use preload::{replay_policy_planned, HotExpert, PreloadItem, PreloadStats};
 /// Counters of the cache, for the run summary and `--stats-json`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CacheStats {
+    /// Experts found in the cache (prefetched ones included, even when their read had not finished).
     pub hits: u64,
     pub misses: u64,
+    /// Bytes read, prefetches included.
     pub bytes_read: u64,
     /// Time the forward pass waited for expert reads.
     pub wait_secs: f64,
     pub per_layer_hits: Vec<u64>,
     pub per_layer_misses: Vec<u64>,
+    /// Prefetch reads started, and their bytes.
+    pub prefetch_issued: u64,
+    pub prefetch_bytes: u64,
+    /// Prefetched experts that a forward step then used (counted in `hits`), and of those, the ones whose read had
+    /// not finished when they were needed.
+    pub prefetch_used: u64,
+    pub prefetch_late: u64,
+    /// Prefetches whose read was dropped before it started (the prediction was wrong; not counted above).
+    pub prefetch_cancelled: u64,
+    /// Experts used at visits that had a prediction, and how many of them were predicted.
+    pub predicted_of: u64,
+    pub predicted_used: u64,
 }
 
 impl CacheStats {
@@ -51,17 +80,43 @@ impl CacheStats {
             wait_secs: self.wait_secs - start.wait_secs,
             per_layer_hits: diff(&self.per_layer_hits, &start.per_layer_hits),
             per_layer_misses: diff(&self.per_layer_misses, &start.per_layer_misses),
+            prefetch_issued: self.prefetch_issued - start.prefetch_issued,
+            prefetch_bytes: self.prefetch_bytes - start.prefetch_bytes,
+            prefetch_used: self.prefetch_used - start.prefetch_used,
+            prefetch_late: self.prefetch_late - start.prefetch_late,
+            prefetch_cancelled: self.prefetch_cancelled - start.prefetch_cancelled,
+            predicted_of: self.predicted_of - start.predicted_of,
+            predicted_used: self.predicted_used - start.predicted_used,
         }
     }
 
     pub fn hit_rate(&self) -> f64 {
-        let n = self.hits + self.misses;
-        if n == 0 {
-            0.0
-        } else {
-            self.hits as f64 / n as f64
-        }
+        ratio(self.hits, self.hits + self.misses)
     }
+
+    /// Predicted experts that were used / experts used (at visits that had a prediction).
+    pub fn prediction_accuracy(&self) -> f64 {
+        ratio(self.predicted_used, self.predicted_of)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Where predictions for prefetch come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    Off,
+    /// The cache's own cross-layer transition table ([`super::predict`]); works with replayed routes.
+    Table,
+    /// The caller (the decoder applies the next layer's router to the current hidden state) calls
+    /// [`ExpertCache::prefetch`].
+    Router,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,152 +132,378 @@ struct Slot {
     pins: u32,
     last_use: u64,
     batch: Option<ReadBatch>,
+    /// Brought in by a prefetch and not used since: `Some(visits of its layer when the prefetch was issued)`.
+    prefetched: Option<u64>,
 }
+
+impl Slot {
+    const FREE: Slot =
+        Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None, prefetched: None };
+}
+
+/// Weight of a use at the latest visit of a layer, against use rates (at most 1).
+const RECENT_BONUS: f32 = 0.3;
+/// Use counts and visit counts of a layer are halved every this many visits of it.
+const RATE_HALF_LIFE_VISITS: u32 = 64;
+/// Predictions are ranked; the chance that the expert predicted at each rank is used is measured online (at most
+/// this many ranks).
+const RANKS_MAX: usize = 64;
+/// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
+/// prefetch costs a read), and only over experts valued lower.
+pub const PREFETCH_CHANCE_MIN: f32 = 0.3;
 
 /// Background reads (approximate mode) in flight at most: more would queue ahead of the reads a step waits for
 /// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
 /// slot being read in the background cannot be evicted, and the others must keep a step going.
 const BACKGROUND_READS_MAX: usize = 16;
 
-/// Use counts are halved after this many uses per slot, so that old popularity fades.
-const DECAY_USES_PER_SLOT: u64 = 64;
+/// An eviction candidate's rank: prefetched-but-unused experts first, then the lowest value, then least recently
+/// used.
+type VictimKey = (bool, f32, u64);
 
 struct State {
     slots: Vec<Slot>,
     map: HashMap<(u32, u32), usize>,
-    /// Decayed use counts, `[layer][expert]`.
-    freq: Vec<Vec<u32>>,
+    /// Uses of each expert, `[layer][expert]`, halved with `visits_eff`.
+    uses: Vec<Vec<u32>>,
+    /// Visits of each layer: all of them (`visits`), and the count halved with `uses` (`visits_eff`).
+    visits: Vec<u64>,
+    visits_eff: Vec<u32>,
+    /// The visit of its layer at which each expert was last used (0: never), `[layer][expert]`.
+    last_visit: Vec<Vec<u64>>,
     tick: u64,
-    uses_since_decay: u64,
     stats: CacheStats,
-    /// Slots held by each layer, and each layer's share of the slots (even by default; from a routing profile
-    /// with [`ExpertCache::set_layer_quotas`]).
+    /// The latest prediction for each layer (cleared when the layer is visited).
+    predicted: Vec<Vec<u32>>,
+    /// The latest prediction's experts that were not cached then, with their rank.
+    predicted_missing: Vec<Vec<(usize, u32)>>,
+    /// Per prediction rank, over predicted experts that were not cached: how many, and how many were then used
+    /// (halved together now and then). Measured whether or not they were prefetched, so a rank judged useless can
+    /// recover.
+    rank_made: [u32; RANKS_MAX],
+    rank_used: [u32; RANKS_MAX],
+    /// [`PREFETCH_CHANCE_MIN`] (the offline replay can change it).
+    chance_min: f32,
+    /// Slots with a prefetch read in flight.
+    prefetching: Vec<usize>,
+    /// The layer visited last and the experts it uses: a prefetch never evicts them (a visit may not have pinned
+    /// all of them yet).
+    current_layer: usize,
+    current: Vec<u32>,
+    /// Slots held by each layer, and each layer's share of the slots when a routing profile set one
+    /// ([`ExpertCache::set_layer_quotas`]; `None`: one global ranking).
     per_layer: Vec<usize>,
-    quota: Vec<usize>,
+    quota: Option<Vec<usize>>,
     /// Slots with a read started by [`ExpertProvider::fetch_background`] (approximate mode only) that nobody has
     /// waited for yet.
     background: Vec<usize>,
 }
 
 impl State {
-    fn new(n_slots: usize, n_layer: usize, n_moe_layers: usize, n_expert: usize) -> State {
-        let slots = (0..n_slots)
-            .map(|_| Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None })
-            .collect();
+    fn new(n_slots: usize, n_layer: usize, n_expert: usize) -> State {
         let stats =
             CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
         State {
-            slots,
+            slots: (0..n_slots).map(|_| Slot::FREE).collect(),
             map: HashMap::new(),
-            freq: vec![vec![0; n_expert]; n_layer],
+            uses: vec![vec![0; n_expert]; n_layer],
+            visits: vec![0; n_layer],
+            visits_eff: vec![0; n_layer],
+            last_visit: vec![vec![0; n_expert]; n_layer],
             tick: 0,
-            uses_since_decay: 0,
             stats,
+            predicted: vec![Vec::new(); n_layer],
+            predicted_missing: vec![Vec::new(); n_layer],
+            rank_made: [0; RANKS_MAX],
+            rank_used: [0; RANKS_MAX],
+            chance_min: PREFETCH_CHANCE_MIN,
+            prefetching: Vec::new(),
+            current_layer: 0,
+            current: Vec::new(),
             per_layer: vec![0; n_layer],
-            quota: vec![(n_slots / n_moe_layers.max(1)).max(1); n_layer],
+            quota: None,
             background: Vec::new(),
         }
     }
 
-    /// The policy's bookkeeping for one use of expert `e` of `layer`: counts the use and pins the expert's slot,
-    /// evicting a victim on a miss (that slot is left `Loading` for the caller to fill). Returns the slot and
-    /// whether it was a miss; `None` when every slot is pinned.
+    /// Starts a visit of `layer` by one forward step that uses `ids`: counts the uses and scores the layer's last
+    /// prediction.
+    fn visit(&mut self, layer: usize, ids: &[u32]) {
+        self.visits[layer] += 1;
+        self.visits_eff[layer] += 1;
+        if self.visits_eff[layer] >= 2 * RATE_HALF_LIFE_VISITS {
+            self.visits_eff[layer] /= 2;
+            self.uses[layer].iter_mut().for_each(|u| *u /= 2);
+        }
+        self.current_layer = layer;
+        self.current.clear();
+        self.current.extend_from_slice(ids);
+        let v = self.visits[layer];
+        for &e in ids {
+            self.uses[layer][e as usize] += 1;
+            self.last_visit[layer][e as usize] = v;
+        }
+        let pred = &self.predicted[layer];
+        if !pred.is_empty() {
+            self.stats.predicted_of += ids.len() as u64;
+            self.stats.predicted_used += ids.iter().filter(|e| pred.contains(e)).count() as u64;
+        }
+        for &(r, e) in &self.predicted_missing[layer] {
+            let r = r.min(RANKS_MAX - 1);
+            self.rank_made[r] += 1;
+            self.rank_used[r] += u32::from(ids.contains(&e));
+            if self.rank_made[r] >= 4096 {
+                self.rank_made[r] /= 2;
+                self.rank_used[r] /= 2;
+            }
+        }
+        self.predicted[layer].clear();
+        self.predicted_missing[layer].clear();
+    }
+
+    /// Records a prediction `ids` (best first) for the next visit of `layer`.
+    fn note_prediction(&mut self, layer: usize, ids: &[u32]) {
+        self.predicted[layer].clear();
+        self.predicted[layer].extend_from_slice(ids);
+        let mut missing = std::mem::take(&mut self.predicted_missing[layer]);
+        missing.clear();
+        missing.extend(
+            ids.iter().enumerate().filter(|(_, &e)| !self.map.contains_key(&(layer as u32, e))).map(|(r, &e)| (r, e)),
+        );
+        self.predicted_missing[layer] = missing;
+    }
+
+    /// The estimated chance that expert `e` of `layer` is used at the layer's next visit (see the module doc).
+    fn value(&self, layer: usize, e: u32) -> f32 {
+        let rate = self.uses[layer][e as usize] as f32 / self.visits_eff[layer].max(1) as f32;
+        let last = self.last_visit[layer][e as usize];
+        if last == 0 {
+            return rate;
+        }
+        let age = (self.visits[layer] - last).min(64) as i32;
+        rate + RECENT_BONUS * (-age as f32).exp2()
+    }
+
+    fn key(&self, s: &Slot) -> VictimKey {
+        let (l, e) = s.owner.expect("a ready slot has an owner");
+        let stale = s.prefetched.is_some_and(|v| self.visits[l as usize] > v);
+        (!stale, self.value(l as usize, e), s.last_use)
+    }
+
+    /// The policy's bookkeeping for one use of expert `e` of `layer` (whose visit was counted by [`State::visit`]):
+    /// pins the expert's slot, evicting a victim on a miss (that slot is left `Loading` for the caller to fill).
+    /// Returns the slot and whether it was a miss; `None` when every slot is pinned.
     fn claim_slot(&mut self, layer: usize, e: u32) -> Option<(usize, bool)> {
         self.tick += 1;
         let tick = self.tick;
-        self.freq[layer][e as usize] = self.freq[layer][e as usize].saturating_add(1);
-        self.uses_since_decay += 1;
-        if self.uses_since_decay > DECAY_USES_PER_SLOT * self.slots.len() as u64 {
-            self.uses_since_decay = 0;
-            for f in self.freq.iter_mut().flatten() {
-                *f /= 2;
-            }
-        }
         if let Some(&s) = self.map.get(&(layer as u32, e)) {
-            self.slots[s].pins += 1;
-            self.slots[s].last_use = tick;
+            let slot = &mut self.slots[s];
+            slot.pins += 1;
+            slot.last_use = tick;
+            if slot.prefetched.take().is_some() {
+                self.stats.prefetch_used += 1;
+                if slot.state == SlotState::Loading {
+                    self.stats.prefetch_late += 1;
+                }
+            }
             self.stats.hits += 1;
             self.stats.per_layer_hits[layer] += 1;
             return Some((s, false));
         }
-        let victim = self.victim(layer)?;
-        if let Some(old) = self.slots[victim].owner.take() {
-            self.map.remove(&old);
-            self.per_layer[old.0 as usize] -= 1;
-        }
-        self.per_layer[layer] += 1;
-        self.map.insert((layer as u32, e), victim);
+        let (victim, _) = self.victim(layer, None)?;
+        self.take_slot(victim, layer, e);
         self.stats.misses += 1;
         self.stats.per_layer_misses[layer] += 1;
-        self.slots[victim] =
-            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: tick, batch: None };
+        self.slots[victim].pins = 1;
         Some((victim, true))
     }
 
-    /// Where a miss of `layer` goes: a free slot; else, when the layer holds its share (`quota`) or more, its own
-    /// least-used expert; else the least-used expert of the layer furthest over its share; else any unpinned one.
-    /// "Least used" is the lowest (decayed use count, last use). Per-layer shares keep one layer's burst from
-    /// evicting every other layer's experts, which a global policy does below one token's working set.
-    fn victim(&self, layer: usize) -> Option<usize> {
-        if let Some(s) = self.slots.iter().position(|s| s.state == SlotState::Free) {
-            return Some(s);
+    /// Gives slot `s` to expert `e` of `layer`, `Loading`, unpinned.
+    fn take_slot(&mut self, s: usize, layer: usize, e: u32) {
+        if let Some(old) = self.slots[s].owner.take() {
+            self.map.remove(&old);
+            self.per_layer[old.0 as usize] -= 1;
         }
-        let least_used = |from: Option<usize>| {
+        self.map.insert((layer as u32, e), s);
+        self.per_layer[layer] += 1;
+        self.slots[s] =
+            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, last_use: self.tick, ..Slot::FREE };
+    }
+
+    /// Where a read for `layer` goes: a free slot, else the unpinned ready slot with the lowest [`VictimKey`]
+    /// (skipping the experts `keep` of one layer), taken first from the layers over their share when a profile
+    /// set shares (`layer` itself counts as over at its share); with its key (`None` for a free slot).
+    fn victim(&self, layer: usize, keep: Option<(usize, &[u32])>) -> Option<(usize, Option<VictimKey>)> {
+        let current = (self.current_layer, &self.current[..]);
+        if let Some(s) = self.slots.iter().position(|s| s.state == SlotState::Free) {
+            return Some((s, None));
+        }
+        let kept = |s: &Slot| {
+            let is = |(l, ids): (usize, &[u32])| s.owner.is_some_and(|(ol, oe)| ol as usize == l && ids.contains(&oe));
+            keep.is_some_and(|k| is(k) || is(current))
+        };
+        let best = |over_share_only: bool| {
             self.slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready)
-                .filter(|(_, s)| from.is_none_or(|l| s.owner.is_some_and(|o| o.0 as usize == l)))
-                .min_by_key(|(_, s)| {
-                    let (l, e) = s.owner.expect("a ready slot has an owner");
-                    (self.freq[l as usize][e as usize], s.last_use)
-                })
-                .map(|(i, _)| i)
+                .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready && !kept(s))
+                .filter(|(_, s)| !over_share_only || s.owner.is_some_and(|(l, _)| self.over_share(l as usize, layer)))
+                .map(|(i, s)| (i, self.key(s)))
+                .min_by(|a, b| a.1 .0.cmp(&b.1 .0).then(a.1 .1.total_cmp(&b.1 .1)).then(a.1 .2.cmp(&b.1 .2)))
+                .map(|(i, k)| (i, Some(k)))
         };
-        if self.per_layer[layer] >= self.quota[layer] {
-            if let Some(v) = least_used(Some(layer)) {
+        if self.quota.is_some() {
+            if let Some(v) = best(true) {
                 return Some(v);
             }
         }
-        // Layers over their share, most over first, without allocating: take the largest excess below the last.
-        let excess = |l: usize| self.per_layer[l].saturating_sub(self.quota[l]);
-        let mut bound = usize::MAX;
-        loop {
-            let most = (0..self.per_layer.len())
-                .filter(|&l| excess(l) > 0 && excess(l) < bound)
-                .max_by_key(|&l| (excess(l), std::cmp::Reverse(l)));
-            let Some(l) = most else { break };
-            if let Some(v) = least_used(Some(l)) {
-                return Some(v);
-            }
-            bound = excess(l);
+        best(false)
+    }
+
+    /// Whether layer `l` holds more slots than its profile share (at its share, for the layer `for_layer` that
+    /// needs one more).
+    fn over_share(&self, l: usize, for_layer: usize) -> bool {
+        self.quota.as_ref().is_some_and(|q| self.per_layer[l] > q[l] || (l == for_layer && self.per_layer[l] >= q[l]))
+    }
+
+    /// The measured chance that an uncached expert predicted at `rank` is used (optimistic while little is known).
+    fn rank_chance(&self, rank: usize) -> f32 {
+        let r = rank.min(RANKS_MAX - 1);
+        (self.rank_used[r] + 2) as f32 / (self.rank_made[r] + 2) as f32
+    }
+
+    /// A slot for prefetching expert `e` of `layer`, predicted at `rank` of `ids`, if it is not cached, its rank's
+    /// chance of use is at least [`PREFETCH_CHANCE_MIN`], and a free slot or a victim valued lower exists. The slot
+    /// is left `Loading`, unpinned.
+    fn prefetch_slot(&mut self, layer: usize, e: u32, rank: usize, ids: &[u32]) -> Option<usize> {
+        if self.map.contains_key(&(layer as u32, e)) {
+            return None;
         }
-        least_used(None)
+        let chance = self.rank_chance(rank);
+        if chance < self.chance_min {
+            return None;
+        }
+        let worth = self.value(layer, e).max(chance);
+        let (s, key) = self.victim(layer, Some((layer, ids)))?;
+        if key.is_some_and(|(not_stale, v, _)| not_stale && v >= worth) {
+            return None;
+        }
+        self.tick += 1;
+        self.take_slot(s, layer, e);
+        self.slots[s].prefetched = Some(self.visits[layer]);
+        self.stats.prefetch_issued += 1;
+        Some(s)
+    }
+
+    /// Counts a prefetch of `bytes` as cancelled before its read started.
+    fn uncount_prefetch(&mut self, bytes: u64) {
+        self.stats.prefetch_cancelled += 1;
+        self.stats.prefetch_issued -= 1;
+        self.stats.prefetch_bytes -= bytes;
+        self.stats.bytes_read -= bytes;
+    }
+
+    /// Frees slot `s` (a failed or cancelled read): never leave garbage mapped.
+    fn free_slot(&mut self, s: usize) {
+        if let Some(owner) = self.slots[s].owner.take() {
+            self.map.remove(&owner);
+            self.per_layer[owner.0 as usize] -= 1;
+        }
+        self.slots[s] = Slot::FREE;
+    }
+}
+
+/// Prefetch in [`replay_policy`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReplayPrefetch {
+    /// Experts per token (twice as many are predicted).
+    pub n_expert_used: usize,
+    /// The least measured chance of use of a prediction's rank to prefetch it ([`PREFETCH_CHANCE_MIN`] in the
+    /// cache; 0 prefetches whatever is predicted, where a victim is valued lower).
+    pub chance_min: f32,
+}
+
+/// What [`replay_policy`] counts.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Hits on prefetched experts (included in `hits`).
+    pub prefetch_used: u64,
+    pub prefetch_issued: u64,
+    /// Experts used at visits with a prediction, and how many were predicted.
+    pub predicted_of: u64,
+    pub predicted_used: u64,
+}
+
+impl ReplayStats {
+    pub fn hit_rate(&self) -> f64 {
+        ratio(self.hits, self.hits + self.misses)
     }
 }
 
 /// Replays a routing trace through the cache's eviction policy alone (no model, no I/O): each element of `steps`
-/// is one layer of one token, `(layer, experts used, counted)`; returns (hits, misses) over the counted steps. The
-/// experts of a step are pinned together, as in a forward step.
+/// is one layer of one token, `(layer, experts used, counted)`, in forward order; counts over the counted steps.
+/// The experts of a step are claimed hits first and pinned together, as in a forward step. With `prefetch`, the
+/// transition table predicts each next layer and its predictions are prefetched as the cache does it, modelled as
+/// read in time (a prefetch issued at one layer is usable at the next); `2 * n_expert_used` experts are predicted,
+/// as the cache does.
 pub fn replay_policy(
     n_slots: usize,
-    n_layer: usize,
+    moe_layers: &[bool],
     n_expert: usize,
+    prefetch: Option<ReplayPrefetch>,
     steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
-) -> (u64, u64) {
-    let mut st = State::new(n_slots, n_layer, n_layer, n_expert);
-    let (mut hits, mut misses) = (0, 0);
-    for (layer, experts, counted) in steps {
+) -> ReplayStats {
+    replay_state(State::new(n_slots, moe_layers.len(), n_expert), moe_layers, n_expert, prefetch, steps)
+}
+
+/// [`replay_policy`] from a given state (a profile's shares and pins already applied).
+fn replay_state(
+    mut st: State,
+    moe_layers: &[bool],
+    n_expert: usize,
+    prefetch: Option<ReplayPrefetch>,
+    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
+) -> ReplayStats {
+    st.chance_min = prefetch.map_or(PREFETCH_CHANCE_MIN, |p| p.chance_min);
+    let prefetch = prefetch.map(|p| p.n_expert_used);
+    let mut table = prefetch.map(|_| TransitionTable::new(moe_layers, n_expert));
+    let mut pred = Vec::new();
+    let mut out = ReplayStats::default();
+    for (layer, mut experts, counted) in steps {
+        let stats0 = st.stats.clone();
+        st.visit(layer, &experts);
+        experts.sort_by_key(|e| !st.map.contains_key(&(layer as u32, *e)));
         let mut pinned = Vec::with_capacity(experts.len());
         for &e in &experts {
-            let Some((s, miss)) = st.claim_slot(layer, e) else { continue };
+            let Some((s, _)) = st.claim_slot(layer, e) else { continue };
             st.slots[s].state = SlotState::Ready;
             pinned.push(s);
-            if counted {
-                if miss {
-                    misses += 1;
-                } else {
-                    hits += 1;
+        }
+        if counted {
+            out.hits += st.stats.hits - stats0.hits;
+            out.misses += st.stats.misses - stats0.misses;
+            out.prefetch_used += st.stats.prefetch_used - stats0.prefetch_used;
+            out.predicted_of += st.stats.predicted_of - stats0.predicted_of;
+            out.predicted_used += st.stats.predicted_used - stats0.predicted_used;
+        }
+        if let (Some(k), Some(t)) = (prefetch, table.as_mut()) {
+            let single = experts.len() <= k;
+            if single {
+                t.observe(layer, &experts);
+            } else {
+                t.interrupt();
+            }
+            if let Some(next) = t.predict(layer, &experts, 2 * k, &mut pred).filter(|_| single) {
+                st.note_prediction(next, &pred);
+                for (rank, &e) in pred.iter().enumerate() {
+                    if let Some(s) = st.prefetch_slot(next, e, rank, &pred) {
+                        st.slots[s].state = SlotState::Ready;
+                        if counted {
+                            out.prefetch_issued += 1;
+                        }
+                    }
                 }
             }
         }
@@ -230,7 +511,7 @@ pub fn replay_policy(
             st.slots[s].pins -= 1;
         }
     }
-    (hits, misses)
+    out
 }
 
 /// Sizes of an expert cache.
@@ -250,10 +531,20 @@ pub struct ExpertCache {
     slot_bytes: usize,
     n_slots: usize,
     state: Mutex<State>,
+    prefetch: Mutex<Prefetcher>,
 }
 
-// SAFETY: slot memory is written only by I/O threads for a slot claimed (pinned, Loading) by one set, and read
-// only through pinned, Ready slots; the mutex guards all bookkeeping.
+/// How the cache prefetches, and the transition table when it predicts by itself.
+struct Prefetcher {
+    mode: Prefetch,
+    /// The model's experts per token: visits using more are multi-token steps; twice as many are predicted.
+    k: usize,
+    table: Option<TransitionTable>,
+    pred: Vec<u32>,
+}
+
+// SAFETY: slot memory is written only by I/O threads for a slot claimed (Loading) by one set or one prefetch, and
+// read only through pinned, Ready slots; the mutex guards all bookkeeping.
 unsafe impl Sync for ExpertCache {}
 
 impl ExpertCache {
@@ -265,7 +556,6 @@ impl ExpertCache {
         let n_layer = store.layout().layers.len();
         let n_expert = store.layout().n_expert;
         let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
-        let store_moe_layers = store.layout().n_moe_layers();
         Ok(ExpertCache {
             store,
             io: match cfg.io_engine {
@@ -275,8 +565,123 @@ impl ExpertCache {
             mem,
             slot_bytes,
             n_slots: cfg.n_slots,
-            state: Mutex::new(State::new(cfg.n_slots, n_layer, store_moe_layers, n_expert)),
+            state: Mutex::new(State::new(cfg.n_slots, n_layer, n_expert)),
+            prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
         })
+    }
+
+    /// Turns prefetch on or off; `k` experts are predicted per layer (the model's experts per token).
+    pub fn set_prefetch(&self, mode: Prefetch, k: usize) {
+        let layout = self.store.layout();
+        let moe_layers: Vec<bool> = layout.layers.iter().map(Option::is_some).collect();
+        let mut p = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        p.mode = mode;
+        p.k = k;
+        p.table = (mode == Prefetch::Table).then(|| TransitionTable::new(&moe_layers, layout.n_expert));
+    }
+
+    pub fn prefetch_mode(&self) -> Prefetch {
+        self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).mode
+    }
+
+    /// Starts low-priority reads of the predicted experts `ids` (best first) of `layer` that are not cached, as
+    /// room allows (see the module doc); records the prediction for the accuracy statistics.
+    pub fn prefetch(&self, layer: usize, ids: &[u32]) {
+        let n_expert = self.store.layout().n_expert;
+        if self.store.layout().layers.get(layer).is_none_or(Option::is_none)
+            || ids.iter().any(|&e| e as usize >= n_expert)
+        {
+            return;
+        }
+        let mut st = self.lock();
+        self.poll_prefetches(&mut st);
+        st.note_prediction(layer, ids);
+        for (rank, &e) in ids.iter().enumerate() {
+            let Some(s) = st.prefetch_slot(layer, e, rank, ids) else { continue };
+            let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
+            let bytes = reqs.iter().map(|r| r.len as u64).sum::<u64>();
+            st.stats.bytes_read += bytes;
+            st.stats.prefetch_bytes += bytes;
+            st.slots[s].batch = Some(self.io.submit_speculative(reqs));
+            st.prefetching.push(s);
+        }
+    }
+
+    /// Bytes a read of the expert that slot `s` holds takes.
+    fn slot_read_bytes(&self, st: &State, s: usize) -> u64 {
+        st.slots[s].owner.map_or(0, |(l, e)| {
+            self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s)).iter().map(|r| r.len as u64).sum()
+        })
+    }
+
+    /// Marks finished prefetch reads ready (or frees their slots if they failed).
+    fn poll_prefetches(&self, st: &mut State) {
+        let mut i = 0;
+        while i < st.prefetching.len() {
+            let s = st.prefetching[i];
+            let slot = &st.slots[s];
+            let done = slot.state != SlotState::Loading || slot.batch.as_ref().is_none_or(ReadBatch::is_done);
+            if !done {
+                i += 1;
+                continue;
+            }
+            st.prefetching.swap_remove(i);
+            if slot.state == SlotState::Loading && slot.pins == 0 {
+                match slot.batch.as_ref().map(ReadBatch::wait) {
+                    Some(Err(_)) => st.free_slot(s),
+                    _ => {
+                        st.slots[s].state = SlotState::Ready;
+                        st.slots[s].batch = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the slots of unpinned prefetches in flight reusable (cancelling their reads, or waiting for them);
+    /// returns whether there were any.
+    fn reclaim_prefetches(&self, st: &mut State) -> bool {
+        let mut any = false;
+        for i in 0..st.prefetching.len() {
+            let s = st.prefetching[i];
+            let slot = &st.slots[s];
+            if slot.pins > 0 || slot.state != SlotState::Loading {
+                continue;
+            }
+            any = true;
+            if let Some(b) = slot.batch.clone() {
+                if self.io.cancel(&b) {
+                    let bytes = self.slot_read_bytes(st, s);
+                    st.uncount_prefetch(bytes);
+                } else {
+                    let t0 = Instant::now();
+                    let _ = b.wait();
+                    st.stats.wait_secs += t0.elapsed().as_secs_f64();
+                }
+            }
+        }
+        self.poll_prefetches(st);
+        any
+    }
+
+    /// Drops the queued prefetches of `layer` that its visit (using `ids`) does not need.
+    fn cancel_unused_prefetches(&self, st: &mut State, layer: usize, ids: &[u32]) {
+        let mut i = 0;
+        while i < st.prefetching.len() {
+            let s = st.prefetching[i];
+            let slot = &st.slots[s];
+            let unused = slot.pins == 0
+                && slot.state == SlotState::Loading
+                && slot.owner.is_some_and(|(l, e)| l as usize == layer && !ids.contains(&e));
+            if unused && slot.batch.as_ref().is_some_and(|b| self.io.cancel(b)) {
+                st.prefetching.swap_remove(i);
+                let bytes = self.slot_read_bytes(st, s);
+                st.uncount_prefetch(bytes);
+                st.free_slot(s);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     pub fn n_slots(&self) -> usize {
@@ -313,7 +718,23 @@ impl ExpertCache {
 
     /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
     fn claim(&self, st: &mut State, layer: usize, e: u32) -> Option<usize> {
-        let (s, miss) = st.claim_slot(layer, e)?;
+        let (s, miss) = match st.claim_slot(layer, e) {
+            Some(claimed) => claimed,
+            None => {
+                // Demand comes before speculation: take back the slots of unused prefetches, dropping their reads
+                // or waiting for them (I/O threads never take the state lock, so waiting under it is safe).
+                if !self.reclaim_prefetches(st) {
+                    return None;
+                }
+                st.claim_slot(layer, e)?
+            }
+        };
+        if !miss && st.slots[s].state == SlotState::Loading {
+            // A prefetch still queued or in flight: the forward pass waits for it now.
+            if let Some(b) = &st.slots[s].batch {
+                self.io.promote(b);
+            }
+        }
         if miss {
             let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
             st.stats.bytes_read += reqs.iter().map(|r| r.len as u64).sum::<u64>();
@@ -345,12 +766,9 @@ impl ExpertCache {
                 Ok(())
             }
             Err(msg) => {
-                // Never leave garbage mapped: forget the expert and free the slot.
-                if let Some(owner) = st.slots[s].owner.take() {
-                    st.map.remove(&owner);
-                }
-                st.slots[s].state = SlotState::Free;
-                st.slots[s].batch = None;
+                // Never leave garbage mapped: forget the expert and free the slot (other pins of it fail too).
+                st.prefetching.retain(|&p| p != s);
+                st.free_slot(s);
                 Err(Error::Invalid(format!("reading an expert failed: {msg}")))
             }
         }
@@ -372,7 +790,7 @@ impl ExpertCache {
                 )));
             }
             for &(layer, e) in experts {
-                if layer >= st.freq.len()
+                if layer >= st.uses.len()
                     || e as usize >= self.store.layout().n_expert
                     || self.store.layout().layers[layer].is_none()
                 {
@@ -394,24 +812,18 @@ impl ExpertCache {
         let mut i = 0;
         while i < st.background.len() {
             let s = st.background[i];
-            let slot = &mut st.slots[s];
-            if slot.state == SlotState::Loading && slot.pins == 0 {
-                let batch = slot.batch.as_ref().expect("a loading slot has a batch");
+            if st.slots[s].state == SlotState::Loading && st.slots[s].pins == 0 {
+                let batch = st.slots[s].batch.as_ref().expect("a loading slot has a batch");
                 if !batch.is_done() {
                     i += 1;
                     continue;
                 }
                 if batch.wait().is_ok() {
-                    slot.state = SlotState::Ready;
-                    slot.batch = None;
+                    st.slots[s].state = SlotState::Ready;
+                    st.slots[s].batch = None;
                 } else {
                     // Never leave garbage mapped: forget the expert and free the slot.
-                    slot.state = SlotState::Free;
-                    slot.batch = None;
-                    if let Some(owner) = slot.owner.take() {
-                        st.map.remove(&owner);
-                        st.per_layer[owner.0 as usize] -= 1;
-                    }
+                    st.free_slot(s);
                 }
             }
             // Finished here, or pinned by a set that waits for it itself.
@@ -495,7 +907,10 @@ impl Drop for CacheSet<'_> {
 impl ExpertProvider for ExpertCache {
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>> {
         let order: Vec<usize> = {
-            let st = self.lock();
+            let mut st = self.lock();
+            self.poll_prefetches(&mut st);
+            st.visit(layer, ids);
+            self.cancel_unused_prefetches(&mut st, layer, ids);
             let cached = |i: &usize| st.map.contains_key(&(layer as u32, ids[*i]));
             let (mut hits, misses): (Vec<usize>, Vec<usize>) = (0..ids.len()).partition(cached);
             hits.extend(misses);
@@ -511,11 +926,33 @@ impl ExpertProvider for ExpertCache {
             n_claimed: 0,
         };
         set.top_up();
+        // After this layer's demand reads are queued: predict the next layer and prefetch.
+        let mut guard = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut *guard;
+        if let Some(table) = p.table.as_mut() {
+            if ids.len() <= p.k {
+                table.observe(layer, ids);
+                if let Some(next) = table.predict(layer, ids, 2 * p.k, &mut p.pred) {
+                    self.prefetch(next, &p.pred);
+                }
+            } else {
+                table.interrupt();
+            }
+        }
+        drop(guard);
         Ok(Box::new(set))
+    }
+
+    fn prefetch(&self, layer: usize, ids: &[u32]) {
+        ExpertCache::prefetch(self, layer, ids);
     }
 
     fn cache_stats(&self) -> Option<CacheStats> {
         Some(self.stats())
+    }
+
+    fn as_cache(&self) -> Option<&ExpertCache> {
+        Some(self)
     }
 
     /// Cached or being read: acquiring waits at most for a read started by an earlier step.
@@ -540,9 +977,5 @@ impl ExpertProvider for ExpertCache {
                 st.background.push(s);
             }
         }
-    }
-
-    fn as_cache(&self) -> Option<&ExpertCache> {
-        Some(self)
     }
 }

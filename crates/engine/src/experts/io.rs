@@ -8,11 +8,16 @@
 //! pool of threads doing `pread` where io_uring is unavailable (old kernels, seccomp) or
 //! `FLASH_MOE_IO=threads` asks for it. A failed or short read is retried once with `pread`; a read from a file
 //! that changed since the model was opened fails.
+//!
+//! Two queues: demand reads (an expert the forward pass waits for) and speculative reads (prefetch). A
+//! speculative read starts only when no demand read is queued, and at most [`SPEC_INFLIGHT_MAX`] of them are in
+//! flight, so a demand read never queues behind more than that; a queued speculative read can be promoted to the
+//! demand queue (the forward pass now needs it) or cancelled (the prediction was wrong).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -70,6 +75,10 @@ impl ReadBatch {
         self.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining == 0
     }
 
+    fn same(&self, other: &ReadBatch) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     fn finish_one(&self, err: Option<String>) {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -93,9 +102,56 @@ pub enum IoEngine {
     Threads,
 }
 
+/// Speculative reads in flight at most (per pool), so that a demand read waits behind at most this many.
+pub const SPEC_INFLIGHT_MAX: usize = 2;
+
+type Job = (ReadReq, ReadBatch);
+
+/// The two queues of an [`IoPool`], under one lock.
+#[derive(Default)]
+struct Queues {
+    demand: VecDeque<Job>,
+    spec: VecDeque<Job>,
+    spec_inflight: usize,
+    closed: bool,
+}
+
+impl Queues {
+    /// The next job to start: demand first; speculative only when no demand is queued and fewer than
+    /// [`SPEC_INFLIGHT_MAX`] are in flight. The flag says whether it is speculative.
+    fn pop(&mut self) -> Option<(Job, bool)> {
+        if let Some(j) = self.demand.pop_front() {
+            return Some((j, false));
+        }
+        if self.spec_inflight < SPEC_INFLIGHT_MAX {
+            if let Some(j) = self.spec.pop_front() {
+                self.spec_inflight += 1;
+                return Some((j, true));
+            }
+        }
+        None
+    }
+}
+
+struct Shared {
+    q: Mutex<Queues>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spec_done(&self) {
+        self.lock().spec_inflight -= 1;
+        self.cv.notify_all();
+    }
+}
+
 /// Persistent I/O threads.
 pub struct IoPool {
-    tx: Mutex<Option<Sender<(ReadReq, ReadBatch)>>>,
+    shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
     engine: IoEngine,
 }
@@ -111,12 +167,13 @@ impl IoPool {
     pub fn with_engine(engine: IoEngine, n_threads: usize) -> IoPool {
         if engine == IoEngine::Uring {
             if let Ok(ring) = io_uring::IoUring::new(URING_DEPTH as u32) {
-                let (tx, rx) = channel::<(ReadReq, ReadBatch)>();
+                let shared = Arc::new(Shared { q: Mutex::default(), cv: Condvar::new() });
+                let sh = Arc::clone(&shared);
                 let handle = std::thread::Builder::new()
                     .name("flash-moe-uring".into())
-                    .spawn(move || uring_loop(ring, rx))
+                    .spawn(move || uring_loop(ring, &sh))
                     .expect("spawning the io_uring thread");
-                return IoPool { tx: Mutex::new(Some(tx)), handles: vec![handle], engine: IoEngine::Uring };
+                return IoPool { shared, handles: vec![handle], engine: IoEngine::Uring };
             }
         }
         Self::threads(n_threads)
@@ -124,49 +181,107 @@ impl IoPool {
 
     /// A pool of `n_threads` pread threads.
     pub fn threads(n_threads: usize) -> IoPool {
-        let (tx, rx) = channel::<(ReadReq, ReadBatch)>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared { q: Mutex::default(), cv: Condvar::new() });
         let handles = (0..n_threads.max(1))
             .map(|i| {
-                let rx = Arc::clone(&rx);
+                let sh = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("flash-moe-io-{i}"))
                     .spawn(move || loop {
-                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        let Ok((req, batch)) = job else { return };
+                        let next = {
+                            let mut q = sh.lock();
+                            loop {
+                                if let Some(j) = q.pop() {
+                                    break Some(j);
+                                }
+                                if q.closed && q.demand.is_empty() && q.spec.is_empty() {
+                                    break None;
+                                }
+                                q = sh.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+                            }
+                        };
+                        let Some(((req, batch), spec)) = next else { return };
                         batch.finish_one(read_one(&req).err());
+                        if spec {
+                            sh.spec_done();
+                        }
                     })
                     .expect("spawning an I/O thread")
             })
             .collect();
-        IoPool { tx: Mutex::new(Some(tx)), handles, engine: IoEngine::Threads }
+        IoPool { shared, handles, engine: IoEngine::Threads }
     }
 
     pub fn engine(&self) -> IoEngine {
         self.engine
     }
 
-    /// Submits `reqs` as one batch; wait on the returned handle.
+    /// Submits `reqs` as one batch of demand reads; wait on the returned handle.
     pub fn submit(&self, reqs: Vec<ReadReq>) -> ReadBatch {
+        self.enqueue(reqs, false)
+    }
+
+    /// Submits `reqs` as one batch of speculative reads: they start only when no demand read is queued.
+    pub fn submit_speculative(&self, reqs: Vec<ReadReq>) -> ReadBatch {
+        self.enqueue(reqs, true)
+    }
+
+    fn enqueue(&self, reqs: Vec<ReadReq>, spec: bool) -> ReadBatch {
         let batch = ReadBatch::default();
         batch.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining = reqs.len();
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = tx.as_ref().expect("I/O pool is running");
-        for r in reqs {
-            if let Err(e) = tx.send((r, batch.clone())) {
-                // The threads are gone (only at shutdown): fail the read rather than hang.
-                let (req, b) = e.0;
-                drop(req);
-                b.finish_one(Some("I/O threads stopped".into()));
+        let mut q = self.shared.lock();
+        if q.closed {
+            drop(q);
+            for _ in reqs {
+                batch.finish_one(Some("I/O threads stopped".into()));
+            }
+            return batch;
+        }
+        let dst = if spec { &mut q.spec } else { &mut q.demand };
+        dst.extend(reqs.into_iter().map(|r| (r, batch.clone())));
+        drop(q);
+        self.shared.cv.notify_all();
+        batch
+    }
+
+    /// Moves the queued reads of a speculative `batch` to the demand queue (the forward pass now waits for it).
+    pub fn promote(&self, batch: &ReadBatch) {
+        let mut q = self.shared.lock();
+        let mut i = 0;
+        while i < q.spec.len() {
+            if q.spec[i].1.same(batch) {
+                let job = q.spec.remove(i).expect("index checked");
+                q.demand.push_back(job);
+            } else {
+                i += 1;
             }
         }
-        batch
+        drop(q);
+        self.shared.cv.notify_all();
+    }
+
+    /// Drops a speculative `batch` if none of its reads has started; returns whether it was dropped (the batch
+    /// then completes with an error and its destination is untouched).
+    pub fn cancel(&self, batch: &ReadBatch) -> bool {
+        let mut q = self.shared.lock();
+        let queued = q.spec.iter().filter(|j| j.1.same(batch)).count();
+        let total = batch.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining;
+        if queued == 0 || queued != total {
+            return false;
+        }
+        q.spec.retain(|j| !j.1.same(batch));
+        drop(q);
+        for _ in 0..queued {
+            batch.finish_one(Some("cancelled".into()));
+        }
+        true
     }
 }
 
 impl Drop for IoPool {
     fn drop(&mut self) {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.shared.lock().closed = true;
+        self.shared.cv.notify_all();
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
@@ -231,26 +346,29 @@ fn check_unchanged(req: &ReadReq) -> Result<(), String> {
     Ok(())
 }
 
-/// The io_uring engine: takes requests from `rx`, keeps up to [`URING_DEPTH`] in flight, completes batches.
-fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadReq, ReadBatch)>) {
+/// The io_uring engine: takes jobs from the queues (demand first), keeps up to [`URING_DEPTH`] in flight,
+/// completes batches.
+fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
     use std::os::fd::AsRawFd;
-    use std::sync::mpsc::TryRecvError;
-    let mut inflight: Vec<Option<(ReadReq, ReadBatch)>> = (0..URING_DEPTH).map(|_| None).collect();
+    let mut inflight: Vec<Option<(ReadReq, ReadBatch, bool)>> = (0..URING_DEPTH).map(|_| None).collect();
     let mut free: Vec<usize> = (0..URING_DEPTH).rev().collect();
-    let mut closed = false;
     loop {
-        // Queue new requests: block for one only when nothing is in flight.
+        // Queue new jobs: block for one only when nothing is in flight.
         while let Some(&slot) = free.last() {
             let idle = free.len() == URING_DEPTH;
-            let msg = if idle && !closed { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() };
-            let (req, batch) = match msg {
-                Ok(m) => m,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
+            let next = {
+                let mut q = sh.lock();
+                loop {
+                    if let Some(j) = q.pop() {
+                        break Some(j);
+                    }
+                    if !idle || (q.closed && q.demand.is_empty() && q.spec.is_empty()) {
+                        break None;
+                    }
+                    q = sh.cv.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             };
+            let Some(((req, batch), spec)) = next else { break };
             let len = u32::try_from(req.len).expect("expert reads are far below 4 GiB");
             let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(req.file.as_raw_fd()), req.dst, len)
                 .offset(req.offset)
@@ -261,13 +379,17 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadRe
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 // The queue is full (cannot happen: its depth equals the in-flight table's): read directly.
                 batch.finish_one(read_one(&req).err());
+                if spec {
+                    sh.spec_done();
+                }
                 continue;
             }
             free.pop();
-            inflight[slot] = Some((req, batch));
+            inflight[slot] = Some((req, batch, spec));
         }
         if free.len() == URING_DEPTH {
-            if closed {
+            let q = sh.lock();
+            if q.closed && q.demand.is_empty() && q.spec.is_empty() {
                 return;
             }
             continue;
@@ -277,9 +399,12 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadRe
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // The ring itself failed: finish everything in flight with pread.
-                for (req, batch) in inflight.iter_mut().filter_map(Option::take) {
+                for (req, batch, spec) in inflight.iter_mut().filter_map(Option::take) {
                     let r = read_one(&req).map_err(|m| format!("{m} (after io_uring failed: {e})"));
                     batch.finish_one(r.err());
+                    if spec {
+                        sh.spec_done();
+                    }
                 }
                 free = (0..URING_DEPTH).rev().collect();
                 continue;
@@ -288,7 +413,7 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadRe
         let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (slot, res) in done {
             let slot = slot as usize;
-            let Some((req, batch)) = inflight[slot].take() else { continue };
+            let Some((req, batch, spec)) = inflight[slot].take() else { continue };
             free.push(slot);
             let outcome = if res >= 0 && res as usize >= req.len_needed {
                 check_unchanged(&req)
@@ -297,6 +422,46 @@ fn uring_loop(mut ring: io_uring::IoUring, rx: std::sync::mpsc::Receiver<(ReadRe
                 read_one(&req)
             };
             batch.finish_one(outcome.err());
+            if spec {
+                sh.spec_done();
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(file: &Arc<File>) -> Job {
+        let req = ReadReq {
+            file: Arc::clone(file),
+            path: Arc::new(PathBuf::from("/dev/null")),
+            offset: 0,
+            dst: std::ptr::null_mut(),
+            len: 0,
+            len_needed: 0,
+            expected: (0, None),
+        };
+        (req, ReadBatch::default())
+    }
+
+    #[test]
+    fn demand_reads_go_first_and_speculative_ones_are_bounded() {
+        let f = Arc::new(File::open("/dev/null").expect("/dev/null"));
+        let mut q = Queues::default();
+        for _ in 0..SPEC_INFLIGHT_MAX + 2 {
+            q.spec.push_back(job(&f));
+        }
+        q.demand.push_back(job(&f));
+        assert!(matches!(q.pop(), Some((_, false))), "the demand read first");
+        for _ in 0..SPEC_INFLIGHT_MAX {
+            assert!(matches!(q.pop(), Some((_, true))));
+        }
+        assert!(q.pop().is_none(), "no more than SPEC_INFLIGHT_MAX speculative reads in flight");
+        q.demand.push_back(job(&f));
+        assert!(matches!(q.pop(), Some((_, false))), "a demand read still starts");
+        q.spec_inflight -= 1;
+        assert!(matches!(q.pop(), Some((_, true))), "a finished speculative read makes room");
     }
 }

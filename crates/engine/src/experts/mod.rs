@@ -12,6 +12,7 @@ pub mod budget;
 pub mod cache;
 pub mod io;
 pub mod layout;
+pub mod predict;
 pub mod profile;
 pub mod resident;
 pub mod store;
@@ -54,6 +55,9 @@ pub trait ExpertProvider: Sync {
     /// that a later step finds them; best effort (skips what finds no free slot). Providers that hold every expert
     /// do nothing.
     fn fetch_background(&self, _layer: usize, _ids: &[u32]) {}
+    /// A hint that experts `ids` (best first) of `layer` will likely be acquired next; providers that stream may
+    /// start reading them. Never changes a result.
+    fn prefetch(&self, _layer: usize, _ids: &[u32]) {}
 
     /// Hit/miss/bytes counters, for providers that stream.
     fn cache_stats(&self) -> Option<cache::CacheStats> {

@@ -100,6 +100,8 @@ pub struct RouteOverrides<'a> {
 }
 
 /// Runs the MoE block for `x` (`[n, n_embd]`, already normed, positions `pos0..`) into `out` (`[n, n_embd]`).
+/// `prefetch`: experts predicted for a later layer, handed to the provider once this layer's experts are acquired
+/// (so that prefetch never competes with them).
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
     cpu: &Cpu,
@@ -108,6 +110,7 @@ pub fn moe(
     experts: &dyn ExpertProvider,
     layer: usize,
     (pos0, ov): (usize, RouteOverrides<'_>),
+    prefetch: Option<(usize, &[u32])>,
     x: &[f32],
     s: &mut MoeScratch,
     out: &mut [f32],
@@ -140,6 +143,9 @@ pub fn moe(
     let mut set = experts.acquire(layer, &s.used)?;
     if let Some(a) = ov.approx {
         a.fetch_dropped(experts, layer, &s.approx);
+    }
+    if let Some((next, ids)) = prefetch {
+        experts.prefetch(next, ids);
     }
     s.expert_out.resize(n * k * n_embd, 0.0);
     while let Some(next) = set.next() {

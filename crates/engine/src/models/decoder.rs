@@ -14,7 +14,7 @@ use kernels::Kernels;
 
 use crate::approx::ApproxMode;
 use crate::experts::budget::MemoryPlan;
-use crate::experts::cache::{CacheConfig, ExpertCache};
+use crate::experts::cache::{CacheConfig, ExpertCache, Prefetch};
 use crate::experts::io::IoEngine;
 use crate::experts::resident::ResidentExperts;
 use crate::experts::store::ExpertStore;
@@ -87,6 +87,9 @@ pub struct Decoder {
     pub route_hook: Option<std::sync::Arc<dyn RouteHook>>,
     /// Approximate expert selection (off by default; see [`crate::approx`]).
     pub approx: Option<ApproxMode>,
+    /// With [`Prefetch::Router`]: while layer `l` runs, the next MoE layer's router applied to layer `l`'s MoE
+    /// input residual (through the next layer's `ffn_norm`) predicts its experts, which are prefetched.
+    pub prefetch: Prefetch,
 }
 
 impl Decoder {
@@ -152,6 +155,7 @@ impl Decoder {
         let index = ld.index;
         let mut progress = std::mem::replace(&mut ld.progress, super::loader::Progress::new(0, false));
         let mut plan = None;
+        let mut prefetch = Prefetch::Off;
         let experts: Box<dyn ExpertProvider + Send> = match &ld.opts.experts {
             ExpertResidency::Stream(so) if expert_layout.n_moe_layers() > 0 => {
                 progress.finish();
@@ -174,6 +178,8 @@ impl Decoder {
                 drop_page_cache(index);
                 let cfg = CacheConfig { n_slots, io_threads: so.io_threads, io_engine: so.io_engine };
                 let cache = ExpertCache::new(store, &cfg)?;
+                cache.set_prefetch(so.prefetch, min_slots);
+                prefetch = so.prefetch;
                 p.io_engine = match cache.io_engine() {
                     IoEngine::Uring => "io_uring".into(),
                     IoEngine::Threads => format!("{} pread threads", so.io_threads),
@@ -190,6 +196,7 @@ impl Decoder {
         Ok(Decoder {
             route_hook: None,
             approx: None,
+            prefetch,
             plan,
             info,
             cfg,
@@ -267,6 +274,11 @@ impl Decoder {
                 FeedForward::Dense(w) => ffn::ffn(cpu, w, &s.xn, &mut s.ffn, &mut s.y),
                 FeedForward::Moe(w) => {
                     let routing = cfg.moe.as_ref().expect("MoE layer has routing");
+                    let next = if self.prefetch == Prefetch::Router && n == 1 {
+                        self.predict_next(cpu, l, routing, s)
+                    } else {
+                        None
+                    };
                     moe::moe(
                         cpu,
                         w,
@@ -274,6 +286,7 @@ impl Decoder {
                         &*self.experts,
                         l,
                         (pos0, RouteOverrides { hook: self.route_hook.as_deref(), approx: self.approx.as_ref() }),
+                        next.map(|l2| (l2, &s.pred_ids[..])),
                         &s.xn,
                         &mut s.moe,
                         &mut s.y,
@@ -297,6 +310,41 @@ impl Decoder {
         s.logits.resize(rows.len() / e * cfg.n_vocab, 0.0);
         ops::matmul_f32(cpu, out.as_ref(), &s.xn, &mut s.head_q, &mut s.logits);
         Ok(&s.logits)
+    }
+}
+
+impl Decoder {
+    /// Router-based prediction: the next MoE layer's router applied to this layer's MoE input residual (`s.x`,
+    /// one token) through the next layer's `ffn_norm`: its top `2 * k` experts into `s.pred_ids`, to prefetch;
+    /// returns that layer. Only decides what is read early, never a result.
+    fn predict_next(
+        &self,
+        cpu: &Cpu,
+        l: usize,
+        routing: &MoeRouting,
+        s: &mut crate::session::Scratch,
+    ) -> Option<usize> {
+        let Some((l2, FeedForward::Moe(w2))) = self
+            .layers
+            .iter()
+            .enumerate()
+            .skip(l + 1)
+            .map(|(i, x)| (i, &x.ffn))
+            .find(|(_, f)| matches!(f, FeedForward::Moe(_)))
+        else {
+            return None;
+        };
+        s.pred_x.resize(self.cfg.n_embd, 0.0);
+        ops::rms_norm_into(&s.x, &self.layers[l2].ffn_norm, self.cfg.rms_eps, &mut s.pred_x);
+        s.pred_logits.resize(routing.n_expert, 0.0);
+        ops::matmul_f32(cpu, w2.router.as_ref(), &s.pred_x, &mut s.pred_q, &mut s.pred_logits);
+        s.pred_order.clear();
+        s.pred_order.extend(0..routing.n_expert as u32);
+        let logits = &s.pred_logits;
+        s.pred_order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        s.pred_ids.clear();
+        s.pred_ids.extend(s.pred_order.iter().take(2 * routing.n_expert_used));
+        Some(l2)
     }
 }
 

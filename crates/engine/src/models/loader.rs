@@ -43,6 +43,8 @@ pub struct StreamOptions {
     pub io_engine: Option<crate::experts::io::IoEngine>,
     /// Force the number of cache slots (tests); `None` derives it from the budget.
     pub n_slots: Option<usize>,
+    /// Next-layer prediction and prefetch.
+    pub prefetch: crate::experts::cache::Prefetch,
 }
 
 /// Hyper-parameters by GGUF key (without the `{arch}.` prefix) or `config.json` key.

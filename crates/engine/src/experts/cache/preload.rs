@@ -79,42 +79,38 @@ impl State {
     fn claim_free(&mut self, s: usize, layer: usize, e: u32, uses: u32) {
         debug_assert_eq!(self.slots[s].state, SlotState::Free);
         self.slots[s] =
-            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: 0, batch: None };
+            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, pins: 1, last_use: 0, ..Slot::FREE };
         self.map.insert((layer as u32, e), s);
         self.per_layer[layer] += 1;
-        let f = &mut self.freq[layer][e as usize];
-        *f = (*f).max(uses);
+        let u = &mut self.uses[layer][e as usize];
+        *u = (*u).max(uses);
     }
 
     /// Frees a slot whose preload failed (never leave unread bytes mapped).
     fn release(&mut self, s: usize) {
-        if let Some(owner) = self.slots[s].owner.take() {
-            self.map.remove(&owner);
-            self.per_layer[owner.0 as usize] -= 1;
-        }
-        self.slots[s] = Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None };
+        self.free_slot(s);
     }
 }
 
 impl ExpertCache {
-    /// Each layer's share of the slots (see [`ExpertCache::set_layer_quotas`]).
-    pub fn layer_quotas(&self) -> Vec<usize> {
+    /// Each layer's share of the slots, if a routing profile set them (see [`ExpertCache::set_layer_quotas`]).
+    pub fn layer_quotas(&self) -> Option<Vec<usize>> {
         self.lock().quota.clone()
     }
 
-    /// Sets each layer's share of the slots (`quotas[layer]`, one per layer of the model): a layer at or over its
-    /// share evicts its own experts first, and a layer under it takes slots from layers over theirs. The default
-    /// is an even split over the MoE layers.
+    /// Sets each layer's share of the slots (`quotas[layer]`, one per layer of the model): a miss then evicts from
+    /// the layers over their share first (the missing layer counts as over at its share), and only then by the
+    /// global ranking. The default is no shares: one global ranking.
     pub fn set_layer_quotas(&self, quotas: &[usize]) -> Result<()> {
         let mut st = self.lock();
-        if quotas.len() != st.quota.len() {
+        if quotas.len() != st.per_layer.len() {
             return Err(Error::Invalid(format!(
                 "per-layer cache shares: {} given, the model has {} layers",
                 quotas.len(),
-                st.quota.len()
+                st.per_layer.len()
             )));
         }
-        st.quota.copy_from_slice(quotas);
+        st.quota = Some(quotas.to_vec());
         Ok(())
     }
 
@@ -132,7 +128,7 @@ impl ExpertCache {
             .filter(|s| s.state == SlotState::Ready)
             .filter_map(|s| s.owner.map(|o| (o, s.last_use)))
             .map(|((l, e), last)| {
-                (HotExpert { layer: l as usize, expert: e, uses: st.freq[l as usize][e as usize] }, last)
+                (HotExpert { layer: l as usize, expert: e, uses: st.uses[l as usize][e as usize] }, last)
             })
             .collect();
         hot.sort_by(|a, b| b.0.uses.cmp(&a.0.uses).then(b.1.cmp(&a.1)).then(a.0.layer.cmp(&b.0.layer)));
@@ -301,10 +297,10 @@ pub fn replay_policy_planned(
     pinned: &[(usize, u32)],
     steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
 ) -> (u64, u64) {
-    let mut st = State::new(n_slots, n_layer, n_layer, n_expert);
+    let mut st = State::new(n_slots, n_layer, n_expert);
     if !quotas.is_empty() {
         assert_eq!(quotas.len(), n_layer, "one share per layer");
-        st.quota.copy_from_slice(quotas);
+        st.quota = Some(quotas.to_vec());
     }
     let mut free: Vec<usize> = (0..n_slots).rev().collect();
     for &(layer, e) in pinned {
@@ -312,26 +308,8 @@ pub fn replay_policy_planned(
         st.claim_free(s, layer, e, 0);
         st.slots[s].state = SlotState::Ready;
     }
-    let (mut hits, mut misses) = (0, 0);
-    for (layer, experts, counted) in steps {
-        let mut claimed = Vec::with_capacity(experts.len());
-        for &e in &experts {
-            let Some((s, miss)) = st.claim_slot(layer, e) else { continue };
-            st.slots[s].state = SlotState::Ready;
-            claimed.push(s);
-            if counted {
-                if miss {
-                    misses += 1;
-                } else {
-                    hits += 1;
-                }
-            }
-        }
-        for s in claimed {
-            st.slots[s].pins -= 1;
-        }
-    }
-    (hits, misses)
+    let r = super::replay_state(st, &vec![true; n_layer], n_expert, None, steps);
+    (r.hits, r.misses)
 }
 
 /// Faults in the pages of `ranges` (address, length; 4 KiB aligned) for writing, until `stop` or the kernel
