@@ -314,12 +314,13 @@ pub fn replay_policy_planned(
 
 /// Faults in the pages of `ranges` (address, length; 4 KiB aligned) for writing, until `stop` or the kernel
 /// refuses (MADV_POPULATE_WRITE needs Linux 5.14). Contents never change: present pages are left as they are.
-fn populate(ranges: &[(usize, usize)], stop: &AtomicBool) {
+pub(super) fn populate(ranges: &[(usize, usize)], stop: &AtomicBool) {
     for &(addr, len) in ranges {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        // SAFETY: the range lies inside the cache's own anonymous mapping (a claimed slot); populating only
+        // SAFETY: the range lies inside the cache's own anonymous mapping, alive until this returns (the cache joins
+        // its prefault thread before freeing it; preload runs inside a scope); populating only
         // allocates pages that are not present yet and never changes data.
         if unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) } != 0 {
             return;
