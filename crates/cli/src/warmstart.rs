@@ -14,8 +14,9 @@ use engine::models::Model;
 
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
-    /// A routing profile made by `flash-moe profile` for this model: pin its hottest experts and size each layer's
-    /// share of the expert cache from it (streaming mode only).
+    /// A routing profile made by `flash-moe profile` for this model: the cache's eviction ranking starts from its
+    /// per-layer expert frequencies (so each layer's share of the cache follows them from the first token), and
+    /// --pin-fraction pins its hottest experts (streaming mode only).
     #[arg(long = "profile", value_name = "FILE")]
     pub profile: Option<PathBuf>,
     /// With --profile: the largest fraction of the cache's slots that the profile's hottest experts may take,

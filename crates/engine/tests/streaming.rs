@@ -179,6 +179,8 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
             let cache = second.expert_cache().expect("a streaming cache");
             let p = plan(&profile.totals(), &moe, n_slots, k, 0.5);
             assert_eq!(p.quotas.iter().sum::<usize>(), n_slots.min(n_total));
+            // Hard per-layer shares (not what `run --profile` sets, but a mode of the cache) must be exact too.
+            cache.set_layer_quotas(&p.quotas).expect("shares");
             let pre = prepare(cache, Some(&p), Some(&hot), k).expect("preload");
             assert!(pre.n_experts > 0 && pre.n_experts <= n_slots, "{file}: {} experts preloaded", pre.n_experts);
             assert!(pre.bytes_read > 0 && pre.n_reads <= 3 * pre.n_experts);

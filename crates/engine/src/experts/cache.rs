@@ -532,13 +532,13 @@ pub struct ExpertCache {
     n_slots: usize,
     state: Mutex<State>,
     prefetch: Mutex<Prefetcher>,
-    /// A thread faulting the slot memory in ahead of use (see [`ExpertCache::new`]), and its stop flag.
-    prefault: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+    /// A thread faulting the slot memory in ahead of use (see [`ExpertCache::start_prefault`]), and its stop flag.
+    prefault: std::sync::OnceLock<Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
 
 impl Drop for ExpertCache {
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self.prefault.take() {
+        if let Some(Some((stop, thread))) = self.prefault.take() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = thread.join();
         }
@@ -567,24 +567,8 @@ impl ExpertCache {
         let n_layer = store.layout().layers.len();
         let n_expert = store.layout().n_expert;
         let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
-        // Fault the slot memory in on a thread of its own, lowest slots first (free slots are taken in that order),
-        // so that a read into a slot never used before does not pay for page allocation: on some virtual machines
-        // a first touch costs more than the disk read itself (measured 0.43 GB/s). Contents never change.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (addr, len) = (mem.as_ptr() as usize, cfg.n_slots * slot_bytes);
-        let flag = stop.clone();
-        let prefault = std::thread::Builder::new()
-            .name("cache-prefault".into())
-            .spawn(move || {
-                const CHUNK: usize = 16 << 20;
-                let ranges: Vec<(usize, usize)> =
-                    (0..len).step_by(CHUNK).map(|off| (addr + off, CHUNK.min(len - off))).collect();
-                preload::populate(&ranges, &flag);
-            })
-            .ok()
-            .map(|t| (stop, t));
         Ok(ExpertCache {
-            prefault,
+            prefault: std::sync::OnceLock::new(),
             store,
             io: match cfg.io_engine {
                 Some(engine) => IoPool::with_engine(engine, cfg.io_threads),
@@ -596,6 +580,28 @@ impl ExpertCache {
             state: Mutex::new(State::new(cfg.n_slots, n_layer, n_expert)),
             prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
         })
+    }
+
+    /// Faults the slot memory in on a thread of its own, lowest slots first (free slots are taken in that order),
+    /// so that a read into a slot never used before does not pay for page allocation: on some virtual machines a
+    /// first touch costs more than the disk read itself (measured 0.43 GB/s). Contents never change. Started by
+    /// the first forward step, after any warm-start preload (which faults its own slots in as it reads).
+    fn start_prefault(&self) {
+        self.prefault.get_or_init(|| {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (addr, len) = (self.mem.as_ptr() as usize, self.n_slots * self.slot_bytes);
+            let flag = stop.clone();
+            std::thread::Builder::new()
+                .name("cache-prefault".into())
+                .spawn(move || {
+                    const CHUNK: usize = 16 << 20;
+                    let ranges: Vec<(usize, usize)> =
+                        (0..len).step_by(CHUNK).map(|off| (addr + off, CHUNK.min(len - off))).collect();
+                    preload::populate(&ranges, &flag);
+                })
+                .ok()
+                .map(|t| (stop, t))
+        });
     }
 
     /// Turns prefetch on or off; `k` experts are predicted per layer (the model's experts per token).
@@ -934,6 +940,7 @@ impl Drop for CacheSet<'_> {
 
 impl ExpertProvider for ExpertCache {
     fn acquire<'a>(&'a self, layer: usize, ids: &[u32]) -> Result<Box<dyn ExpertSet + 'a>> {
+        self.start_prefault();
         let order: Vec<usize> = {
             let mut st = self.lock();
             self.poll_prefetches(&mut st);

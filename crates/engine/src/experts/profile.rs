@@ -160,6 +160,9 @@ impl RoutingProfile {
 pub struct CachePlan {
     pub pinned: Vec<(usize, u32)>,
     pub quotas: Vec<usize>, // [n_layer]
+    /// The profile's use counts, `[n_layer][n_expert]`: the prior of the cache's ranking
+    /// ([`crate::experts::cache::ExpertCache::seed_uses`]).
+    pub prior: Vec<Vec<u64>>,
 }
 
 /// Pins the hottest experts of `counts` (`[n_layer][n_expert]`; only those used at least once, at most
@@ -210,7 +213,7 @@ pub fn plan(counts: &[Vec<u64>], moe_layers: &[bool], n_slots: usize, n_used: us
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let pinned = candidates.into_iter().take(n_pin_max).map(|(_, l, e)| (l, e)).collect();
-    CachePlan { pinned, quotas }
+    CachePlan { pinned, quotas, prior: counts.to_vec() }
 }
 
 /// Counts of a [`RouteCounter`].

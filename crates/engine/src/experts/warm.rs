@@ -123,7 +123,7 @@ pub fn prepare(
 ) -> Result<PreloadStats> {
     let mut items = Vec::new();
     if let Some(p) = plan {
-        cache.set_layer_quotas(&p.quotas)?;
+        cache.seed_uses(&p.prior, keep_free);
         let n = p.pinned.len();
         items.extend(p.pinned.iter().enumerate().map(|(i, &(layer, expert))| PreloadItem {
             layer,

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::{ExpertCache, Slot, SlotState, State};
+use super::{ExpertCache, Slot, SlotState, State, RATE_HALF_LIFE_VISITS};
 use crate::experts::io::{ReadBatch, DIRECT_ALIGN};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
@@ -112,6 +112,27 @@ impl ExpertCache {
         }
         st.quota = Some(quotas.to_vec());
         Ok(())
+    }
+
+    /// Seeds the eviction ranking with a routing profile's use counts (`counts[layer][expert]`, over tokens that
+    /// used `n_used` experts per layer): each layer's use rates start at the profile's, weighted as at most
+    /// [`RATE_HALF_LIFE_VISITS`] visits, so that real use takes over within a few half-lives. The ranking then
+    /// gives each layer as many slots as its experts are worth; hard per-layer shares
+    /// ([`ExpertCache::set_layer_quotas`]) measured worse under it (2.9x the bytes per token, bench/warm_bench.sh).
+    pub fn seed_uses(&self, counts: &[Vec<u64>], n_used: usize) {
+        let mut st = self.lock();
+        for (l, c) in counts.iter().enumerate().take(st.uses.len()) {
+            let total: u64 = c.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let visits = (total / n_used.max(1) as u64).max(1);
+            let scale = (RATE_HALF_LIFE_VISITS as f64 / visits as f64).min(1.0);
+            st.visits_eff[l] = ((visits as f64 * scale).round() as u32).max(1);
+            for (u, &n) in st.uses[l].iter_mut().zip(c) {
+                *u = (n as f64 * scale).round() as u32;
+            }
+        }
     }
 
     /// Whether expert `e` of `layer` is cached (or being read).
