@@ -567,7 +567,7 @@ impl ExpertCache {
         let n_layer = store.layout().layers.len();
         let n_expert = store.layout().n_expert;
         let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
-        Ok(ExpertCache {
+        let cache = ExpertCache {
             prefault: std::sync::OnceLock::new(),
             store,
             io: match cfg.io_engine {
@@ -579,13 +579,16 @@ impl ExpertCache {
             n_slots: cfg.n_slots,
             state: Mutex::new(State::new(cfg.n_slots, n_layer, n_expert)),
             prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
-        })
+        };
+        cache.start_prefault();
+        Ok(cache)
     }
 
     /// Faults the slot memory in on a thread of its own, lowest slots first (free slots are taken in that order),
     /// so that a read into a slot never used before does not pay for page allocation: on some virtual machines a
-    /// first touch costs more than the disk read itself (measured 0.43 GB/s). Contents never change. Started by
-    /// the first forward step, after any warm-start preload (which faults its own slots in as it reads).
+    /// first touch costs more than the disk read itself (measured 0.43 GB/s). Contents never change. Started with
+    /// the cache, so that it overlaps the loading of the resident weights (starting it after a warm-start preload
+    /// instead measured the same preload speed: the preload's own page faults are what bound it).
     fn start_prefault(&self) {
         self.prefault.get_or_init(|| {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
