@@ -10,11 +10,15 @@ use crate::ops::Cpu;
 use crate::session::Session;
 use crate::Result;
 
+/// `log sum exp(logits)`, in f64 (the normaliser of a softmax).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    max + logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln()
+}
+
 /// `-log softmax(logits)[target]`, in f64.
 pub fn token_nll(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    max + sum.ln() - logits[target as usize] as f64
+    log_sum_exp(logits) - logits[target as usize] as f64
 }
 
 /// Loss over windows of a token stream.

@@ -72,8 +72,7 @@ fn sequence(model: &Model, cpu: &Cpu, n_tokens: usize, text: Option<(&std::path:
 fn mean_kl(p: &[f32], q: &[f32], n_vocab: usize) -> f64 {
     assert_eq!(p.len(), q.len());
     let log_softmax = |x: &[f32]| -> Vec<f64> {
-        let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let lse = engine::perplexity::log_sum_exp(x);
         x.iter().map(|&v| v as f64 - lse).collect()
     };
     let n = p.len() / n_vocab;

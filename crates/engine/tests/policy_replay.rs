@@ -15,6 +15,7 @@
 
 mod common;
 
+use common::lru_hit_rate;
 use engine::experts::cache::{replay_policy, ReplayPrefetch, PREFETCH_CHANCE_MIN};
 
 /// (budget MiB, random, LRU, per-layer LFU, Belady hit %) from qwen3-30b-a3b.replay-curve.txt.
@@ -64,31 +65,6 @@ fn steps() -> Vec<(usize, Vec<u32>, bool)> {
     prompt.into_iter().enumerate().map(|(l, ids)| (l, ids, false)).chain(out).collect()
 }
 
-/// Global LRU over the same steps and the same hit accounting (the reference the policy is held to).
-fn lru_reference(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
-    let mut last_use: std::collections::HashMap<(usize, u32), u64> = std::collections::HashMap::new();
-    let (mut tick, mut hits, mut misses) = (0u64, 0u64, 0u64);
-    for (layer, experts, counted) in steps {
-        for &e in experts {
-            tick += 1;
-            let hit = last_use.contains_key(&(*layer, e));
-            if *counted {
-                if hit {
-                    hits += 1;
-                } else {
-                    misses += 1;
-                }
-            }
-            last_use.insert((*layer, e), tick);
-            if !hit && last_use.len() > n_slots {
-                let oldest = *last_use.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k).expect("non-empty");
-                last_use.remove(&oldest);
-            }
-        }
-    }
-    100.0 * hits as f64 / (hits + misses) as f64
-}
-
 /// Our decode hit rate at each budget of [`CURVE`], measured by this test: without prefetch, with the cache's
 /// prefetch (ranks whose measured chance of use is at least [`PREFETCH_CHANCE_MIN`]), and with every prediction
 /// prefetched where a victim is valued lower (an upper bound that ignores the bandwidth wrong prefetches cost).
@@ -119,7 +95,7 @@ fn eviction_on_a_real_trace() {
         let (pf, all) = (replay(PREFETCH_CHANCE_MIN), replay(0.0));
         let (ours_pf, ours_all) = (pf.hit_rate() * 100.0, all.hit_rate() * 100.0);
         let acc = 100.0 * pf.predicted_used as f64 / pf.predicted_of as f64;
-        let lru_here = lru_reference(n_slots, &steps);
+        let lru_here = 100.0 * lru_hit_rate(n_slots, &steps);
         eprintln!(
             "{budget:6.0} MiB ({n_slots:4} slots): flash-moe {ours:5.1}%  LRU {lru_here:5.1}% (curve {lru:5.1}%)  \
              per-layer LFU (curve) {layer_lfu:5.1}%  Belady (curve) {belady:5.1}%  | with prefetch {ours_pf:5.1}% \
@@ -219,7 +195,7 @@ fn eviction_on_synthetic_skewed_workloads_with_drift() {
             let n_slots = n_layer * slots_per_layer;
             let ours =
                 100.0 * replay_policy(n_slots, &vec![true; n_layer], n_expert, None, steps.iter().cloned()).hit_rate();
-            let lru = lru_reference(n_slots, &steps);
+            let lru = 100.0 * lru_hit_rate(n_slots, &steps);
             eprintln!(
                 "zipf s={s} sticky={sticky}, {slots_per_layer:2} slots/layer: flash-moe {ours:5.1}%  LRU {lru:5.1}%"
             );

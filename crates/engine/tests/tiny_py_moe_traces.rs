@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 
-use common::repo_root;
+use common::{lru_hit_rate, repo_root};
 use engine::experts::cache::{replay_policy, ReplayPrefetch, ReplayStats, PREFETCH_CHANCE_MIN};
 
 const N_LAYER: usize = 8;
@@ -118,28 +118,6 @@ fn replay(t: &Trace, n_slots: usize, prefetch: bool) -> ReplayStats {
     replay_policy(n_slots, &[true; N_LAYER], N_EXPERT, p, engine_steps(t))
 }
 
-/// Global LRU over the same steps, same accounting (hits first within a step).
-fn lru_hit_rate(t: &Trace, n_slots: usize) -> f64 {
-    let mut lru: Vec<(usize, u32)> = Vec::new(); // most recent last
-    let (mut h, mut m) = (0u64, 0u64);
-    for (l, es, counted) in engine_steps(t) {
-        let (hits, misses): (Vec<u32>, Vec<u32>) = es.iter().partition(|&&e| lru.contains(&(l, e)));
-        for e in hits.into_iter().chain(misses) {
-            if let Some(i) = lru.iter().position(|&x| x == (l, e)) {
-                lru.remove(i);
-                h += u64::from(counted);
-            } else {
-                if lru.len() == n_slots {
-                    lru.remove(0);
-                }
-                m += u64::from(counted);
-            }
-            lru.push((l, e));
-        }
-    }
-    h as f64 / (h + m) as f64
-}
-
 #[test]
 fn routing_is_skewed_and_reused() {
     for (name, t) in traces() {
@@ -159,7 +137,7 @@ fn cache_policy_profits_from_real_routing() {
         for pct in [25, 50] {
             let n_slots = N_LAYER * N_EXPERT * pct / 100;
             let (ours, ours_u) = (replay(&t, n_slots, false).hit_rate(), replay(&u, n_slots, false).hit_rate());
-            let lru = lru_hit_rate(&t, n_slots);
+            let lru = lru_hit_rate(n_slots, &engine_steps(&t));
             eprintln!(
                 "{name} cache {pct}%: hit {:.1}% (uniform routing {:.1}%, LRU {:.1}%)",
                 100.0 * ours,

@@ -91,3 +91,25 @@ pub fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
     let m = b.iter().map(|y| y.abs()).fold(0.0f32, f32::max);
     d / m.max(1e-30)
 }
+
+/// Decode hit rate (0-1) of a global LRU cache of `n_slots` experts over replay steps `(layer, experts, counted)`,
+/// with the cache's accounting: a step's cached experts are claimed before its misses evict anything.
+pub fn lru_hit_rate(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
+    let mut last_use: std::collections::HashMap<(usize, u32), u64> = std::collections::HashMap::new();
+    let (mut tick, mut hits, mut misses) = (0u64, 0u64, 0u64);
+    for (layer, experts, counted) in steps {
+        let (cached, missing): (Vec<u32>, Vec<u32>) =
+            experts.iter().partition(|&&e| last_use.contains_key(&(*layer, e)));
+        hits += u64::from(*counted) * cached.len() as u64;
+        misses += u64::from(*counted) * missing.len() as u64;
+        for e in cached.into_iter().chain(missing) {
+            tick += 1;
+            let new = last_use.insert((*layer, e), tick).is_none();
+            if new && last_use.len() > n_slots {
+                let oldest = *last_use.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k).expect("non-empty");
+                last_use.remove(&oldest);
+            }
+        }
+    }
+    hits as f64 / (hits + misses).max(1) as f64
+}

@@ -85,11 +85,6 @@ impl State {
         let u = &mut self.uses[layer][e as usize];
         *u = (*u).max(uses);
     }
-
-    /// Frees a slot whose preload failed (never leave unread bytes mapped).
-    fn release(&mut self, s: usize) {
-        self.free_slot(s);
-    }
 }
 
 impl ExpertCache {
@@ -241,7 +236,7 @@ impl ExpertCache {
                     st.slots[s].pins -= 1;
                 }
             } else {
-                st.release(s);
+                st.free_slot(s);
             }
         }
         result?;
