@@ -10,8 +10,10 @@
 //! fades) plus [`RECENT_BONUS`] `* 2^-visits since its last use` (an expert used at the latest visit of its layer is
 //! used again at the next one far more often than its rate says: 38% on the shared Qwen3-30B-A3B trace). Ages count
 //! visits of the expert's own layer, not time, so the layer about to run is not mistaken for the stalest one (what
-//! makes a global LRU thrash below one token's working set). The choice is global: layers whose experts are worth
-//! more hold more slots.
+//! makes a global LRU thrash below one token's working set). Chances are compared as the expected number of layer
+//! steps until the next use (a chance `p` at a layer `d` steps ahead in a cycle of `n` layers: `d + n (1/p - 1)`),
+//! so that between equal chances the expert whose layer runs later goes first, as Belady's rule would have it. The
+//! choice is global: layers whose experts are worth more hold more slots.
 //!
 //! Prefetch ([`ExpertCache::prefetch`], or the cache's own transition table, [`super::predict`]): predicted experts
 //! of the next layer are read with low priority, if the measured chance that a prediction of their rank is used
@@ -284,10 +286,24 @@ impl State {
         rate + RECENT_BONUS * (-age as f32).exp2()
     }
 
+    /// What keeping an expert of `layer` with chance `p` of use at each visit of its layer is worth: the inverse of
+    /// the expected number of layer steps until its next use, `d + n * (1/p - 1)` with `d` the steps until its
+    /// layer's next visit (the layers run in a cycle of `n`; the layer being visited is a whole cycle away). Two
+    /// experts of equal chance are ranked by which layer comes sooner, as Belady's rule would.
+    fn keep_value(&self, layer: usize, p: f32) -> f32 {
+        let n = self.visits.len();
+        let d = match (layer + n - self.current_layer) % n {
+            0 => n,
+            d => d,
+        };
+        let p = p.clamp(1e-3, 1.0);
+        1.0 / (d as f32 + n as f32 * (1.0 / p - 1.0))
+    }
+
     fn key(&self, s: &Slot) -> VictimKey {
         let (l, e) = s.owner.expect("a ready slot has an owner");
         let stale = s.prefetched.is_some_and(|v| self.visits[l as usize] > v);
-        (!stale, self.value(l as usize, e), s.last_use)
+        (!stale, self.keep_value(l as usize, self.value(l as usize, e)), s.last_use)
     }
 
     /// The policy's bookkeeping for one use of expert `e` of `layer` (whose visit was counted by [`State::visit`]):
@@ -383,7 +399,7 @@ impl State {
         if chance < self.chance_min {
             return None;
         }
-        let worth = self.value(layer, e).max(chance);
+        let worth = self.keep_value(layer, self.value(layer, e).max(chance));
         let (s, key) = self.victim(layer, Some((layer, ids)))?;
         if key.is_some_and(|(not_stale, v, _)| not_stale && v >= worth) {
             return None;
