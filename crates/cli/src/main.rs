@@ -7,6 +7,7 @@
 mod bench;
 mod diskbench;
 mod inspect;
+mod interrupt;
 mod logits;
 mod perplexity;
 mod profile;
@@ -202,6 +203,8 @@ fn main() -> ExitCode {
         Command::Profile(a) => a.model.check().and_then(|()| profile::main(a)),
     };
     match result {
+        // Stopped by Ctrl-C after a clean summary: the shell's code for SIGINT.
+        Ok(()) if interrupt::requested() => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));

@@ -226,6 +226,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         },
         ignore_eos: a.ignore_eos,
         stop: a.stop.clone(),
+        interrupt: Some(crate::interrupt::install()),
     };
     if let Some(c) = &counter {
         c.start_prompt(prompt.len());
@@ -241,15 +242,13 @@ pub fn main(a: RunArgs) -> Result<()> {
         n_pieces += 1;
         if n_pieces.is_multiple_of(HOT_SAVE_EVERY) {
             if let Some(p) = &prepared {
-                p.save_hot(&model);
+                let _ = p.save_hot(&model);
             }
         }
     })?;
     let _ = writeln!(out);
     drop(out);
-    if let Some(p) = &prepared {
-        p.save_hot(&model);
-    }
+    let saved_hot = prepared.as_ref().and_then(|p| p.save_hot(&model));
     if let Some(r) = &recorder {
         r.finish()?;
     }
@@ -361,6 +360,9 @@ pub fn main(a: RunArgs) -> Result<()> {
             std::fs::write(path, serde_json::to_string_pretty(&json)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+    }
+    if let Some((path, n)) = saved_hot {
+        eprintln!("warm start {n} hot experts saved for the next start: {}", path.display());
     }
     if let Some(rss) = peak_rss_bytes() {
         eprintln!(

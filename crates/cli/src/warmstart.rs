@@ -98,10 +98,16 @@ pub fn prepare(a: &CacheArgs, index: &WeightIndex, model: &Model) -> Result<Opti
 
 impl Prepared {
     /// Saves the cache's experts for the next warm start (a warning, not an error, when it cannot).
-    pub fn save_hot(&self, model: &Model) {
-        let (Some(path), Some(cache)) = (&self.hot_path, model.expert_cache()) else { return };
-        if let Err(e) = HotFile::of(cache, self.identity.clone(), self.mtime_ns).save(path) {
-            eprintln!("warning: saving the hot experts for the next warm start: {e}");
+    /// Returns the file and how many experts it lists.
+    pub fn save_hot(&self, model: &Model) -> Option<(&std::path::Path, usize)> {
+        let (Some(path), Some(cache)) = (&self.hot_path, model.expert_cache()) else { return None };
+        let hot = HotFile::of(cache, self.identity.clone(), self.mtime_ns);
+        match hot.save(path) {
+            Ok(()) => Some((path, hot.experts.len())),
+            Err(e) => {
+                eprintln!("warning: saving the hot experts for the next warm start: {e}");
+                None
+            }
         }
     }
 }

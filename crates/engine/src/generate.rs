@@ -65,6 +65,8 @@ pub struct GenerateParams {
     pub ignore_eos: bool,
     /// Stop when the text contains one of these (not printed).
     pub stop: Vec<String>,
+    /// Stop after the token in progress once this is set (a Ctrl-C handler sets it).
+    pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Why generation ended.
@@ -74,6 +76,8 @@ pub enum StopReason {
     EndOfGeneration,
     StopString,
     ContextFull,
+    /// [`GenerateParams::interrupt`] was set.
+    Interrupted,
 }
 
 /// Counts and timings of one generation.
@@ -152,6 +156,9 @@ pub fn generate(
         }
         if session.check_room(1).is_err() {
             break StopReason::ContextFull;
+        }
+        if params.interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+            break StopReason::Interrupted;
         }
         let before = model.cache_stats();
         let t_step = Instant::now();

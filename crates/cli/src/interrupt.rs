@@ -1,0 +1,30 @@
+//! Ctrl-C during `run`: the first one asks generation to stop after the token in progress, so that the summary
+//! is printed and the hot experts are saved for the next warm start (the process then exits with 130, as a shell
+//! expects of SIGINT); a second one kills the process at once (the default action, restored by the first).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    REQUESTED.store(true, Ordering::SeqCst);
+    // SAFETY: signal(2) is async-signal-safe; restoring the default lets a second Ctrl-C end the process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
+/// Installs the SIGINT handler and returns the flag it sets.
+pub fn install() -> &'static AtomicBool {
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic and calls signal(2), both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+    &REQUESTED
+}
+
+/// Whether a Ctrl-C asked generation to stop.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
