@@ -13,6 +13,9 @@
 //! speculative read starts only when no demand read is queued, and at most [`SPEC_INFLIGHT_MAX`] of them are in
 //! flight, so a demand read never queues behind more than that; a queued speculative read can be promoted to the
 //! demand queue (the forward pass now needs it) or cancelled (the prediction was wrong).
+//!
+//! The pool also measures how busy demand reads keep it: the time during which at least one demand read was
+//! queued or in flight ([`IoPool::demand_busy_secs`]); the expert cache throttles prefetch by it.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -114,9 +117,29 @@ struct Queues {
     spec: VecDeque<Job>,
     spec_inflight: usize,
     closed: bool,
+    /// Demand reads queued or in flight; since when that count has been above zero, and the time it was before.
+    demand_active: usize,
+    busy_since: Option<std::time::Instant>,
+    busy_secs: f64,
 }
 
 impl Queues {
+    fn demand_added(&mut self, n: usize) {
+        if self.demand_active == 0 && n > 0 {
+            self.busy_since = Some(std::time::Instant::now());
+        }
+        self.demand_active += n;
+    }
+
+    fn demand_finished(&mut self) {
+        self.demand_active = self.demand_active.saturating_sub(1);
+        if self.demand_active == 0 {
+            if let Some(t) = self.busy_since.take() {
+                self.busy_secs += t.elapsed().as_secs_f64();
+            }
+        }
+    }
+
     /// The next job to start: demand first; speculative only when no demand is queued and fewer than
     /// [`SPEC_INFLIGHT_MAX`] are in flight. The flag says whether it is speculative.
     fn pop(&mut self) -> Option<(Job, bool)> {
@@ -143,9 +166,16 @@ impl Shared {
         self.q.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn spec_done(&self) {
-        self.lock().spec_inflight -= 1;
-        self.cv.notify_all();
+    /// A read started by [`Queues::pop`] finished.
+    fn done(&self, spec: bool) {
+        let mut q = self.lock();
+        if spec {
+            q.spec_inflight -= 1;
+            drop(q);
+            self.cv.notify_all();
+        } else {
+            q.demand_finished();
+        }
     }
 }
 
@@ -202,9 +232,7 @@ impl IoPool {
                         };
                         let Some(((req, batch), spec)) = next else { return };
                         batch.finish_one(read_one(&req).err());
-                        if spec {
-                            sh.spec_done();
-                        }
+                        sh.done(spec);
                     })
                     .expect("spawning an I/O thread")
             })
@@ -237,11 +265,20 @@ impl IoPool {
             }
             return batch;
         }
+        if !spec {
+            q.demand_added(reqs.len());
+        }
         let dst = if spec { &mut q.spec } else { &mut q.demand };
         dst.extend(reqs.into_iter().map(|r| (r, batch.clone())));
         drop(q);
         self.shared.cv.notify_all();
         batch
+    }
+
+    /// Seconds during which at least one demand read was queued or in flight, since the pool started.
+    pub fn demand_busy_secs(&self) -> f64 {
+        let q = self.shared.lock();
+        q.busy_secs + q.busy_since.map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
     /// Moves the queued reads of a speculative `batch` to the demand queue (the forward pass now waits for it).
@@ -252,6 +289,7 @@ impl IoPool {
             if q.spec[i].1.same(batch) {
                 let job = q.spec.remove(i).expect("index checked");
                 q.demand.push_back(job);
+                q.demand_added(1);
             } else {
                 i += 1;
             }
@@ -379,9 +417,7 @@ fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
             if unsafe { ring.submission().push(&sqe) }.is_err() {
                 // The queue is full (cannot happen: its depth equals the in-flight table's): read directly.
                 batch.finish_one(read_one(&req).err());
-                if spec {
-                    sh.spec_done();
-                }
+                sh.done(spec);
                 continue;
             }
             free.pop();
@@ -402,9 +438,7 @@ fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
                 for (req, batch, spec) in inflight.iter_mut().filter_map(Option::take) {
                     let r = read_one(&req).map_err(|m| format!("{m} (after io_uring failed: {e})"));
                     batch.finish_one(r.err());
-                    if spec {
-                        sh.spec_done();
-                    }
+                    sh.done(spec);
                 }
                 free = (0..URING_DEPTH).rev().collect();
                 continue;
@@ -422,9 +456,7 @@ fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
                 read_one(&req)
             };
             batch.finish_one(outcome.err());
-            if spec {
-                sh.spec_done();
-            }
+            sh.done(spec);
         }
     }
 }
@@ -463,5 +495,21 @@ mod tests {
         assert!(matches!(q.pop(), Some((_, false))), "a demand read still starts");
         q.spec_inflight -= 1;
         assert!(matches!(q.pop(), Some((_, true))), "a finished speculative read makes room");
+    }
+
+    #[test]
+    fn demand_busy_time_counts_while_demand_reads_are_pending() {
+        let mut q = Queues::default();
+        q.demand_added(2);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        q.demand_finished();
+        assert_eq!(q.busy_secs, 0.0, "one of two still pending");
+        q.demand_finished();
+        let busy = q.busy_secs;
+        assert!(busy >= 0.005, "{busy}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        q.demand_added(0);
+        assert_eq!(q.busy_secs, busy, "idle time is not counted");
+        assert!(q.busy_since.is_none());
     }
 }
