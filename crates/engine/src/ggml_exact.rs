@@ -166,8 +166,8 @@ const Q4_1_BYTES: usize = 20;
 const Q8_0_BYTES: usize = 34;
 
 /// `ggml_vec_dot_q4_1_q8_1` (arch/x86/quants.c, AVX2 path with VNNI): per block `acc = fma(d0 * d1, lanes,
-/// acc)` in 8 lanes and `summs = fma(m, s, summs)` (GCC contracts `summs += m * s`), result
-/// `hsum_float_8(acc) + summs`.
+/// acc)` in 8 lanes and `summs += m * s`, result `hsum_float_8(acc) + summs`. (Whether GCC fuses `m * s` into
+/// the sum does not matter: a product of two f16 values is exact in f32. Likewise `d0 * d1`.)
 pub fn dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut summs = 0.0f32;
@@ -175,7 +175,7 @@ pub fn dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8]) -> f32 {
         let d0 = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
         let m = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
         let d1 = f16_to_f32(y.d);
-        summs = m.mul_add(f16_to_f32(y.s), summs);
+        summs += m * f16_to_f32(y.s);
         let d0d1 = d0 * d1;
         let mut qx = [0i32; QK];
         for i in 0..16 {
@@ -370,5 +370,122 @@ mod tests {
         assert!(r[5..].iter().all(|&p| p == 0.0));
         let s: f32 = r.iter().sum();
         assert!((s - 1.0).abs() < 1e-6);
+    }
+
+    /// Every kernel against ggml-cpu itself: tests/fixtures/ggml_exact/ops.bin holds pseudo-random inputs and
+    /// the outputs of single ggml ops (tools/ggml_exact/ggml_ops.c, llama.cpp b11434 on an AVX-512 Zen4).
+    mod against_ggml {
+        use super::super::*;
+        use std::collections::HashMap;
+
+        fn records() -> HashMap<String, Vec<u8>> {
+            let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/ggml_exact/ops.bin");
+            let b = std::fs::read(p).expect("tests/fixtures/ggml_exact/ops.bin");
+            let (mut m, mut i) = (HashMap::new(), 0);
+            let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+            while i < b.len() {
+                let l = u32_at(i);
+                let name = String::from_utf8(b[i + 4..i + 4 + l].to_vec()).expect("name");
+                let n = u32_at(i + 4 + l);
+                m.insert(name, b[i + 8 + l..i + 8 + l + n].to_vec());
+                i += 8 + l + n;
+            }
+            m
+        }
+
+        fn f32s(r: &HashMap<String, Vec<u8>>, name: &str) -> Vec<f32> {
+            r[name].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+
+        /// Bit-identical, element by element.
+        fn same(got: &[f32], want: &[f32], what: &str) {
+            assert_eq!(got.len(), want.len(), "{what}: length");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: {g} vs ggml's {w}");
+            }
+        }
+
+        #[test]
+        fn soft_max_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "softmax.x");
+            for (row, n_valid) in x.chunks_exact_mut(256).zip([1, 100, 256]) {
+                soft_max(row, n_valid, 0.125);
+            }
+            same(&x, &f32s(&r, "softmax.out"), "soft_max");
+        }
+
+        #[test]
+        fn swiglu_is_bit_exact() {
+            let r = records();
+            let mut g = f32s(&r, "swiglu.gate");
+            swiglu(&mut g, &f32s(&r, "swiglu.up"));
+            same(&g, &f32s(&r, "swiglu.out"), "swiglu");
+        }
+
+        #[test]
+        fn rms_norm_mul_is_bit_exact() {
+            let r = records();
+            let x = f32s(&r, "rms.x");
+            let mut out = vec![0.0; x.len()];
+            rms_norm_mul(&x, &f32s(&r, "rms.w"), 1e-5, &mut out);
+            same(&out, &f32s(&r, "rms.out"), "rms_norm * w");
+            let x = f32s(&r, "rms.xd");
+            let mut out = vec![0.0; x.len()];
+            rms_norm_mul(&x, &f32s(&r, "rms.w"), 1e-5, &mut out);
+            same(&out, &f32s(&r, "rms.outd"), "rms_norm * w, rows with one large value");
+        }
+
+        #[test]
+        fn rope_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "rope.x");
+            for (tok, pos) in x.chunks_exact_mut(64 * 3).zip([0, 1, 37, 255]) {
+                let rc = RopeCache::new(pos, 64, 100_000.0);
+                for head in tok.chunks_exact_mut(64) {
+                    rope_pairs(head, &rc);
+                }
+            }
+            same(&x, &f32s(&r, "rope.out"), "rope");
+        }
+
+        /// `[n_tok, rows]` outputs of a quantized matmul.
+        fn qmatmul(w: &[u8], block_bytes: usize, x: &[f32], q8_1: bool) -> Vec<f32> {
+            let row_bytes = 576 / QK * block_bytes;
+            let mut out = vec![];
+            for xr in x.chunks_exact(576) {
+                let a = if q8_1 { quantize_q8_1(xr) } else { quantize_q8_0(xr) };
+                for wr in w.chunks_exact(row_bytes) {
+                    out.push(if q8_1 { dot_q4_1_q8_1(wr, &a) } else { dot_q8_0_q8_0(wr, &a) });
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn q4_1_and_q8_0_matmuls_are_bit_exact() {
+            let r = records();
+            for (x, out) in [("mm.x1", "1"), ("mm.x3", "3"), ("mm.xt", "t")] {
+                let x = f32s(&r, x);
+                same(&qmatmul(&r["q4_1.w"], 20, &x, true), &f32s(&r, &format!("q4_1.out{out}")), "Q4_1 x Q8_1");
+                same(&qmatmul(&r["q8_0.w"], 34, &x, false), &f32s(&r, &format!("q8_0.out{out}")), "Q8_0 x Q8_0");
+            }
+        }
+
+        #[test]
+        fn f32_dots_are_bit_exact() {
+            let r = records();
+            let (a64, b64) = (f32s(&r, "f32.a64"), f32s(&r, "f32.b64"));
+            let got: Vec<f32> = a64.chunks_exact(64).map(|row| dot_f32(row, &b64)).collect();
+            same(&got, &f32s(&r, "f32.out64"), "vec_dot_f32 n=64");
+            let (a, b1, b3) = (f32s(&r, "f32.a256"), f32s(&r, "f32.b1"), f32s(&r, "f32.b3"));
+            let got: Vec<f32> = a.chunks_exact(256).map(|row| dot_f32(row, &b1)).collect();
+            same(&got, &f32s(&r, "f32.out1"), "vec_dot_f32 n=256");
+            let got: Vec<f32> = b3
+                .chunks_exact(256)
+                .flat_map(|col| a.chunks_exact(256).map(|row| dot_f32_tinyblas(row, col)))
+                .collect();
+            same(&got, &f32s(&r, "f32.out3"), "tinyBLAS f32");
+        }
     }
 }
