@@ -10,8 +10,10 @@
 //! (summation order, exp, RoPE angles) flips a rounding somewhere and the difference grows to the quantization
 //! noise level over 30 layers: ~1-5% of the largest logit. flash-moe's own scalar and AVX2 paths differ from each
 //! other by exactly as much as flash-moe differs from llama.cpp (measured on this prompt set: 0.6-5.4% vs
-//! 1.3-5.3%). The largest swing of a top-2 margin seen is 0.47, so 0.5 is the bound. Matching llama.cpp bit for bit
-//! would mean reproducing its exact SIMD reduction orders and exp approximations; not done.
+//! 1.3-5.3%). The largest swing of a top-2 margin seen is 0.47, so 0.5 is the bound.
+//!
+//! With `Numerics::Ggml`, which reproduces llama.cpp's SIMD reduction orders and exp approximation op by op, the
+//! greedy run is token for token llama.cpp's (second test).
 
 mod common;
 
