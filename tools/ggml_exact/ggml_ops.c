@@ -75,10 +75,10 @@ int main(int argc, char ** argv) {
         for (int r = 0; r < 3; r++) for (int i = 0; i < 256; i++) ((float *) m->data)[r * 256 + i] = i < valid[r] ? 0.0f : -INFINITY;
         run(ctx, ggml_soft_max_ext(ctx, x, m, 0.125f, 0.0f), "softmax.out");
     }
-    // swiglu_split(gate, up)
+    // swiglu_split(gate, up): 1544 = 96 x 16 + a scalar tail of 8
     {
-        struct ggml_tensor * g = rand_t(ctx, "swiglu.gate", 12.0f, 1536, 1, 1);
-        struct ggml_tensor * u = rand_t(ctx, "swiglu.up", 3.0f, 1536, 1, 1);
+        struct ggml_tensor * g = rand_t(ctx, "swiglu.gate", 12.0f, 1544, 1, 1);
+        struct ggml_tensor * u = rand_t(ctx, "swiglu.up", 3.0f, 1544, 1, 1);
         run(ctx, ggml_swiglu_split(ctx, g, u), "swiglu.out");
     }
     // rms_norm(x, 1e-5) * w, two rows
@@ -130,6 +130,10 @@ int main(int argc, char ** argv) {
         run(ctx, ggml_mul_mat(ctx, a64, b64), "f32.out64");
         run(ctx, ggml_mul_mat(ctx, a256, b1), "f32.out1");
         run(ctx, ggml_mul_mat(ctx, a256, b3), "f32.out3");
+        // 16 rows of 80 times 1 column: vec_dot's 64-wide loop plus its scalar tail of 16
+        struct ggml_tensor * a80 = rand_t(ctx, "f32.a80", 1.0f, 80, 16, 1);
+        struct ggml_tensor * b80 = rand_t(ctx, "f32.b80", 1.0f, 80, 1, 1);
+        run(ctx, ggml_mul_mat(ctx, a80, b80), "f32.out80");
     }
     fclose(out);
     ggml_free(ctx);

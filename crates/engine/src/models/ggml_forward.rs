@@ -30,8 +30,8 @@ use crate::{Error, Result};
 /// llama.cpp's KV padding (`llama_kv_cache::get_n_kv`: at least 256, a multiple of 256).
 const N_KV_PAD: usize = 256;
 
-/// Refuses a model this mode does not cover: MoE, q/k norms, biases, NeoX RoPE, weights other than Q4_1/Q8_0,
-/// sizes that are not multiples of 64.
+/// Refuses a model this mode does not cover: MoE, q/k norms, biases, NeoX or partial RoPE, weights other than
+/// Q4_1/Q8_0.
 pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
     let cfg = &d.cfg;
     let a = &cfg.attn;
@@ -42,8 +42,8 @@ pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
     if a.rope.style != crate::layers::rope::RopeStyle::Interleaved {
         return refuse("only llama.cpp's normal RoPE (GGUF Llama) is covered".into());
     }
-    if a.rope.n_dims != a.head_dim || !a.head_dim.is_multiple_of(64) || !cfg.n_ff.is_multiple_of(16) {
-        return refuse(format!("head size {} / FFN size {} not covered", a.head_dim, cfg.n_ff));
+    if a.rope.n_dims != a.head_dim {
+        return refuse(format!("partial RoPE ({} of {} dimensions) is not covered", a.rope.n_dims, a.head_dim));
     }
     let mut mats = vec![("token_embd", d.token_embd.dtype)];
     if let Some(o) = &d.output {
