@@ -155,9 +155,13 @@ pub(crate) fn forward<'s>(
     let mut o = vec![0.0f32; n * q_dim];
     let mut y = vec![0.0f32; n * e];
     let (mut gate, mut up) = (vec![0.0f32; n * cfg.n_ff], vec![0.0f32; n * cfg.n_ff]);
-    // Per (head, token): scores then probabilities over the n_kv cells, llama.cpp's kq layout [head][token][cell].
-    let mut kq = vec![0.0f32; a.n_head * n * n_kv];
-    let mut vcol = vec![0.0f32; n_kv];
+    // One (head, token) row of scores, then probabilities, over the n_kv cells; the values transposed per KV
+    // head, [n_head_kv][head_dim][n_kv] (llama.cpp's V cache layout without flash attention).
+    let mut p = vec![0.0f32; n_kv];
+    let mut vt = vec![0.0f32; kv_dim * n_kv];
+    // Whole kq / kq_soft_max tensors ([head][token][cell], llama.cpp's layout) only when dumping.
+    let dumping = std::env::var_os("FLASH_MOE_GGML_DUMP").is_some();
+    let (mut kq_all, mut sm_all) = (vec![], vec![]);
     for (l, layer) in d.layers.iter().enumerate() {
         let w = &layer.attn;
         let ld = Some(l);
@@ -181,38 +185,44 @@ pub(crate) fn forward<'s>(
         kv.write(pos0, &k, &v);
         let kv = &*kv;
 
-        // kq = mul_mat(k, q): ggml_vec_dot_f32 per (cell, token, head); cells past the sequence are 0.
-        for hh in 0..a.n_head {
-            let kvh = hh / group;
-            for t in 0..n {
-                let row = &mut kq[(hh * n + t) * n_kv..(hh * n + t + 1) * n_kv];
-                let qh = &q[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd];
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = if j < pos0 + n { gx::dot_f32(kv.k_head(j, kvh, hd), qh) } else { 0.0 };
-                }
-            }
-        }
-        dump(call, "kq", ld, &kq);
-        for hh in 0..a.n_head {
-            for t in 0..n {
-                gx::soft_max(&mut kq[(hh * n + t) * n_kv..(hh * n + t + 1) * n_kv], pos0 + t + 1, kq_scale);
-            }
-        }
-        dump(call, "kq_soft_max", ld, &kq);
-        // kqv = mul_mat(v^T, kq): tinyBLAS for a batch, ggml_vec_dot_f32 for one token.
-        for hh in 0..a.n_head {
-            let kvh = hh / group;
+        let n_cells = pos0 + n; // cells holding keys; the rest of the n_kv are 0 in llama.cpp's cache
+        for kvh in 0..a.n_head_kv {
             for dd in 0..hd {
-                for (j, c) in vcol.iter_mut().enumerate() {
-                    *c = if j < pos0 + n { kv.v_head(j, kvh, hd)[dd] } else { 0.0 };
-                }
-                for t in 0..n {
-                    let p = &kq[(hh * n + t) * n_kv..(hh * n + t + 1) * n_kv];
-                    o[t * q_dim + hh * hd + dd] =
-                        if n >= 2 { gx::dot_f32_tinyblas(&vcol, p) } else { gx::dot_f32(&vcol, p) };
+                let col = &mut vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
+                for (j, c) in col.iter_mut().enumerate() {
+                    *c = if j < n_cells { kv.v_head(j, kvh, hd)[dd] } else { 0.0 };
                 }
             }
         }
+        if dumping {
+            kq_all.clear();
+            sm_all.clear();
+        }
+        for hh in 0..a.n_head {
+            let kvh = hh / group;
+            for t in 0..n {
+                // kq = mul_mat(k, q): ggml_vec_dot_f32 per (cell, token, head).
+                let qh = &q[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd];
+                for (j, s) in p.iter_mut().enumerate() {
+                    *s = if j < n_cells { gx::dot_f32(kv.k_head(j, kvh, hd), qh) } else { 0.0 };
+                }
+                if dumping {
+                    kq_all.extend_from_slice(&p);
+                }
+                gx::soft_max(&mut p, pos0 + t + 1, kq_scale);
+                if dumping {
+                    sm_all.extend_from_slice(&p);
+                }
+                // kqv = mul_mat(v^T, kq): tinyBLAS for a batch, ggml_vec_dot_f32 for one token.
+                for dd in 0..hd {
+                    let col = &vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
+                    o[t * q_dim + hh * hd + dd] =
+                        if n >= 2 { gx::dot_f32_tinyblas(col, &p) } else { gx::dot_f32(col, &p) };
+                }
+            }
+        }
+        dump(call, "kq", ld, &kq_all);
+        dump(call, "kq_soft_max", ld, &sm_all);
         dump(call, "kqv_out", ld, &o);
         matmul(cpu, w.wo.as_ref(), &o, &mut y);
         dump(call, "attn_out", ld, &y);
