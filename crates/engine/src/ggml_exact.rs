@@ -15,7 +15,7 @@
 //! - Q8_0 matmul: `quantize_row_q8_0` + `ggml_vec_dot_q8_0_q8_0` for one token, `tinyBLAS_Q0_AVX` for a batch;
 //!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`].
 //! - q.k scores: `ggml_vec_dot_f32` (q is a permuted, non-contiguous view, so tinyBLAS is skipped): [`dot_f32`].
-//! - probabilities times values: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens
+//! - probabilities times values: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens (head size a multiple of 4)
 //!   ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
 //! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]), `rms_norm` (+ `mul`, fused
 //!   or not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 ([`RopeCache`], [`rope_pairs`]), `swiglu`

@@ -134,6 +134,7 @@ pub(crate) fn forward<'s>(
     let n_kv = (pos0 + n).div_ceil(N_KV_PAD) * N_KV_PAD;
     let group = a.n_head / a.n_head_kv;
     let kq_scale = 1.0f32 / (hd as f32).sqrt();
+    let tinyblas = n >= 2 && hd.is_multiple_of(4);
 
     let mut x = vec![0.0f32; n * e];
     for (t, &id) in tokens.iter().enumerate() {
@@ -213,11 +214,12 @@ pub(crate) fn forward<'s>(
                 if dumping {
                     sm_all.extend_from_slice(&p);
                 }
-                // kqv = mul_mat(v^T, kq): tinyBLAS for a batch, ggml_vec_dot_f32 for one token.
+                // kqv = mul_mat(v^T, kq): tinyBLAS for a batch (its f32 kernel takes m = head_dim a multiple of 4),
+                // ggml_vec_dot_f32 otherwise.
                 for dd in 0..hd {
                     let col = &vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
                     o[t * q_dim + hh * hd + dd] =
-                        if n >= 2 { gx::dot_f32_tinyblas(col, &p) } else { gx::dot_f32(col, &p) };
+                        if tinyblas { gx::dot_f32_tinyblas(col, &p) } else { gx::dot_f32(col, &p) };
                 }
             }
         }
