@@ -24,6 +24,10 @@ pub struct LogitsArgs {
     /// Feed the tokens one at a time instead of as one batch (the results must be identical).
     #[arg(long)]
     pub one_by_one: bool,
+    /// Whose float arithmetic to follow: 'ggml' reproduces llama.cpp's logits bit for bit (slow; dense Llama
+    /// with Q4_1/Q8_0 weights only).
+    #[arg(long, value_enum, default_value_t = crate::NumericsArg::Native)]
+    pub numerics: crate::NumericsArg,
 }
 
 pub fn parse_tokens(s: &str) -> Result<Vec<u32>> {
@@ -46,7 +50,8 @@ pub fn main(a: LogitsArgs) -> Result<()> {
     if tokens.len() > n_ctx {
         return Err(engine::Error::PromptTooLong { n_tokens: tokens.len(), n_ctx }.into());
     }
-    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    a.numerics.apply(&mut model)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }

@@ -85,6 +85,26 @@ pub struct ModelArgs {
     pub prefetch: PrefetchArg,
 }
 
+/// `--numerics`: whose float arithmetic the forward pass follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NumericsArg {
+    /// flash-moe's own kernels.
+    #[default]
+    Native,
+    /// llama.cpp's (ggml-cpu on AVX-512 x86), emulated op by op: logits bit-identical to llama.cpp's, slowly.
+    /// Dense Llama models with Q4_1/Q8_0 weights only.
+    Ggml,
+}
+
+impl NumericsArg {
+    pub fn apply(self, model: &mut engine::models::Model) -> engine::Result<()> {
+        model.set_numerics(match self {
+            NumericsArg::Native => engine::models::Numerics::Native,
+            NumericsArg::Ggml => engine::models::Numerics::Ggml,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrefetchArg {
     Off,

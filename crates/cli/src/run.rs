@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Off unless given; the count of dropped experts is printed.
     #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
     pub approx: Option<String>,
+    /// Whose float arithmetic to follow: 'ggml' reproduces llama.cpp's logits bit for bit (slow; dense Llama
+    /// with Q4_1/Q8_0 weights only).
+    #[arg(long, value_enum, default_value_t = crate::NumericsArg::Native)]
+    pub numerics: crate::NumericsArg,
     #[command(flatten)]
     pub cache: crate::warmstart::CacheArgs,
 }
@@ -128,6 +132,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
     let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    a.numerics.apply(&mut model)?;
     let load_secs = t_start.elapsed().as_secs_f64();
     let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
     let mut recorder = None;

@@ -25,6 +25,7 @@ pub mod error;
 pub mod experts;
 pub mod formats;
 pub mod generate;
+pub mod ggml_exact;
 pub mod layers;
 pub mod models;
 pub mod ops;

@@ -16,6 +16,8 @@ pub struct Rope {
     pub style: RopeStyle,
     /// Number of rotated dimensions per head (the head size for the families here).
     pub n_dims: usize,
+    /// The base frequency.
+    pub theta: f32,
     /// `inv_freq[i] = theta^(-2i / n_dims)` as transformers computes it (float32).
     inv_freq: Vec<f32>,
 }
@@ -24,7 +26,7 @@ impl Rope {
     pub fn new(style: RopeStyle, n_dims: usize, theta: f32) -> Rope {
         assert!(n_dims.is_multiple_of(2), "RoPE needs an even number of dimensions");
         let inv_freq = (0..n_dims / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / n_dims as f32)).collect();
-        Rope { style, n_dims, inv_freq }
+        Rope { style, n_dims, theta, inv_freq }
     }
 
     /// Fills `cos` and `sin` (`n_dims / 2` each) for position `pos`.

@@ -25,7 +25,7 @@ use crate::layers::ffn::{self, FfnWeights};
 use crate::layers::moe::{self, MoeRouting, MoeWeights, RouteHook, RouteOverrides};
 use crate::models::loader::ExpertResidency;
 use crate::models::loader::Loader;
-use crate::models::{Logits, ModelInfo};
+use crate::models::{Logits, ModelInfo, Numerics};
 use crate::ops::{self, Cpu};
 use crate::session::Session;
 use crate::tensor::QMat;
@@ -57,27 +57,27 @@ pub struct DecoderConfig {
 }
 
 #[derive(Debug)]
-enum FeedForward {
+pub(crate) enum FeedForward {
     Dense(FfnWeights),
     Moe(MoeWeights),
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>, // [n_embd]
-    attn: AttentionWeights,
-    ffn_norm: Vec<f32>, // [n_embd]
-    ffn: FeedForward,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>, // [n_embd]
+    pub(crate) attn: AttentionWeights,
+    pub(crate) ffn_norm: Vec<f32>, // [n_embd]
+    pub(crate) ffn: FeedForward,
 }
 
 /// Weights of a decoder plus the source of its experts.
 pub struct Decoder {
     pub info: ModelInfo,
     pub cfg: DecoderConfig,
-    token_embd: QMat, // [n_vocab, n_embd]
-    layers: Vec<Layer>,
-    output_norm: Vec<f32>, // [n_embd]
-    output: Option<QMat>,  // [n_vocab, n_embd]; None: tied to token_embd
+    pub(crate) token_embd: QMat, // [n_vocab, n_embd]
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) output_norm: Vec<f32>, // [n_embd]
+    pub(crate) output: Option<QMat>,  // [n_vocab, n_embd]; None: tied to token_embd
     kernels: Kernels,
     pub expert_layout: ExpertLayout,
     pub experts: Box<dyn ExpertProvider + Send>,
@@ -90,6 +90,8 @@ pub struct Decoder {
     /// With [`Prefetch::Router`]: while layer `l` runs, the next MoE layer's router applied to layer `l`'s MoE
     /// input residual (through the next layer's `ffn_norm`) predicts its experts, which are prefetched.
     pub prefetch: Prefetch,
+    /// Whose float arithmetic the forward pass reproduces (see [`Numerics`]).
+    pub numerics: Numerics,
 }
 
 impl Decoder {
@@ -194,6 +196,7 @@ impl Decoder {
             }
         };
         Ok(Decoder {
+            numerics: Numerics::Native,
             route_hook: None,
             approx: None,
             prefetch,
@@ -213,7 +216,8 @@ impl Decoder {
     /// Runs `tokens` at the session's position in chunks of at most [`N_BATCH`]; see
     /// [`crate::models::Model::forward`].
     pub fn forward<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
-        if tokens.len() <= N_BATCH {
+        // Numerics::Ggml runs a prompt as one batch, as llama.cpp's reference did.
+        if tokens.len() <= N_BATCH || self.numerics == Numerics::Ggml {
             return self.forward_batch(cpu, sess, tokens, want);
         }
         sess.check_room(tokens.len())?;
@@ -236,6 +240,9 @@ impl Decoder {
     }
 
     fn forward_batch<'s>(&self, cpu: &Cpu, sess: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
+        if self.numerics == Numerics::Ggml {
+            return super::ggml_forward::forward(self, cpu, sess, tokens, want);
+        }
         let cfg = &self.cfg;
         let n = tokens.len();
         let e = cfg.n_embd;

@@ -5,6 +5,7 @@
 //! one `match` in [`Model::load`].
 
 pub mod decoder;
+mod ggml_forward;
 pub mod llama;
 pub mod loader;
 pub mod qwen3;
@@ -45,6 +46,18 @@ pub enum Logits {
     All,
     /// None (a prompt chunk before the last).
     None,
+}
+
+/// Whose float arithmetic the forward pass follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Numerics {
+    /// flash-moe's own kernels (SIMD where the CPU has it): the default.
+    #[default]
+    Native,
+    /// llama.cpp's (ggml-cpu b11434 on an AVX-512 x86 CPU, one thread), emulated op by op in scalar code so that
+    /// logits are bit-identical to llama.cpp's: slow, for checking against llama.cpp. Dense Llama models with
+    /// Q4_1/Q8_0 weights only (see [`crate::ggml_exact`]).
+    Ggml,
 }
 
 /// A loaded model: weights, expert source and configuration.
@@ -122,6 +135,16 @@ impl Model {
     /// The approximate mode in force and its counters since it was set.
     pub fn approx_stats(&self) -> Option<(crate::approx::Approx, crate::approx::ApproxStats)> {
         self.decoder.approx.as_ref().map(|m| (m.approx, m.stats()))
+    }
+
+    /// Chooses whose float arithmetic the forward pass follows; [`Numerics::Ggml`] is refused for a model it does
+    /// not cover.
+    pub fn set_numerics(&mut self, numerics: Numerics) -> Result<()> {
+        if numerics == Numerics::Ggml {
+            ggml_forward::check_supported(&self.decoder)?;
+        }
+        self.decoder.numerics = numerics;
+        Ok(())
     }
 
     /// Replaces the source of expert weights (e.g. by a streaming cache over the same layout).

@@ -1,0 +1,496 @@
+//! llama.cpp's exact float arithmetic (ggml-cpu b11434, built `GGML_NATIVE` for an AVX-512 x86 CPU), emulated
+//! in scalar Rust for the ops a dense Llama forward pass uses: [`Numerics::Ggml`](crate::models::Numerics).
+//!
+//! Why: before every quantized matmul ggml rounds the activations to 8-bit blocks, so a 1-ulp difference
+//! anywhere upstream (a summation order, an exp approximation) eventually flips one rounding, and over 30 layers
+//! logits drift by ~1e-2 relative: enough to change a greedy token now and then. Reproducing each op's exact
+//! arithmetic (its SIMD lane layout, reduction order, fused multiply-adds, f64 accumulators) makes the whole
+//! forward pass bit-identical to llama.cpp's. Speed is not a goal here: every function is plain scalar code,
+//! lane by lane, documented with the ggml function it emulates. What each one matches was checked against
+//! tensors dumped from a real llama.cpp run (see `tools/ggml_exact/README.md`).
+//!
+//! Which ggml path runs (x86 with AVX-512F/BW/DQ/VL/VNNI, one thread):
+//! - Q4_1 matmul: `quantize_row_q8_1` (AVX2 path) + `ggml_vec_dot_q4_1_q8_1` (AVX2 path) for every token,
+//!   prompt or not (tinyBLAS and the repacked kernels do not handle Q4_1): [`quantize_q8_1`], [`dot_q4_1_q8_1`].
+//! - Q8_0 matmul: `quantize_row_q8_0` + `ggml_vec_dot_q8_0_q8_0` for one token, `tinyBLAS_Q0_AVX` for a batch;
+//!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`].
+//! - q.k scores: `ggml_vec_dot_f32` (q is a permuted, non-contiguous view, so tinyBLAS is skipped): [`dot_f32`].
+//! - probabilities times values: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens (head size a multiple of 4)
+//!   ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
+//! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]), `rms_norm` (+ `mul`, fused
+//!   or not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 ([`RopeCache`], [`rope_pairs`]), `swiglu`
+//!   with `ggml_v_silu` ([`swiglu`]).
+
+use kernels::f16_to_f32;
+use kernels::f32_to_f16;
+
+/// Values per quantization block (Q4_1, Q8_0, Q8_1).
+pub const QK: usize = 32;
+
+/// GCC's `_mm512_reduce_add_ps`: 256-bit halves, 128-bit halves, then lanes {0,1} + {2,3}, then lane 0 + 1.
+pub fn reduce_add_16(v: &[f32; 16]) -> f32 {
+    let mut t8 = [0.0f32; 8];
+    for i in 0..8 {
+        t8[i] = v[i + 8] + v[i];
+    }
+    let mut t4 = [0.0f32; 4];
+    for i in 0..4 {
+        t4[i] = t8[i + 4] + t8[i];
+    }
+    (t4[0] + t4[2]) + (t4[1] + t4[3])
+}
+
+/// `hsum_float_8` (arch/x86/quants.c) and tinyBLAS's `hsum(__m256)`: 128-bit halves, movehl, movehdup.
+pub fn hsum_8(v: &[f32; 8]) -> f32 {
+    let r = [v[4] + v[0], v[5] + v[1], v[6] + v[2], v[7] + v[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// `ggml_vec_dot_f32` (vec.cpp, AVX-512: `GGML_F32_STEP` 64, four 16-lane FMA accumulators reduced pairwise
+/// with `GGML_F32x16_REDUCE`, then a scalar tail of plain multiply-adds).
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n & !63;
+    let mut sum = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, acc) in sum.iter_mut().enumerate() {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let k = i + 16 * j + l;
+                *a = x[k].mul_add(y[k], *a);
+            }
+        }
+    }
+    let mut r = [0.0f32; 16];
+    for l in 0..16 {
+        r[l] = (sum[0][l] + sum[2][l]) + (sum[1][l] + sum[3][l]);
+    }
+    let mut s = reduce_add_16(&r);
+    // The scalar tail (head sizes below 64): not fused. GCC with -ffp-contract=fast could have made it an FMA
+    // but does not form FMAs along a loop-carried sum when tuning for Zen; the fixture (n = 80) confirms it.
+    for k in np..n {
+        s += x[k] * y[k];
+    }
+    s
+}
+
+/// One output of `tinyBLAS<16, __m512, __m512, float, float, float>` (llamafile/sgemm.cpp): one 16-lane FMA
+/// accumulator over the whole row, reduced with `_mm512_reduce_add_ps`. `x.len()` must be a multiple of 16.
+pub fn dot_f32_tinyblas(x: &[f32], y: &[f32]) -> f32 {
+    assert!(x.len().is_multiple_of(16) && x.len() == y.len(), "tinyBLAS dot: length {}", x.len());
+    let mut acc = [0.0f32; 16];
+    for (cx, cy) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] = cx[l].mul_add(cy[l], acc[l]);
+        }
+    }
+    reduce_add_16(&acc)
+}
+
+/// `ggml_compute_forward_rms_norm_f32` followed by `ggml_compute_forward_mul` (or the two fused): per row,
+/// `sum` in f64 of the f32 squares, `mean = (float)(sum / n)`, `scale = 1.0f / sqrtf(mean + eps)`, then
+/// `(x * scale) * w`.
+pub fn rms_norm_mul(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mut sum = 0.0f64;
+        for &v in row {
+            sum += (v * v) as f64;
+        }
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
+            *o = (v * scale) * g;
+        }
+    }
+}
+
+/// One block of 8-bit activations: `d` (and, for Q8_1, `s = d * sum(qs)`) as stored (f16 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ8 {
+    pub d: u16,
+    pub s: u16,
+    pub qs: [i8; QK],
+}
+
+/// The block quantization shared by `quantize_row_q8_0` and `quantize_row_q8_1` (arch/x86/quants.c, AVX2):
+/// `d = amax / 127`, `q = round_half_even(x * (127 / amax))` saturated to i8; returns the f32 `d` too.
+fn quantize_block(x: &[f32]) -> (f32, [i8; QK], i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; QK];
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        let r = (v * id).round_ties_even();
+        // _mm256_cvtps_epi32 then the saturating packs (values stay within +-127 in practice).
+        let i = if r.is_nan() || r.abs() >= 2_147_483_648.0 { i32::MIN } else { r as i32 };
+        sum = sum.wrapping_add(i);
+        *q = i.clamp(-128, 127) as i8;
+    }
+    (d, qs, sum)
+}
+
+/// `quantize_row_q8_0` (x86): `x.len()` a multiple of 32.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<BlockQ8> {
+    x.chunks_exact(QK)
+        .map(|b| {
+            let (d, qs, _) = quantize_block(b);
+            BlockQ8 { d: f32_to_f16(d), s: 0, qs }
+        })
+        .collect()
+}
+
+/// `quantize_row_q8_1` (x86, AVX2): like Q8_0 plus `s = f16(d * (float) sum(q))`, `d` unrounded.
+pub fn quantize_q8_1(x: &[f32]) -> Vec<BlockQ8> {
+    x.chunks_exact(QK)
+        .map(|b| {
+            let (d, qs, sum) = quantize_block(b);
+            BlockQ8 { d: f32_to_f16(d), s: f32_to_f16(d * sum as f32), qs }
+        })
+        .collect()
+}
+
+/// The 8 lanes of `mul_sum_us8_pairs_float` / tinyBLAS `updot` (VNNI `dpbusd`): lane `j` is the exact integer
+/// sum of products `4j..4j + 4`, as f32.
+fn lane_sums(qx: &[i32; QK], qy: &[i8; QK]) -> [f32; 8] {
+    let mut r = [0.0f32; 8];
+    for (j, r) in r.iter_mut().enumerate() {
+        let s: i32 = (4 * j..4 * j + 4).map(|i| qx[i] * qy[i] as i32).sum();
+        *r = s as f32;
+    }
+    r
+}
+
+/// Bytes of one Q4_1 block: f16 d, f16 m, 16 bytes of nibbles.
+const Q4_1_BYTES: usize = 20;
+/// Bytes of one Q8_0 block: f16 d, 32 signed bytes.
+const Q8_0_BYTES: usize = 34;
+
+/// `ggml_vec_dot_q4_1_q8_1` (arch/x86/quants.c, AVX2 path with VNNI): per block `acc = fma(d0 * d1, lanes,
+/// acc)` in 8 lanes and `summs += m * s`, result `hsum_float_8(acc) + summs`. (Whether GCC fuses `m * s` into
+/// the sum does not matter: a product of two f16 values is exact in f32. Likewise `d0 * d1`.)
+pub fn dot_q4_1_q8_1(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (b, y) in w.chunks_exact(Q4_1_BYTES).zip(a) {
+        let d0 = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let m = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let d1 = f16_to_f32(y.d);
+        summs += m * f16_to_f32(y.s);
+        let d0d1 = d0 * d1;
+        let mut qx = [0i32; QK];
+        for i in 0..16 {
+            qx[i] = (b[4 + i] & 0x0f) as i32;
+            qx[i + 16] = (b[4 + i] >> 4) as i32;
+        }
+        let xy = lane_sums(&qx, &y.qs);
+        for j in 0..8 {
+            acc[j] = d0d1.mul_add(xy[j], acc[j]);
+        }
+    }
+    hsum_8(&acc) + summs
+}
+
+/// `ggml_vec_dot_q8_0_q8_0` (AVX2 path) and one output of `tinyBLAS_Q0_AVX<block_q8_0, block_q8_0>`: per block
+/// `acc = fma(d0 * d1, lanes, acc)`, result `hsum_float_8(acc)`.
+pub fn dot_q8_0_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(Q8_0_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * f16_to_f32(y.d);
+        let mut qx = [0i32; QK];
+        for (q, &v) in qx.iter_mut().zip(&b[2..2 + QK]) {
+            *q = v as i8 as i32;
+        }
+        let xy = lane_sums(&qx, &y.qs);
+        for j in 0..8 {
+            acc[j] = d.mul_add(xy[j], acc[j]);
+        }
+    }
+    hsum_8(&acc)
+}
+
+/// `dequantize_row_q8_0` (get_rows of a Q8_0 embedding): `d * q`.
+pub fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for (o, &q) in o.iter_mut().zip(&b[2..]) {
+            *o = d * (q as i8 as f32);
+        }
+    }
+}
+
+/// `ggml_v_expf` (vec.h, AVX-512 version), one lane: the ARM optimized-routines exp with a degree-5 polynomial,
+/// `_mm512_scalef_ps` for the exponent, 0 below and infinity above the range (|n| > 192).
+pub fn expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // log2(e)
+    let n = z - r;
+    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let c = |bits: u32| f32::from_bits(bits);
+    let j = c(0x3c07_2010)
+        .mul_add(b, c(0x3d2b_9f17))
+        .mul_add(u, c(0x3e2a_af33).mul_add(b, c(0x3eff_fedb)))
+        .mul_add(u, c(0x3f7f_fff6).mul_add(b, 1.0));
+    // _mm512_scalef_ps(j, n) = j * 2^n, rounded once (exact in f64, then one rounding to f32).
+    if n.is_nan() {
+        return f32::NAN;
+    }
+    (j as f64 * (n as f64).exp2()) as f32
+}
+
+/// `ggml_v_silu` (AVX-512), one lane: `x / (1 + expf(0 - x))`.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
+
+/// `ggml_vec_swiglu_f32`: `gate = silu(gate) * up`, 16 lanes at a time with [`silu`]; the last `len % 16`
+/// through `ggml_silu_f32`, `x / (1 + expf(-x))` with the C library's `expf` (Rust's `f32::exp` calls the same
+/// `expf` on Linux).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n16 = gate.len() / 16 * 16;
+    for (i, (g, &u)) in gate.iter_mut().zip(up).enumerate() {
+        *g = if i < n16 { silu(*g) } else { *g / (1.0 + (-*g).exp()) } * u;
+    }
+}
+
+/// `ggml_compute_forward_soft_max_f32` with a causal mask, in place on one row of scores: `w = x * scale`
+/// (entries at or beyond `n_valid` get -inf), the max, `ggml_vec_soft_max_f32` (16-lane `ggml_v_expf`, each
+/// chunk's `_mm512_reduce_add_ps` summed in f64), then times `(float)(1.0 / sum)`. `row.len()` must be a
+/// multiple of 16 (llama.cpp's KV length is a multiple of 256; padding with masked entries changes nothing).
+pub fn soft_max(row: &mut [f32], n_valid: usize, scale: f32) {
+    assert!(row.len().is_multiple_of(16), "soft_max: row length {}", row.len());
+    for (i, v) in row.iter_mut().enumerate() {
+        *v = if i < n_valid { *v * scale } else { f32::NEG_INFINITY };
+    }
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let mut sum = 0.0f64;
+    for chunk in row.chunks_exact_mut(16) {
+        let mut e = [0.0f32; 16];
+        for (e, v) in e.iter_mut().zip(chunk.iter_mut()) {
+            *e = expf(*v - max);
+            *v = *e;
+        }
+        sum += reduce_add_16(&e) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `ggml_rope_cache_init` for one position (no YaRN, `freq_scale` 1, `attn_factor` 1): `theta` starts at the
+/// position and is multiplied by `theta_scale = powf(base, -2.0f / n_dims)` after each pair; `cosf`/`sinf`.
+pub struct RopeCache {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl RopeCache {
+    pub fn new(pos: usize, n_dims: usize, base: f32) -> RopeCache {
+        let theta_scale = base.powf(-2.0f32 / n_dims as f32);
+        let mut theta = pos as f32;
+        let (mut cos, mut sin) = (Vec::with_capacity(n_dims / 2), Vec::with_capacity(n_dims / 2));
+        for _ in 0..n_dims / 2 {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= theta_scale;
+        }
+        RopeCache { cos, sin }
+    }
+}
+
+/// `rotate_pairs` for `GGML_ROPE_TYPE_NORMAL` (adjacent pairs) on one head, as GCC compiled it (with
+/// `-ffp-contract=fast`): `x0 * c - x1 * s` and `x0 * s + x1 * c` each with one product fused.
+pub fn rope_pairs(head: &mut [f32], rc: &RopeCache) {
+    for (i, (&c, &s)) in rc.cos.iter().zip(&rc.sin).enumerate() {
+        let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+        head[2 * i] = x0.mul_add(c, -(x1 * s));
+        head[2 * i + 1] = x0.mul_add(s, x1 * c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_follow_the_documented_trees() {
+        // 1 + 2^-24 + ... : the grouping decides which tiny terms survive.
+        let e = f32::EPSILON / 2.0;
+        let mut v = [0.0f32; 16];
+        v[0] = 1.0;
+        v[8] = e; // joins lane 0 first: 1 + e rounds to 1
+        v[1] = e;
+        v[9] = e; // lanes 1 and 9 sum to 2e before meeting 1: survives
+        assert_eq!(reduce_add_16(&v), 1.0 + 2.0 * e);
+        let w = [1.0, e, 0.0, 0.0, 0.0, e, 0.0, 0.0];
+        assert_eq!(hsum_8(&w), 1.0 + 2.0 * e);
+    }
+
+    #[test]
+    fn expf_is_close_and_saturates() {
+        for &x in &[-10.0f32, -1.0, -0.5, 0.0, 0.3, 1.0, 5.0, 20.0] {
+            let (a, b) = (expf(x), x.exp());
+            assert!(((a - b) / b).abs() < 4e-7, "{x}: {a} vs {b}");
+        }
+        assert_eq!(expf(0.0), 1.0);
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(-200.0), 0.0);
+        assert_eq!(expf(200.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn quantize_rounds_half_to_even_and_sums() {
+        let mut x = [0.0f32; 32];
+        x[0] = 127.0;
+        x[1] = 2.5; // id = 1: 2.5 rounds to 2
+        x[2] = -3.5; // -4
+        let b = quantize_q8_1(&x);
+        assert_eq!((b[0].qs[0], b[0].qs[1], b[0].qs[2]), (127, 2, -4));
+        assert_eq!(f16_to_f32(b[0].d), 1.0);
+        assert_eq!(f16_to_f32(b[0].s), 125.0);
+    }
+
+    #[test]
+    fn dots_match_plain_arithmetic_on_small_integers() {
+        // Small integers: every rounding is exact, so any order gives the same answer.
+        let x: Vec<f32> = (0..128).map(|i| (i % 7) as f32 - 3.0).collect();
+        let y: Vec<f32> = (0..128).map(|i| (i % 5) as f32 - 2.0).collect();
+        let want: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert_eq!(dot_f32(&x, &y), want);
+        assert_eq!(dot_f32_tinyblas(&x, &y), want);
+    }
+
+    #[test]
+    fn soft_max_sums_to_one_and_masks() {
+        let mut r: Vec<f32> = (0..32).map(|i| i as f32 * 0.1).collect();
+        soft_max(&mut r, 5, 0.5);
+        assert!(r[5..].iter().all(|&p| p == 0.0));
+        let s: f32 = r.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+
+    /// Every kernel against ggml-cpu itself: tests/fixtures/ggml_exact/ops.bin holds pseudo-random inputs and
+    /// the outputs of single ggml ops (tools/ggml_exact/ggml_ops.c, llama.cpp b11434 on an AVX-512 Zen4).
+    mod against_ggml {
+        use super::super::*;
+        use std::collections::HashMap;
+
+        fn records() -> HashMap<String, Vec<u8>> {
+            let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/ggml_exact/ops.bin");
+            let b = std::fs::read(p).expect("tests/fixtures/ggml_exact/ops.bin");
+            let (mut m, mut i) = (HashMap::new(), 0);
+            let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+            while i < b.len() {
+                let l = u32_at(i);
+                let name = String::from_utf8(b[i + 4..i + 4 + l].to_vec()).expect("name");
+                let n = u32_at(i + 4 + l);
+                m.insert(name, b[i + 8 + l..i + 8 + l + n].to_vec());
+                i += 8 + l + n;
+            }
+            m
+        }
+
+        fn f32s(r: &HashMap<String, Vec<u8>>, name: &str) -> Vec<f32> {
+            r[name].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+
+        /// Bit-identical, element by element.
+        fn same(got: &[f32], want: &[f32], what: &str) {
+            assert_eq!(got.len(), want.len(), "{what}: length");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: {g} vs ggml's {w}");
+            }
+        }
+
+        #[test]
+        fn soft_max_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "softmax.x");
+            for (row, n_valid) in x.chunks_exact_mut(256).zip([1, 100, 256]) {
+                soft_max(row, n_valid, 0.125);
+            }
+            same(&x, &f32s(&r, "softmax.out"), "soft_max");
+        }
+
+        #[test]
+        fn swiglu_is_bit_exact() {
+            let r = records();
+            let mut g = f32s(&r, "swiglu.gate");
+            swiglu(&mut g, &f32s(&r, "swiglu.up"));
+            same(&g, &f32s(&r, "swiglu.out"), "swiglu");
+        }
+
+        #[test]
+        fn rms_norm_mul_is_bit_exact() {
+            let r = records();
+            let x = f32s(&r, "rms.x");
+            let mut out = vec![0.0; x.len()];
+            rms_norm_mul(&x, &f32s(&r, "rms.w"), 1e-5, &mut out);
+            same(&out, &f32s(&r, "rms.out"), "rms_norm * w");
+            let x = f32s(&r, "rms.xd");
+            let mut out = vec![0.0; x.len()];
+            rms_norm_mul(&x, &f32s(&r, "rms.w"), 1e-5, &mut out);
+            same(&out, &f32s(&r, "rms.outd"), "rms_norm * w, rows with one large value");
+        }
+
+        #[test]
+        fn rope_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "rope.x");
+            for (tok, pos) in x.chunks_exact_mut(64 * 3).zip([0, 1, 37, 255]) {
+                let rc = RopeCache::new(pos, 64, 100_000.0);
+                for head in tok.chunks_exact_mut(64) {
+                    rope_pairs(head, &rc);
+                }
+            }
+            same(&x, &f32s(&r, "rope.out"), "rope");
+        }
+
+        /// `[n_tok, rows]` outputs of a quantized matmul.
+        fn qmatmul(w: &[u8], block_bytes: usize, x: &[f32], q8_1: bool) -> Vec<f32> {
+            let row_bytes = 576 / QK * block_bytes;
+            let mut out = vec![];
+            for xr in x.chunks_exact(576) {
+                let a = if q8_1 { quantize_q8_1(xr) } else { quantize_q8_0(xr) };
+                for wr in w.chunks_exact(row_bytes) {
+                    out.push(if q8_1 { dot_q4_1_q8_1(wr, &a) } else { dot_q8_0_q8_0(wr, &a) });
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn q4_1_and_q8_0_matmuls_are_bit_exact() {
+            let r = records();
+            for (x, out) in [("mm.x1", "1"), ("mm.x3", "3"), ("mm.xt", "t")] {
+                let x = f32s(&r, x);
+                same(&qmatmul(&r["q4_1.w"], 20, &x, true), &f32s(&r, &format!("q4_1.out{out}")), "Q4_1 x Q8_1");
+                same(&qmatmul(&r["q8_0.w"], 34, &x, false), &f32s(&r, &format!("q8_0.out{out}")), "Q8_0 x Q8_0");
+            }
+        }
+
+        #[test]
+        fn f32_dots_are_bit_exact() {
+            let r = records();
+            let (a64, b64) = (f32s(&r, "f32.a64"), f32s(&r, "f32.b64"));
+            let got: Vec<f32> = a64.chunks_exact(64).map(|row| dot_f32(row, &b64)).collect();
+            same(&got, &f32s(&r, "f32.out64"), "vec_dot_f32 n=64");
+            let (a, b1, b3) = (f32s(&r, "f32.a256"), f32s(&r, "f32.b1"), f32s(&r, "f32.b3"));
+            let got: Vec<f32> = a.chunks_exact(256).map(|row| dot_f32(row, &b1)).collect();
+            same(&got, &f32s(&r, "f32.out1"), "vec_dot_f32 n=256");
+            let got: Vec<f32> = b3
+                .chunks_exact(256)
+                .flat_map(|col| a.chunks_exact(256).map(|row| dot_f32_tinyblas(row, col)))
+                .collect();
+            same(&got, &f32s(&r, "f32.out3"), "tinyBLAS f32");
+            let (a80, b80) = (f32s(&r, "f32.a80"), f32s(&r, "f32.b80"));
+            let got: Vec<f32> = a80.chunks_exact(80).map(|row| dot_f32(row, &b80)).collect();
+            same(&got, &f32s(&r, "f32.out80"), "vec_dot_f32 n=80 (scalar tail)");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The decoder's forward pass with llama.cpp's float arithmetic ([`Numerics::Ggml`](super::Numerics)): the graph
+//! `llm_build_llama` builds (b11434, flash attention off, f32 KV cache), each op through [`crate::ggml_exact`].
+//!
+//! ```text
+//! x = get_rows(token_embd)
+//! per layer:  h = rms_norm(x) * attn_norm;  q, k, v = h @ wq, wk, wv;  q, k = rope(q), rope(k)
+//!             kq = k_cache . q;  p = soft_max_ext(kq, mask, 1/sqrt(head_dim));  o = v_cache^T p
+//!             x = (o @ wo) + x;  h = rms_norm(x) * ffn_norm;  x = (swiglu(h @ gate, h @ up) @ down) + x
+//! logits = (rms_norm(x) * output_norm) @ output
+//! ```
+//!
+//! llama.cpp's KV length `n_kv` is the used cells rounded up to 256; the cells past the sequence are zero and
+//! masked, and here they are zeros too, so sums see the same lanes. A batch is one ubatch as llama.cpp ran it
+//! (the prompt in one `llama_decode`): the batch size only matters for probabilities times values, which
+//! tinyBLAS computes for 2 or more tokens and `ggml_vec_dot_f32` for one.
+//!
+//! `FLASH_MOE_GGML_DUMP=DIR` writes every intermediate tensor as `s{call}_{name}-{layer}.f32` in llama.cpp's
+//! layout (for comparing with tensors dumped from llama.cpp; see tools/ggml_exact/README.md).
+
+use kernels::DType;
+
+use crate::ggml_exact as gx;
+use crate::models::decoder::{Decoder, FeedForward};
+use crate::models::Logits;
+use crate::ops::{Cpu, SharedOut};
+use crate::session::Session;
+use crate::tensor::QMatRef;
+use crate::{Error, Result};
+
+/// llama.cpp's KV padding (`llama_kv_cache::get_n_kv`: at least 256, a multiple of 256).
+const N_KV_PAD: usize = 256;
+
+/// Refuses a model this mode does not cover: MoE, q/k norms, biases, NeoX or partial RoPE, weights other than
+/// Q4_1/Q8_0.
+pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
+    let cfg = &d.cfg;
+    let a = &cfg.attn;
+    let refuse = |why: String| Err(Error::Invalid(format!("--numerics ggml: {why}")));
+    if cfg.moe.is_some() || cfg.qk_norm || cfg.attn_bias {
+        return refuse("only dense Llama models (no experts, q/k norms or biases) are covered".into());
+    }
+    if a.rope.style != crate::layers::rope::RopeStyle::Interleaved {
+        return refuse("only llama.cpp's normal RoPE (GGUF Llama) is covered".into());
+    }
+    if a.rope.n_dims != a.head_dim {
+        return refuse(format!("partial RoPE ({} of {} dimensions) is not covered", a.rope.n_dims, a.head_dim));
+    }
+    let mut mats = vec![("token_embd", d.token_embd.dtype)];
+    if let Some(o) = &d.output {
+        mats.push(("output", o.dtype));
+    }
+    for layer in &d.layers {
+        let w = &layer.attn;
+        mats.extend([
+            ("attn_q", w.wq.dtype),
+            ("attn_k", w.wk.dtype),
+            ("attn_v", w.wv.dtype),
+            ("attn_output", w.wo.dtype),
+        ]);
+        if let FeedForward::Dense(f) = &layer.ffn {
+            mats.extend([("ffn_gate", f.gate.dtype), ("ffn_up", f.up.dtype), ("ffn_down", f.down.dtype)]);
+        }
+    }
+    for (name, t) in mats {
+        if !matches!(t, DType::Q4_1 | DType::Q8_0) {
+            return refuse(format!("{name} is {t:?}; only Q4_1 and Q8_0 weights are covered"));
+        }
+    }
+    Ok(())
+}
+
+/// `out[t, r] = w[r] . x[t]` the way ggml-cpu's `mul_mat` computes it for this weight type (rows over threads:
+/// each output is one call, so threading never changes a result).
+fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    let n = x.len() / cols;
+    assert_eq!(out.len(), n * rows, "ggml matmul: output size");
+    let acts: Vec<Vec<gx::BlockQ8>> = x
+        .chunks_exact(cols)
+        .map(|r| if w.dtype == DType::Q4_1 { gx::quantize_q8_1(r) } else { gx::quantize_q8_0(r) })
+        .collect();
+    let outp = SharedOut(out.as_mut_ptr());
+    let chunk = cpu.pool.chunk_size(rows, 16);
+    cpu.pool.for_chunks(rows, chunk, &|range| {
+        for r in range {
+            let wr = w.row(r);
+            for (t, a) in acts.iter().enumerate() {
+                let v = match w.dtype {
+                    DType::Q4_1 => gx::dot_q4_1_q8_1(wr, a),
+                    _ => gx::dot_q8_0_q8_0(wr, a),
+                };
+                // SAFETY: rows are partitioned between threads, so (t, r) is written once; t * rows + r is
+                // within `out` (its length is checked above) and `out` outlives the pool call.
+                unsafe { *outp.get().add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
+fn dump(call: usize, name: &str, layer: Option<usize>, x: &[f32]) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("FLASH_MOE_GGML_DUMP").map(Into::into)) else {
+        return;
+    };
+    let name = match layer {
+        Some(l) => format!("s{call}_{name}-{l}.f32"),
+        None => format!("s{call}_{name}.f32"),
+    };
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if let Err(e) = std::fs::write(dir.join(&name), bytes) {
+        eprintln!("FLASH_MOE_GGML_DUMP: {name}: {e}");
+    }
+}
+
+/// Runs `tokens` as one llama.cpp ubatch at the session's position.
+pub(crate) fn forward<'s>(
+    d: &Decoder,
+    cpu: &Cpu,
+    sess: &'s mut Session,
+    tokens: &[u32],
+    want: Logits,
+) -> Result<&'s [f32]> {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cfg = &d.cfg;
+    let a = &cfg.attn;
+    let (n, e, hd) = (tokens.len(), cfg.n_embd, a.head_dim);
+    let (q_dim, kv_dim) = (a.n_head * hd, a.n_head_kv * hd);
+    if n == 0 {
+        return Err(Error::EmptyPrompt);
+    }
+    sess.check_room(n)?;
+    let pos0 = sess.pos;
+    let n_kv = (pos0 + n).div_ceil(N_KV_PAD) * N_KV_PAD;
+    let group = a.n_head / a.n_head_kv;
+    let kq_scale = 1.0f32 / (hd as f32).sqrt();
+    let tinyblas = n >= 2 && hd.is_multiple_of(4);
+
+    let mut x = vec![0.0f32; n * e];
+    for (t, &id) in tokens.iter().enumerate() {
+        if id as usize >= cfg.n_vocab {
+            return Err(Error::TokenOutOfRange { id, n_vocab: cfg.n_vocab });
+        }
+        let row = d.token_embd.as_ref().row(id as usize);
+        let out = &mut x[t * e..(t + 1) * e];
+        match d.token_embd.dtype {
+            DType::Q8_0 => gx::dequantize_q8_0(row, out),
+            dt => cpu.kernels.dequantize_row(dt, row, out),
+        }
+    }
+    dump(call, "embd", None, &x);
+    let ropes: Vec<gx::RopeCache> = (0..n).map(|t| gx::RopeCache::new(pos0 + t, a.rope.n_dims, a.rope.theta)).collect();
+
+    let mut h = vec![0.0f32; n * e];
+    let (mut q, mut k, mut v) = (vec![0.0f32; n * q_dim], vec![0.0f32; n * kv_dim], vec![0.0f32; n * kv_dim]);
+    let mut o = vec![0.0f32; n * q_dim];
+    let mut y = vec![0.0f32; n * e];
+    let (mut gate, mut up) = (vec![0.0f32; n * cfg.n_ff], vec![0.0f32; n * cfg.n_ff]);
+    // One (head, token) row of scores, then probabilities, over the n_kv cells; the values transposed per KV
+    // head, [n_head_kv][head_dim][n_kv] (llama.cpp's V cache layout without flash attention).
+    let mut p = vec![0.0f32; n_kv];
+    let mut vt = vec![0.0f32; kv_dim * n_kv];
+    // Whole kq / kq_soft_max tensors ([head][token][cell], llama.cpp's layout) only when dumping.
+    let dumping = std::env::var_os("FLASH_MOE_GGML_DUMP").is_some();
+    let (mut kq_all, mut sm_all) = (vec![], vec![]);
+    for (l, layer) in d.layers.iter().enumerate() {
+        let w = &layer.attn;
+        let ld = Some(l);
+        gx::rms_norm_mul(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
+        dump(call, "attn_norm", ld, &h);
+        matmul(cpu, w.wq.as_ref(), &h, &mut q);
+        matmul(cpu, w.wk.as_ref(), &h, &mut k);
+        matmul(cpu, w.wv.as_ref(), &h, &mut v);
+        dump(call, "Vcur", ld, &v);
+        for (t, rc) in ropes.iter().enumerate() {
+            for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
+                gx::rope_pairs(head, rc);
+            }
+            for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
+                gx::rope_pairs(head, rc);
+            }
+        }
+        dump(call, "Qcur", ld, &q);
+        dump(call, "Kcur", ld, &k);
+        let kv = &mut sess.kv[l];
+        kv.write(pos0, &k, &v);
+        let kv = &*kv;
+
+        let n_cells = pos0 + n; // cells holding keys; the rest of the n_kv are 0 in llama.cpp's cache
+        for kvh in 0..a.n_head_kv {
+            for dd in 0..hd {
+                let col = &mut vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
+                for (j, c) in col.iter_mut().enumerate() {
+                    *c = if j < n_cells { kv.v_head(j, kvh, hd)[dd] } else { 0.0 };
+                }
+            }
+        }
+        if dumping {
+            kq_all.clear();
+            sm_all.clear();
+        }
+        for hh in 0..a.n_head {
+            let kvh = hh / group;
+            for t in 0..n {
+                // kq = mul_mat(k, q): ggml_vec_dot_f32 per (cell, token, head).
+                let qh = &q[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd];
+                for (j, s) in p.iter_mut().enumerate() {
+                    *s = if j < n_cells { gx::dot_f32(kv.k_head(j, kvh, hd), qh) } else { 0.0 };
+                }
+                if dumping {
+                    kq_all.extend_from_slice(&p);
+                }
+                gx::soft_max(&mut p, pos0 + t + 1, kq_scale);
+                if dumping {
+                    sm_all.extend_from_slice(&p);
+                }
+                // kqv = mul_mat(v^T, kq): tinyBLAS for a batch (its f32 kernel takes m = head_dim a multiple of 4),
+                // ggml_vec_dot_f32 otherwise.
+                for dd in 0..hd {
+                    let col = &vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
+                    o[t * q_dim + hh * hd + dd] =
+                        if tinyblas { gx::dot_f32_tinyblas(col, &p) } else { gx::dot_f32(col, &p) };
+                }
+            }
+        }
+        dump(call, "kq", ld, &kq_all);
+        dump(call, "kq_soft_max", ld, &sm_all);
+        dump(call, "kqv_out", ld, &o);
+        matmul(cpu, w.wo.as_ref(), &o, &mut y);
+        dump(call, "attn_out", ld, &y);
+        for (xi, &yi) in x.iter_mut().zip(&y) {
+            *xi += yi; // ggml_add(cur, residual): addition commutes
+        }
+        dump(call, "ffn_inp", ld, &x);
+
+        gx::rms_norm_mul(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
+        dump(call, "ffn_norm", ld, &h);
+        let FeedForward::Dense(f) = &layer.ffn else {
+            return Err(Error::Invalid("--numerics ggml: MoE layers are not covered".into()));
+        };
+        matmul(cpu, f.gate.as_ref(), &h, &mut gate);
+        matmul(cpu, f.up.as_ref(), &h, &mut up);
+        dump(call, "ffn_gate", ld, &gate);
+        dump(call, "ffn_up", ld, &up);
+        gx::swiglu(&mut gate, &up);
+        dump(call, "ffn_swiglu", ld, &gate);
+        matmul(cpu, f.down.as_ref(), &gate, &mut y);
+        dump(call, "ffn_out", ld, &y);
+        for (xi, &yi) in x.iter_mut().zip(&y) {
+            *xi += yi; // ggml_add(cur, residual): addition commutes
+        }
+        dump(call, "l_out", ld, &x);
+    }
+    sess.pos += n;
+
+    let rows = match want {
+        Logits::Last => &x[(n - 1) * e..],
+        Logits::All => &x[..],
+        Logits::None => return Ok(&[]),
+    };
+    let mut hn = vec![0.0f32; rows.len()];
+    gx::rms_norm_mul(rows, &d.output_norm, cfg.rms_eps, &mut hn);
+    dump(call, "result_norm", None, &hn);
+    let out = d.output.as_ref().unwrap_or(&d.token_embd);
+    let s = &mut sess.scratch;
+    s.logits.resize(rows.len() / e * cfg.n_vocab, 0.0);
+    matmul(cpu, out.as_ref(), &hn, &mut s.logits);
+    dump(call, "result_output", None, &s.logits);
+    Ok(&s.logits)
+}
