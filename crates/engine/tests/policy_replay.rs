@@ -9,9 +9,12 @@
 //! / 80.2 / 90.1%, LRU 0 / 37.7 / 54.4 / 68.7 / 78.3 / 90.6% and Belady 43.4 / 60.9 / 78.0 / 86.6 / 91.8 / 96.3%
 //! here (the curve was likely computed on another recording of the same shape); its 500 MiB per-layer figures also
 //! hold 6 experts per layer, 842 MiB, over the budget. With the transition-table prefetch modelled as read in time
-//! (usable at the next layer), 12 experts predicted, 74.8% of the used ones among them: 55.9 / 62.2 / 71.5 / 78.0 /
-//! 84.3 / 91.7% with the cache's rule (prefetch ranks whose measured chance of use is at least 0.3), 62.8 / 67.2 /
-//! 76.7 / 81.7 / 85.3 / 91.8% prefetching every prediction where the victim is valued lower.
+//! (usable at the next layer) on an idle disk (the cache's throttle reads fewer when demand reads keep the disk
+//! busy), 18 experts predicted: 65.8 / 69.7 / 78.4 / 83.6 / 86.9 / 92.1% with the cache's rule (ranks whose measured
+//! chance of use is at least 0.05), within 5 points of the curve's Belady at the 1 / 3 / 6 GB (62.7 / 87.8
+//! / 96.6%); 65.9 / 69.8 / 78.5 / 83.6 / 86.9 / 92.1% prefetching every prediction where the victim is valued
+//! lower. The price: at 3 GB 143 prefetch reads per token of which 30 are used (12 predicted with a 0.3 rule: 78.0%,
+//! 27 reads per token).
 
 mod common;
 
@@ -70,12 +73,12 @@ fn steps() -> Vec<(usize, Vec<u32>, bool)> {
 /// prefetched where a victim is valued lower (an upper bound that ignores the bandwidth wrong prefetches cost).
 /// The policy is held to these (to 0.3 points), so a change that loses hits fails here.
 const OURS: &[(f64, f64, f64, f64)] = &[
-    (500.0, 28.0, 55.9, 62.8),
-    (1000.0, 42.7, 62.2, 67.2),
-    (2000.0, 61.7, 71.5, 76.7),
-    (3000.0, 73.3, 78.0, 81.7),
-    (4000.0, 81.3, 84.3, 85.3),
-    (6000.0, 91.3, 91.7, 91.8),
+    (500.0, 28.0, 65.8, 65.9),
+    (1000.0, 42.7, 69.7, 69.8),
+    (2000.0, 61.7, 78.4, 78.5),
+    (3000.0, 73.3, 83.6, 83.6),
+    (4000.0, 81.3, 86.9, 86.9),
+    (6000.0, 91.3, 92.1, 92.1),
 ];
 
 #[test]
@@ -115,6 +118,9 @@ fn eviction_on_a_real_trace() {
         assert!((ours_pf - want_pf).abs() < 0.3, "{budget} MiB with prefetch: {ours_pf:.1}%, was {want_pf}%");
         assert!((ours_all - want_all).abs() < 0.3, "{budget} MiB, all predictions: {ours_all:.1}%, was {want_all}%");
         assert!(ours_pf > ours, "{budget} MiB: prefetch loses hits ({ours:.1}% -> {ours_pf:.1}%)");
+        if [1000.0, 3000.0, 6000.0].contains(&budget) {
+            assert!(belady - ours_pf <= 5.0, "{budget} MiB: with prefetch {ours_pf:.1}%, Belady {belady}%");
+        }
         assert!(acc > 70.0, "{budget} MiB: prediction accuracy {acc:.1}%");
     }
 }

@@ -155,8 +155,11 @@ const RATE_HALF_LIFE_VISITS: u32 = 64;
 /// this many ranks).
 const RANKS_MAX: usize = 64;
 /// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
-/// prefetch costs a read), and only over experts valued lower.
-pub const PREFETCH_CHANCE_MIN: f32 = 0.3;
+/// prefetch costs a read), at least the disk's demand load ([`DiskLoad`]), and only over experts valued lower.
+pub const PREFETCH_CHANCE_MIN: f32 = 0.05;
+/// Experts predicted per layer, per expert a token uses: the ranks past `k` are read only while the disk has room
+/// (their measured chance of use is low).
+pub const PREDICTED_PER_USED: usize = 3;
 
 /// Background reads (approximate mode) in flight at most: more would queue ahead of the reads a step waits for
 /// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
@@ -440,7 +443,7 @@ impl State {
 /// Prefetch in [`replay_policy`].
 #[derive(Clone, Copy, Debug)]
 pub struct ReplayPrefetch {
-    /// Experts per token (twice as many are predicted).
+    /// Experts per token ([`PREDICTED_PER_USED`] times as many are predicted).
     pub n_expert_used: usize,
     /// The least measured chance of use of a prediction's rank to prefetch it ([`PREFETCH_CHANCE_MIN`] in the
     /// cache; 0 prefetches whatever is predicted, where a victim is valued lower).
@@ -470,7 +473,7 @@ impl ReplayStats {
 /// is one layer of one token, `(layer, experts used, counted)`, in forward order; counts over the counted steps.
 /// The experts of a step are claimed hits first and pinned together, as in a forward step. With `prefetch`, the
 /// transition table predicts each next layer and its predictions are prefetched as the cache does it, modelled as
-/// read in time (a prefetch issued at one layer is usable at the next); `2 * n_expert_used` experts are predicted,
+/// read in time (a prefetch issued at one layer is usable at the next); `PREDICTED_PER_USED * n_expert_used` experts are predicted,
 /// as the cache does.
 pub fn replay_policy(
     n_slots: usize,
@@ -519,7 +522,7 @@ fn replay_state(
             } else {
                 t.interrupt();
             }
-            if let Some(next) = t.predict(layer, &experts, 2 * k, &mut pred).filter(|_| single) {
+            if let Some(next) = t.predict(layer, &experts, PREDICTED_PER_USED * k, &mut pred).filter(|_| single) {
                 st.note_prediction(next, &pred);
                 for (rank, &e) in pred.iter().enumerate() {
                     if let Some(s) = st.prefetch_slot(next, e, rank, &pred, 0.0) {
@@ -616,7 +619,8 @@ impl DiskLoad {
 /// How the cache prefetches, and the transition table when it predicts by itself.
 struct Prefetcher {
     mode: Prefetch,
-    /// The model's experts per token: visits using more are multi-token steps; twice as many are predicted.
+    /// The model's experts per token: visits using more are multi-token steps; [`PREDICTED_PER_USED`] times as many
+    /// are predicted.
     k: usize,
     table: Option<TransitionTable>,
     pred: Vec<u32>,
@@ -1040,7 +1044,7 @@ impl ExpertProvider for ExpertCache {
         if let Some(table) = p.table.as_mut() {
             if ids.len() <= p.k {
                 table.observe(layer, ids);
-                if let Some(next) = table.predict(layer, ids, 2 * p.k, &mut p.pred) {
+                if let Some(next) = table.predict(layer, ids, PREDICTED_PER_USED * p.k, &mut p.pred) {
                     self.prefetch(next, &p.pred);
                 }
             } else {

@@ -322,7 +322,8 @@ impl Decoder {
 
 impl Decoder {
     /// Router-based prediction: the next MoE layer's router applied to this layer's MoE input residual (`s.x`,
-    /// one token) through the next layer's `ffn_norm`: its top `2 * k` experts into `s.pred_ids`, to prefetch;
+    /// one token) through the next layer's `ffn_norm`: its top `PREDICTED_PER_USED * k` experts into `s.pred_ids`, to
+    /// prefetch;
     /// returns that layer. Only decides what is read early, never a result.
     fn predict_next(
         &self,
@@ -350,7 +351,7 @@ impl Decoder {
         let logits = &s.pred_logits;
         s.pred_order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
         s.pred_ids.clear();
-        s.pred_ids.extend(s.pred_order.iter().take(2 * routing.n_expert_used));
+        s.pred_ids.extend(s.pred_order.iter().take(crate::experts::cache::PREDICTED_PER_USED * routing.n_expert_used));
         Some(l2)
     }
 }
