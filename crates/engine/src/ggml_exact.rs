@@ -257,24 +257,30 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `ggml_compute_forward_soft_max_f32` with a causal mask, in place on one row of scores: `w = x * scale`
-/// (entries at or beyond `n_valid` get -inf), the max, `ggml_vec_soft_max_f32` (16-lane `ggml_v_expf`, each
-/// chunk's `_mm512_reduce_add_ps` summed in f64), then times `(float)(1.0 / sum)`. `row.len()` must be a
-/// multiple of 16 (llama.cpp's KV length is a multiple of 256; padding with masked entries changes nothing).
+/// `ggml_compute_forward_soft_max_f32` in place on one row of scores: `w = x * scale` (entries at or beyond
+/// `n_valid` get -inf: the causal mask), the max, `ggml_vec_soft_max_f32` (16-lane `ggml_v_expf`, each chunk's
+/// `_mm512_reduce_add_ps` summed in f64, then a scalar tail of libm `expf` for the last `len % 16`), then times
+/// `(float)(1.0 / sum)`. Attention rows have a multiple of 256 entries (llama.cpp's KV length; padding with masked
+/// entries changes nothing); the MoE router's `ggml_soft_max` is this with `n_valid = len`, `scale = 1`.
 pub fn soft_max(row: &mut [f32], n_valid: usize, scale: f32) {
-    assert!(row.len().is_multiple_of(16), "soft_max: row length {}", row.len());
     for (i, v) in row.iter_mut().enumerate() {
         *v = if i < n_valid { *v * scale } else { f32::NEG_INFINITY };
     }
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0.0f64;
-    for chunk in row.chunks_exact_mut(16) {
+    let n16 = row.len() / 16 * 16;
+    let (body, tail) = row.split_at_mut(n16);
+    for chunk in body.chunks_exact_mut(16) {
         let mut e = [0.0f32; 16];
         for (e, v) in e.iter_mut().zip(chunk.iter_mut()) {
             *e = expf(*v - max);
             *v = *e;
         }
         sum += reduce_add_16(&e) as f64;
+    }
+    for v in tail.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
@@ -310,6 +316,38 @@ pub fn rope_pairs(head: &mut [f32], rc: &RopeCache) {
         let (x0, x1) = (head[2 * i], head[2 * i + 1]);
         head[2 * i] = x0.mul_add(c, -(x1 * s));
         head[2 * i + 1] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// `rotate_pairs` for `GGML_ROPE_TYPE_NEOX` (dimension `i` paired with `i + n_dims / 2`) on one head: the same
+/// contraction as [`rope_pairs`], `x0 * c - x1 * s` and `x0 * s + x1 * c` each with the `x0` product fused
+/// (checked against `ggml_rope_ext` mode 2 by the fixture).
+pub fn rope_neox(head: &mut [f32], rc: &RopeCache) {
+    let half = rc.cos.len();
+    for (i, (&c, &s)) in rc.cos.iter().zip(&rc.sin).enumerate() {
+        let (x0, x1) = (head[i], head[i + half]);
+        head[i] = x0.mul_add(c, -(x1 * s));
+        head[i + half] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// The expert choice of `build_moe_ffn` for softmax gating, from one token's probabilities (after
+/// [`soft_max`]): `ggml_argsort_top_k` (`std::sort` descending, the first `k`), `get_rows` of their
+/// probabilities, and with `norm_w` `sum_rows` (`ggml_vec_sum_f32`: an f64 sum rounded to f32), `clamp` to at
+/// least 6.103515625e-5, `div`. Equal probabilities go to the lower expert id here; `std::sort` leaves their
+/// order unspecified (never seen with trained routers, where probabilities differ in their last bits).
+pub fn top_k_weights(probs: &[f32], k: usize, norm_w: bool, experts: &mut Vec<u32>, weights: &mut Vec<f32>) {
+    let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+    order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+    experts.clear();
+    experts.extend_from_slice(&order[..k.min(order.len())]);
+    weights.clear();
+    weights.extend(experts.iter().map(|&e| probs[e as usize]));
+    if norm_w {
+        let sum = (weights.iter().map(|&w| w as f64).sum::<f64>() as f32).max(6.103515625e-5);
+        for w in weights.iter_mut() {
+            *w /= sum;
+        }
     }
 }
 
@@ -449,6 +487,71 @@ mod tests {
                 }
             }
             same(&x, &f32s(&r, "rope.out"), "rope");
+        }
+
+        #[test]
+        fn rope_neox_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "ropex.x");
+            for (tok, pos) in x.chunks_exact_mut(64 * 4).zip([0, 1, 2, 37, 255]) {
+                let rc = RopeCache::new(pos, 64, 10_000.0);
+                for head in tok.chunks_exact_mut(64) {
+                    rope_neox(head, &rc);
+                }
+            }
+            same(&x, &f32s(&r, "ropex.out"), "rope NeoX");
+        }
+
+        #[test]
+        fn moe_router_is_bit_exact() {
+            let r = records();
+            let mut p = f32s(&r, "moe.logits");
+            for row in p.chunks_exact_mut(32) {
+                soft_max(row, 32, 1.0);
+            }
+            same(&p, &f32s(&r, "moe.probs"), "soft_max over 32 experts");
+            let want_ids: Vec<u32> =
+                r["moe.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let (mut ids, mut w, mut all_w) = (vec![], vec![], vec![]);
+            for (t, row) in p.chunks_exact(32).enumerate() {
+                top_k_weights(row, 4, true, &mut ids, &mut w);
+                assert_eq!(ids, want_ids[4 * t..4 * t + 4], "argsort_top_k of token {t}");
+                all_w.extend_from_slice(&w);
+            }
+            same(&all_w, &f32s(&r, "moe.weights"), "top-k weights / their sum");
+            // An odd expert count exercises the scalar tail (libm expf), not checked against ggml.
+            let mut odd = f32s(&r, "moe.logits")[..20].to_vec();
+            soft_max(&mut odd, 20, 1.0);
+            assert!((odd.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+
+        #[test]
+        fn mul_mat_id_q8_0_is_bit_exact() {
+            // Q8_0 mul_mat_id: each (token, slot) row of src1 quantized by quantize_row_q8_0, then one
+            // ggml_vec_dot_q8_0_q8_0 per output, whatever the number of rows per expert.
+            let r = records();
+            let (up, down) = (&r["mmid.up"], &r["mmid.down"]);
+            let ids: Vec<usize> =
+                r["mmid.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+            let x = f32s(&r, "mmid.x");
+            let (up_bytes, down_bytes) = (32 * 8 * Q8_0_BYTES, 256 * Q8_0_BYTES);
+            let mut h = vec![];
+            for (t, xr) in x.chunks_exact(256).enumerate() {
+                let a = quantize_q8_0(xr);
+                for &e in &ids[2 * t..2 * t + 2] {
+                    let w = &up[e * up_bytes..(e + 1) * up_bytes];
+                    h.extend(w.chunks_exact(8 * Q8_0_BYTES).map(|row| dot_q8_0_q8_0(row, &a)));
+                }
+            }
+            same(&h, &f32s(&r, "mmid.out_up"), "mul_mat_id up");
+            let mut o = vec![];
+            for (j, hr) in h.chunks_exact(32).enumerate() {
+                let a = quantize_q8_0(hr);
+                let e = ids[j];
+                let w = &down[e * down_bytes..(e + 1) * down_bytes];
+                o.extend(w.chunks_exact(Q8_0_BYTES).map(|row| dot_q8_0_q8_0(row, &a)));
+            }
+            same(&o, &f32s(&r, "mmid.out_down"), "mul_mat_id down (one block per row)");
         }
 
         /// `[n_tok, rows]` outputs of a quantized matmul.
