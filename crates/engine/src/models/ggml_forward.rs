@@ -1,13 +1,25 @@
-//! The decoder's forward pass with llama.cpp's float arithmetic ([`Numerics::Ggml`](super::Numerics)): the graph
-//! `llm_build_llama` builds (b11434, flash attention off, f32 KV cache), each op through [`crate::ggml_exact`].
+//! The decoder's forward pass with llama.cpp's float arithmetic ([`Numerics::Ggml`](super::Numerics)): the graphs
+//! `llm_build_llama` and `llama_model_qwen3moe::graph` build (b11434, flash attention off, f32 KV cache), each op
+//! through [`crate::ggml_exact`].
 //!
 //! ```text
 //! x = get_rows(token_embd)
-//! per layer:  h = rms_norm(x) * attn_norm;  q, k, v = h @ wq, wk, wv;  q, k = rope(q), rope(k)
+//! per layer:  h = rms_norm(x) * attn_norm;  q, k, v = h @ wq, wk, wv
+//!             (Qwen3: q, k = rms_norm(q) * q_norm, rms_norm(k) * k_norm, per head)
+//!             q, k = rope(q), rope(k)   (Llama: adjacent pairs; Qwen3: NeoX)
 //!             kq = k_cache . q;  p = soft_max_ext(kq, mask, 1/sqrt(head_dim));  o = v_cache^T p
-//!             x = (o @ wo) + x;  h = rms_norm(x) * ffn_norm;  x = (swiglu(h @ gate, h @ up) @ down) + x
+//!             x = (o @ wo) + x;  h = rms_norm(x) * ffn_norm
+//!             dense:  x = (swiglu(h @ gate, h @ up) @ down) + x
+//!             MoE (build_moe_ffn, softmax gating, norm_w):  p = soft_max(h @ router);  ids = argsort_top_k(p, k)
+//!                     w = get_rows(p, ids);  w = w / clamp(sum_rows(w));  e_i = mul_mat_id(down, swiglu(
+//!                     mul_mat_id(gate, h, ids), mul_mat_id(up, h, ids)), ids) * w_i
+//!                     x = (((e_0 + e_1) + e_2) + ...) + x   (slots best first)
 //! logits = (rms_norm(x) * output_norm) @ output
 //! ```
+//!
+//! Experts come from the model's [`ExpertProvider`](crate::experts::ExpertProvider) (resident or streamed through
+//! the cache) in whatever order it hands them out: every output is one dot product of its own, so neither the
+//! order nor the cache changes a bit.
 //!
 //! llama.cpp's KV length `n_kv` is the used cells rounded up to 256; the cells past the sequence are zero and
 //! masked, and here they are zeros too, so sums see the same lanes. A batch is one ubatch as llama.cpp ran it
@@ -20,6 +32,8 @@
 use kernels::DType;
 
 use crate::ggml_exact as gx;
+use crate::layers::moe::{MoeRouting, MoeWeights, Route};
+use crate::layers::rope::RopeStyle;
 use crate::models::decoder::{Decoder, FeedForward};
 use crate::models::Logits;
 use crate::ops::{Cpu, SharedOut};
@@ -30,17 +44,31 @@ use crate::{Error, Result};
 /// llama.cpp's KV padding (`llama_kv_cache::get_n_kv`: at least 256, a multiple of 256).
 const N_KV_PAD: usize = 256;
 
-/// Refuses a model this mode does not cover: MoE, q/k norms, biases, NeoX or partial RoPE, weights other than
-/// Q4_1/Q8_0.
+/// Refuses a model this mode does not cover. Covered: Llama (no q/k norms, llama.cpp's normal RoPE) and Qwen3
+/// (q/k norms, NeoX RoPE), dense or, for GGUF `qwen3moe`, MoE with a softmax router whose top-k weights are
+/// renormalised; no biases, no partial RoPE; Q4_1/Q8_0 matrices (experts included), an F32 router.
 pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
+    use crate::layers::rope::RopeStyle;
     let cfg = &d.cfg;
     let a = &cfg.attn;
     let refuse = |why: String| Err(Error::Invalid(format!("--numerics ggml: {why}")));
-    if cfg.moe.is_some() || cfg.qk_norm || cfg.attn_bias {
-        return refuse("only dense Llama models (no experts, q/k norms or biases) are covered".into());
+    if cfg.attn_bias {
+        return refuse("q/k/v biases are not covered".into());
     }
-    if a.rope.style != crate::layers::rope::RopeStyle::Interleaved {
-        return refuse("only llama.cpp's normal RoPE (GGUF Llama) is covered".into());
+    match (cfg.qk_norm, a.rope.style) {
+        (false, RopeStyle::Interleaved) | (true, RopeStyle::Neox) => {}
+        _ => return refuse("only Llama (normal RoPE) and Qwen3 (q/k norms, NeoX RoPE) attention is covered".into()),
+    }
+    if let Some(r) = &cfg.moe {
+        if d.info.arch != "qwen3moe" || !r.norm_topk_prob {
+            return refuse(format!(
+                "only Qwen3-MoE's router (GGUF qwen3moe, softmax, top-k renormalised) is covered, not {}",
+                d.info.arch
+            ));
+        }
+        if !cfg.n_embd.is_multiple_of(16) {
+            return refuse(format!("a router over n_embd = {} (not a multiple of 16) is not covered", cfg.n_embd));
+        }
     }
     if a.rope.n_dims != a.head_dim {
         return refuse(format!("partial RoPE ({} of {} dimensions) is not covered", a.rope.n_dims, a.head_dim));
@@ -57,9 +85,19 @@ pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
             ("attn_v", w.wv.dtype),
             ("attn_output", w.wo.dtype),
         ]);
-        if let FeedForward::Dense(f) = &layer.ffn {
-            mats.extend([("ffn_gate", f.gate.dtype), ("ffn_up", f.up.dtype), ("ffn_down", f.down.dtype)]);
+        match &layer.ffn {
+            FeedForward::Dense(f) => {
+                mats.extend([("ffn_gate", f.gate.dtype), ("ffn_up", f.up.dtype), ("ffn_down", f.down.dtype)])
+            }
+            FeedForward::Moe(m) => {
+                if m.router.dtype != DType::F32 {
+                    return refuse(format!("ffn_gate_inp is {:?}; only an F32 router is covered", m.router.dtype));
+                }
+            }
         }
+    }
+    for le in d.expert_layout.layers.iter().flatten() {
+        mats.extend([("ffn_gate_exps", le.gate.dtype), ("ffn_up_exps", le.up.dtype), ("ffn_down_exps", le.down.dtype)]);
     }
     for (name, t) in mats {
         if !matches!(t, DType::Q4_1 | DType::Q8_0) {
@@ -97,6 +135,120 @@ fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32]) {
     });
 }
 
+/// `build_moe_ffn` (softmax gating, `norm_w`, SiLU, separate gate and up) for `h` (`[n, n_embd]`, normed) into
+/// `out`: the router as ggml's f32 `mul_mat` (tinyBLAS for 2 or more tokens when its kernel takes the expert
+/// count, a multiple of 4; `ggml_vec_dot_f32` otherwise), then per token [`gx::soft_max`] and
+/// [`gx::top_k_weights`]; each `mul_mat_id` output is one quantized dot product (`ggml_compute_forward_mul_mat_id`:
+/// src1 rows quantized once, `vec_dot` per row and expert: [`matmul`] on the expert's tokens gives the same
+/// bits); the weighted expert outputs are summed with one `ggml_add` per slot, best slot first.
+fn moe(
+    d: &Decoder,
+    cpu: &Cpu,
+    (call, l, pos0): (usize, usize, usize),
+    m: &MoeWeights,
+    r: &MoeRouting,
+    h: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let e = d.cfg.n_embd;
+    let n = h.len() / e;
+    let ld = Some(l);
+    let n_ff = d.cfg.n_ff_exp;
+    let router: Vec<f32> =
+        m.router.as_ref().data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let ne = r.n_expert;
+    let tinyblas = n >= 2 && ne.is_multiple_of(4);
+    let mut probs = vec![0.0f32; n * ne];
+    for (t, p) in probs.chunks_exact_mut(ne).enumerate() {
+        let ht = &h[t * e..(t + 1) * e];
+        for (x, wr) in p.iter_mut().zip(router.chunks_exact(e)) {
+            *x = if tinyblas { gx::dot_f32_tinyblas(wr, ht) } else { gx::dot_f32(wr, ht) };
+        }
+    }
+    dump(call, "ffn_moe_logits", ld, &probs);
+    for p in probs.chunks_exact_mut(ne) {
+        gx::soft_max(p, ne, 1.0);
+    }
+    dump(call, "ffn_moe_probs", ld, &probs);
+    let mut routes = Vec::with_capacity(n);
+    for (t, p) in probs.chunks_exact(ne).enumerate() {
+        let mut route = Route { experts: vec![], weights: vec![] };
+        gx::top_k_weights(p, r.n_expert_used, true, &mut route.experts, &mut route.weights);
+        if let Some(hook) = &d.route_hook {
+            hook.route(l, pos0 + t, n, &mut route)?;
+        }
+        routes.push(route);
+    }
+    let w_norm: Vec<f32> = routes.iter().flat_map(|r| r.weights.iter().copied()).collect();
+    dump(call, "ffn_moe_weights_norm", ld, &w_norm);
+
+    // [token][slot][..] as llama.cpp lays out mul_mat_id results; k per token (a replayed route may differ).
+    let k = routes.iter().map(|r| r.experts.len()).max().unwrap_or(0);
+    let (mut gate, mut up) = (vec![0.0f32; n * k * n_ff], vec![0.0f32; n * k * n_ff]);
+    let mut swiglu = vec![0.0f32; n * k * n_ff];
+    let mut down = vec![0.0f32; n * k * e];
+    let mut used: Vec<u32> = routes.iter().flat_map(|r| r.experts.iter().copied()).collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut set = d.experts.acquire(l, &used)?;
+    let (mut rows, mut g, mut u, mut yd) = (vec![], vec![], vec![], vec![]);
+    while let Some(next) = set.next() {
+        let (i, ew) = next?;
+        let id = used[i];
+        let slots: Vec<(usize, usize)> = routes
+            .iter()
+            .enumerate()
+            .filter_map(|(t, r)| r.experts.iter().position(|&x| x == id).map(|s| (t, s)))
+            .collect();
+        rows.clear();
+        for &(t, _) in &slots {
+            rows.extend_from_slice(&h[t * e..(t + 1) * e]);
+        }
+        g.resize(slots.len() * n_ff, 0.0);
+        u.resize(slots.len() * n_ff, 0.0);
+        matmul(cpu, ew.gate, &rows, &mut g);
+        matmul(cpu, ew.up, &rows, &mut u);
+        for (j, &(t, s)) in slots.iter().enumerate() {
+            let dst = (t * k + s) * n_ff;
+            gate[dst..dst + n_ff].copy_from_slice(&g[j * n_ff..(j + 1) * n_ff]);
+            up[dst..dst + n_ff].copy_from_slice(&u[j * n_ff..(j + 1) * n_ff]);
+            // ggml_swiglu_split, row by row
+            gx::swiglu(&mut g[j * n_ff..(j + 1) * n_ff], &u[j * n_ff..(j + 1) * n_ff]);
+            swiglu[dst..dst + n_ff].copy_from_slice(&g[j * n_ff..(j + 1) * n_ff]);
+        }
+        yd.resize(slots.len() * e, 0.0);
+        matmul(cpu, ew.down, &g, &mut yd);
+        for (j, &(t, s)) in slots.iter().enumerate() {
+            let dst = (t * k + s) * e;
+            down[dst..dst + e].copy_from_slice(&yd[j * e..(j + 1) * e]);
+        }
+    }
+    drop(set);
+    dump(call, "ffn_moe_gate", ld, &gate);
+    dump(call, "ffn_moe_up", ld, &up);
+    dump(call, "ffn_moe_swiglu", ld, &swiglu);
+    dump(call, "ffn_moe_down", ld, &down);
+    // ggml_mul(experts, weights), then the chain of ggml_add over the slots.
+    for (t, route) in routes.iter().enumerate() {
+        for (s, &wt) in route.weights.iter().enumerate() {
+            for v in &mut down[(t * k + s) * e..(t * k + s + 1) * e] {
+                *v *= wt;
+            }
+        }
+    }
+    dump(call, "ffn_moe_weighted", ld, &down);
+    for (t, route) in routes.iter().enumerate() {
+        let o = &mut out[t * e..(t + 1) * e];
+        o.copy_from_slice(&down[t * k * e..(t * k + 1) * e]);
+        for s in 1..route.experts.len() {
+            for (a, &b) in o.iter_mut().zip(&down[(t * k + s) * e..(t * k + s + 1) * e]) {
+                *a += b;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn dump(call: usize, name: &str, layer: Option<usize>, x: &[f32]) {
     static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     let Some(dir) = DIR.get_or_init(|| std::env::var_os("FLASH_MOE_GGML_DUMP").map(Into::into)) else {
@@ -128,6 +280,9 @@ pub(crate) fn forward<'s>(
     let (q_dim, kv_dim) = (a.n_head * hd, a.n_head_kv * hd);
     if n == 0 {
         return Err(Error::EmptyPrompt);
+    }
+    if d.approx.is_some() {
+        return Err(Error::Invalid("--numerics ggml does not combine with an approximate expert mode".into()));
     }
     sess.check_room(n)?;
     let pos0 = sess.pos;
@@ -172,12 +327,25 @@ pub(crate) fn forward<'s>(
         matmul(cpu, w.wk.as_ref(), &h, &mut k);
         matmul(cpu, w.wv.as_ref(), &h, &mut v);
         dump(call, "Vcur", ld, &v);
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            // build_norm per head: rms_norm over head_dim, then * weight (same arithmetic fused or not).
+            let qc = q.clone();
+            gx::rms_norm_mul(&qc, qn, cfg.rms_eps, &mut q);
+            let kc = k.clone();
+            gx::rms_norm_mul(&kc, kn, cfg.rms_eps, &mut k);
+            dump(call, "Qcur_normed", ld, &q);
+            dump(call, "Kcur_normed", ld, &k);
+        }
+        let rope = match a.rope.style {
+            RopeStyle::Neox => gx::rope_neox,
+            RopeStyle::Interleaved => gx::rope_pairs,
+        };
         for (t, rc) in ropes.iter().enumerate() {
             for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-                gx::rope_pairs(head, rc);
+                rope(head, rc);
             }
             for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-                gx::rope_pairs(head, rc);
+                rope(head, rc);
             }
         }
         dump(call, "Qcur", ld, &q);
@@ -235,17 +403,23 @@ pub(crate) fn forward<'s>(
 
         gx::rms_norm_mul(&x, &layer.ffn_norm, cfg.rms_eps, &mut h);
         dump(call, "ffn_norm", ld, &h);
-        let FeedForward::Dense(f) = &layer.ffn else {
-            return Err(Error::Invalid("--numerics ggml: MoE layers are not covered".into()));
-        };
-        matmul(cpu, f.gate.as_ref(), &h, &mut gate);
-        matmul(cpu, f.up.as_ref(), &h, &mut up);
-        dump(call, "ffn_gate", ld, &gate);
-        dump(call, "ffn_up", ld, &up);
-        gx::swiglu(&mut gate, &up);
-        dump(call, "ffn_swiglu", ld, &gate);
-        matmul(cpu, f.down.as_ref(), &gate, &mut y);
-        dump(call, "ffn_out", ld, &y);
+        match &layer.ffn {
+            FeedForward::Dense(f) => {
+                matmul(cpu, f.gate.as_ref(), &h, &mut gate);
+                matmul(cpu, f.up.as_ref(), &h, &mut up);
+                dump(call, "ffn_gate", ld, &gate);
+                dump(call, "ffn_up", ld, &up);
+                gx::swiglu(&mut gate, &up);
+                dump(call, "ffn_swiglu", ld, &gate);
+                matmul(cpu, f.down.as_ref(), &gate, &mut y);
+                dump(call, "ffn_out", ld, &y);
+            }
+            FeedForward::Moe(m) => {
+                let r = cfg.moe.as_ref().ok_or_else(|| Error::Invalid("MoE layer without routing".into()))?;
+                moe(d, cpu, (call, l, pos0), m, r, &h, &mut y)?;
+                dump(call, "ffn_moe_out", ld, &y);
+            }
+        }
         for (xi, &yi) in x.iter_mut().zip(&y) {
             *xi += yi; // ggml_add(cur, residual): addition commutes
         }
