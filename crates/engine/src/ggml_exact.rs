@@ -351,6 +351,191 @@ pub fn top_k_weights(probs: &[f32], k: usize, norm_w: bool, experts: &mut Vec<u3
     }
 }
 
+/// Values per K-quant super-block (Q4_K, Q6_K, Q8_K).
+pub const QK_K: usize = 256;
+/// Bytes of one Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
+const Q4_K_BYTES: usize = 144;
+/// Bytes of one Q6_K block: 128 bytes low nibbles, 64 bytes high bits, 16 i8 scales, f16 d.
+const Q6_K_BYTES: usize = 210;
+/// Bytes of one Q5_0 block: f16 d, 4 bytes of fifth bits, 16 bytes of nibbles.
+const Q5_0_BYTES: usize = 22;
+
+/// One block of 8-bit activations for K-quant dots (`block_q8_K`): f32 `d`, 256 values, sums of each 16.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// `quantize_row_q8_K` (x86: `quantize_row_q8_K_ref`, built without FMA): per 256 values `max` = the first value
+/// of largest magnitude (sign kept), `iscale = -127 / max`, `q = nearest_int(iscale * x)` (the product rounded
+/// to f32, then to the nearest integer, ties to even), `d = 1 / iscale`. `ggml_quantize_mat_q8_K_4x8` (the
+/// repacked gemm's quantizer) gives the same blocks except when `+max` and `-max` both occur (it then takes the
+/// positive one).
+pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    x.chunks_exact(QK_K)
+        .map(|b| {
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in b {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let mut out = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
+            if amax == 0.0 {
+                return out;
+            }
+            let iscale = -127.0f32 / max;
+            for (q, &v) in out.qs.iter_mut().zip(b) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (s, c) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+                *s = c.iter().map(|&q| q as i16).sum();
+            }
+            out.d = 1.0 / iscale;
+            out
+        })
+        .collect()
+}
+
+/// `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as i32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32)
+    }
+}
+
+/// One Q4_K super-block against one Q8_K block: per 32-value sub-block `scale * sum(q4 * q8)` and
+/// `min * sum(q8)`, exact integers (the repacked kernels' int16 partial sums stay below 2^15).
+fn q4_k_sub_sums(b: &[u8], y: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
+    let (mut dots, mut mins) = ([0i32; 8], [0i32; 8]);
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales);
+        let (chunk, high) = (j / 2, j % 2 == 1);
+        let mut dot = 0i32;
+        for l in 0..32 {
+            let byte = qs[32 * chunk + l];
+            let q = if high { byte >> 4 } else { byte & 0xf } as i32;
+            dot += q * y.qs[32 * j + l] as i32;
+        }
+        dots[j] = sc * dot;
+        mins[j] = m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+    }
+    (dots, mins)
+}
+
+/// One output of `ggml_gemv_q4_K_8x8_q8_K` (arch/x86/repack.cpp, AVX2; the Q4_K weights repacked 8 rows at a
+/// time, used for one token of a `mul_mat` and for every row of a `mul_mat_id`): per super-block
+/// `acc = fma((float) sum_j scale_j dot_j, d * d8, acc)` and `acc_min = fma((float) sum_j min_j bsum_j, dmin * d8,
+/// acc_min)`; result `acc - acc_min`.
+pub fn dot_q4_k_q8_k_gemv(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (b, y) in w.chunks_exact(Q4_K_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let (dots, mins) = q4_k_sub_sums(b, y);
+        let (i, m): (i32, i32) = (dots.iter().sum(), mins.iter().sum());
+        acc = (i as f32).mul_add(d * y.d, acc);
+        acc_min = (m as f32).mul_add(dmin * y.d, acc_min);
+    }
+    acc - acc_min
+}
+
+/// One output of `ggml_gemm_q4_K_8x8_q8_K` (AVX-512 and AVX2 paths alike; groups of 4 tokens of a `mul_mat`):
+/// like [`dot_q4_k_q8_k_gemv`] but the float accumulation runs per pair of sub-blocks (64 values), four times per
+/// super-block.
+pub fn dot_q4_k_q8_k_gemm(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (b, y) in w.chunks_exact(Q4_K_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let (dots, mins) = q4_k_sub_sums(b, y);
+        for sb in 0..4 {
+            let i = dots[2 * sb] + dots[2 * sb + 1];
+            let m = mins[2 * sb] + mins[2 * sb + 1];
+            acc = (i as f32).mul_add(d * y.d, acc);
+            acc_min = (m as f32).mul_add(dmin * y.d, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// The 6-bit value `i` (0..256) of a Q6_K block, unsigned (0..64), and its scale index.
+fn q6_k_value(b: &[u8], i: usize) -> (i32, usize) {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let (n, r) = (i / 128, i % 128);
+    let (k, l) = (r / 32, r % 32);
+    let lo = match k {
+        0 => ql[64 * n + l] & 0xf,
+        1 => ql[64 * n + 32 + l] & 0xf,
+        2 => ql[64 * n + l] >> 4,
+        _ => ql[64 * n + 32 + l] >> 4,
+    };
+    let hi = (qh[32 * n + l] >> (2 * k)) & 3;
+    ((lo | (hi << 4)) as i32, 8 * n + 2 * k + l / 16)
+}
+
+/// `ggml_vec_dot_q6_K_q8_K` (arch/x86/quants.c, AVX2): 8 integer lanes per super-block (lane `L` sums positions
+/// `4L..4L + 4` of each 32-value group, unsigned 6-bit values times scale, less `32 * (bsum_{2L} scale_{2L} +
+/// bsum_{2L+1} scale_{2L+1})`), `acc = fma(d8 * d, (float) lane, acc)`, result `hsum_float_8(acc)`.
+pub fn dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(Q6_K_BYTES).zip(a) {
+        let sc = |j: usize| b[192 + j] as i8 as i32;
+        let d = y.d * f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        let mut lanes = [0i32; 8];
+        for i in 0..QK_K {
+            let (q, s) = q6_k_value(b, i);
+            lanes[(i % 32) / 4] += sc(s) * q * y.qs[i] as i32;
+        }
+        for (lane, v) in lanes.iter_mut().enumerate() {
+            *v -= 32 * (y.bsums[2 * lane] as i32 * sc(2 * lane) + y.bsums[2 * lane + 1] as i32 * sc(2 * lane + 1));
+        }
+        for (a, &v) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(v as f32, *a);
+        }
+    }
+    hsum_8(&acc)
+}
+
+/// `dequantize_row_q6_K` (get_rows of a Q6_K embedding; ggml-base, no FMA): `(d * scale) * (q - 32)`.
+pub fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        for (i, o) in o.iter_mut().enumerate() {
+            let (q, s) = q6_k_value(b, i);
+            *o = d * (b[192 + s] as i8 as f32) * ((q - 32) as f32);
+        }
+    }
+}
+
+/// `ggml_vec_dot_q5_0_q8_0` (AVX2 path): the Q8_0 dot on the 5-bit values `(nibble | fifth bit << 4) - 16`.
+pub fn dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(Q5_0_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * f16_to_f32(y.d);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let mut qx = [0i32; QK];
+        for i in 0..16 {
+            qx[i] = (b[6 + i] & 0xf) as i32 | (((qh >> i) & 1) << 4) as i32;
+            qx[i + 16] = (b[6 + i] >> 4) as i32 | (((qh >> (i + 16)) & 1) << 4) as i32;
+        }
+        for q in qx.iter_mut() {
+            *q -= 16;
+        }
+        let xy = lane_sums(&qx, &y.qs);
+        for j in 0..8 {
+            acc[j] = d.mul_add(xy[j], acc[j]);
+        }
+    }
+    hsum_8(&acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

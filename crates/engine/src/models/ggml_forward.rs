@@ -73,21 +73,20 @@ pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
     if a.rope.n_dims != a.head_dim {
         return refuse(format!("partial RoPE ({} of {} dimensions) is not covered", a.rope.n_dims, a.head_dim));
     }
-    let mut mats = vec![("token_embd", d.token_embd.dtype)];
-    if let Some(o) = &d.output {
-        mats.push(("output", o.dtype));
+    if !matches!(d.token_embd.dtype, DType::Q4_1 | DType::Q8_0 | DType::Q6_K) {
+        return refuse(format!(
+            "token_embd is {:?}; only Q4_1, Q8_0 and Q6_K embeddings are covered",
+            d.token_embd.dtype
+        ));
     }
+    let mm = |m: &crate::tensor::QMat| (m.dtype, m.rows, Op::MulMat);
+    let mut mats = vec![("output", mm(d.output.as_ref().unwrap_or(&d.token_embd)))];
     for layer in &d.layers {
         let w = &layer.attn;
-        mats.extend([
-            ("attn_q", w.wq.dtype),
-            ("attn_k", w.wk.dtype),
-            ("attn_v", w.wv.dtype),
-            ("attn_output", w.wo.dtype),
-        ]);
+        mats.extend([("attn_q", mm(&w.wq)), ("attn_k", mm(&w.wk)), ("attn_v", mm(&w.wv)), ("attn_output", mm(&w.wo))]);
         match &layer.ffn {
             FeedForward::Dense(f) => {
-                mats.extend([("ffn_gate", f.gate.dtype), ("ffn_up", f.up.dtype), ("ffn_down", f.down.dtype)])
+                mats.extend([("ffn_gate", mm(&f.gate)), ("ffn_up", mm(&f.up)), ("ffn_down", mm(&f.down))])
             }
             FeedForward::Moe(m) => {
                 if m.router.dtype != DType::F32 {
@@ -97,35 +96,90 @@ pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
         }
     }
     for le in d.expert_layout.layers.iter().flatten() {
-        mats.extend([("ffn_gate_exps", le.gate.dtype), ("ffn_up_exps", le.up.dtype), ("ffn_down_exps", le.down.dtype)]);
-    }
-    for (name, t) in mats {
-        if !matches!(t, DType::Q4_1 | DType::Q8_0) {
-            return refuse(format!("{name} is {t:?}; only Q4_1 and Q8_0 weights are covered"));
+        for (name, p) in [("ffn_gate_exps", &le.gate), ("ffn_up_exps", &le.up), ("ffn_down_exps", &le.down)] {
+            mats.push((name, (p.dtype, p.rows, Op::MulMatId)));
         }
+    }
+    for (name, (dtype, rows, op)) in mats {
+        check_weight(name, dtype, rows, op)?;
     }
     Ok(())
 }
 
-/// `out[t, r] = w[r] . x[t]` the way ggml-cpu's `mul_mat` computes it for this weight type (rows over threads:
-/// each output is one call, so threading never changes a result).
-fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32]) {
+/// Which ggml op a matrix product is: `mul_mat` (dense weights) or `mul_mat_id` (experts); they take different
+/// kernels for some weight types.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    MulMat,
+    MulMatId,
+}
+
+/// Activations quantized for one weight type's dot product.
+enum Acts {
+    Q8(Vec<Vec<gx::BlockQ8>>),
+    Q8K(Vec<Vec<gx::BlockQ8K>>),
+}
+
+/// Whether ggml-cpu repacks a weight of this type and shape on this CPU (`ggml_repack_get_optimal_repack_type`,
+/// AVX2: Q4_K with a multiple of 8 rows becomes `q4_K_8x8_q8_K`).
+fn repacked(w: &QMatRef<'_>) -> bool {
+    w.dtype == DType::Q4_K && w.rows.is_multiple_of(8)
+}
+
+/// Refuses a weight whose ggml-cpu path is not emulated here (see [`matmul`]).
+fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
+    let ok = match dtype {
+        DType::Q4_1 | DType::Q8_0 | DType::Q6_K => true,
+        DType::Q5_0 => op == Op::MulMatId,
+        DType::Q4_K => rows.is_multiple_of(8),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--numerics ggml: {name} is {dtype:?} ({rows} rows); only Q4_1 and Q8_0 weights, Q4_K with a multiple of 8 \
+         rows, Q6_K, and Q5_0 experts are covered"
+    )))
+}
+
+/// `out[t, r] = w[r] . x[t]` the way ggml-cpu's `mul_mat` / `mul_mat_id` computes it for this weight type (rows
+/// over threads: each output is one call, so threading never changes a result):
+/// - Q4_1, Q8_0, Q5_0: [`gx::quantize_q8_1`]/[`gx::quantize_q8_0`] per token and one `vec_dot` per output
+///   (tinyBLAS computes Q8_0 the same way for a batch; Q5_0 is covered only as experts, where tinyBLAS never runs);
+/// - Q4_K (repacked, rows a multiple of 8): [`gx::quantize_q8_k`] per token; `mul_mat` runs the first `n - n % 4`
+///   tokens through the repacked gemm and the rest through the gemv, `mul_mat_id` every token through the gemv;
+/// - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` below 8 tokens; from 8 tokens a `mul_mat` goes to the
+///   tiled kernels (ggml-cpu/tiled/), not emulated: refused.
+fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Result<()> {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "ggml matmul: output size");
-    let acts: Vec<Vec<gx::BlockQ8>> = x
-        .chunks_exact(cols)
-        .map(|r| if w.dtype == DType::Q4_1 { gx::quantize_q8_1(r) } else { gx::quantize_q8_0(r) })
-        .collect();
+    if w.dtype == DType::Q6_K && op == Op::MulMat && n >= 8 {
+        return Err(Error::Invalid(format!(
+            "--numerics ggml: a Q6_K matrix times {n} tokens (8 or more) runs through ggml's tiled kernels, which \
+             are not emulated; run the prompt in batches of at most 7 tokens to llama.cpp's reference"
+        )));
+    }
+    let acts = match w.dtype {
+        DType::Q4_K | DType::Q6_K => Acts::Q8K(x.chunks_exact(cols).map(gx::quantize_q8_k).collect()),
+        DType::Q4_1 => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_1).collect()),
+        _ => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_0).collect()),
+    };
+    let n_gemm = if op == Op::MulMat && repacked(&w) && n > 3 { n - n % 4 } else { 0 };
     let outp = SharedOut(out.as_mut_ptr());
     let chunk = cpu.pool.chunk_size(rows, 16);
     cpu.pool.for_chunks(rows, chunk, &|range| {
         for r in range {
             let wr = w.row(r);
-            for (t, a) in acts.iter().enumerate() {
-                let v = match w.dtype {
-                    DType::Q4_1 => gx::dot_q4_1_q8_1(wr, a),
-                    _ => gx::dot_q8_0_q8_0(wr, a),
+            for t in 0..n {
+                let v = match (&acts, w.dtype) {
+                    (Acts::Q8(a), DType::Q4_1) => gx::dot_q4_1_q8_1(wr, &a[t]),
+                    (Acts::Q8(a), DType::Q5_0) => gx::dot_q5_0_q8_0(wr, &a[t]),
+                    (Acts::Q8(a), _) => gx::dot_q8_0_q8_0(wr, &a[t]),
+                    (Acts::Q8K(a), DType::Q6_K) => gx::dot_q6_k_q8_k(wr, &a[t]),
+                    (Acts::Q8K(a), _) if t < n_gemm => gx::dot_q4_k_q8_k_gemm(wr, &a[t]),
+                    (Acts::Q8K(a), _) => gx::dot_q4_k_q8_k_gemv(wr, &a[t]),
                 };
                 // SAFETY: rows are partitioned between threads, so (t, r) is written once; t * rows + r is
                 // within `out` (its length is checked above) and `out` outlives the pool call.
@@ -133,6 +187,7 @@ fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32]) {
             }
         }
     });
+    Ok(())
 }
 
 /// `build_moe_ffn` (softmax gating, `norm_w`, SiLU, separate gate and up) for `h` (`[n, n_embd]`, normed) into
@@ -206,8 +261,8 @@ fn moe(
         }
         g.resize(slots.len() * n_ff, 0.0);
         u.resize(slots.len() * n_ff, 0.0);
-        matmul(cpu, ew.gate, &rows, &mut g);
-        matmul(cpu, ew.up, &rows, &mut u);
+        matmul(cpu, ew.gate, &rows, &mut g, Op::MulMatId)?;
+        matmul(cpu, ew.up, &rows, &mut u, Op::MulMatId)?;
         for (j, &(t, s)) in slots.iter().enumerate() {
             let dst = (t * k + s) * n_ff;
             gate[dst..dst + n_ff].copy_from_slice(&g[j * n_ff..(j + 1) * n_ff]);
@@ -217,7 +272,7 @@ fn moe(
             swiglu[dst..dst + n_ff].copy_from_slice(&g[j * n_ff..(j + 1) * n_ff]);
         }
         yd.resize(slots.len() * e, 0.0);
-        matmul(cpu, ew.down, &g, &mut yd);
+        matmul(cpu, ew.down, &g, &mut yd, Op::MulMatId)?;
         for (j, &(t, s)) in slots.iter().enumerate() {
             let dst = (t * k + s) * e;
             down[dst..dst + e].copy_from_slice(&yd[j * e..(j + 1) * e]);
@@ -300,6 +355,7 @@ pub(crate) fn forward<'s>(
         let out = &mut x[t * e..(t + 1) * e];
         match d.token_embd.dtype {
             DType::Q8_0 => gx::dequantize_q8_0(row, out),
+            DType::Q6_K => gx::dequantize_q6_k(row, out),
             dt => cpu.kernels.dequantize_row(dt, row, out),
         }
     }
@@ -323,9 +379,9 @@ pub(crate) fn forward<'s>(
         let ld = Some(l);
         gx::rms_norm_mul(&x, &layer.attn_norm, cfg.rms_eps, &mut h);
         dump(call, "attn_norm", ld, &h);
-        matmul(cpu, w.wq.as_ref(), &h, &mut q);
-        matmul(cpu, w.wk.as_ref(), &h, &mut k);
-        matmul(cpu, w.wv.as_ref(), &h, &mut v);
+        matmul(cpu, w.wq.as_ref(), &h, &mut q, Op::MulMat)?;
+        matmul(cpu, w.wk.as_ref(), &h, &mut k, Op::MulMat)?;
+        matmul(cpu, w.wv.as_ref(), &h, &mut v, Op::MulMat)?;
         dump(call, "Vcur", ld, &v);
         if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
             // build_norm per head: rms_norm over head_dim, then * weight (same arithmetic fused or not).
@@ -394,7 +450,7 @@ pub(crate) fn forward<'s>(
         dump(call, "kq", ld, &kq_all);
         dump(call, "kq_soft_max", ld, &sm_all);
         dump(call, "kqv_out", ld, &o);
-        matmul(cpu, w.wo.as_ref(), &o, &mut y);
+        matmul(cpu, w.wo.as_ref(), &o, &mut y, Op::MulMat)?;
         dump(call, "attn_out", ld, &y);
         for (xi, &yi) in x.iter_mut().zip(&y) {
             *xi += yi; // ggml_add(cur, residual): addition commutes
@@ -405,13 +461,13 @@ pub(crate) fn forward<'s>(
         dump(call, "ffn_norm", ld, &h);
         match &layer.ffn {
             FeedForward::Dense(f) => {
-                matmul(cpu, f.gate.as_ref(), &h, &mut gate);
-                matmul(cpu, f.up.as_ref(), &h, &mut up);
+                matmul(cpu, f.gate.as_ref(), &h, &mut gate, Op::MulMat)?;
+                matmul(cpu, f.up.as_ref(), &h, &mut up, Op::MulMat)?;
                 dump(call, "ffn_gate", ld, &gate);
                 dump(call, "ffn_up", ld, &up);
                 gx::swiglu(&mut gate, &up);
                 dump(call, "ffn_swiglu", ld, &gate);
-                matmul(cpu, f.down.as_ref(), &gate, &mut y);
+                matmul(cpu, f.down.as_ref(), &gate, &mut y, Op::MulMat)?;
                 dump(call, "ffn_out", ld, &y);
             }
             FeedForward::Moe(m) => {
@@ -438,7 +494,7 @@ pub(crate) fn forward<'s>(
     let out = d.output.as_ref().unwrap_or(&d.token_embd);
     let s = &mut sess.scratch;
     s.logits.resize(rows.len() / e * cfg.n_vocab, 0.0);
-    matmul(cpu, out.as_ref(), &hn, &mut s.logits);
+    matmul(cpu, out.as_ref(), &hn, &mut s.logits, Op::MulMat)?;
     dump(call, "result_output", None, &s.logits);
     Ok(&s.logits)
 }
