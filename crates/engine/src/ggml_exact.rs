@@ -503,6 +503,26 @@ pub fn dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     hsum_8(&acc)
 }
 
+/// One output of ggml-cpu's tiled Q6_K matmul (ggml-cpu/tiled/, `tiled_run_micro_vnni_8x16<16, false, 32, 1>`
+/// on AVX-512 VNNI; `mul_mat` of 8 or more tokens): per 256-value block the exact integer
+/// `s1 = sum_s scale_s (sum(q6 * q8) - 32 bsum_s)` over its 16 sub-blocks, `res = (float) s1 * d`, and
+/// `acc = fma(res, d8, acc)` (GCC contracts the `_mm512_add_ps(buf, _mm512_mul_ps(res, d1))`).
+pub fn dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(Q6_K_BYTES).zip(a) {
+        let mut raw = [0i32; 16];
+        for i in 0..QK_K {
+            let (q, _) = q6_k_value(b, i);
+            raw[i / 16] += q * y.qs[i] as i32;
+        }
+        // Sub-block `i / 16` of the natural order has scale index `i / 16` too (see `q6_k_value`).
+        let s1: i32 = (0..16).map(|s| (b[192 + s] as i8 as i32) * (raw[s] - 32 * y.bsums[s] as i32)).sum();
+        let res = s1 as f32 * f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        acc = res.mul_add(y.d, acc);
+    }
+    acc
+}
+
 /// `dequantize_row_q6_K` (get_rows of a Q6_K embedding; ggml-base, no FMA): `(d * scale) * (q - 32)`.
 pub fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
     for (b, o) in w.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {

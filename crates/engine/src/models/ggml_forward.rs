@@ -23,8 +23,12 @@
 //!
 //! llama.cpp's KV length `n_kv` is the used cells rounded up to 256; the cells past the sequence are zero and
 //! masked, and here they are zeros too, so sums see the same lanes. A batch is one ubatch as llama.cpp ran it
-//! (the prompt in one `llama_decode`): the batch size only matters for probabilities times values, which
-//! tinyBLAS computes for 2 or more tokens and `ggml_vec_dot_f32` for one.
+//! (the prompt in one `llama_decode`): the batch size picks kernels (tinyBLAS for 2 or more tokens, where
+//! `ggml_vec_dot_f32` runs for one; the repacked Q4_K gemm for groups of 4 tokens; the tiled Q6_K kernels from 8
+//! tokens), and so does the number of logits asked for: like llama.cpp, the last layer runs its feed-forward
+//! part only on the rows whose logits are wanted ([`Logits::Last`]: one; [`Logits::All`]: all), so a prompt's
+//! last logits equal those of llama.cpp asked for the last logits only (llama-completion), and [`Logits::All`]
+//! those of llama.cpp asked for every position (tools/llama_logits.cpp).
 //!
 //! `FLASH_MOE_GGML_DUMP=DIR` writes every intermediate tensor as `s{call}_{name}-{layer}.f32` in llama.cpp's
 //! layout (for comparing with tensors dumped from llama.cpp; see tools/ggml_exact/README.md).
@@ -129,7 +133,8 @@ fn repacked(w: &QMatRef<'_>) -> bool {
 /// Refuses a weight whose ggml-cpu path is not emulated here (see [`matmul`]).
 fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
     let ok = match dtype {
-        DType::Q4_1 | DType::Q8_0 | DType::Q6_K => true,
+        DType::Q4_1 | DType::Q8_0 => true,
+        DType::Q6_K => op == Op::MulMat,
         DType::Q5_0 => op == Op::MulMatId,
         DType::Q4_K => rows.is_multiple_of(8),
         _ => false,
@@ -139,7 +144,7 @@ fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
     }
     Err(Error::Invalid(format!(
         "--numerics ggml: {name} is {dtype:?} ({rows} rows); only Q4_1 and Q8_0 weights, Q4_K with a multiple of 8 \
-         rows, Q6_K, and Q5_0 experts are covered"
+         rows, dense Q6_K, and Q5_0 experts are covered"
     )))
 }
 
@@ -150,23 +155,20 @@ fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
 /// - Q4_K (repacked, rows a multiple of 8): [`gx::quantize_q8_k`] per token; `mul_mat` runs the first `n - n % 4`
 ///   tokens through the repacked gemm and the rest through the gemv, `mul_mat_id` every token through the gemv;
 /// - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` below 8 tokens; from 8 tokens a `mul_mat` goes to the
-///   tiled kernels (ggml-cpu/tiled/), not emulated: refused.
+///   tiled kernels (ggml-cpu/tiled/, [`gx::dot_q6_k_q8_k_tiled`]). (A Q6_K `mul_mat_id` with 8 or more tokens on
+///   one expert would too: no such weights are accepted, see [`check_weight`].)
 fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Result<()> {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "ggml matmul: output size");
-    if w.dtype == DType::Q6_K && op == Op::MulMat && n >= 8 {
-        return Err(Error::Invalid(format!(
-            "--numerics ggml: a Q6_K matrix times {n} tokens (8 or more) runs through ggml's tiled kernels, which \
-             are not emulated; run the prompt in batches of at most 7 tokens to llama.cpp's reference"
-        )));
-    }
     let acts = match w.dtype {
         DType::Q4_K | DType::Q6_K => Acts::Q8K(x.chunks_exact(cols).map(gx::quantize_q8_k).collect()),
         DType::Q4_1 => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_1).collect()),
         _ => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_0).collect()),
     };
     let n_gemm = if op == Op::MulMat && repacked(&w) && n > 3 { n - n % 4 } else { 0 };
+    // ggml_compute_forward_mul_mat_tiled: K-quant weights that are not repacked, 8 or more tokens.
+    let tiled = op == Op::MulMat && w.dtype == DType::Q6_K && n >= 8;
     let outp = SharedOut(out.as_mut_ptr());
     let chunk = cpu.pool.chunk_size(rows, 16);
     cpu.pool.for_chunks(rows, chunk, &|range| {
@@ -177,6 +179,7 @@ fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Resu
                     (Acts::Q8(a), DType::Q4_1) => gx::dot_q4_1_q8_1(wr, &a[t]),
                     (Acts::Q8(a), DType::Q5_0) => gx::dot_q5_0_q8_0(wr, &a[t]),
                     (Acts::Q8(a), _) => gx::dot_q8_0_q8_0(wr, &a[t]),
+                    (Acts::Q8K(a), DType::Q6_K) if tiled => gx::dot_q6_k_q8_k_tiled(wr, &a[t]),
                     (Acts::Q8K(a), DType::Q6_K) => gx::dot_q6_k_q8_k(wr, &a[t]),
                     (Acts::Q8K(a), _) if t < n_gemm => gx::dot_q4_k_q8_k_gemm(wr, &a[t]),
                     (Acts::Q8K(a), _) => gx::dot_q4_k_q8_k_gemv(wr, &a[t]),
@@ -452,6 +455,19 @@ pub(crate) fn forward<'s>(
         dump(call, "kqv_out", ld, &o);
         matmul(cpu, w.wo.as_ref(), &o, &mut y, Op::MulMat)?;
         dump(call, "attn_out", ld, &y);
+        if l + 1 == d.layers.len() && want != Logits::All {
+            // llama.cpp's last layer keeps only the rows whose logits were asked for (get_rows of out_ids after
+            // the attention), so the rest of the graph runs on them alone: a batch of one takes the one-token
+            // kernels (vec_dot instead of tinyBLAS, gemv instead of gemm) as llama.cpp does.
+            if want == Logits::None {
+                break;
+            }
+            x.drain(..(n - 1) * e);
+            y.drain(..(n - 1) * e);
+            h.truncate(e);
+            gate.truncate(cfg.n_ff);
+            up.truncate(cfg.n_ff);
+        }
         for (xi, &yi) in x.iter_mut().zip(&y) {
             *xi += yi; // ggml_add(cur, residual): addition commutes
         }
@@ -465,7 +481,9 @@ pub(crate) fn forward<'s>(
                 matmul(cpu, f.up.as_ref(), &h, &mut up, Op::MulMat)?;
                 dump(call, "ffn_gate", ld, &gate);
                 dump(call, "ffn_up", ld, &up);
-                gx::swiglu(&mut gate, &up);
+                for (g, u) in gate.chunks_exact_mut(cfg.n_ff).zip(up.chunks_exact(cfg.n_ff)) {
+                    gx::swiglu(g, u); // row by row, as ggml_swiglu_split
+                }
                 dump(call, "ffn_swiglu", ld, &gate);
                 matmul(cpu, f.down.as_ref(), &gate, &mut y, Op::MulMat)?;
                 dump(call, "ffn_out", ld, &y);
@@ -484,7 +502,7 @@ pub(crate) fn forward<'s>(
     sess.pos += n;
 
     let rows = match want {
-        Logits::Last => &x[(n - 1) * e..],
+        Logits::Last => &x[x.len() - e..],
         Logits::All => &x[..],
         Logits::None => return Ok(&[]),
     };
