@@ -187,6 +187,30 @@ int main(int argc, char ** argv) {
         run(ctx, h, "mmid.out_up");
         run(ctx, ggml_mul_mat_id(ctx, dn, h, ids), "mmid.out_down");
     }
+    // Q6_K mul_mat (not repacked on x86): 16 rows of 512 (two super-blocks) times 1 token (vec_dot_q6_K_q8_K)
+    // and 9 tokens (8 or more: the tiled kernels, ggml-cpu/tiled/)
+    {
+        struct ggml_tensor * w = quant_t(ctx, "q6_k.w", GGML_TYPE_Q6_K, 512, 16);
+        struct ggml_tensor * x1 = rand_t(ctx, "q6_k.x1", 2.0f, 512, 1, 1);
+        struct ggml_tensor * x9 = rand_t(ctx, "q6_k.x9", 2.0f, 512, 9, 1);
+        run(ctx, ggml_mul_mat(ctx, w, x1), "q6_k.out1");
+        run(ctx, ggml_mul_mat(ctx, w, x9), "q6_k.out9");
+    }
+    // Q5_0 experts (mul_mat_id: vec_dot_q5_0_q8_0 per row): 4 experts of [64 rows x 64], 3 tokens x top 2
+    {
+        struct ggml_tensor * w = ggml_new_tensor_3d(ctx, GGML_TYPE_Q5_0, 64, 64, 4);
+        float * src = malloc(sizeof(float) * 64 * 64 * 4);
+        for (int i = 0; i < 64 * 64 * 4; i++) src[i] = rnd(0.1f);
+        ggml_quantize_chunk(GGML_TYPE_Q5_0, src, w->data, 0, 64 * 4, 64, NULL);
+        free(src);
+        put_t("q5_0.w", w);
+        struct ggml_tensor * x = rand_t(ctx, "q5_0.x", 2.0f, 64, 1, 3);
+        struct ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 2, 3);
+        const int32_t id[6] = { 3, 0, 0, 2, 1, 3 };
+        memcpy(ids->data, id, sizeof id);
+        put_t("q5_0.ids", ids);
+        run(ctx, ggml_mul_mat_id(ctx, w, x, ids), "q5_0.out");
+    }
     fclose(out);
     ggml_free(ctx);
     return 0;

@@ -523,6 +523,23 @@ pub fn dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
     acc
 }
 
+/// `dequantize_row_q4_K` (get_rows of a Q4_K embedding; ggml-base, no FMA): `(d * scale) * q - dmin * min`.
+pub fn dequantize_q4_k(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(Q4_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        for (j, o) in o.chunks_exact_mut(32).enumerate() {
+            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            let (d1, m1) = (d * sc as f32, dmin * m as f32);
+            let qs = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            for (o, &q) in o.iter_mut().zip(qs) {
+                let q = if j % 2 == 1 { q >> 4 } else { q & 0xf };
+                *o = d1 * q as f32 - m1;
+            }
+        }
+    }
+}
+
 /// `dequantize_row_q6_K` (get_rows of a Q6_K embedding; ggml-base, no FMA): `(d * scale) * (q - 32)`.
 pub fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
     for (b, o) in w.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
@@ -757,6 +774,46 @@ mod tests {
                 o.extend(w.chunks_exact(Q8_0_BYTES).map(|row| dot_q8_0_q8_0(row, &a)));
             }
             same(&o, &f32s(&r, "mmid.out_down"), "mul_mat_id down (one block per row)");
+        }
+
+        #[test]
+        fn q6_k_matmuls_are_bit_exact() {
+            let r = records();
+            let w = &r["q6_k.w"];
+            let row_bytes = 2 * Q6_K_BYTES;
+            let run = |x: &[f32], tiled: bool| -> Vec<f32> {
+                let mut out = vec![];
+                for xr in x.chunks_exact(512) {
+                    let a = quantize_q8_k(xr);
+                    for wr in w.chunks_exact(row_bytes) {
+                        out.push(if tiled { dot_q6_k_q8_k_tiled(wr, &a) } else { dot_q6_k_q8_k(wr, &a) });
+                    }
+                }
+                out
+            };
+            same(&run(&f32s(&r, "q6_k.x1"), false), &f32s(&r, "q6_k.out1"), "Q6_K x Q8_K vec_dot");
+            same(&run(&f32s(&r, "q6_k.x9"), true), &f32s(&r, "q6_k.out9"), "Q6_K x Q8_K tiled, 9 tokens, K = 512");
+            // The two paths round differently: the fixture tells them apart.
+            let vec_dot_9 = run(&f32s(&r, "q6_k.x9"), false);
+            assert!(vec_dot_9.iter().zip(&f32s(&r, "q6_k.out9")).any(|(a, b)| a.to_bits() != b.to_bits()));
+        }
+
+        #[test]
+        fn q5_0_mul_mat_id_is_bit_exact() {
+            let r = records();
+            let w = &r["q5_0.w"];
+            let ids: Vec<usize> =
+                r["q5_0.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+            let expert_bytes = 64 * 2 * Q5_0_BYTES;
+            let mut out = vec![];
+            for (t, xr) in f32s(&r, "q5_0.x").chunks_exact(64).enumerate() {
+                let a = quantize_q8_0(xr);
+                for &e in &ids[2 * t..2 * t + 2] {
+                    let we = &w[e * expert_bytes..(e + 1) * expert_bytes];
+                    out.extend(we.chunks_exact(2 * Q5_0_BYTES).map(|row| dot_q5_0_q8_0(row, &a)));
+                }
+            }
+            same(&out, &f32s(&r, "q5_0.out"), "Q5_0 mul_mat_id");
         }
 
         /// `[n_tok, rows]` outputs of a quantized matmul.

@@ -98,21 +98,21 @@ fn qwen3moe_h256_q4_k_m() {
     check("qwen3moe-h256", "q4_k_m", 1e-5);
 }
 
-/// With `Numerics::Ggml` a Q8_0 fixture's prompt logits are llama.cpp's, bit for bit, and so are its greedy
-/// steps' logits and tokens.
-fn ggml_numerics_bit_exact(name: &str) {
+/// With `Numerics::Ggml` a fixture's prompt logits (`quant`: q8_0, q4_k_m) are llama.cpp's, bit for bit, and so
+/// are its greedy steps' logits and tokens.
+fn ggml_numerics_bit_exact(name: &str, quant: &str) {
     use engine::models::{Logits, Numerics};
     let r = reference(name);
     let prompt = ids(&r["prompt_ids"]);
-    let (_, want) = read_npy(&fixture(name).join("logits.llama.q8_0.npy"));
-    let mut model = load(&fixture(name).join(format!("{name}-q8_0.gguf")));
+    let (_, want) = read_npy(&fixture(name).join(format!("logits.llama.{quant}.npy")));
+    let mut model = load(&fixture(name).join(format!("{name}-{quant}.gguf")));
     model.set_numerics(Numerics::Ggml).expect("covered");
     let cpu = Cpu::new(2);
     let got = logits_all(&model, &cpu, &prompt);
     let n_diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     assert_eq!(n_diff, 0, "{name}: {n_diff} of {} prompt logits differ from llama.cpp's", got.len());
-    let want_ids = ids(&r["llama_cpp"][format!("{name}-q8_0.gguf")]["greedy_ids"]);
-    let (_, want_rows) = read_npy(&fixture(name).join("logits.llama.q8_0.greedy.npy"));
+    let want_ids = ids(&r["llama_cpp"][format!("{name}-{quant}.gguf")]["greedy_ids"]);
+    let (_, want_rows) = read_npy(&fixture(name).join(format!("logits.llama.{quant}.greedy.npy")));
     let v = model.info.n_vocab;
     let mut s = model.new_session(prompt.len() + want_ids.len());
     // Every position's logits, as tools/llama_logits.cpp asked llama.cpp for them (with the last only, llama.cpp's
@@ -129,17 +129,24 @@ fn ggml_numerics_bit_exact(name: &str) {
 
 #[test]
 fn llama_q8_0_ggml_numerics_bit_exact() {
-    ggml_numerics_bit_exact("llama-h64");
+    ggml_numerics_bit_exact("llama-h64", "q8_0");
 }
 
 /// Dense Qwen3: per-head q/k RMSNorm and NeoX RoPE.
 #[test]
 fn qwen3_q8_0_ggml_numerics_bit_exact() {
-    ggml_numerics_bit_exact("qwen3-h64");
+    ggml_numerics_bit_exact("qwen3-h64", "q8_0");
 }
 
 /// Qwen3-MoE: the softmax router, top-k, mul_mat_id and the sum over experts.
 #[test]
 fn qwen3moe_q8_0_ggml_numerics_bit_exact() {
-    ggml_numerics_bit_exact("qwen3moe-h64");
+    ggml_numerics_bit_exact("qwen3moe-h64", "q8_0");
+}
+
+/// Qwen3-MoE Q4_K_M: repacked Q4_K (gemm for groups of 4 tokens, gemv otherwise and for experts), Q6_K experts
+/// (tiled kernels from 8 tokens per expert, vec_dot below), a Q4_K embedding tied to the output.
+#[test]
+fn qwen3moe_q4_k_m_ggml_numerics_bit_exact() {
+    ggml_numerics_bit_exact("qwen3moe-h256", "q4_k_m");
 }

@@ -77,9 +77,9 @@ pub(crate) fn check_supported(d: &Decoder) -> Result<()> {
     if a.rope.n_dims != a.head_dim {
         return refuse(format!("partial RoPE ({} of {} dimensions) is not covered", a.rope.n_dims, a.head_dim));
     }
-    if !matches!(d.token_embd.dtype, DType::Q4_1 | DType::Q8_0 | DType::Q6_K) {
+    if !matches!(d.token_embd.dtype, DType::Q4_1 | DType::Q8_0 | DType::Q4_K | DType::Q6_K) {
         return refuse(format!(
-            "token_embd is {:?}; only Q4_1, Q8_0 and Q6_K embeddings are covered",
+            "token_embd is {:?}; only Q4_1, Q8_0, Q4_K and Q6_K embeddings are covered",
             d.token_embd.dtype
         ));
     }
@@ -133,8 +133,7 @@ fn repacked(w: &QMatRef<'_>) -> bool {
 /// Refuses a weight whose ggml-cpu path is not emulated here (see [`matmul`]).
 fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
     let ok = match dtype {
-        DType::Q4_1 | DType::Q8_0 => true,
-        DType::Q6_K => op == Op::MulMat,
+        DType::Q4_1 | DType::Q8_0 | DType::Q6_K => true,
         DType::Q5_0 => op == Op::MulMatId,
         DType::Q4_K => rows.is_multiple_of(8),
         _ => false,
@@ -144,7 +143,7 @@ fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
     }
     Err(Error::Invalid(format!(
         "--numerics ggml: {name} is {dtype:?} ({rows} rows); only Q4_1 and Q8_0 weights, Q4_K with a multiple of 8 \
-         rows, dense Q6_K, and Q5_0 experts are covered"
+         rows, Q6_K, and Q5_0 experts are covered"
     )))
 }
 
@@ -154,9 +153,8 @@ fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
 ///   (tinyBLAS computes Q8_0 the same way for a batch; Q5_0 is covered only as experts, where tinyBLAS never runs);
 /// - Q4_K (repacked, rows a multiple of 8): [`gx::quantize_q8_k`] per token; `mul_mat` runs the first `n - n % 4`
 ///   tokens through the repacked gemm and the rest through the gemv, `mul_mat_id` every token through the gemv;
-/// - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` below 8 tokens; from 8 tokens a `mul_mat` goes to the
-///   tiled kernels (ggml-cpu/tiled/, [`gx::dot_q6_k_q8_k_tiled`]). (A Q6_K `mul_mat_id` with 8 or more tokens on
-///   one expert would too: no such weights are accepted, see [`check_weight`].)
+/// - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` below 8 tokens; from 8 tokens (per expert for
+///   `mul_mat_id`) the tiled kernels (ggml-cpu/tiled/, [`gx::dot_q6_k_q8_k_tiled`]).
 fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Result<()> {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
@@ -167,8 +165,9 @@ fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Resu
         _ => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_0).collect()),
     };
     let n_gemm = if op == Op::MulMat && repacked(&w) && n > 3 { n - n % 4 } else { 0 };
-    // ggml_compute_forward_mul_mat_tiled: K-quant weights that are not repacked, 8 or more tokens.
-    let tiled = op == Op::MulMat && w.dtype == DType::Q6_K && n >= 8;
+    // ggml_compute_forward_mul_mat_tiled / _mul_mat_id_tiled: K-quant weights that are not repacked, 8 or more
+    // tokens (per expert for mul_mat_id).
+    let tiled = w.dtype == DType::Q6_K && n >= 8;
     let outp = SharedOut(out.as_mut_ptr());
     let chunk = cpu.pool.chunk_size(rows, 16);
     cpu.pool.for_chunks(rows, chunk, &|range| {
@@ -359,6 +358,7 @@ pub(crate) fn forward<'s>(
         match d.token_embd.dtype {
             DType::Q8_0 => gx::dequantize_q8_0(row, out),
             DType::Q6_K => gx::dequantize_q6_k(row, out),
+            DType::Q4_K => gx::dequantize_q4_k(row, out),
             dt => cpu.kernels.dequantize_row(dt, row, out),
         }
     }
