@@ -1,5 +1,5 @@
 //! llama.cpp's exact float arithmetic (ggml-cpu b11434, built `GGML_NATIVE` for an AVX-512 x86 CPU), emulated
-//! in scalar Rust for the ops a dense Llama forward pass uses: [`Numerics::Ggml`](crate::models::Numerics).
+//! in scalar Rust for the ops a Llama or Qwen3(-MoE) forward pass uses: [`Numerics::Ggml`](crate::models::Numerics).
 //!
 //! Why: before every quantized matmul ggml rounds the activations to 8-bit blocks, so a 1-ulp difference
 //! anywhere upstream (a summation order, an exp approximation) eventually flips one rounding, and over 30 layers
@@ -7,19 +7,28 @@
 //! arithmetic (its SIMD lane layout, reduction order, fused multiply-adds, f64 accumulators) makes the whole
 //! forward pass bit-identical to llama.cpp's. Speed is not a goal here: every function is plain scalar code,
 //! lane by lane, documented with the ggml function it emulates. What each one matches was checked against
-//! tensors dumped from a real llama.cpp run (see `tools/ggml_exact/README.md`).
+//! single ggml ops (the `against_ggml` tests below) and tensors dumped from real llama.cpp runs (see
+//! `tools/ggml_exact/README.md`).
 //!
 //! Which ggml path runs (x86 with AVX-512F/BW/DQ/VL/VNNI, one thread):
 //! - Q4_1 matmul: `quantize_row_q8_1` (AVX2 path) + `ggml_vec_dot_q4_1_q8_1` (AVX2 path) for every token,
 //!   prompt or not (tinyBLAS and the repacked kernels do not handle Q4_1): [`quantize_q8_1`], [`dot_q4_1_q8_1`].
 //! - Q8_0 matmul: `quantize_row_q8_0` + `ggml_vec_dot_q8_0_q8_0` for one token, `tinyBLAS_Q0_AVX` for a batch;
-//!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`].
+//!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`]. `mul_mat_id` (experts): the
+//!   same dot for every row. Q5_0 experts: [`dot_q5_0_q8_0`].
+//! - Q4_K (rows a multiple of 8): repacked to `q4_K_8x8_q8_K` at load; activations by `quantize_row_q8_K`
+//!   ([`quantize_q8_k`]); `ggml_gemm_q4_K_8x8_q8_K` for groups of 4 tokens of a `mul_mat`
+//!   ([`dot_q4_k_q8_k_gemm`]), `ggml_gemv_q4_K_8x8_q8_K` for the rest and for every `mul_mat_id` row
+//!   ([`dot_q4_k_q8_k_gemv`]); the two accumulate in f32 at different granularities.
+//! - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` ([`dot_q6_k_q8_k`]) below 8 tokens, the tiled kernels
+//!   of ggml-cpu/tiled/ from 8 ([`dot_q6_k_q8_k_tiled`]); Q4_K/Q6_K embeddings by `dequantize_row_q4_K/q6_K`.
 //! - q.k scores: `ggml_vec_dot_f32` (q is a permuted, non-contiguous view, so tinyBLAS is skipped): [`dot_f32`].
-//! - probabilities times values: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens (head size a multiple of 4)
-//!   ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
-//! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]), `rms_norm` (+ `mul`, fused
-//!   or not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 ([`RopeCache`], [`rope_pairs`]), `swiglu`
-//!   with `ggml_v_silu` ([`swiglu`]).
+//! - probabilities times values, and the f32 MoE router: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens
+//!   (rows a multiple of 4) ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
+//! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]; the router's too), the
+//!   router's `argsort_top_k`, `sum_rows`, `clamp`, `div` ([`top_k_weights`]), `rms_norm` (+ `mul`, fused or
+//!   not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 and NeoX ([`RopeCache`], [`rope_pairs`],
+//!   [`rope_neox`]), `swiglu` with `ggml_v_silu` ([`swiglu`]).
 
 use kernels::f16_to_f32;
 use kernels::f32_to_f16;
@@ -344,7 +353,8 @@ pub fn top_k_weights(probs: &[f32], k: usize, norm_w: bool, experts: &mut Vec<u3
     weights.clear();
     weights.extend(experts.iter().map(|&e| probs[e as usize]));
     if norm_w {
-        let sum = (weights.iter().map(|&w| w as f64).sum::<f64>() as f32).max(6.103515625e-5);
+        // 6.103515625e-5 = 2^-14, the smallest normal f16.
+        let sum = (weights.iter().map(|&w| w as f64).sum::<f64>() as f32).max(2.0f32.powi(-14));
         for w in weights.iter_mut() {
             *w /= sum;
         }
