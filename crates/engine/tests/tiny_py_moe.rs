@@ -11,8 +11,9 @@
 //!   level, moving by 1/127 of its block's largest value; the difference then jumps to ~1e-2 at once and stays
 //!   (later positions attend to it, router weights shift by ~1e-3). Measured on "if __name__": 1e-7 up to
 //!   position 7, 2.6e-3 at 8, with the same experts chosen in every layer; flash-moe's own scalar and AVX-512
-//!   kernels part the same way at position 27. Matching at every step would need ggml's exact f32 arithmetic,
-//!   per instruction set; not done. The free-running
+//!   kernels part the same way at position 27. Matching at every step needs ggml's exact f32 arithmetic: the
+//!   opt-in `Numerics::Ggml` (`--numerics ggml`) has it, and with it every greedy token of both files equals
+//!   llama.cpp's (`ggml_numerics_greedy_equals_llama_cpp` below). With the default kernels the free-running
 //!   texts part at the first such tie (the count is printed);
 //! - held-out loss: transformers in f32 on the GGUF's own weights (dequantized by gguf-py), 8 windows of 512
 //!   tokens. flash-moe rounds activations to 8-bit blocks before each quantized matmul, as llama.cpp does, which
