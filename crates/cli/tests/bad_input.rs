@@ -277,7 +277,7 @@ fn ggml_numerics_refused_where_not_covered() {
     assert!(!out.exists(), "no output file after an error");
     let f16 = fixtures().join("llama-h64/llama-h64-f16.gguf");
     let res = flash_moe(&["run", "-m", s(&f16), "-p", "hi", "-n", "1", "--numerics", "ggml"]);
-    assert_fails(&res, &["--numerics ggml", "only Q4_1 and Q8_0 weights"]);
+    assert_fails(&res, &["--numerics ggml", "token_embd is F16", "embeddings are covered"]);
 }
 
 #[test]

@@ -516,3 +516,33 @@ pub(crate) fn forward<'s>(
     dump(call, "result_output", None, &s.logits);
     Ok(&s.logits)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_outside_the_emulated_paths_are_refused() {
+        for (dtype, rows, op) in [
+            (DType::Q8_0, 7, Op::MulMat),
+            (DType::Q4_1, 7, Op::MulMatId),
+            (DType::Q4_K, 32, Op::MulMat),
+            (DType::Q4_K, 32, Op::MulMatId),
+            (DType::Q6_K, 7, Op::MulMat),
+            (DType::Q6_K, 7, Op::MulMatId),
+            (DType::Q5_0, 256, Op::MulMatId),
+        ] {
+            assert!(check_weight("w", dtype, rows, op).is_ok(), "{dtype:?} {rows} rows");
+        }
+        for (dtype, rows, op) in [
+            (DType::F16, 8, Op::MulMat),
+            (DType::F32, 8, Op::MulMatId),
+            (DType::Q4_K, 12, Op::MulMat), // not repacked: ggml's tiled kernels or vec_dot_q4_K, not emulated
+            (DType::Q5_0, 8, Op::MulMat),  // tinyBLAS for a batch, not checked
+            (DType::Q4_0, 8, Op::MulMat),  // repacked q4_0_8x8, not emulated
+        ] {
+            let e = check_weight("w", dtype, rows, op).expect_err("refused").to_string();
+            assert!(e.contains("--numerics ggml: w is"), "{e}");
+        }
+    }
+}
