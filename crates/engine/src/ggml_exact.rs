@@ -380,15 +380,23 @@ pub struct BlockQ8K {
 
 /// `quantize_row_q8_K` (x86: `quantize_row_q8_K_ref`, built without FMA): per 256 values `max` = the first value
 /// of largest magnitude (sign kept), `iscale = -127 / max`, `q = nearest_int(iscale * x)` (the product rounded
-/// to f32, then to the nearest integer, ties to even), `d = 1 / iscale`. `ggml_quantize_mat_q8_K_4x8` (the
-/// repacked gemm's quantizer) gives the same blocks except when `+max` and `-max` both occur (it then takes the
-/// positive one).
+/// to f32, then to the nearest integer, ties to even), `d = 1 / iscale`.
 pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, false)
+}
+
+/// `ggml_quantize_mat_q8_K_4x8` (arch/x86/repack.cpp, AVX2; the repacked Q4_K gemm's quantizer), one of its 4
+/// rows: the blocks of [`quantize_q8_k`] except that when `+max` and `-max` both occur it takes the positive one.
+pub fn quantize_q8_k_4x8(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, true)
+}
+
+fn quantize_q8_k_with(x: &[f32], positive_ties: bool) -> Vec<BlockQ8K> {
     x.chunks_exact(QK_K)
         .map(|b| {
             let (mut amax, mut max) = (0.0f32, 0.0f32);
             for &v in b {
-                if v.abs() > amax {
+                if v.abs() > amax || (positive_ties && v.abs() == amax && v > 0.0) {
                     amax = v.abs();
                     max = v;
                 }

@@ -151,20 +151,26 @@ fn check_weight(name: &str, dtype: DType, rows: usize, op: Op) -> Result<()> {
 /// over threads: each output is one call, so threading never changes a result):
 /// - Q4_1, Q8_0, Q5_0: [`gx::quantize_q8_1`]/[`gx::quantize_q8_0`] per token and one `vec_dot` per output
 ///   (tinyBLAS computes Q8_0 the same way for a batch; Q5_0 is covered only as experts, where tinyBLAS never runs);
-/// - Q4_K (repacked, rows a multiple of 8): [`gx::quantize_q8_k`] per token; `mul_mat` runs the first `n - n % 4`
-///   tokens through the repacked gemm and the rest through the gemv, `mul_mat_id` every token through the gemv;
+/// - Q4_K (repacked, rows a multiple of 8): `mul_mat` runs the first `n - n % 4` tokens through the repacked gemm
+///   (activations by [`gx::quantize_q8_k_4x8`]) and the rest through the gemv ([`gx::quantize_q8_k`]),
+///   `mul_mat_id` every token through the gemv;
 /// - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` below 8 tokens; from 8 tokens (per expert for
 ///   `mul_mat_id`) the tiled kernels (ggml-cpu/tiled/, [`gx::dot_q6_k_q8_k_tiled`]).
 fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], out: &mut [f32], op: Op) -> Result<()> {
     let (rows, cols) = (w.rows, w.cols);
     let n = x.len() / cols;
     assert_eq!(out.len(), n * rows, "ggml matmul: output size");
+    let n_gemm = if op == Op::MulMat && repacked(&w) && n > 3 { n - n % 4 } else { 0 };
     let acts = match w.dtype {
-        DType::Q4_K | DType::Q6_K => Acts::Q8K(x.chunks_exact(cols).map(gx::quantize_q8_k).collect()),
+        DType::Q4_K | DType::Q6_K => Acts::Q8K(
+            x.chunks_exact(cols)
+                .enumerate()
+                .map(|(t, r)| if t < n_gemm { gx::quantize_q8_k_4x8(r) } else { gx::quantize_q8_k(r) })
+                .collect(),
+        ),
         DType::Q4_1 => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_1).collect()),
         _ => Acts::Q8(x.chunks_exact(cols).map(gx::quantize_q8_0).collect()),
     };
-    let n_gemm = if op == Op::MulMat && repacked(&w) && n > 3 { n - n % 4 } else { 0 };
     // ggml_compute_forward_mul_mat_tiled / _mul_mat_id_tiled: K-quant weights that are not repacked, 8 or more
     // tokens (per expert for mul_mat_id).
     let tiled = w.dtype == DType::Q6_K && n >= 8;
