@@ -135,6 +135,82 @@ int main(int argc, char ** argv) {
         struct ggml_tensor * b80 = rand_t(ctx, "f32.b80", 1.0f, 80, 1, 1);
         run(ctx, ggml_mul_mat(ctx, a80, b80), "f32.out80");
     }
+
+    // --- qwen3moe (appended: the records above keep their random inputs) ---
+    // rope_ext mode 2 (NeoX): head 64, 4 heads, 5 tokens at positions 0, 1, 2, 37, 255; base 10000
+    {
+        struct ggml_tensor * x = rand_t(ctx, "ropex.x", 2.0f, 64, 4, 5);
+        struct ggml_tensor * pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, 5);
+        const int32_t p[5] = { 0, 1, 2, 37, 255 };
+        memcpy(pos->data, p, sizeof p);
+        run(ctx, ggml_rope_ext(ctx, x, pos, NULL, 64, GGML_ROPE_TYPE_NEOX, 512, 10000.0f, 1.0f, 0.0f, 1.0f, 32.0f, 1.0f), "ropex.out");
+    }
+    // the router of build_moe_ffn (softmax gating, norm_w): 32 experts, 5 tokens, top 4
+    {
+        struct ggml_tensor * lg = rand_t(ctx, "moe.logits", 4.0f, 32, 5, 1);
+        struct ggml_tensor * probs = ggml_soft_max(ctx, lg);
+        struct ggml_tensor * sel = ggml_argsort_top_k(ctx, probs, 4);
+        struct ggml_tensor * w = ggml_get_rows(ctx, ggml_reshape_3d(ctx, probs, 1, 32, 5), sel);
+        w = ggml_reshape_2d(ctx, w, 4, 5);
+        struct ggml_tensor * sum = ggml_clamp(ctx, ggml_sum_rows(ctx, w), 6.103515625e-5f, INFINITY);
+        struct ggml_tensor * wn = ggml_div(ctx, w, sum);
+        struct ggml_cgraph * gf = ggml_new_graph(ctx);
+        ggml_build_forward_expand(gf, wn);
+        ggml_build_forward_expand(gf, sel);
+        if (ggml_graph_compute_with_ctx(ctx, gf, 1) != GGML_STATUS_SUCCESS) { fprintf(stderr, "moe router failed\n"); exit(1); }
+        put_t("moe.probs", probs);
+        // the view of the argsort: first 4 of each row of 32
+        int32_t ids[20];
+        for (int t = 0; t < 5; t++) memcpy(ids + 4 * t, (char *) sel->data + t * sel->nb[1], 16);
+        put("moe.ids", ids, sizeof ids);
+        put_t("moe.weights", wn);
+    }
+    // mul_mat_id with Q8_0 experts: 8 experts of [32 rows x 256] (up/gate shape) on 3 tokens x top 2, and of
+    // [256 rows x 32] (down shape) on their [32, 2, 3] outputs
+    {
+        struct ggml_tensor * up = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 32, 8);
+        struct ggml_tensor * dn = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 32, 256, 8);
+        float * src = malloc(sizeof(float) * 256 * 32 * 8);
+        for (int i = 0; i < 256 * 32 * 8; i++) src[i] = rnd(0.1f);
+        ggml_quantize_chunk(GGML_TYPE_Q8_0, src, up->data, 0, 32 * 8, 256, NULL);
+        for (int i = 0; i < 256 * 32 * 8; i++) src[i] = rnd(0.1f);
+        ggml_quantize_chunk(GGML_TYPE_Q8_0, src, dn->data, 0, 256 * 8, 32, NULL);
+        free(src);
+        put_t("mmid.up", up);
+        put_t("mmid.down", dn);
+        struct ggml_tensor * x = rand_t(ctx, "mmid.x", 2.0f, 256, 1, 3);
+        struct ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 2, 3);
+        const int32_t id[6] = { 5, 1, 1, 7, 0, 5 };
+        memcpy(ids->data, id, sizeof id);
+        put_t("mmid.ids", ids);
+        struct ggml_tensor * h = ggml_mul_mat_id(ctx, up, x, ids);
+        run(ctx, h, "mmid.out_up");
+        run(ctx, ggml_mul_mat_id(ctx, dn, h, ids), "mmid.out_down");
+    }
+    // Q6_K mul_mat (not repacked on x86): 16 rows of 512 (two super-blocks) times 1 token (vec_dot_q6_K_q8_K)
+    // and 9 tokens (8 or more: the tiled kernels, ggml-cpu/tiled/)
+    {
+        struct ggml_tensor * w = quant_t(ctx, "q6_k.w", GGML_TYPE_Q6_K, 512, 16);
+        struct ggml_tensor * x1 = rand_t(ctx, "q6_k.x1", 2.0f, 512, 1, 1);
+        struct ggml_tensor * x9 = rand_t(ctx, "q6_k.x9", 2.0f, 512, 9, 1);
+        run(ctx, ggml_mul_mat(ctx, w, x1), "q6_k.out1");
+        run(ctx, ggml_mul_mat(ctx, w, x9), "q6_k.out9");
+    }
+    // Q5_0 experts (mul_mat_id: vec_dot_q5_0_q8_0 per row): 4 experts of [64 rows x 64], 3 tokens x top 2
+    {
+        struct ggml_tensor * w = ggml_new_tensor_3d(ctx, GGML_TYPE_Q5_0, 64, 64, 4);
+        float * src = malloc(sizeof(float) * 64 * 64 * 4);
+        for (int i = 0; i < 64 * 64 * 4; i++) src[i] = rnd(0.1f);
+        ggml_quantize_chunk(GGML_TYPE_Q5_0, src, w->data, 0, 64 * 4, 64, NULL);
+        free(src);
+        put_t("q5_0.w", w);
+        struct ggml_tensor * x = rand_t(ctx, "q5_0.x", 2.0f, 64, 1, 3);
+        struct ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 2, 3);
+        const int32_t id[6] = { 3, 0, 0, 2, 1, 3 };
+        memcpy(ids->data, id, sizeof id);
+        put_t("q5_0.ids", ids);
+        run(ctx, ggml_mul_mat_id(ctx, w, x, ids), "q5_0.out");
+    }
     fclose(out);
     ggml_free(ctx);
     return 0;

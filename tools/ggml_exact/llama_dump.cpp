@@ -120,19 +120,21 @@ int main(int argc, char ** argv) {
     llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) { fprintf(stderr, "cannot create context\n"); return 1; }
 
-    // prompt: one batch, logits at every position
+    // prompt: one batch, logits at every position (LAST_ONLY=1: at the last only, like llama-completion; llama.cpp's
+    // last layer then runs its feed-forward part on that row alone)
+    const bool last_only = getenv("LAST_ONLY") && atoi(getenv("LAST_ONLY")) != 0;
     llama_batch batch = llama_batch_init(n_prompt, 0, 1);
     for (int i = 0; i < n_prompt; i++) {
         batch.token[i] = prompt[i];
         batch.pos[i] = i;
         batch.n_seq_id[i] = 1;
         batch.seq_id[i][0] = 0;
-        batch.logits[i] = 1;
+        batch.logits[i] = !last_only || i == n_prompt - 1;
     }
     batch.n_tokens = n_prompt;
     if (llama_decode(ctx, batch) != 0) { fprintf(stderr, "prompt decode failed\n"); return 1; }
     std::vector<float> prompt_logits((size_t) n_prompt * n_vocab);
-    for (int i = 0; i < n_prompt; i++) memcpy(&prompt_logits[(size_t) i * n_vocab], llama_get_logits_ith(ctx, i), n_vocab * sizeof(float));
+    for (int i = last_only ? n_prompt - 1 : 0; i < n_prompt; i++) memcpy(&prompt_logits[(size_t) i * n_vocab], llama_get_logits_ith(ctx, i), n_vocab * sizeof(float));
     llama_batch_free(batch);
 
     // greedy: one token at a time through the KV cache

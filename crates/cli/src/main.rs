@@ -92,7 +92,7 @@ pub enum NumericsArg {
     #[default]
     Native,
     /// llama.cpp's (ggml-cpu on AVX-512 x86), emulated op by op: logits bit-identical to llama.cpp's, slowly.
-    /// Dense Llama models with Q4_1/Q8_0 weights only.
+    /// Llama and Qwen3 / Qwen3-MoE GGUFs with Q4_1, Q8_0 or Q4_K_M weights; others are refused.
     Ggml,
 }
 

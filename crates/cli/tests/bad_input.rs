@@ -271,12 +271,13 @@ fn logits_token_out_of_vocabulary() {
 fn ggml_numerics_refused_where_not_covered() {
     let dir = temp_dir("ggml_numerics_refused_where_not_covered");
     let out = dir.join("l.npy");
-    let res = flash_moe(&["logits", "-m", s(&moe_gguf()), "--tokens", "1,2", "-o", s(&out), "--numerics", "ggml"]);
-    assert_fails(&res, &["--numerics ggml", "only dense Llama models"]);
+    let q4k = fixtures().join("qwen3moe-h64/qwen3moe-h64-q4_k_m.gguf");
+    let res = flash_moe(&["logits", "-m", s(&q4k), "--tokens", "1,2", "-o", s(&out), "--numerics", "ggml"]);
+    assert_fails(&res, &["--numerics ggml", "token_embd is Q5_0", "embeddings are covered"]);
     assert!(!out.exists(), "no output file after an error");
     let f16 = fixtures().join("llama-h64/llama-h64-f16.gguf");
     let res = flash_moe(&["run", "-m", s(&f16), "-p", "hi", "-n", "1", "--numerics", "ggml"]);
-    assert_fails(&res, &["--numerics ggml", "only Q4_1 and Q8_0 weights"]);
+    assert_fails(&res, &["--numerics ggml", "token_embd is F16", "embeddings are covered"]);
 }
 
 #[test]

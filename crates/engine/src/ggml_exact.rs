@@ -1,5 +1,5 @@
 //! llama.cpp's exact float arithmetic (ggml-cpu b11434, built `GGML_NATIVE` for an AVX-512 x86 CPU), emulated
-//! in scalar Rust for the ops a dense Llama forward pass uses: [`Numerics::Ggml`](crate::models::Numerics).
+//! in scalar Rust for the ops a Llama or Qwen3(-MoE) forward pass uses: [`Numerics::Ggml`](crate::models::Numerics).
 //!
 //! Why: before every quantized matmul ggml rounds the activations to 8-bit blocks, so a 1-ulp difference
 //! anywhere upstream (a summation order, an exp approximation) eventually flips one rounding, and over 30 layers
@@ -7,19 +7,28 @@
 //! arithmetic (its SIMD lane layout, reduction order, fused multiply-adds, f64 accumulators) makes the whole
 //! forward pass bit-identical to llama.cpp's. Speed is not a goal here: every function is plain scalar code,
 //! lane by lane, documented with the ggml function it emulates. What each one matches was checked against
-//! tensors dumped from a real llama.cpp run (see `tools/ggml_exact/README.md`).
+//! single ggml ops (the `against_ggml` tests below) and tensors dumped from real llama.cpp runs (see
+//! `tools/ggml_exact/README.md`).
 //!
 //! Which ggml path runs (x86 with AVX-512F/BW/DQ/VL/VNNI, one thread):
 //! - Q4_1 matmul: `quantize_row_q8_1` (AVX2 path) + `ggml_vec_dot_q4_1_q8_1` (AVX2 path) for every token,
 //!   prompt or not (tinyBLAS and the repacked kernels do not handle Q4_1): [`quantize_q8_1`], [`dot_q4_1_q8_1`].
 //! - Q8_0 matmul: `quantize_row_q8_0` + `ggml_vec_dot_q8_0_q8_0` for one token, `tinyBLAS_Q0_AVX` for a batch;
-//!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`].
+//!   both compute each output the same way: [`quantize_q8_0`], [`dot_q8_0_q8_0`]. `mul_mat_id` (experts): the
+//!   same dot for every row. Q5_0 experts: [`dot_q5_0_q8_0`].
+//! - Q4_K (rows a multiple of 8): repacked to `q4_K_8x8_q8_K` at load; activations by `quantize_row_q8_K`
+//!   ([`quantize_q8_k`]); `ggml_gemm_q4_K_8x8_q8_K` for groups of 4 tokens of a `mul_mat`
+//!   ([`dot_q4_k_q8_k_gemm`]), `ggml_gemv_q4_K_8x8_q8_K` for the rest and for every `mul_mat_id` row
+//!   ([`dot_q4_k_q8_k_gemv`]); the two accumulate in f32 at different granularities.
+//! - Q6_K (not repacked on x86): `ggml_vec_dot_q6_K_q8_K` ([`dot_q6_k_q8_k`]) below 8 tokens, the tiled kernels
+//!   of ggml-cpu/tiled/ from 8 ([`dot_q6_k_q8_k_tiled`]); Q4_K/Q6_K embeddings by `dequantize_row_q4_K/q6_K`.
 //! - q.k scores: `ggml_vec_dot_f32` (q is a permuted, non-contiguous view, so tinyBLAS is skipped): [`dot_f32`].
-//! - probabilities times values: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens (head size a multiple of 4)
-//!   ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
-//! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]), `rms_norm` (+ `mul`, fused
-//!   or not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 ([`RopeCache`], [`rope_pairs`]), `swiglu`
-//!   with `ggml_v_silu` ([`swiglu`]).
+//! - probabilities times values, and the f32 MoE router: `tinyBLAS<16, __m512>` for a batch of 2 or more tokens
+//!   (rows a multiple of 4) ([`dot_f32_tinyblas`]), `ggml_vec_dot_f32` for one token.
+//! - `ggml_compute_forward_soft_max_f32` with `ggml_v_expf` ([`soft_max`], [`expf`]; the router's too), the
+//!   router's `argsort_top_k`, `sum_rows`, `clamp`, `div` ([`top_k_weights`]), `rms_norm` (+ `mul`, fused or
+//!   not: same arithmetic; [`rms_norm_mul`]), `rope` mode 0 and NeoX ([`RopeCache`], [`rope_pairs`],
+//!   [`rope_neox`]), `swiglu` with `ggml_v_silu` ([`swiglu`]).
 
 use kernels::f16_to_f32;
 use kernels::f32_to_f16;
@@ -257,24 +266,30 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `ggml_compute_forward_soft_max_f32` with a causal mask, in place on one row of scores: `w = x * scale`
-/// (entries at or beyond `n_valid` get -inf), the max, `ggml_vec_soft_max_f32` (16-lane `ggml_v_expf`, each
-/// chunk's `_mm512_reduce_add_ps` summed in f64), then times `(float)(1.0 / sum)`. `row.len()` must be a
-/// multiple of 16 (llama.cpp's KV length is a multiple of 256; padding with masked entries changes nothing).
+/// `ggml_compute_forward_soft_max_f32` in place on one row of scores: `w = x * scale` (entries at or beyond
+/// `n_valid` get -inf: the causal mask), the max, `ggml_vec_soft_max_f32` (16-lane `ggml_v_expf`, each chunk's
+/// `_mm512_reduce_add_ps` summed in f64, then a scalar tail of libm `expf` for the last `len % 16`), then times
+/// `(float)(1.0 / sum)`. Attention rows have a multiple of 256 entries (llama.cpp's KV length; padding with masked
+/// entries changes nothing); the MoE router's `ggml_soft_max` is this with `n_valid = len`, `scale = 1`.
 pub fn soft_max(row: &mut [f32], n_valid: usize, scale: f32) {
-    assert!(row.len().is_multiple_of(16), "soft_max: row length {}", row.len());
     for (i, v) in row.iter_mut().enumerate() {
         *v = if i < n_valid { *v * scale } else { f32::NEG_INFINITY };
     }
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
     let mut sum = 0.0f64;
-    for chunk in row.chunks_exact_mut(16) {
+    let n16 = row.len() / 16 * 16;
+    let (body, tail) = row.split_at_mut(n16);
+    for chunk in body.chunks_exact_mut(16) {
         let mut e = [0.0f32; 16];
         for (e, v) in e.iter_mut().zip(chunk.iter_mut()) {
             *e = expf(*v - max);
             *v = *e;
         }
         sum += reduce_add_16(&e) as f64;
+    }
+    for v in tail.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in row.iter_mut() {
@@ -311,6 +326,269 @@ pub fn rope_pairs(head: &mut [f32], rc: &RopeCache) {
         head[2 * i] = x0.mul_add(c, -(x1 * s));
         head[2 * i + 1] = x0.mul_add(s, x1 * c);
     }
+}
+
+/// `rotate_pairs` for `GGML_ROPE_TYPE_NEOX` (dimension `i` paired with `i + n_dims / 2`) on one head: the same
+/// contraction as [`rope_pairs`], `x0 * c - x1 * s` and `x0 * s + x1 * c` each with the `x0` product fused
+/// (checked against `ggml_rope_ext` mode 2 by the fixture).
+pub fn rope_neox(head: &mut [f32], rc: &RopeCache) {
+    let half = rc.cos.len();
+    for (i, (&c, &s)) in rc.cos.iter().zip(&rc.sin).enumerate() {
+        let (x0, x1) = (head[i], head[i + half]);
+        head[i] = x0.mul_add(c, -(x1 * s));
+        head[i + half] = x0.mul_add(s, x1 * c);
+    }
+}
+
+/// The expert choice of `build_moe_ffn` for softmax gating, from one token's probabilities (after
+/// [`soft_max`]): `ggml_argsort_top_k` (`std::sort` descending, the first `k`), `get_rows` of their
+/// probabilities, and with `norm_w` `sum_rows` (`ggml_vec_sum_f32`: an f64 sum rounded to f32), `clamp` to at
+/// least 6.103515625e-5, `div`. Equal probabilities go to the lower expert id here; `std::sort` leaves their
+/// order unspecified (never seen with trained routers, where probabilities differ in their last bits).
+pub fn top_k_weights(probs: &[f32], k: usize, norm_w: bool, experts: &mut Vec<u32>, weights: &mut Vec<f32>) {
+    let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+    order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+    experts.clear();
+    experts.extend_from_slice(&order[..k.min(order.len())]);
+    weights.clear();
+    weights.extend(experts.iter().map(|&e| probs[e as usize]));
+    if norm_w {
+        // 6.103515625e-5 = 2^-14, the smallest normal f16.
+        let sum = (weights.iter().map(|&w| w as f64).sum::<f64>() as f32).max(2.0f32.powi(-14));
+        for w in weights.iter_mut() {
+            *w /= sum;
+        }
+    }
+}
+
+/// Values per K-quant super-block (Q4_K, Q6_K, Q8_K).
+pub const QK_K: usize = 256;
+/// Bytes of one Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
+const Q4_K_BYTES: usize = 144;
+/// Bytes of one Q6_K block: 128 bytes low nibbles, 64 bytes high bits, 16 i8 scales, f16 d.
+const Q6_K_BYTES: usize = 210;
+/// Bytes of one Q5_0 block: f16 d, 4 bytes of fifth bits, 16 bytes of nibbles.
+const Q5_0_BYTES: usize = 22;
+
+/// One block of 8-bit activations for K-quant dots (`block_q8_K`): f32 `d`, 256 values, sums of each 16.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    pub bsums: [i16; QK_K / 16],
+}
+
+/// `quantize_row_q8_K` (x86: `quantize_row_q8_K_ref`, built without FMA): per 256 values `max` = the first value
+/// of largest magnitude (sign kept), `iscale = -127 / max`, `q = nearest_int(iscale * x)` (the product rounded
+/// to f32, then to the nearest integer, ties to even), `d = 1 / iscale`.
+pub fn quantize_q8_k(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, false)
+}
+
+/// `ggml_quantize_mat_q8_K_4x8` (arch/x86/repack.cpp, AVX2; the repacked Q4_K gemm's quantizer), one of its 4
+/// rows: the blocks of [`quantize_q8_k`] except that when `+max` and `-max` both occur it takes the positive one.
+pub fn quantize_q8_k_4x8(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8_k_with(x, true)
+}
+
+fn quantize_q8_k_with(x: &[f32], positive_ties: bool) -> Vec<BlockQ8K> {
+    x.chunks_exact(QK_K)
+        .map(|b| {
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in b {
+                if v.abs() > amax || (positive_ties && v.abs() == amax && v > 0.0) {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let mut out = BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
+            if amax == 0.0 {
+                return out;
+            }
+            let iscale = -127.0f32 / max;
+            for (q, &v) in out.qs.iter_mut().zip(b) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (s, c) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+                *s = c.iter().map(|&q| q as i16).sum();
+            }
+            out.d = 1.0 / iscale;
+            out
+        })
+        .collect()
+}
+
+/// `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as i32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32)
+    }
+}
+
+/// One Q4_K super-block against one Q8_K block: per 32-value sub-block `scale * sum(q4 * q8)` and
+/// `min * sum(q8)`, exact integers (the repacked kernels' int16 partial sums stay below 2^15).
+fn q4_k_sub_sums(b: &[u8], y: &BlockQ8K) -> ([i32; 8], [i32; 8]) {
+    let (mut dots, mut mins) = ([0i32; 8], [0i32; 8]);
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, scales);
+        let (chunk, high) = (j / 2, j % 2 == 1);
+        let mut dot = 0i32;
+        for l in 0..32 {
+            let byte = qs[32 * chunk + l];
+            let q = if high { byte >> 4 } else { byte & 0xf } as i32;
+            dot += q * y.qs[32 * j + l] as i32;
+        }
+        dots[j] = sc * dot;
+        mins[j] = m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+    }
+    (dots, mins)
+}
+
+/// One output of `ggml_gemv_q4_K_8x8_q8_K` (arch/x86/repack.cpp, AVX2; the Q4_K weights repacked 8 rows at a
+/// time, used for one token of a `mul_mat` and for every row of a `mul_mat_id`): per super-block
+/// `acc = fma((float) sum_j scale_j dot_j, d * d8, acc)` and `acc_min = fma((float) sum_j min_j bsum_j, dmin * d8,
+/// acc_min)`; result `acc - acc_min`.
+pub fn dot_q4_k_q8_k_gemv(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (b, y) in w.chunks_exact(Q4_K_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let (dots, mins) = q4_k_sub_sums(b, y);
+        let (i, m): (i32, i32) = (dots.iter().sum(), mins.iter().sum());
+        acc = (i as f32).mul_add(d * y.d, acc);
+        acc_min = (m as f32).mul_add(dmin * y.d, acc_min);
+    }
+    acc - acc_min
+}
+
+/// One output of `ggml_gemm_q4_K_8x8_q8_K` (AVX-512 and AVX2 paths alike; groups of 4 tokens of a `mul_mat`):
+/// like [`dot_q4_k_q8_k_gemv`] but the float accumulation runs per pair of sub-blocks (64 values), four times per
+/// super-block.
+pub fn dot_q4_k_q8_k_gemm(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (b, y) in w.chunks_exact(Q4_K_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let (dots, mins) = q4_k_sub_sums(b, y);
+        for sb in 0..4 {
+            let i = dots[2 * sb] + dots[2 * sb + 1];
+            let m = mins[2 * sb] + mins[2 * sb + 1];
+            acc = (i as f32).mul_add(d * y.d, acc);
+            acc_min = (m as f32).mul_add(dmin * y.d, acc_min);
+        }
+    }
+    acc - acc_min
+}
+
+/// The 6-bit value `i` (0..256) of a Q6_K block, unsigned (0..64), and its scale index.
+fn q6_k_value(b: &[u8], i: usize) -> (i32, usize) {
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let (n, r) = (i / 128, i % 128);
+    let (k, l) = (r / 32, r % 32);
+    let lo = match k {
+        0 => ql[64 * n + l] & 0xf,
+        1 => ql[64 * n + 32 + l] & 0xf,
+        2 => ql[64 * n + l] >> 4,
+        _ => ql[64 * n + 32 + l] >> 4,
+    };
+    let hi = (qh[32 * n + l] >> (2 * k)) & 3;
+    ((lo | (hi << 4)) as i32, 8 * n + 2 * k + l / 16)
+}
+
+/// `ggml_vec_dot_q6_K_q8_K` (arch/x86/quants.c, AVX2): 8 integer lanes per super-block (lane `L` sums positions
+/// `4L..4L + 4` of each 32-value group, unsigned 6-bit values times scale, less `32 * (bsum_{2L} scale_{2L} +
+/// bsum_{2L+1} scale_{2L+1})`), `acc = fma(d8 * d, (float) lane, acc)`, result `hsum_float_8(acc)`.
+pub fn dot_q6_k_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(Q6_K_BYTES).zip(a) {
+        let sc = |j: usize| b[192 + j] as i8 as i32;
+        let d = y.d * f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        let mut lanes = [0i32; 8];
+        for i in 0..QK_K {
+            let (q, s) = q6_k_value(b, i);
+            lanes[(i % 32) / 4] += sc(s) * q * y.qs[i] as i32;
+        }
+        for (lane, v) in lanes.iter_mut().enumerate() {
+            *v -= 32 * (y.bsums[2 * lane] as i32 * sc(2 * lane) + y.bsums[2 * lane + 1] as i32 * sc(2 * lane + 1));
+        }
+        for (a, &v) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(v as f32, *a);
+        }
+    }
+    hsum_8(&acc)
+}
+
+/// One output of ggml-cpu's tiled Q6_K matmul (ggml-cpu/tiled/, `tiled_run_micro_vnni_8x16<16, false, 32, 1>`
+/// on AVX-512 VNNI; `mul_mat` of 8 or more tokens): per 256-value block the exact integer
+/// `s1 = sum_s scale_s (sum(q6 * q8) - 32 bsum_s)` over its 16 sub-blocks, `res = (float) s1 * d`, and
+/// `acc = fma(res, d8, acc)` (GCC contracts the `_mm512_add_ps(buf, _mm512_mul_ps(res, d1))`).
+pub fn dot_q6_k_q8_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(Q6_K_BYTES).zip(a) {
+        let mut raw = [0i32; 16];
+        for i in 0..QK_K {
+            let (q, _) = q6_k_value(b, i);
+            raw[i / 16] += q * y.qs[i] as i32;
+        }
+        // Sub-block `i / 16` of the natural order has scale index `i / 16` too (see `q6_k_value`).
+        let s1: i32 = (0..16).map(|s| (b[192 + s] as i8 as i32) * (raw[s] - 32 * y.bsums[s] as i32)).sum();
+        let res = s1 as f32 * f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        acc = res.mul_add(y.d, acc);
+    }
+    acc
+}
+
+/// `dequantize_row_q4_K` (get_rows of a Q4_K embedding; ggml-base, no FMA): `(d * scale) * q - dmin * min`.
+pub fn dequantize_q4_k(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(Q4_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        for (j, o) in o.chunks_exact_mut(32).enumerate() {
+            let (sc, m) = scale_min_k4(j, &b[4..16]);
+            let (d1, m1) = (d * sc as f32, dmin * m as f32);
+            let qs = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            for (o, &q) in o.iter_mut().zip(qs) {
+                let q = if j % 2 == 1 { q >> 4 } else { q & 0xf };
+                *o = d1 * q as f32 - m1;
+            }
+        }
+    }
+}
+
+/// `dequantize_row_q6_K` (get_rows of a Q6_K embedding; ggml-base, no FMA): `(d * scale) * (q - 32)`.
+pub fn dequantize_q6_k(w: &[u8], out: &mut [f32]) {
+    for (b, o) in w.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(QK_K)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[208], b[209]]));
+        for (i, o) in o.iter_mut().enumerate() {
+            let (q, s) = q6_k_value(b, i);
+            *o = d * (b[192 + s] as i8 as f32) * ((q - 32) as f32);
+        }
+    }
+}
+
+/// `ggml_vec_dot_q5_0_q8_0` (AVX2 path): the Q8_0 dot on the 5-bit values `(nibble | fifth bit << 4) - 16`.
+pub fn dot_q5_0_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(Q5_0_BYTES).zip(a) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * f16_to_f32(y.d);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let mut qx = [0i32; QK];
+        for i in 0..16 {
+            qx[i] = (b[6 + i] & 0xf) as i32 | (((qh >> i) & 1) << 4) as i32;
+            qx[i + 16] = (b[6 + i] >> 4) as i32 | (((qh >> (i + 16)) & 1) << 4) as i32;
+        }
+        for q in qx.iter_mut() {
+            *q -= 16;
+        }
+        let xy = lane_sums(&qx, &y.qs);
+        for j in 0..8 {
+            acc[j] = d.mul_add(xy[j], acc[j]);
+        }
+    }
+    hsum_8(&acc)
 }
 
 #[cfg(test)]
@@ -449,6 +727,111 @@ mod tests {
                 }
             }
             same(&x, &f32s(&r, "rope.out"), "rope");
+        }
+
+        #[test]
+        fn rope_neox_is_bit_exact() {
+            let r = records();
+            let mut x = f32s(&r, "ropex.x");
+            for (tok, pos) in x.chunks_exact_mut(64 * 4).zip([0, 1, 2, 37, 255]) {
+                let rc = RopeCache::new(pos, 64, 10_000.0);
+                for head in tok.chunks_exact_mut(64) {
+                    rope_neox(head, &rc);
+                }
+            }
+            same(&x, &f32s(&r, "ropex.out"), "rope NeoX");
+        }
+
+        #[test]
+        fn moe_router_is_bit_exact() {
+            let r = records();
+            let mut p = f32s(&r, "moe.logits");
+            for row in p.chunks_exact_mut(32) {
+                soft_max(row, 32, 1.0);
+            }
+            same(&p, &f32s(&r, "moe.probs"), "soft_max over 32 experts");
+            let want_ids: Vec<u32> =
+                r["moe.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let (mut ids, mut w, mut all_w) = (vec![], vec![], vec![]);
+            for (t, row) in p.chunks_exact(32).enumerate() {
+                top_k_weights(row, 4, true, &mut ids, &mut w);
+                assert_eq!(ids, want_ids[4 * t..4 * t + 4], "argsort_top_k of token {t}");
+                all_w.extend_from_slice(&w);
+            }
+            same(&all_w, &f32s(&r, "moe.weights"), "top-k weights / their sum");
+            // An odd expert count exercises the scalar tail (libm expf), not checked against ggml.
+            let mut odd = f32s(&r, "moe.logits")[..20].to_vec();
+            soft_max(&mut odd, 20, 1.0);
+            assert!((odd.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+
+        #[test]
+        fn mul_mat_id_q8_0_is_bit_exact() {
+            // Q8_0 mul_mat_id: each (token, slot) row of src1 quantized by quantize_row_q8_0, then one
+            // ggml_vec_dot_q8_0_q8_0 per output, whatever the number of rows per expert.
+            let r = records();
+            let (up, down) = (&r["mmid.up"], &r["mmid.down"]);
+            let ids: Vec<usize> =
+                r["mmid.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+            let x = f32s(&r, "mmid.x");
+            let (up_bytes, down_bytes) = (32 * 8 * Q8_0_BYTES, 256 * Q8_0_BYTES);
+            let mut h = vec![];
+            for (t, xr) in x.chunks_exact(256).enumerate() {
+                let a = quantize_q8_0(xr);
+                for &e in &ids[2 * t..2 * t + 2] {
+                    let w = &up[e * up_bytes..(e + 1) * up_bytes];
+                    h.extend(w.chunks_exact(8 * Q8_0_BYTES).map(|row| dot_q8_0_q8_0(row, &a)));
+                }
+            }
+            same(&h, &f32s(&r, "mmid.out_up"), "mul_mat_id up");
+            let mut o = vec![];
+            for (j, hr) in h.chunks_exact(32).enumerate() {
+                let a = quantize_q8_0(hr);
+                let e = ids[j];
+                let w = &down[e * down_bytes..(e + 1) * down_bytes];
+                o.extend(w.chunks_exact(Q8_0_BYTES).map(|row| dot_q8_0_q8_0(row, &a)));
+            }
+            same(&o, &f32s(&r, "mmid.out_down"), "mul_mat_id down (one block per row)");
+        }
+
+        #[test]
+        fn q6_k_matmuls_are_bit_exact() {
+            let r = records();
+            let w = &r["q6_k.w"];
+            let row_bytes = 2 * Q6_K_BYTES;
+            let run = |x: &[f32], tiled: bool| -> Vec<f32> {
+                let mut out = vec![];
+                for xr in x.chunks_exact(512) {
+                    let a = quantize_q8_k(xr);
+                    for wr in w.chunks_exact(row_bytes) {
+                        out.push(if tiled { dot_q6_k_q8_k_tiled(wr, &a) } else { dot_q6_k_q8_k(wr, &a) });
+                    }
+                }
+                out
+            };
+            same(&run(&f32s(&r, "q6_k.x1"), false), &f32s(&r, "q6_k.out1"), "Q6_K x Q8_K vec_dot");
+            same(&run(&f32s(&r, "q6_k.x9"), true), &f32s(&r, "q6_k.out9"), "Q6_K x Q8_K tiled, 9 tokens, K = 512");
+            // The two paths round differently: the fixture tells them apart.
+            let vec_dot_9 = run(&f32s(&r, "q6_k.x9"), false);
+            assert!(vec_dot_9.iter().zip(&f32s(&r, "q6_k.out9")).any(|(a, b)| a.to_bits() != b.to_bits()));
+        }
+
+        #[test]
+        fn q5_0_mul_mat_id_is_bit_exact() {
+            let r = records();
+            let w = &r["q5_0.w"];
+            let ids: Vec<usize> =
+                r["q5_0.ids"].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+            let expert_bytes = 64 * 2 * Q5_0_BYTES;
+            let mut out = vec![];
+            for (t, xr) in f32s(&r, "q5_0.x").chunks_exact(64).enumerate() {
+                let a = quantize_q8_0(xr);
+                for &e in &ids[2 * t..2 * t + 2] {
+                    let we = &w[e * expert_bytes..(e + 1) * expert_bytes];
+                    out.extend(we.chunks_exact(2 * Q5_0_BYTES).map(|row| dot_q5_0_q8_0(row, &a)));
+                }
+            }
+            same(&out, &f32s(&r, "q5_0.out"), "Q5_0 mul_mat_id");
         }
 
         /// `[n_tok, rows]` outputs of a quantized matmul.

@@ -98,29 +98,55 @@ fn qwen3moe_h256_q4_k_m() {
     check("qwen3moe-h256", "q4_k_m", 1e-5);
 }
 
-/// With `Numerics::Ggml` the Q8_0 Llama fixture's prompt logits are llama.cpp's, bit for bit, and so are its
-/// greedy tokens.
-#[test]
-fn llama_q8_0_ggml_numerics_bit_exact() {
+/// With `Numerics::Ggml` a fixture's prompt logits (`quant`: q8_0, q4_k_m) are llama.cpp's, bit for bit, and so
+/// are its greedy steps' logits and tokens.
+fn ggml_numerics_bit_exact(name: &str, quant: &str) {
     use engine::models::{Logits, Numerics};
-    let r = reference("llama-h64");
+    let r = reference(name);
     let prompt = ids(&r["prompt_ids"]);
-    let (_, want) = read_npy(&fixture("llama-h64").join("logits.llama.q8_0.npy"));
-    let mut model = load(&fixture("llama-h64").join("llama-h64-q8_0.gguf"));
+    let (_, want) = read_npy(&fixture(name).join(format!("logits.llama.{quant}.npy")));
+    let mut model = load(&fixture(name).join(format!("{name}-{quant}.gguf")));
     model.set_numerics(Numerics::Ggml).expect("covered");
     let cpu = Cpu::new(2);
     let got = logits_all(&model, &cpu, &prompt);
     let n_diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    assert_eq!(n_diff, 0, "{n_diff} of {} prompt logits differ from llama.cpp's", got.len());
-    let want_ids = ids(&r["llama_cpp"]["llama-h64-q8_0.gguf"]["greedy_ids"]);
-    let (_, want_rows) = read_npy(&fixture("llama-h64").join("logits.llama.q8_0.greedy.npy"));
+    assert_eq!(n_diff, 0, "{name}: {n_diff} of {} prompt logits differ from llama.cpp's", got.len());
+    let want_ids = ids(&r["llama_cpp"][format!("{name}-{quant}.gguf")]["greedy_ids"]);
+    let (_, want_rows) = read_npy(&fixture(name).join(format!("logits.llama.{quant}.greedy.npy")));
     let v = model.info.n_vocab;
     let mut s = model.new_session(prompt.len() + want_ids.len());
-    let mut row = model.forward(&cpu, &mut s, &prompt, Logits::Last).expect("prompt").to_vec();
+    // Every position's logits, as tools/llama_logits.cpp asked llama.cpp for them (with the last only, llama.cpp's
+    // last layer would run on one row, and so does Numerics::Ggml).
+    let all = model.forward(&cpu, &mut s, &prompt, Logits::All).expect("prompt");
+    let mut row = all[(prompt.len() - 1) * v..].to_vec();
     for (i, &w) in want_ids.iter().enumerate() {
         let same = row.iter().zip(&want_rows[i * v..(i + 1) * v]).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "greedy step {i}: logits differ from llama.cpp's");
-        assert_eq!(argmax(&row), w, "greedy step {i}");
+        assert!(same, "{name} greedy step {i}: logits differ from llama.cpp's");
+        assert_eq!(argmax(&row), w, "{name} greedy step {i}");
         row = model.forward(&cpu, &mut s, &[w], Logits::Last).expect("step").to_vec();
     }
+}
+
+#[test]
+fn llama_q8_0_ggml_numerics_bit_exact() {
+    ggml_numerics_bit_exact("llama-h64", "q8_0");
+}
+
+/// Dense Qwen3: per-head q/k RMSNorm and NeoX RoPE.
+#[test]
+fn qwen3_q8_0_ggml_numerics_bit_exact() {
+    ggml_numerics_bit_exact("qwen3-h64", "q8_0");
+}
+
+/// Qwen3-MoE: the softmax router, top-k, mul_mat_id and the sum over experts.
+#[test]
+fn qwen3moe_q8_0_ggml_numerics_bit_exact() {
+    ggml_numerics_bit_exact("qwen3moe-h64", "q8_0");
+}
+
+/// Qwen3-MoE Q4_K_M: repacked Q4_K (gemm for groups of 4 tokens, gemv otherwise and for experts), Q6_K experts
+/// (tiled kernels from 8 tokens per expert, vec_dot below), a Q4_K embedding tied to the output.
+#[test]
+fn qwen3moe_q4_k_m_ggml_numerics_bit_exact() {
+    ggml_numerics_bit_exact("qwen3moe-h256", "q4_k_m");
 }

@@ -55,8 +55,9 @@ pub enum Numerics {
     #[default]
     Native,
     /// llama.cpp's (ggml-cpu b11434 on an AVX-512 x86 CPU, one thread), emulated op by op in scalar code so that
-    /// logits are bit-identical to llama.cpp's: slow, for checking against llama.cpp. Dense Llama models with
-    /// Q4_1/Q8_0 weights only (see [`crate::ggml_exact`]).
+    /// logits are bit-identical to llama.cpp's: slow, for checking against llama.cpp. Llama and Qwen3 (dense or
+    /// Qwen3-MoE) with Q4_1/Q8_0/Q4_K/Q6_K weights and Q5_0 experts, e.g. Q8_0 and Q4_K_M GGUFs (see
+    /// [`crate::ggml_exact`]; anything else is refused).
     Ggml,
 }
 
