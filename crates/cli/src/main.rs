@@ -79,8 +79,8 @@ pub struct ModelArgs {
     pub mlock: bool,
     /// When experts stream, predict the next layer's experts and read them early with low priority: 'router' (the
     /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
-    /// or 'off'. Fewer predictions are read the busier demand reads keep the disk (FLASH_MOE_PREFETCH_THROTTLE=off
-    /// reads them all). Never changes the output.
+    /// or 'off'. Fewer predictions are read the busier demand reads keep the disk and the less the forward pass
+    /// waits for reads (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
     #[arg(long, value_enum, default_value_t = PrefetchArg::Off)]
     pub prefetch: PrefetchArg,
 }

@@ -576,43 +576,49 @@ impl Drop for ExpertCache {
 /// Shortest window over which [`DiskLoad`] measures.
 const LOAD_WINDOW_SECS: f64 = 0.02;
 
-/// How busy demand reads keep the disk: the fraction of recent time during which at least one demand read was
-/// queued or in flight (a moving average over windows of at least [`LOAD_WINDOW_SECS`]). A predicted expert is
-/// prefetched only if the measured chance that its prediction rank is used is at least this load: on an idle disk
-/// any likely prediction is worth a read, on a disk that demand misses already saturate only near-certain ones,
-/// since every wrong prefetch there delays the reads the forward pass waits for (others measured -21%).
+/// When prefetch pays, measured over windows of at least [`LOAD_WINDOW_SECS`] (moving averages): the disk's
+/// demand load, the fraction of time during which at least one demand read was queued or in flight, and the stall,
+/// the fraction of time the forward pass waited for expert reads. A predicted expert is prefetched only if the
+/// measured chance that its prediction rank is used is at least the load and at least one minus the stall: on a
+/// disk that demand misses saturate only near-certain predictions are read (every wrong prefetch there delays the
+/// reads the forward pass waits for; others measured -21%), and when the forward pass hardly waits (compute-bound)
+/// a speculative read has little to save and still costs CPU time, so only likely ones are read.
 /// `FLASH_MOE_PREFETCH_THROTTLE=off` turns the throttle off (for measuring what it does).
 struct DiskLoad {
     enabled: bool,
-    /// The start of the current window and the pool's demand-busy seconds then.
-    at: Option<(Instant, f64)>,
+    /// The start of the current window, and the pool's demand-busy seconds and the forward pass's waiting seconds
+    /// then.
+    at: Option<(Instant, f64, f64)>,
     load: f32,
+    stall: f32,
 }
 
 impl DiskLoad {
     fn new() -> DiskLoad {
         let enabled = std::env::var("FLASH_MOE_PREFETCH_THROTTLE").map_or(true, |v| v != "off");
-        DiskLoad { enabled, at: None, load: 0.0 }
+        DiskLoad { enabled, at: None, load: 0.0, stall: 1.0 }
     }
 
-    /// The load, given the pool's demand-busy seconds now.
-    fn update(&mut self, busy_secs: f64) -> f32 {
+    /// The least chance of use worth a prefetch read, given the pool's demand-busy seconds and the forward pass's
+    /// waiting seconds now.
+    fn update(&mut self, busy_secs: f64, wait_secs: f64) -> f32 {
         if !self.enabled {
             return 0.0;
         }
         let now = Instant::now();
         match self.at {
-            None => self.at = Some((now, busy_secs)),
-            Some((t, b)) => {
+            None => self.at = Some((now, busy_secs, wait_secs)),
+            Some((t, b, w)) => {
                 let dt = now.duration_since(t).as_secs_f64();
                 if dt >= LOAD_WINDOW_SECS {
-                    let u = ((busy_secs - b) / dt).clamp(0.0, 1.0) as f32;
-                    self.load = 0.5 * self.load + 0.5 * u;
-                    self.at = Some((now, busy_secs));
+                    let frac = |x: f64| (x / dt).clamp(0.0, 1.0) as f32;
+                    self.load = 0.5 * self.load + 0.5 * frac(busy_secs - b);
+                    self.stall = 0.5 * self.stall + 0.5 * frac(wait_secs - w);
+                    self.at = Some((now, busy_secs, wait_secs));
                 }
             }
         }
-        self.load
+        self.load.max(1.0 - self.stall)
     }
 }
 
@@ -706,7 +712,11 @@ impl ExpertCache {
         let mut st = self.lock();
         self.poll_prefetches(&mut st);
         st.note_prediction(layer, ids);
-        let load = self.disk_load.lock().unwrap_or_else(|e| e.into_inner()).update(self.io.demand_busy_secs());
+        let load = self
+            .disk_load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(self.io.demand_busy_secs(), st.stats.wait_secs);
         for (rank, &e) in ids.iter().enumerate() {
             let Some(s) = st.prefetch_slot(layer, e, rank, ids, load) else { continue };
             let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
@@ -1097,22 +1107,25 @@ mod tests {
     use super::DiskLoad;
 
     #[test]
-    fn load_follows_the_busy_fraction() {
-        let mut d = DiskLoad { enabled: true, at: None, load: 0.0 };
+    fn threshold_follows_disk_load_and_stall() {
+        let mut d = DiskLoad { enabled: true, at: None, load: 0.0, stall: 1.0 };
         let t0 = std::time::Instant::now();
-        assert_eq!(d.update(0.0), 0.0, "no window yet");
+        assert_eq!(d.update(0.0, 0.0), 0.0, "no window yet: prefetch whatever is likely enough");
         std::thread::sleep(std::time::Duration::from_millis(30));
-        // Busy the whole window: the average moves halfway to 1.
+        // Disk busy and the forward pass waiting the whole window: the load moves halfway to 1.
         let busy = t0.elapsed().as_secs_f64() + 1.0;
-        let l1 = d.update(busy);
+        let l1 = d.update(busy, busy);
         assert!((l1 - 0.5).abs() < 1e-6, "{l1}");
         // Within the same window nothing changes.
-        assert_eq!(d.update(busy), l1);
+        assert_eq!(d.update(busy, busy), l1);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        // Idle for a window: halfway back to 0.
-        let l2 = d.update(busy);
-        assert!((l2 - 0.25).abs() < 1e-6, "{l2}");
-        let mut off = DiskLoad { enabled: false, at: None, load: 0.0 };
-        assert_eq!(off.update(5.0), 0.0);
+        // Idle disk, but nobody waited: compute-bound, the stall halves, 1 - stall = 0.5 > load 0.25.
+        let l2 = d.update(busy, busy);
+        assert!((l2 - 0.5).abs() < 1e-6, "{l2}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let l3 = d.update(busy, busy);
+        assert!((l3 - 0.75).abs() < 1e-6, "{l3}");
+        let mut off = DiskLoad { enabled: false, at: None, load: 0.0, stall: 1.0 };
+        assert_eq!(off.update(5.0, 0.0), 0.0);
     }
 }
