@@ -15,6 +15,14 @@
 //                                                       (row 0 equals the last prompt row)
 // and prints one JSON object on stdout: prompt_ids, add_bos, greedy_ids, greedy_margins (top1 - top2 logit), n_vocab.
 // Greedy decoding never stops at end-of-generation tokens: it always takes N_GREEDY steps.
+//
+// For tools/ggml_exact: with DUMP_DIR set, an eval callback writes every f32 intermediate tensor of the prompt
+// batch and the first 3 single-token steps (steps s0..s3) to $DUMP_DIR, contiguous in ggml's order (ne0 fastest),
+// one file per tensor: s<step>_<node index>_<name>.f32, listed in $DUMP_DIR/index.txt with its op and shape
+// (tools/ggml_exact/compare_dumps.py compares them with flash-moe's FLASH_MOE_GGML_DUMP files; with the callback
+// llama.cpp runs one node at a time, so rms_norm and mul are not fused, which is the same arithmetic). LAST_ONLY=1
+// asks for the last prompt position's logits only, as llama-completion does (llama.cpp's last layer then runs its
+// feed-forward part on that row alone).
 #include "llama.h"
 
 #include <cmath>
@@ -50,6 +58,28 @@ static int argmax(const float * x, int n, float * margin) {
     return best;
 }
 
+#include "ggml.h"
+#include "ggml-backend.h"
+#include <sys/stat.h>
+static int g_step = 0; static int g_idx = 0; static std::string g_dir; static FILE * g_index = nullptr;
+static bool dump_cb(struct ggml_tensor * t, bool ask, void *) {
+    if (ask) return true;
+    if (t->type != GGML_TYPE_F32) return true;
+    if (t->op == GGML_OP_VIEW || t->op == GGML_OP_PERMUTE || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_TRANSPOSE) return true;
+    if (g_step > 3) return true;
+    char path[512];
+    snprintf(path, sizeof path, "%s/s%d_%04d_%s.f32", g_dir.c_str(), g_step, g_idx++, t->name);
+    for (char * c = path + g_dir.size() + 1; *c; c++) if (*c == ' ' || *c == '(' || *c == ')') *c = '_';
+    std::vector<float> buf(ggml_nelements(t));
+    std::vector<char> raw(ggml_nbytes(t));
+    ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+    size_t k = 0;
+    for (int64_t i3 = 0; i3 < t->ne[3]; i3++) for (int64_t i2 = 0; i2 < t->ne[2]; i2++) for (int64_t i1 = 0; i1 < t->ne[1]; i1++) for (int64_t i0 = 0; i0 < t->ne[0]; i0++)
+        buf[k++] = *(float *)(raw.data() + i0*t->nb[0] + i1*t->nb[1] + i2*t->nb[2] + i3*t->nb[3]);
+    FILE * f = fopen(path, "wb"); fwrite(buf.data(), 4, buf.size(), f); fclose(f);
+    fprintf(g_index, "%s %s %lld %lld %lld %lld\n", path, ggml_op_desc(t), (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
+    return true;
+}
 static void quiet_log(enum ggml_log_level level, const char * text, void *) {
     if (level >= GGML_LOG_LEVEL_WARN) fputs(text, stderr);
 }
@@ -95,22 +125,31 @@ int main(int argc, char ** argv) {
     cparams.type_k = GGML_TYPE_F32;
     cparams.type_v = GGML_TYPE_F32;
     cparams.no_perf = true;
+    if (getenv("DUMP_DIR")) {
+        g_dir = getenv("DUMP_DIR");
+        mkdir(g_dir.c_str(), 0755);
+        g_index = fopen((g_dir + "/index.txt").c_str(), "w");
+        if (!g_index) { fprintf(stderr, "cannot write %s/index.txt\n", g_dir.c_str()); return 1; }
+        cparams.cb_eval = dump_cb;
+        cparams.cb_eval_user_data = nullptr;
+    }
     llama_context * ctx = llama_init_from_model(model, cparams);
     if (!ctx) { fprintf(stderr, "cannot create context\n"); return 1; }
 
-    // prompt: one batch, logits at every position
+    // prompt: one batch, logits at every position (LAST_ONLY=1: at the last only)
+    const bool last_only = getenv("LAST_ONLY") && atoi(getenv("LAST_ONLY")) != 0;
     llama_batch batch = llama_batch_init(n_prompt, 0, 1);
     for (int i = 0; i < n_prompt; i++) {
         batch.token[i] = prompt[i];
         batch.pos[i] = i;
         batch.n_seq_id[i] = 1;
         batch.seq_id[i][0] = 0;
-        batch.logits[i] = 1;
+        batch.logits[i] = !last_only || i == n_prompt - 1;
     }
     batch.n_tokens = n_prompt;
     if (llama_decode(ctx, batch) != 0) { fprintf(stderr, "prompt decode failed\n"); return 1; }
     std::vector<float> prompt_logits((size_t) n_prompt * n_vocab);
-    for (int i = 0; i < n_prompt; i++) memcpy(&prompt_logits[(size_t) i * n_vocab], llama_get_logits_ith(ctx, i), n_vocab * sizeof(float));
+    for (int i = last_only ? n_prompt - 1 : 0; i < n_prompt; i++) memcpy(&prompt_logits[(size_t) i * n_vocab], llama_get_logits_ith(ctx, i), n_vocab * sizeof(float));
     llama_batch_free(batch);
 
     // greedy: one token at a time through the KV cache
@@ -125,6 +164,7 @@ int main(int argc, char ** argv) {
         greedy_ids.push_back(tok);
         margins.push_back(margin);
         if (step + 1 == n_greedy) break;
+        g_step++; g_idx = 0;
         if (llama_decode(ctx, llama_batch_get_one(&tok, 1)) != 0) { fprintf(stderr, "decode failed\n"); return 1; }
         row = llama_get_logits_ith(ctx, -1);
     }
@@ -141,6 +181,7 @@ int main(int argc, char ** argv) {
     for (int i = 0; i < n_greedy; i++) printf("%s%.6g", i ? ", " : "", margins[i]);
     printf("]}\n");
 
+    if (g_index) fclose(g_index);
     llama_free(ctx);
     llama_model_free(model);
     llama_backend_free();
