@@ -50,11 +50,12 @@ static void run(struct ggml_context * ctx, struct ggml_tensor * r, const char * 
 }
 
 // a [cols, rows] weight of `type` quantized by ggml from random floats; its bytes are written as NAME
-static struct ggml_tensor * quant_t(struct ggml_context * ctx, const char * name, enum ggml_type type, int64_t cols, int64_t rows) {
-    float * src = malloc(sizeof(float) * cols * rows);
-    for (int64_t i = 0; i < cols * rows; i++) src[i] = rnd(0.1f);
-    struct ggml_tensor * t = ggml_new_tensor_2d(ctx, type, cols, rows);
-    ggml_quantize_chunk(type, src, t->data, 0, rows, cols, NULL);
+// A random weight of `type`: `n` matrices (experts) of [rows x cols].
+static struct ggml_tensor * quant_t(struct ggml_context * ctx, const char * name, enum ggml_type type, int64_t cols, int64_t rows, int64_t n) {
+    float * src = malloc(sizeof(float) * cols * rows * n);
+    for (int64_t i = 0; i < cols * rows * n; i++) src[i] = rnd(0.1f);
+    struct ggml_tensor * t = ggml_new_tensor_3d(ctx, type, cols, rows, n);
+    ggml_quantize_chunk(type, src, t->data, 0, rows * n, cols, NULL);
     free(src);
     put_t(name, t);
     return t;
@@ -103,8 +104,8 @@ int main(int argc, char ** argv) {
     }
     // quantized matmuls: 8 rows of 576, times 1 token (vec_dot) and 3 tokens (Q4_1: vec_dot; Q8_0: tinyBLAS)
     {
-        struct ggml_tensor * w41 = quant_t(ctx, "q4_1.w", GGML_TYPE_Q4_1, 576, 8);
-        struct ggml_tensor * w80 = quant_t(ctx, "q8_0.w", GGML_TYPE_Q8_0, 576, 8);
+        struct ggml_tensor * w41 = quant_t(ctx, "q4_1.w", GGML_TYPE_Q4_1, 576, 8, 1);
+        struct ggml_tensor * w80 = quant_t(ctx, "q8_0.w", GGML_TYPE_Q8_0, 576, 8, 1);
         struct ggml_tensor * x1 = rand_t(ctx, "mm.x1", 2.0f, 576, 1, 1);
         struct ggml_tensor * x3 = rand_t(ctx, "mm.x3", 2.0f, 576, 3, 1);
         run(ctx, ggml_mul_mat(ctx, w41, x1), "q4_1.out1");
@@ -168,16 +169,8 @@ int main(int argc, char ** argv) {
     // mul_mat_id with Q8_0 experts: 8 experts of [32 rows x 256] (up/gate shape) on 3 tokens x top 2, and of
     // [256 rows x 32] (down shape) on their [32, 2, 3] outputs
     {
-        struct ggml_tensor * up = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 256, 32, 8);
-        struct ggml_tensor * dn = ggml_new_tensor_3d(ctx, GGML_TYPE_Q8_0, 32, 256, 8);
-        float * src = malloc(sizeof(float) * 256 * 32 * 8);
-        for (int i = 0; i < 256 * 32 * 8; i++) src[i] = rnd(0.1f);
-        ggml_quantize_chunk(GGML_TYPE_Q8_0, src, up->data, 0, 32 * 8, 256, NULL);
-        for (int i = 0; i < 256 * 32 * 8; i++) src[i] = rnd(0.1f);
-        ggml_quantize_chunk(GGML_TYPE_Q8_0, src, dn->data, 0, 256 * 8, 32, NULL);
-        free(src);
-        put_t("mmid.up", up);
-        put_t("mmid.down", dn);
+        struct ggml_tensor * up = quant_t(ctx, "mmid.up", GGML_TYPE_Q8_0, 256, 32, 8);
+        struct ggml_tensor * dn = quant_t(ctx, "mmid.down", GGML_TYPE_Q8_0, 32, 256, 8);
         struct ggml_tensor * x = rand_t(ctx, "mmid.x", 2.0f, 256, 1, 3);
         struct ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 2, 3);
         const int32_t id[6] = { 5, 1, 1, 7, 0, 5 };
@@ -190,7 +183,7 @@ int main(int argc, char ** argv) {
     // Q6_K mul_mat (not repacked on x86): 16 rows of 512 (two super-blocks) times 1 token (vec_dot_q6_K_q8_K)
     // and 9 tokens (8 or more: the tiled kernels, ggml-cpu/tiled/)
     {
-        struct ggml_tensor * w = quant_t(ctx, "q6_k.w", GGML_TYPE_Q6_K, 512, 16);
+        struct ggml_tensor * w = quant_t(ctx, "q6_k.w", GGML_TYPE_Q6_K, 512, 16, 1);
         struct ggml_tensor * x1 = rand_t(ctx, "q6_k.x1", 2.0f, 512, 1, 1);
         struct ggml_tensor * x9 = rand_t(ctx, "q6_k.x9", 2.0f, 512, 9, 1);
         run(ctx, ggml_mul_mat(ctx, w, x1), "q6_k.out1");
@@ -198,12 +191,7 @@ int main(int argc, char ** argv) {
     }
     // Q5_0 experts (mul_mat_id: vec_dot_q5_0_q8_0 per row): 4 experts of [64 rows x 64], 3 tokens x top 2
     {
-        struct ggml_tensor * w = ggml_new_tensor_3d(ctx, GGML_TYPE_Q5_0, 64, 64, 4);
-        float * src = malloc(sizeof(float) * 64 * 64 * 4);
-        for (int i = 0; i < 64 * 64 * 4; i++) src[i] = rnd(0.1f);
-        ggml_quantize_chunk(GGML_TYPE_Q5_0, src, w->data, 0, 64 * 4, 64, NULL);
-        free(src);
-        put_t("q5_0.w", w);
+        struct ggml_tensor * w = quant_t(ctx, "q5_0.w", GGML_TYPE_Q5_0, 64, 64, 4);
         struct ggml_tensor * x = rand_t(ctx, "q5_0.x", 2.0f, 64, 1, 3);
         struct ggml_tensor * ids = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 2, 3);
         const int32_t id[6] = { 3, 0, 0, 2, 1, 3 };
