@@ -322,8 +322,8 @@ pub fn main(a: RunArgs) -> Result<()> {
             );
             if st.prefetch_issued > 0 || st.predicted_of > 0 {
                 eprintln!(
-                    "prefetch   {phase:<7} {} reads ({:.1} MiB), {} used ({} late), {} cancelled, {} held back (disk \
-                     busy with demand reads); prediction accuracy {:.1}% (predicted experts used / experts used)",
+                    "prefetch   {phase:<7} {} reads ({:.1} MiB), {} used ({} late), {} cancelled, {} held back \
+                     (throttled); prediction accuracy {:.1}% (predicted experts used / experts used)",
                     st.prefetch_issued,
                     mib(st.prefetch_bytes),
                     st.prefetch_used,

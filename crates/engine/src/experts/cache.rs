@@ -19,8 +19,9 @@
 //! of the next layer are read with low priority, if the measured chance that a prediction of their rank is used
 //! is at least [`PREFETCH_CHANCE_MIN`], into a free slot or the slot of an expert valued below that chance; a
 //! prefetched expert that its layer's visit did not use is the first
-//! victim, and its read is cancelled if it has not started. Prefetch is throttled by how busy demand reads keep the
-//! disk ([`DiskLoad`]): a prediction is read only if its chance of use is at least that load.
+//! victim, and its read is cancelled if it has not started. Prefetch is throttled ([`PrefetchThrottle`]): a
+//! prediction is read only if its chance of use is at least the disk's demand load and at least one minus the
+//! fraction of time the forward pass waits for reads.
 //!
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot, with or without prefetch.
@@ -70,7 +71,8 @@ pub struct CacheStats {
     /// Experts used at visits that had a prediction, and how many of them were predicted.
     pub predicted_of: u64,
     pub predicted_used: u64,
-    /// Predicted experts not prefetched because demand reads kept the disk too busy (see [`DiskLoad`]).
+    /// Predicted experts not prefetched because the disk was busy with demand reads or the forward pass hardly
+    /// waited for reads (see [`PrefetchThrottle`]).
     pub prefetch_throttled: u64,
 }
 
@@ -155,7 +157,7 @@ const RATE_HALF_LIFE_VISITS: u32 = 64;
 /// this many ranks).
 const RANKS_MAX: usize = 64;
 /// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
-/// prefetch costs a read), at least the disk's demand load ([`DiskLoad`]), and only over experts valued lower.
+/// prefetch costs a read), at least what [`PrefetchThrottle`] asks, and only over experts valued lower.
 pub const PREFETCH_CHANCE_MIN: f32 = 0.05;
 /// Experts predicted per layer, per expert a token uses: the ranks past `k` are read only while the disk has room
 /// (their measured chance of use is low).
@@ -559,7 +561,7 @@ pub struct ExpertCache {
     n_slots: usize,
     state: Mutex<State>,
     prefetch: Mutex<Prefetcher>,
-    disk_load: Mutex<DiskLoad>,
+    throttle: Mutex<PrefetchThrottle>,
     /// A thread faulting the slot memory in ahead of use (see [`ExpertCache::start_prefault`]), and its stop flag.
     prefault: std::sync::OnceLock<Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
@@ -573,7 +575,7 @@ impl Drop for ExpertCache {
     }
 }
 
-/// Shortest window over which [`DiskLoad`] measures.
+/// Shortest window over which [`PrefetchThrottle`] measures.
 const LOAD_WINDOW_SECS: f64 = 0.02;
 
 /// When prefetch pays, measured over windows of at least [`LOAD_WINDOW_SECS`] (moving averages): the disk's
@@ -584,7 +586,7 @@ const LOAD_WINDOW_SECS: f64 = 0.02;
 /// reads the forward pass waits for; others measured -21%), and when the forward pass hardly waits (compute-bound)
 /// a speculative read has little to save and still costs CPU time, so only likely ones are read.
 /// `FLASH_MOE_PREFETCH_THROTTLE=off` turns the throttle off (for measuring what it does).
-struct DiskLoad {
+struct PrefetchThrottle {
     enabled: bool,
     /// The start of the current window, and the pool's demand-busy seconds and the forward pass's waiting seconds
     /// then.
@@ -593,10 +595,10 @@ struct DiskLoad {
     stall: f32,
 }
 
-impl DiskLoad {
-    fn new() -> DiskLoad {
+impl PrefetchThrottle {
+    fn new() -> PrefetchThrottle {
         let enabled = std::env::var("FLASH_MOE_PREFETCH_THROTTLE").map_or(true, |v| v != "off");
-        DiskLoad { enabled, at: None, load: 0.0, stall: 1.0 }
+        PrefetchThrottle { enabled, at: None, load: 0.0, stall: 1.0 }
     }
 
     /// The least chance of use worth a prefetch read, given the pool's demand-busy seconds and the forward pass's
@@ -657,7 +659,7 @@ impl ExpertCache {
             n_slots: cfg.n_slots,
             state: Mutex::new(State::new(cfg.n_slots, n_layer, n_expert)),
             prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
-            disk_load: Mutex::new(DiskLoad::new()),
+            throttle: Mutex::new(PrefetchThrottle::new()),
         };
         cache.start_prefault();
         Ok(cache)
@@ -713,7 +715,7 @@ impl ExpertCache {
         self.poll_prefetches(&mut st);
         st.note_prediction(layer, ids);
         let load = self
-            .disk_load
+            .throttle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .update(self.io.demand_busy_secs(), st.stats.wait_secs);
@@ -1104,11 +1106,11 @@ impl ExpertProvider for ExpertCache {
 
 #[cfg(test)]
 mod tests {
-    use super::DiskLoad;
+    use super::PrefetchThrottle;
 
     #[test]
-    fn threshold_follows_disk_load_and_stall() {
-        let mut d = DiskLoad { enabled: true, at: None, load: 0.0, stall: 1.0 };
+    fn threshold_follows_throttle_and_stall() {
+        let mut d = PrefetchThrottle { enabled: true, at: None, load: 0.0, stall: 1.0 };
         let t0 = std::time::Instant::now();
         assert_eq!(d.update(0.0, 0.0), 0.0, "no window yet: prefetch whatever is likely enough");
         std::thread::sleep(std::time::Duration::from_millis(30));
@@ -1125,7 +1127,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(30));
         let l3 = d.update(busy, busy);
         assert!((l3 - 0.75).abs() < 1e-6, "{l3}");
-        let mut off = DiskLoad { enabled: false, at: None, load: 0.0, stall: 1.0 };
+        let mut off = PrefetchThrottle { enabled: false, at: None, load: 0.0, stall: 1.0 };
         assert_eq!(off.update(5.0, 0.0), 0.0);
     }
 }
