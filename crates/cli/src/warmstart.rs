@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use engine::experts::cache::PreloadStats;
-use engine::experts::profile::{plan, ModelIdentity, RoutingProfile};
+use engine::experts::profile::{plan_classes, ModelIdentity, RoutingProfile};
 use engine::experts::warm::{self, HotFile};
 use engine::formats::WeightIndex;
 use engine::models::Model;
@@ -60,7 +60,7 @@ pub fn prepare(a: &CacheArgs, index: &WeightIndex, model: &Model) -> Result<Opti
     let cache_plan = match &a.profile {
         Some(path) => {
             let p = RoutingProfile::load(path, &identity)?;
-            Some(plan(&p.totals(), &moe, cache.n_slots(), k, a.pin_fraction))
+            Some(plan_classes(&p.totals(), cache.slot_classes(), cache.class_slots(), k, a.pin_fraction))
         }
         None => None,
     };

@@ -197,7 +197,9 @@ fn background_reads_take_at_most_half_the_slots() {
     let model = load(&path);
     for (n_slots, most) in [(1, 0), (2, 1), (5, 2), (16, 8)] {
         let store = ExpertStore::open(&index, model.expert_layout()).expect("store");
-        let cache = ExpertCache::new(store, &CacheConfig { n_slots, io_threads: 2, io_engine: None }).expect("cache");
+        let cache =
+            ExpertCache::new(store, &CacheConfig { n_slots, class_slots: None, io_threads: 2, io_engine: None })
+                .expect("cache");
         let ids: Vec<u32> = (0..8).collect();
         cache.fetch_background(0, &ids);
         let mut resident = Vec::new();

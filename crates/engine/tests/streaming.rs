@@ -128,9 +128,14 @@ fn pinned_experts_stay_and_results_do_not_change() {
     let index = WeightIndex::open(&path).expect("open");
     let mut model = streamed(&path, 3, 2, Prefetch::Off);
     let store = ExpertStore::open(&index, model.expert_layout()).expect("store");
-    let cache = ExpertCache::new(store, &CacheConfig { n_slots: 4, io_threads: 2, io_engine: None }).expect("cache");
-    cache.pin(&[(0, 1), (1, 2)], 2).expect("pin two of four");
-    assert!(cache.pin(&[(0, 3)], 2).is_err(), "a third pin would leave one free slot");
+    // This Q4_K_M file has two expert sizes (layer 1's ffn_down is Q6_K): three slots of each.
+    let cfg = CacheConfig { n_slots: 6, class_slots: None, io_threads: 2, io_engine: None };
+    let cache = ExpertCache::new(store, &cfg).expect("cache");
+    assert_eq!(cache.class_slots(), &[3, 3]);
+    assert_eq!(cache.slot_classes().of_layer, vec![Some(1), Some(0)]);
+    assert!(cache.cache_bytes() < 6 * cache.slot_bytes(), "the smaller experts take smaller slots");
+    cache.pin(&[(0, 1), (1, 2)], 2).expect("pin one of each size");
+    assert!(cache.pin(&[(0, 3)], 2).is_err(), "a second pin of layer 0's size would leave one free slot of it");
     assert!(cache.pin(&[(7, 0)], 0).is_err(), "no such layer");
     let before = cache.stats();
     assert_eq!(before.misses, 2);

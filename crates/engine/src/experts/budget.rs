@@ -121,6 +121,104 @@ pub fn auto_budget() -> (u64, String) {
     (limit.saturating_sub(headroom), source)
 }
 
+/// At most this many slot sizes: layers whose experts differ in size by less are merged into the larger size.
+pub const SLOT_CLASSES_MAX: usize = 4;
+
+/// The sizes of the expert cache's slots. Quantization mixes give the layers of one model experts of different
+/// sizes (llama.cpp's Q4_K_M stores half of the MoE layers' `ffn_down` in Q6_K: 2.92 MiB experts there, 2.53 MiB in
+/// the others, for Qwen3-30B-A3B), so a slot for every expert at the largest size would waste up to 13% of the cache
+/// on the smaller ones. Instead each layer's experts go to slots of its class's size, and the cache gives every
+/// MoE layer the same number of slots' worth of its class.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SlotClasses {
+    /// Bytes of a slot of each class, largest first.
+    pub bytes: Vec<u64>,
+    /// The class of each layer's experts (`None`: a layer without experts).
+    pub of_layer: Vec<Option<usize>>,
+}
+
+impl SlotClasses {
+    /// Classes for layers whose experts need `layer_bytes[l]` bytes of slot (`None`: no experts), at most
+    /// [`SLOT_CLASSES_MAX`] of them: the two closest sizes are merged into the larger until that many remain.
+    pub fn from_layer_bytes(layer_bytes: &[Option<u64>]) -> SlotClasses {
+        let mut sizes: Vec<u64> = layer_bytes.iter().flatten().copied().collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        while sizes.len() > SLOT_CLASSES_MAX {
+            // sizes[i] > sizes[i + 1]: merge the pair with the smallest relative gap into the larger.
+            let i = (0..sizes.len() - 1)
+                .min_by(|&a, &b| {
+                    let gap = |i: usize| (sizes[i] - sizes[i + 1]) as f64 / sizes[i] as f64;
+                    gap(a).total_cmp(&gap(b))
+                })
+                .expect("at least two sizes");
+            sizes.remove(i + 1);
+        }
+        // Each layer goes to the smallest class that holds its experts.
+        let of_layer = layer_bytes
+            .iter()
+            .map(|b| b.map(|b| sizes.iter().rposition(|&s| s >= b).expect("the largest size holds every layer")))
+            .collect();
+        SlotClasses { bytes: sizes, of_layer }
+    }
+
+    /// One class of `bytes` for the layers flagged in `moe_layers`.
+    pub fn uniform(moe_layers: &[bool], bytes: u64) -> SlotClasses {
+        SlotClasses { bytes: vec![bytes], of_layer: moe_layers.iter().map(|&m| m.then_some(0)).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Layers of class `c`.
+    pub fn n_layers(&self, c: usize) -> usize {
+        self.of_layer.iter().filter(|&&x| x == Some(c)).count()
+    }
+
+    /// Bytes of `counts[c]` slots of each class.
+    pub fn bytes_of(&self, counts: &[usize]) -> u64 {
+        self.bytes.iter().zip(counts).map(|(&b, &n)| b * n as u64).sum()
+    }
+
+    /// How many slots of each class fit in `bytes`: every class gets at least `min_per_class` (at most its
+    /// experts, `n_expert` per layer), then slots go one at a time to the class with the fewest per layer that
+    /// still fits, so that every MoE layer gets about the same number of slots. `None` if the minimum does not fit.
+    pub fn share(&self, bytes: u64, n_expert: usize, min_per_class: usize) -> Option<Vec<usize>> {
+        let max: Vec<usize> = (0..self.len()).map(|c| self.n_layers(c) * n_expert).collect();
+        let mut n: Vec<usize> = max.iter().map(|&m| min_per_class.min(m)).collect();
+        let mut left = bytes.checked_sub(self.bytes_of(&n))?;
+        // Equal slots per layer for every class that fits whole, as a start (the loop below then tops up).
+        let per_layer_bytes: u64 = (0..self.len()).map(|c| self.bytes[c] * self.n_layers(c) as u64).sum();
+        if let Some(per_layer) = bytes.checked_div(per_layer_bytes) {
+            for c in 0..self.len() {
+                let want = (per_layer as usize * self.n_layers(c)).min(max[c]);
+                if want > n[c] {
+                    let cost = (want - n[c]) as u64 * self.bytes[c];
+                    if cost <= left {
+                        left -= cost;
+                        n[c] = want;
+                    }
+                }
+            }
+        }
+        loop {
+            let next = (0..self.len()).filter(|&c| n[c] < max[c] && self.bytes[c] <= left).min_by(|&a, &b| {
+                let ratio = |c: usize| n[c] as f64 / self.n_layers(c).max(1) as f64;
+                ratio(a).total_cmp(&ratio(b))
+            });
+            let Some(c) = next else { break };
+            n[c] += 1;
+            left -= self.bytes[c];
+        }
+        Some(n)
+    }
+}
+
 /// What the memory goes to.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MemoryPlan {
@@ -129,60 +227,75 @@ pub struct MemoryPlan {
     pub resident_bytes: u64,
     pub kv_bytes: u64,
     pub scratch_bytes: u64,
-    pub slot_bytes: u64,
+    /// The slot sizes, and how many slots of each class the cache has.
+    pub classes: SlotClasses,
+    pub class_slots: Vec<usize>,
     pub n_slots: usize,
     pub n_experts_total: usize,
+    /// Slots every class needs at least (one layer's experts for one token).
     pub min_slots: usize,
     /// The read engine, once the cache exists ("io_uring" or "pread threads").
     pub io_engine: String,
 }
 
 impl MemoryPlan {
-    /// Fits an expert cache of whole slots into what the budget leaves.
+    /// Fits an expert cache of whole slots into what the budget leaves; `n_expert` experts per MoE layer.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         budget: Budget,
         resident_bytes: u64,
         kv_bytes: u64,
         scratch_bytes: u64,
-        slot_bytes: u64,
-        n_experts_total: usize,
+        classes: SlotClasses,
+        n_expert: usize,
         min_slots: usize,
     ) -> Result<MemoryPlan> {
         let fixed = resident_bytes + kv_bytes + scratch_bytes;
-        let min_total = fixed + min_slots as u64 * slot_bytes;
+        let n_classes = classes.len().max(1);
+        let min_counts: Vec<usize> =
+            (0..classes.len()).map(|c| min_slots.min(classes.n_layers(c) * n_expert)).collect();
+        let min_total = fixed + classes.bytes_of(&min_counts);
         let (budget_bytes, budget_source) = match budget {
             Budget::Min => (min_total, "min: one layer's top-k experts".to_string()),
             Budget::Bytes(b) => (b, "--memory-budget".to_string()),
             Budget::ExpertPercent(pct) => {
-                let n = (n_experts_total * pct.clamp(1, 100) as usize).div_ceil(100).max(min_slots);
-                (fixed + n as u64 * slot_bytes, format!("a cache of {pct}% of the experts"))
+                let n: Vec<usize> = (0..classes.len())
+                    .map(|c| {
+                        let all = classes.n_layers(c) * n_expert;
+                        (all * pct.clamp(1, 100) as usize).div_ceil(100).max(min_counts[c]).min(all)
+                    })
+                    .collect();
+                (fixed + classes.bytes_of(&n), format!("a cache of {pct}% of the experts"))
             }
             Budget::Auto => auto_budget(),
         };
-        if budget_bytes < min_total {
-            return Err(Error::Invalid(format!(
+        let too_small = || {
+            Error::Invalid(format!(
                 "memory budget {} is too small to run: resident weights {} + KV cache {} + scratch {} + {} experts of \
                  {} need at least {} (--memory-budget min); lower --ctx-size to shrink the KV cache",
                 human(budget_bytes),
                 human(resident_bytes),
                 human(kv_bytes),
                 human(scratch_bytes),
-                min_slots,
-                human(slot_bytes),
+                min_slots * n_classes,
+                classes.bytes.iter().map(|&b| human(b)).collect::<Vec<_>>().join(" / "),
                 human(min_total),
-            )));
+            ))
+        };
+        if budget_bytes < min_total {
+            return Err(too_small());
         }
-        let n_slots =
-            (((budget_bytes - fixed) / slot_bytes.max(1)) as usize).clamp(min_slots, n_experts_total.max(min_slots));
+        let class_slots = classes.share(budget_bytes - fixed, n_expert, min_slots).ok_or_else(too_small)?;
+        let n_experts_total = (0..classes.len()).map(|c| classes.n_layers(c) * n_expert).sum();
         Ok(MemoryPlan {
             budget_bytes,
             budget_source,
             resident_bytes,
             kv_bytes,
             scratch_bytes,
-            slot_bytes,
-            n_slots,
+            n_slots: class_slots.iter().sum(),
+            classes,
+            class_slots,
             n_experts_total,
             min_slots,
             io_engine: String::new(),
@@ -190,7 +303,7 @@ impl MemoryPlan {
     }
 
     pub fn cache_bytes(&self) -> u64 {
-        self.n_slots as u64 * self.slot_bytes
+        self.classes.bytes_of(&self.class_slots)
     }
 }
 
@@ -208,6 +321,12 @@ impl fmt::Display for MemoryPlan {
             self.n_experts_total,
             100.0 * self.n_slots as f64 / self.n_experts_total.max(1) as f64
         )?;
+        if self.classes.len() > 1 {
+            let each: Vec<String> = (0..self.classes.len())
+                .map(|c| format!("{} x {}", self.class_slots[c], human(self.classes.bytes[c])))
+                .collect();
+            write!(f, " (slots of {})", each.join(" + "))?;
+        }
         if !self.io_engine.is_empty() {
             write!(f, ", read with {}", self.io_engine)?;
         }
@@ -234,15 +353,48 @@ mod tests {
 
     #[test]
     fn plan_fits_whole_slots_and_refuses_too_small() {
-        let p = MemoryPlan::new(Budget::Bytes(1000 + 10 * 100 + 50), 800, 100, 100, 100, 64, 2).expect("fits");
+        let one = || SlotClasses::uniform(&[true], 100);
+        let p = MemoryPlan::new(Budget::Bytes(1000 + 10 * 100 + 50), 800, 100, 100, one(), 64, 2).expect("fits");
         assert_eq!(p.n_slots, 10);
-        let e = MemoryPlan::new(Budget::Bytes(1100), 800, 100, 100, 100, 64, 2).expect_err("too small");
+        let e = MemoryPlan::new(Budget::Bytes(1100), 800, 100, 100, one(), 64, 2).expect_err("too small");
         assert!(e.to_string().contains("too small"), "{e}");
-        let q = MemoryPlan::new(Budget::ExpertPercent(25), 800, 100, 100, 100, 64, 2).expect("25%");
+        let q = MemoryPlan::new(Budget::ExpertPercent(25), 800, 100, 100, one(), 64, 2).expect("25%");
         assert_eq!((q.n_slots, q.budget_bytes), (16, 1000 + 1600));
-        let m = MemoryPlan::new(Budget::Min, 800, 100, 100, 100, 64, 2).expect("min");
+        let m = MemoryPlan::new(Budget::Min, 800, 100, 100, one(), 64, 2).expect("min");
         assert_eq!(m.n_slots, 2);
-        let all = MemoryPlan::new(Budget::Bytes(1 << 40), 800, 100, 100, 100, 64, 2).expect("all");
+        let all = MemoryPlan::new(Budget::Bytes(1 << 40), 800, 100, 100, one(), 64, 2).expect("all");
         assert_eq!(all.n_slots, 64);
+    }
+
+    #[test]
+    fn slot_classes_follow_the_layers_sizes() {
+        // Qwen3-30B-A3B Q4_K_M: Q6_K ffn_down in every other layer; a dense layer in front.
+        let (big, small) = (3059712, 2654208);
+        let c = SlotClasses::from_layer_bytes(&[None, Some(big), Some(small), Some(big), Some(small)]);
+        assert_eq!(c.bytes, vec![big, small]);
+        assert_eq!(c.of_layer, vec![None, Some(0), Some(1), Some(0), Some(1)]);
+        // The same number of slots per layer in each class, the rest to whichever fits.
+        let n = c.share(10 * big + 10 * small + small, 128, 6).expect("fits");
+        assert_eq!(n, vec![10, 11]);
+        assert!(c.bytes_of(&n) <= 10 * big + 11 * small);
+        // More slots than one size everywhere: 2654208 * 2 / 3059712 = 1.7 extra slots per 10.
+        let uniform = (10 * big + 10 * small) / big;
+        assert!(n.iter().sum::<usize>() as u64 > uniform);
+        // Never more than the experts, never fewer than the minimum.
+        assert_eq!(c.share(u64::MAX / 4, 128, 6).expect("all"), vec![256, 256]);
+        assert_eq!(c.share(6 * big + 6 * small, 128, 6).expect("min"), vec![6, 6]);
+        assert!(c.share(6 * big + 5 * small, 128, 6).is_none());
+        // Many sizes merge into at most SLOT_CLASSES_MAX, each layer into a class at least its size.
+        let sizes: Vec<Option<u64>> = (0..10).map(|i| Some(1000 + 7 * i * i)).collect();
+        let m = SlotClasses::from_layer_bytes(&sizes);
+        assert_eq!(m.len(), SLOT_CLASSES_MAX);
+        for (b, c) in sizes.iter().zip(&m.of_layer) {
+            assert!(m.bytes[c.expect("a class")] >= b.expect("a size"));
+        }
+        // A plan with classes says so.
+        let plan = MemoryPlan::new(Budget::Bytes(1000 + 40 * big), 800, 100, 100, c.clone(), 128, 6).expect("plan");
+        assert_eq!(plan.n_slots, plan.class_slots.iter().sum::<usize>());
+        assert!(plan.cache_bytes() <= 40 * big);
+        assert!(plan.to_string().contains("slots of"), "{plan}");
     }
 }

@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::budget::SlotClasses;
 use super::io::{IoEngine, IoPool, ReadBatch, DIRECT_ALIGN};
 use super::predict::TransitionTable;
 use super::store::ExpertStore;
@@ -208,10 +209,30 @@ struct State {
     /// Slots with a read started by [`ExpertProvider::fetch_background`] (approximate mode only) that nobody has
     /// waited for yet.
     background: Vec<usize>,
+    /// The slot class of each layer's experts (0 for layers without), and each class's slots: a range of `slots`
+    /// ([`crate::experts::budget::SlotClasses`]).
+    class_of: Vec<usize>,
+    class_slots: Vec<std::ops::Range<usize>>,
 }
 
 impl State {
+    /// One class of `n_slots` slots for every layer.
     fn new(n_slots: usize, n_layer: usize, n_expert: usize) -> State {
+        State::with_classes(&[n_slots], vec![0; n_layer], n_expert)
+    }
+
+    /// `class_slots[c]` slots of each class, in class order; `class_of[layer]`: the class of each layer's experts.
+    fn with_classes(class_slots: &[usize], class_of: Vec<usize>, n_expert: usize) -> State {
+        let n_layer = class_of.len();
+        let n_slots = class_slots.iter().sum();
+        let mut start = 0;
+        let ranges = class_slots
+            .iter()
+            .map(|&n| {
+                start += n;
+                start - n..start
+            })
+            .collect();
         let stats =
             CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
         State {
@@ -234,7 +255,14 @@ impl State {
             per_layer: vec![0; n_layer],
             quota: None,
             background: Vec::new(),
+            class_of,
+            class_slots: ranges,
         }
+    }
+
+    /// The slots that can hold experts of `layer`.
+    fn slots_for(&self, layer: usize) -> std::ops::Range<usize> {
+        self.class_slots[self.class_of[layer]].clone()
     }
 
     /// Starts a visit of `layer` by one forward step that uses `ids`: counts the uses and scores the layer's last
@@ -360,17 +388,19 @@ impl State {
     /// set shares (`layer` itself counts as over at its share); with its key (`None` for a free slot).
     fn victim(&self, layer: usize, keep: Option<(usize, &[u32])>) -> Option<(usize, Option<VictimKey>)> {
         let current = (self.current_layer, &self.current[..]);
-        if let Some(s) = self.slots.iter().position(|s| s.state == SlotState::Free) {
-            return Some((s, None));
+        let range = self.slots_for(layer);
+        if let Some(s) = self.slots[range.clone()].iter().position(|s| s.state == SlotState::Free) {
+            return Some((range.start + s, None));
         }
         let kept = |s: &Slot| {
             let is = |(l, ids): (usize, &[u32])| s.owner.is_some_and(|(ol, oe)| ol as usize == l && ids.contains(&oe));
             keep.is_some_and(|k| is(k) || is(current))
         };
         let best = |over_share_only: bool| {
-            self.slots
+            self.slots[range.clone()]
                 .iter()
                 .enumerate()
+                .map(|(i, s)| (range.start + i, s))
                 .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready && !kept(s))
                 .filter(|(_, s)| !over_share_only || s.owner.is_some_and(|(l, _)| self.over_share(l as usize, layer)))
                 .map(|(i, s)| (i, self.key(s)))
@@ -487,6 +517,21 @@ pub fn replay_policy(
     replay_state(State::new(n_slots, moe_layers.len(), n_expert), moe_layers, n_expert, prefetch, steps)
 }
 
+/// [`replay_policy`] for a cache with slots of several sizes: `class_slots[c]` slots of class `c` of `classes`
+/// (as [`crate::experts::budget::SlotClasses::share`] sizes them for a budget), each layer's experts in its class.
+pub fn replay_policy_classes(
+    classes: &crate::experts::budget::SlotClasses,
+    class_slots: &[usize],
+    n_expert: usize,
+    prefetch: Option<ReplayPrefetch>,
+    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
+) -> ReplayStats {
+    let moe_layers: Vec<bool> = classes.of_layer.iter().map(Option::is_some).collect();
+    let class_of = classes.of_layer.iter().map(|c| c.unwrap_or(0)).collect();
+    let st = State::with_classes(class_slots, class_of, n_expert);
+    replay_state(st, &moe_layers, n_expert, prefetch, steps)
+}
+
 /// [`replay_policy`] from a given state (a profile's shares and pins already applied).
 fn replay_state(
     mut st: State,
@@ -546,7 +591,13 @@ fn replay_state(
 /// Sizes of an expert cache.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
+    /// Slots in all.
     pub n_slots: usize,
+    /// Slots of each of the store's slot classes ([`ExpertStore::slot_classes`]), as a [`MemoryPlan`] sized them
+    /// (summing to `n_slots`); `None`: `n_slots` shared out equally per layer.
+    ///
+    /// [`MemoryPlan`]: crate::experts::budget::MemoryPlan
+    pub class_slots: Option<Vec<usize>>,
     pub io_threads: usize,
     /// `None`: io_uring where available (see [`IoPool::new`]).
     pub io_engine: Option<IoEngine>,
@@ -556,8 +607,13 @@ pub struct CacheConfig {
 pub struct ExpertCache {
     store: ExpertStore,
     io: IoPool,
-    mem: AlignedBuf, // [n_slots, slot_bytes]
-    slot_bytes: usize,
+    /// The slots, class after class ([`State::slots_for`]); `slot_off[s]`, `slot_len[s]`: where each lies in
+    /// `mem`.
+    mem: AlignedBuf,
+    slot_off: Vec<usize>,
+    slot_len: Vec<usize>,
+    class_slots: Vec<usize>,
+    classes: SlotClasses,
     n_slots: usize,
     state: Mutex<State>,
     prefetch: Mutex<Prefetcher>,
@@ -640,13 +696,48 @@ unsafe impl Sync for ExpertCache {}
 
 impl ExpertCache {
     pub fn new(store: ExpertStore, cfg: &CacheConfig) -> Result<ExpertCache> {
-        if cfg.n_slots == 0 {
-            return Err(Error::Invalid("the expert cache needs at least one slot".into()));
-        }
-        let slot_bytes = store.slot_bytes();
-        let n_layer = store.layout().layers.len();
+        let mut classes = store.slot_classes().clone();
         let n_expert = store.layout().n_expert;
-        let mem = AlignedBuf::zeroed_aligned(cfg.n_slots * slot_bytes, DIRECT_ALIGN);
+        let class_slots = match &cfg.class_slots {
+            Some(c) => c.clone(),
+            None if cfg.n_slots < classes.len() => {
+                // Too few slots for one of each size: every slot at the largest size.
+                let moe: Vec<bool> = classes.of_layer.iter().map(Option::is_some).collect();
+                classes = SlotClasses::uniform(&moe, store.slot_bytes() as u64);
+                vec![cfg.n_slots]
+            }
+            None => {
+                // Equal slots per layer (counting slots, not bytes).
+                let per = SlotClasses { bytes: vec![1; classes.len()], of_layer: classes.of_layer.clone() };
+                per.share(cfg.n_slots as u64, n_expert, 1).unwrap_or_default()
+            }
+        };
+        // Shared out equally, slots beyond every expert are dropped.
+        let n_slots: usize = class_slots.iter().sum();
+        if class_slots.len() != classes.len() || (cfg.class_slots.is_some() && n_slots != cfg.n_slots) {
+            return Err(Error::Invalid(format!(
+                "expert cache: slots per class {class_slots:?} do not make {} slots of {} classes",
+                cfg.n_slots,
+                classes.len()
+            )));
+        }
+        if let Some(c) = (0..classes.len()).find(|&c| class_slots[c] == 0) {
+            return Err(Error::Invalid(format!(
+                "the expert cache needs at least one slot of each size (none of {} bytes)",
+                classes.bytes[c]
+            )));
+        }
+        let (mut slot_off, mut slot_len) = (Vec::with_capacity(n_slots), Vec::with_capacity(n_slots));
+        let mut total = 0;
+        for (c, &n) in class_slots.iter().enumerate() {
+            for _ in 0..n {
+                slot_off.push(total);
+                slot_len.push(classes.bytes[c] as usize);
+                total += classes.bytes[c] as usize;
+            }
+        }
+        let class_of = classes.of_layer.iter().map(|c| c.unwrap_or(0)).collect();
+        let mem = AlignedBuf::zeroed_aligned(total, DIRECT_ALIGN);
         let cache = ExpertCache {
             prefault: std::sync::OnceLock::new(),
             store,
@@ -655,9 +746,12 @@ impl ExpertCache {
                 None => IoPool::new(cfg.io_threads),
             },
             mem,
-            slot_bytes,
-            n_slots: cfg.n_slots,
-            state: Mutex::new(State::new(cfg.n_slots, n_layer, n_expert)),
+            slot_off,
+            slot_len,
+            state: Mutex::new(State::with_classes(&class_slots, class_of, n_expert)),
+            class_slots,
+            classes,
+            n_slots,
             prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
             throttle: Mutex::new(PrefetchThrottle::new()),
         };
@@ -673,7 +767,7 @@ impl ExpertCache {
     fn start_prefault(&self) {
         self.prefault.get_or_init(|| {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (addr, len) = (self.mem.as_ptr() as usize, self.n_slots * self.slot_bytes);
+            let (addr, len) = (self.mem.as_ptr() as usize, self.mem.len());
             let flag = stop.clone();
             std::thread::Builder::new()
                 .name("cache-prefault".into())
@@ -811,8 +905,24 @@ impl ExpertCache {
         self.n_slots
     }
 
+    /// Bytes of the largest slot.
     pub fn slot_bytes(&self) -> usize {
-        self.slot_bytes
+        self.slot_len.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Slots of each of the store's slot classes ([`ExpertStore::slot_classes`]).
+    pub fn class_slots(&self) -> &[usize] {
+        &self.class_slots
+    }
+
+    /// The slot sizes and each layer's (the store's, or one size for all when the cache has too few slots).
+    pub fn slot_classes(&self) -> &SlotClasses {
+        &self.classes
+    }
+
+    /// Bytes of all slots.
+    pub fn cache_bytes(&self) -> usize {
+        self.mem.len()
     }
 
     pub fn io_engine(&self) -> IoEngine {
@@ -828,15 +938,14 @@ impl ExpertCache {
     }
 
     fn slot_ptr(&self, slot: usize) -> *mut u8 {
-        assert!(slot < self.n_slots);
-        self.mem.as_ptr().wrapping_add(slot * self.slot_bytes)
+        self.mem.as_ptr().wrapping_add(self.slot_off[slot])
     }
 
     /// The bytes of a pinned, ready slot.
     fn slot(&self, slot: usize) -> &[u8] {
         // SAFETY: the slot is pinned and Ready (checked by the caller), so no read into it is in flight and none
         // can start until it is unpinned; the range lies inside `mem`.
-        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), self.slot_bytes) }
+        unsafe { std::slice::from_raw_parts(self.slot_ptr(slot), self.slot_len[slot]) }
     }
 
     /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
@@ -903,15 +1012,7 @@ impl ExpertCache {
         let mut slots = Vec::with_capacity(experts.len());
         {
             let mut st = self.lock();
-            let pinned = st.slots.iter().filter(|s| s.pins > 0).count();
-            if pinned + experts.len() + keep_free > self.n_slots {
-                return Err(Error::Invalid(format!(
-                    "cannot pin {} experts: the cache has {} slots, {} already pinned, and {keep_free} must stay free",
-                    experts.len(),
-                    self.n_slots,
-                    pinned
-                )));
-            }
+            let mut want = vec![0usize; self.class_slots.len()];
             for &(layer, e) in experts {
                 if layer >= st.uses.len()
                     || e as usize >= self.store.layout().n_expert
@@ -919,6 +1020,21 @@ impl ExpertCache {
                 {
                     return Err(Error::Invalid(format!("cannot pin expert {e} of layer {layer}: no such expert")));
                 }
+                want[st.class_of[layer]] += 1;
+            }
+            for (c, &n) in want.iter().enumerate() {
+                let range = st.class_slots[c].clone();
+                let pinned = st.slots[range.clone()].iter().filter(|s| s.pins > 0).count();
+                if n > 0 && pinned + n + keep_free > range.len() {
+                    return Err(Error::Invalid(format!(
+                        "cannot pin {n} experts: their slots of {} number {}, {pinned} already pinned, and \
+                         {keep_free} must stay free",
+                        super::budget::human(self.slot_len[range.start] as u64),
+                        range.len(),
+                    )));
+                }
+            }
+            for &(layer, e) in experts {
                 let s = self.claim(&mut st, layer, e).expect("room was checked above");
                 slots.push(s);
             }

@@ -216,6 +216,29 @@ pub fn plan(counts: &[Vec<u64>], moe_layers: &[bool], n_slots: usize, n_used: us
     CachePlan { pinned, quotas, prior: counts.to_vec() }
 }
 
+/// [`plan`] for a cache with slots of several sizes: each slot class's slots (`class_slots[c]`) are shared out
+/// over that class's layers, and pins are chosen within each class; the pins come hottest first overall.
+pub fn plan_classes(
+    counts: &[Vec<u64>],
+    classes: &crate::experts::budget::SlotClasses,
+    class_slots: &[usize],
+    n_used: usize,
+    pin_fraction: f64,
+) -> CachePlan {
+    let n_layer = counts.len();
+    let mut out = CachePlan { pinned: Vec::new(), quotas: vec![0; n_layer], prior: counts.to_vec() };
+    for (c, &n) in class_slots.iter().enumerate() {
+        let moe: Vec<bool> = (0..n_layer).map(|l| classes.of_layer.get(l).copied().flatten() == Some(c)).collect();
+        let p = plan(counts, &moe, n, n_used, pin_fraction);
+        for l in (0..n_layer).filter(|&l| moe[l]) {
+            out.quotas[l] = p.quotas[l];
+        }
+        out.pinned.extend(p.pinned);
+    }
+    out.pinned.sort_by(|a, b| counts[b.0][b.1 as usize].cmp(&counts[a.0][a.1 as usize]).then(a.cmp(b)));
+    out
+}
+
 /// Counts of a [`RouteCounter`].
 #[derive(Clone, Debug, Default)]
 pub struct RouteCounts {

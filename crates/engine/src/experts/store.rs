@@ -10,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::budget::SlotClasses;
 use super::io::{ReadReq, DIRECT_ALIGN};
 use super::{ExpertLayout, ExpertWeights};
 use crate::formats::WeightIndex;
@@ -37,6 +38,7 @@ pub struct ExpertStore {
     /// Whether the files were opened with O_DIRECT.
     pub direct: bool,
     slot_bytes: usize,
+    classes: SlotClasses,
 }
 
 fn align_down(x: u64) -> u64 {
@@ -77,17 +79,30 @@ impl ExpertStore {
             paths.push(Arc::new(mf.path.clone()));
             metas.push((mf.size, mf.mtime));
         }
-        let mut store = ExpertStore { layout: layout.clone(), files, paths, meta: metas, direct, slot_bytes: 0 };
-        let mut slot_bytes = 0;
-        for (l, le) in layout.layers.iter().enumerate() {
-            if le.is_some() {
-                for e in 0..layout.n_expert {
-                    let p = store.placements(l, e);
-                    slot_bytes = slot_bytes.max(p[2].slot_offset + p[2].read_len);
-                }
-            }
-        }
-        store.slot_bytes = slot_bytes;
+        let mut store = ExpertStore {
+            layout: layout.clone(),
+            files,
+            paths,
+            meta: metas,
+            direct,
+            slot_bytes: 0,
+            classes: SlotClasses::uniform(&[], 0),
+        };
+        let layer_bytes: Vec<Option<u64>> = (0..layout.layers.len())
+            .map(|l| {
+                layout.layers[l].as_ref().map(|_| {
+                    (0..layout.n_expert)
+                        .map(|e| {
+                            let p = store.placements(l, e);
+                            (p[2].slot_offset + p[2].read_len) as u64
+                        })
+                        .max()
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        store.slot_bytes = layer_bytes.iter().flatten().copied().max().unwrap_or(0) as usize;
+        store.classes = SlotClasses::from_layer_bytes(&layer_bytes);
         Ok(store)
     }
 
@@ -95,9 +110,15 @@ impl ExpertStore {
         &self.layout
     }
 
-    /// Bytes of one cache slot: enough for the aligned reads of any expert of any layer.
+    /// Bytes of the largest cache slot: enough for the aligned reads of any expert of any layer.
     pub fn slot_bytes(&self) -> usize {
         self.slot_bytes
+    }
+
+    /// The slot sizes the layers' experts need (each class's size holds the aligned reads of any expert of its
+    /// layers).
+    pub fn slot_classes(&self) -> &SlotClasses {
+        &self.classes
     }
 
     pub(super) fn placements(&self, layer: usize, e: usize) -> [Placement; 3] {
@@ -121,7 +142,7 @@ impl ExpertStore {
         })
     }
 
-    /// The reads that bring expert `e` of `layer` into the slot at `slot` (`slot_bytes()` long, 4 KiB aligned).
+    /// The reads that bring expert `e` of `layer` into the slot at `slot` (its class's size, 4 KiB aligned).
     pub fn read_reqs(&self, layer: usize, e: usize, slot: *mut u8) -> Vec<ReadReq> {
         self.placements(layer, e)
             .iter()

@@ -164,21 +164,23 @@ impl Decoder {
                 let store = ExpertStore::open(index, &expert_layout)?;
                 let kv_bytes = (cfg.n_layer * so.n_ctx * info.kv_dim * 2 * 4) as u64;
                 let scratch = scratch_bytes(&cfg, so.n_ctx, so.n_threads);
-                let n_total = expert_layout.n_moe_layers() * expert_layout.n_expert;
                 let min_slots = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used);
                 let mut p = MemoryPlan::new(
                     so.budget,
                     info.resident_bytes,
                     kv_bytes,
                     scratch,
-                    store.slot_bytes() as u64,
-                    n_total,
+                    store.slot_classes().clone(),
+                    expert_layout.n_expert,
                     min_slots,
                 )?;
-                let n_slots = so.n_slots.unwrap_or(p.n_slots);
+                let (n_slots, class_slots) = match so.n_slots {
+                    Some(n) => (n, None),
+                    None => (p.n_slots, Some(p.class_slots.clone())),
+                };
                 // The resident weights were read through the page cache; a memory cgroup charges it, so drop it.
                 drop_page_cache(index);
-                let cfg = CacheConfig { n_slots, io_threads: so.io_threads, io_engine: so.io_engine };
+                let cfg = CacheConfig { n_slots, class_slots, io_threads: so.io_threads, io_engine: so.io_engine };
                 let cache = ExpertCache::new(store, &cfg)?;
                 cache.set_prefetch(so.prefetch, min_slots);
                 prefetch = so.prefetch;

@@ -168,9 +168,14 @@ impl ExpertCache {
         {
             let mut st = self.lock();
             let layout = self.store.layout();
-            let mut free: Vec<usize> =
-                (0..self.n_slots).rev().filter(|&s| st.slots[s].state == SlotState::Free).collect();
-            let mut n_pinned = st.slots.iter().filter(|s| s.pins > 0).count();
+            // Free slots and pins per slot class.
+            let mut free: Vec<Vec<usize>> = st
+                .class_slots
+                .iter()
+                .map(|r| r.clone().rev().filter(|&s| st.slots[s].state == SlotState::Free).collect())
+                .collect();
+            let mut n_pinned: Vec<usize> =
+                st.class_slots.iter().map(|r| st.slots[r.clone()].iter().filter(|s| s.pins > 0).count()).collect();
             let mut seen = HashSet::new();
             for it in items {
                 if it.layer >= layout.layers.len()
@@ -185,22 +190,23 @@ impl ExpertCache {
                 if !seen.insert((it.layer, it.expert)) {
                     continue;
                 }
-                let pin = it.pin && n_pinned + 1 + keep_free <= self.n_slots;
+                let c = st.class_of[it.layer];
+                let pin = it.pin && n_pinned[c] + 1 + keep_free <= st.class_slots[c].len();
                 if let Some(&s) = st.map.get(&(it.layer as u32, it.expert)) {
                     stats.n_skipped += 1;
                     if pin {
                         st.slots[s].pins += 1;
-                        n_pinned += 1;
+                        n_pinned[c] += 1;
                         stats.n_pinned += 1;
                     }
                     continue;
                 }
-                let Some(s) = free.pop() else {
+                let Some(s) = free[c].pop() else {
                     stats.n_skipped += 1;
                     continue;
                 };
                 st.claim_free(s, it.layer, it.expert, it.uses);
-                n_pinned += usize::from(pin);
+                n_pinned[c] += usize::from(pin);
                 stats.n_pinned += usize::from(pin);
                 jobs.push((s, pin));
                 for p in self.store.placements(it.layer, it.expert as usize) {
