@@ -114,8 +114,8 @@ fn engine_steps(t: &Trace) -> Vec<(usize, Vec<u32>, bool)> {
 /// The cache policy replayed over the whole trace with `n_slots` slots (decode counted), with the transition-table
 /// prefetch if asked.
 fn replay(t: &Trace, n_slots: usize, prefetch: bool) -> ReplayStats {
-    let p = prefetch.then_some(ReplayPrefetch { n_expert_used: TOP_K, chance_min: PREFETCH_CHANCE_MIN });
-    replay_policy(n_slots, &[true; N_LAYER], N_EXPERT, p, engine_steps(t))
+    let p = prefetch.then_some(ReplayPrefetch { chance_min: PREFETCH_CHANCE_MIN });
+    replay_policy(n_slots, &[true; N_LAYER], N_EXPERT, TOP_K, p, engine_steps(t))
 }
 
 #[test]

@@ -182,6 +182,7 @@ impl Decoder {
                 drop_page_cache(index);
                 let cfg = CacheConfig { n_slots, class_slots, io_threads: so.io_threads, io_engine: so.io_engine };
                 let cache = ExpertCache::new(store, &cfg)?;
+                cache.set_n_expert_used(min_slots);
                 cache.set_prefetch(so.prefetch, min_slots);
                 prefetch = so.prefetch;
                 p.io_engine = match cache.io_engine() {

@@ -315,6 +315,7 @@ pub fn replay_policy_planned(
     n_slots: usize,
     n_layer: usize,
     n_expert: usize,
+    n_expert_used: usize,
     quotas: &[usize],
     pinned: &[(usize, u32)],
     steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
@@ -330,7 +331,7 @@ pub fn replay_policy_planned(
         st.claim_free(s, layer, e, 0);
         st.slots[s].state = SlotState::Ready;
     }
-    let r = super::replay_state(st, &vec![true; n_layer], n_expert, None, steps);
+    let r = super::replay_state(st, &vec![true; n_layer], n_expert, n_expert_used, None, steps);
     (r.hits, r.misses)
 }
 
