@@ -149,13 +149,18 @@ fn pinned_experts_stay_and_results_do_not_change() {
 /// run change which experts are cached, never a bit of the logits; at every cache size tried.
 #[test]
 fn profile_pinning_and_warm_start_do_not_change_results() {
-    use engine::experts::profile::{plan, ModelIdentity, RouteCounter};
+    use engine::experts::profile::{plan_classes, ModelIdentity, RouteCounter};
     use engine::experts::warm::{prepare, HotFile};
     use std::sync::Arc;
     let cpu = Cpu::new(2);
     let dir = std::env::temp_dir().join(format!("flash-moe-warm-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for (fixture_dir, file) in [("qwen3moe-h64", "qwen3moe-h64-q4_k_m.gguf"), ("qwen3moe-h256", "model.safetensors")] {
+    // The second Q4_K_M file has experts of two sizes (slot classes): shares and pins are planned per size.
+    for (fixture_dir, file) in [
+        ("qwen3moe-h64", "qwen3moe-h64-q4_k_m.gguf"),
+        ("qwen3moe-h256", "model.safetensors"),
+        ("qwen3moe-h256", "qwen3moe-h256-q4_k_m.gguf"),
+    ] {
         let path = fixture(fixture_dir).join(file);
         let index = WeightIndex::open(&path).expect("open");
         let resident = load(&path);
@@ -183,7 +188,7 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
             // Second run: profile shares, pins and warm start.
             let second = streamed(&path, n_slots, 4, Prefetch::Off);
             let cache = second.expert_cache().expect("a streaming cache");
-            let p = plan(&profile.totals(), &moe, n_slots, k, 0.5);
+            let p = plan_classes(&profile.totals(), cache.slot_classes(), cache.class_slots(), k, 0.5);
             assert_eq!(p.quotas.iter().sum::<usize>(), n_slots.min(n_total));
             // Hard per-layer shares (not what `run --profile` sets, but a mode of the cache) must be exact too.
             cache.set_layer_quotas(&p.quotas).expect("shares");
