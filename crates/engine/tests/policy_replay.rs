@@ -274,8 +274,9 @@ fn eviction_on_synthetic_skewed_workloads_with_drift() {
 
 /// Routing profiles on the real trace: a profile of the prompt and the first 64 decoded tokens (pinned experts and
 /// per-layer shares, `experts::profile::plan`), decode hit rate measured on the last 64 tokens, against the same
-/// cache without a profile. Measured (printed): +0.3 to +1.0 points from the per-layer shares at 1-6 GB (37.3 ->
-/// 37.6% at 1 GB, 90.4 -> 91.4% at 6 GB); pinning a quarter or half of the slots on top changes at most 0.3 points.
+/// cache without a profile. Measured (printed; one slot size): the per-layer shares change -0.5 to 0 points at 1-6 GB
+/// over the global ranking (42.6 -> 42.1% at 1 GB, 92.3 -> 91.9% at 6 GB), pinning a quarter or half of the slots on
+/// top at most 0.5 more: why `run --profile` seeds the ranking with the profile instead of setting shares.
 #[test]
 fn routing_profile_on_a_real_trace() {
     use engine::experts::cache::replay_policy_planned;
