@@ -272,13 +272,14 @@ impl MemoryPlan {
         let too_small = || {
             Error::Invalid(format!(
                 "memory budget {} is too small to run: resident weights {} + KV cache {} + scratch {} + {} experts of \
-                 {} need at least {} (--memory-budget min); lower --ctx-size to shrink the KV cache",
+                 {}{} need at least {} (--memory-budget min); lower --ctx-size to shrink the KV cache",
                 human(budget_bytes),
                 human(resident_bytes),
                 human(kv_bytes),
                 human(scratch_bytes),
-                min_slots * n_classes,
-                classes.bytes.iter().map(|&b| human(b)).collect::<Vec<_>>().join(" / "),
+                min_slots,
+                if n_classes > 1 { "each size, " } else { "" },
+                classes.bytes.iter().map(|&b| human(b)).collect::<Vec<_>>().join(" and "),
                 human(min_total),
             ))
         };
