@@ -138,7 +138,7 @@ impl Sampler {
         &self.cfg
     }
 
-    /// The next token for `logits` ([n_vocab]); `history` is the sequence so far (prompt and generated), used by the
+    /// The next token for `logits` (`[n_vocab]`); `history` is the sequence so far (prompt and generated), used by the
     /// penalties. Ids in `history` outside the vocabulary are ignored. NaN logits are never chosen unless all are NaN.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         assert!(!logits.is_empty(), "sample: empty logits");

@@ -6,8 +6,8 @@
 //! pinned and never evicted. Two requests for an expert already being read share that read.
 //!
 //! Eviction takes the unpinned slot with the lowest estimated chance of being used at its layer's next visit:
-//! `uses / visits` of its layer (a use rate, halved every [`RATE_HALF_LIFE_VISITS`] visits so that old popularity
-//! fades) plus [`RECENT_BONUS`] `* 2^-visits since its last use` (an expert used at the latest visit of its layer is
+//! `uses / visits` of its layer (a use rate, halved every `RATE_HALF_LIFE_VISITS` visits so that old popularity
+//! fades) plus `RECENT_BONUS` `* 2^-visits since its last use` (an expert used at the latest visit of its layer is
 //! used again at the next one far more often than its rate says: 38% on the shared Qwen3-30B-A3B trace). Ages count
 //! visits of the expert's own layer, not time, so the layer about to run is not mistaken for the stalest one (what
 //! makes a global LRU thrash below one token's working set). Chances are compared as the expected number of layer
@@ -24,7 +24,7 @@
 //! of the next layer are read with low priority, if the measured chance that a prediction of their rank is used
 //! is at least [`PREFETCH_CHANCE_MIN`], into a free slot or the slot of an expert valued below that chance; a
 //! prefetched expert that its layer's visit did not use is the first
-//! victim, and its read is cancelled if it has not started. Prefetch is throttled ([`PrefetchThrottle`]): a
+//! victim, and its read is cancelled if it has not started. Prefetch is throttled (`PrefetchThrottle`): a
 //! prediction is read only if its chance of use is at least the disk's demand load and at least one minus the
 //! fraction of time the forward pass waits for reads.
 //!
@@ -78,7 +78,7 @@ pub struct CacheStats {
     pub predicted_of: u64,
     pub predicted_used: u64,
     /// Predicted experts not prefetched because the disk was busy with demand reads or the forward pass hardly
-    /// waited for reads (see [`PrefetchThrottle`]).
+    /// waited for reads (see `PrefetchThrottle`).
     pub prefetch_throttled: u64,
 }
 
@@ -163,7 +163,7 @@ const RATE_HALF_LIFE_VISITS: u32 = 64;
 /// this many ranks).
 const RANKS_MAX: usize = 64;
 /// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
-/// prefetch costs a read), at least what [`PrefetchThrottle`] asks, and only over experts valued lower.
+/// prefetch costs a read), at least what `PrefetchThrottle` asks, and only over experts valued lower.
 pub const PREFETCH_CHANCE_MIN: f32 = 0.05;
 /// Experts predicted per layer, per expert a token uses: the ranks past `k` are read only while the disk has room
 /// (their measured chance of use is low).
@@ -666,7 +666,7 @@ impl Drop for ExpertCache {
     }
 }
 
-/// Shortest window over which [`PrefetchThrottle`] measures.
+/// Shortest window over which `PrefetchThrottle` measures.
 const LOAD_WINDOW_SECS: f64 = 0.02;
 
 /// When prefetch pays, measured over windows of at least [`LOAD_WINDOW_SECS`] (moving averages): the disk's
@@ -818,7 +818,7 @@ impl ExpertCache {
     }
 
     /// The model's experts per token: when the cache holds that many in every layer (and one layer's more), the
-    /// experts a layer used at its latest visit are evicted last (see [`State::victim`]). Unset, they are ranked
+    /// experts a layer used at its latest visit are evicted last (see the module doc). Unset, they are ranked
     /// as any other.
     pub fn set_n_expert_used(&self, k: usize) {
         self.lock().set_k(k);

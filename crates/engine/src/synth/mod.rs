@@ -5,14 +5,14 @@
 //! # Main types
 //! - [`Shape`]: the closed set of model geometries ([`ShapeParams`]), from `tiny` (tests) to `qwen3-30b-a3b`.
 //! - [`QuantMix`]: which GGUF type each tensor gets (`q4_k_m` follows llama.cpp's rule, see [`QuantMix::dtype`]).
-//! - [`plan`] lists the tensors; [`write`] streams the file.
+//! - [`plan`] lists the tensors; [`write()`] streams the file.
 //!
 //! # How the file is written
 //! Tensor by tensor, in chunks of about [`CHUNK_BYTES`]: the calling thread fills a chunk (rows split over
 //! scoped threads) while a writer thread writes the previous one through [`GgufWriter`]; at most a few chunks
-//! are in flight, so memory stays bounded (tens of MB) whatever the model size. Weights: see [`weights`]
+//! are in flight, so memory stays bounded (tens of MB) whatever the model size. Weights: see `weights`
 //! (norms and the router fully random; every matrix row drawn from a pool of random rows quantized with
-//! [`Kernels::quantize_row`]). The tokenizer is a synthetic byte-level BPE (see [`vocab`]).
+//! [`Kernels::quantize_row`]). The tokenizer is a synthetic byte-level BPE (see `vocab`).
 //!
 //! Must not: hold a whole tensor in memory, or depend on the thread count for its output (same seed, same
 //! bytes).
@@ -351,7 +351,7 @@ impl SynthOptions {
     }
 }
 
-/// How far [`write`] is.
+/// How far [`write()`] is.
 #[derive(Clone, Copy, Debug)]
 pub struct SynthProgress {
     pub bytes_written: u64,
@@ -359,7 +359,7 @@ pub struct SynthProgress {
     pub seconds: f64,
 }
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Clone, Debug)]
 pub struct SynthSummary {
     pub file_bytes: u64,

@@ -39,9 +39,9 @@ pub struct GgufTokenizerData {
     pub model: String,
     /// `tokenizer.ggml.pre`: selects the pre-tokenizer regexes.
     pub pre: Option<String>,
-    /// `tokenizer.ggml.tokens`: [n_vocab] token texts (byte-level encoded for gpt2).
+    /// `tokenizer.ggml.tokens`: `[n_vocab]` token texts (byte-level encoded for gpt2).
     pub tokens: Vec<String>,
-    /// `tokenizer.ggml.token_type`: [n_vocab] 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    /// `tokenizer.ggml.token_type`: `[n_vocab]` 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
     pub token_types: Option<Vec<i32>>,
     /// `tokenizer.ggml.merges`: "left right", highest priority first.
     pub merges: Vec<String>,

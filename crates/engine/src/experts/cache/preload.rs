@@ -111,7 +111,7 @@ impl ExpertCache {
 
     /// Seeds the eviction ranking with a routing profile's use counts (`counts[layer][expert]`, over tokens that
     /// used `n_used` experts per layer): each layer's use rates start at the profile's, weighted as at most
-    /// [`RATE_HALF_LIFE_VISITS`] visits, so that real use takes over within a few half-lives. The ranking then
+    /// `RATE_HALF_LIFE_VISITS` visits, so that real use takes over within a few half-lives. The ranking then
     /// gives each layer as many slots as its experts are worth; hard per-layer shares
     /// ([`ExpertCache::set_layer_quotas`]) measured worse under it (2.9x the bytes per token, bench/warm_bench.sh).
     pub fn seed_uses(&self, counts: &[Vec<u64>], n_used: usize) {
