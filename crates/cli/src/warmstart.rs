@@ -25,7 +25,7 @@ pub struct CacheArgs {
     #[arg(long = "pin-fraction", default_value_t = 0.0)]
     pub pin_fraction: f64,
     /// Where the experts the cache holds are saved (at exit and every 64 tokens) and read back from at the next
-    /// start, or 'off' [default: $XDG_CACHE_HOME/flash-moe/<model file>-<size>-<mtime>.hot.json].
+    /// start, or 'off' [default: $XDG_CACHE_HOME/flash-moe/MODEL-SIZE-MTIME.hot.json].
     #[arg(long = "warm-start", value_name = "FILE|off")]
     pub warm_start: Option<String>,
 }
