@@ -219,6 +219,9 @@ impl SlotClasses {
     }
 }
 
+/// [`MemoryPlan::budget_source`] of `--memory-budget min`.
+const MIN_SOURCE: &str = "min";
+
 /// What the memory goes to.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MemoryPlan {
@@ -232,6 +235,8 @@ pub struct MemoryPlan {
     pub class_slots: Vec<usize>,
     pub n_slots: usize,
     pub n_experts_total: usize,
+    /// Experts per MoE layer.
+    pub n_expert: usize,
     /// Slots every class needs at least (one layer's experts for one token).
     pub min_slots: usize,
     /// The read engine, once the cache exists ("io_uring" or "pread threads").
@@ -256,7 +261,7 @@ impl MemoryPlan {
             (0..classes.len()).map(|c| min_slots.min(classes.n_layers(c) * n_expert)).collect();
         let min_total = fixed + classes.bytes_of(&min_counts);
         let (budget_bytes, budget_source) = match budget {
-            Budget::Min => (min_total, "min: one layer's top-k experts".to_string()),
+            Budget::Min => (min_total, format!("{MIN_SOURCE}: one layer's top-k experts")),
             Budget::Bytes(b) => (b, "--memory-budget".to_string()),
             Budget::ExpertPercent(pct) => {
                 let n: Vec<usize> = (0..classes.len())
@@ -298,6 +303,7 @@ impl MemoryPlan {
             classes,
             class_slots,
             n_experts_total,
+            n_expert,
             min_slots,
             io_engine: String::new(),
         })
@@ -305,6 +311,26 @@ impl MemoryPlan {
 
     pub fn cache_bytes(&self) -> u64 {
         self.classes.bytes_of(&self.class_slots)
+    }
+
+    /// Experts one token uses in all MoE layers (`min_slots` per layer), and the budget whose cache holds them
+    /// (every size class its layers' share): below it nearly every expert is read again for every token.
+    pub fn token_working_set(&self) -> (usize, u64) {
+        let need = self.token_need();
+        let fixed = self.resident_bytes + self.kv_bytes + self.scratch_bytes;
+        (need.iter().sum(), fixed + self.classes.bytes_of(&need))
+    }
+
+    /// Whether some size class holds fewer slots than one token's experts in its layers (not said of
+    /// `--memory-budget min`, which asks for that).
+    pub fn below_token_working_set(&self) -> bool {
+        !self.budget_source.starts_with(MIN_SOURCE)
+            && self.token_need().iter().zip(&self.class_slots).any(|(&need, &have)| have < need)
+    }
+
+    /// Slots of each class one token's experts take.
+    fn token_need(&self) -> Vec<usize> {
+        (0..self.classes.len()).map(|c| self.classes.n_layers(c) * self.min_slots.min(self.n_expert)).collect()
     }
 }
 
@@ -330,6 +356,18 @@ impl fmt::Display for MemoryPlan {
         }
         if !self.io_engine.is_empty() {
             write!(f, ", read with {}", self.io_engine)?;
+        }
+        if self.below_token_working_set() {
+            let (n, bytes) = self.token_working_set();
+            write!(
+                f,
+                "\nwarning: the expert cache holds fewer experts than one token uses ({} of {n}, top-{} in every MoE \
+                 layer): nearly every expert is read again for every token; --memory-budget {}MiB or more holds one \
+                 token's experts, and more is faster",
+                self.n_slots,
+                self.min_slots,
+                bytes.div_ceil(1 << 20),
+            )?;
         }
         Ok(())
     }
@@ -392,6 +430,18 @@ mod tests {
         for (b, c) in sizes.iter().zip(&m.of_layer) {
             assert!(m.bytes[c.expect("a class")] >= b.expect("a size"));
         }
+        // Below one token's experts (6 per layer, 2 layers per class) the plan warns, and names a budget that is not.
+        let fixed = 1000;
+        let low =
+            MemoryPlan::new(Budget::Bytes(fixed + 8 * big + 8 * small), 800, 100, 100, c.clone(), 128, 6).expect("low");
+        assert!(low.below_token_working_set());
+        assert!(low.to_string().contains("warning: the expert cache holds fewer experts than one token uses"), "{low}");
+        let (n, need) = low.token_working_set();
+        assert_eq!((n, need), (24, fixed + 12 * big + 12 * small));
+        let ok = MemoryPlan::new(Budget::Bytes(need), 800, 100, 100, c.clone(), 128, 6).expect("enough");
+        assert!(!ok.below_token_working_set() && !ok.to_string().contains("warning"), "{ok}");
+        let min = MemoryPlan::new(Budget::Min, 800, 100, 100, c.clone(), 128, 6).expect("min");
+        assert!(!min.to_string().contains("warning"), "min asks for a cache below one token's experts: {min}");
         // A plan with classes says so.
         let plan = MemoryPlan::new(Budget::Bytes(1000 + 40 * big), 800, 100, 100, c.clone(), 128, 6).expect("plan");
         assert_eq!(plan.n_slots, plan.class_slots.iter().sum::<usize>());
