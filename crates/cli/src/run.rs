@@ -433,10 +433,20 @@ fn first_token_report(
         mib(read),
         if read == expected { "each expert read once" } else { "not equal: experts evicted during the prefill" }
     );
+    let st = cache.stats();
+    if p.background > 0 {
+        eprintln!(
+            "warm start {} of {} hot experts read in the background ({:.1} MiB, low priority, into free slots)",
+            st.warm_reads,
+            p.background,
+            mib(st.warm_bytes)
+        );
+    }
     serde_json::json!({
         "load_secs": load_secs,
         "warm_start": { "hot_file": p.hot_path, "read_back": p.warm, "pinned_planned": p.n_pinned_planned,
-                        "preload": pre, "gb_per_s": pre.gb_per_s() },
+                        "preload": pre, "gb_per_s": pre.gb_per_s(),
+                        "background": { "queued": p.background, "read": st.warm_reads, "bytes": st.warm_bytes } },
         "prefill_secs": stats.prompt_secs,
         "total_secs": load_secs + pre.secs + stats.prompt_secs,
         "prefill_distinct_experts": touched.len(),

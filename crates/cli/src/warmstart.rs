@@ -28,6 +28,11 @@ pub struct CacheArgs {
     /// start, or 'off' [default: $XDG_CACHE_HOME/flash-moe/MODEL-SIZE-MTIME.hot.json].
     #[arg(long = "warm-start", value_name = "FILE|off")]
     pub warm_start: Option<String>,
+    /// Read the warm start's hot experts in the background, with low priority, while the prompt is computed,
+    /// instead of before it: the first token comes as soon as a cold start's, and the cache warms up as the disk
+    /// allows (profile pins are still read first).
+    #[arg(long = "warm-start-background")]
+    pub warm_start_background: bool,
 }
 
 /// What was done to the cache before the first token.
@@ -37,6 +42,8 @@ pub struct Prepared {
     pub hot_path: Option<PathBuf>,
     /// Whether a hot file was read back.
     pub warm: bool,
+    /// Hot experts queued to be read in the background (--warm-start-background).
+    pub background: usize,
     pub n_pinned_planned: usize,
     identity: ModelIdentity,
     mtime_ns: u128,
@@ -69,7 +76,7 @@ pub fn prepare(a: &CacheArgs, index: &WeightIndex, model: &Model) -> Result<Opti
         Some(p) => Some(PathBuf::from(p)),
         None => warm::default_path(index, &identity),
     };
-    let hot = match &hot_path {
+    let mut hot = match &hot_path {
         Some(p) => match HotFile::load(p, &identity, mtime_ns, &moe) {
             Ok(h) => h,
             Err(e) => {
@@ -79,6 +86,8 @@ pub fn prepare(a: &CacheArgs, index: &WeightIndex, model: &Model) -> Result<Opti
         },
         None => None,
     };
+    let background = if a.warm_start_background { hot.take() } else { None };
+    let warm = hot.is_some() || background.is_some();
     let preload = match warm::prepare(cache, cache_plan.as_ref(), hot.as_ref(), k) {
         Ok(s) => s,
         Err(e) => {
@@ -86,10 +95,19 @@ pub fn prepare(a: &CacheArgs, index: &WeightIndex, model: &Model) -> Result<Opti
             PreloadStats::default()
         }
     };
+    let queued = match background.as_ref().map(|h| warm::queue_background(cache, h)) {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("warning: warm start in the background: {e}; starting cold");
+            0
+        }
+        None => 0,
+    };
     Ok(Some(Prepared {
         preload,
         hot_path,
-        warm: hot.is_some(),
+        warm,
+        background: queued,
         n_pinned_planned: cache_plan.map_or(0, |p| p.pinned.len()),
         identity,
         mtime_ns,

@@ -451,3 +451,28 @@ fn corrupt_hot_file_is_ignored_with_a_warning() {
     assert!(!stderr.contains("warm start 0.000 s (0 experts"), "nothing was read back:\n{stderr}");
     assert_eq!(text_cold, text_warm);
 }
+
+/// `--warm-start-background` reads the hot file's experts while the prompt runs: the same text as a warm start read
+/// before the first token, and the summary says how many were read in the background.
+#[test]
+fn warm_start_in_the_background_gives_the_same_text() {
+    let dir = temp_dir("warm_start_in_the_background_gives_the_same_text");
+    let hot = dir.join("model.hot.json");
+    let model = moe_gguf();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-m", s(&model), "-p", "hi", "-n", "6", "--temp", "0", "--memory-budget", "min"];
+        args.extend_from_slice(&["--warm-start", s(&hot)]);
+        args.extend_from_slice(extra);
+        let out = flash_moe(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success() && !stderr.contains("panicked"), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (cold, _) = run(&[]);
+    let (before, _) = run(&[]);
+    let (background, stderr) = run(&["--warm-start-background"]);
+    assert_eq!(cold, before);
+    assert_eq!(cold, background);
+    assert!(stderr.contains("hot experts read in the background"), "{stderr}");
+    assert!(stderr.contains("warm start 0.000 s (0 experts"), "nothing is read before the first token:\n{stderr}");
+}

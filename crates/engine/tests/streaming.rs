@@ -204,6 +204,18 @@ fn profile_pinning_and_warm_start_do_not_change_results() {
                 let st = second.cache_stats().expect("stats");
                 assert_eq!(st.misses, 0, "{file}: a warm start with room for all re-read nothing");
             }
+
+            // Third run: the hot file read in the background while the forward pass runs.
+            let third = streamed(&path, n_slots, 4, Prefetch::Off);
+            let cache = third.expert_cache().expect("a streaming cache");
+            let queued = engine::experts::warm::queue_background(cache, &hot).expect("queue");
+            assert_eq!(queued, hot.experts.len());
+            assert!(run(&third, &cpu) == want, "{file}: {n_slots} slots: background warm start changed the logits");
+            let st = third.cache_stats().expect("stats");
+            if n_slots == n_total {
+                assert!(st.warm_reads > 0 && st.warm_bytes > 0, "{file}: nothing read in the background");
+            }
+            assert!(st.warm_reads as usize <= queued);
         }
         // Hot files for another model, of another model file version, or corrupt, are refused.
         let hot_path = dir.join("model.hot.json");

@@ -80,6 +80,9 @@ pub struct CacheStats {
     /// Predicted experts not prefetched because the disk was busy with demand reads or the forward pass hardly
     /// waited for reads (see `PrefetchThrottle`).
     pub prefetch_throttled: u64,
+    /// Warm start in the background ([`ExpertCache::warm_in_background`]): hot experts read, and their bytes.
+    pub warm_reads: u64,
+    pub warm_bytes: u64,
 }
 
 impl CacheStats {
@@ -101,6 +104,8 @@ impl CacheStats {
             predicted_of: self.predicted_of - start.predicted_of,
             predicted_used: self.predicted_used - start.predicted_used,
             prefetch_throttled: self.prefetch_throttled - start.prefetch_throttled,
+            warm_reads: self.warm_reads - start.warm_reads,
+            warm_bytes: self.warm_bytes - start.warm_bytes,
         }
     }
 
@@ -173,6 +178,9 @@ pub const PREDICTED_PER_USED: usize = 3;
 /// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
 /// slot being read in the background cannot be evicted, and the others must keep a step going.
 const BACKGROUND_READS_MAX: usize = 16;
+/// Background warm-start reads in flight at most ([`ExpertCache::warm_in_background`]); the I/O pool starts at most
+/// [`super::io::SPEC_INFLIGHT_MAX`] speculative reads at once anyway, behind every demand read.
+pub const WARM_INFLIGHT_MAX: usize = 8;
 
 /// An eviction candidate's rank: experts that are not the latest experts of another layer first (see
 /// [`State::victim`]), then prefetched-but-unused ones, then the lowest value, then least recently used.
@@ -222,6 +230,12 @@ struct State {
     /// ([`crate::experts::budget::SlotClasses`]).
     class_of: Vec<usize>,
     class_slots: Vec<std::ops::Range<usize>>,
+    /// Experts per token (0: not set).
+    k: usize,
+    /// Hot experts still to read in the background ([`ExpertCache::warm_in_background`]), hottest first, and the
+    /// slots (with the expert each was given) whose background read is in flight.
+    warm: std::collections::VecDeque<(u32, u32)>,
+    warming: Vec<(usize, (u32, u32))>,
 }
 
 impl State {
@@ -265,6 +279,9 @@ impl State {
             per_layer: vec![0; n_layer],
             quota: None,
             background: Vec::new(),
+            k: 0,
+            warm: Default::default(),
+            warming: Vec::new(),
             class_of,
             class_slots: ranges,
         }
@@ -272,6 +289,7 @@ impl State {
 
     /// Takes the model's experts per token, `k` (see `keeps_latest`).
     fn set_k(&mut self, k: usize) {
+        self.k = k;
         for (c, r) in self.class_slots.iter().enumerate() {
             let n_layers = self.class_of.iter().filter(|&&x| x == c).count();
             self.keeps_latest[c] = k > 0 && r.len() >= (n_layers + 1) * k;
@@ -1112,6 +1130,84 @@ impl ExpertCache {
         }
     }
 
+    /// Warm start in the background: queues hot experts of an earlier run (`items`, hottest first; their `uses`
+    /// seed the ranking, `pin` is ignored) to be read with low priority into free slots while the forward pass
+    /// runs, instead of before the first token ([`ExpertCache::preload`]). A background read never evicts: it takes a
+    /// free slot of its size only while more than one layer's experts' worth of them stay free, at most
+    /// [`WARM_INFLIGHT_MAX`] at a time; a forward step that needs such an expert waits for its read (promoted to
+    /// demand). Returns how many were queued. Never changes a computed bit.
+    pub fn warm_in_background(&self, items: &[PreloadItem]) -> Result<usize> {
+        let layout = self.store.layout();
+        let mut st = self.lock();
+        for it in items {
+            if layout.layers.get(it.layer).is_none_or(Option::is_none) || it.expert as usize >= layout.n_expert {
+                return Err(Error::Invalid(format!(
+                    "cannot warm expert {} of layer {}: no such expert",
+                    it.expert, it.layer
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for it in items {
+            if seen.insert((it.layer, it.expert)) && !st.map.contains_key(&(it.layer as u32, it.expert)) {
+                let u = &mut st.uses[it.layer][it.expert as usize];
+                *u = (*u).max(it.uses);
+                st.warm.push_back((it.layer as u32, it.expert));
+            }
+        }
+        let n = st.warm.len();
+        self.pump_warm(&mut st);
+        Ok(n)
+    }
+
+    /// Marks finished background warm-start reads ready (or frees their slots on an error) and starts more.
+    fn pump_warm(&self, st: &mut State) {
+        let mut i = 0;
+        while i < st.warming.len() {
+            let (s, owner) = st.warming[i];
+            let slot = &st.slots[s];
+            if slot.owner != Some(owner) || slot.state != SlotState::Loading {
+                st.warming.swap_remove(i); // a forward step waited for it (or it was freed)
+                continue;
+            }
+            let done = slot.batch.as_ref().is_none_or(ReadBatch::is_done);
+            if !done || slot.pins > 0 {
+                i += 1; // in flight, or pinned by a step that waits for it itself
+                continue;
+            }
+            match slot.batch.as_ref().map(ReadBatch::wait) {
+                Some(Err(_)) => st.free_slot(s),
+                _ => {
+                    st.slots[s].state = SlotState::Ready;
+                    st.slots[s].batch = None;
+                }
+            }
+            st.warming.swap_remove(i);
+        }
+        while st.warming.len() < WARM_INFLIGHT_MAX {
+            let Some((l, e)) = st.warm.pop_front() else { break };
+            if st.map.contains_key(&(l, e)) {
+                continue;
+            }
+            let range = st.slots_for(l as usize);
+            // Leave one layer's experts of this size free, so a step never finds every slot it could take loading.
+            let free: Vec<usize> = range.filter(|&s| st.slots[s].state == SlotState::Free).collect();
+            if free.len() <= st.k.max(1) {
+                continue; // no room in this size: the forward pass reads it when it needs it
+            }
+            let s = free[0];
+            st.tick += 1;
+            st.take_slot(s, l as usize, e);
+            let reqs = self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s));
+            let bytes = reqs.iter().map(|r| r.len as u64).sum::<u64>();
+            st.stats.bytes_read += bytes;
+            st.stats.warm_bytes += bytes;
+            st.stats.warm_reads += 1;
+            st.slots[s].batch = Some(self.io.submit_speculative(reqs));
+            st.warming.push((s, (l, e)));
+        }
+    }
+
     fn unpin(&self, s: usize) {
         let mut st = self.lock();
         st.slots[s].pins -= 1;
@@ -1208,7 +1304,8 @@ impl ExpertProvider for ExpertCache {
             n_claimed: 0,
         };
         set.top_up();
-        // After this layer's demand reads are queued: predict the next layer and prefetch.
+        // After this layer's demand reads are queued: background warm-start reads, then prediction and prefetch.
+        self.pump_warm(&mut self.lock());
         let mut guard = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
         let p = &mut *guard;
         if let Some(table) = p.table.as_mut() {

@@ -112,6 +112,17 @@ impl HotFile {
     }
 }
 
+/// Queues the hot file's experts to be read in the background while the forward pass runs
+/// ([`ExpertCache::warm_in_background`]); returns how many were queued.
+pub fn queue_background(cache: &ExpertCache, hot: &HotFile) -> Result<usize> {
+    let items: Vec<PreloadItem> = hot
+        .experts
+        .iter()
+        .map(|&[l, e, uses]| PreloadItem { layer: l as usize, expert: e, uses, pin: false })
+        .collect();
+    cache.warm_in_background(&items)
+}
+
 /// Prepares the cache before the first token: applies a profile's per-layer shares, then reads the profile's
 /// pinned experts and the hot file's experts (pinned first, then hottest first, as many as fit) in one preload.
 /// `keep_free` slots stay unpinned (at least one token's experts of a layer).
