@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Warm start read before the first token (the default) against --warm-start-background and a cold start, for a short
+# Warm start read before the first token (--warm-start-mode before) against reading it in the background while the
+# prompt runs (--warm-start-mode background, the default) and a cold start, for a short
 # and a long prompt, under a memory cgroup, page cache dropped before every run; the same hot file (saved by the cold
 # run) for both warm runs; the disk's sequential bandwidth after each round.
 #
@@ -49,8 +50,8 @@ for round in $(seq "$rounds"); do
         rm -f "$out/hot.json"
         run "cold-$which" "$p" --warm-start "$out/hot.json"
         cp "$out/hot.json" "$out/hot1.json"; cp "$out/hot.json" "$out/hot2.json"
-        run "preload-$which" "$p" --warm-start "$out/hot1.json"
-        run "background-$which" "$p" --warm-start "$out/hot2.json" --warm-start-background
+        run "preload-$which" "$p" --warm-start "$out/hot1.json" --warm-start-mode before
+        run "background-$which" "$p" --warm-start "$out/hot2.json" --warm-start-mode background
     done
     sync; echo 3 > /proc/sys/vm/drop_caches
     "$fm" diskbench "$model" --bytes 2GiB --chunk 16MiB --in-flight 8 --sequential | tail -1

@@ -70,10 +70,10 @@ sync; echo 3 > /proc/sys/vm/drop_caches
 # measured right before and after each warm run (the shared disk's speed drifts from minute to minute).
 rm -f "$hot"
 PROMPT=$short run cold_short --warm-start "$hot"
-seqdisk; PROMPT=$short run warm_short --warm-start "$hot"; seqdisk
+seqdisk; PROMPT=$short run warm_short --warm-start "$hot" --warm-start-mode before; seqdisk
 rm -f "$hot"
 run cold --warm-start "$hot"
-seqdisk; run warm --warm-start "$hot"; seqdisk
+seqdisk; run warm --warm-start "$hot" --warm-start-mode before; seqdisk
 echo "== profile (other prompts)"
 in_cgroup "$fm" profile -m "$model" --prompts "$out/profile_prompts.txt" -n 16 -t "$threads" --memory-budget auto \
     -o "$out/profile.json" 2>&1 | grep -E '^wrote' | sed 's/^/  /'

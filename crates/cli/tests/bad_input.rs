@@ -438,6 +438,8 @@ fn corrupt_hot_file_is_ignored_with_a_warning() {
             "min",
             "--warm-start",
             s(&hot),
+            "--warm-start-mode",
+            "before",
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success() && !stderr.contains("panicked"), "{stderr}");
@@ -452,8 +454,8 @@ fn corrupt_hot_file_is_ignored_with_a_warning() {
     assert_eq!(text_cold, text_warm);
 }
 
-/// `--warm-start-background` reads the hot file's experts while the prompt runs: the same text as a warm start read
-/// before the first token, and the summary says how many were read in the background.
+/// `--warm-start-mode background` (the default) reads the hot file's experts while the prompt runs: the same text as
+/// `before` (read before the first token), and the summary says how many were read in the background.
 #[test]
 fn warm_start_in_the_background_gives_the_same_text() {
     let dir = temp_dir("warm_start_in_the_background_gives_the_same_text");
@@ -469,8 +471,9 @@ fn warm_start_in_the_background_gives_the_same_text() {
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
     let (cold, _) = run(&[]);
-    let (before, _) = run(&[]);
-    let (background, stderr) = run(&["--warm-start-background"]);
+    let (before, stderr_before) = run(&["--warm-start-mode", "before"]);
+    assert!(!stderr_before.contains("read in the background"), "{stderr_before}");
+    let (background, stderr) = run(&[]);
     assert_eq!(cold, before);
     assert_eq!(cold, background);
     assert!(stderr.contains("hot experts read in the background"), "{stderr}");

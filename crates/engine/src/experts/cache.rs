@@ -1162,6 +1162,12 @@ impl ExpertCache {
 
     /// Marks finished background warm-start reads ready (or frees their slots on an error) and starts more.
     fn pump_warm(&self, st: &mut State) {
+        Self::poll_warm(st);
+        self.start_warm(st);
+    }
+
+    /// Marks finished background warm-start reads ready (or frees their slots on an error).
+    fn poll_warm(st: &mut State) {
         let mut i = 0;
         while i < st.warming.len() {
             let (s, owner) = st.warming[i];
@@ -1184,6 +1190,11 @@ impl ExpertCache {
             }
             st.warming.swap_remove(i);
         }
+    }
+
+    /// Starts background warm-start reads of queued hot experts into free slots (see
+    /// [`ExpertCache::warm_in_background`]).
+    fn start_warm(&self, st: &mut State) {
         while st.warming.len() < WARM_INFLIGHT_MAX {
             let Some((l, e)) = st.warm.pop_front() else { break };
             if st.map.contains_key(&(l, e)) {

@@ -137,7 +137,8 @@ impl ExpertCache {
 
     /// The cached experts, most used first (decayed use count, then most recent use).
     pub fn hot_experts(&self) -> Vec<HotExpert> {
-        let st = self.lock();
+        let mut st = self.lock();
+        ExpertCache::poll_warm(&mut st);
         let mut hot: Vec<(HotExpert, u64)> = st
             .slots
             .iter()
