@@ -23,7 +23,7 @@
 
 mod common;
 
-use common::lru_hit_rate;
+use common::{lru_hit_rate, lru_hit_rate_bytes};
 use engine::experts::budget::SlotClasses;
 use engine::experts::cache::{replay_policy, replay_policy_classes, ReplayPrefetch, PREFETCH_CHANCE_MIN};
 
@@ -167,30 +167,6 @@ fn eviction_on_a_real_trace() {
         }
         assert!(acc > 70.0, "{budget} MiB: prediction accuracy {acc:.1}%");
     }
-}
-
-/// A global LRU over a byte budget, as the curve's script counts it (each layer's experts at their own size).
-fn lru_hit_rate_bytes(budget: u64, layer_bytes: &[u64], steps: &[(usize, Vec<u32>, bool)]) -> f64 {
-    let mut last_use: std::collections::HashMap<(usize, u32), u64> = std::collections::HashMap::new();
-    let (mut tick, mut hits, mut misses, mut used) = (0u64, 0u64, 0u64, 0u64);
-    for (layer, experts, counted) in steps {
-        let (cached, missing): (Vec<u32>, Vec<u32>) =
-            experts.iter().partition(|&&e| last_use.contains_key(&(*layer, e)));
-        hits += u64::from(*counted) * cached.len() as u64;
-        misses += u64::from(*counted) * missing.len() as u64;
-        for e in cached.into_iter().chain(missing) {
-            tick += 1;
-            if last_use.insert((*layer, e), tick).is_none() {
-                used += layer_bytes[*layer];
-            }
-            while used > budget {
-                let oldest = *last_use.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k).expect("non-empty");
-                last_use.remove(&oldest);
-                used -= layer_bytes[oldest.0];
-            }
-        }
-    }
-    hits as f64 / (hits + misses).max(1) as f64
 }
 
 /// A small deterministic generator (xorshift64*), so the synthetic workload needs no dependency.

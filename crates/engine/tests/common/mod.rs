@@ -95,8 +95,15 @@ pub fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Decode hit rate (0-1) of a global LRU cache of `n_slots` experts over replay steps `(layer, experts, counted)`,
 /// with the cache's accounting: a step's cached experts are claimed before its misses evict anything.
 pub fn lru_hit_rate(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
+    let n_layer = steps.iter().map(|s| s.0 + 1).max().unwrap_or(0);
+    lru_hit_rate_bytes(n_slots as u64, &vec![1; n_layer], steps)
+}
+
+/// [`lru_hit_rate`] over a byte budget, each layer's experts at their own size `layer_bytes[layer]` (as the shared
+/// trace's replay curve counts them).
+pub fn lru_hit_rate_bytes(budget: u64, layer_bytes: &[u64], steps: &[(usize, Vec<u32>, bool)]) -> f64 {
     let mut last_use: std::collections::HashMap<(usize, u32), u64> = std::collections::HashMap::new();
-    let (mut tick, mut hits, mut misses) = (0u64, 0u64, 0u64);
+    let (mut tick, mut hits, mut misses, mut used) = (0u64, 0u64, 0u64, 0u64);
     for (layer, experts, counted) in steps {
         let (cached, missing): (Vec<u32>, Vec<u32>) =
             experts.iter().partition(|&&e| last_use.contains_key(&(*layer, e)));
@@ -104,10 +111,13 @@ pub fn lru_hit_rate(n_slots: usize, steps: &[(usize, Vec<u32>, bool)]) -> f64 {
         misses += u64::from(*counted) * missing.len() as u64;
         for e in cached.into_iter().chain(missing) {
             tick += 1;
-            let new = last_use.insert((*layer, e), tick).is_none();
-            if new && last_use.len() > n_slots {
+            if last_use.insert((*layer, e), tick).is_none() {
+                used += layer_bytes[*layer];
+            }
+            while used > budget {
                 let oldest = *last_use.iter().min_by_key(|(_, &t)| t).map(|(k, _)| k).expect("non-empty");
                 last_use.remove(&oldest);
+                used -= layer_bytes[oldest.0];
             }
         }
     }
