@@ -749,6 +749,9 @@ unsafe impl Sync for ExpertCache {}
 
 impl ExpertCache {
     pub fn new(store: ExpertStore, cfg: &CacheConfig) -> Result<ExpertCache> {
+        if cfg.n_slots == 0 {
+            return Err(Error::Invalid("the expert cache needs at least one slot".into()));
+        }
         let mut classes = store.slot_classes().clone();
         let n_expert = store.layout().n_expert;
         let class_slots = match &cfg.class_slots {
