@@ -1205,11 +1205,11 @@ impl ExpertCache {
             }
             let range = st.slots_for(l as usize);
             // Leave one layer's experts of this size free, so a step never finds every slot it could take loading.
-            let free: Vec<usize> = range.filter(|&s| st.slots[s].state == SlotState::Free).collect();
-            if free.len() <= st.k.max(1) {
+            let mut free = range.filter(|&s| st.slots[s].state == SlotState::Free);
+            let Some(s) = free.next() else { continue };
+            if free.count() < st.k.max(1) {
                 continue; // no room in this size: the forward pass reads it when it needs it
             }
-            let s = free[0];
             st.tick += 1;
             st.take_slot(s, l as usize, e);
             let reqs = self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s));

@@ -61,6 +61,11 @@ pub fn default_path(index: &WeightIndex, model: &ModelIdentity) -> Option<PathBu
 }
 
 impl HotFile {
+    /// The hot experts as preload items (hottest first, unpinned, their use counts kept).
+    pub fn items(&self) -> impl Iterator<Item = PreloadItem> + '_ {
+        self.experts.iter().map(|&[l, e, uses]| PreloadItem { layer: l as usize, expert: e, uses, pin: false })
+    }
+
     /// The cache's current content.
     pub fn of(cache: &ExpertCache, model: ModelIdentity, mtime_ns: u128) -> HotFile {
         let experts = cache.hot_experts().iter().map(|h| [h.layer as u32, h.expert, h.uses]).collect();
@@ -115,12 +120,7 @@ impl HotFile {
 /// Queues the hot file's experts to be read in the background while the forward pass runs
 /// ([`ExpertCache::warm_in_background`]); returns how many were queued.
 pub fn queue_background(cache: &ExpertCache, hot: &HotFile) -> Result<usize> {
-    let items: Vec<PreloadItem> = hot
-        .experts
-        .iter()
-        .map(|&[l, e, uses]| PreloadItem { layer: l as usize, expert: e, uses, pin: false })
-        .collect();
-    cache.warm_in_background(&items)
+    cache.warm_in_background(&hot.items().collect::<Vec<_>>())
 }
 
 /// Prepares the cache before the first token: applies a profile's per-layer shares, then reads the profile's
@@ -144,12 +144,7 @@ pub fn prepare(
         }));
     }
     if let Some(h) = hot {
-        items.extend(h.experts.iter().map(|&[l, e, uses]| PreloadItem {
-            layer: l as usize,
-            expert: e,
-            uses,
-            pin: false,
-        }));
+        items.extend(h.items());
     }
     if items.is_empty() {
         return Ok(PreloadStats::default());
