@@ -6,7 +6,7 @@
 #   bench/stream_bench.sh MODEL.gguf [LIMIT=8G] [BUDGET=auto] [THREADS=2] [N_GEN=32]
 #   env: LLAMA_CPP_DIR=llama.cpp build dir (holding bin/llama-bench) to compare; LLAMA_EXTRA="--repack 0" extra
 #        llama-bench flags (stock llama.cpp repacks weights into its own memory and is OOM-killed under a limit);
-#        FM_EXTRA="--replay-routes ../shared/traces/qwen3-30b-a3b.route.csv" extra flags for flash-moe run
+#        FM_EXTRA="--replay-routes tests/fixtures/traces/qwen3-30b-a3b.route.csv" extra flags for flash-moe run
 #        (e.g. "--approx drop-missing": the summary then gives the drop rate);
 #        WARM_START=FILE warm-starts flash-moe from a hot file (default off: a cold start);
 #        READ_AHEAD_KB=128 sets the disk's read-ahead for the llama.cpp run (restored after); FLASH_MOE=binary.

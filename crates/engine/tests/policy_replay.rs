@@ -1,4 +1,4 @@
-//! The expert cache's eviction policy on a real routing trace (shared/traces: Qwen3-30B-A3B, 48 layers x 128
+//! The expert cache's eviction policy on a real routing trace (tests/fixtures/traces: Qwen3-30B-A3B, 48 layers x 128
 //! experts, top-6), replayed through the cache's own bookkeeping, against the trace's replay curve, and on
 //! synthetic skewed workloads with drift, against a global LRU under the same accounting.
 //!
@@ -41,20 +41,15 @@ const CURVE: &[(f64, f64, f64, f64, f64)] = &[
     (8000.0, 93.1, 96.0, 95.2, 97.1),
 ];
 
-fn shared_traces() -> std::path::PathBuf {
-    let root = common::repo_root();
-    for dir in [root.join("../shared/traces"), root.join("../../shared/traces")] {
-        if dir.join("qwen3-30b-a3b.route.csv").exists() {
-            return dir;
-        }
-    }
-    panic!("shared/traces/qwen3-30b-a3b.route.csv not found beside the repository (CI puts shared/ there)");
+/// The real routing trace and its replay curve, kept in the repository (tests/fixtures/traces, Apache-2.0).
+fn trace_dir() -> std::path::PathBuf {
+    common::repo_root().join("tests/fixtures/traces")
 }
 
 /// The trace's slot classes: each layer's `expert_bytes` from its preamble (Q4_K_M: 2.92 MiB experts in the layers
 /// whose ffn_down is Q6_K, 2.53 MiB in the others; both multiples of 4 KiB, as the cache's aligned slots are).
 fn trace_classes() -> SlotClasses {
-    let text = std::fs::read_to_string(shared_traces().join("qwen3-30b-a3b.route.csv")).expect("trace");
+    let text = std::fs::read_to_string(trace_dir().join("qwen3-30b-a3b.route.csv")).expect("trace");
     let mut bytes = vec![None; 48];
     for line in text.lines().filter(|l| l.starts_with("# layer=")) {
         let field = |k: &str| -> u64 {
@@ -70,7 +65,7 @@ fn trace_classes() -> SlotClasses {
 /// (layer, experts, is decode) per layer visit, in forward order: the prompt as one batch per layer (its distinct
 /// experts, as the engine acquires them for a prompt of up to 64 tokens), then one visit per layer and token.
 fn steps() -> Vec<(usize, Vec<u32>, bool)> {
-    let text = std::fs::read_to_string(shared_traces().join("qwen3-30b-a3b.route.csv")).expect("trace");
+    let text = std::fs::read_to_string(trace_dir().join("qwen3-30b-a3b.route.csv")).expect("trace");
     let mut prompt: Vec<Vec<u32>> = vec![Vec::new(); 48];
     let mut out: Vec<(usize, Vec<u32>, bool)> = Vec::new();
     let mut key = None;

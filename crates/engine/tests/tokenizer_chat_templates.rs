@@ -1,25 +1,14 @@
-//! Every chat template in `shared/chat-templates/` (beside the repository checkout) renders a
+//! Every chat template in `tests/fixtures/chat-templates/` renders a
 //! system + user + assistant + user conversation; Qwen3's output is checked exactly against ChatML.
 
 use std::path::PathBuf;
 
 use engine::tokenizer::{ChatMessage, ChatTemplate};
 
-/// `shared/chat-templates` beside the checkout (`FLASH_MOE_SHARED_DIR` overrides; a git worktree one level deeper,
-/// like `wt/<branch>`, also finds it).
+/// The real chat templates kept in the repository (tests/fixtures/chat-templates, from llama.cpp's MIT-licensed
+/// models/templates; see the NOTICE there).
 fn templates_dir() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut candidates: Vec<PathBuf> =
-        std::env::var_os("FLASH_MOE_SHARED_DIR").map(PathBuf::from).into_iter().collect();
-    candidates.push(manifest.join("../../../shared"));
-    candidates.push(manifest.join("../../../../shared"));
-    let found = candidates.iter().map(|c| c.join("chat-templates")).find(|d| d.is_dir());
-    found.unwrap_or_else(|| {
-        panic!(
-            "shared/chat-templates not found (looked in {candidates:?}): the chat-template tests need the shared/ \
-             directory beside the repository checkout, or FLASH_MOE_SHARED_DIR pointing at it"
-        )
-    })
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/chat-templates")
 }
 
 fn conversation() -> Vec<ChatMessage> {
@@ -41,14 +30,14 @@ fn render(name: &str, add_generation_prompt: bool) -> String {
 }
 
 #[test]
-fn every_shared_template_renders_the_conversation() {
+fn every_template_renders_the_conversation() {
     let mut names: Vec<String> = std::fs::read_dir(templates_dir())
-        .expect("read shared/chat-templates")
+        .expect("read tests/fixtures/chat-templates")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(".jinja"))
         .collect();
     names.sort();
-    assert!(!names.is_empty(), "no .jinja files in shared/chat-templates");
+    assert!(!names.is_empty(), "no .jinja files in tests/fixtures/chat-templates");
     let mut failures = Vec::new();
     for name in &names {
         let path = templates_dir().join(name);
