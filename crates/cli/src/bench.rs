@@ -18,13 +18,13 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Prompt length in tokens.
-    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128, allow_negative_numbers = true, value_parser = crate::args::count)]
     pub n_prompt: usize,
     /// Decoded tokens.
-    #[arg(short = 'n', long = "n-gen", default_value_t = 32)]
+    #[arg(short = 'n', long = "n-gen", default_value_t = 32, allow_negative_numbers = true, value_parser = crate::args::count)]
     pub n_gen: usize,
     /// Repetitions (the best is reported).
-    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3, allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub reps: usize,
     /// A llama.cpp build directory (holding bin/llama-bench): run it on the same file and print the ratio.
     #[arg(long = "llama-cpp")]

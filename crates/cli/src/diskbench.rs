@@ -24,7 +24,7 @@ pub struct DiskbenchArgs {
     #[arg(long, default_value = "1MiB")]
     pub chunk: String,
     /// Reads in flight (a layer's misses are all in flight together: top-k experts x 3 projections).
-    #[arg(long = "in-flight", default_value_t = 16)]
+    #[arg(long = "in-flight", default_value_t = 16, allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub in_flight: usize,
     /// Read consecutive chunks (from the file's middle, wrapping at its end) instead of random ones: the
     /// bandwidth a warm start's coalesced reads can reach.

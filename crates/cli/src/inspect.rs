@@ -11,7 +11,8 @@ use crate::mib;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A GGUF file, a .safetensors file or a Hugging Face model directory.
+    /// A GGUF file, a .safetensors file or a Hugging Face model directory [default: the bundled model].
+    #[arg(default_value_os_t = crate::bundled_model(), hide_default_value = true)]
     pub model: PathBuf,
     /// Also list every tensor.
     #[arg(long)]

@@ -24,8 +24,8 @@ pub struct LogitsArgs {
     /// Feed the tokens one at a time instead of as one batch (the results must be identical).
     #[arg(long)]
     pub one_by_one: bool,
-    /// Whose float arithmetic to follow: 'ggml' reproduces llama.cpp's logits bit for bit (slow; dense Llama
-    /// with Q4_1/Q8_0 weights only).
+    /// Whose float arithmetic to follow: 'native' (flash-moe's kernels) or 'ggml' (llama.cpp's logits bit for
+    /// bit, slowly; Llama, Qwen3 and Qwen3-MoE GGUFs with Q4_1, Q8_0, Q4_K, Q6_K or Q5_0 weights).
     #[arg(long, value_enum, default_value_t = crate::NumericsArg::Native)]
     pub numerics: crate::NumericsArg,
 }
@@ -51,6 +51,7 @@ pub fn main(a: LogitsArgs) -> Result<()> {
         return Err(engine::Error::PromptTooLong { n_tokens: tokens.len(), n_ctx }.into());
     }
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    crate::ModelArgs::warn_ctx(&index, &model.info, "-c", n_ctx);
     a.numerics.apply(&mut model)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");

@@ -4,6 +4,7 @@
 //! `inspect` (what a model file holds), `bench` (prompt and decode speed, optionally against llama.cpp's
 //! `llama-bench`), `profile` (expert use over prompts, for `run --profile`), `diskbench`, `synth`.
 
+mod args;
 mod bench;
 mod diskbench;
 mod inspect;
@@ -11,6 +12,7 @@ mod interrupt;
 mod logits;
 mod perplexity;
 mod profile;
+mod progress;
 mod run;
 mod synth;
 mod warmstart;
@@ -21,13 +23,22 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use engine::models::{ExpertResidency, LoadOptions, StreamOptions};
 
-/// Run Mixture-of-Experts language models larger than memory, exactly.
+/// Run Mixture-of-Experts language models larger than memory, exactly: the non-expert weights stay in RAM and
+/// the experts the router picks stream from disk into a cache sized to --memory-budget.
 #[derive(Parser)]
-#[command(name = "flash-moe", version, about, long_about = None)]
+#[command(name = "flash-moe", version, long_about = None, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const EXAMPLES: &str = "Examples:
+  flash-moe run -p 'def parse_args(argv):'                 generate with the bundled model (tiny-py-moe)
+  flash-moe run -m model.gguf --memory-budget 8GiB --chat -p 'Hello'
+                                                           a model larger than RAM, experts streamed within 8 GiB
+  flash-moe inspect model.gguf                             what a file holds, and how many bytes are experts
+  flash-moe bench -m model.gguf --llama-cpp DIR            speed, next to llama.cpp's llama-bench
+  flash-moe help run                                       every option of a command";
 
 // Parsed once at start: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -61,18 +72,19 @@ pub struct ModelArgs {
     #[arg(short = 'm', long = "model", default_value_os_t = bundled_model(), hide_default_value = true)]
     pub model: PathBuf,
     /// Threads for the forward pass [default: the number of physical cores].
-    #[arg(short = 't', long = "threads")]
+    #[arg(short = 't', long = "threads", allow_negative_numbers = true, value_parser = args::at_least_one)]
     pub threads: Option<usize>,
-    /// Context size in tokens (KV cache length) [default: the model's training context, at most 4096].
-    #[arg(short = 'c', long = "ctx-size")]
+    /// Context size in tokens (KV cache length) [default: the model's training context, at most 4096; more than
+    /// the training context is allowed, with a warning].
+    #[arg(short = 'c', long = "ctx-size", allow_negative_numbers = true, value_parser = args::at_least_one)]
     pub ctx_size: Option<usize>,
     /// Memory the process may use: a size (8GiB, 512MiB), 'min' (the smallest expert cache that runs) or 'auto'
     /// (the cgroup limit or available memory, less headroom). Experts then stream from the model file into a
     /// cache sized to fit. [default: all experts in RAM when the model fits in 'auto', else 'auto']
-    #[arg(long = "memory-budget", value_name = "SIZE|min|auto")]
+    #[arg(long = "memory-budget", value_name = "SIZE|min|auto", allow_hyphen_values = true)]
     pub memory_budget: Option<String>,
     /// Threads issuing expert reads when experts stream and io_uring is unavailable (or FLASH_MOE_IO=threads).
-    #[arg(long = "io-threads", default_value_t = 4)]
+    #[arg(long = "io-threads", default_value_t = 4, allow_negative_numbers = true, value_parser = args::at_least_one)]
     pub io_threads: usize,
     /// Lock the loaded weights and the expert cache in RAM (never swapped out).
     #[arg(long)]
@@ -83,16 +95,19 @@ pub struct ModelArgs {
     /// waits for reads (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
     #[arg(long, value_enum, default_value_t = PrefetchArg::Off)]
     pub prefetch: PrefetchArg,
+    /// No progress display on stderr (it is shown only on a terminal anyway).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 /// `--numerics`: whose float arithmetic the forward pass follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum NumericsArg {
-    /// flash-moe's own kernels.
+    /// flash-moe's own kernels (SIMD where the CPU has it).
     #[default]
     Native,
-    /// llama.cpp's (ggml-cpu on AVX-512 x86), emulated op by op: logits bit-identical to llama.cpp's, slowly.
-    /// Llama and Qwen3 / Qwen3-MoE GGUFs with Q4_1, Q8_0 or Q4_K_M weights; others are refused.
+    /// llama.cpp's arithmetic (ggml-cpu on AVX-512 x86), emulated op by op in scalar code; other models are
+    /// refused.
     Ggml,
 }
 
@@ -142,6 +157,25 @@ impl ModelArgs {
         self.threads.unwrap_or_else(engine::pool::physical_cores).max(1)
     }
 
+    /// The context size (KV cache length) to use: `requested` (from `flag`), else the model's training context,
+    /// at most 4096.
+    pub fn n_ctx(&self, index: &engine::formats::WeightIndex, requested: Option<usize>) -> usize {
+        requested.unwrap_or_else(|| engine::models::context_length(index).unwrap_or(4096).min(4096))
+    }
+
+    /// A context beyond the model's training context is allowed (as in llama.cpp) but warned about, with what its
+    /// KV cache costs.
+    pub fn warn_ctx(index: &engine::formats::WeightIndex, info: &engine::models::ModelInfo, flag: &str, n_ctx: usize) {
+        if let Some(n_ctx_train) = engine::models::context_length(index).filter(|&t| n_ctx > t) {
+            eprintln!(
+                "warning: {flag} {n_ctx} is beyond the model's training context ({} tokens): the model was never \
+                 trained on positions past it, and the KV cache takes {}",
+                n_ctx_train,
+                engine::experts::budget::human(info.kv_cache_bytes(n_ctx))
+            );
+        }
+    }
+
     /// Load options for a KV cache of `n_ctx` tokens.
     pub fn load_options(&self, index: &engine::formats::WeightIndex, n_ctx: usize) -> anyhow::Result<LoadOptions> {
         use engine::experts::budget::{auto_budget, Budget};
@@ -164,7 +198,7 @@ impl ModelArgs {
                 prefetch: self.prefetch.mode(),
             }),
         };
-        Ok(LoadOptions { progress: true, experts })
+        Ok(LoadOptions { progress: progress::wanted(self.quiet), experts })
     }
 
     /// Whether `--model` is the bundled model (given or by default).
@@ -212,6 +246,12 @@ fn bundled_model() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away (`flash-moe inspect M | head`)
+    // instead of panicking on the failed write.
+    // SAFETY: setting SIGPIPE's disposition to the default before any thread starts has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),

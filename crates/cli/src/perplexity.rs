@@ -22,7 +22,7 @@ pub struct PerplexityArgs {
     #[arg(long, conflicts_with = "file")]
     pub tokens: Option<String>,
     /// Tokens per window [default: --ctx-size, else the model's training context, at most 4096].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub window: Option<usize>,
     /// Write the result as JSON.
     #[arg(long = "json")]
@@ -39,10 +39,8 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
         }
         (None, None) => bail!("nothing to score: give -f FILE or --tokens 1,2,3"),
     };
-    let n_ctx = a
-        .window
-        .or(a.model.ctx_size)
-        .unwrap_or_else(|| engine::models::context_length(&index).unwrap_or(4096).min(4096));
+    let flag = if a.window.is_some() { "--window" } else { "-c" };
+    let n_ctx = a.model.n_ctx(&index, a.window.or(a.model.ctx_size));
     if n_ctx < 2 {
         bail!("--window {n_ctx}: a window needs at least 2 tokens");
     }
@@ -50,6 +48,7 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
         bail!("the text has {} token(s); scoring needs at least 2", tokens.len());
     }
     let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    crate::ModelArgs::warn_ctx(&index, &model.info, flag, n_ctx);
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
@@ -60,7 +59,23 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
     let cpu = Cpu::new(a.model.n_threads());
     let mut session = model.new_session(n_ctx);
     let t0 = std::time::Instant::now();
-    let loss = engine::perplexity::evaluate(&model, &cpu, &mut session, &tokens, n_ctx)?;
+    let mut line = crate::progress::ProgressLine::new(a.model.quiet);
+    let n_total = tokens.len();
+    let loss =
+        engine::perplexity::evaluate_with_progress(&model, &cpu, &mut session, &tokens, n_ctx, &mut |loss, done| {
+            line.update(done == n_total, || {
+                let secs = t0.elapsed().as_secs_f64();
+                let rate = done as f64 / secs.max(1e-9);
+                format!(
+                    "perplexity: {done}/{n_total} tokens ({:.0}%), {:.1} tok/s, running perplexity {:.4}, ETA {}",
+                    100.0 * done as f64 / n_total.max(1) as f64,
+                    rate,
+                    loss.perplexity(),
+                    crate::progress::eta((n_total - done) as f64 / rate.max(1e-9))
+                )
+            })
+        })?;
+    line.finish();
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "loss {:.6}  perplexity {:.4}  ({} tokens scored in {} windows of {n_ctx}, {:.1} tok/s)",

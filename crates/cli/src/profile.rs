@@ -23,10 +23,10 @@ pub struct ProfileArgs {
     #[arg(long = "prompts", value_name = "FILE")]
     pub prompts: PathBuf,
     /// Treat --prompts as one text and cut it into prompts of this many tokens.
-    #[arg(long = "chunk-tokens", value_name = "N")]
+    #[arg(long = "chunk-tokens", value_name = "N", allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub chunk_tokens: Option<usize>,
     /// Tokens generated (greedily) after each prompt, so decode routing is profiled too.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 16)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 16, allow_negative_numbers = true, value_parser = crate::args::count)]
     pub n_predict: usize,
     /// Where to write the profile (JSON).
     #[arg(short = 'o', long = "output")]
@@ -49,8 +49,7 @@ pub fn main(a: ProfileArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("{}: no prompts (the file is empty)", a.prompts.display());
     }
-    let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
-    let n_ctx = a.model.ctx_size.unwrap_or(n_ctx_train.min(4096));
+    let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
     if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() + a.n_predict > n_ctx) {
         bail!(
             "prompt {} is {} tokens; with -n {} it needs more than the context of {n_ctx} (raise -c, or cut the file \
@@ -61,6 +60,7 @@ pub fn main(a: ProfileArgs) -> Result<()> {
         );
     }
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    crate::ModelArgs::warn_ctx(&index, &model.info, "-c", n_ctx);
     if model.info.n_expert == 0 {
         bail!("{}: not a mixture-of-experts model (no routed experts to profile)", a.model.model.display());
     }

@@ -9,6 +9,7 @@ use engine::generate::{self, GenerateParams};
 use engine::models::Model;
 use engine::ops::Cpu;
 use engine::sample::SamplerConfig;
+use engine::sample_defaults::SamplingDefaults;
 use engine::tokenizer::{ChatMessage, ChatTemplate};
 
 use crate::{mib, peak_rss_bytes, ModelArgs};
@@ -24,31 +25,37 @@ pub struct RunArgs {
     #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
     pub file: Option<std::path::PathBuf>,
     /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128, allow_negative_numbers = true, value_parser = crate::args::count)]
     pub n_predict: usize,
-    /// Wrap the prompt in the model's chat template as a user message.
+    /// Do not print the prompt before the generated text (it is printed unless --chat is given).
+    #[arg(long = "no-display-prompt")]
+    pub no_display_prompt: bool,
+    /// Wrap the prompt in the model's chat template as a user message (the prompt is then not printed).
     #[arg(long)]
     pub chat: bool,
     /// System message for --chat.
     #[arg(long = "system", requires = "chat")]
     pub system: Option<String>,
-    /// Sampling temperature; 0 means greedy.
-    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
-    pub temp: f32,
-    /// Keep only the k most likely tokens (0 = off).
-    #[arg(long = "top-k", default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
-    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
-    pub top_p: f32,
-    /// Drop tokens less likely than min-p times the most likely one (0 = off).
-    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
-    pub min_p: f32,
-    /// Penalise repeats of the last --repeat-last-n tokens (1 = off).
-    #[arg(long = "repeat-penalty", default_value_t = 1.0, allow_negative_numbers = true)]
-    pub repeat_penalty: f32,
-    #[arg(long = "repeat-last-n", default_value_t = 64)]
-    pub repeat_last_n: usize,
+    /// Sampling temperature; 0 means greedy. [default: what the model file recommends (GGUF general.sampling.*
+    /// or generation_config.json), else 0.8; likewise for the other sampling flags, whose fallbacks are
+    /// llama.cpp's defaults]
+    #[arg(long = "temp", allow_negative_numbers = true)]
+    pub temp: Option<f32>,
+    /// Keep only the k most likely tokens (0 = off) [fallback: 40].
+    #[arg(long = "top-k", allow_negative_numbers = true, value_parser = crate::args::count)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off) [fallback: 0.95].
+    #[arg(long = "top-p", allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than min-p times the most likely one (0 = off) [fallback: 0.05].
+    #[arg(long = "min-p", allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+    /// Penalise repeats of the last --repeat-last-n tokens (1 = off) [fallback: 1].
+    #[arg(long = "repeat-penalty", allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f32>,
+    /// How many of the latest tokens the penalties look at (0 = none) [fallback: 64].
+    #[arg(long = "repeat-last-n", allow_negative_numbers = true, value_parser = crate::args::count)]
+    pub repeat_last_n: Option<usize>,
     /// Subtract this from the logit of every token already present (0 = off).
     #[arg(long = "presence-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
     pub presence_penalty: f32,
@@ -56,7 +63,7 @@ pub struct RunArgs {
     #[arg(long = "frequency-penalty", default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Random seed [default: random].
-    #[arg(short = 's', long = "seed")]
+    #[arg(short = 's', long = "seed", allow_negative_numbers = true, value_parser = crate::args::seed)]
     pub seed: Option<u64>,
     /// Do not stop at end-of-generation tokens.
     #[arg(long = "ignore-eos")]
@@ -67,7 +74,7 @@ pub struct RunArgs {
     /// Write the expert cache statistics of the run as JSON.
     #[arg(long = "stats-json")]
     pub stats_json: Option<std::path::PathBuf>,
-    /// Record the experts chosen per token and layer to a CSV trace (the format of shared/traces).
+    /// Record the experts chosen per token and layer to a CSV trace (the format of tests/fixtures/traces).
     #[arg(long = "record-routes", value_name = "FILE")]
     pub record_routes: Option<std::path::PathBuf>,
     /// BENCHMARK MODE, not inference: replace the router's choices by a recorded trace's, so the cache and
@@ -81,8 +88,8 @@ pub struct RunArgs {
     /// Off unless given; the count of dropped experts is printed.
     #[arg(long = "approx", value_name = "drop-missing|top-k=N")]
     pub approx: Option<String>,
-    /// Whose float arithmetic to follow: 'ggml' reproduces llama.cpp's logits bit for bit (slow; dense Llama
-    /// with Q4_1/Q8_0 weights only).
+    /// Whose float arithmetic to follow: 'native' (flash-moe's kernels) or 'ggml' (llama.cpp's logits bit for
+    /// bit, slowly; Llama, Qwen3 and Qwen3-MoE GGUFs with Q4_1, Q8_0, Q4_K, Q6_K or Q5_0 weights).
     #[arg(long, value_enum, default_value_t = crate::NumericsArg::Native)]
     pub numerics: crate::NumericsArg,
     #[command(flatten)]
@@ -96,10 +103,11 @@ fn check_sampling(a: &RunArgs) -> Result<()> {
         ("--top-p", a.top_p, 0.0, 1.0),
         ("--min-p", a.min_p, 0.0, 1.0),
         ("--repeat-penalty", a.repeat_penalty, f32::MIN_POSITIVE, f32::MAX),
-        ("--presence-penalty", a.presence_penalty, f32::MIN, f32::MAX),
-        ("--frequency-penalty", a.frequency_penalty, f32::MIN, f32::MAX),
+        ("--presence-penalty", Some(a.presence_penalty), f32::MIN, f32::MAX),
+        ("--frequency-penalty", Some(a.frequency_penalty), f32::MIN, f32::MAX),
     ];
     for (flag, v, lo, hi) in ranges {
+        let Some(v) = v else { continue };
         if !(lo..=hi).contains(&v) {
             let range = match (lo, hi) {
                 (f32::MIN, f32::MAX) => "a finite number".to_string(),
@@ -111,6 +119,58 @@ fn check_sampling(a: &RunArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sampler settings of a run: the command line, else what the model file recommends, else llama.cpp's
+/// defaults; and a line saying which were used and where they came from.
+fn sampler_config(a: &RunArgs, recommended: &SamplingDefaults, seed: u64) -> (SamplerConfig, String) {
+    let base = recommended.apply(SamplerConfig::default());
+    let c = SamplerConfig {
+        temperature: a.temp.unwrap_or(base.temperature),
+        top_k: a.top_k.unwrap_or(base.top_k),
+        top_p: a.top_p.unwrap_or(base.top_p),
+        min_p: a.min_p.unwrap_or(base.min_p),
+        repeat_penalty: a.repeat_penalty.unwrap_or(base.repeat_penalty),
+        repeat_last_n: a.repeat_last_n.unwrap_or(base.repeat_last_n),
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+        seed,
+    };
+    let from = |given: bool, rec: bool| {
+        if given {
+            ""
+        } else if rec {
+            " (model)"
+        } else {
+            ""
+        }
+    };
+    let mut line = if c.temperature <= 0.0 {
+        format!(
+            "sampling   greedy (temp {}){}",
+            c.temperature,
+            from(a.temp.is_some(), recommended.temperature.is_some())
+        )
+    } else {
+        format!(
+            "sampling   temp {}{}, top-k {}{}, top-p {}{}, min-p {}{}, repeat-penalty {}{}, seed {seed}",
+            c.temperature,
+            from(a.temp.is_some(), recommended.temperature.is_some()),
+            c.top_k,
+            from(a.top_k.is_some(), recommended.top_k.is_some()),
+            c.top_p,
+            from(a.top_p.is_some(), recommended.top_p.is_some()),
+            c.min_p,
+            from(a.min_p.is_some(), recommended.min_p.is_some()),
+            c.repeat_penalty,
+            from(a.repeat_penalty.is_some(), recommended.repeat_penalty.is_some()),
+        )
+    };
+    line += &match recommended.source {
+        Some(src) => format!("; (model) = recommended by the model file ({src}), the rest llama.cpp's defaults"),
+        None => "; the model file recommends no sampling settings: llama.cpp's defaults unless given".to_string(),
+    };
+    (c, line)
 }
 
 pub fn main(a: RunArgs) -> Result<()> {
@@ -128,10 +188,9 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let index = WeightIndex::open(&a.model.model)?;
     let tokenizer = generate::load_tokenizer(&index)?;
-    let n_ctx_req = a.model.ctx_size;
-    let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
-    let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
+    let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    crate::ModelArgs::warn_ctx(&index, &model.info, "-c", n_ctx);
     a.numerics.apply(&mut model)?;
     let load_secs = t_start.elapsed().as_secs_f64();
     let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
@@ -183,9 +242,6 @@ pub fn main(a: RunArgs) -> Result<()> {
         hook = Some(c.clone());
     }
     model.set_route_hook(hook);
-    for note in &model.info.notes {
-        eprintln!("note: {note}");
-    }
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
@@ -216,19 +272,11 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let mut session = model.new_session(n_ctx);
     let seed = a.seed.unwrap_or_else(random_seed);
+    let (sampler, sampling_line) = sampler_config(&a, &SamplingDefaults::of(&index), seed);
+    eprintln!("{sampling_line}");
     let params = GenerateParams {
         n_predict: a.n_predict,
-        sampler: SamplerConfig {
-            temperature: a.temp,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            repeat_last_n: a.repeat_last_n,
-            presence_penalty: a.presence_penalty,
-            frequency_penalty: a.frequency_penalty,
-            seed,
-        },
+        sampler,
         ignore_eos: a.ignore_eos,
         stop: a.stop.clone(),
         interrupt: Some(crate::interrupt::install()),
@@ -240,6 +288,11 @@ pub fn main(a: RunArgs) -> Result<()> {
         model.expert_cache().map(|c| c.hot_experts().iter().map(|h| (h.layer, h.expert)).collect()).unwrap_or_default();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if !a.chat && !a.no_display_prompt {
+        // Like llama.cpp: the continuation follows the prompt on the same line.
+        let _ = out.write_all(prompt_text.as_bytes());
+        let _ = out.flush();
+    }
     let mut n_pieces = 0usize;
     let stats = generate::generate(&model, &cpu, &tokenizer, &mut session, &prompt, &params, &mut |t| {
         let _ = out.write_all(t.as_bytes());

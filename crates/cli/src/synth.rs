@@ -1,9 +1,7 @@
 //! `flash-moe synth`: write a Qwen3-MoE GGUF with random weights (see `engine::synth`) that flash-moe and
 //! llama.cpp both load, with progress on stderr and a summary at the end.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -20,21 +18,24 @@ pub struct SynthArgs {
     /// Tensor types: q4_k_m (llama.cpp's Q4_K_M mix), q4_k (all Q4_K), q8_0, f16; norms and router stay F32.
     #[arg(long, default_value = "q4_k_m", value_parser = parse_quant)]
     pub quant: QuantMix,
-    /// Output GGUF file (overwritten).
+    /// Output GGUF file (replaced when complete: written as FILE.part, then renamed).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     /// Seed: the same seed, shape and quantization give the same bytes.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = crate::args::seed)]
     pub seed: u64,
     /// Router skew: 0 spreads tokens evenly over experts; larger values make a few experts per layer more
     /// popular (router rows scaled by (1 + rank)^-skew; 1 mild, 2 stronger).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub skew: f32,
     /// Override the shape's layer count (quick tests of the big shapes).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub layers: Option<usize>,
+    /// No progress display on stderr (it is shown only on a terminal anyway).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Threads for generating and quantizing [default: all CPUs].
-    #[arg(short = 't', long = "threads")]
+    #[arg(short = 't', long = "threads", allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub threads: Option<usize>,
 }
 
@@ -92,28 +93,21 @@ pub fn main(a: SynthArgs) -> Result<()> {
     if let Some(t) = a.threads {
         o.n_threads = t.max(1);
     }
-    let tty = std::io::stderr().is_terminal();
-    let mut last = Instant::now();
+    let mut line = crate::progress::ProgressLine::new(a.quiet);
     let mut report = |p: &SynthProgress| {
-        if last.elapsed().as_secs_f64() < 1.0 {
-            return;
-        }
-        last = Instant::now();
-        let line = format!(
-            "synth: {:>9.1} / {:.1} MiB ({:3.0}%) {:7.1} MB/s",
-            mib(p.bytes_written),
-            mib(p.bytes_total),
-            100.0 * p.bytes_written as f64 / p.bytes_total.max(1) as f64,
-            p.bytes_written as f64 / 1e6 / p.seconds.max(1e-9)
-        );
-        let mut err = std::io::stderr();
-        let _ = if tty { write!(err, "\r{line}") } else { writeln!(err, "{line}") };
+        line.update(p.bytes_written == p.bytes_total, || {
+            format!(
+                "synth: {:>9.1} / {:.1} MiB ({:3.0}%) {:7.1} MB/s",
+                mib(p.bytes_written),
+                mib(p.bytes_total),
+                100.0 * p.bytes_written as f64 / p.bytes_total.max(1) as f64,
+                p.bytes_written as f64 / 1e6 / p.seconds.max(1e-9)
+            )
+        })
     };
     let summary =
         synth::write(&a.output, &o, &mut report).with_context(|| format!("writing {}", a.output.display()))?;
-    if tty {
-        eprintln!();
-    }
+    line.finish();
     eprintln!(
         "synth: wrote {} ({} {} seed {} skew {}, {} layers): {:.1} MiB in {} tensors; experts {:.1} MiB, other \
          {:.1} MiB, header {:.1} MiB; {:.1} s, {:.0} MB/s",

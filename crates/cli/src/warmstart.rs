@@ -22,7 +22,7 @@ pub struct CacheArgs {
     /// With --profile: the largest fraction of the cache's slots that the profile's hottest experts may take,
     /// pinned (never evicted). Off by default: on the 30B-shaped model with a profile of other prompts, 0.1, 0.25
     /// and 0.5 read 7%, 13% and 44% more bytes per decoded token than no pins (bench/warm_bench.sh).
-    #[arg(long = "pin-fraction", default_value_t = 0.0)]
+    #[arg(long = "pin-fraction", default_value_t = 0.0, allow_negative_numbers = true)]
     pub pin_fraction: f64,
     /// Where the experts the cache holds are saved (at exit and every 64 tokens) and read back from at the next
     /// start, or 'off' [default: $XDG_CACHE_HOME/flash-moe/MODEL-SIZE-MTIME.hot.json].

@@ -1,15 +1,12 @@
 //! `--approx` on the real binary: only an explicit, valid mode turns it on; it is announced on stderr at the start
 //! and in the summary and recorded in `--stats-json`; a run without it says nothing of it and records `null`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
-
-/// The tiny Qwen3-MoE GGUF (8 experts, top-2) with a tokenizer in its metadata.
-fn moe_gguf() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/qwen3moe-h64/qwen3moe-h64-q8_0.gguf")
-}
+use common::moe_gguf;
 
 /// `flash-moe run` on the fixture, streaming with the smallest budget, plus `extra`.
 fn run(extra: &[&str], stats: Option<&Path>) -> Output {
@@ -20,7 +17,7 @@ fn run(extra: &[&str], stats: Option<&Path>) -> Output {
         args.extend(["--stats-json", p.to_str().expect("utf-8 path")]);
     }
     args.extend_from_slice(extra);
-    Command::new(BIN).args(&args).output().expect("run flash-moe")
+    common::flash_moe(&args)
 }
 
 fn stats_path(test: &str) -> PathBuf {

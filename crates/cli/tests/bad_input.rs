@@ -4,88 +4,22 @@
 //! Broken model files are made in a temporary directory from the fixtures: cut short, with a wrong magic, a
 //! patched tensor type, a tensor left out, or edited metadata (rewritten with the engine's own GGUF writer).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{assert_fails, flash_moe, moe_gguf, rewrite_gguf, s};
 use engine::formats::gguf::{self, GgufValue};
-use engine::formats::gguf_writer::GgufWriter;
 use engine::formats::Metadata;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
-
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// The tiny Qwen3-MoE GGUF with a tokenizer in its metadata.
-fn moe_gguf() -> PathBuf {
-    fixtures().join("qwen3moe-h64/qwen3moe-h64-q8_0.gguf")
+    common::fixtures()
 }
 
 /// A fresh, empty directory for one test.
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad_input").join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn flash_moe(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("FLASH_MOE_TAPS")
-        .env_remove("FLASH_MOE_TAPS_DIR")
-        .output()
-        .expect("run flash-moe")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Asserts a clean failure: exit code 1-255 but not 101 (panic), no panic message, and stderr containing
-/// every one of `needles`. Returns stderr.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out.status.code();
-    assert!(code.is_some_and(|c| c != 0 && c != 101), "exit code {code:?}, stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    assert!(stderr.contains("error: "), "no error line:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
-    }
-    eprintln!("{}", stderr.trim_end());
-    stderr
-}
-
-/// Copies a fixture GGUF to `dst` through the GGUF writer: metadata through `edit` (`None` drops a key), and
-/// only the tensors `keep` accepts.
-fn rewrite_gguf(
-    src: &Path,
-    dst: &Path,
-    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
-    keep: impl Fn(&str) -> bool,
-) {
-    let index = gguf::open(src).expect("open fixture");
-    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
-    let mut w = GgufWriter::create(dst).expect("create");
-    for (k, v) in md.iter() {
-        if let Some(v) = edit(k, v) {
-            w.add_kv(k, v).expect("add_kv");
-        }
-    }
-    let kept: Vec<_> = index.tensors.iter().filter(|t| keep(&t.name)).collect();
-    for t in &kept {
-        w.add_tensor(t.name.clone(), t.dtype, &t.shape).expect("add_tensor");
-    }
-    for t in &kept {
-        let mut buf = vec![0u8; t.len as usize];
-        index.read_tensor(t, &mut buf).expect("read fixture tensor");
-        w.write_tensor_data(&buf).expect("write tensor");
-    }
-    w.finish().expect("finish");
+    common::temp_dir("bad_input", test)
 }
 
 /// Sets the ggml type id of tensor `name` in a GGUF file's header.

@@ -14,7 +14,19 @@ fn ctrl_c_stops_cleanly_and_saves_the_hot_experts() {
     std::fs::create_dir_all(&cache_home).expect("temp dir");
     // The bundled model, streaming through a cache of a quarter of its experts, long enough to be interrupted.
     let mut child = Command::new(BIN)
-        .args(["run", "-p", "def main():", "-n", "100000", "--ignore-eos", "--temp", "0", "-t", "1"])
+        .args([
+            "run",
+            "-p",
+            "def main():",
+            "-n",
+            "100000",
+            "--ignore-eos",
+            "--temp",
+            "0",
+            "-t",
+            "1",
+            "--no-display-prompt",
+        ])
         .env("XDG_CACHE_HOME", &cache_home)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

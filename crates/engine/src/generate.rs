@@ -138,6 +138,10 @@ pub fn generate(
     let mut n_decode_steps = 0;
     let mut per_token = Vec::new();
     let stop = loop {
+        if params.n_predict == 0 {
+            // Like llama.cpp's `-n 0`: the prompt is evaluated, nothing is generated.
+            break StopReason::Length;
+        }
         if !params.ignore_eos && tokenizer.is_eog(next) {
             break StopReason::EndOfGeneration;
         }

@@ -33,6 +33,7 @@ pub mod perplexity;
 pub mod pool;
 pub mod routes;
 pub mod sample;
+pub mod sample_defaults;
 pub mod session;
 pub mod synth;
 pub mod tensor;

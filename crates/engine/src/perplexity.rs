@@ -41,14 +41,42 @@ impl Loss {
 
 /// Scores `tokens` in windows of `n_ctx` (the last, shorter window too when it has two tokens or more).
 pub fn evaluate(model: &Model, cpu: &Cpu, session: &mut Session, tokens: &[u32], n_ctx: usize) -> Result<Loss> {
+    evaluate_with_progress(model, cpu, session, tokens, n_ctx, &mut |_, _| {})
+}
+
+/// Tokens per forward call within a window: a window is fed in pieces (prefill in chunks is bit-identical to one
+/// call), so that `progress` hears of long windows as they go.
+const PIECE_TOKENS: usize = 256;
+
+/// [`evaluate`], calling `progress(loss so far, tokens evaluated)` after every piece of every window.
+pub fn evaluate_with_progress(
+    model: &Model,
+    cpu: &Cpu,
+    session: &mut Session,
+    tokens: &[u32],
+    n_ctx: usize,
+    progress: &mut dyn FnMut(&Loss, usize),
+) -> Result<Loss> {
     let mut loss = Loss::default();
-    for window in tokens.chunks(n_ctx.max(2)).filter(|w| w.len() >= 2) {
+    let n_vocab = model.info.n_vocab;
+    let mut n_done = 0;
+    for window in tokens.chunks(n_ctx.max(2)) {
+        if window.len() < 2 {
+            break;
+        }
         session.reset();
-        let n_vocab = model.info.n_vocab;
-        let logits = model.forward(cpu, session, window, Logits::All)?;
-        for (i, &target) in window.iter().enumerate().skip(1) {
-            loss.nll_sum += token_nll(&logits[(i - 1) * n_vocab..i * n_vocab], target);
-            loss.n_scored += 1;
+        let mut start = 0;
+        while start < window.len() {
+            let piece = &window[start..window.len().min(start + PIECE_TOKENS)];
+            let logits = model.forward(cpu, session, piece, Logits::All)?;
+            // Position j of the piece predicts window token start + j + 1.
+            for (j, &target) in window[start + 1..].iter().take(piece.len()).enumerate() {
+                loss.nll_sum += token_nll(&logits[j * n_vocab..(j + 1) * n_vocab], target);
+                loss.n_scored += 1;
+            }
+            start += piece.len();
+            n_done += piece.len();
+            progress(&loss, n_done);
         }
         loss.n_windows += 1;
     }

@@ -31,6 +31,11 @@ impl Budget {
             "min" => return Ok(Budget::Min),
             _ => {}
         }
+        if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            return Err(Error::Invalid(format!(
+                "memory budget '{s}': give a unit, like {t}GiB or {t}MiB (or {t}B if you mean bytes)"
+            )));
+        }
         parse_size(t).map(Budget::Bytes).ok_or_else(|| {
             Error::Invalid(format!("memory budget '{s}': expected a size like 8GiB, 512MiB or 4G, or 'min' or 'auto'"))
         })
@@ -59,15 +64,17 @@ pub fn parse_size(s: &str) -> Option<u64> {
     (bytes.is_finite() && (0.0..1.8e19).contains(&bytes)).then_some(bytes as u64)
 }
 
-/// Bytes in a human unit (GiB/MiB/KiB).
+/// Bytes in a human unit (GiB/MiB/KiB, or bytes below 1 KiB).
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1024.0 * 1024.0 * 1024.0 {
         format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
     } else if b >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", b / (1024.0 * 1024.0))
-    } else {
+    } else if b >= 1024.0 {
         format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
     }
 }
 

@@ -162,7 +162,7 @@ impl Decoder {
             ExpertResidency::Stream(so) if expert_layout.n_moe_layers() > 0 => {
                 progress.finish();
                 let store = ExpertStore::open(index, &expert_layout)?;
-                let kv_bytes = (cfg.n_layer * so.n_ctx * info.kv_dim * 2 * 4) as u64;
+                let kv_bytes = info.kv_cache_bytes(so.n_ctx);
                 let scratch = scratch_bytes(&cfg, so.n_ctx, so.n_threads);
                 let min_slots = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used);
                 let mut p = MemoryPlan::new(

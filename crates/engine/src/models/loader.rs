@@ -2,7 +2,7 @@
 //! ([`Hparams`]), and reading weights by GGUF-style slot names through a family's name table ([`Loader`]),
 //! validating each tensor's shape and type so the forward pass can trust them.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use kernels::Kernels;
 
@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// Options of [`crate::models::Model::load`].
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// Draw a progress bar on stderr (only when it is a terminal).
+    /// Draw a progress bar on stderr (the caller decides: the CLI asks for it on a terminal without --quiet).
     pub progress: bool,
     /// Where the routed experts live.
     pub experts: ExpertResidency,
@@ -135,7 +135,7 @@ impl<'a> Hparams<'a> {
     }
 }
 
-/// Bytes-read progress, drawn on stderr when it is a terminal.
+/// Bytes-read progress, drawn on stderr when asked for.
 pub struct Progress {
     total: u64,
     done: u64,
@@ -145,7 +145,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: u64, enabled: bool) -> Progress {
-        Progress { total: total.max(1), done: 0, drawn_pct: None, enabled: enabled && std::io::stderr().is_terminal() }
+        Progress { total: total.max(1), done: 0, drawn_pct: None, enabled }
     }
 
     pub fn add(&mut self, bytes: u64) {
@@ -174,6 +174,15 @@ impl Progress {
     }
 }
 
+/// The bytes a load reads: every tensor, less the routed experts when they stream.
+fn load_bytes(index: &WeightIndex, opts: &LoadOptions) -> u64 {
+    let streamed = |name: &str| name.contains("_exps.") || name.contains(".experts.") || name.contains("switch_mlp");
+    match opts.experts {
+        ExpertResidency::Stream(_) => index.tensors.iter().filter(|t| !streamed(&t.name)).map(|t| t.len).sum(),
+        ExpertResidency::AllInRam => index.total_bytes(),
+    }
+}
+
 /// Reads weights by GGUF-style slot (`attn_q`, `ffn_gate_exps`) through a family's table of safetensors names.
 pub struct Loader<'a> {
     pub index: &'a WeightIndex,
@@ -191,7 +200,7 @@ impl<'a> Loader<'a> {
             index,
             hf_names,
             kernels: Kernels::detect(),
-            progress: Progress::new(index.total_bytes(), opts.progress),
+            progress: Progress::new(load_bytes(index, opts), opts.progress),
             resident_bytes: 0,
             opts: opts.clone(),
         }

@@ -39,6 +39,13 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
 }
 
+impl ModelInfo {
+    /// Bytes of a session's KV cache for `n_ctx` tokens (f32 keys and values in every layer).
+    pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
+        (self.n_layer as u64) * (n_ctx as u64) * (self.kv_dim as u64) * 2 * 4
+    }
+}
+
 /// Which positions of a forward pass need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {

@@ -435,8 +435,26 @@ fn source<'a>(t: &PlannedTensor, o: &SynthOptions, pools: &'a HashMap<PoolKey, R
     }
 }
 
-/// Writes the model of `o` to `path`, calling `progress` after every chunk.
+/// Writes the model of `o` to `path`, calling `progress` after every chunk. The file is written under a temporary
+/// name beside `path` (`<path>.part`) and renamed when complete, so an interrupted run never leaves a truncated file
+/// at `path`; a failed one removes its temporary file.
 pub fn write(path: &Path, o: &SynthOptions, progress: &mut dyn FnMut(&SynthProgress)) -> Result<SynthSummary> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = std::path::PathBuf::from(part);
+    match write_to(&part, o, progress) {
+        Ok(summary) => {
+            std::fs::rename(&part, path).map_err(|e| Error::io(path, e))?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+fn write_to(path: &Path, o: &SynthOptions, progress: &mut dyn FnMut(&SynthProgress)) -> Result<SynthSummary> {
     let t0 = Instant::now();
     let k = Kernels::detect();
     let tensors = plan(&o.shape, o.quant);

@@ -1,0 +1,271 @@
+//! The command line as a new user meets it: counts and sizes that say what they accept, help that describes
+//! every option, the bundled model as the default everywhere, the prompt echoed, the sampling settings named,
+//! progress on a terminal only, and `synth` never leaving a truncated file behind.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Stdio;
+
+use common::{assert_fails, assert_succeeds, command, flash_moe, moe_gguf, rewrite_gguf_with, s, temp_dir};
+use engine::formats::gguf::GgufValue;
+
+/// `run` on the tiny Qwen3-MoE fixture with a greedy, single-thread setup, plus `extra`.
+fn run_fixture(extra: &[&str]) -> std::process::Output {
+    let model = moe_gguf();
+    let mut args = vec!["run", "-m", s(&model), "-t", "1", "--warm-start", "off"];
+    args.extend_from_slice(extra);
+    flash_moe(&args)
+}
+
+#[test]
+fn n_zero_evaluates_the_prompt_and_generates_nothing() {
+    let (stdout, stderr) = assert_succeeds(&run_fixture(&["-p", "hello world", "-n", "0", "--temp", "0"]));
+    assert_eq!(stdout.trim_end(), "hello world", "only the echoed prompt:\n{stderr}");
+    assert!(stderr.contains("prompt     2 tokens") || stderr.contains("prompt     "), "{stderr}");
+    assert!(stderr.contains("decode     0 tokens"), "{stderr}");
+}
+
+#[test]
+fn zero_threads_is_an_error_not_one_thread() {
+    assert_fails(&flash_moe(&["run", "-m", s(&moe_gguf()), "-p", "hi", "-t", "0"]), &["--threads", "1 or more"]);
+}
+
+#[test]
+fn negative_and_fractional_numbers_name_the_flag_and_the_rule() {
+    assert_fails(&run_fixture(&["-p", "hi", "-n", "-5"]), &["'-5'", "--n-predict", "0 or more, not negative"]);
+    assert_fails(&run_fixture(&["-p", "hi", "--top-k", "-1"]), &["--top-k", "not negative"]);
+    assert_fails(&run_fixture(&["-p", "hi", "-c", "-5"]), &["--ctx-size", "not negative"]);
+    assert_fails(&run_fixture(&["-p", "hi", "-n", "2.5"]), &["--n-predict", "not a fraction"]);
+    assert_fails(&run_fixture(&["-p", "hi", "--temp", "-1"]), &["--temp -1", "at least 0"]);
+    assert_fails(&run_fixture(&["-p", "hi", "--memory-budget", "-5GiB"]), &["memory budget '-5GiB'"]);
+    assert_fails(&flash_moe(&["perplexity", "-m", s(&moe_gguf()), "--tokens", "1,2", "--window", "-3"]), &["--window"]);
+}
+
+#[test]
+fn a_tiny_memory_budget_is_shown_in_bytes_and_a_bare_number_needs_a_unit() {
+    assert_fails(&run_fixture(&["-p", "hi", "--memory-budget", "1B"]), &["memory budget 1 B is too small"]);
+    assert_fails(&run_fixture(&["-p", "hi", "--memory-budget", "1"]), &["'1'", "give a unit", "1GiB"]);
+}
+
+#[test]
+fn a_context_beyond_the_training_context_is_warned_about() {
+    // The fixture was made with max_position_embeddings 256.
+    let (_, stderr) = assert_succeeds(&run_fixture(&["-p", "hi", "-n", "1", "-c", "100000", "--temp", "0"]));
+    assert!(
+        stderr.contains("warning: -c 100000 is beyond the model's training context (256 tokens)")
+            && stderr.contains("KV cache takes"),
+        "{stderr}"
+    );
+    let (_, stderr) = assert_succeeds(&run_fixture(&["-p", "hi", "-n", "1", "-c", "256", "--temp", "0"]));
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn help_describes_every_command_and_option() {
+    let (top, _) = assert_succeeds(&flash_moe(&["--help"]));
+    let first = top.lines().next().unwrap_or_default();
+    assert!(first.contains("larger than memory") && !first.contains("run, logits"), "first line: {first}");
+    assert!(top.contains("Examples:"), "{top}");
+    let commands = ["run", "logits", "perplexity", "inspect", "bench", "diskbench", "profile", "synth"];
+    for c in commands {
+        assert!(top.lines().any(|l| l.trim_start().starts_with(&format!("{c} "))), "--help lists {c}:\n{top}");
+        // Every option has a description, on its line or the next.
+        let (help, _) = assert_succeeds(&flash_moe(&[c, "-h"]));
+        for flag in options(&help) {
+            assert!(description(&help, &flag).is_some_and(|d| !d.is_empty()), "{c} {flag}: no description\n{help}");
+        }
+    }
+    let (run_help, _) = assert_succeeds(&flash_moe(&["run", "-h"]));
+    let numerics = description(&run_help, "--numerics").unwrap_or_default();
+    assert!(numerics.contains("Qwen3-MoE") && !numerics.contains("dense Llama"), "{numerics}");
+    let (long_help, _) = assert_succeeds(&flash_moe(&["run", "--help"]));
+    assert!(long_help.contains("Qwen3-MoE") && !long_help.contains("dense Llama"), "{long_help}");
+    assert!(description(&run_help, "--repeat-last-n").is_some_and(|d| d.starts_with("How many")), "{run_help}");
+}
+
+/// The flags a short help lists (`-t, --threads <THREADS>` gives `--threads`).
+fn options(help: &str) -> Vec<String> {
+    help.lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")).map(|w| w.trim_end_matches(',').to_string()))
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+/// The description of `flag` in a short help: the text after the flag on its line, else the next line.
+fn description(help: &str, flag: &str) -> Option<String> {
+    let lines: Vec<&str> = help.lines().collect();
+    let i = lines.iter().position(|l| {
+        l.trim_start().starts_with('-') && l.split_whitespace().any(|w| w.trim_end_matches(',') == flag)
+    })?;
+    let line = lines[i].trim();
+    // Flags and their value names are separated from the text by two spaces.
+    match line.find("  ") {
+        Some(at) => Some(line[at..].trim().to_string()),
+        None => lines.get(i + 1).map(|l| l.trim()).filter(|l| !l.starts_with('-')).map(str::to_string),
+    }
+}
+
+#[test]
+fn inspect_defaults_to_the_bundled_model() {
+    let (stdout, _) =
+        assert_succeeds(&command().current_dir(env!("CARGO_MANIFEST_DIR")).arg("inspect").output().expect("run"));
+    assert!(stdout.contains("tiny-py-moe-Q4_K_M.gguf") && stdout.contains("qwen3moe"), "{stdout}");
+}
+
+#[test]
+fn the_bundled_model_runs_without_notes_or_warnings() {
+    let (stdout, stderr) = assert_succeeds(&flash_moe(&[
+        "run",
+        "-p",
+        "import os",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "-t",
+        "1",
+        "--warm-start",
+        "off",
+    ]));
+    assert!(stdout.starts_with("import os"), "{stdout}");
+    for bad in ["note:", "warning:", "norm_topk_prob"] {
+        assert!(!stderr.contains(bad), "{bad} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn the_prompt_is_echoed_unless_chat_or_asked_not_to() {
+    let (stdout, _) = assert_succeeds(&run_fixture(&["-p", "The capital of France is", "-n", "4", "--temp", "0"]));
+    assert!(stdout.starts_with("The capital of France is"), "{stdout:?}");
+    let (quiet, _) = assert_succeeds(&run_fixture(&[
+        "-p",
+        "The capital of France is",
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "--no-display-prompt",
+    ]));
+    assert_eq!(format!("The capital of France is{quiet}"), stdout, "the same continuation without the prompt");
+    let dir = temp_dir("cli_usage", "prompt_echo");
+    let gguf = dir.join("with-template.gguf");
+    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                  {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let extra = [("tokenizer.chat_template", GgufValue::String(chatml.into()))];
+    rewrite_gguf_with(&moe_gguf(), &gguf, |_, v| Some(v.clone()), &extra, |_| true);
+    let out = flash_moe(&["run", "-m", s(&gguf), "-t", "1", "--warm-start", "off", "-p", "Hello", "-n", "4", "--chat"]);
+    let (chat, _) = assert_succeeds(&out);
+    assert!(!chat.contains("<|im_start|>") && !chat.starts_with("Hello"), "{chat:?}");
+}
+
+#[test]
+fn sampling_defaults_come_from_the_model_file_and_are_named() {
+    // Without recommendations: llama.cpp's defaults, said so.
+    let (_, stderr) = assert_succeeds(&run_fixture(&["-p", "hi", "-n", "2"]));
+    assert!(stderr.contains("sampling   temp 0.8, top-k 40, top-p 0.95, min-p 0.05"), "{stderr}");
+    assert!(stderr.contains("recommends no sampling settings"), "{stderr}");
+    // A GGUF with general.sampling.* keys (as llama.cpp's converter writes them from generation_config.json).
+    let dir = temp_dir("cli_usage", "sampling_defaults");
+    let gguf = dir.join("with-sampling.gguf");
+    let extra = [("general.sampling.temp", GgufValue::F32(0.6)), ("general.sampling.top_k", GgufValue::U32(20))];
+    rewrite_gguf_with(&moe_gguf(), &gguf, |_, v| Some(v.clone()), &extra, |_| true);
+    let out = flash_moe(&["run", "-m", s(&gguf), "-t", "1", "--warm-start", "off", "-p", "hi", "-n", "2"]);
+    let (_, stderr) = assert_succeeds(&out);
+    assert!(stderr.contains("temp 0.6 (model), top-k 20 (model), top-p 0.95, min-p 0.05"), "{stderr}");
+    assert!(stderr.contains("GGUF general.sampling.*"), "{stderr}");
+    // The command line wins.
+    let out =
+        flash_moe(&["run", "-m", s(&gguf), "-t", "1", "--warm-start", "off", "-p", "hi", "-n", "2", "--temp", "0"]);
+    let (_, stderr) = assert_succeeds(&out);
+    assert!(stderr.contains("sampling   greedy (temp 0);"), "{stderr}");
+    // A Hugging Face directory's generation_config.json.
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).expect("dir");
+    let src = common::fixtures().join("llama-h64");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), hf.join(f)).expect("copy fixture");
+    }
+    let g = r#"{"do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}"#;
+    std::fs::write(hf.join("generation_config.json"), g).expect("write");
+    let (_, stderr) = assert_succeeds(&flash_moe(&["run", "-m", s(&hf), "-t", "1", "-p", "hi", "-n", "2"]));
+    assert!(
+        stderr
+            .contains("temp 0.7 (model), top-k 20 (model), top-p 0.8 (model), min-p 0.05, repeat-penalty 1.05 (model)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("generation_config.json"), "{stderr}");
+}
+
+/// Runs `args` with stderr on a pseudo-terminal and returns what the terminal received.
+fn stderr_on_a_terminal(args: &[&str]) -> String {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two file descriptors into the given integers; the other arguments may be null.
+    let rc =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened by openpty and are owned here alone.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = command().args(args).stdout(Stdio::null()).stderr(Stdio::from(slave)).spawn().expect("spawn");
+    let mut reader = std::fs::File::from(master);
+    let mut text = Vec::new();
+    // Reading the master fails with EIO once the child (the only holder of the slave) has exited.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    assert!(child.wait().expect("wait").success(), "{}", String::from_utf8_lossy(&text));
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn long_work_shows_progress_on_a_terminal_only() {
+    let text = "def main(argv):\n    return 0\n".repeat(40);
+    let dir = temp_dir("cli_usage", "progress");
+    let file = dir.join("text.py");
+    std::fs::write(&file, text).expect("write");
+    let model = moe_gguf();
+    let ppl = ["perplexity", "-m", s(&model), "-f", s(&file), "--window", "64", "-t", "1"];
+    let tty = stderr_on_a_terminal(&ppl);
+    assert!(tty.contains("\rperplexity: ") && tty.contains("running perplexity"), "{tty}");
+    let load = ["run", "-m", s(&model), "-p", "hi", "-n", "1", "-t", "1", "--warm-start", "off"];
+    let tty = stderr_on_a_terminal(&load);
+    assert!(tty.contains("\rloading weights ["), "{tty}");
+    // A pipe gets no progress; neither does a terminal with --quiet.
+    let (stdout, piped) = assert_succeeds(&flash_moe(&ppl));
+    assert!(!piped.contains("perplexity: ") && stdout.contains("loss "), "{piped}");
+    let mut quiet = ppl.to_vec();
+    quiet.push("--quiet");
+    let tty = stderr_on_a_terminal(&quiet);
+    assert!(!tty.contains("perplexity: ") && !tty.contains("loading weights"), "{tty}");
+}
+
+#[test]
+fn synth_never_leaves_a_truncated_file_at_the_output_path() {
+    let dir = temp_dir("cli_usage", "synth");
+    let out = dir.join("small.gguf");
+    let part = dir.join("small.gguf.part");
+    // `small` is ~430 MB: long enough to be killed mid-write.
+    let mut child = command()
+        .args(["synth", "--shape", "small", "-o", s(&out), "-t", "1"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(&part).map_or(true, |m| m.len() < 1 << 20) {
+        assert!(t0.elapsed().as_secs() < 60, "synth never wrote {}", part.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(!out.exists(), "an interrupted synth left {}", out.display());
+    // A complete one is at the output path, and its temporary file is gone.
+    let tiny = dir.join("tiny.gguf");
+    assert_succeeds(&flash_moe(&["synth", "--shape", "tiny", "-o", s(&tiny)]));
+    assert!(tiny.exists() && !dir.join("tiny.gguf.part").exists());
+}
