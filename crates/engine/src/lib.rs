@@ -21,6 +21,7 @@
 //! Operating errors (bad files, bad input) return [`Error`]; programmer errors assert.
 
 pub mod approx;
+pub mod backend;
 pub mod error;
 pub mod experts;
 pub mod formats;

@@ -1,10 +1,14 @@
-//! Per-sequence state: the KV cache, the position, and the scratch buffers of the forward pass.
+//! Per-sequence state: one state per layer (a KV cache for attention layers, a convolution and recurrent state
+//! for DeltaNet layers), the position, checkpoints of the states that cannot be rewound, and the scratch
+//! buffers of the forward pass.
 //!
 //! Weights are immutable and shared; everything that changes while a sequence is decoded lives here, so one
-//! model can serve several sessions.
+//! model can serve several sessions. [`Session::truncate`] rewinds a sequence to a shorter prefix (multi-turn reuse):
+//! a KV cache rewinds to any length; a recurrent state only to a position where it was checkpointed
+//! ([`Session::checkpoint`]), so `truncate` says how far it got and the caller feeds the tokens from there.
 
 use crate::layers::attention::AttentionScratch;
-use crate::layers::ffn::FfnScratch;
+use crate::layers::delta_net::{DeltaNetScratch, DeltaNetState, DeltaNetStateShape};
 use crate::layers::moe::MoeScratch;
 use crate::{Error, Result};
 
@@ -47,7 +51,63 @@ impl LayerKv {
     }
 }
 
-/// Buffers of the decoder forward pass, grown on first use and then reused.
+/// What state one layer keeps per sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerStateKind {
+    /// Keys and values of every position (`kv_dim` floats each).
+    Kv { kv_dim: usize },
+    /// A DeltaNet layer's convolution window and recurrent matrix (constant size).
+    DeltaNet(DeltaNetStateShape),
+}
+
+impl LayerStateKind {
+    /// Bytes of one sequence's state for a context of `n_ctx` tokens.
+    pub fn bytes(&self, n_ctx: usize) -> u64 {
+        match self {
+            LayerStateKind::Kv { kv_dim } => (n_ctx as u64) * (*kv_dim as u64) * 2 * 4,
+            LayerStateKind::DeltaNet(s) => s.bytes(),
+        }
+    }
+}
+
+/// One layer's state.
+pub enum LayerState {
+    Kv(LayerKv),
+    DeltaNet(DeltaNetState),
+}
+
+impl LayerState {
+    fn new(kind: LayerStateKind, n_ctx: usize) -> LayerState {
+        match kind {
+            LayerStateKind::Kv { kv_dim } => LayerState::Kv(LayerKv::new(n_ctx, kv_dim)),
+            LayerStateKind::DeltaNet(shape) => LayerState::DeltaNet(DeltaNetState::new(shape)),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            LayerState::Kv(kv) => kv.bytes(),
+            LayerState::DeltaNet(s) => s.bytes(),
+        }
+    }
+
+    /// The KV cache of an attention layer (the model's layer list says which layers have one).
+    pub fn kv(&mut self) -> &mut LayerKv {
+        match self {
+            LayerState::Kv(kv) => kv,
+            LayerState::DeltaNet(_) => panic!("an attention layer was given a DeltaNet state"),
+        }
+    }
+
+    pub fn delta_net(&mut self) -> &mut DeltaNetState {
+        match self {
+            LayerState::DeltaNet(s) => s,
+            LayerState::Kv(_) => panic!("a DeltaNet layer was given a KV cache"),
+        }
+    }
+}
+
+/// Buffers of the forward pass, grown on first use and then reused.
 #[derive(Default)]
 pub struct Scratch {
     pub x: Vec<f32>,      // [n, n_embd] the residual stream
@@ -55,7 +115,8 @@ pub struct Scratch {
     pub y: Vec<f32>,      // [n, n_embd] output of a block
     pub logits: Vec<f32>, // [n_out, n_vocab]
     pub attn: AttentionScratch,
-    pub ffn: FfnScratch,
+    pub delta: DeltaNetScratch,
+    pub ffn: crate::backend::FfnScratch,
     pub moe: MoeScratch,
     pub head_q: crate::ops::QuantActs,
     /// Next-layer prediction (router-based prefetch).
@@ -66,26 +127,38 @@ pub struct Scratch {
     pub pred_order: Vec<u32>, // [n_expert]
 }
 
+/// The recurrent states of a session at one position (KV caches need no copy: they rewind by position).
+struct Checkpoint {
+    pos: usize,
+    states: Vec<Option<DeltaNetState>>, // [n_layer]; None for KV layers
+}
+
+/// Checkpoints kept per session: each holds every recurrent state (e.g. 36 DeltaNet layers of 2 MiB for
+/// Qwen3-Coder-Next), so only a few.
+const CHECKPOINTS_MAX: usize = 4;
+
 /// One sequence being decoded.
 pub struct Session {
-    pub kv: Vec<LayerKv>,
+    pub layers: Vec<LayerState>,
     /// Tokens processed so far (the next token's position).
     pub pos: usize,
     pub n_ctx: usize,
     pub scratch: Scratch,
     /// Logits of every position of a prompt run in chunks.
     pub all_logits: Vec<f32>,
+    checkpoints: Vec<Checkpoint>,
 }
 
 impl Session {
-    /// A session with room for `n_ctx` tokens in every layer's KV cache.
-    pub fn new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Session {
+    /// A session with room for `n_ctx` tokens, one state per layer of the given kinds.
+    pub fn new(kinds: &[LayerStateKind], n_ctx: usize) -> Session {
         Session {
-            kv: (0..n_layer).map(|_| LayerKv::new(n_ctx, kv_dim)).collect(),
+            layers: kinds.iter().map(|&k| LayerState::new(k, n_ctx)).collect(),
             pos: 0,
             n_ctx,
             scratch: Scratch::default(),
             all_logits: Vec::new(),
+            checkpoints: Vec::new(),
         }
     }
 
@@ -100,12 +173,68 @@ impl Session {
         Ok(())
     }
 
-    /// Forgets every token (keeps the buffers).
+    /// Forgets every token (keeps the buffers and drops the checkpoints).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.checkpoints.clear();
+        for l in &mut self.layers {
+            if let LayerState::DeltaNet(s) = l {
+                s.clear();
+            }
+        }
     }
 
+    /// Whether every layer's state can be rewound to any position (no recurrent layers).
+    pub fn rewinds_anywhere(&self) -> bool {
+        self.layers.iter().all(|l| matches!(l, LayerState::Kv(_)))
+    }
+
+    /// Remembers the recurrent states at the current position, so that [`Session::truncate`] can come back to
+    /// it; the oldest checkpoint goes beyond [`CHECKPOINTS_MAX`]. Does nothing for a model without recurrent
+    /// layers.
+    pub fn checkpoint(&mut self) {
+        if self.rewinds_anywhere() || self.checkpoints.iter().any(|c| c.pos == self.pos) {
+            return;
+        }
+        let states = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerState::DeltaNet(s) => Some(s.clone()),
+                LayerState::Kv(_) => None,
+            })
+            .collect();
+        if self.checkpoints.len() == CHECKPOINTS_MAX {
+            self.checkpoints.remove(0);
+        }
+        self.checkpoints.push(Checkpoint { pos: self.pos, states });
+    }
+
+    /// Rewinds to the first `n` tokens, or as close below `n` as the states allow, and returns the position
+    /// reached: `n` itself when every layer is a KV cache; otherwise the latest checkpoint at or before `n`
+    /// (0, an empty sequence, when there is none). The caller feeds the tokens from there to `n` again.
+    pub fn truncate(&mut self, n: usize) -> usize {
+        let n = n.min(self.pos);
+        if self.rewinds_anywhere() || n == self.pos {
+            self.pos = n;
+            return n;
+        }
+        self.checkpoints.retain(|c| c.pos <= n);
+        let Some(c) = self.checkpoints.last() else {
+            self.reset();
+            return 0;
+        };
+        for (l, saved) in self.layers.iter_mut().zip(&c.states) {
+            if let (LayerState::DeltaNet(s), Some(saved)) = (l, saved) {
+                s.clone_from(saved);
+            }
+        }
+        self.pos = c.pos;
+        self.pos
+    }
+
+    /// Bytes of the per-layer states (KV caches and recurrent states), without checkpoints.
     pub fn kv_bytes(&self) -> usize {
-        self.kv.iter().map(|l| l.bytes()).sum()
+        self.layers.iter().map(LayerState::bytes).sum()
     }
 }

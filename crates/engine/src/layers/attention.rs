@@ -1,11 +1,14 @@
-//! Grouped-query self-attention with RoPE and a KV cache (Llama, Qwen3): optional biases on q/k/v (Qwen2) and
-//! optional per-head RMSNorm of q and k before RoPE (Qwen3).
+//! Grouped-query self-attention with RoPE and a KV cache (Llama, Qwen3, Qwen3-Next): optional biases on q/k/v
+//! (Qwen2), optional per-head RMSNorm of q and k before RoPE (Qwen3), partial RoPE (only the first `rope.n_dims`
+//! dimensions of each head rotate), and an optional sigmoid output gate carried by the q projection (Qwen3-Next:
+//! each head's query is followed by its gate).
 //!
 //! For token `t` at position `p = pos0 + t` and head `h` (KV head `h / (n_head / n_head_kv)`):
-//! `out[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(head_dim)) v[j]` over cached positions `j <= p`.
-//! Each (token, head) pair is computed by the same loop whether it comes in a prefill batch or alone.
+//! `out[t, h] = sum_j softmax_j(q[t,h] . k[j] / sqrt(head_dim)) v[j]` over cached positions `j <= p`, then
+//! (gated) `out[t, h] *= sigmoid(gate[t, h])`, then the output projection.
 
-use crate::ops::{self, Cpu, QuantActs, SharedOut};
+use crate::backend::{AttnScratch, Exec, MatKind};
+use crate::ops::{self, QuantActs};
 use crate::session::LayerKv;
 use crate::tensor::QMat;
 
@@ -14,7 +17,7 @@ use super::rope::Rope;
 /// The weights of one attention block.
 #[derive(Debug)]
 pub struct AttentionWeights {
-    pub wq: QMat,                 // [n_head * head_dim, n_embd]
+    pub wq: QMat,                 // [n_head * head_dim (* 2 when gated: query and gate per head), n_embd]
     pub wk: QMat,                 // [n_head_kv * head_dim, n_embd]
     pub wv: QMat,                 // [n_head_kv * head_dim, n_embd]
     pub wo: QMat,                 // [n_embd, n_head * head_dim]
@@ -34,54 +37,71 @@ pub struct AttentionShape {
     /// Epsilon of the q/k RMSNorm.
     pub norm_eps: f32,
     pub rope: Rope,
+    /// The q projection carries a per-head output gate (Qwen3-Next's gated attention).
+    pub gated: bool,
+}
+
+impl AttentionShape {
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
 }
 
 /// Buffers reused across calls.
 #[derive(Default)]
 pub struct AttentionScratch {
     xq: QuantActs,
+    qg: Vec<f32>,     // [n, 2 * n_head * head_dim] query and gate, interleaved per head (gated only)
     q: Vec<f32>,      // [n, n_head * head_dim]
+    gate: Vec<f32>,   // [n, n_head * head_dim] (gated only)
     k: Vec<f32>,      // [n, n_head_kv * head_dim]
     v: Vec<f32>,      // [n, n_head_kv * head_dim]
     att: Vec<f32>,    // [n, n_head * head_dim]
     att_q: QuantActs, // att, quantized for wo
-    scores: Vec<f32>, // [n_threads, n_ctx]
-    cos: Vec<f32>,    // [n, head_dim / 2]
-    sin: Vec<f32>,    // [n, head_dim / 2]
+    core: AttnScratch,
 }
 
 /// Runs attention for the `n` tokens of `x` (`[n, n_embd]`, already normed) at positions `pos0..pos0 + n`,
 /// appending their keys and values to `kv`, and writes `[n, n_embd]` to `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    cpu: &Cpu,
+    exec: &Exec<'_>,
     w: &AttentionWeights,
     shape: &AttentionShape,
     kv: &mut LayerKv,
     x: &[f32],
-    pos0: usize,
+    (pos0, layer): (usize, usize),
     s: &mut AttentionScratch,
     out: &mut [f32],
 ) {
     let n_embd = w.wq.cols;
     let n = x.len() / n_embd;
     let hd = shape.head_dim;
-    let q_dim = shape.n_head * hd;
-    let kv_dim = shape.n_head_kv * hd;
+    let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
+    let l = Some(layer);
     assert!(pos0 + n <= kv.n_ctx(), "attention: KV cache overflow (checked by the session)");
 
-    // Projections; q, k and v share one quantization of x when their types agree.
     s.q.resize(n * q_dim, 0.0);
     s.k.resize(n * kv_dim, 0.0);
     s.v.resize(n * kv_dim, 0.0);
-    s.xq.quantize(&cpu.kernels, w.wq.dtype, x, n_embd);
-    if w.wk.dtype == w.wq.dtype && w.wv.dtype == w.wq.dtype {
-        let mats = &mut [(w.wq.as_ref(), &mut s.q[..]), (w.wk.as_ref(), &mut s.k[..]), (w.wv.as_ref(), &mut s.v[..])];
-        ops::matmul_many(cpu, mats, &s.xq);
+    if shape.gated {
+        // One projection gives each head's query followed by its gate: split them.
+        s.qg.resize(n * 2 * q_dim, 0.0);
+        exec.matmul_qkv((w.wq.as_ref(), w.wk.as_ref(), w.wv.as_ref()), x, &mut s.xq, &mut s.qg, &mut s.k, &mut s.v);
+        s.gate.resize(n * q_dim, 0.0);
+        for (t, row) in s.qg.chunks_exact(2 * q_dim).enumerate() {
+            for (h, pair) in row.chunks_exact(2 * hd).enumerate() {
+                let at = t * q_dim + h * hd;
+                s.q[at..at + hd].copy_from_slice(&pair[..hd]);
+                s.gate[at..at + hd].copy_from_slice(&pair[hd..]);
+            }
+        }
     } else {
-        ops::matmul(cpu, w.wq.as_ref(), &s.xq, &mut s.q);
-        ops::matmul_reuse(cpu, w.wk.as_ref(), x, &mut s.xq, &mut s.k);
-        ops::matmul_reuse(cpu, w.wv.as_ref(), x, &mut s.xq, &mut s.v);
+        exec.matmul_qkv((w.wq.as_ref(), w.wk.as_ref(), w.wv.as_ref()), x, &mut s.xq, &mut s.q, &mut s.k, &mut s.v);
     }
     for (buf, bias) in [(&mut s.q, &w.bq), (&mut s.k, &w.bk), (&mut s.v, &w.bv)] {
         if let Some(b) = bias {
@@ -90,86 +110,27 @@ pub fn attention(
             }
         }
     }
-    ops::tap("Qcur", None, &s.q);
-    ops::tap("Kcur", None, &s.k);
-    ops::tap("Vcur", None, &s.v);
+    exec.tap("Vcur", l, &s.v);
     if let Some(g) = &w.q_norm {
-        ops::rms_norm(&mut s.q, g, shape.norm_eps);
+        exec.rms_norm_in_place(&mut s.q, g, shape.norm_eps);
+        exec.tap("Qcur_normed", l, &s.q);
     }
     if let Some(g) = &w.k_norm {
-        ops::rms_norm(&mut s.k, g, shape.norm_eps);
+        exec.rms_norm_in_place(&mut s.k, g, shape.norm_eps);
+        exec.tap("Kcur_normed", l, &s.k);
     }
-
-    // RoPE, then append k and v to the cache.
-    let half = shape.rope.n_dims / 2;
-    s.cos.resize(n * half, 0.0);
-    s.sin.resize(n * half, 0.0);
-    for t in 0..n {
-        let (c, si) = (&mut s.cos[t * half..(t + 1) * half], &mut s.sin[t * half..(t + 1) * half]);
-        shape.rope.cos_sin(pos0 + t, c, si);
-        for head in s.q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(hd) {
-            shape.rope.apply(head, c, si);
-        }
-        for head in s.k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(hd) {
-            shape.rope.apply(head, c, si);
-        }
-    }
+    exec.rope(&shape.rope, hd, (pos0, n), &mut s.q, &mut s.k, &mut s.core);
+    exec.tap("Qcur", l, &s.q);
+    exec.tap("Kcur", l, &s.k);
     kv.write(pos0, &s.k, &s.v);
 
-    // Scores, softmax and the weighted sum of values, one (token, head) pair at a time.
-    let n_ctx = kv.n_ctx();
-    let n_threads = cpu.pool.n_threads();
-    s.scores.resize(n_threads * n_ctx, 0.0);
     s.att.resize(n * q_dim, 0.0);
-    let group = shape.n_head / shape.n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let scores_ptr = SharedOut(s.scores.as_mut_ptr());
-    let att_ptr = SharedOut(s.att.as_mut_ptr());
-    let (q, kv_ref) = (&s.q, &*kv);
-    cpu.pool.for_chunks_indexed(n * shape.n_head, 1, &|thread, pairs| {
-        for pair in pairs {
-            let (t, h) = (pair / shape.n_head, pair % shape.n_head);
-            let n_kv = pos0 + t + 1;
-            // SAFETY: each thread index owns its own n_ctx-long slice of `scores` (thread < n_threads), and each
-            // (t, h) pair its own head_dim-long slice of `att`; both buffers outlive the pool call.
-            let (scores, o) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * n_ctx), n_kv),
-                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + h * hd), hd),
-                )
-            };
-            let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            let kvh = h / group;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qh, kv_ref.k_head(j, kvh, hd)) * scale;
-            }
-            ops::softmax(scores);
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                for (a, &b) in o.iter_mut().zip(kv_ref.v_head(j, kvh, hd)) {
-                    *a += p * b;
-                }
-            }
-        }
-    });
-
-    ops::tap("kqv_out", None, &s.att);
-    ops::matmul_f32(cpu, w.wo.as_ref(), &s.att, &mut s.att_q, out);
-}
-
-/// q . k with eight independent partial sums (so the compiler vectorizes it), combined pairwise.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+    exec.attention(kv, (shape.n_head, shape.n_head_kv, hd), &s.q, pos0, &mut s.core, &mut s.att, layer);
+    exec.tap("kqv_out", l, &s.att);
+    if shape.gated {
+        for (a, &g) in s.att.iter_mut().zip(&s.gate) {
+            *a *= exec.sigmoid(g);
         }
     }
-    let mut tail = 0.0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    exec.matmul(w.wo.as_ref(), &s.att, &mut s.att_q, out, MatKind::Dense);
 }

@@ -1,9 +1,10 @@
-//! The routed mixture-of-experts block (Qwen3-MoE; the shape DeepSeek/GLM/gpt-oss extend):
+//! The routed mixture-of-experts block (Qwen3-MoE, Mixtral, Qwen3-Next; the shape DeepSeek/GLM/gpt-oss extend):
 //!
 //! 1. router logits `r = W_router x` (`[n_expert]`), `p = softmax(r)`;
 //! 2. the top-k experts by `p` (ties to the lower id), weights `p_i`, divided by their sum when
 //!    `norm_topk_prob`;
-//! 3. `out = sum_i w_i * down_i(silu(gate_i(x)) * up_i(x))`, summed in top-k order.
+//! 3. `out = sum_i w_i * down_i(silu(gate_i(x)) * up_i(x))`, summed in top-k order;
+//! 4. with a shared expert (Qwen3-Next): `out += sigmoid(g . x) * shared(x)`, `shared` a dense SwiGLU.
 //!
 //! A batch of tokens is routed first; each expert used by any token is acquired once and run over all its
 //! tokens (expert-major), and each token's sum is formed in its own top-k order, so the result is bit-identical
@@ -13,12 +14,13 @@
 //! routing: fewer experts per token, or only those already in memory.
 
 use crate::approx::{ApproxMode, ApproxScratch};
+use crate::backend::{Exec, FfnScratch, MatKind};
 use crate::experts::ExpertProvider;
-use crate::ops::{self, Cpu, QuantActs};
+use crate::ops::QuantActs;
 use crate::tensor::QMat;
 use crate::Result;
 
-use super::ffn::{self, FfnScratch};
+use super::ffn::FfnWeights;
 
 /// How a MoE layer turns router logits into expert weights.
 #[derive(Clone, Debug)]
@@ -29,9 +31,17 @@ pub struct MoeRouting {
     pub norm_topk_prob: bool,
 }
 
+/// A dense expert every token goes through, scaled by a sigmoid gate (Qwen3-Next).
+#[derive(Debug)]
+pub struct SharedExpert {
+    pub ffn: FfnWeights,
+    pub gate_inp: QMat, // [1, n_embd]
+}
+
 #[derive(Debug)]
 pub struct MoeWeights {
     pub router: QMat, // [n_expert, n_embd]
+    pub shared: Option<SharedExpert>,
 }
 
 /// One token's routing decision.
@@ -53,6 +63,8 @@ pub struct MoeScratch {
     y: Vec<f32>,                // [tokens of one expert, n_embd]
     slots: Vec<(usize, usize)>, // (token, top-k slot) of one expert
     expert_out: Vec<f32>,       // [n, n_expert_used, n_embd]
+    shared_out: Vec<f32>,       // [n, n_embd]
+    shared_gate: Vec<f32>,      // [n]
     ffn: FfnScratch,
     approx: ApproxScratch,
 }
@@ -61,26 +73,6 @@ impl MoeScratch {
     /// The routes of the last call, per token.
     pub fn routes(&self) -> &[Route] {
         &self.routes
-    }
-}
-
-/// Picks the top-k experts of one token from its router logits.
-pub fn route(logits: &[f32], r: &MoeRouting, probs: &mut Vec<f32>, order: &mut Vec<u32>, out: &mut Route) {
-    probs.clear();
-    probs.extend_from_slice(logits);
-    ops::softmax(probs);
-    order.clear();
-    order.extend(0..r.n_expert as u32);
-    order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
-    out.experts.clear();
-    out.experts.extend_from_slice(&order[..r.n_expert_used]);
-    out.weights.clear();
-    out.weights.extend(out.experts.iter().map(|&e| probs[e as usize]));
-    if r.norm_topk_prob {
-        let sum: f32 = out.weights.iter().sum();
-        for w in out.weights.iter_mut() {
-            *w /= sum;
-        }
     }
 }
 
@@ -104,12 +96,12 @@ pub struct RouteOverrides<'a> {
 /// (so that prefetch never competes with them).
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
-    cpu: &Cpu,
+    exec: &Exec<'_>,
     w: &MoeWeights,
     r: &MoeRouting,
     experts: &dyn ExpertProvider,
-    layer: usize,
-    (pos0, ov): (usize, RouteOverrides<'_>),
+    (layer, pos0): (usize, usize),
+    ov: RouteOverrides<'_>,
     prefetch: Option<(usize, &[u32])>,
     x: &[f32],
     s: &mut MoeScratch,
@@ -117,13 +109,15 @@ pub fn moe(
 ) -> Result<()> {
     let n_embd = w.router.cols;
     let n = x.len() / n_embd;
+    let l = Some(layer);
 
     s.logits.resize(n * r.n_expert, 0.0);
-    ops::matmul_f32(cpu, w.router.as_ref(), x, &mut s.xq, &mut s.logits);
+    exec.router(w.router.as_ref(), x, &mut s.xq, &mut s.logits);
+    exec.tap("ffn_moe_logits", l, &s.logits);
     s.routes.resize_with(n, || Route { experts: Vec::new(), weights: Vec::new() });
     for t in 0..n {
         let logits = &s.logits[t * r.n_expert..(t + 1) * r.n_expert];
-        route(logits, r, &mut s.probs, &mut s.order, &mut s.routes[t]);
+        exec.softmax_top_k(logits, r, &mut s.probs, &mut s.order, &mut s.routes[t]);
         if let Some(h) = ov.hook {
             h.route(layer, pos0 + t, n, &mut s.routes[t])?;
         }
@@ -162,7 +156,7 @@ pub fn moe(
             s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
         }
         s.y.resize(s.slots.len() * n_embd, 0.0);
-        ffn::swiglu(cpu, ew.gate, ew.up, ew.down, &s.rows, &mut s.ffn, &mut s.y);
+        exec.swiglu_ffn((ew.gate, ew.up, ew.down), &s.rows, &mut s.ffn, &mut s.y, MatKind::Expert, l);
         for (j, &(t, slot)) in s.slots.iter().enumerate() {
             let dst = (t * k + slot) * n_embd;
             s.expert_out[dst..dst + n_embd].copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
@@ -170,6 +164,8 @@ pub fn moe(
     }
     drop(set);
 
+    // The weighted sum in top-k order: `w_0 y_0 + w_1 y_1 + ...`, each product rounded before it is added (as
+    // ggml's mul then chain of adds).
     for t in 0..n {
         let o = &mut out[t * n_embd..(t + 1) * n_embd];
         let route = &s.routes[t];
@@ -187,18 +183,50 @@ pub fn moe(
             }
         }
     }
+    if let Some(sh) = &w.shared {
+        shared_expert(exec, sh, x, s, out, layer);
+    }
     Ok(())
+}
+
+/// `out += sigmoid(gate_inp . x) * swiglu(x)` per token.
+fn shared_expert(exec: &Exec<'_>, sh: &SharedExpert, x: &[f32], s: &mut MoeScratch, out: &mut [f32], layer: usize) {
+    let n_embd = sh.gate_inp.cols;
+    let n = x.len() / n_embd;
+    s.shared_out.resize(n * n_embd, 0.0);
+    let f = &sh.ffn;
+    exec.swiglu_ffn(
+        (f.gate.as_ref(), f.up.as_ref(), f.down.as_ref()),
+        x,
+        &mut s.ffn,
+        &mut s.shared_out,
+        MatKind::Dense,
+        Some(layer),
+    );
+    s.shared_gate.resize(n, 0.0);
+    exec.router(sh.gate_inp.as_ref(), x, &mut s.xq, &mut s.shared_gate);
+    exec.tap("ffn_shexp", Some(layer), &s.shared_out);
+    for (t, o) in out.chunks_exact_mut(n_embd).enumerate() {
+        let g = exec.sigmoid(s.shared_gate[t]);
+        for (a, &b) in o.iter_mut().zip(&s.shared_out[t * n_embd..(t + 1) * n_embd]) {
+            *a += g * b;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Numerics;
+    use crate::ops::Cpu;
 
     #[test]
     fn top_k_is_best_first_and_renormalised() {
         let r = MoeRouting { n_expert: 5, n_expert_used: 2, norm_topk_prob: true };
+        let cpu = Cpu::new(1);
+        let exec = Exec::new(&cpu, Numerics::Native);
         let mut route_out = Route { experts: vec![], weights: vec![] };
-        route(&[0.1, 2.0, -1.0, 1.5, 2.0], &r, &mut vec![], &mut vec![], &mut route_out);
+        exec.softmax_top_k(&[0.1, 2.0, -1.0, 1.5, 2.0], &r, &mut vec![], &mut vec![], &mut route_out);
         assert_eq!(route_out.experts, vec![1, 4], "ties go to the lower id");
         let sum: f32 = route_out.weights.iter().sum();
         assert!((sum - 1.0).abs() < 1e-6);

@@ -10,9 +10,9 @@ use crate::formats::WeightIndex;
 use crate::layers::attention::AttentionShape;
 use crate::layers::moe::MoeRouting;
 use crate::layers::rope::{Rope, RopeStyle};
-use crate::models::decoder::{Decoder, DecoderConfig};
 use crate::models::loader::{Hparams, LoadOptions, Loader};
-use crate::models::ModelInfo;
+use crate::models::transformer::{Transformer, TransformerConfig};
+use crate::models::{Model, ModelInfo};
 use crate::Result;
 
 /// GGUF slot -> safetensors name (`{}` = layer).
@@ -31,7 +31,7 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_down", "model.layers.{}.mlp.down_proj"),
 ];
 
-pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decoder> {
+pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
     let hp = Hparams::new(index, arch);
     let ld = Loader::new(index, HF_NAMES, opts);
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
@@ -57,7 +57,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
         None
     };
     let style = if hp.is_gguf() { RopeStyle::Interleaved } else { RopeStyle::Neox };
-    let cfg = DecoderConfig {
+    let cfg = TransformerConfig {
         n_vocab,
         n_embd,
         n_layer,
@@ -68,6 +68,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
             n_head_kv,
             head_dim,
             norm_eps: rms_eps,
+            gated: false,
             rope: Rope::new(style, head_dim, hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(10_000.0)),
         },
         n_ff: hp.usize("feed_forward_length", "intermediate_size")?,
@@ -85,13 +86,13 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
         n_embd,
         n_layer,
         n_ctx_train: cfg.n_ctx_train,
-        kv_dim: n_head_kv * head_dim,
+        state: Transformer::state_kinds(&cfg),
         n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
         n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,
         notes: vec![],
     };
-    Decoder::load(ld, cfg, info)
+    Model::transformer(ld, cfg, info)
 }
 
 /// Rejects head counts and sizes that cannot form a model.

@@ -1,21 +1,25 @@
 //! Model families and the registry that picks one from a file's architecture.
 //!
-//! Each family file (`llama.rs`, `qwen3.rs`) reads its configuration from GGUF metadata or `config.json`, maps
-//! its checkpoint names to GGUF-style slots in one table, and builds a [`decoder::Decoder`]. The registry is the
-//! one `match` in [`Model::load`].
+//! Each family file (`llama.rs`, `qwen3.rs`) reads its configuration from GGUF metadata or `config.json` and maps
+//! its checkpoint names to GGUF-style slots in one table; the layer stack it builds ([`transformer`]: the
+//! pre-norm attention + FFN/MoE stack) holds the layers and their forward pass, over the shared
+//! [`decoder::Decoder`] (embeddings, output head, experts). The registry is the one `match` in [`Model::load`];
+//! the layer stacks are the one `match` in [`Model::forward`].
 
 pub mod decoder;
-mod ggml_forward;
 pub mod llama;
 pub mod loader;
 pub mod qwen3;
+pub mod transformer;
 
+use crate::backend::Exec;
 use crate::experts::{ExpertLayout, ExpertProvider};
 use crate::formats::{Metadata, WeightIndex};
 use crate::ops::Cpu;
-use crate::session::Session;
+use crate::session::{LayerStateKind, Session};
 use crate::{Error, Result};
 
+pub use crate::backend::Numerics;
 pub use decoder::Decoder;
 pub use loader::{ExpertResidency, Hparams, LoadOptions, StreamOptions};
 
@@ -29,7 +33,8 @@ pub struct ModelInfo {
     pub n_embd: usize,
     pub n_layer: usize,
     pub n_ctx_train: usize,
-    pub kv_dim: usize,
+    /// What each layer keeps per sequence (a KV cache, a recurrent state).
+    pub state: Vec<LayerStateKind>,
     /// Routed experts per MoE layer (0 for a dense model) and experts used per token.
     pub n_expert: usize,
     pub n_expert_used: usize,
@@ -40,9 +45,10 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// Bytes of a session's KV cache for `n_ctx` tokens (f32 keys and values in every layer).
+    /// Bytes of a session's per-layer states for `n_ctx` tokens (f32 keys and values in attention layers, the
+    /// constant-size recurrent states of DeltaNet layers).
     pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
-        (self.n_layer as u64) * (n_ctx as u64) * (self.kv_dim as u64) * 2 * 4
+        self.state.iter().map(|k| k.bytes(n_ctx)).sum()
     }
 }
 
@@ -55,23 +61,16 @@ pub enum Logits {
     None,
 }
 
-/// Whose float arithmetic the forward pass follows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Numerics {
-    /// flash-moe's own kernels (SIMD where the CPU has it): the default.
-    #[default]
-    Native,
-    /// llama.cpp's (ggml-cpu b11434 on an AVX-512 x86 CPU, one thread), emulated op by op in scalar code so that
-    /// logits are bit-identical to llama.cpp's: slow, for checking against llama.cpp. Llama and Qwen3 (dense or
-    /// Qwen3-MoE) with Q4_1/Q8_0/Q4_K/Q6_K weights and Q5_0 experts, e.g. Q8_0 and Q4_K_M GGUFs (see
-    /// [`crate::ggml_exact`]; anything else is refused).
-    Ggml,
-}
-
 /// A loaded model: weights, expert source and configuration.
 pub struct Model {
     pub info: ModelInfo,
     decoder: Decoder,
+    stack: Stack,
+}
+
+/// The layer stacks, one per kind of family.
+enum Stack {
+    Transformer(transformer::Transformer),
 }
 
 const SUPPORTED: &str = "GGUF: llama, qwen3, qwen3moe; safetensors: LlamaForCausalLM, Qwen3ForCausalLM, \
@@ -81,29 +80,70 @@ impl Model {
     /// Loads the model of `index`, choosing the family from its architecture.
     pub fn load(index: &WeightIndex, opts: &LoadOptions) -> Result<Model> {
         let arch = architecture(index)?;
-        let decoder = match arch.as_str() {
-            "llama" | "LlamaForCausalLM" => llama::load(index, &arch, opts)?,
-            "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => qwen3::load(index, &arch, opts)?,
-            _ => {
-                return Err(Error::UnknownArchitecture {
-                    path: index.path.clone(),
-                    arch,
-                    supported: SUPPORTED.to_string(),
-                })
-            }
-        };
-        let info = decoder.info.clone();
-        Ok(Model { info, decoder })
+        match arch.as_str() {
+            "llama" | "LlamaForCausalLM" => llama::load(index, &arch, opts),
+            "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => qwen3::load(index, &arch, opts),
+            _ => Err(Error::UnknownArchitecture { path: index.path.clone(), arch, supported: SUPPORTED.to_string() }),
+        }
+    }
+
+    /// A model of the transformer stack (for the family files).
+    pub(crate) fn transformer(
+        ld: loader::Loader<'_>,
+        cfg: transformer::TransformerConfig,
+        info: ModelInfo,
+    ) -> Result<Model> {
+        let (decoder, stack) = transformer::Transformer::load(ld, cfg, info)?;
+        Ok(Model { info: decoder.info.clone(), decoder, stack: Stack::Transformer(stack) })
     }
 
     pub fn new_session(&self, n_ctx: usize) -> Session {
-        Session::new(self.info.n_layer, n_ctx, self.info.kv_dim)
+        Session::new(&self.info.state, n_ctx)
     }
 
     /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for
-    /// `Logits::Last`, `[tokens.len(), n_vocab]` for `Logits::All`).
+    /// `Logits::Last`, `[tokens.len(), n_vocab]` for `Logits::All`). A prompt longer than the numerics' batch is
+    /// run in batches (the results do not depend on it).
     pub fn forward<'s>(&self, cpu: &Cpu, session: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
-        self.decoder.forward(cpu, session, tokens, want)
+        let exec = Exec::new(cpu, self.decoder.numerics);
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if tokens.len() <= exec.max_batch() {
+            return self.forward_batch(&exec, session, tokens, want);
+        }
+        session.check_room(tokens.len())?;
+        let mut all = std::mem::take(&mut session.all_logits);
+        all.clear();
+        let n_chunks = tokens.len().div_ceil(exec.max_batch());
+        for (i, c) in tokens.chunks(exec.max_batch()).enumerate() {
+            let w = match want {
+                Logits::All => Logits::All,
+                _ if i + 1 == n_chunks => Logits::Last,
+                _ => Logits::None,
+            };
+            let out = self.forward_batch(&exec, session, c, w)?;
+            if want == Logits::All {
+                all.extend_from_slice(out);
+            }
+        }
+        session.all_logits = all;
+        Ok(if want == Logits::All { &session.all_logits } else { &session.scratch.logits })
+    }
+
+    fn forward_batch<'s>(
+        &self,
+        exec: &Exec<'_>,
+        sess: &'s mut Session,
+        tokens: &[u32],
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        if exec.numerics == Numerics::Ggml && self.decoder.approx.is_some() {
+            return Err(Error::Invalid("--numerics ggml does not combine with an approximate expert mode".into()));
+        }
+        match &self.stack {
+            Stack::Transformer(t) => t.forward(&self.decoder, exec, sess, tokens, want),
+        }
     }
 
     pub fn expert_layout(&self) -> &ExpertLayout {
@@ -148,9 +188,10 @@ impl Model {
     /// Chooses whose float arithmetic the forward pass follows; [`Numerics::Ggml`] is refused for a model it does
     /// not cover.
     pub fn set_numerics(&mut self, numerics: Numerics) -> Result<()> {
-        if numerics == Numerics::Ggml {
-            ggml_forward::check_supported(&self.decoder)?;
-        }
+        let coverage = match &self.stack {
+            Stack::Transformer(t) => t.coverage(&self.decoder),
+        };
+        Exec::check(numerics, &coverage)?;
         self.decoder.numerics = numerics;
         Ok(())
     }

@@ -9,9 +9,9 @@ use crate::formats::WeightIndex;
 use crate::layers::attention::AttentionShape;
 use crate::layers::moe::MoeRouting;
 use crate::layers::rope::{Rope, RopeStyle};
-use crate::models::decoder::{Decoder, DecoderConfig};
 use crate::models::loader::{Hparams, LoadOptions, Loader};
-use crate::models::ModelInfo;
+use crate::models::transformer::{Transformer, TransformerConfig};
+use crate::models::{Model, ModelInfo};
 use crate::Result;
 
 /// GGUF slot -> safetensors name (`{}` = layer, `{e}` = expert).
@@ -39,7 +39,7 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_down_exp.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
 ];
 
-pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decoder> {
+pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
     let hp = Hparams::new(index, arch);
     let ld = Loader::new(index, HF_NAMES, opts);
     let mut notes = Vec::new();
@@ -51,16 +51,16 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Decod
         n_embd: cfg.n_embd,
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
-        kv_dim: cfg.attn.n_head_kv * cfg.attn.head_dim,
+        state: Transformer::state_kinds(&cfg),
         n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
         n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,
         notes,
     };
-    Decoder::load(ld, cfg, info)
+    Model::transformer(ld, cfg, info)
 }
 
-fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<DecoderConfig> {
+fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<TransformerConfig> {
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
     let n_layer = hp.usize("block_count", "num_hidden_layers")?;
     let n_head = hp.usize("attention.head_count", "num_attention_heads")?;
@@ -113,7 +113,7 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
         })
         .collect::<Result<Vec<_>>>()?;
     let any_dense = moe_layers.iter().any(|m| !m);
-    Ok(DecoderConfig {
+    Ok(TransformerConfig {
         n_vocab,
         n_embd,
         n_layer,
@@ -124,6 +124,7 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<
             n_head_kv,
             head_dim,
             norm_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
+            gated: false,
             rope: Rope::new(RopeStyle::Neox, head_dim, rope_theta),
         },
         n_ff: if any_dense { hp.usize("feed_forward_length", "intermediate_size")? } else { 0 },

@@ -1,0 +1,178 @@
+//! flash-moe's own arithmetic: quantized matrix products through the run-time kernel table (`ops`), f64 sums in
+//! norms and softmax, and an attention core that computes each (token, head) pair by the same loop whether it comes
+//! in a batch or alone. Every result is independent of the batch size and the thread count.
+
+use crate::layers::moe::{MoeRouting, Route};
+use crate::layers::rope::Rope;
+use crate::ops::{self, Cpu, QuantActs, SharedOut};
+use crate::session::LayerKv;
+use crate::tensor::QMatRef;
+
+use super::{AttnScratch, FfnScratch};
+
+/// Prompt tokens run through the layers at once; longer prompts are split (results do not depend on it).
+pub const N_BATCH: usize = 64;
+
+/// q, k and v projections sharing one quantization of `x` when their types agree.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_qkv(
+    cpu: &Cpu,
+    (wq, wk, wv): (QMatRef<'_>, QMatRef<'_>, QMatRef<'_>),
+    x: &[f32],
+    xq: &mut QuantActs,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+) {
+    xq.quantize(&cpu.kernels, wq.dtype, x, wq.cols);
+    if wk.dtype == wq.dtype && wv.dtype == wq.dtype {
+        ops::matmul_many(cpu, &mut [(wq, q), (wk, k), (wv, v)], xq);
+    } else {
+        ops::matmul(cpu, wq, xq, q);
+        ops::matmul_reuse(cpu, wk, x, xq, k);
+        ops::matmul_reuse(cpu, wv, x, xq, v);
+    }
+}
+
+/// `out = down(silu(gate(x)) * up(x))`; gate and up share one quantization of `x` when their types agree.
+pub(crate) fn swiglu_ffn(
+    cpu: &Cpu,
+    (gate, up, down): (QMatRef<'_>, QMatRef<'_>, QMatRef<'_>),
+    x: &[f32],
+    s: &mut FfnScratch,
+    out: &mut [f32],
+) {
+    let n = x.len() / gate.cols;
+    s.gate.resize(n * gate.rows, 0.0);
+    s.up.resize(n * up.rows, 0.0);
+    s.xq.quantize(&cpu.kernels, gate.dtype, x, gate.cols);
+    if up.dtype == gate.dtype {
+        ops::matmul_many(cpu, &mut [(gate, &mut s.gate[..]), (up, &mut s.up[..])], &s.xq);
+    } else {
+        ops::matmul(cpu, gate, &s.xq, &mut s.gate);
+        ops::matmul_reuse(cpu, up, x, &mut s.xq, &mut s.up);
+    }
+    ops::tap("ffn_gate", None, &s.gate);
+    ops::tap("ffn_up", None, &s.up);
+    ops::swiglu(&mut s.gate, &s.up);
+    ops::tap("ffn_swiglu", None, &s.gate);
+    ops::matmul_f32(cpu, down, &s.gate, &mut s.hq, out);
+}
+
+/// RoPE of every head of q and k (`n` tokens each), one table of cos/sin per token.
+pub(crate) fn rope(
+    rope: &Rope,
+    head_dim: usize,
+    pos0: usize,
+    n: usize,
+    q: &mut [f32],
+    k: &mut [f32],
+    s: &mut AttnScratch,
+) {
+    let half = rope.n_dims / 2;
+    s.cos.resize(n * half, 0.0);
+    s.sin.resize(n * half, 0.0);
+    let (q_dim, kv_dim) = (q.len() / n.max(1), k.len() / n.max(1));
+    for t in 0..n {
+        let (c, si) = (&mut s.cos[t * half..(t + 1) * half], &mut s.sin[t * half..(t + 1) * half]);
+        rope.cos_sin(pos0 + t, c, si);
+        for head in q[t * q_dim..(t + 1) * q_dim].chunks_exact_mut(head_dim) {
+            rope.apply(head, c, si);
+        }
+        for head in k[t * kv_dim..(t + 1) * kv_dim].chunks_exact_mut(head_dim) {
+            rope.apply(head, c, si);
+        }
+    }
+}
+
+/// Scores, softmax and the weighted sum of values, one (token, head) pair at a time, pairs spread over the pool.
+pub(crate) fn attention(
+    cpu: &Cpu,
+    kv: &LayerKv,
+    (n_head, n_head_kv, hd): (usize, usize, usize),
+    q: &[f32],
+    pos0: usize,
+    s: &mut AttnScratch,
+    out: &mut [f32],
+) {
+    let q_dim = n_head * hd;
+    let n = q.len() / q_dim;
+    let n_ctx = kv.n_ctx();
+    let n_threads = cpu.pool.n_threads();
+    s.scores.resize(n_threads * n_ctx, 0.0);
+    let group = n_head / n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let scores_ptr = SharedOut(s.scores.as_mut_ptr());
+    let att_ptr = SharedOut(out.as_mut_ptr());
+    assert_eq!(out.len(), n * q_dim, "attention: output size");
+    cpu.pool.for_chunks_indexed(n * n_head, 1, &|thread, pairs| {
+        for pair in pairs {
+            let (t, h) = (pair / n_head, pair % n_head);
+            let n_kv = pos0 + t + 1;
+            // SAFETY: each thread index owns its own n_ctx-long slice of `scores` (thread < n_threads), and each
+            // (t, h) pair its own head_dim-long slice of `out`; both buffers outlive the pool call.
+            let (scores, o) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * n_ctx), n_kv),
+                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + h * hd), hd),
+                )
+            };
+            let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
+            let kvh = h / group;
+            for (j, sc) in scores.iter_mut().enumerate() {
+                *sc = dot(qh, kv.k_head(j, kvh, hd)) * scale;
+            }
+            ops::softmax(scores);
+            o.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                for (a, &b) in o.iter_mut().zip(kv.v_head(j, kvh, hd)) {
+                    *a += p * b;
+                }
+            }
+        }
+    });
+}
+
+/// q . k with eight independent partial sums (so the compiler vectorizes it), combined pairwise.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Softmax over the router logits, the top-k by probability (ties to the lower id), weights renormalised to
+/// sum to one when `norm_topk_prob`.
+pub(crate) fn softmax_top_k(
+    logits: &[f32],
+    r: &MoeRouting,
+    probs: &mut Vec<f32>,
+    order: &mut Vec<u32>,
+    out: &mut Route,
+) {
+    probs.clear();
+    probs.extend_from_slice(logits);
+    ops::softmax(probs);
+    order.clear();
+    order.extend(0..r.n_expert as u32);
+    order.sort_by(|&a, &b| probs[b as usize].total_cmp(&probs[a as usize]).then(a.cmp(&b)));
+    out.experts.clear();
+    out.experts.extend_from_slice(&order[..r.n_expert_used]);
+    out.weights.clear();
+    out.weights.extend(out.experts.iter().map(|&e| probs[e as usize]));
+    if r.norm_topk_prob {
+        let sum: f32 = out.weights.iter().sum();
+        for w in out.weights.iter_mut() {
+            *w /= sum;
+        }
+    }
+}
