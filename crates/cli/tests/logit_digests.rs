@@ -31,6 +31,18 @@ fn models() -> Vec<(&'static str, &'static str, bool)> {
         ("tests/fixtures/qwen3moe-h64", "tests/fixtures/qwen3moe-h64/reference.json", false),
         ("tests/fixtures/qwen3moe-h256/qwen3moe-h256-q4_k_m.gguf", "tests/fixtures/qwen3moe-h256/reference.json", true),
         ("tests/fixtures/qwen3moe-h256", "tests/fixtures/qwen3moe-h256/reference.json", false),
+        ("tests/fixtures/qwen3next-h64/qwen3next-h64-f32.gguf", "tests/fixtures/qwen3next-h64/reference.json", false),
+        ("tests/fixtures/qwen3next-h64/qwen3next-h64-q8_0.gguf", "tests/fixtures/qwen3next-h64/reference.json", false),
+        ("tests/fixtures/qwen3next-h64", "tests/fixtures/qwen3next-h64/reference.json", false),
+        (
+            "tests/fixtures/qwen3next-h256/qwen3next-h256-q4_k_m.gguf",
+            "tests/fixtures/qwen3next-h256/reference.json",
+            false,
+        ),
+        ("tests/fixtures/qwen35moe-h64/qwen35moe-h64-q8_0.gguf", "tests/fixtures/qwen35moe-h64/reference.json", false),
+        ("tests/fixtures/qwen35moe-h64", "tests/fixtures/qwen35moe-h64/reference.json", false),
+        ("tests/fixtures/mixtral-h64/mixtral-h64-q4_k_m.gguf", "tests/fixtures/mixtral-h64/reference.json", false),
+        ("tests/fixtures/mixtral-h64", "tests/fixtures/mixtral-h64/reference.json", false),
         ("assets/tiny-py-moe/tiny-py-moe-Q8_0.gguf", "tests/fixtures/qwen3moe-h64/reference.json", true),
         ("assets/tiny-py-moe/tiny-py-moe-Q4_K_M.gguf", "tests/fixtures/qwen3moe-h64/reference.json", true),
     ]
@@ -138,5 +150,10 @@ fn logits_are_bit_identical_to_the_recorded_digests() {
         }
     }
     assert!(diffs.is_empty(), "logits changed:\n{}", diffs.join("\n"));
+    // Streaming through the smallest cache, with router prefetch, changes no bit.
+    for (k, d) in now.iter().filter(|(k, _)| k.ends_with(" native")) {
+        let streamed = now.get(&format!("{k}-streamed"));
+        assert_eq!(streamed, Some(d), "{k}: streamed through one layer's experts differs from resident");
+    }
     eprintln!("{} digests checked on {:?}", now.len(), isas());
 }

@@ -124,6 +124,28 @@ impl QMat {
     pub fn row_bytes(&self) -> usize {
         row_bytes(self.dtype, self.cols)
     }
+
+    /// A matrix of the given rows of this one, in that order (rows are whole blocks, so any type can be
+    /// reordered or split without touching a value).
+    pub fn select_rows(&self, rows: &[usize]) -> QMat {
+        let rb = self.row_bytes();
+        let mut data = AlignedBuf::zeroed(rows.len() * rb);
+        let src = self.data.as_slice();
+        for (i, &r) in rows.iter().enumerate() {
+            assert!(r < self.rows, "select_rows: row {r} of {}", self.rows);
+            data.as_mut_slice()[i * rb..(i + 1) * rb].copy_from_slice(&src[r * rb..(r + 1) * rb]);
+        }
+        QMat { dtype: self.dtype, rows: rows.len(), cols: self.cols, data }
+    }
+
+    /// The rows of `a` followed by those of `b` (same type and width).
+    pub fn stack(a: &QMat, b: &QMat) -> QMat {
+        assert!(a.dtype == b.dtype && a.cols == b.cols, "stack: matrices of different types or widths");
+        let mut data = AlignedBuf::zeroed(a.data.len() + b.data.len());
+        data.as_mut_slice()[..a.data.len()].copy_from_slice(a.data.as_slice());
+        data.as_mut_slice()[a.data.len()..].copy_from_slice(b.data.as_slice());
+        QMat { dtype: a.dtype, rows: a.rows + b.rows, cols: a.cols, data }
+    }
 }
 
 /// A borrowed matrix: the view every kernel call takes.

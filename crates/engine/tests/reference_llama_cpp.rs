@@ -98,6 +98,46 @@ fn qwen3moe_h256_q4_k_m() {
     check("qwen3moe-h256", "q4_k_m", 1e-5);
 }
 
+#[test]
+fn qwen3next_f32() {
+    check("qwen3next-h64", "f32", 1e-4);
+}
+
+#[test]
+fn qwen3next_q8_0() {
+    check("qwen3next-h64", "q8_0", 1e-5);
+}
+
+#[test]
+fn qwen3next_h256_q4_k_m() {
+    check("qwen3next-h256", "q4_k_m", 1e-5);
+}
+
+#[test]
+fn qwen35moe_f32() {
+    check("qwen35moe-h64", "f32", 1e-4);
+}
+
+#[test]
+fn qwen35moe_q8_0() {
+    check("qwen35moe-h64", "q8_0", 1e-5);
+}
+
+#[test]
+fn mixtral_f32() {
+    check("mixtral-h64", "f32", 1e-4);
+}
+
+#[test]
+fn mixtral_q8_0() {
+    check("mixtral-h64", "q8_0", 1e-5);
+}
+
+#[test]
+fn mixtral_q4_k_m() {
+    check("mixtral-h64", "q4_k_m", 1e-5);
+}
+
 /// With `Numerics::Ggml` a fixture's prompt logits (`quant`: q8_0, q4_k_m) are llama.cpp's, bit for bit, and so
 /// are its greedy steps' logits and tokens.
 fn ggml_numerics_bit_exact(name: &str, quant: &str) {

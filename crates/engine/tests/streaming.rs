@@ -20,6 +20,12 @@ const MODELS: &[(&str, &str)] = &[
     ("qwen3moe-h64", "model.safetensors"),
     ("qwen3moe-h256", "qwen3moe-h256-q4_k_m.gguf"),
     ("qwen3moe-h256", "model.safetensors"),
+    ("qwen3next-h64", "qwen3next-h64-q8_0.gguf"),
+    ("qwen3next-h64", "model.safetensors"),
+    ("qwen3next-h256", "qwen3next-h256-q4_k_m.gguf"),
+    ("qwen35moe-h64", "qwen35moe-h64-q8_0.gguf"),
+    ("mixtral-h64", "mixtral-h64-q4_k_m.gguf"),
+    ("mixtral-h64", "model.safetensors"),
 ];
 
 fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize, prefetch: Prefetch) -> Model {

@@ -233,7 +233,7 @@ impl GgufArray {
     }
 
     /// Integer elements as i128, or `None` when the elements are not integers.
-    fn ints(&self) -> Option<Vec<i128>> {
+    pub fn ints(&self) -> Option<Vec<i128>> {
         fn conv<T: Copy + Into<i128>>(v: &[T]) -> Vec<i128> {
             v.iter().map(|&x| x.into()).collect()
         }

@@ -82,9 +82,19 @@ impl DeltaNetState {
     }
 }
 
+/// Which key head value head `h` reads: files order value heads either grouped by key head (Qwen3-Next, and
+/// Qwen3.5 safetensors: `h / (n_v_heads / n_k_heads)`) or tiled (Qwen3.5 GGUF, whose converter reorders them:
+/// `h % n_k_heads`). Both compute the same model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadPairing {
+    Grouped,
+    Tiled,
+}
+
 /// The weights of one DeltaNet layer, in the canonical layout above (a family file reorders its format's rows).
 #[derive(Debug)]
 pub struct DeltaNetWeights {
+    pub pairing: HeadPairing,
     pub qkv: QMat,           // [2 * key_dim + value_dim, n_embd]: all q heads, all k heads, all v heads
     pub z: QMat,             // [value_dim, n_embd]
     pub ba: QMat,            // [2 * n_v_heads, n_embd]: b of every v-head, then a of every v-head
@@ -138,8 +148,9 @@ pub fn delta_net(
     for t in 0..n {
         conv_step(w, &sh, &mut state.conv, &s.qkv[t * conv_dim..(t + 1) * conv_dim], &mut s.mixed);
         let o = &mut s.o[t * value_dim..(t + 1) * value_dim];
-        recurrent_step(exec, w, &sh, &mut state.s, &mut s.mixed, &s.ba[t * 2 * nv..(t + 1) * 2 * nv], &mut s.kv_mem, o);
-        gated_norm(exec, &w.norm, eps, o, &s.z[t * value_dim..(t + 1) * value_dim], sh.d_v);
+        let ba = &s.ba[t * 2 * nv..(t + 1) * 2 * nv];
+        recurrent_step(exec, (w, eps), &sh, &mut state.s, &mut s.mixed, ba, &mut s.kv_mem, o);
+        gated_norm(exec, &w.norm, eps, o, &s.z[t * value_dim..(t + 1) * value_dim]);
     }
     exec.tap("linear_attn_out", Some(layer), &s.o);
     exec.matmul(w.out.as_ref(), &s.o, &mut s.oq, out, MatKind::Dense);
@@ -169,7 +180,7 @@ fn conv_step(w: &DeltaNetWeights, sh: &DeltaNetStateShape, conv: &mut [f32], inp
 #[allow(clippy::too_many_arguments)]
 fn recurrent_step(
     exec: &Exec<'_>,
-    w: &DeltaNetWeights,
+    (w, eps): (&DeltaNetWeights, f32),
     sh: &DeltaNetStateShape,
     state: &mut [f32],
     mixed: &mut [f32],
@@ -181,7 +192,7 @@ fn recurrent_step(
     let key_dim = sh.key_dim();
     let scale = 1.0 / (dk as f32).sqrt();
     for head in mixed[..2 * key_dim].chunks_exact_mut(dk) {
-        l2norm(head);
+        l2norm(head, eps);
     }
     for qv in mixed[..key_dim].iter_mut() {
         *qv *= scale;
@@ -190,7 +201,10 @@ fn recurrent_step(
     let (q, k) = qk.split_at(key_dim);
     let per_k = nv / nk;
     for h in 0..nv {
-        let kh = h / per_k;
+        let kh = match w.pairing {
+            HeadPairing::Grouped => h / per_k,
+            HeadPairing::Tiled => h % nk,
+        };
         let (qh, khv) = (&q[kh * dk..(kh + 1) * dk], &k[kh * dk..(kh + 1) * dk]);
         let vh = &v[h * dv..(h + 1) * dv];
         let beta = exec.sigmoid(ba[h]);
@@ -224,10 +238,11 @@ fn recurrent_step(
     }
 }
 
-/// `x / sqrt(sum(x^2) + 1e-6)` (transformers' `l2norm`).
-fn l2norm(x: &mut [f32]) {
+/// `x / sqrt(sum(x^2) + eps)` (transformers' `l2norm` with eps 1e-6, llama.cpp's with the RMS epsilon: the same
+/// in every released model).
+fn l2norm(x: &mut [f32], eps: f32) {
     let ss: f32 = x.iter().map(|v| v * v).sum();
-    let inv = 1.0 / (ss + 1e-6).sqrt();
+    let inv = 1.0 / (ss + eps).sqrt();
     for v in x {
         *v *= inv;
     }
@@ -242,11 +257,10 @@ fn softplus(x: f32) -> f32 {
     }
 }
 
-/// The gated RMSNorm of each v-head of `o`: `rms_norm(o_h) * w * silu(z_h)`.
-fn gated_norm(exec: &Exec<'_>, w: &[f32], eps: f32, o: &mut [f32], z: &[f32], d_v: usize) {
+/// The gated RMSNorm of each v-head of `o` (rows of `w.len()` = d_v): `rms_norm(o_h) * w * silu(z_h)`.
+fn gated_norm(exec: &Exec<'_>, w: &[f32], eps: f32, o: &mut [f32], z: &[f32]) {
     exec.rms_norm_in_place(o, w, eps);
     for (ov, &zv) in o.iter_mut().zip(z) {
         *ov *= crate::ops::silu(zv);
     }
-    let _ = d_v;
 }

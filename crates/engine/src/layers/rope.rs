@@ -29,6 +29,26 @@ impl Rope {
         Rope { style, n_dims, theta, inv_freq }
     }
 
+    /// Interleaved multimodal RoPE (Qwen3.5) for text positions: every section (t, h, w) gets the token's
+    /// position, so it is this RoPE, except that rotary pair `i` whose sector `i % sum(sections)` no section covers
+    /// (llama.cpp's `ggml_rope_multi`, IMROPE: t takes sectors `0 mod 3` below `3 s0`, h `1 mod 3` below `3 s1`,
+    /// w `2 mod 3` below `3 s2`) keeps position 0, that is, is not rotated.
+    pub fn keep_sections(&mut self, sections: &[usize]) {
+        let s = |i: usize| sections.get(i).copied().unwrap_or(0);
+        let total: usize = sections.iter().sum();
+        for (i, f) in self.inv_freq.iter_mut().enumerate() {
+            let sector = if total == 0 { i } else { i % total };
+            let covered = match sector % 3 {
+                0 => sector < 3 * s(0),
+                1 => sector < 3 * s(1),
+                _ => sector < 3 * s(2),
+            };
+            if !covered {
+                *f = 0.0;
+            }
+        }
+    }
+
     /// Fills `cos` and `sin` (`n_dims / 2` each) for position `pos`.
     pub fn cos_sin(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
         for (i, &f) in self.inv_freq.iter().enumerate() {

@@ -8,16 +8,17 @@
 use crate::approx::ApproxMode;
 use crate::backend::{Exec, MatKind, Numerics};
 use crate::experts::budget::MemoryPlan;
-use crate::experts::cache::{CacheConfig, ExpertCache, Prefetch};
+use crate::experts::cache::{CacheConfig, ExpertCache, Prefetch, PREDICTED_PER_USED};
 use crate::experts::io::IoEngine;
 use crate::experts::resident::ResidentExperts;
 use crate::experts::store::ExpertStore;
 use crate::experts::{ExpertLayout, ExpertProvider, LayerExperts, ProjLayout};
 use crate::formats::WeightIndex;
-use crate::layers::moe::{RouteHook, RouteOverrides};
+use crate::layers::moe::{MoeRouting, RouteHook, RouteOverrides};
 use crate::models::loader::{ExpertResidency, Loader};
 use crate::models::{Logits, ModelInfo};
 use crate::ops::QuantActs;
+use crate::session::Scratch;
 use crate::tensor::QMat;
 use crate::{Error, Result};
 
@@ -156,6 +157,22 @@ impl Decoder {
         exec.matmul(out.as_ref(), xn, xq, logits, MatKind::Dense);
         exec.tap("result_output", None, logits);
         Ok(logits)
+    }
+
+    /// Router-based prediction: the next MoE layer's router (`router`, after its norm `norm`) applied to this
+    /// layer's MoE input residual (`s.x`, one token): its top `PREDICTED_PER_USED * k` experts into `s.pred_ids`,
+    /// to prefetch. Only decides what is read early, never a result.
+    pub fn predict_experts(&self, exec: &Exec<'_>, norm: &[f32], router: &QMat, routing: &MoeRouting, s: &mut Scratch) {
+        s.pred_x.resize(self.info.n_embd, 0.0);
+        crate::ops::rms_norm_into(&s.x, norm, self.rms_eps, &mut s.pred_x);
+        s.pred_logits.resize(routing.n_expert, 0.0);
+        crate::ops::matmul_f32(exec.cpu, router.as_ref(), &s.pred_x, &mut s.pred_q, &mut s.pred_logits);
+        s.pred_order.clear();
+        s.pred_order.extend(0..routing.n_expert as u32);
+        let logits = &s.pred_logits;
+        s.pred_order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        s.pred_ids.clear();
+        s.pred_ids.extend(s.pred_order.iter().take(PREDICTED_PER_USED * routing.n_expert_used));
     }
 
     /// The route hook and approximate mode in force.

@@ -3,8 +3,9 @@
 //!
 //! The plain pre-norm decoder: GQA attention without q/k norms, SwiGLU MLP. llama.cpp's converter permutes the
 //! q and k weights of Llama so that RoPE rotates adjacent pairs; from safetensors the weights are unpermuted
-//! and RoPE rotates halves (transformers' `rotate_half`). A GGUF `llama` file with `expert_count` is a
-//! Mixtral-style MoE (softmax top-k, renormalised).
+//! and RoPE rotates halves (transformers' `rotate_half`). A GGUF `llama` file with `expert_count`, or
+//! `MixtralForCausalLM` safetensors, is a Mixtral MoE: every layer's FFN is routed experts (softmax top-k,
+//! renormalised); llama.cpp's converter stores the expert FFN size as `feed_forward_length`.
 
 use crate::formats::WeightIndex;
 use crate::layers::attention::AttentionShape;
@@ -29,6 +30,11 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_gate", "model.layers.{}.mlp.gate_proj"),
     ("ffn_up", "model.layers.{}.mlp.up_proj"),
     ("ffn_down", "model.layers.{}.mlp.down_proj"),
+    // Mixtral (`MixtralForCausalLM`): w1 = gate, w3 = up, w2 = down.
+    ("ffn_gate_inp", "model.layers.{}.block_sparse_moe.gate"),
+    ("ffn_gate_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
+    ("ffn_up_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
+    ("ffn_down_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
@@ -71,8 +77,15 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
             gated: false,
             rope: Rope::new(style, head_dim, hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(10_000.0)),
         },
-        n_ff: hp.usize("feed_forward_length", "intermediate_size")?,
-        n_ff_exp: if moe.is_some() { hp.usize("expert_feed_forward_length", "intermediate_size")? } else { 0 },
+        n_ff: if moe.is_some() { 0 } else { hp.usize("feed_forward_length", "intermediate_size")? },
+        // llama.cpp's converter writes Mixtral's expert size as feed_forward_length.
+        n_ff_exp: match moe {
+            Some(_) => match hp.usize_opt("expert_feed_forward_length", "")? {
+                Some(n) => n,
+                None => hp.usize("feed_forward_length", "intermediate_size")?,
+            },
+            None => 0,
+        },
         moe_layers: vec![moe.is_some(); n_layer],
         moe,
         attn_bias: hp.hf_bool("attention_bias").unwrap_or(false),

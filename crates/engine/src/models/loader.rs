@@ -122,6 +122,14 @@ impl<'a> Hparams<'a> {
         self.json(hf)
     }
 
+    /// A GGUF metadata value by key without the `{arch}.` prefix (arrays, for example).
+    pub fn gguf_value(&self, gguf: &str) -> Option<&crate::formats::gguf::GgufValue> {
+        match &self.index.metadata {
+            Metadata::Gguf(m) => m.get(&self.gguf_key(gguf)),
+            Metadata::HfConfig { .. } => None,
+        }
+    }
+
     pub fn error(&self, msg: impl Into<String>) -> Error {
         Error::config(&self.index.path, msg)
     }
@@ -206,21 +214,26 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// The stored name of `slot` (of `layer`) with suffix `weight` or `bias`.
+    /// The stored name of `slot` (of `layer`) with suffix `weight` or `bias` (an empty suffix: none, for tensors
+    /// such as GGUF `ssm_a` or safetensors `A_log`).
     pub fn name(&self, slot: &str, layer: Option<usize>, suffix: &str) -> String {
-        match &self.index.metadata {
+        let base = match &self.index.metadata {
             Metadata::Gguf(_) => match layer {
-                Some(l) => format!("blk.{l}.{slot}.{suffix}"),
-                None => format!("{slot}.{suffix}"),
+                Some(l) => format!("blk.{l}.{slot}"),
+                None => slot.to_string(),
             },
             Metadata::HfConfig { .. } => {
                 let hf = self.hf_names.iter().find(|(s, _)| *s == slot).map_or(slot, |(_, h)| *h);
-                let base = match layer {
+                match layer {
                     Some(l) => hf.replacen("{}", &l.to_string(), 1),
                     None => hf.to_string(),
-                };
-                format!("{base}.{suffix}")
+                }
             }
+        };
+        if suffix.is_empty() {
+            base
+        } else {
+            format!("{base}.{suffix}")
         }
     }
 
@@ -248,6 +261,18 @@ impl<'a> Loader<'a> {
     pub fn mat(&mut self, slot: &str, layer: Option<usize>, rows: usize, cols: usize) -> Result<QMat> {
         let t = self.tensor(slot, layer, "weight")?;
         self.check_shape(t, &[rows, cols])?;
+        self.mat_from(t)
+    }
+
+    /// A weight matrix of `rows * cols` values whose stored shape may carry unit dimensions (`[cols]` for one
+    /// row, `[rows, 1, cols]`): the shared-expert gate is `[1, n_embd]` in one file and `[n_embd]` in another.
+    pub fn mat_squeezed(&mut self, slot: &str, layer: Option<usize>, rows: usize, cols: usize) -> Result<QMat> {
+        let t = self.tensor(slot, layer, "weight")?;
+        let squeezed: Vec<usize> = t.shape.iter().copied().filter(|&d| d != 1).collect();
+        let want: Vec<usize> = [rows, cols].into_iter().filter(|&d| d != 1).collect();
+        if squeezed != want {
+            self.check_shape(t, &[rows, cols])?;
+        }
         self.mat_from(t)
     }
 
@@ -287,6 +312,34 @@ impl<'a> Loader<'a> {
         self.progress.add(t.len);
         self.resident_bytes += t.len;
         let mut out = vec![0.0f32; len];
+        self.kernels.dequantize_row(t.dtype, &raw, &mut out);
+        Ok(out)
+    }
+
+    /// `n` values of a tensor of any shape (a convolution's `[channels, 1, kernel]` taps), converted to f32.
+    pub fn values(&mut self, slot: &str, layer: Option<usize>, suffix: &str, n: usize) -> Result<Vec<f32>> {
+        let t = self.tensor(slot, layer, suffix)?;
+        if t.n_elems() != n {
+            return Err(Error::Shape {
+                path: self.index.path.clone(),
+                tensor: t.name.clone(),
+                expected: vec![n],
+                got: t.shape.clone(),
+            });
+        }
+        if t.dtype.block_elems() != 1 {
+            return Err(Error::BadTensorType {
+                path: self.index.path.clone(),
+                tensor: t.name.clone(),
+                dtype: t.dtype.name().into(),
+                msg: "this tensor must be F32, F16 or BF16".into(),
+            });
+        }
+        let mut raw = vec![0u8; t.len as usize];
+        self.index.read_tensor(t, &mut raw)?;
+        self.progress.add(t.len);
+        self.resident_bytes += t.len;
+        let mut out = vec![0.0f32; n];
         self.kernels.dequantize_row(t.dtype, &raw, &mut out);
         Ok(out)
     }

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod llama;
 pub mod loader;
 pub mod qwen3;
+pub mod qwen3next;
 pub mod transformer;
 
 use crate::backend::Exec;
@@ -71,18 +72,23 @@ pub struct Model {
 /// The layer stacks, one per kind of family.
 enum Stack {
     Transformer(transformer::Transformer),
+    Hybrid(qwen3next::Hybrid),
 }
 
-const SUPPORTED: &str = "GGUF: llama, qwen3, qwen3moe; safetensors: LlamaForCausalLM, Qwen3ForCausalLM, \
-                         Qwen3MoeForCausalLM";
+const SUPPORTED: &str = "GGUF: llama (incl. Mixtral), qwen3, qwen3moe, qwen3next, qwen35moe; safetensors: \
+                         LlamaForCausalLM, MixtralForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, \
+                         Qwen3NextForCausalLM, Qwen3_5MoeForCausalLM";
 
 impl Model {
     /// Loads the model of `index`, choosing the family from its architecture.
     pub fn load(index: &WeightIndex, opts: &LoadOptions) -> Result<Model> {
         let arch = architecture(index)?;
         match arch.as_str() {
-            "llama" | "LlamaForCausalLM" => llama::load(index, &arch, opts),
+            "llama" | "LlamaForCausalLM" | "MixtralForCausalLM" => llama::load(index, &arch, opts),
             "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => qwen3::load(index, &arch, opts),
+            "qwen3next" | "qwen35moe" | "Qwen3NextForCausalLM" | "Qwen3_5MoeForCausalLM" => {
+                qwen3next::load(index, &arch, opts)
+            }
             _ => Err(Error::UnknownArchitecture { path: index.path.clone(), arch, supported: SUPPORTED.to_string() }),
         }
     }
@@ -95,6 +101,11 @@ impl Model {
     ) -> Result<Model> {
         let (decoder, stack) = transformer::Transformer::load(ld, cfg, info)?;
         Ok(Model { info: decoder.info.clone(), decoder, stack: Stack::Transformer(stack) })
+    }
+
+    /// A model of the hybrid (DeltaNet + attention) stack.
+    pub(crate) fn hybrid(decoder: Decoder, stack: qwen3next::Hybrid) -> Model {
+        Model { info: decoder.info.clone(), decoder, stack: Stack::Hybrid(stack) }
     }
 
     pub fn new_session(&self, n_ctx: usize) -> Session {
@@ -143,6 +154,7 @@ impl Model {
         }
         match &self.stack {
             Stack::Transformer(t) => t.forward(&self.decoder, exec, sess, tokens, want),
+            Stack::Hybrid(h) => h.forward(&self.decoder, exec, sess, tokens, want),
         }
     }
 
@@ -190,6 +202,7 @@ impl Model {
     pub fn set_numerics(&mut self, numerics: Numerics) -> Result<()> {
         let coverage = match &self.stack {
             Stack::Transformer(t) => t.coverage(&self.decoder),
+            Stack::Hybrid(h) => h.coverage(&self.decoder),
         };
         Exec::check(numerics, &coverage)?;
         self.decoder.numerics = numerics;

@@ -12,7 +12,7 @@
 
 use crate::backend::ggml::Coverage;
 use crate::backend::{Exec, MatKind};
-use crate::experts::cache::{Prefetch, PREDICTED_PER_USED};
+use crate::experts::cache::Prefetch;
 use crate::experts::ExpertLayout;
 use crate::layers::attention::{self, AttentionShape, AttentionWeights};
 use crate::layers::ffn::{self, FfnWeights};
@@ -231,7 +231,7 @@ impl Transformer {
                 FeedForward::Moe(w) => {
                     let routing = cfg.moe.as_ref().expect("MoE layer has routing");
                     let next = if d.prefetch == Prefetch::Router && s.x.len() == e {
-                        self.predict_next(exec, l, routing, s)
+                        self.predict_next(d, exec, l, routing, s)
                     } else {
                         None
                     };
@@ -259,24 +259,20 @@ impl Transformer {
         d.logits(exec, &s.x, want, (&mut s.xn, &mut s.head_q), &mut s.logits)
     }
 
-    /// Router-based prediction: the next MoE layer's router applied to this layer's MoE input residual (`s.x`,
-    /// one token) through the next layer's `ffn_norm`: its top `PREDICTED_PER_USED * k` experts into `s.pred_ids`,
-    /// to prefetch; returns that layer. Only decides what is read early, never a result.
-    fn predict_next(&self, exec: &Exec<'_>, l: usize, routing: &MoeRouting, s: &mut Scratch) -> Option<usize> {
+    /// Predicts the next MoE layer's experts (see [`Decoder::predict_experts`]) and returns that layer.
+    fn predict_next(
+        &self,
+        d: &Decoder,
+        exec: &Exec<'_>,
+        l: usize,
+        routing: &MoeRouting,
+        s: &mut Scratch,
+    ) -> Option<usize> {
         let (l2, w2) = self.layers.iter().enumerate().skip(l + 1).find_map(|(i, x)| match &x.ffn {
             FeedForward::Moe(w) => Some((i, w)),
             FeedForward::Dense(_) => None,
         })?;
-        s.pred_x.resize(self.cfg.n_embd, 0.0);
-        ops::rms_norm_into(&s.x, &self.layers[l2].ffn_norm, self.cfg.rms_eps, &mut s.pred_x);
-        s.pred_logits.resize(routing.n_expert, 0.0);
-        ops::matmul_f32(exec.cpu, w2.router.as_ref(), &s.pred_x, &mut s.pred_q, &mut s.pred_logits);
-        s.pred_order.clear();
-        s.pred_order.extend(0..routing.n_expert as u32);
-        let logits = &s.pred_logits;
-        s.pred_order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-        s.pred_ids.clear();
-        s.pred_ids.extend(s.pred_order.iter().take(PREDICTED_PER_USED * routing.n_expert_used));
+        d.predict_experts(exec, &self.layers[l2].ffn_norm, &w2.router, routing, s);
         Some(l2)
     }
 }
