@@ -82,10 +82,17 @@ pub fn main(a: InspectArgs) -> Result<()> {
         mib(other_bytes),
         100.0 * other_bytes as f64 / total as f64
     );
-    if arch == "qwen3moe" && matches!(index.metadata, Metadata::Gguf(_)) {
-        println!(
-            "note          norm_topk_prob: GGUF does not say; flash-moe uses true (Qwen3-MoE's value, as llama.cpp)"
-        );
+    match engine::models::describe(&index) {
+        Ok(d) => {
+            println!("family        {}", d.family.name());
+            for (label, text) in d.lines {
+                println!("{label:<13} {text}");
+            }
+            for n in d.notes {
+                println!("note          {n}");
+            }
+        }
+        Err(e) => println!("family        not runnable by flash-moe: {e}"),
     }
     if a.tensors {
         for t in &index.tensors {

@@ -58,8 +58,8 @@ enum Command {
     Diskbench(diskbench::DiskbenchArgs),
     /// Run prompts through a model and save how often each expert was chosen (a routing profile for --profile).
     Profile(profile::ProfileArgs),
-    /// Write a Qwen3-MoE GGUF with random weights (qwen3-30b-a3b, coder-next-like, small, tiny) for tests and
-    /// benchmarks; flash-moe and llama.cpp both run it.
+    /// Write a MoE GGUF with random weights of a real model's shape (qwen3-30b-a3b, qwen3-coder-next, ...) for
+    /// tests and benchmarks; flash-moe and llama.cpp both run it.
     Synth(synth::SynthArgs),
 }
 

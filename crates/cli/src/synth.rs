@@ -50,15 +50,16 @@ fn parse_quant(s: &str) -> Result<QuantMix, String> {
 /// The shapes table of `--help`, with data bytes computed from the tensor plan.
 fn shapes_help() -> String {
     let mut s = String::from(
-        "Shapes (all arch qwen3moe, every layer MoE; bytes = tensor data, the header adds a few MB):\n  \
-         name              layers hidden heads/kv x dim  experts top  ffn_exp  vocab  q4_k_m MB  q8_0 MB\n",
+        "Shapes (every layer MoE; bytes = tensor data, the header adds a few MB):\n  \
+         name              arch       layers hidden heads/kv x dim  experts top  ffn_exp  vocab  q4_k_m MB  q8_0 MB\n",
     );
     for shape in Shape::ALL {
         let p = shape.params();
         let mb = |q| synth::data_bytes(&p, q) as f64 / 1e6;
         s += &format!(
-            "  {:<17} {:>6} {:>6} {:>3}/{:<2} x {:<4} {:>7} {:>4} {:>8} {:>6} {:>10.0} {:>8.0}\n",
+            "  {:<17} {:<10} {:>6} {:>6} {:>3}/{:<2} x {:<4} {:>7} {:>4} {:>8} {:>6} {:>10.0} {:>8.0}\n",
             shape.name(),
+            shape.arch(),
             p.n_layer,
             p.n_embd,
             p.n_head,

@@ -269,3 +269,23 @@ fn synth_never_leaves_a_truncated_file_at_the_output_path() {
     assert_succeeds(&flash_moe(&["synth", "--shape", "tiny", "-o", s(&tiny)]));
     assert!(tiny.exists() && !dir.join("tiny.gguf.part").exists());
 }
+
+#[test]
+fn inspect_names_the_family_layer_kinds_and_routing() {
+    let model = common::fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");
+    let (out, _) = assert_succeeds(&flash_moe(&["inspect", s(&model)]));
+    for want in [
+        "family        qwen3next",
+        "4 layers: 3 gated DeltaNet (linear attention) + 1 gated attention",
+        "sigmoid output gate, RoPE (NeoX) on 8 of 32 dims",
+        "routed experts: 8 per layer, top-2, softmax, top-k weights renormalised",
+        "shared expert FFN 32 with a sigmoid gate",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    let (out, _) = assert_succeeds(&flash_moe(&["inspect", s(&moe_gguf())]));
+    assert!(
+        out.contains("family        qwen3") && out.contains("all attention") && out.contains("norm_topk_prob"),
+        "{out}"
+    );
+}

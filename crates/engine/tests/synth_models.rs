@@ -51,18 +51,24 @@ fn generate(path: &Path, shape: Shape, quant: QuantMix, layers: Option<usize>, s
 fn tiny_runs_in_flash_moe_and_prefill_equals_steps() {
     let dir = Scratch::new("run");
     let cpu = Cpu::new(2);
-    for quant in [QuantMix::Q4KM, QuantMix::Q8_0, QuantMix::F16] {
-        let path = dir.path(&format!("tiny-{}.gguf", quant.name()));
-        generate(&path, Shape::Tiny, quant, None, 0.0, 2);
+    for (shape, quant) in [
+        (Shape::Tiny, QuantMix::Q4KM),
+        (Shape::Tiny, QuantMix::Q8_0),
+        (Shape::Tiny, QuantMix::F16),
+        (Shape::Qwen3NextTiny, QuantMix::Q4KM),
+        (Shape::Qwen3NextTiny, QuantMix::Q8_0),
+    ] {
+        let path = dir.path(&format!("{}-{}.gguf", shape.name(), quant.name()));
+        generate(&path, shape, quant, None, 0.0, 2);
         let index = WeightIndex::open(&path).unwrap_or_else(|e| panic!("{e}"));
         let tok = engine::generate::load_tokenizer(&index).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(tok.n_vocab(), Shape::Tiny.params().n_vocab);
+        assert_eq!(tok.n_vocab(), shape.params().n_vocab);
         let ids = tok.encode("hello world", false, false).expect("encodes");
         assert_eq!(tok.decode(&ids).expect("decodes"), "hello world");
 
         let model = load(&path);
-        assert_eq!(model.info.arch, "qwen3moe");
-        assert_eq!(model.info.n_expert, Shape::Tiny.params().n_expert);
+        assert_eq!(model.info.arch, shape.arch());
+        assert_eq!(model.info.n_expert, shape.params().n_expert);
         let tokens: Vec<u32> = (0..8u32).map(|i| (i * 97 + 5) % model.info.n_vocab as u32).collect();
         let batch = logits_all(&model, &cpu, &tokens);
         assert!(batch.iter().all(|v| v.is_finite()), "{}: non-finite logits", quant.name());

@@ -38,8 +38,27 @@ pub const HF_NAMES: &[(&str, &str)] = &[
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
+    let cfg = config(index, arch)?;
+    let info = ModelInfo {
+        arch: arch.to_string(),
+        family: "llama",
+        n_vocab: cfg.n_vocab,
+        n_embd: cfg.n_embd,
+        n_layer: cfg.n_layer,
+        n_ctx_train: cfg.n_ctx_train,
+        state: Transformer::state_kinds(&cfg),
+        n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
+        n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
+        resident_bytes: 0,
+        notes: vec![],
+    };
+    Model::transformer(Loader::new(index, HF_NAMES, opts), cfg, info)
+}
+
+/// The configuration of a Llama (or Mixtral) file, from its metadata.
+pub fn config(index: &WeightIndex, arch: &str) -> Result<TransformerConfig> {
     let hp = Hparams::new(index, arch);
-    let ld = Loader::new(index, HF_NAMES, opts);
+    let ld = Loader::new(index, HF_NAMES, &LoadOptions::default());
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
     let n_layer = hp.usize("block_count", "num_hidden_layers")?;
     let n_head = hp.usize("attention.head_count", "num_attention_heads")?;
@@ -92,20 +111,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         qk_norm: false,
         tied_embeddings: hp.hf_bool("tie_word_embeddings").unwrap_or(false),
     };
-    let info = ModelInfo {
-        arch: arch.to_string(),
-        family: "llama",
-        n_vocab,
-        n_embd,
-        n_layer,
-        n_ctx_train: cfg.n_ctx_train,
-        state: Transformer::state_kinds(&cfg),
-        n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
-        n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
-        resident_bytes: 0,
-        notes: vec![],
-    };
-    Model::transformer(ld, cfg, info)
+    Ok(cfg)
 }
 
 /// Rejects head counts and sizes that cannot form a model.

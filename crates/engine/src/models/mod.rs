@@ -83,13 +83,10 @@ impl Model {
     /// Loads the model of `index`, choosing the family from its architecture.
     pub fn load(index: &WeightIndex, opts: &LoadOptions) -> Result<Model> {
         let arch = architecture(index)?;
-        match arch.as_str() {
-            "llama" | "LlamaForCausalLM" | "MixtralForCausalLM" => llama::load(index, &arch, opts),
-            "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => qwen3::load(index, &arch, opts),
-            "qwen3next" | "qwen35moe" | "Qwen3NextForCausalLM" | "Qwen3_5MoeForCausalLM" => {
-                qwen3next::load(index, &arch, opts)
-            }
-            _ => Err(Error::UnknownArchitecture { path: index.path.clone(), arch, supported: SUPPORTED.to_string() }),
+        match Family::of(index, &arch)? {
+            Family::Llama => llama::load(index, &arch, opts),
+            Family::Qwen3 => qwen3::load(index, &arch, opts),
+            Family::Qwen3Next => qwen3next::load(index, &arch, opts),
         }
     }
 
@@ -213,6 +210,63 @@ impl Model {
     pub fn set_experts(&mut self, experts: Box<dyn ExpertProvider + Send>) {
         self.decoder.experts = experts;
     }
+}
+
+/// The families, by architecture name: the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Qwen3,
+    Qwen3Next,
+}
+
+impl Family {
+    fn of(index: &WeightIndex, arch: &str) -> Result<Family> {
+        Ok(match arch {
+            "llama" | "LlamaForCausalLM" | "MixtralForCausalLM" => Family::Llama,
+            "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => Family::Qwen3,
+            "qwen3next" | "qwen35moe" | "Qwen3NextForCausalLM" | "Qwen3_5MoeForCausalLM" => Family::Qwen3Next,
+            _ => {
+                return Err(Error::UnknownArchitecture {
+                    path: index.path.clone(),
+                    arch: arch.to_string(),
+                    supported: SUPPORTED.to_string(),
+                })
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen3 => "qwen3",
+            Family::Qwen3Next => "qwen3next",
+        }
+    }
+}
+
+/// What [`describe`] says of a file.
+pub struct Description {
+    pub family: Family,
+    /// (label, text) lines on its layers, blocks, routing and state.
+    pub lines: Vec<(&'static str, String)>,
+    /// Defaults the file did not state.
+    pub notes: Vec<String>,
+}
+
+/// What a model file describes, from its metadata alone (no weights read).
+pub fn describe(index: &WeightIndex) -> Result<Description> {
+    let arch = architecture(index)?;
+    let family = Family::of(index, &arch)?;
+    let (lines, notes) = match family {
+        Family::Llama => (llama::config(index, &arch)?.describe(), vec![]),
+        Family::Qwen3 => {
+            let (cfg, notes) = qwen3::config(index, &arch)?;
+            (cfg.describe(), notes)
+        }
+        Family::Qwen3Next => (qwen3next::config_of(index, &arch)?.describe(), vec![]),
+    };
+    Ok(Description { family, lines, notes })
 }
 
 /// The architecture name: GGUF `general.architecture` or the first of `config.json`'s `architectures`.

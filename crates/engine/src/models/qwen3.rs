@@ -43,7 +43,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
     let hp = Hparams::new(index, arch);
     let ld = Loader::new(index, HF_NAMES, opts);
     let mut notes = Vec::new();
-    let cfg = config(&hp, &ld, &mut notes)?;
+    let cfg = config_from(&hp, &ld, &mut notes)?;
     let info = ModelInfo {
         arch: arch.to_string(),
         family: "qwen3",
@@ -60,7 +60,15 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
     Model::transformer(ld, cfg, info)
 }
 
-fn config(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<TransformerConfig> {
+/// The configuration of a Qwen3 or Qwen3-MoE file, from its metadata, with notes on the defaults it assumed.
+pub fn config(index: &WeightIndex, arch: &str) -> Result<(TransformerConfig, Vec<String>)> {
+    let mut notes = Vec::new();
+    let ld = Loader::new(index, HF_NAMES, &LoadOptions::default());
+    let cfg = config_from(&Hparams::new(index, arch), &ld, &mut notes)?;
+    Ok((cfg, notes))
+}
+
+fn config_from(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Result<TransformerConfig> {
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
     let n_layer = hp.usize("block_count", "num_hidden_layers")?;
     let n_head = hp.usize("attention.head_count", "num_attention_heads")?;

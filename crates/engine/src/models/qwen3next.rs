@@ -148,6 +148,12 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
     Ok(Model::hybrid(decoder, hybrid))
 }
 
+/// The configuration of a Qwen3-Next or Qwen3.5 file, from its metadata.
+pub fn config_of(index: &WeightIndex, arch: &str) -> Result<HybridConfig> {
+    let ld = Loader::new(index, HF_NAMES, &LoadOptions::default());
+    config(&Hparams::new(index, arch), &ld, arch)
+}
+
 fn config(hp: &Hparams<'_>, ld: &Loader<'_>, arch: &str) -> Result<HybridConfig> {
     let variant = if arch.contains("35") || arch.contains("3_5") { Variant::Qwen35 } else { Variant::Next };
     let n_embd = hp.usize("embedding_length", "hidden_size")?;
@@ -224,6 +230,57 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, arch: &str) -> Result<HybridConfig>
         moe_layers,
         tied_embeddings: hp.hf_bool("tie_word_embeddings").unwrap_or(false),
     })
+}
+
+impl HybridConfig {
+    /// What `inspect` says of the model: its layer kinds, mixers, routing and per-sequence state.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let n_rec = self.recurrent.iter().filter(|&&r| r).count();
+        let d = &self.delta;
+        let m = &self.moe;
+        vec![
+            (
+                "layers",
+                format!(
+                    "{} layers: {n_rec} gated DeltaNet (linear attention) + {} gated attention",
+                    self.n_layer,
+                    self.n_layer - n_rec
+                ),
+            ),
+            ("attention", super::transformer::describe_attention(&self.attn, true, false)),
+            (
+                "deltanet",
+                format!(
+                    "{} key heads x {}, {} value heads x {}, causal conv1d of {}, gated RMSNorm output",
+                    d.n_k_heads, d.d_k, d.n_v_heads, d.d_v, d.conv_kernel
+                ),
+            ),
+            (
+                "feed-forward",
+                format!(
+                    "routed experts: {} per layer, top-{}, softmax{}, expert FFN {}{}",
+                    m.n_expert,
+                    m.n_expert_used,
+                    if m.norm_topk_prob { ", top-k weights renormalised" } else { "" },
+                    self.n_ff_exp,
+                    if self.n_ff_shexp > 0 {
+                        format!("; shared expert FFN {} with a sigmoid gate", self.n_ff_shexp)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            (
+                "state",
+                format!(
+                    "KV cache {} bytes per token (f32) in the attention layers; {} bytes of recurrent state per \
+                     sequence",
+                    (self.n_layer - n_rec) * self.attn.kv_dim() * 8,
+                    n_rec as u64 * d.bytes()
+                ),
+            ),
+        ]
+    }
 }
 
 /// Which layers are DeltaNet layers: GGUF `attention.recurrent_layers` (what llama.cpp reads), else safetensors

@@ -49,6 +49,58 @@ pub struct TransformerConfig {
     pub tied_embeddings: bool,
 }
 
+impl TransformerConfig {
+    /// What `inspect` says of the model: its layers, attention and feed-forward blocks.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let a = &self.attn;
+        let n_moe = self.moe_layers.iter().filter(|&&m| m).count();
+        let mut lines = vec![
+            ("layers", format!("{} layers, all attention (pre-norm transformer)", self.n_layer)),
+            ("attention", describe_attention(a, self.qk_norm, self.attn_bias)),
+        ];
+        lines.push(match &self.moe {
+            Some(m) => (
+                "feed-forward",
+                format!(
+                    "{n_moe} MoE layers (routed experts: {} per layer, top-{}, softmax{}, expert FFN {}){}",
+                    m.n_expert,
+                    m.n_expert_used,
+                    if m.norm_topk_prob { ", top-k weights renormalised" } else { "" },
+                    self.n_ff_exp,
+                    if n_moe < self.n_layer {
+                        format!(", {} dense (FFN {})", self.n_layer - n_moe, self.n_ff)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            None => ("feed-forward", format!("dense SwiGLU, FFN {}", self.n_ff)),
+        });
+        lines.push(("state", format!("KV cache {} bytes per token (f32)", self.n_layer * a.kv_dim() * 8)));
+        lines
+    }
+}
+
+/// One line on an attention block: heads, head size, norms, RoPE.
+pub fn describe_attention(a: &AttentionShape, qk_norm: bool, bias: bool) -> String {
+    let rope = match a.rope.style {
+        crate::layers::rope::RopeStyle::Neox => "NeoX",
+        crate::layers::rope::RopeStyle::Interleaved => "adjacent pairs",
+    };
+    format!(
+        "{} query heads, {} KV heads of {}{}{}{}, RoPE ({rope}) on {} of {} dims, theta {}",
+        a.n_head,
+        a.n_head_kv,
+        a.head_dim,
+        if qk_norm { ", q/k RMSNorm" } else { "" },
+        if bias { ", q/k/v biases" } else { "" },
+        if a.gated { ", sigmoid output gate" } else { "" },
+        a.rope.n_dims,
+        a.head_dim,
+        a.rope.theta
+    )
+}
+
 #[derive(Debug)]
 pub(crate) enum FeedForward {
     Dense(FfnWeights),

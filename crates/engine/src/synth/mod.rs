@@ -1,9 +1,9 @@
-//! Synthetic Qwen3-MoE models: a GGUF (arch `qwen3moe`) of the real tensor layout with random weights, that
-//! flash-moe and llama.cpp both load and run. Big-model behaviour (expert streaming, cache hit rates, SSD
-//! bandwidth) is measured on these, since real MoE weights are not reachable here.
+//! Synthetic MoE models: a GGUF of the real tensor layout with random weights (arch `qwen3moe`, or `qwen3next`
+//! for the hybrid DeltaNet shapes), that flash-moe and llama.cpp both load and run. Big-model behaviour (expert
+//! streaming, cache hit rates, SSD bandwidth) is measured on these, since real MoE weights are not reachable here.
 //!
 //! # Main types
-//! - [`Shape`]: the closed set of model geometries ([`ShapeParams`]), from `tiny` (tests) to `qwen3-30b-a3b`.
+//! - [`Shape`]: the closed set of model geometries ([`ShapeParams`]), from `tiny` (tests) to `qwen3-coder-next`.
 //! - [`QuantMix`]: which GGUF type each tensor gets (`q4_k_m` follows llama.cpp's rule, see [`QuantMix::dtype`]).
 //! - [`plan`] lists the tensors; [`write()`] streams the file.
 //!
@@ -17,8 +17,11 @@
 //! Must not: hold a whole tensor in memory, or depend on the thread count for its output (same seed, same
 //! bytes).
 
+mod plan;
 mod vocab;
 mod weights;
+
+pub use plan::{data_bytes, plan, Kind, PlannedTensor};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,9 +46,37 @@ pub const N_LAYER_MAX: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
     Qwen3_30bA3b,
+    Qwen3CoderNext,
     CoderNextLike,
     Small,
+    Qwen3NextSmall,
     Tiny,
+    Qwen3NextTiny,
+}
+
+/// The linear-attention part of a hybrid (`qwen3next`) geometry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HybridParams {
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    pub d_k: usize,
+    pub d_v: usize,
+    pub conv_kernel: usize,
+    /// Every `full_attention_interval`-th layer is full attention, the others DeltaNet.
+    pub full_attention_interval: usize,
+    pub n_ff_shexp: usize,
+    /// Rotated dimensions per attention head.
+    pub n_rot: usize,
+}
+
+impl HybridParams {
+    pub fn is_recurrent(&self, layer: usize) -> bool {
+        !(layer + 1).is_multiple_of(self.full_attention_interval)
+    }
+
+    pub fn conv_dim(&self) -> usize {
+        2 * self.n_k_heads * self.d_k + self.n_v_heads * self.d_v
+    }
 }
 
 /// The numbers that shape a Qwen3-MoE model (every MoE layer alike).
@@ -64,17 +95,39 @@ pub struct ShapeParams {
     pub n_ff: usize,
     pub n_vocab: usize,
     pub n_ctx_train: usize,
+    /// `Some` for a hybrid Qwen3-Next geometry (arch `qwen3next`).
+    pub hybrid: Option<HybridParams>,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 4] = [Shape::Qwen3_30bA3b, Shape::CoderNextLike, Shape::Small, Shape::Tiny];
+    pub const ALL: [Shape; 7] = [
+        Shape::Qwen3_30bA3b,
+        Shape::Qwen3CoderNext,
+        Shape::CoderNextLike,
+        Shape::Small,
+        Shape::Qwen3NextSmall,
+        Shape::Tiny,
+        Shape::Qwen3NextTiny,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Shape::Qwen3_30bA3b => "qwen3-30b-a3b",
+            Shape::Qwen3CoderNext => "qwen3-coder-next",
             Shape::CoderNextLike => "coder-next-like",
             Shape::Small => "small",
+            Shape::Qwen3NextSmall => "qwen3next-small",
             Shape::Tiny => "tiny",
+            Shape::Qwen3NextTiny => "qwen3next-tiny",
+        }
+    }
+
+    /// The GGUF architecture it writes.
+    pub fn arch(self) -> &'static str {
+        if self.params().hybrid.is_some() {
+            "qwen3next"
+        } else {
+            "qwen3moe"
         }
     }
 
@@ -89,12 +142,17 @@ impl Shape {
     pub fn about(self) -> &'static str {
         match self {
             Shape::Qwen3_30bA3b => "Qwen3-30B-A3B's geometry",
+            Shape::Qwen3CoderNext => {
+                "Qwen3-Coder-Next (80B-A3B): hybrid, 36 gated-DeltaNet + 12 gated-attention layers, 512 experts \
+                 top-10 plus a shared expert (arch qwen3next)"
+            }
             Shape::CoderNextLike => {
-                "Qwen3-Coder-Next's expert geometry (512 small experts, top-10) on a plain qwen3moe stand-in: \
-                 the real model is a hybrid Gated-DeltaNet architecture (qwen3next), this one is all attention"
+                "Qwen3-Coder-Next's expert geometry on a plain qwen3moe stand-in (all attention layers)"
             }
             Shape::Small => "~450 MB at q4_k_m, for CPU benchmarks",
+            Shape::Qwen3NextSmall => "a small hybrid qwen3next model, for CPU benchmarks and llama.cpp checks",
             Shape::Tiny => "a few MB, for tests",
+            Shape::Qwen3NextTiny => "a few MB hybrid qwen3next model, for tests",
         }
     }
 
@@ -113,13 +171,33 @@ impl Shape {
                     n_ff,
                     n_vocab,
                     n_ctx_train: ctx,
+                    hybrid: None,
                 }
             };
+        let hybrid = |mut s: ShapeParams, (nk, nv, d, n_ff_shexp): (usize, usize, usize, usize)| {
+            s.hybrid = Some(HybridParams {
+                n_k_heads: nk,
+                n_v_heads: nv,
+                d_k: d,
+                d_v: d,
+                conv_kernel: 4,
+                full_attention_interval: 4,
+                n_ff_shexp,
+                n_rot: s.head_dim / 4,
+            });
+            s
+        };
         match self {
             Shape::Qwen3_30bA3b => p(48, 2048, 32, 4, 128, 128, 8, 768, 6144, 151_936, 40_960),
+            // Qwen/Qwen3-Coder-Next config.json (Qwen3-Next-80B-A3B geometry).
+            Shape::Qwen3CoderNext => {
+                hybrid(p(48, 2048, 16, 2, 256, 512, 10, 512, 5120, 151_936, 262_144), (16, 32, 128, 512))
+            }
             Shape::CoderNextLike => p(48, 2048, 16, 2, 256, 512, 10, 512, 5120, 151_936, 262_144),
             Shape::Small => p(24, 1024, 16, 4, 64, 32, 4, 256, 1024, 32_000, 4096),
+            Shape::Qwen3NextSmall => hybrid(p(24, 1024, 8, 2, 128, 64, 8, 256, 1024, 32_000, 4096), (8, 16, 64, 256)),
             Shape::Tiny => p(4, 256, 8, 2, 32, 16, 4, 256, 512, 512, 2048),
+            Shape::Qwen3NextTiny => hybrid(p(4, 256, 4, 2, 64, 16, 4, 256, 512, 512, 2048), (2, 4, 64, 256)),
         }
     }
 }
@@ -189,132 +267,6 @@ impl QuantMix {
     }
 }
 
-/// What a tensor is (its GGUF slot).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    TokenEmbd,
-    AttnNorm,
-    AttnQ,
-    AttnK,
-    AttnV,
-    AttnOutput,
-    AttnQNorm,
-    AttnKNorm,
-    FfnNorm,
-    FfnGateInp,
-    FfnGateExps,
-    FfnUpExps,
-    FfnDownExps,
-    OutputNorm,
-    Output,
-}
-
-impl Kind {
-    fn slot(self) -> &'static str {
-        match self {
-            Kind::TokenEmbd => "token_embd",
-            Kind::AttnNorm => "attn_norm",
-            Kind::AttnQ => "attn_q",
-            Kind::AttnK => "attn_k",
-            Kind::AttnV => "attn_v",
-            Kind::AttnOutput => "attn_output",
-            Kind::AttnQNorm => "attn_q_norm",
-            Kind::AttnKNorm => "attn_k_norm",
-            Kind::FfnNorm => "ffn_norm",
-            Kind::FfnGateInp => "ffn_gate_inp",
-            Kind::FfnGateExps => "ffn_gate_exps",
-            Kind::FfnUpExps => "ffn_up_exps",
-            Kind::FfnDownExps => "ffn_down_exps",
-            Kind::OutputNorm => "output_norm",
-            Kind::Output => "output",
-        }
-    }
-
-    fn is_f32(self) -> bool {
-        matches!(
-            self,
-            Kind::AttnNorm | Kind::AttnQNorm | Kind::AttnKNorm | Kind::FfnNorm | Kind::OutputNorm | Kind::FfnGateInp
-        )
-    }
-
-    pub fn is_expert(self) -> bool {
-        matches!(self, Kind::FfnGateExps | Kind::FfnUpExps | Kind::FfnDownExps)
-    }
-}
-
-/// One tensor of the file.
-#[derive(Clone, Debug)]
-pub struct PlannedTensor {
-    pub name: String,
-    pub kind: Kind,
-    pub layer: Option<usize>,
-    pub dtype: DType,
-    /// Row-major, outermost first (`ffn_gate_exps`: `[n_expert, n_ff_exp, n_embd]`).
-    pub shape: Vec<usize>,
-}
-
-impl PlannedTensor {
-    /// Values per row (the innermost dimension).
-    pub fn cols(&self) -> usize {
-        *self.shape.last().expect("a tensor has a dimension")
-    }
-
-    pub fn n_rows(&self) -> usize {
-        self.shape.iter().rev().skip(1).product()
-    }
-
-    pub fn row_bytes(&self) -> usize {
-        self.dtype.row_bytes(self.cols()).expect("planned rows are whole blocks")
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.n_rows() as u64 * self.row_bytes() as u64
-    }
-}
-
-/// Every tensor of a model of shape `p` in mix `q`, in file order.
-pub fn plan(p: &ShapeParams, q: QuantMix) -> Vec<PlannedTensor> {
-    let n = p.n_layer;
-    let (e, q_dim, kv_dim) = (p.n_embd, p.n_head * p.head_dim, p.n_head_kv * p.head_dim);
-    let t = |kind: Kind, layer: Option<usize>, shape: Vec<usize>| PlannedTensor {
-        name: match layer {
-            Some(l) => format!("blk.{l}.{}.weight", kind.slot()),
-            None => format!("{}.weight", kind.slot()),
-        },
-        kind,
-        layer,
-        dtype: q.dtype(kind, layer.unwrap_or(0), n),
-        shape,
-    };
-    let mut out = vec![t(Kind::TokenEmbd, None, vec![p.n_vocab, e])];
-    for l in 0..n {
-        let l_ = Some(l);
-        out.extend([
-            t(Kind::AttnNorm, l_, vec![e]),
-            t(Kind::AttnQ, l_, vec![q_dim, e]),
-            t(Kind::AttnK, l_, vec![kv_dim, e]),
-            t(Kind::AttnV, l_, vec![kv_dim, e]),
-            t(Kind::AttnOutput, l_, vec![e, q_dim]),
-            t(Kind::AttnQNorm, l_, vec![p.head_dim]),
-            t(Kind::AttnKNorm, l_, vec![p.head_dim]),
-            t(Kind::FfnNorm, l_, vec![e]),
-            t(Kind::FfnGateInp, l_, vec![p.n_expert, e]),
-            t(Kind::FfnGateExps, l_, vec![p.n_expert, p.n_ff_exp, e]),
-            t(Kind::FfnUpExps, l_, vec![p.n_expert, p.n_ff_exp, e]),
-            t(Kind::FfnDownExps, l_, vec![p.n_expert, e, p.n_ff_exp]),
-        ]);
-    }
-    out.push(t(Kind::OutputNorm, None, vec![e]));
-    out.push(t(Kind::Output, None, vec![p.n_vocab, e]));
-    out
-}
-
-/// Bytes of tensor data (padded as in the file) of a model of shape `p` in mix `q`: the file size less the
-/// header (metadata and tokenizer, a few MB for a 150k vocabulary).
-pub fn data_bytes(p: &ShapeParams, q: QuantMix) -> u64 {
-    plan(p, q).iter().map(|t| t.bytes().next_multiple_of(GGUF_DEFAULT_ALIGNMENT)).sum()
-}
-
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
@@ -375,9 +327,28 @@ fn metadata(o: &SynthOptions) -> Result<Vec<(String, GgufValue)>> {
     let p = &o.shape;
     let v = vocab::build(p.n_vocab)?;
     let u = |x: usize| GgufValue::U32(x as u32);
-    let a = |k: &str| format!("qwen3moe.{k}");
-    Ok(vec![
-        ("general.architecture".into(), GgufValue::String("qwen3moe".into())),
+    let arch = if p.hybrid.is_some() { "qwen3next" } else { "qwen3moe" };
+    let a = |k: &str| format!("{arch}.{k}");
+    let mut hybrid_keys = vec![];
+    if let Some(h) = &p.hybrid {
+        hybrid_keys = vec![
+            (a("expert_shared_feed_forward_length"), u(h.n_ff_shexp)),
+            (a("ssm.conv_kernel"), u(h.conv_kernel)),
+            (a("ssm.state_size"), u(h.d_k)),
+            (a("ssm.group_count"), u(h.n_k_heads)),
+            (a("ssm.time_step_rank"), u(h.n_v_heads)),
+            (a("ssm.inner_size"), u(h.n_v_heads * h.d_v)),
+            (a("full_attention_interval"), u(h.full_attention_interval)),
+            (
+                a("attention.recurrent_layers"),
+                GgufValue::Array(GgufArray::Bool((0..p.n_layer).map(|l| h.is_recurrent(l)).collect())),
+            ),
+            (a("rope.dimension_count"), u(h.n_rot)),
+        ];
+    }
+    let rope_base = if p.hybrid.is_some() { 10_000_000.0 } else { 1_000_000.0 };
+    let mut kvs = vec![
+        ("general.architecture".into(), GgufValue::String(arch.into())),
         ("general.type".into(), GgufValue::String("model".into())),
         (
             "general.name".into(),
@@ -394,7 +365,7 @@ fn metadata(o: &SynthOptions) -> Result<Vec<(String, GgufValue)>> {
         (a("attention.key_length"), u(p.head_dim)),
         (a("attention.value_length"), u(p.head_dim)),
         (a("attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-6)),
-        (a("rope.freq_base"), GgufValue::F32(1_000_000.0)),
+        (a("rope.freq_base"), GgufValue::F32(rope_base)),
         (a("expert_count"), u(p.n_expert)),
         (a("expert_used_count"), u(p.n_expert_used)),
         (a("expert_feed_forward_length"), u(p.n_ff_exp)),
@@ -408,7 +379,9 @@ fn metadata(o: &SynthOptions) -> Result<Vec<(String, GgufValue)>> {
         ("tokenizer.ggml.padding_token_id".into(), GgufValue::U32(v.pad_id)),
         ("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(false)),
         ("tokenizer.chat_template".into(), GgufValue::String(vocab::CHAT_TEMPLATE.into())),
-    ])
+    ];
+    kvs.extend(hybrid_keys);
+    Ok(kvs)
 }
 
 /// The pool a matrix's rows come from: (type, row length, bits of sigma); `None` for norms and the router.
@@ -430,6 +403,12 @@ fn source<'a>(t: &PlannedTensor, o: &SynthOptions, pools: &'a HashMap<PoolKey, R
             sigma: 1.0 / (t.cols() as f32).sqrt(),
             scales: router_scales(o.shape.n_expert, o.skew, o.seed ^ mix64(0x5EED ^ t.layer.unwrap_or(0) as u64)),
         },
+        (Kind::FfnGateInpShexp, _) => RowSource::Gaussian { sigma: 1.0 / (t.cols() as f32).sqrt() },
+        // Taps of a 4-wide causal convolution.
+        (Kind::SsmConv1d, _) => RowSource::Gaussian { sigma: 0.5 },
+        // -exp(A_log): the decay rates, negative, most between -1 and -0.05 (slow to moderate forgetting).
+        (Kind::SsmA, _) => RowSource::Uniform { lo: -1.0, hi: -0.05 },
+        (Kind::SsmDt, _) => RowSource::Gaussian { sigma: 0.5 },
         (_, Some(key)) => RowSource::Pooled(&pools[&key]),
         (_, None) => RowSource::Norm,
     }

@@ -69,6 +69,8 @@ pub(crate) enum RowSource<'a> {
     Scaled { sigma: f32, scales: Vec<f32> },
     /// Copied from a pool of quantized rows.
     Pooled(&'a RowPool),
+    /// Uniform in `lo..hi` (the DeltaNet decay rates).
+    Uniform { lo: f32, hi: f32 },
 }
 
 impl RowSource<'_> {
@@ -79,6 +81,11 @@ impl RowSource<'_> {
             RowSource::Pooled(pool) => pool.copy_row(row_seed, dst),
             RowSource::Gaussian { sigma } => gaussian(k, dtype, *sigma, row_seed, x, dst),
             RowSource::Scaled { sigma, scales } => gaussian(k, dtype, sigma * scales[row], row_seed, x, dst),
+            RowSource::Uniform { lo, hi } => {
+                let mut rng = Rng::new(row_seed);
+                x.iter_mut().for_each(|v| *v = lo + (hi - lo) * ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32));
+                k.quantize_row(dtype, x, dst);
+            }
             RowSource::Norm => {
                 let mut rng = Rng::new(row_seed);
                 x.iter_mut().for_each(|v| *v = 1.0 + 0.1 * rng.normal());
