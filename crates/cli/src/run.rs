@@ -8,6 +8,7 @@ use engine::formats::WeightIndex;
 use engine::generate::{self, GenerateParams};
 use engine::models::Model;
 use engine::ops::Cpu;
+use engine::runtime::Runtime;
 use engine::sample::SamplerConfig;
 use engine::sample_defaults::SamplingDefaults;
 use engine::tokenizer::{ChatMessage, ChatTemplate};
@@ -187,67 +188,28 @@ pub fn main(a: RunArgs) -> Result<()> {
         bail!("the prompt is empty: give some text with -p TEXT or -f FILE");
     }
     let index = WeightIndex::open(&a.model.model)?;
-    let tokenizer = generate::load_tokenizer(&index)?;
     let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
-    let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
-    crate::ModelArgs::warn_ctx(&index, &model.info, "-c", n_ctx);
-    a.numerics.apply(&mut model)?;
+    let load = a.model.load_options(&index, n_ctx)?;
+    let mut rt = Runtime::open(index, &load)?;
+    crate::ModelArgs::warn_ctx(&rt.index, &rt.model.info, "-c", n_ctx);
+    a.numerics.apply(&mut rt.model)?;
     let load_secs = t_start.elapsed().as_secs_f64();
-    let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
-    let mut recorder = None;
-    if let Some(path) = &a.record_routes {
-        let expert_bytes: Vec<u64> =
-            model.expert_layout().layers.iter().map(|l| l.as_ref().map_or(0, |l| l.expert_bytes())).collect();
-        let r = std::sync::Arc::new(engine::routes::RouteRecorder::create(
-            path,
-            &a.model.model.display().to_string(),
-            &model.info.arch,
-            model.info.n_expert,
-            model.info.n_expert_used,
-            &expert_bytes,
-        )?);
-        hook = Some(r.clone());
-        recorder = Some(r);
-    }
-    let replay = a.replay_routes.is_some();
-    if let Some(path) = &a.replay_routes {
-        if a.model.prefetch == crate::PrefetchArg::Router {
-            anyhow::bail!(
-                "--prefetch router predicts from the model's own router, which --replay-routes overrides; use --prefetch table"
-            );
-        }
-        let r = engine::routes::RouteReplay::load(path, model.info.n_expert.max(1))?;
-        eprintln!(
-            "REPLAY MODE: routing replaced by {} ({} tokens); a benchmark, not inference: the text means nothing",
-            path.display(),
-            r.n_tokens()
-        );
-        hook = Some(std::sync::Arc::new(r));
-    }
+    let hooks = route_hooks(&a, &mut rt.model)?;
     if let Some(mode) = approx {
-        model.set_approx(Some(mode))?;
-        eprintln!("{}", approx_banner(mode, model.info.n_expert_used, model.memory_plan().is_some()));
+        rt.model.set_approx(Some(mode))?;
+        eprintln!("{}", approx_banner(mode, rt.model.info.n_expert_used, rt.model.memory_plan().is_some()));
     }
-    // When experts stream, count the routes too (which experts the prefill touched), around any other hook.
-    let counter = model.expert_cache().map(|_| {
-        let moe: Vec<bool> = model.expert_layout().layers.iter().map(Option::is_some).collect();
-        std::sync::Arc::new(engine::experts::profile::RouteCounter::new(
-            model.info.n_layer,
-            model.info.n_expert,
-            &moe,
-            hook.take(),
-        ))
-    });
-    if let Some(c) = &counter {
-        hook = Some(c.clone());
-    }
-    model.set_route_hook(hook);
-    if let Some(plan) = model.memory_plan() {
+    if let Some(plan) = rt.model.memory_plan() {
         eprintln!("{plan}");
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
-    let prepared = crate::warmstart::prepare(&a.cache, &index, &model)?;
+    rt.prepare_cache(&a.cache.prep())?;
+    for w in rt.warnings.drain(..) {
+        eprintln!("warning: {w}");
+    }
+    let (index, model, tokenizer, prepared) = (&rt.index, &rt.model, &rt.tokenizer, &rt.prepared);
+    let RouteHooks { recorder, counter, replay } = hooks;
 
     let (prompt_text, parse_special) = if a.chat {
         let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
@@ -272,7 +234,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let mut session = model.new_session(n_ctx);
     let seed = a.seed.unwrap_or_else(random_seed);
-    let (sampler, sampling_line) = sampler_config(&a, &SamplingDefaults::of(&index), seed);
+    let (sampler, sampling_line) = sampler_config(&a, &SamplingDefaults::of(index), seed);
     eprintln!("{sampling_line}");
     let params = GenerateParams {
         n_predict: a.n_predict,
@@ -294,19 +256,17 @@ pub fn main(a: RunArgs) -> Result<()> {
         let _ = out.flush();
     }
     let mut n_pieces = 0usize;
-    let stats = generate::generate(&model, &cpu, &tokenizer, &mut session, &prompt, &params, &mut |t| {
+    let stats = generate::generate(model, &cpu, tokenizer, &mut session, &prompt, &params, &mut |t| {
         let _ = out.write_all(t.as_bytes());
         let _ = out.flush();
         n_pieces += 1;
         if n_pieces.is_multiple_of(HOT_SAVE_EVERY) {
-            if let Some(p) = &prepared {
-                let _ = p.save_hot(&model);
-            }
+            let _ = rt.save_hot();
         }
     })?;
     let _ = writeln!(out);
     drop(out);
-    let saved_hot = prepared.as_ref().and_then(|p| p.save_hot(&model));
+    let saved_hot = rt.save_hot();
     if let Some(r) = &recorder {
         r.finish()?;
     }
@@ -420,8 +380,10 @@ pub fn main(a: RunArgs) -> Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    if let Some((path, n)) = saved_hot {
-        eprintln!("warm start {n} hot experts saved for the next start: {}", path.display());
+    match saved_hot {
+        Some(Ok((path, n))) => eprintln!("warm start {n} hot experts saved for the next start: {}", path.display()),
+        Some(Err(w)) => eprintln!("warning: {w}"),
+        None => {}
     }
     if let Some(rss) = peak_rss_bytes() {
         eprintln!(
@@ -432,6 +394,63 @@ pub fn main(a: RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The route hooks of a run: a recorder (`--record-routes`), a replay (`--replay-routes`), and, when experts
+/// stream, a counter of the experts the prefill touched around them; installed on the model.
+struct RouteHooks {
+    recorder: Option<std::sync::Arc<engine::routes::RouteRecorder>>,
+    counter: Option<std::sync::Arc<engine::experts::profile::RouteCounter>>,
+    replay: bool,
+}
+
+fn route_hooks(a: &RunArgs, model: &mut Model) -> Result<RouteHooks> {
+    let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
+    let mut recorder = None;
+    if let Some(path) = &a.record_routes {
+        let expert_bytes: Vec<u64> =
+            model.expert_layout().layers.iter().map(|l| l.as_ref().map_or(0, |l| l.expert_bytes())).collect();
+        let r = std::sync::Arc::new(engine::routes::RouteRecorder::create(
+            path,
+            &a.model.model.display().to_string(),
+            &model.info.arch,
+            model.info.n_expert,
+            model.info.n_expert_used,
+            &expert_bytes,
+        )?);
+        hook = Some(r.clone());
+        recorder = Some(r);
+    }
+    let replay = a.replay_routes.is_some();
+    if let Some(path) = &a.replay_routes {
+        if a.model.prefetch == crate::PrefetchArg::Router {
+            anyhow::bail!(
+                "--prefetch router predicts from the model's own router, which --replay-routes overrides; use --prefetch table"
+            );
+        }
+        let r = engine::routes::RouteReplay::load(path, model.info.n_expert.max(1))?;
+        eprintln!(
+            "REPLAY MODE: routing replaced by {} ({} tokens); a benchmark, not inference: the text means nothing",
+            path.display(),
+            r.n_tokens()
+        );
+        hook = Some(std::sync::Arc::new(r));
+    }
+    // When experts stream, count the routes too (which experts the prefill touched), around any other hook.
+    let counter = model.expert_cache().map(|_| {
+        let moe: Vec<bool> = model.expert_layout().layers.iter().map(Option::is_some).collect();
+        std::sync::Arc::new(engine::experts::profile::RouteCounter::new(
+            model.info.n_layer,
+            model.info.n_expert,
+            &moe,
+            hook.take(),
+        ))
+    });
+    if let Some(c) = &counter {
+        hook = Some(c.clone());
+    }
+    model.set_route_hook(hook);
+    Ok(RouteHooks { recorder, counter, replay })
 }
 
 /// The start-of-run warning for `--approx`.
@@ -455,7 +474,7 @@ fn approx_banner(mode: engine::approx::Approx, n_expert_used: usize, streaming: 
 /// prefill read against what the distinct experts it touched (less those cached at the start) take to read.
 fn first_token_report(
     load_secs: f64,
-    p: &crate::warmstart::Prepared,
+    p: &engine::runtime::Prepared,
     stats: &generate::GenerateStats,
     cache: &engine::experts::cache::ExpertCache,
     touched: &[(usize, u32)],

@@ -33,6 +33,7 @@ pub mod ops;
 pub mod perplexity;
 pub mod pool;
 pub mod routes;
+pub mod runtime;
 pub mod sample;
 pub mod sample_defaults;
 pub mod session;
