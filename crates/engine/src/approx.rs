@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::experts::ExpertProvider;
-use crate::layers::moe::Route;
+use crate::layers::routing::Route;
 use crate::{Error, Result};
 
 /// Which approximation (see the module doc).

@@ -27,6 +27,7 @@ pub mod experts;
 pub mod formats;
 pub mod generate;
 pub mod ggml_exact;
+pub mod kv_cache;
 pub mod layers;
 pub mod models;
 pub mod ops;

@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::layers::moe::{Route, RouteHook};
+use crate::layers::routing::{Route, RouteHook};
 use crate::{Error, Result};
 
 /// Writes every routing decision to a CSV trace.

@@ -15,10 +15,10 @@
 use kernels::DType;
 
 use crate::ggml_exact as gx;
-use crate::layers::moe::{MoeRouting, Route};
+use crate::kv_cache::LayerKv;
 use crate::layers::rope::{Rope, RopeStyle};
+use crate::layers::routing::{MoeRouting, Route};
 use crate::ops::{Cpu, SharedOut};
-use crate::session::LayerKv;
 use crate::tensor::{QMat, QMatRef};
 use crate::{Error, Result};
 

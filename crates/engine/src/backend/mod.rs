@@ -15,10 +15,10 @@
 pub mod ggml;
 pub mod native;
 
-use crate::layers::moe::{MoeRouting, Route};
+use crate::kv_cache::LayerKv;
 use crate::layers::rope::Rope;
+use crate::layers::routing::{MoeRouting, Route};
 use crate::ops::{Cpu, QuantActs};
-use crate::session::LayerKv;
 use crate::tensor::{QMat, QMatRef};
 use crate::Result;
 

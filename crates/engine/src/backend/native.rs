@@ -2,10 +2,10 @@
 //! norms and softmax, and an attention core that computes each (token, head) pair by the same loop whether it comes
 //! in a batch or alone. Every result is independent of the batch size and the thread count.
 
-use crate::layers::moe::{MoeRouting, Route};
+use crate::kv_cache::LayerKv;
 use crate::layers::rope::Rope;
+use crate::layers::routing::{MoeRouting, Route};
 use crate::ops::{self, Cpu, QuantActs, SharedOut};
-use crate::session::LayerKv;
 use crate::tensor::QMatRef;
 
 use super::{AttnScratch, FfnScratch};

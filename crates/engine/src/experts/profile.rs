@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::formats::WeightIndex;
-use crate::layers::moe::{Route, RouteHook};
+use crate::layers::routing::{Route, RouteHook};
 use crate::models::ModelInfo;
 use crate::{Error, Result};
 

@@ -8,8 +8,8 @@
 //! (gated) `out[t, h] *= sigmoid(gate[t, h])`, then the output projection.
 
 use crate::backend::{AttnScratch, Exec, MatKind};
+use crate::kv_cache::LayerKv;
 use crate::ops::{self, QuantActs};
-use crate::session::LayerKv;
 use crate::tensor::QMat;
 
 use super::rope::Rope;

@@ -7,10 +7,11 @@
 //! - [`ffn`]: the dense SwiGLU feed-forward block.
 //! - [`moe`]: the routed mixture of experts (router, top-k, expert SwiGLUs whose weights come from an
 //!   [`crate::experts::ExpertProvider`], an optional shared expert).
-//! - [`rope`]: rotary position embeddings.
+//! - [`rope`]: rotary position embeddings; [`routing`]: a router's parameters and decisions (plain data).
 
 pub mod attention;
 pub mod delta_net;
 pub mod ffn;
 pub mod moe;
 pub mod rope;
+pub mod routing;

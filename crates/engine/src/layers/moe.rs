@@ -21,15 +21,7 @@ use crate::tensor::QMat;
 use crate::Result;
 
 use super::ffn::FfnWeights;
-
-/// How a MoE layer turns router logits into expert weights.
-#[derive(Clone, Debug)]
-pub struct MoeRouting {
-    pub n_expert: usize,
-    pub n_expert_used: usize,
-    /// Renormalise the top-k weights to sum to one.
-    pub norm_topk_prob: bool,
-}
+pub use super::routing::{MoeRouting, Route, RouteHook};
 
 /// A dense expert every token goes through, scaled by a sigmoid gate (Qwen3-Next).
 #[derive(Debug)]
@@ -42,13 +34,6 @@ pub struct SharedExpert {
 pub struct MoeWeights {
     pub router: QMat, // [n_expert, n_embd]
     pub shared: Option<SharedExpert>,
-}
-
-/// One token's routing decision.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Route {
-    pub experts: Vec<u32>, // [n_expert_used], best first
-    pub weights: Vec<f32>, // [n_expert_used]
 }
 
 #[derive(Default)]
@@ -74,14 +59,6 @@ impl MoeScratch {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
-}
-
-/// Observes or replaces routing decisions: route traces, a benchmark and analysis mode that is never on by
-/// default ([`crate::routes`]).
-pub trait RouteHook: Send + Sync {
-    /// Called with the router's choice for the token at position `pos` in MoE layer `layer` (`n_call` tokens in
-    /// this forward call); may replace it.
-    fn route(&self, layer: usize, pos: usize, n_call: usize, route: &mut Route) -> Result<()>;
 }
 
 /// What may change a layer's routing: a route hook, an approximate mode (both off by default).
