@@ -66,7 +66,8 @@ pub struct AttentionScratch {
 }
 
 /// Runs attention for the `n` tokens of `x` (`[n, n_embd]`, already normed) at positions `pos0..pos0 + n`,
-/// appending their keys and values to `kv`, and writes `[n, n_embd]` to `out`.
+/// appending their keys and values to `kv`, and writes `[n, n_embd]` to `out`: [`project`], [`attend`] and
+/// [`output`] over one sequence.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     exec: &Exec<'_>,
@@ -78,13 +79,28 @@ pub fn attention(
     s: &mut AttentionScratch,
     out: &mut [f32],
 ) {
+    let n = x.len() / w.wq.cols;
+    project(exec, w, shape, x, layer, s);
+    attend(exec, shape, kv, 0..n, (pos0, layer), s);
+    output(exec, w, shape, s, out);
+}
+
+/// The projections of every row of `x` (`[n, n_embd]`, already normed; rows of one or several sequences): q
+/// (with its gate split off), k and v into the scratch, with biases and q/k norms. Each row's result does not
+/// depend on the other rows.
+pub fn project(
+    exec: &Exec<'_>,
+    w: &AttentionWeights,
+    shape: &AttentionShape,
+    x: &[f32],
+    layer: usize,
+    s: &mut AttentionScratch,
+) {
     let n_embd = w.wq.cols;
     let n = x.len() / n_embd;
     let hd = shape.head_dim;
     let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
     let l = Some(layer);
-    assert!(pos0 + n <= kv.n_ctx(), "attention: KV cache overflow (checked by the session)");
-
     s.q.resize(n * q_dim, 0.0);
     s.k.resize(n * kv_dim, 0.0);
     s.v.resize(n * kv_dim, 0.0);
@@ -119,14 +135,42 @@ pub fn attention(
         exec.rms_norm_in_place(&mut s.k, g, shape.norm_eps);
         exec.tap("Kcur_normed", l, &s.k);
     }
-    exec.rope(&shape.rope, hd, (pos0, n), &mut s.q, &mut s.k, &mut s.core);
-    exec.tap("Qcur", l, &s.q);
-    exec.tap("Kcur", l, &s.k);
-    kv.write(pos0, &s.k, &s.v);
-
     s.att.resize(n * q_dim, 0.0);
-    exec.attention(kv, (shape.n_head, shape.n_head_kv, hd), &s.q, pos0, &mut s.core, &mut s.att, layer);
-    exec.tap("kqv_out", l, &s.att);
+}
+
+/// One sequence's part of a [`project`]ed batch: its `rows`, at positions `pos0..`, get RoPE, their keys and
+/// values go into the sequence's `kv`, and their attention over it goes into the scratch's output rows.
+pub fn attend(
+    exec: &Exec<'_>,
+    shape: &AttentionShape,
+    kv: &mut LayerKv,
+    rows: std::ops::Range<usize>,
+    (pos0, layer): (usize, usize),
+    s: &mut AttentionScratch,
+) {
+    let hd = shape.head_dim;
+    let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
+    let l = Some(layer);
+    let n = rows.len();
+    assert!(pos0 + n <= kv.n_ctx(), "attention: KV cache overflow (checked by the session)");
+    let (rq, rk) = (rows.start * q_dim..rows.end * q_dim, rows.start * kv_dim..rows.end * kv_dim);
+    exec.rope(&shape.rope, hd, (pos0, n), &mut s.q[rq.clone()], &mut s.k[rk.clone()], &mut s.core);
+    exec.tap("Qcur", l, &s.q[rq.clone()]);
+    exec.tap("Kcur", l, &s.k[rk.clone()]);
+    kv.write(pos0, &s.k[rk.clone()], &s.v[rk]);
+    let att = &mut s.att[rq.clone()];
+    exec.attention(kv, (shape.n_head, shape.n_head_kv, hd), &s.q[rq], pos0, &mut s.core, att, layer);
+    exec.tap("kqv_out", l, att);
+}
+
+/// The output gate (gated attention) and projection of every [`attend`]ed row, into `out` (`[n, n_embd]`).
+pub fn output(
+    exec: &Exec<'_>,
+    w: &AttentionWeights,
+    shape: &AttentionShape,
+    s: &mut AttentionScratch,
+    out: &mut [f32],
+) {
     if shape.gated {
         for (a, &g) in s.att.iter_mut().zip(&s.gate) {
             *a *= exec.sigmoid(g);

@@ -119,7 +119,7 @@ pub struct DeltaNetScratch {
 }
 
 /// Runs the layer for the `n` tokens of `x` (`[n, n_embd]`, normed), advancing `state`, into `out`
-/// (`[n, n_embd]`).
+/// (`[n, n_embd]`): [`project`], [`recur`] and [`output`] over one sequence.
 #[allow(clippy::too_many_arguments)]
 pub fn delta_net(
     exec: &Exec<'_>,
@@ -131,9 +131,23 @@ pub fn delta_net(
     out: &mut [f32],
     layer: usize,
 ) {
-    let sh = state.shape;
-    let n_embd = w.qkv.cols;
-    let n = x.len() / n_embd;
+    let n = x.len() / w.qkv.cols;
+    project(exec, w, &state.shape, x, s, layer);
+    recur(exec, w, eps, state, 0..n, s);
+    output(exec, w, s, out, layer);
+}
+
+/// The input projections (q, k, v; z; b, a) of every row of `x` (`[n, n_embd]`, normed; rows of one or several
+/// sequences) into the scratch. Each row's result does not depend on the other rows.
+pub fn project(
+    exec: &Exec<'_>,
+    w: &DeltaNetWeights,
+    sh: &DeltaNetStateShape,
+    x: &[f32],
+    s: &mut DeltaNetScratch,
+    layer: usize,
+) {
+    let n = x.len() / w.qkv.cols;
     let (conv_dim, value_dim, nv) = (sh.conv_dim(), sh.value_dim(), sh.n_v_heads);
     s.qkv.resize(n * conv_dim, 0.0);
     s.z.resize(n * value_dim, 0.0);
@@ -145,13 +159,31 @@ pub fn delta_net(
     s.o.resize(n * value_dim, 0.0);
     s.mixed.resize(conv_dim, 0.0);
     s.kv_mem.resize(sh.d_v, 0.0);
-    for t in 0..n {
+}
+
+/// One sequence's part of a [`project`]ed batch: its `rows`, one token after another, through the convolution,
+/// the delta rule (advancing `state`) and the gated norm, into the scratch's output rows.
+pub fn recur(
+    exec: &Exec<'_>,
+    w: &DeltaNetWeights,
+    eps: f32,
+    state: &mut DeltaNetState,
+    rows: std::ops::Range<usize>,
+    s: &mut DeltaNetScratch,
+) {
+    let sh = state.shape;
+    let (conv_dim, value_dim, nv) = (sh.conv_dim(), sh.value_dim(), sh.n_v_heads);
+    for t in rows {
         conv_step(w, &sh, &mut state.conv, &s.qkv[t * conv_dim..(t + 1) * conv_dim], &mut s.mixed);
         let o = &mut s.o[t * value_dim..(t + 1) * value_dim];
         let ba = &s.ba[t * 2 * nv..(t + 1) * 2 * nv];
         recurrent_step(exec, (w, eps), &sh, &mut state.s, &mut s.mixed, ba, &mut s.kv_mem, o);
         gated_norm(exec, &w.norm, eps, o, &s.z[t * value_dim..(t + 1) * value_dim]);
     }
+}
+
+/// The output projection of every [`recur`]red row, into `out` (`[n, n_embd]`).
+pub fn output(exec: &Exec<'_>, w: &DeltaNetWeights, s: &mut DeltaNetScratch, out: &mut [f32], layer: usize) {
     exec.tap("linear_attn_out", Some(layer), &s.o);
     exec.matmul(w.out.as_ref(), &s.o, &mut s.oq, out, MatKind::Dense);
 }

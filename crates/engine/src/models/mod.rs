@@ -17,7 +17,7 @@ use crate::backend::Exec;
 use crate::experts::{ExpertLayout, ExpertProvider};
 use crate::formats::{Metadata, WeightIndex};
 use crate::ops::Cpu;
-use crate::session::{LayerStateKind, Session};
+use crate::session::{LayerState, LayerStateKind, Scratch, Session};
 use crate::{Error, Result};
 
 pub use crate::backend::Numerics;
@@ -51,6 +51,14 @@ impl ModelInfo {
     pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
         self.state.iter().map(|k| k.bytes(n_ctx)).sum()
     }
+}
+
+/// One sequence's part of a forward pass over one or several: its per-layer states, the position of its first
+/// token and its rows among the pass's tokens.
+pub(crate) struct SeqRows<'a> {
+    pub(crate) layers: &'a mut [LayerState],
+    pub(crate) pos0: usize,
+    pub(crate) rows: std::ops::Range<usize>,
 }
 
 /// Which positions of a forward pass need logits.
@@ -149,9 +157,72 @@ impl Model {
         if exec.numerics == Numerics::Ggml && self.decoder.approx.is_some() {
             return Err(Error::Invalid("--numerics ggml does not combine with an approximate expert mode".into()));
         }
+        sess.check_room(tokens.len())?;
+        let Session { layers, pos, scratch: s, .. } = sess;
+        self.decoder.embed(exec, tokens, &mut s.x)?;
+        let mut seqs = [SeqRows { layers, pos0: *pos, rows: 0..tokens.len() }];
+        self.forward_layers(exec, &mut seqs, s, want)?;
+        *pos += tokens.len();
+        self.decoder.logits(exec, &s.x, want, (&mut s.xn, &mut s.head_q), &mut s.logits)
+    }
+
+    /// One forward step of several sequences together (continuous batching): `batch` pairs each session with the
+    /// tokens to run at its position (a prompt chunk or one decoded token). Every matrix product runs once over
+    /// all the tokens and every expert any of them chose is acquired (read) once for all of them, while
+    /// attention and recurrent layers run per sequence on its own state. Returns the logits of each sequence's
+    /// last token, `[batch.len(), n_vocab]`, in `scratch`.
+    ///
+    /// Under the native numerics every output element is one kernel call on the same bytes whatever the batch,
+    /// so each sequence's logits are bit-identical to [`Model::forward`] of it alone. Refused under ggml numerics
+    /// (batch-dependent), with a route hook or an approximate mode (per-sequence features), for an empty token
+    /// list, and for a session without room.
+    pub fn forward_multi<'s>(
+        &self,
+        cpu: &Cpu,
+        batch: &mut [(&mut Session, &[u32])],
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s [f32]> {
+        let exec = Exec::new(cpu, self.decoder.numerics);
+        if batch.is_empty() {
+            return Ok(&[]);
+        }
+        if exec.numerics != Numerics::Native {
+            return Err(Error::Invalid("several sequences at once need the native numerics".into()));
+        }
+        if batch.len() > 1 && (self.decoder.route_hook.is_some() || self.decoder.approx.is_some()) {
+            return Err(Error::Invalid("route hooks and approximate modes run one sequence at a time".into()));
+        }
+        let mut tokens = Vec::with_capacity(batch.iter().map(|(_, t)| t.len()).sum());
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (sess, toks) in batch.iter_mut() {
+            if toks.is_empty() {
+                return Err(Error::EmptyPrompt);
+            }
+            sess.check_room(toks.len())?;
+            let rows = tokens.len()..tokens.len() + toks.len();
+            tokens.extend_from_slice(toks);
+            seqs.push(SeqRows { layers: &mut sess.layers, pos0: sess.pos, rows });
+        }
+        let s = scratch;
+        self.decoder.embed(&exec, &tokens, &mut s.x)?;
+        self.forward_layers(&exec, &mut seqs, s, Logits::All)?;
+        let e = self.info.n_embd;
+        // The last row of each sequence, for the output head (each row's logits do not depend on the others).
+        s.y.clear();
+        for q in &seqs {
+            s.y.extend_from_slice(&s.x[(q.rows.end - 1) * e..q.rows.end * e]);
+        }
+        drop(seqs);
+        for (sess, toks) in batch.iter_mut() {
+            sess.pos += toks.len();
+        }
+        self.decoder.logits(&exec, &s.y, Logits::All, (&mut s.xn, &mut s.head_q), &mut s.logits)
+    }
+
+    fn forward_layers(&self, exec: &Exec<'_>, seqs: &mut [SeqRows<'_>], s: &mut Scratch, want: Logits) -> Result<()> {
         match &self.stack {
-            Stack::Transformer(t) => t.forward(&self.decoder, exec, sess, tokens, want),
-            Stack::Hybrid(h) => h.forward(&self.decoder, exec, sess, tokens, want),
+            Stack::Transformer(t) => t.forward_layers(&self.decoder, exec, seqs, s, want),
+            Stack::Hybrid(h) => h.forward_layers(&self.decoder, exec, seqs, s),
         }
     }
 

@@ -33,9 +33,9 @@ use crate::layers::rope::{Rope, RopeStyle};
 use crate::models::decoder::{self, Decoder, Parts};
 use crate::models::loader::{ExpertResidency, Hparams, LoadOptions, Loader};
 use crate::models::transformer::FeedForward;
-use crate::models::{Logits, Model, ModelInfo};
+use crate::models::{Model, ModelInfo, SeqRows};
 use crate::ops;
-use crate::session::{LayerStateKind, Session};
+use crate::session::{LayerStateKind, Scratch};
 use crate::tensor::QMat;
 use crate::Result;
 
@@ -423,22 +423,20 @@ impl Hybrid {
         }
     }
 
-    /// Runs one batch of `tokens` at the session's position.
-    pub fn forward<'s>(
+    /// Runs the layers over the embedded rows in `s.x` (`[n, n_embd]`) of one sequence or several (`seqs`),
+    /// as [`crate::models::transformer::Transformer::forward_layers`] does: matrix products and expert reads
+    /// shared, attention and the DeltaNet recurrence per sequence.
+    pub(crate) fn forward_layers(
         &self,
         d: &Decoder,
         exec: &Exec<'_>,
-        sess: &'s mut Session,
-        tokens: &[u32],
-        want: Logits,
-    ) -> Result<&'s [f32]> {
+        seqs: &mut [SeqRows<'_>],
+        s: &mut Scratch,
+    ) -> Result<()> {
         let cfg = &self.cfg;
-        let n = tokens.len();
         let e = cfg.n_embd;
-        sess.check_room(n)?;
-        let pos0 = sess.pos;
-        let s = &mut sess.scratch;
-        d.embed(exec, tokens, &mut s.x)?;
+        let n = s.x.len() / e;
+        let pos0 = seqs.first().map_or(0, |q| q.pos0);
         s.xn.resize(n * e, 0.0);
         s.y.resize(n * e, 0.0);
         for (l, layer) in self.layers.iter().enumerate() {
@@ -447,12 +445,19 @@ impl Hybrid {
             exec.tap("attn_norm", ld, &s.xn);
             match &layer.mixer {
                 Mixer::Attention(w) => {
-                    let kv = sess.layers[l].kv();
-                    attention::attention(exec, w, &cfg.attn, kv, &s.xn, (pos0, l), &mut s.attn, &mut s.y);
+                    attention::project(exec, w, &cfg.attn, &s.xn, l, &mut s.attn);
+                    for q in seqs.iter_mut() {
+                        let kv = q.layers[l].kv();
+                        attention::attend(exec, &cfg.attn, kv, q.rows.clone(), (q.pos0, l), &mut s.attn);
+                    }
+                    attention::output(exec, w, &cfg.attn, &mut s.attn, &mut s.y);
                 }
                 Mixer::DeltaNet(w) => {
-                    let st = sess.layers[l].delta_net();
-                    delta_net::delta_net(exec, w, cfg.rms_eps, st, &s.xn, &mut s.delta, &mut s.y, l);
+                    delta_net::project(exec, w, &cfg.delta, &s.xn, &mut s.delta, l);
+                    for q in seqs.iter_mut() {
+                        delta_net::recur(exec, w, cfg.rms_eps, q.layers[l].delta_net(), q.rows.clone(), &mut s.delta);
+                    }
+                    delta_net::output(exec, w, &mut s.delta, &mut s.y, l);
                 }
             }
             exec.tap("attn_out", ld, &s.y);
@@ -483,12 +488,10 @@ impl Hybrid {
             ops::add(&mut s.x, &s.y);
             exec.tap("l_out", ld, &s.x);
         }
-        sess.pos += n;
-        let s = &mut sess.scratch;
-        d.logits(exec, &s.x, want, (&mut s.xn, &mut s.head_q), &mut s.logits)
+        Ok(())
     }
 
-    fn predict_next(&self, d: &Decoder, exec: &Exec<'_>, l: usize, s: &mut crate::session::Scratch) -> Option<usize> {
+    fn predict_next(&self, d: &Decoder, exec: &Exec<'_>, l: usize, s: &mut Scratch) -> Option<usize> {
         let (l2, w2) = self.layers.iter().enumerate().skip(l + 1).find_map(|(i, x)| match &x.ffn {
             FeedForward::Moe(w) => Some((i, w)),
             FeedForward::Dense(_) => None,

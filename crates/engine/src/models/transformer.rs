@@ -19,9 +19,9 @@ use crate::layers::ffn::{self, FfnWeights};
 use crate::layers::moe::{self, MoeRouting, MoeWeights};
 use crate::models::decoder::{self, Decoder, Parts};
 use crate::models::loader::Loader;
-use crate::models::{Logits, ModelInfo};
+use crate::models::{Logits, ModelInfo, SeqRows};
 use crate::ops;
-use crate::session::{LayerStateKind, Scratch, Session};
+use crate::session::{LayerStateKind, Scratch};
 use crate::Result;
 
 /// The numbers that shape a transformer stack.
@@ -236,22 +236,22 @@ impl Transformer {
         }
     }
 
-    /// Runs one batch of `tokens` at the session's position.
-    pub fn forward<'s>(
+    /// Runs the layers over the embedded rows in `s.x` (`[n, n_embd]`): the rows of one sequence, or of several
+    /// (`seqs`: each sequence's rows, position and per-layer states), which share every matrix product and each
+    /// expert's read while attention runs per sequence. `want` lets ggml numerics trim the last layer (one
+    /// sequence only).
+    pub(crate) fn forward_layers(
         &self,
         d: &Decoder,
         exec: &Exec<'_>,
-        sess: &'s mut Session,
-        tokens: &[u32],
+        seqs: &mut [SeqRows<'_>],
+        s: &mut Scratch,
         want: Logits,
-    ) -> Result<&'s [f32]> {
+    ) -> Result<()> {
         let cfg = &self.cfg;
-        let n = tokens.len();
         let e = cfg.n_embd;
-        sess.check_room(n)?;
-        let pos0 = sess.pos;
-        let s = &mut sess.scratch;
-        d.embed(exec, tokens, &mut s.x)?;
+        let n = s.x.len() / e;
+        let pos0 = seqs.first().map_or(0, |q| q.pos0);
         s.xn.resize(n * e, 0.0);
         s.y.resize(n * e, 0.0);
         let n_layer = self.layers.len();
@@ -259,13 +259,17 @@ impl Transformer {
             let ld = Some(l);
             exec.rms_norm(&s.x, &layer.attn_norm, cfg.rms_eps, &mut s.xn);
             exec.tap("attn_norm", ld, &s.xn);
-            let kv = sess.layers[l].kv();
-            attention::attention(exec, &layer.attn, &cfg.attn, kv, &s.xn, (pos0, l), &mut s.attn, &mut s.y);
+            attention::project(exec, &layer.attn, &cfg.attn, &s.xn, l, &mut s.attn);
+            for q in seqs.iter_mut() {
+                attention::attend(exec, &cfg.attn, q.layers[l].kv(), q.rows.clone(), (q.pos0, l), &mut s.attn);
+            }
+            attention::output(exec, &layer.attn, &cfg.attn, &mut s.attn, &mut s.y);
             exec.tap("attn_out", ld, &s.y);
             if l + 1 == n_layer && exec.trims_last_layer() && want != Logits::All {
                 // llama.cpp's last layer keeps only the rows whose logits were asked for (get_rows of out_ids after
                 // the attention), so the rest of the graph runs on them alone: a batch of one takes the one-token
                 // kernels (vec_dot instead of tinyBLAS, gemv instead of gemm) as llama.cpp does.
+                assert_eq!(seqs.len(), 1, "ggml numerics run one sequence at a time");
                 if want == Logits::None {
                     break;
                 }
@@ -306,9 +310,7 @@ impl Transformer {
             ops::add(&mut s.x, &s.y);
             exec.tap("l_out", ld, &s.x);
         }
-        sess.pos += n;
-        let s = &mut sess.scratch;
-        d.logits(exec, &s.x, want, (&mut s.xn, &mut s.head_q), &mut s.logits)
+        Ok(())
     }
 
     /// Predicts the next MoE layer's experts (see [`Decoder::predict_experts`]) and returns that layer.
