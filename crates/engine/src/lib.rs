@@ -15,6 +15,7 @@
 //! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.
 //! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
 //! - `session`: the per-sequence state (KV cache, scratch); weights never hold state.
+//! - `batch`: continuous batching (several sequences per forward step) and the prefix cache for multi-turn reuse.
 //! - `ops`, `pool`, `tensor`: the compute context (kernels + threads), the thread pool, aligned buffers.
 //!
 //! # Rules
@@ -22,6 +23,7 @@
 
 pub mod approx;
 pub mod backend;
+pub mod batch;
 pub mod error;
 pub mod experts;
 pub mod formats;
