@@ -2,8 +2,11 @@
 //!
 //! The environment mimics transformers' `apply_chat_template`: `trim_blocks` and `lstrip_blocks` on, Python string
 //! methods (`.strip()`, `.startswith()`, `.split()`, ...) through minijinja-contrib's pycompat callback,
-//! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), `tojson`, and loop controls (`break`/`continue`). The context
-//! holds `messages`, `add_generation_prompt`, `bos_token` and `eos_token`; `tools` is left undefined.
+//! `raise_exception(msg)`, `strftime_now(fmt)` (UTC), loop controls (`break`/`continue`), and transformers' `tojson`
+//! (Python's `json.dumps`: `", "` and `": "` separators, keys in their given order, non-ASCII kept unless
+//! `ensure_ascii`, `indent`), so that tool schemas render as transformers renders them. The context holds
+//! `messages` (plain [`ChatMessage`]s, or any JSON with tool calls and reasoning: [`ChatTemplate::render_json`]),
+//! `add_generation_prompt`, `bos_token`, `eos_token`, and extra variables (`tools`, `enable_thinking`, ...).
 
 use minijinja::{context, Environment, ErrorKind, Value};
 use serde::Serialize;
@@ -34,6 +37,40 @@ pub struct ChatTemplate {
     env: Environment<'static>,
 }
 
+/// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)`.
+fn tojson(value: &Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let _: Option<Value> = kwargs.get("separators")?;
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => Some(usize::try_from(v)?),
+        None => None,
+    };
+    let mut json = serde_json::to_value(value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON").with_source(e))?;
+    if sort_keys == Some(true) {
+        sort_json_keys(&mut json);
+    }
+    let mut out = String::new();
+    super::pyjson::write(&json, indent, ensure_ascii.unwrap_or(false), 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+fn sort_json_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.sort_keys();
+            m.values_mut().for_each(sort_json_keys);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(sort_json_keys),
+        _ => {}
+    }
+}
+
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatTemplate").finish_non_exhaustive()
@@ -44,9 +81,8 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
-fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    strftime_utc(&format, secs)
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A `strftime` subset for UTC: %Y %y %m %d %e %B %b %A %a %H %M %S %j %%; other specifiers are kept verbatim.
@@ -142,7 +178,17 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         minijinja_contrib::add_to_environment(&mut env);
         env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
+        env.add_function("strftime_now", |format: String| strftime_utc(&format, now_secs()));
+        env.add_filter("tojson", tojson);
+        // Python's `iter()` refuses None (minijinja iterates it as empty): `tools is iterable` must be false when
+        // no tools are given.
+        env.add_test("iterable", |v: Value| {
+            use minijinja::value::ValueKind;
+            matches!(
+                v.kind(),
+                ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
+            )
+        });
         env.add_template_owned(NAME, source.to_string()).map_err(template_error)?;
         Ok(ChatTemplate { env })
     }
@@ -168,19 +214,39 @@ impl ChatTemplate {
         eos_token: Option<&str>,
         extra: &serde_json::Value,
     ) -> Result<String> {
+        let messages = serde_json::to_value(messages).map_err(|e| Error::Tokenizer(format!("messages: {e}")))?;
+        self.render_json(&messages, add_generation_prompt, bos_token, eos_token, extra)
+    }
+
+    /// [`ChatTemplate::render_with`] for messages given as JSON (an array of objects with `role`, `content` and
+    /// whatever else the template reads: `tool_calls`, `reasoning_content`, `tool_call_id`, ...), keys in their
+    /// given order.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
         if !(extra.is_null() || extra.is_object()) {
             return Err(Error::Tokenizer(format!("chat template variables must be a JSON object, not {extra}")));
         }
         let template = self.env.get_template(NAME).map_err(template_error)?;
         template
             .render(context! {
-                messages => messages,
+                messages => Value::from_serialize(messages),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token.unwrap_or(""),
                 eos_token => eos_token.unwrap_or(""),
                 ..Value::from_serialize(extra)
             })
             .map_err(template_error)
+    }
+
+    /// Makes `strftime_now` tell the time `unix_secs` (UTC) instead of the current time (reproducible renders).
+    pub fn set_clock(&mut self, unix_secs: u64) {
+        self.env.add_function("strftime_now", move |format: String| strftime_utc(&format, unix_secs));
     }
 }
 
@@ -193,6 +259,21 @@ mod tests {
         assert_eq!(strftime_utc("%Y-%m-%d %H:%M:%S %a %j", 0), "1970-01-01 00:00:00 Thu 001");
         // 2024-02-29 12:34:56 UTC, a Thursday, day 60.
         assert_eq!(strftime_utc("%d %B %Y %A %j %b %%", 1_709_210_096), "29 February 2024 Thursday 060 Feb %");
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        let t = ChatTemplate::new(
+            "{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ 'é' | tojson }}|{{ 'é' | tojson(ensure_ascii=True) }}",
+        )
+        .expect("compiles");
+        let x = serde_json::json!({"b": [1, 2.5, true, null], "a": "q\"<"});
+        let out =
+            t.render_json(&serde_json::json!([]), false, None, None, &serde_json::json!({"x": x})).expect("renders");
+        assert_eq!(
+            out,
+            "{\"b\": [1, 2.5, true, null], \"a\": \"q\\\"<\"}|{\n  \"b\": [\n    1,\n    2.5,\n    true,\n    null\n  ],\n  \"a\": \"q\\\"<\"\n}|\"é\"|\"\\u00e9\""
+        );
     }
 
     #[test]

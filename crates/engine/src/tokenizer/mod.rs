@@ -22,6 +22,7 @@ mod fuzz;
 mod gguf;
 mod hf;
 mod pre;
+mod pyjson;
 mod stream;
 
 use std::path::Path;
@@ -52,6 +53,8 @@ pub struct Tokenizer {
     /// Append EOS in `encode(.., add_special = true, ..)` (GGUF `add_eos_token`; rare).
     add_eos: bool,
     chat_template: Option<String>,
+    /// [n_vocab] control (special) tokens: never plain text.
+    control: Vec<bool>,
 }
 
 /// What the two loaders produce.
@@ -102,9 +105,16 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
+        let mut control = vec![false; n_vocab];
+        let specials = hf.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id);
+        for id in specials.chain(eos_ids.iter().copied()) {
+            if let Some(c) = control.get_mut(id as usize) {
+                *c = true;
+            }
+        }
         let mut hf_plain = hf.clone();
         hf_plain.set_encode_special_tokens(true);
-        Ok(Tokenizer { hf, hf_plain, pieces, bos_id, eos_id, eos_ids, add_bos, add_eos, chat_template })
+        Ok(Tokenizer { hf, hf_plain, pieces, bos_id, eos_id, eos_ids, add_bos, add_eos, chat_template, control })
     }
 
     /// Text to ids. `add_special` adds BOS (and EOS) when the model asks for it (GGUF `add_bos_token` /
@@ -171,6 +181,11 @@ impl Tokenizer {
     /// declares (llama.cpp's list), the declared EOS first.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
+    }
+
+    /// Whether `id` is a control token (`<|im_start|>`, end-of-generation tokens, ...) rather than text.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn is_eog(&self, id: u32) -> bool {
