@@ -15,6 +15,8 @@
 //! - `layers/`: attention, feed-forward, MoE, RoPE: stateless functions over weights and a session's state.
 //! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
 //! - `session`: the per-sequence state (KV cache, scratch); weights never hold state.
+//! - `chat`: conversations through chat templates (tools, reasoning) and the model's output taken apart (tool
+//!   calls in each family's syntax, forced tool calls).
 //! - `batch`: continuous batching (several sequences per forward step) and the prefix cache for multi-turn reuse.
 //! - `ops`, `pool`, `tensor`: the compute context (kernels + threads), the thread pool, aligned buffers.
 //!
@@ -24,6 +26,7 @@
 pub mod approx;
 pub mod backend;
 pub mod batch;
+pub mod chat;
 pub mod error;
 pub mod experts;
 pub mod formats;
