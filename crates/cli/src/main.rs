@@ -1,11 +1,13 @@
 //! The `flash-moe` command line: argument parsing and printing live here, the work in the engine.
 //!
-//! Subcommands: `run` (generate text), `logits` (all-position logits to .npy), `perplexity` (held-out loss),
+//! Subcommands: `run` (generate text), `chat` (a conversation in the terminal), `serve` (the OpenAI- and
+//! Anthropic-compatible HTTP server), `logits` (all-position logits to .npy), `perplexity` (held-out loss),
 //! `inspect` (what a model file holds), `bench` (prompt and decode speed, optionally against llama.cpp's
 //! `llama-bench`), `profile` (expert use over prompts, for `run --profile`), `diskbench`, `synth`.
 
 mod args;
 mod bench;
+mod chat;
 mod diskbench;
 mod inspect;
 mod interrupt;
@@ -14,6 +16,7 @@ mod perplexity;
 mod profile;
 mod progress;
 mod run;
+mod serve;
 mod synth;
 mod warmstart;
 
@@ -36,6 +39,8 @@ const EXAMPLES: &str = "Examples:
   flash-moe run -p 'def parse_args(argv):'                 generate with the bundled model (tiny-py-moe)
   flash-moe run -m model.gguf --memory-budget 8GiB --chat -p 'Hello'
                                                            a model larger than RAM, experts streamed within 8 GiB
+  flash-moe serve -m model.gguf --memory-budget 8GiB       OpenAI and Anthropic APIs on http://127.0.0.1:8080
+  flash-moe chat -m model.gguf                             a conversation in the terminal
   flash-moe inspect model.gguf                             what a file holds, and how many bytes are experts
   flash-moe bench -m model.gguf --llama-cpp DIR            speed, next to llama.cpp's llama-bench
   flash-moe help run                                       every option of a command";
@@ -46,6 +51,12 @@ const EXAMPLES: &str = "Examples:
 enum Command {
     /// Generate text from a prompt, streaming it to stdout; a summary goes to stderr.
     Run(Box<run::RunArgs>),
+    /// Chat in the terminal: the model's chat template, replies streamed, the conversation's state kept between
+    /// turns; /reset, /stats, /exit; Ctrl-C stops a reply.
+    Chat(Box<chat::ChatArgs>),
+    /// Serve the OpenAI and Anthropic APIs over HTTP (chat completions, completions, messages, tool calls,
+    /// streaming), decoding concurrent requests together.
+    Serve(Box<serve::ServeArgs>),
     /// Write float32 logits [n_tokens, n_vocab] for every position of a token sequence to a .npy file.
     Logits(logits::LogitsArgs),
     /// Held-out loss and perplexity of a text (non-overlapping windows), like llama.cpp's llama-perplexity.
@@ -255,6 +266,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),
+        Command::Chat(a) => a.model.check().and_then(|()| chat::main(*a)),
+        Command::Serve(a) => a.model.check().and_then(|()| serve::main(*a)),
         Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),
         Command::Perplexity(a) => a.model.check().and_then(|()| perplexity::main(a)),
         Command::Inspect(a) => inspect::main(a),

@@ -531,7 +531,7 @@ fn first_token_report(
 /// Text pieces (about tokens) between saves of the hot experts.
 const HOT_SAVE_EVERY: usize = 64;
 
-fn random_seed() -> u64 {
+pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));

@@ -296,13 +296,15 @@ pub struct StopMatcher {
     stops: Vec<String>,
     held: String,
     stopped: bool,
+    /// The stop string found (the first in the text).
+    matched: Option<String>,
 }
 
 impl StopMatcher {
     /// Empty stop strings are ignored.
     pub fn new<S: AsRef<str>>(stops: &[S]) -> StopMatcher {
         let stops = stops.iter().map(|s| s.as_ref().to_string()).filter(|s| !s.is_empty()).collect();
-        StopMatcher { stops, held: String::new(), stopped: false }
+        StopMatcher { stops, held: String::new(), stopped: false, matched: None }
     }
 
     /// Adds a chunk. After a stop, further chunks return nothing.
@@ -311,8 +313,9 @@ impl StopMatcher {
             return StopOutput { text: String::new(), stopped: true };
         }
         self.held.push_str(chunk);
-        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
-        if let Some(pos) = first_stop {
+        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|p| (p, s))).min();
+        if let Some((pos, stop)) = first_stop {
+            self.matched = Some(stop.clone());
             self.held.truncate(pos);
             self.stopped = true;
             return StopOutput { text: std::mem::take(&mut self.held), stopped: true };
@@ -330,6 +333,11 @@ impl StopMatcher {
 
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// The stop string that ended the text, once one has.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// The longest suffix of `held` that is a proper prefix of some stop string.

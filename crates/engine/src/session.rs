@@ -33,6 +33,18 @@ impl LayerStateKind {
     }
 }
 
+/// Bytes a session of these layer kinds can hold at most: its states for `n_ctx` tokens and
+/// [`CHECKPOINTS_MAX`] copies of its recurrent states.
+pub fn session_bytes_max(kinds: &[LayerStateKind], n_ctx: usize) -> u64 {
+    kinds
+        .iter()
+        .map(|k| match k {
+            LayerStateKind::Kv { .. } => k.bytes(n_ctx),
+            LayerStateKind::DeltaNet(s) => s.bytes() * (1 + CHECKPOINTS_MAX as u64),
+        })
+        .sum()
+}
+
 /// One layer's state.
 pub enum LayerState {
     Kv(LayerKv),
@@ -98,7 +110,7 @@ struct Checkpoint {
 
 /// Checkpoints kept per session: each holds every recurrent state (e.g. 36 DeltaNet layers of 2 MiB for
 /// Qwen3-Coder-Next), so only a few.
-const CHECKPOINTS_MAX: usize = 4;
+pub const CHECKPOINTS_MAX: usize = 4;
 
 /// One sequence being decoded.
 pub struct Session {

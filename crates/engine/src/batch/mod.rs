@@ -113,6 +113,8 @@ pub struct SeqStats {
     /// From the first generated token to the end.
     pub decode_secs: f64,
     pub tokens: Vec<u32>,
+    /// The stop string that ended it ([`Finish::StopString`]).
+    pub stop_string: Option<String>,
 }
 
 /// Where a sequence's results go.
@@ -190,6 +192,14 @@ impl<'m> Batcher<'m> {
 
     pub fn prefix_cache(&self) -> &PrefixCache {
         &self.prefix
+    }
+
+    /// Ends every sequence now (their sinks hear [`Finish::Cancelled`]).
+    pub fn cancel_all(&mut self) {
+        while !self.active.is_empty() {
+            self.active[0].set_finish(Finish::Cancelled);
+            self.finish(0);
+        }
     }
 
     /// Forgets every kept prefix (a chat's `/reset`).

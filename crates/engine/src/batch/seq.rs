@@ -187,6 +187,7 @@ impl Seq {
             first_token_secs: t_first.duration_since(self.t_admit).as_secs_f64(),
             decode_secs: now.duration_since(t_first).as_secs_f64(),
             tokens: std::mem::take(&mut self.generated),
+            stop_string: self.stops.matched().map(str::to_string),
         }));
         if !self.reuse_prefix {
             return None;

@@ -340,6 +340,17 @@ pub fn describe(index: &WeightIndex) -> Result<Description> {
     Ok(Description { family, lines, notes })
 }
 
+/// What each layer of `index`'s model keeps per sequence, from its metadata alone (no weights read): what a
+/// server needs to budget its sessions before loading.
+pub fn state_kinds(index: &WeightIndex) -> Result<Vec<LayerStateKind>> {
+    let arch = architecture(index)?;
+    Ok(match Family::of(index, &arch)? {
+        Family::Llama => transformer::Transformer::state_kinds(&llama::config(index, &arch)?),
+        Family::Qwen3 => transformer::Transformer::state_kinds(&qwen3::config(index, &arch)?.0),
+        Family::Qwen3Next => qwen3next::Hybrid::state_kinds(&qwen3next::config_of(index, &arch)?),
+    })
+}
+
 /// The architecture name: GGUF `general.architecture` or the first of `config.json`'s `architectures`.
 pub fn architecture(index: &WeightIndex) -> Result<String> {
     match &index.metadata {
