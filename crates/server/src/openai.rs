@@ -435,10 +435,11 @@ async fn stream_completion(mut gen: Generation, sse: Sse, meta: Meta, include_us
     }
 }
 
-/// `GET /v1/models`: the one model, in OpenAI's shape with Anthropic's fields too.
+/// `GET /v1/models`: the one model, in OpenAI's shape with Anthropic's fields too, and its context per request.
 pub fn models(app: &App) -> Value {
     let name = &app.cfg.model_name;
     json!({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "flash-moe",
-                                       "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"}],
+                                       "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z",
+                                       "context_length": app.cfg.n_ctx}],
            "has_more": false, "first_id": name, "last_id": name})
 }

@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod server;
+
 use engine::formats::gguf::{self, GgufValue};
 use engine::formats::gguf_writer::GgufWriter;
 use engine::formats::Metadata;
