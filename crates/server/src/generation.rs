@@ -2,7 +2,7 @@
 //! ([`Prepared`]: prompt tokens, sampling, how to read the output), its admission into the engine's queue, and
 //! the stream of parsed output that comes back ([`Generation`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -27,8 +27,6 @@ pub struct App {
     pub cfg: ServerConfig,
     pub engine: Sender<Command>,
     pub metrics: Arc<Metrics>,
-    /// Requests admitted and not finished (queued or decoding).
-    pub in_flight: AtomicUsize,
     /// Request bodies being read at full size at most (see [`crate::config::BODIES_AT_ONCE`]).
     pub bodies: tokio::sync::Semaphore,
 }
@@ -52,7 +50,7 @@ struct Slot(Arc<App>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -88,7 +86,8 @@ impl App {
         }
         let max_tokens = p.max_tokens.min(n_ctx - p.prompt.len());
         let cap = self.cfg.n_parallel + self.cfg.queue_max;
-        let taken = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+        let taken =
+            self.metrics.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
         if taken.is_err() {
             return Err(ApiError::new(
                 429,

@@ -25,7 +25,6 @@ pub mod metrics;
 pub mod openai;
 pub mod params;
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use ::engine::batch::BatchConfig;
@@ -75,7 +74,6 @@ pub fn run(rt: Runtime, cfg: ServerConfig, template: Option<TemplateOverride>) -
         cfg,
         engine: tx.clone(),
         metrics,
-        in_flight: AtomicUsize::new(0),
         bodies: tokio::sync::Semaphore::new(config::BODIES_AT_ONCE),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

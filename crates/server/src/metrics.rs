@@ -13,6 +13,8 @@ use engine::experts::cache::CacheStats;
 /// Shared by the HTTP side (requests) and the engine thread (everything else).
 #[derive(Default)]
 pub struct Metrics {
+    /// Requests admitted and not finished: queued or decoding (what the 429 bound counts).
+    pub in_flight: std::sync::atomic::AtomicUsize,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     engine: Mutex<EngineView>,
 }
@@ -99,6 +101,13 @@ impl Metrics {
             "gauge",
             "Generated tokens per second over the last 10 s, all requests.",
             one(rate),
+        );
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        metric(
+            "requests_in_flight",
+            "gauge",
+            "Requests admitted and not finished (queued or decoding).",
+            one(in_flight as f64),
         );
         metric("requests_queued", "gauge", "Requests waiting for a free sequence.", one(e.queued as f64));
         metric("requests_active", "gauge", "Sequences being decoded.", one(e.active as f64));

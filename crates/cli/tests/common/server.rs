@@ -17,6 +17,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     log: Arc<Mutex<String>>,
+    /// `--api-key`, sent by [`Server::get`] and [`Server::post`].
+    key: Option<String>,
 }
 
 impl Server {
@@ -44,8 +46,9 @@ impl Server {
                 l.push('\n');
             }
         });
+        let key = args.iter().position(|a| *a == "--api-key").and_then(|i| args.get(i + 1)).map(|k| k.to_string());
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => Server { child, addr, log },
+            Ok(addr) => Server { child, addr, log, key },
             Err(_) => {
                 let _ = child.kill();
                 panic!("the server did not start:\n{}", log.lock().expect("log"));
@@ -71,20 +74,30 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    fn auth(&self) -> Vec<(&str, String)> {
+        self.key.iter().map(|k| ("Authorization", format!("Bearer {k}"))).collect()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Response {
-        http(&self.addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
-            .expect("request")
+        let mut h = self.auth();
+        h.push(("Content-Type", "application/json".into()));
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http(&self.addr, "POST", path, &h, body.to_string().as_bytes()).expect("request")
     }
 
     pub fn get(&self, path: &str) -> Response {
-        http(&self.addr, "GET", path, &[], b"").expect("request")
+        let h = self.auth();
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http(&self.addr, "GET", path, &h, b"").expect("request")
     }
 
-    /// The value of a metric in `/metrics` (0 when absent).
+    /// The value of a metric in `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics").body;
         let prefix = format!("flashmoe_{name} ");
-        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok()).unwrap_or(0.0)
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 }
 
