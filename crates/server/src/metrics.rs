@@ -112,6 +112,10 @@ impl Metrics {
         metric("requests_queued", "gauge", "Requests waiting for a free sequence.", one(e.queued as f64));
         metric("requests_active", "gauge", "Sequences being decoded.", one(e.active as f64));
         metric("prefix_cache_sessions", "gauge", "Conversation states kept for reuse.", one(e.prefix_sessions as f64));
+        if let Some((rss, peak)) = resident_bytes() {
+            metric("resident_bytes", "gauge", "Resident memory of the process (VmRSS).", one(rss as f64));
+            metric("resident_bytes_peak", "gauge", "Peak resident memory of the process (VmHWM).", one(peak as f64));
+        }
         metric(
             "forward_steps_total",
             "counter",
@@ -135,4 +139,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// This process's resident memory now and at its peak, in bytes (Linux `/proc/self/status`).
+fn resident_bytes() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kb("VmRSS:")? * 1024, kb("VmHWM:")? * 1024))
 }

@@ -226,6 +226,13 @@ fn usage(gen: &Generation, s: &engine::batch::SeqStats) -> Value {
            "prompt_tokens_details": {"cached_tokens": s.n_prompt_reused}})
 }
 
+/// llama.cpp's `timings`: prompt tokens reused (`cache_n`) and computed (`prompt_n`), the time from admission to
+/// the first generated token (`prompt_ms`), and the generated tokens and their time.
+fn timings(gen: &Generation, s: &engine::batch::SeqStats) -> Value {
+    json!({"cache_n": s.n_prompt_reused, "prompt_n": gen.n_prompt - s.n_prompt_reused,
+           "prompt_ms": s.first_token_secs * 1e3, "predicted_n": s.n_generated, "predicted_ms": s.decode_secs * 1e3})
+}
+
 fn openai_call(c: &engine::chat::ParsedCall) -> Value {
     json!({"id": new_id("call_"), "type": "function",
            "function": {"name": c.name, "arguments": c.arguments.to_string()}})
@@ -260,7 +267,7 @@ async fn collect_chat(mut gen: Generation, meta: Meta) -> Result<Value, ApiError
     Ok(json!({"id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
         "choices": [{"index": 0, "message": message, "logprobs": null,
                      "finish_reason": finish_reason(ending(&stats, gen.n_calls()))}],
-        "usage": usage(&gen, &stats), "system_fingerprint": "flash-moe"}))
+        "usage": usage(&gen, &stats), "timings": timings(&gen, &stats), "system_fingerprint": "flash-moe"}))
 }
 
 async fn stream_chat(mut gen: Generation, sse: Sse, meta: Meta, include_usage: bool) {
@@ -296,7 +303,9 @@ async fn stream_chat(mut gen: Generation, sse: Sse, meta: Meta, include_usage: b
         match end {
             None => continue,
             Some(Ok(stats)) => {
-                sse.data(&chunk(json!({}), json!(finish_reason(ending(&stats, gen.n_calls())))));
+                let mut last = chunk(json!({}), json!(finish_reason(ending(&stats, gen.n_calls()))));
+                last["timings"] = timings(&gen, &stats);
+                sse.data(&last);
                 if include_usage {
                     let mut u = chunk(json!({}), Value::Null);
                     u["choices"] = json!([]);
@@ -360,7 +369,7 @@ pub async fn completions(app: &Arc<App>, body: &Value) -> Result<Reply, ApiError
         json!({"id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
                "choices": [{"text": text, "index": 0, "logprobs": null,
                             "finish_reason": finish_reason(ending(&stats, 0))}],
-               "usage": usage(&gen, &stats)}),
+               "usage": usage(&gen, &stats), "timings": timings(&gen, &stats)}),
     ))
 }
 
