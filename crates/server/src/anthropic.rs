@@ -191,6 +191,7 @@ pub async fn messages(app: &Arc<App>, body: &Value) -> Result<Reply, ApiError> {
         sampler: Sampling::read(&f, 1.0)?.config(&app.recommended),
         stop: f.stop("stop_sequences", limits)?,
         reuse: f.bool("cache_prompt")?.unwrap_or(true),
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         parser: Some(app.chat.parser(&text, &conv.tools)),
         forced,
     };

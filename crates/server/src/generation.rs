@@ -40,6 +40,8 @@ pub struct Prepared {
     pub stop: Vec<String>,
     /// `cache_prompt`: reuse and keep the conversation's state.
     pub reuse: bool,
+    /// `ignore_eos` (llama.cpp's): generate past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
     /// Reads chat output; `None` for plain completions.
     pub parser: Option<OutputParser>,
     pub forced: Option<ForcedCall>,
@@ -107,7 +109,7 @@ impl App {
             max_tokens,
             sampler: p.sampler,
             stop: p.stop,
-            ignore_eos: false,
+            ignore_eos: p.ignore_eos,
             reuse_prefix: p.reuse,
             constraint: p.forced.map(|f| Box::new(f) as Box<dyn engine::batch::Constraint>),
         };

@@ -123,6 +123,12 @@ impl Metrics {
             one(c.steps as f64),
         );
         metric("forward_seconds_total", "counter", "Seconds in forward steps.", one(c.forward_secs));
+        metric(
+            "forward_sequences_total",
+            "counter",
+            "Sequences in forward steps, summed (divided by steps: the mean batch).",
+            one(c.seqs_in_steps as f64),
+        );
         let mean = if c.steps == 0 { 0.0 } else { c.seqs_in_steps as f64 / c.steps as f64 };
         metric("batch_sequences_mean", "gauge", "Sequences per forward step, on average.", one(mean));
         if let Some(cs) = &e.cache {

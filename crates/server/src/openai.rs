@@ -60,6 +60,7 @@ pub async fn chat_completions(app: &Arc<App>, body: &Value) -> Result<Reply, Api
         sampler: Sampling::read(&f, 2.0)?.config(&app.recommended),
         stop: f.stop("stop", limits)?,
         reuse: f.bool("cache_prompt")?.unwrap_or(true),
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         parser: Some(app.chat.parser(&text, &offered)),
         forced,
     };
@@ -341,6 +342,7 @@ pub async fn completions(app: &Arc<App>, body: &Value) -> Result<Reply, ApiError
         sampler: Sampling::read(&f, 2.0)?.config(&app.recommended),
         stop: f.stop("stop", limits)?,
         reuse: f.bool("cache_prompt")?.unwrap_or(true),
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         parser: None,
         forced: None,
     };
