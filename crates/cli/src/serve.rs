@@ -78,6 +78,10 @@ pub fn main(a: ServeArgs) -> Result<()> {
     for w in rt.warnings.drain(..) {
         eprintln!("warning: {w}");
     }
+    let loopback = a.host == "localhost" || a.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback && a.api_key.as_deref().is_none_or(str::is_empty) {
+        eprintln!("warning: --host {} without --api-key: anyone who can reach this address can use the model", a.host);
+    }
     let model_name = a.alias.clone().unwrap_or_else(|| {
         a.model.model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });

@@ -61,9 +61,10 @@ impl Default for Limits {
 
 impl Limits {
     /// Memory the HTTP side may hold beyond the engine's budget: bodies being read (at most
-    /// [`BODIES_AT_ONCE`] at full size) and a fixed allowance for the runtime, connections and buffers.
+    /// [`BODIES_AT_ONCE`] at full size, each with its parsed JSON) and a fixed allowance for the runtime,
+    /// connections and buffers.
     pub fn overhead_bytes(&self) -> u64 {
-        (BODIES_AT_ONCE * self.body_bytes_max) as u64 * 3 + (64 << 20)
+        (BODIES_AT_ONCE * self.body_bytes_max) as u64 * 2 + (32 << 20)
     }
 }
 
