@@ -20,6 +20,15 @@ pub struct AlignedBuf {
 /// memory: the allocator would zero them with memset for a large alignment.
 const MMAP_MIN: usize = 1 << 20;
 
+/// Mappings at least this large ask for transparent huge pages.
+const HUGE_MIN: usize = 2 << 20;
+
+/// Whether to ask for huge pages (`FLASH_MOE_HUGEPAGES=0` turns it off, to measure what they buy).
+fn huge_pages_wanted() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FLASH_MOE_HUGEPAGES").is_none_or(|v| v != "0"))
+}
+
 // SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only hands out `&[u8]`.
@@ -48,6 +57,13 @@ impl AlignedBuf {
                 )
             };
             if p != libc::MAP_FAILED {
+                if len >= HUGE_MIN && huge_pages_wanted() {
+                    // Weights and expert slots are read front to back on every token: 2 MiB pages cut the TLB
+                    // misses (costly under virtualisation, where a miss walks two page tables); measured +25% on a
+                    // single-thread sequential read here. Best effort: without THP the kernel ignores it.
+                    // SAFETY: advice on exactly the mapping just made.
+                    unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
+                }
                 if let Some(ptr) = NonNull::new(p as *mut u8) {
                     return AlignedBuf { ptr, len, align: 4096, mapped: true };
                 }
