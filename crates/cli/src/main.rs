@@ -98,6 +98,13 @@ pub struct ModelArgs {
     /// No progress display on stderr (it is shown only on a terminal anyway).
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// How the KV cache stores keys: f32, f16 or q8_0 (a half or about a quarter of f32; results then hold
+    /// for that type). `-ctk` as in llama.cpp.
+    #[arg(long = "cache-type-k", alias = "ctk", default_value = "f32", value_name = "f32|f16|q8_0")]
+    pub cache_type_k: String,
+    /// How the KV cache stores values: f32, f16 or q8_0. `-ctv` as in llama.cpp.
+    #[arg(long = "cache-type-v", alias = "ctv", default_value = "f32", value_name = "f32|f16|q8_0")]
+    pub cache_type_v: String,
 }
 
 /// `--numerics`: whose float arithmetic the forward pass follows.
@@ -198,7 +205,15 @@ impl ModelArgs {
                 prefetch: self.prefetch.mode(),
             }),
         };
-        Ok(LoadOptions { progress: progress::wanted(self.quiet), experts })
+        Ok(LoadOptions { progress: progress::wanted(self.quiet), experts, kv: self.kv_types()? })
+    }
+
+    /// The KV cache's storage types.
+    pub fn kv_types(&self) -> anyhow::Result<engine::kv_cache::KvTypes> {
+        Ok(engine::kv_cache::KvTypes {
+            k: engine::kv_cache::KvType::parse(&self.cache_type_k)?,
+            v: engine::kv_cache::KvType::parse(&self.cache_type_v)?,
+        })
     }
 
     /// Whether `--model` is the bundled model (given or by default).
@@ -252,7 +267,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // llama.cpp's multi-letter short flags, which clap cannot declare.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),
         Command::Logits(a) => a.model.check().and_then(|()| logits::main(a)),

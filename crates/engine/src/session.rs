@@ -12,22 +12,22 @@ use crate::layers::delta_net::{DeltaNetScratch, DeltaNetState, DeltaNetStateShap
 use crate::layers::moe::MoeScratch;
 use crate::{Error, Result};
 
-pub use crate::kv_cache::LayerKv;
+pub use crate::kv_cache::{KvTypes, LayerKv};
 
 /// What state one layer keeps per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerStateKind {
-    /// Keys and values of every position (`kv_dim` floats each).
-    Kv { kv_dim: usize },
+    /// Keys and values of every position (`kv_dim` values each, in heads of `head_dim`).
+    Kv { kv_dim: usize, head_dim: usize },
     /// A DeltaNet layer's convolution window and recurrent matrix (constant size).
     DeltaNet(DeltaNetStateShape),
 }
 
 impl LayerStateKind {
-    /// Bytes of one sequence's state for a context of `n_ctx` tokens.
-    pub fn bytes(&self, n_ctx: usize) -> u64 {
+    /// Bytes of one sequence's state for a context of `n_ctx` tokens with KV caches of `types`.
+    pub fn bytes(&self, n_ctx: usize, types: KvTypes) -> u64 {
         match self {
-            LayerStateKind::Kv { kv_dim } => (n_ctx as u64) * (*kv_dim as u64) * 2 * 4,
+            LayerStateKind::Kv { kv_dim, .. } => (n_ctx as u64) * types.bytes_per_position(*kv_dim) as u64,
             LayerStateKind::DeltaNet(s) => s.bytes(),
         }
     }
@@ -40,9 +40,9 @@ pub enum LayerState {
 }
 
 impl LayerState {
-    fn new(kind: LayerStateKind, n_ctx: usize) -> LayerState {
+    fn new(kind: LayerStateKind, n_ctx: usize, types: KvTypes) -> LayerState {
         match kind {
-            LayerStateKind::Kv { kv_dim } => LayerState::Kv(LayerKv::new(n_ctx, kv_dim)),
+            LayerStateKind::Kv { kv_dim, head_dim } => LayerState::Kv(LayerKv::new(n_ctx, kv_dim, head_dim, types)),
             LayerStateKind::DeltaNet(shape) => LayerState::DeltaNet(DeltaNetState::new(shape)),
         }
     }
@@ -113,10 +113,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with room for `n_ctx` tokens, one state per layer of the given kinds.
-    pub fn new(kinds: &[LayerStateKind], n_ctx: usize) -> Session {
+    /// A session with room for `n_ctx` tokens, one state per layer of the given kinds, KV caches of `types`.
+    pub fn new(kinds: &[LayerStateKind], n_ctx: usize, types: KvTypes) -> Session {
         Session {
-            layers: kinds.iter().map(|&k| LayerState::new(k, n_ctx)).collect(),
+            layers: kinds.iter().map(|&k| LayerState::new(k, n_ctx, types)).collect(),
             pos: 0,
             n_ctx,
             scratch: Scratch::default(),

@@ -34,6 +34,7 @@ fn streamed(path: &std::path::Path, n_slots: usize, io_threads: usize, prefetch:
     let index = WeightIndex::open(path).expect("open");
     let opts = LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Bytes(u64::MAX / 4),
             n_ctx: 64,

@@ -20,6 +20,7 @@ fn open_streamed(path: &std::path::Path) -> Model {
     let index = WeightIndex::open(path).expect("open");
     let opts = LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Min,
             n_ctx: 64,
@@ -88,6 +89,7 @@ fn replaced_before_streaming_starts_is_refused() {
     std::fs::OpenOptions::new().write(true).open(&path).expect("open rw").set_len(len + 4096).expect("grow");
     let opts = LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Min,
             n_ctx: 64,

@@ -17,6 +17,8 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Where the routed experts live.
     pub experts: ExpertResidency,
+    /// How sessions store keys and values (f32 unless asked: `-ctk`/`-ctv`).
+    pub kv: crate::kv_cache::KvTypes,
 }
 
 /// Where the routed experts live while the model runs.

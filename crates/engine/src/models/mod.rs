@@ -36,6 +36,8 @@ pub struct ModelInfo {
     pub n_ctx_train: usize,
     /// What each layer keeps per sequence (a KV cache, a recurrent state).
     pub state: Vec<LayerStateKind>,
+    /// How sessions store keys and values (`LoadOptions::kv`).
+    pub kv: crate::kv_cache::KvTypes,
     /// Routed experts per MoE layer (0 for a dense model) and experts used per token.
     pub n_expert: usize,
     pub n_expert_used: usize,
@@ -49,7 +51,7 @@ impl ModelInfo {
     /// Bytes of a session's per-layer states for `n_ctx` tokens (f32 keys and values in attention layers, the
     /// constant-size recurrent states of DeltaNet layers).
     pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
-        self.state.iter().map(|k| k.bytes(n_ctx)).sum()
+        self.state.iter().map(|k| k.bytes(n_ctx, self.kv)).sum()
     }
 }
 
@@ -106,7 +108,7 @@ impl Model {
     }
 
     pub fn new_session(&self, n_ctx: usize) -> Session {
-        Session::new(&self.info.state, n_ctx)
+        Session::new(&self.info.state, n_ctx, self.info.kv)
     }
 
     /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for
@@ -197,6 +199,9 @@ impl Model {
     /// Chooses whose float arithmetic the forward pass follows; [`Numerics::Ggml`] is refused for a model it does
     /// not cover.
     pub fn set_numerics(&mut self, numerics: Numerics) -> Result<()> {
+        if numerics == Numerics::Ggml && self.info.kv != crate::kv_cache::KvTypes::default() {
+            return Err(Error::Invalid("--numerics ggml covers an f32 KV cache only".into()));
+        }
         let coverage = match &self.stack {
             Stack::Transformer(t) => t.coverage(&self.decoder),
             Stack::Hybrid(h) => h.coverage(&self.decoder),

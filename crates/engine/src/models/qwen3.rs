@@ -52,6 +52,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         state: Transformer::state_kinds(&cfg),
+        kv: Default::default(),
         n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
         n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,

@@ -139,6 +139,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         state: Hybrid::state_kinds(&cfg),
+        kv: Default::default(),
         n_expert: cfg.moe.n_expert,
         n_expert_used: cfg.moe.n_expert_used,
         resident_bytes: 0,
@@ -330,15 +331,13 @@ impl Hybrid {
     pub fn state_kinds(cfg: &HybridConfig) -> Vec<LayerStateKind> {
         cfg.recurrent
             .iter()
-            .map(
-                |&r| {
-                    if r {
-                        LayerStateKind::DeltaNet(cfg.delta)
-                    } else {
-                        LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim() }
-                    }
-                },
-            )
+            .map(|&r| {
+                if r {
+                    LayerStateKind::DeltaNet(cfg.delta)
+                } else {
+                    LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim(), head_dim: cfg.attn.head_dim }
+                }
+            })
             .collect()
     }
 

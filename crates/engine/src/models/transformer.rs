@@ -124,7 +124,7 @@ pub struct Transformer {
 impl Transformer {
     /// Per layer: a KV cache.
     pub fn state_kinds(cfg: &TransformerConfig) -> Vec<LayerStateKind> {
-        vec![LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim() }; cfg.n_layer]
+        vec![LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim(), head_dim: cfg.attn.head_dim }; cfg.n_layer]
     }
 
     /// Reads every weight named by the family's table; experts are described by an [`ExpertLayout`].
