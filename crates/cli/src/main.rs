@@ -91,9 +91,10 @@ pub struct ModelArgs {
     pub mlock: bool,
     /// When experts stream, predict the next layer's experts and read them early with low priority: 'router' (the
     /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
-    /// or 'off'. Fewer predictions are read the busier demand reads keep the disk and the less the forward pass
-    /// waits for reads (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
-    #[arg(long, value_enum, default_value_t = PrefetchArg::Off)]
+    /// 'off', or 'auto' (router; table under --replay-routes). Fewer predictions are read the busier demand reads
+    /// keep the disk and the less the forward pass waits for reads, so a compute-bound run reads almost none
+    /// (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
+    #[arg(long, value_enum, default_value_t = PrefetchArg::Auto)]
     pub prefetch: PrefetchArg,
     /// No progress display on stderr (it is shown only on a terminal anyway).
     #[arg(short = 'q', long)]
@@ -129,18 +130,22 @@ impl NumericsArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrefetchArg {
+    Auto,
     Off,
     Table,
     Router,
 }
 
 impl PrefetchArg {
-    pub fn mode(self) -> engine::experts::cache::Prefetch {
+    /// The prefetch mode; `replay`: routing comes from a trace, so the model's router cannot predict it.
+    pub fn mode(self, replay: bool) -> engine::experts::cache::Prefetch {
         use engine::experts::cache::Prefetch;
         match self {
             PrefetchArg::Off => Prefetch::Off,
             PrefetchArg::Table => Prefetch::Table,
             PrefetchArg::Router => Prefetch::Router,
+            PrefetchArg::Auto if replay => Prefetch::Table,
+            PrefetchArg::Auto => Prefetch::Router,
         }
     }
 }
@@ -185,6 +190,16 @@ impl ModelArgs {
 
     /// Load options for a KV cache of `n_ctx` tokens.
     pub fn load_options(&self, index: &engine::formats::WeightIndex, n_ctx: usize) -> anyhow::Result<LoadOptions> {
+        self.load_options_for(index, n_ctx, false)
+    }
+
+    /// [`ModelArgs::load_options`] for a run whose routing is replayed from a trace (`replay`).
+    pub fn load_options_for(
+        &self,
+        index: &engine::formats::WeightIndex,
+        n_ctx: usize,
+        replay: bool,
+    ) -> anyhow::Result<LoadOptions> {
         use engine::experts::budget::{auto_budget, Budget};
         let budget = match &self.memory_budget {
             Some(s) => Some(Budget::parse(s)?),
@@ -202,7 +217,7 @@ impl ModelArgs {
                 io_threads: self.io_threads.max(1),
                 io_engine: None,
                 n_slots: None,
-                prefetch: self.prefetch.mode(),
+                prefetch: self.prefetch.mode(replay),
             }),
         };
         Ok(LoadOptions { progress: progress::wanted(self.quiet), experts, kv: self.kv_types()? })

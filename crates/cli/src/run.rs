@@ -189,7 +189,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
-    let load = a.model.load_options(&index, n_ctx)?;
+    let load = a.model.load_options_for(&index, n_ctx, a.replay_routes.is_some())?;
     let mut rt = Runtime::open(index, &load)?;
     crate::ModelArgs::warn_ctx(&rt.index, &rt.model.info, "-c", n_ctx);
     a.numerics.apply(&mut rt.model)?;
@@ -370,7 +370,7 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "plan": model.memory_plan(),
                 "experts_prefill": pre,
                 "experts_decode": dec,
-                "prefetch": format!("{:?}", a.model.prefetch).to_lowercase(),
+                "prefetch": format!("{:?}", a.model.prefetch.mode(replay)).to_lowercase(),
                 "prediction_accuracy_decode": dec.prediction_accuracy(),
                 "per_token": stats.per_token,
                 "time_to_first_token": ttft,
