@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# MLX 4-bit against Q4_K_M of the same shape, streamed under the same memory cgroup: writes both files with
-# `flash-moe synth` (GGUF q4_k_m, and --format mlx: 4-bit groups of 64, bf16 scales, 8-bit router), then for each
-# drops the page cache and runs `flash-moe run` inside the cgroup, and prints decode tok/s, bytes read per token,
-# hit rate and peak memory.
+# MLX 4-bit against Q4_K_M of the same shape, streamed under the same memory cgroup: for each format, writes the
+# file with `flash-moe synth` (GGUF q4_k_m, or --format mlx: 4-bit groups of 64, bf16 scales, 8-bit router), drops
+# the page cache, runs `flash-moe run` inside the cgroup, prints decode tok/s, bytes read per token, hit rate and
+# peak memory, and deletes the file (one file on disk at a time).
 #
 #   bench/mlx_vs_gguf.sh DIR [SHAPE=qwen3-30b-a3b] [LIMIT=8G] [THREADS=2] [N_GEN=32]
-#   env: FLASH_MOE=binary; KEEP=1 keeps the two files in DIR (about 17 GB each for qwen3-30b-a3b).
+#   env: FLASH_MOE=binary; KEEP=1 keeps the files in DIR (about 17 GB each for qwen3-30b-a3b); LAYERS=N writes
+#        only the first N layers of the shape (a scaled-down run where the disk cannot hold the full files).
 # Needs root: a memory cgroup (v1 at /sys/fs/cgroup/memory or v2 at /sys/fs/cgroup) and drop_caches.
 set -euo pipefail
 dir=${1:?usage: bench/mlx_vs_gguf.sh DIR [SHAPE] [LIMIT] [THREADS] [N_GEN]}
@@ -33,12 +34,18 @@ else
 fi
 trap 'rmdir "$cg" 2>/dev/null || true' EXIT
 
-[[ -f $gguf ]] || { echo "== synth $gguf"; "$fm" synth --shape "$shape" --quant q4_k_m -o "$gguf" -q; }
-[[ -d $mlx ]] || { echo "== synth $mlx"; "$fm" synth --shape "$shape" --format mlx -o "$mlx" -q; }
-du -sh "$gguf" "$mlx"
-
+layers=(${LAYERS:+--layers "$LAYERS"})
 for model in "$gguf" "$mlx"; do
     name=$(basename "$model")
+    if [[ ! -e $model ]]; then
+        echo "== synth $model"
+        if [[ $model == "$gguf" ]]; then
+            "$fm" synth --shape "$shape" "${layers[@]}" --quant q4_k_m -o "$gguf" -q
+        else
+            "$fm" synth --shape "$shape" "${layers[@]}" --format mlx -o "$mlx" -q
+        fi
+    fi
+    du -sh "$model"
     sync; echo 3 > /proc/sys/vm/drop_caches
     cg_set
     echo "== $name (cgroup $limit, --memory-budget auto, $threads threads, $n_gen tokens)"
@@ -53,5 +60,5 @@ print(f"{sys.argv[2]}: decode {1/t_tok:.2f} tok/s; {d['bytes_read']/steps/2**20:
       f"{d['hits']/max(d['hits']+d['misses'],1)*100:.1f}%; waited {d['wait_secs']/steps*1e3:.0f} ms/token for reads; "
       f"peak {int(sys.argv[3])/2**30:.2f} GiB of {int(sys.argv[4])/2**30:.2f} GiB")
 PY
+    [[ -n ${KEEP:-} ]] || rm -rf "$model"
 done
-[[ -n ${KEEP:-} ]] || rm -rf "$gguf" "$mlx"
