@@ -93,7 +93,7 @@ impl<'a> Exec<'a> {
     /// Row `id` of an embedding table, as f32.
     pub fn embed(&self, table: &QMat, id: u32, out: &mut [f32]) {
         match self.numerics {
-            Numerics::Native => self.cpu.kernels.dequantize_row(table.dtype, table.as_ref().row(id as usize), out),
+            Numerics::Native => crate::ops::dequantize_row(&self.cpu.kernels, table.as_ref(), id as usize, out),
             Numerics::Ggml => ggml::embed(self.cpu, table, id, out),
         }
     }

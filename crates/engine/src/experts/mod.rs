@@ -21,7 +21,7 @@ pub mod warm;
 use crate::tensor::QMatRef;
 use crate::Result;
 
-pub use layout::{ExpertLayout, ExpertSpan, LayerExperts, ProjLayout};
+pub use layout::{ExpertLayout, ExpertSpan, LayerExperts, PlaneSpans, ProjLayout};
 
 /// The three matrices of one SwiGLU expert.
 #[derive(Clone, Copy, Debug)]

@@ -13,6 +13,8 @@
 //!   ([`gguf::GgufMetadata`], [`gguf::GgufValue`], [`gguf::GgufArray`]).
 //! - [`gguf_writer`]: a streaming GGUF v3 writer for synthetic models and test files.
 //! - [`safetensors`]: Hugging Face safetensors files, directories and sharded indexes.
+//! - [`mlx`]: MLX directories (mlx-lm's `convert`): affine-quantized weights as three planes, the
+//!   `quantization` of `config.json` with its per-layer overrides.
 //!
 //! Readers bound every count and length in a header by the file's size before allocating, and report a broken
 //! file as an [`Error`] naming the file and the problem, never a panic.
@@ -20,6 +22,7 @@
 pub mod gguf;
 mod gguf_metadata;
 pub mod gguf_writer;
+pub mod mlx;
 pub mod safetensors;
 
 use std::collections::HashMap;

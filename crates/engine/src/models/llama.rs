@@ -35,6 +35,10 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_gate_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
     ("ffn_up_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
     ("ffn_down_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
+    // mlx-lm's Mixtral: the experts stacked.
+    ("ffn_gate_exps", "model.layers.{}.block_sparse_moe.switch_mlp.gate_proj"),
+    ("ffn_up_exps", "model.layers.{}.block_sparse_moe.switch_mlp.up_proj"),
+    ("ffn_down_exps", "model.layers.{}.block_sparse_moe.switch_mlp.down_proj"),
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {

@@ -7,7 +7,7 @@ use std::io::Write;
 use kernels::Kernels;
 
 use crate::formats::{Metadata, TensorInfo, WeightIndex};
-use crate::tensor::{AlignedBuf, QMat};
+use crate::tensor::{AlignedBuf, Planes, QMat};
 use crate::{Error, Result};
 
 /// Options of [`crate::models::Model::load`].
@@ -290,11 +290,24 @@ impl<'a> Loader<'a> {
                 msg: format!("rows of {cols} values cannot be multiplied in this type"),
             });
         }
+        let data = self.read(t)?;
+        // An MLX weight brings its scales and biases.
+        let planes = match crate::formats::mlx::planes(self.index, t)? {
+            Some(p) => {
+                Some(Box::new(Planes { format: p.format, scales: self.read(p.scales)?, biases: self.read(p.biases)? }))
+            }
+            None => None,
+        };
+        Ok(QMat { dtype: t.dtype, rows, cols, data, planes })
+    }
+
+    /// A tensor's bytes, counted as resident.
+    fn read(&mut self, t: &TensorInfo) -> Result<AlignedBuf> {
         let mut data = AlignedBuf::zeroed(t.len as usize);
         self.index.read_tensor(t, data.as_mut_slice())?;
         self.progress.add(t.len);
         self.resident_bytes += t.len;
-        Ok(QMat { dtype: t.dtype, rows, cols, data })
+        Ok(data)
     }
 
     /// A vector of `len` values (norm weights, biases), converted to f32.

@@ -70,6 +70,10 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_gate_exp.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
     ("ffn_up_exp.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
     ("ffn_down_exp.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
+    // mlx-lm: the experts stacked.
+    ("ffn_gate_exps", "model.layers.{}.mlp.switch_mlp.gate_proj"),
+    ("ffn_up_exps", "model.layers.{}.mlp.switch_mlp.up_proj"),
+    ("ffn_down_exps", "model.layers.{}.mlp.switch_mlp.down_proj"),
     ("ffn_gate_shexp", "model.layers.{}.mlp.shared_expert.gate_proj"),
     ("ffn_up_shexp", "model.layers.{}.mlp.shared_expert.up_proj"),
     ("ffn_down_shexp", "model.layers.{}.mlp.shared_expert.down_proj"),
@@ -344,6 +348,8 @@ impl Hybrid {
     fn load(mut ld: Loader<'_>, cfg: HybridConfig, info: ModelInfo) -> Result<(Decoder, Hybrid)> {
         let e = cfg.n_embd;
         let gguf = matches!(ld.index.metadata, crate::formats::Metadata::Gguf(_));
+        // mlx-lm's converter stores the zero-centred norms as `1 + w`, as llama.cpp's does.
+        let plus_one_stored = gguf || crate::formats::mlx::is_mlx_layout(ld.index);
         let token_embd = ld.mat("token_embd", None, cfg.n_vocab, e)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         let mut expert_layout = ExpertLayout { n_expert: cfg.moe.n_expert, layers: vec![] };
@@ -351,7 +357,7 @@ impl Hybrid {
             let mixer = if cfg.recurrent[l] {
                 Mixer::DeltaNet(delta_net_weights(&mut ld, &cfg, l, gguf)?)
             } else {
-                Mixer::Attention(attention_weights(&mut ld, &cfg, l, gguf)?)
+                Mixer::Attention(attention_weights(&mut ld, &cfg, l, plus_one_stored)?)
             };
             let (ffn, experts) = if cfg.moe_layers[l] {
                 let router = ld.mat("ffn_gate_inp", Some(l), cfg.moe.n_expert, e)?;
@@ -376,13 +382,13 @@ impl Hybrid {
             };
             expert_layout.layers.push(experts);
             layers.push(Layer {
-                attn_norm: norm(&mut ld, "attn_norm", Some(l), e, gguf)?,
+                attn_norm: norm(&mut ld, "attn_norm", Some(l), e, plus_one_stored)?,
                 mixer,
-                post_norm: norm(&mut ld, "post_attention_norm", Some(l), e, gguf)?,
+                post_norm: norm(&mut ld, "post_attention_norm", Some(l), e, plus_one_stored)?,
                 ffn,
             });
         }
-        let output_norm = norm(&mut ld, "output_norm", None, e, gguf)?;
+        let output_norm = norm(&mut ld, "output_norm", None, e, plus_one_stored)?;
         let output = if cfg.tied_embeddings || !ld.has("output", None) {
             None
         } else {
@@ -497,11 +503,11 @@ impl Hybrid {
     }
 }
 
-/// A zero-centred RMSNorm weight as used: `1 + w` (safetensors store `w`; llama.cpp's converter stores `1 + w`,
-/// computed in f32 as transformers computes it at run time).
-fn norm(ld: &mut Loader<'_>, slot: &str, layer: Option<usize>, n: usize, gguf: bool) -> Result<Vec<f32>> {
+/// A zero-centred RMSNorm weight as used: `1 + w` (transformers' safetensors store `w`; llama.cpp's and mlx-lm's
+/// converters store `1 + w` (`plus_one_stored`), computed in f32 as transformers computes it at run time).
+fn norm(ld: &mut Loader<'_>, slot: &str, layer: Option<usize>, n: usize, plus_one_stored: bool) -> Result<Vec<f32>> {
     let mut w = ld.vec(slot, layer, "weight", n)?;
-    if !gguf {
+    if !plus_one_stored {
         for v in &mut w {
             *v += 1.0;
         }
@@ -523,7 +529,12 @@ fn ffn_weights(
     })
 }
 
-fn attention_weights(ld: &mut Loader<'_>, cfg: &HybridConfig, l: usize, gguf: bool) -> Result<AttentionWeights> {
+fn attention_weights(
+    ld: &mut Loader<'_>,
+    cfg: &HybridConfig,
+    l: usize,
+    plus_one_stored: bool,
+) -> Result<AttentionWeights> {
     let (a, e) = (&cfg.attn, cfg.n_embd);
     let l_ = Some(l);
     Ok(AttentionWeights {
@@ -534,8 +545,8 @@ fn attention_weights(ld: &mut Loader<'_>, cfg: &HybridConfig, l: usize, gguf: bo
         bq: None,
         bk: None,
         bv: None,
-        q_norm: Some(norm(ld, "attn_q_norm", l_, a.head_dim, gguf)?),
-        k_norm: Some(norm(ld, "attn_k_norm", l_, a.head_dim, gguf)?),
+        q_norm: Some(norm(ld, "attn_q_norm", l_, a.head_dim, plus_one_stored)?),
+        k_norm: Some(norm(ld, "attn_k_norm", l_, a.head_dim, plus_one_stored)?),
     })
 }
 

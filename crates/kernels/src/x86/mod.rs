@@ -2,6 +2,7 @@
 //! length-checked wrapper around a `#[target_feature]` kernel; a table is only built after its features were
 //! detected, which is what makes the wrappers' `unsafe` calls sound.
 
+pub(crate) mod affine_avx2;
 mod avx2;
 mod avx2_r4;
 mod avx2_x4;

@@ -210,7 +210,7 @@ impl ExpertCache {
                 n_pinned[c] += usize::from(pin);
                 stats.n_pinned += usize::from(pin);
                 jobs.push((s, pin));
-                for p in self.store.placements(it.layer, it.expert as usize) {
+                for p in self.store.placements(it.layer, it.expert as usize).iter() {
                     pieces.push(Piece {
                         file: p.file,
                         offset: p.read_offset,
