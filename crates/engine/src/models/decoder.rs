@@ -213,9 +213,9 @@ pub fn expert_layer_layout(
         ProjLayout::per_expert(index, &ts, rows, cols)
     };
     Ok(LayerExperts {
-        gate: proj("ffn_gate_exps", "ffn_gate_exp.{e}", n_ff, n_embd)?,
-        up: proj("ffn_up_exps", "ffn_up_exp.{e}", n_ff, n_embd)?,
-        down: proj("ffn_down_exps", "ffn_down_exp.{e}", n_embd, n_ff)?,
+        gate: proj("ffn_gate_exps", "ffn_gate.{e}", n_ff, n_embd)?,
+        up: proj("ffn_up_exps", "ffn_up.{e}", n_ff, n_embd)?,
+        down: proj("ffn_down_exps", "ffn_down.{e}", n_embd, n_ff)?,
     })
 }
 

@@ -32,9 +32,9 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_down", "model.layers.{}.mlp.down_proj"),
     // Mixtral (`MixtralForCausalLM`): w1 = gate, w3 = up, w2 = down.
     ("ffn_gate_inp", "model.layers.{}.block_sparse_moe.gate"),
-    ("ffn_gate_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
-    ("ffn_up_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
-    ("ffn_down_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
+    ("ffn_gate.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
+    ("ffn_up.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
+    ("ffn_down.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
     // mlx-lm's Mixtral: the experts stacked.
     ("ffn_gate_exps", "model.layers.{}.block_sparse_moe.switch_mlp.gate_proj"),
     ("ffn_up_exps", "model.layers.{}.block_sparse_moe.switch_mlp.up_proj"),

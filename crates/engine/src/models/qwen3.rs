@@ -34,9 +34,9 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_gate_exps", "model.layers.{}.mlp.switch_mlp.gate_proj"),
     ("ffn_up_exps", "model.layers.{}.mlp.switch_mlp.up_proj"),
     ("ffn_down_exps", "model.layers.{}.mlp.switch_mlp.down_proj"),
-    ("ffn_gate_exp.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
-    ("ffn_up_exp.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
-    ("ffn_down_exp.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
+    ("ffn_gate.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
+    ("ffn_up.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
+    ("ffn_down.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
