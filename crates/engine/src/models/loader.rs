@@ -67,8 +67,10 @@ impl<'a> Hparams<'a> {
     fn json(&self, hf: &str) -> Option<&serde_json::Value> {
         match &self.index.metadata {
             Metadata::HfConfig { config, .. } => {
-                // transformers 5 moved rope_theta into rope_parameters.
-                config.get(hf).or_else(|| config.get("rope_parameters").and_then(|r| r.get(hf)))
+                // A multimodal checkpoint (`...ForConditionalGeneration`) keeps the language model's numbers in
+                // text_config; transformers 5 moved rope_theta into rope_parameters.
+                let root = config.get("text_config").unwrap_or(config);
+                root.get(hf).or_else(|| root.get("rope_parameters").and_then(|r| r.get(hf))).or_else(|| config.get(hf))
             }
             Metadata::Gguf(_) => None,
         }
@@ -202,6 +204,9 @@ pub struct Loader<'a> {
     pub progress: Progress,
     pub resident_bytes: u64,
     pub opts: LoadOptions,
+    /// A `...ForConditionalGeneration` safetensors checkpoint whose language model sits under
+    /// `model.language_model.` (Qwen3.5's released checkpoints).
+    multimodal: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -213,6 +218,10 @@ impl<'a> Loader<'a> {
             progress: Progress::new(load_bytes(index, opts), opts.progress),
             resident_bytes: 0,
             opts: opts.clone(),
+            multimodal: match &index.metadata {
+                Metadata::HfConfig { config, .. } => config.get("text_config").is_some(),
+                Metadata::Gguf(_) => false,
+            },
         }
     }
 
@@ -226,9 +235,14 @@ impl<'a> Loader<'a> {
             },
             Metadata::HfConfig { .. } => {
                 let hf = self.hf_names.iter().find(|(s, _)| *s == slot).map_or(slot, |(_, h)| *h);
-                match layer {
+                let name = match layer {
                     Some(l) => hf.replacen("{}", &l.to_string(), 1),
                     None => hf.to_string(),
+                };
+                // A multimodal checkpoint nests the language model: `model.language_model.layers.N...`.
+                match (self.multimodal, name.strip_prefix("model.")) {
+                    (true, Some(rest)) => format!("model.language_model.{rest}"),
+                    _ => name,
                 }
             }
         };

@@ -79,7 +79,7 @@ enum Stack {
 
 const SUPPORTED: &str = "GGUF: llama (incl. Mixtral), qwen3, qwen3moe, qwen3next, qwen35moe; safetensors: \
                          LlamaForCausalLM, MixtralForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, \
-                         Qwen3NextForCausalLM, Qwen3_5MoeForCausalLM";
+                         Qwen3NextForCausalLM, Qwen3_5MoeForCausalLM (and ForConditionalGeneration, text only)";
 
 impl Model {
     /// Loads the model of `index`, choosing the family from its architecture.
@@ -230,7 +230,11 @@ impl Family {
         Ok(match arch {
             "llama" | "LlamaForCausalLM" | "MixtralForCausalLM" => Family::Llama,
             "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => Family::Qwen3,
-            "qwen3next" | "qwen35moe" | "Qwen3NextForCausalLM" | "Qwen3_5MoeForCausalLM" => Family::Qwen3Next,
+            "qwen3next"
+            | "qwen35moe"
+            | "Qwen3NextForCausalLM"
+            | "Qwen3_5MoeForCausalLM"
+            | "Qwen3_5MoeForConditionalGeneration" => Family::Qwen3Next,
             _ => {
                 return Err(Error::UnknownArchitecture {
                     path: index.path.clone(),
