@@ -12,7 +12,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::{ExpertCache, Slot, SlotState, State, RATE_HALF_LIFE_VISITS};
+use super::policy::{Slot, SlotState, State, RATE_HALF_LIFE_VISITS};
+use super::ExpertCache;
 use crate::experts::io::{ReadBatch, DIRECT_ALIGN};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
@@ -332,7 +333,7 @@ pub fn replay_policy_planned(
         st.claim_free(s, layer, e, 0);
         st.slots[s].state = SlotState::Ready;
     }
-    let r = super::replay_state(st, &vec![true; n_layer], n_expert, n_expert_used, None, steps);
+    let r = super::replay::replay_state(st, &vec![true; n_layer], n_expert, n_expert_used, None, steps);
     (r.hits, r.misses)
 }
 
