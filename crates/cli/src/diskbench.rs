@@ -75,7 +75,7 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
                     dst: b.as_ptr(),
                     len: chunk,
                     len_needed: chunk,
-                    expected: (size, meta.modified().ok()),
+                    expected: engine::formats::FileStamp::of(&meta),
                 }
             })
             .collect();

@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use crate::formats::FileStamp;
+
 /// The alignment of direct reads (buffer address, file offset and length): the page size, which covers every
 /// logical block size in use.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -37,9 +39,9 @@ pub struct ReadReq {
     pub len: usize,
     /// Bytes that must arrive (the rest of `len` is alignment padding that may lie past the end of the file).
     pub len_needed: usize,
-    /// The file's size and modification time when the model was opened: a read from a file that changed since
-    /// then fails instead of handing out bytes of another model.
-    pub expected: (u64, Option<std::time::SystemTime>),
+    /// What the file was when the model was opened: a read from a file that changed since then fails instead of
+    /// handing out bytes of another model.
+    pub expected: FileStamp,
 }
 
 // SAFETY: `dst` points into an expert-cache slot that the submitter has claimed for this read and does not touch
@@ -369,16 +371,13 @@ fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// Fails if the file's size or modification time differ from when the model was opened.
+/// Fails if the file changed since the model was opened ([`FileStamp`]: size, times, inode).
 fn check_unchanged(req: &ReadReq) -> Result<(), String> {
     let meta = req.file.metadata().map_err(|e| format!("{}: {e}", req.path.display()))?;
-    let now = (meta.len(), meta.modified().ok());
-    if now != req.expected {
+    if let Some(change) = FileStamp::of(&meta).change_since(&req.expected) {
         return Err(format!(
-            "{}: the model file changed while running (size {} -> {}, or modified): restart with the new file",
-            req.path.display(),
-            req.expected.0,
-            now.0
+            "{}: the model file changed while running ({change}): restart with the new file",
+            req.path.display()
         ));
     }
     Ok(())
@@ -473,7 +472,7 @@ mod tests {
             dst: std::ptr::null_mut(),
             len: 0,
             len_needed: 0,
-            expected: (0, None),
+            expected: FileStamp { size: 0, mtime: None, ctime: (0, 0), dev: 0, ino: 0 },
         };
         (req, ReadBatch::default())
     }

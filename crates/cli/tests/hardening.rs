@@ -1,0 +1,135 @@
+//! Hostile files, hostile arguments and injected I/O faults against the real `flash-moe` binary: every case ends,
+//! within a time bound, with a clean error (non-zero exit code other than 101, no panic message, the file and the
+//! problem named) or with the same output as a run without the fault.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use engine::formats::gguf::{self, GgufValue};
+use engine::formats::gguf_writer::GgufWriter;
+use engine::formats::Metadata;
+use kernels::DType;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The tiny Qwen3-MoE GGUF with a tokenizer in its metadata.
+fn moe_gguf() -> PathBuf {
+    fixtures().join("qwen3moe-h64/qwen3moe-h64-q8_0.gguf")
+}
+
+/// A fresh, empty directory for one test.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hardening").join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Runs the binary with `env` set, killing it after `secs` (a hang fails the test).
+fn flash_moe_env(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("FLASH_MOE_TAPS").env_remove("FLASH_MOE_FAULTS").env_remove("FLASH_MOE_IO");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run flash-moe");
+    let t0 = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "flash-moe {args:?} did not finish within {secs} s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn flash_moe(args: &[&str]) -> Output {
+    flash_moe_env(args, &[], 120)
+}
+
+/// Asserts a clean failure: exit code 1-255 but not 101 (panic), no panic message, and stderr containing
+/// every one of `needles`. Returns stderr.
+#[track_caller]
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code();
+    assert!(code.is_some_and(|c| c != 0 && c != 101), "exit code {code:?}, stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
+    assert!(stderr.contains("error: "), "no error line:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+    }
+    eprintln!("{}", stderr.trim_end());
+    stderr
+}
+
+/// Copies a fixture GGUF to `dst` through the GGUF writer: metadata through `edit` (`None` drops a key), and each
+/// tensor through `retype` (a new type gets zero bytes of its size).
+fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
+    retype: impl Fn(&str, DType) -> DType,
+) {
+    let index = gguf::open(src).expect("open fixture");
+    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
+    let mut w = GgufWriter::create(dst).expect("create");
+    for (k, v) in md.iter() {
+        if let Some(v) = edit(k, v) {
+            w.add_kv(k, v).expect("add_kv");
+        }
+    }
+    let types: Vec<DType> = index.tensors.iter().map(|t| retype(&t.name, t.dtype)).collect();
+    for (t, &dtype) in index.tensors.iter().zip(&types) {
+        w.add_tensor(t.name.clone(), dtype, &t.shape).expect("add_tensor");
+    }
+    for (t, &dtype) in index.tensors.iter().zip(&types) {
+        let buf = if dtype == t.dtype {
+            let mut buf = vec![0u8; t.len as usize];
+            index.read_tensor(t, &mut buf).expect("read fixture tensor");
+            buf
+        } else {
+            let row = *t.shape.last().expect("a shape");
+            let rows: usize = t.shape.iter().rev().skip(1).product();
+            vec![0u8; dtype.row_bytes(row).expect("whole blocks") * rows]
+        };
+        w.write_tensor_data(&buf).expect("write tensor");
+    }
+    w.finish().expect("finish");
+}
+
+#[test]
+fn a_fifo_as_the_model_is_refused_at_once() {
+    let dir = temp_dir("a_fifo_as_the_model_is_refused_at_once");
+    let fifo = dir.join("model.gguf");
+    let c_path = std::ffi::CString::new(s(&fifo)).expect("path");
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let needles = [s(&fifo), "not a regular file (a FIFO)"];
+    assert_fails(&flash_moe_env(&["run", "-m", s(&fifo), "-p", "hi"], &[], 30), &needles);
+    assert_fails(&flash_moe_env(&["inspect", s(&fifo)], &[], 30), &needles);
+    // In a model directory: config.json as a FIFO.
+    let model_dir = dir.join("hf");
+    fs::create_dir_all(&model_dir).expect("dir");
+    fs::copy(fixtures().join("llama-h64/model.safetensors"), model_dir.join("model.safetensors")).expect("copy");
+    let config = model_dir.join("config.json");
+    let c_path = std::ffi::CString::new(s(&config)).expect("path");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    assert_fails(&flash_moe_env(&["run", "-m", s(&model_dir), "-p", "hi"], &[], 30), &[s(&config), "a FIFO"]);
+}
