@@ -133,3 +133,23 @@ fn a_fifo_as_the_model_is_refused_at_once() {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
     assert_fails(&flash_moe_env(&["run", "-m", s(&model_dir), "-p", "hi"], &[], 30), &[s(&config), "a FIFO"]);
 }
+
+/// Experts stored in an activation-only type (Q8_1, Q8_K: no weight dot product exists for them) are refused at
+/// load like any other tensor, resident or streamed, instead of panicking in the kernel dispatch.
+#[test]
+fn experts_of_an_activation_only_type_are_refused_at_load() {
+    let dir = temp_dir("experts_of_an_activation_only_type_are_refused_at_load");
+    let h256 = fixtures().join("qwen3moe-h256/qwen3moe-h256-q4_k_m.gguf");
+    for (src, dtype, tensor) in
+        [(moe_gguf(), DType::Q8_1, "blk.1.ffn_down_exps.weight"), (h256, DType::Q8_K, "blk.0.ffn_up_exps.weight")]
+    {
+        let path = dir.join(format!("{}.gguf", dtype.name()));
+        rewrite_gguf(&src, &path, |_, v| Some(v.clone()), |name, t| if name == tensor { dtype } else { t });
+        let needles = [s(&path), tensor, dtype.name(), "cannot"];
+        for budget in [&[][..], &["--memory-budget", "min"][..]] {
+            let mut args = vec!["run", "-m", s(&path), "-p", "hi", "-n", "2", "-t", "1"];
+            args.extend_from_slice(budget);
+            assert_fails(&flash_moe(&args), &needles);
+        }
+    }
+}

@@ -40,6 +40,7 @@ impl ProjLayout {
                 got: t.shape.clone(),
             });
         }
+        t.check_matmul(&index.path)?;
         let len = t.len / n_expert as u64;
         let spans =
             (0..n_expert as u64).map(|e| ExpertSpan { file: t.file, offset: t.offset + e * len, len }).collect();
@@ -59,6 +60,7 @@ impl ProjLayout {
                     got: t.shape.clone(),
                 });
             }
+            t.check_matmul(&index.path)?;
             if t.dtype != first.dtype {
                 return Err(Error::BadTensorType {
                     path: index.path.clone(),

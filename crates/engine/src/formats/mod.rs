@@ -50,6 +50,26 @@ impl TensorInfo {
     pub fn n_elems(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Refuses a weight matrix (rows of `shape.last()` values) that no kernel can multiply: an activation-only type
+    /// (Q8_1, Q8_K: they have no weight dot product), or rows that are not whole blocks of the activations' type.
+    /// Every matrix of a model goes through this at load, resident or streamed, so the kernels can trust them.
+    pub fn check_matmul(&self, path: &Path) -> Result<()> {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        let msg = if self.dtype.is_activation_only() {
+            format!("{} is an activation-only type: a weight matrix cannot be stored in it", self.dtype.name())
+        } else if !cols.is_multiple_of(self.dtype.vec_dot_type().block_elems()) {
+            format!("rows of {cols} values cannot be multiplied in this type")
+        } else {
+            return Ok(());
+        };
+        Err(Error::BadTensorType {
+            path: path.to_path_buf(),
+            tensor: self.name.clone(),
+            dtype: self.dtype.name().into(),
+            msg,
+        })
+    }
 }
 
 /// What a file was when it was opened: a later read compares the file's state with it, so that a file rewritten in

@@ -246,14 +246,7 @@ impl<'a> Loader<'a> {
     pub fn mat_from(&mut self, t: &TensorInfo) -> Result<QMat> {
         let cols = *t.shape.last().unwrap_or(&1);
         let rows = t.n_elems() / cols.max(1);
-        if t.dtype.is_activation_only() || !cols.is_multiple_of(t.dtype.vec_dot_type().block_elems()) {
-            return Err(Error::BadTensorType {
-                path: self.index.path.clone(),
-                tensor: t.name.clone(),
-                dtype: t.dtype.name().into(),
-                msg: format!("rows of {cols} values cannot be multiplied in this type"),
-            });
-        }
+        t.check_matmul(&self.index.path)?;
         let mut data = AlignedBuf::zeroed(t.len as usize);
         self.index.read_tensor(t, data.as_mut_slice())?;
         self.progress.add(t.len);
