@@ -188,8 +188,8 @@ impl ExpertCache {
             prefault: std::sync::OnceLock::new(),
             store,
             io: match cfg.io_engine {
-                Some(engine) => IoPool::with_engine(engine, cfg.io_threads),
-                None => IoPool::new(cfg.io_threads),
+                Some(engine) => IoPool::with_engine(engine, cfg.io_threads)?,
+                None => IoPool::new(cfg.io_threads)?,
             },
             mem,
             slot_off,
@@ -434,7 +434,9 @@ impl ExpertCache {
             let st = self.lock();
             match st.slots[s].state {
                 SlotState::Ready => return Ok(()),
-                SlotState::Loading => st.slots[s].batch.clone().expect("a loading slot has a batch"),
+                SlotState::Loading | SlotState::Failed => {
+                    st.slots[s].batch.clone().expect("a loading or failed slot has its batch")
+                }
                 SlotState::Free => unreachable!("a pinned slot is never free"),
             }
         };
@@ -451,9 +453,9 @@ impl ExpertCache {
                 Ok(())
             }
             Err(msg) => {
-                // Never leave garbage mapped: forget the expert and free the slot (other pins of it fail too).
-                st.prefetching.retain(|&p| p != s);
-                st.free_slot(s);
+                // Never leave garbage mapped: forget the expert; the slot is freed with its last pin (the other
+                // holders get this error too).
+                st.fail_slot(s);
                 Err(Error::Invalid(format!("reading an expert failed: {msg}")))
             }
         }
@@ -492,8 +494,11 @@ impl ExpertCache {
                 slots.push(s);
             }
         }
-        for s in slots {
-            self.wait_ready(s)?;
+        if let Some(e) = slots.iter().find_map(|&s| self.wait_ready(s).err()) {
+            // Nothing of this call stays pinned.
+            let mut st = self.lock();
+            slots.iter().for_each(|&s| st.unpin(s));
+            return Err(e);
         }
         Ok(())
     }
@@ -612,9 +617,15 @@ impl ExpertCache {
         }
     }
 
+    /// Checks the cache's bookkeeping (for tests and fault drills): experts mapped to the slots that hold them,
+    /// free slots empty and unpinned, `pins_expected` pins held in all (0 when no [`ExpertSet`] is alive and no
+    /// expert was pinned for good). Returns what is wrong.
+    pub fn check_bookkeeping(&self, pins_expected: usize) -> std::result::Result<(), String> {
+        self.lock().check(pins_expected)
+    }
+
     fn unpin(&self, s: usize) {
-        let mut st = self.lock();
-        st.slots[s].pins -= 1;
+        self.lock().unpin(s);
     }
 }
 
@@ -680,7 +691,7 @@ impl Drop for CacheSet<'_> {
     fn drop(&mut self) {
         let mut st = self.cache.lock();
         for s in self.claimed.iter_mut().filter_map(Option::take) {
-            st.slots[s].pins -= 1;
+            st.unpin(s);
         }
     }
 }
@@ -755,7 +766,7 @@ impl ExpertProvider for ExpertCache {
                 break;
             }
             let Some(s) = self.claim(&mut st, layer, e) else { break };
-            st.slots[s].pins -= 1;
+            st.unpin(s);
             if st.slots[s].state == SlotState::Loading && !st.background.contains(&s) {
                 st.background.push(s);
             }

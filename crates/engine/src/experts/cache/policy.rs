@@ -13,6 +13,9 @@ pub(super) enum SlotState {
     Free,
     Loading,
     Ready,
+    /// Its read failed while sets held it pinned: no longer mapped (nothing new finds it), its batch kept so that
+    /// every pin's holder gets the error; freed with its last pin ([`State::unpin`]).
+    Failed,
 }
 
 pub(super) struct Slot {
@@ -374,8 +377,67 @@ impl State {
         self.stats.bytes_read -= bytes;
     }
 
-    /// Frees slot `s` (a failed or cancelled read): never leave garbage mapped.
+    /// Checks that the bookkeeping is consistent: the map and the slots' owners agree, each layer's slot count is
+    /// right, a free slot is empty and unpinned, and `pins_expected` pins are held in all (0 when no set is alive).
+    pub(super) fn check(&self, pins_expected: usize) -> Result<(), String> {
+        let mut per_layer = vec![0; self.per_layer.len()];
+        let mut pins = 0usize;
+        for (s, slot) in self.slots.iter().enumerate() {
+            pins += slot.pins as usize;
+            match (slot.state, slot.owner) {
+                (SlotState::Free, None) if slot.pins == 0 && slot.batch.is_none() => {}
+                (SlotState::Failed, None) if slot.pins > 0 => {}
+                (SlotState::Loading | SlotState::Ready, Some(owner)) if self.map.get(&owner) == Some(&s) => {
+                    per_layer[owner.0 as usize] += 1;
+                }
+                _ => return Err(format!("slot {s}: {:?} of {:?} with {} pins", slot.state, slot.owner, slot.pins)),
+            }
+        }
+        if self.map.len() != per_layer.iter().sum::<usize>() {
+            return Err(format!("{} experts mapped, {} slots owned", self.map.len(), per_layer.iter().sum::<usize>()));
+        }
+        if per_layer != self.per_layer {
+            return Err(format!("slots per layer {:?}, counted {per_layer:?}", self.per_layer));
+        }
+        if pins != pins_expected {
+            return Err(format!("{pins} pins held, {pins_expected} expected"));
+        }
+        Ok(())
+    }
+
+    /// A read into slot `s` failed: forgets its expert at once (never leave garbage mapped) and frees the slot, or,
+    /// while sets hold it pinned, marks it [`SlotState::Failed`] until the last of them unpins it. Does nothing if
+    /// another holder of a pin already did it.
+    pub(super) fn fail_slot(&mut self, s: usize) {
+        if self.slots[s].state != SlotState::Loading {
+            return;
+        }
+        if self.slots[s].pins == 0 {
+            self.free_slot(s);
+            return;
+        }
+        if let Some(owner) = self.slots[s].owner.take() {
+            self.map.remove(&owner);
+            self.per_layer[owner.0 as usize] -= 1;
+        }
+        self.slots[s].state = SlotState::Failed;
+        self.slots[s].prefetched = None;
+        self.prefetching.retain(|&p| p != s);
+    }
+
+    /// Drops one pin of slot `s`; a failed slot is freed with its last pin.
+    pub(super) fn unpin(&mut self, s: usize) {
+        let slot = &mut self.slots[s];
+        assert!(slot.pins > 0, "unpinning slot {s}, which nobody pinned");
+        slot.pins -= 1;
+        if slot.pins == 0 && slot.state == SlotState::Failed {
+            *slot = Slot::FREE;
+        }
+    }
+
+    /// Frees slot `s` (a failed or cancelled read nobody holds): never leave garbage mapped.
     pub(super) fn free_slot(&mut self, s: usize) {
+        debug_assert_eq!(self.slots[s].pins, 0, "freeing a pinned slot");
         if let Some(owner) = self.slots[s].owner.take() {
             self.map.remove(&owner);
             self.per_layer[owner.0 as usize] -= 1;

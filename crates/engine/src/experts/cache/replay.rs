@@ -119,7 +119,7 @@ pub(super) fn replay_state(
             }
         }
         for s in pinned {
-            st.slots[s].pins -= 1;
+            st.unpin(s);
         }
     }
     out
