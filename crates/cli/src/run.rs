@@ -132,6 +132,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     let n_ctx_train = engine::models::context_length(&index).unwrap_or(4096);
     let n_ctx = n_ctx_req.unwrap_or(n_ctx_train.min(4096));
     let mut model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let vocab_note = generate::check_tokenizer(&tokenizer, model.info.n_vocab)?;
     a.numerics.apply(&mut model)?;
     let load_secs = t_start.elapsed().as_secs_f64();
     let mut hook: Option<std::sync::Arc<dyn engine::layers::moe::RouteHook>> = None;
@@ -183,7 +184,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         hook = Some(c.clone());
     }
     model.set_route_hook(hook);
-    for note in &model.info.notes {
+    for note in model.info.notes.iter().chain(&vocab_note) {
         eprintln!("note: {note}");
     }
     if let Some(plan) = model.memory_plan() {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::formats::gguf::{self, GgufValue};
+use engine::formats::gguf::{self, GgufArray, GgufValue};
 use engine::formats::gguf_writer::GgufWriter;
 use engine::formats::Metadata;
 use kernels::DType;
@@ -152,4 +152,79 @@ fn experts_of_an_activation_only_type_are_refused_at_load() {
             assert_fails(&flash_moe(&args), &needles);
         }
     }
+}
+
+/// An RMSNorm epsilon that is NaN, zero or negative (NaN logits, exit 0 before) is refused at load.
+#[test]
+fn a_bad_rms_epsilon_is_refused() {
+    let dir = temp_dir("a_bad_rms_epsilon_is_refused");
+    let path = dir.join("model.gguf");
+    for eps in [f32::NAN, -1e-6, 0.0, f32::INFINITY] {
+        let edit = |k: &str, v: &GgufValue| {
+            Some(if k == "qwen3moe.attention.layer_norm_rms_epsilon" { GgufValue::F32(eps) } else { v.clone() })
+        };
+        rewrite_gguf(&moe_gguf(), &path, edit, |_, t| t);
+        assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi", "-n", "2"]), &[s(&path), "RMSNorm epsilon"]);
+    }
+    let src = fs::read_to_string(fixtures().join("llama-h64/config.json")).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&src).expect("json");
+    config["rms_norm_eps"] = serde_json::json!(-0.001);
+    let model_dir = dir.join("hf");
+    fs::create_dir_all(&model_dir).expect("dir");
+    fs::copy(fixtures().join("llama-h64/model.safetensors"), model_dir.join("model.safetensors")).expect("copy");
+    fs::copy(fixtures().join("llama-h64/tokenizer.json"), model_dir.join("tokenizer.json")).expect("copy");
+    fs::write(model_dir.join("config.json"), config.to_string()).expect("write");
+    assert_fails(&flash_moe(&["run", "-m", s(&model_dir), "-p", "hi"]), &["RMSNorm epsilon -0.001"]);
+}
+
+/// The fixture with its tokenizer's vocabulary cut to `n` tokens (merges that need a dropped token go too) or
+/// grown to `n` with extra tokens.
+fn with_vocab_of(dst: &Path, n: usize) {
+    let index = gguf::open(&moe_gguf()).expect("open");
+    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
+    let Some(GgufValue::Array(GgufArray::String(tokens))) = md.get("tokenizer.ggml.tokens") else {
+        panic!("no token list")
+    };
+    let mut tokens = tokens.clone();
+    let first_extra = tokens.len();
+    tokens.extend((first_extra..n).map(|i| format!("<extra_{i}>")));
+    tokens.truncate(n);
+    let kept: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
+    let edit = |k: &str, v: &GgufValue| match (k, v) {
+        ("tokenizer.ggml.tokens", _) => Some(GgufValue::Array(GgufArray::String(tokens.clone()))),
+        ("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(t))) => {
+            let mut t = t.clone();
+            t.resize(n, 1);
+            Some(GgufValue::Array(GgufArray::I32(t)))
+        }
+        ("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(m))) => {
+            let ok = |m: &&String| {
+                let (a, b) = m.split_once(' ').expect("a merge");
+                kept.contains(a) && kept.contains(b) && kept.contains(format!("{a}{b}").as_str())
+            };
+            Some(GgufValue::Array(GgufArray::String(m.iter().filter(ok).cloned().collect())))
+        }
+        _ => Some(v.clone()),
+    };
+    rewrite_gguf(&moe_gguf(), dst, edit, |_, t| t);
+}
+
+/// A tokenizer with fewer tokens than the model has ids (normal for Hugging Face checkpoints) aborted
+/// mid-generation when the sampler picked an id without text; now those ids are never generated, and the start
+/// says so. A tokenizer with more tokens than the model is refused at load.
+#[test]
+fn a_tokenizer_smaller_than_the_model_never_yields_ids_without_text() {
+    let dir = temp_dir("a_tokenizer_smaller_than_the_model_never_yields_ids_without_text");
+    let small = dir.join("small.gguf");
+    with_vocab_of(&small, 300);
+    // Nearly uniform sampling over the 320 ids: 64 tokens all but surely hit one of the 20 without text.
+    let args = ["run", "-m", s(&small), "-p", "hi", "-n", "64", "--ignore-eos", "-t", "1", "--seed", "7", "--temp"];
+    let out = flash_moe(&[&args[..], &["20", "--top-k", "0", "--top-p", "1", "--min-p", "0"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ids 300 to 319 have no text and are never generated"), "{stderr}");
+    let large = dir.join("large.gguf");
+    with_vocab_of(&large, 330);
+    let out = flash_moe(&["run", "-m", s(&large), "-p", "hi", "-n", "2"]);
+    assert_fails(&out, &["the tokenizer has 330 tokens but the model's embedding has 320 rows"]);
 }

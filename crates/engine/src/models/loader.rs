@@ -112,6 +112,16 @@ impl<'a> Hparams<'a> {
         self.f32_opt(gguf, hf)?.ok_or_else(|| self.missing(gguf, hf))
     }
 
+    /// The RMSNorm epsilon (`default` when the file does not say): refused unless a small positive number, since
+    /// a NaN, zero or negative one gives NaN logits.
+    pub fn rms_eps(&self, default: f32) -> Result<f32> {
+        let eps = self.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(default);
+        if !(eps > 0.0 && eps < 1.0) {
+            return Err(self.error(format!("RMSNorm epsilon {eps} must be a small positive number (0 < eps < 1)")));
+        }
+        Ok(eps)
+    }
+
     /// A `config.json` boolean (GGUF has no key for it).
     pub fn hf_bool(&self, hf: &str) -> Option<bool> {
         self.json(hf).and_then(|v| v.as_bool())
