@@ -187,6 +187,10 @@ impl ModelArgs {
         if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
             anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
         }
+        let io_max = engine::experts::io::IO_THREADS_MAX;
+        if self.io_threads > io_max {
+            anyhow::bail!("--io-threads {}: give at most {io_max}", self.io_threads);
+        }
         Ok(())
     }
 }

@@ -49,7 +49,9 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
     if tokens.len() < 2 {
         bail!("the text has {} token(s); scoring needs at least 2", tokens.len());
     }
-    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    // A window longer than the text holds the text: no KV cache beyond it.
+    let n_kv = n_ctx.min(tokens.len());
+    let model = Model::load(&index, &a.model.load_options(&index, n_kv)?)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
@@ -58,7 +60,7 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_kv)?;
     let t0 = std::time::Instant::now();
     let loss = engine::perplexity::evaluate(&model, &cpu, &mut session, &tokens, n_ctx)?;
     let secs = t0.elapsed().as_secs_f64();

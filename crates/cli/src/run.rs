@@ -215,7 +215,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     if prompt.len() > n_ctx {
         return Err(engine::Error::PromptTooLong { n_tokens: prompt.len(), n_ctx }.into());
     }
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_ctx)?;
     let seed = a.seed.unwrap_or_else(random_seed);
     let params = GenerateParams {
         n_predict: a.n_predict,

@@ -228,3 +228,27 @@ fn a_tokenizer_smaller_than_the_model_never_yields_ids_without_text() {
     let out = flash_moe(&["run", "-m", s(&large), "-p", "hi", "-n", "2"]);
     assert_fails(&out, &["the tokenizer has 330 tokens but the model's embedding has 320 rows"]);
 }
+
+/// Sizes that cannot be allocated or started are errors naming the flag, not aborts in the allocator or panics.
+#[test]
+fn huge_sizes_and_thread_counts_are_errors() {
+    let m = moe_gguf();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-m", s(&m), "-p", "hi", "-n", "2", "-t", "1"];
+        args.extend_from_slice(extra);
+        flash_moe(&args)
+    };
+    let kv = ["a KV cache of 100000000000 tokens needs", "cannot be allocated", "--ctx-size"];
+    assert_fails(&run(&["-c", "100000000000"]), &kv);
+    assert_fails(&run(&["-c", "100000000000", "--memory-budget", "min"]), &kv);
+    assert_fails(&run(&["-c", "18446744073709551615"]), &["cannot be allocated"]);
+    assert_fails(&run(&["--io-threads", "200000"]), &["--io-threads 200000: give at most 256"]);
+    assert_fails(&run(&["--io-threads", "200000", "--memory-budget", "min"]), &["--io-threads 200000"]);
+    // A window longer than the text needs no more KV cache than the text.
+    let dir = temp_dir("huge_sizes_and_thread_counts_are_errors");
+    let json = dir.join("ppl.json");
+    let out = flash_moe(&["perplexity", "-m", s(&m), "--tokens", "1,2,3,4", "--window", "1000000000000", "-t", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = flash_moe(&["perplexity", "-m", s(&m), "--tokens", "1,2,3,4", "--json", s(&json), "-t", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

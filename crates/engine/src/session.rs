@@ -21,6 +21,13 @@ impl LayerKv {
         LayerKv { n_ctx, kv_dim, k: vec![0.0; n_ctx * kv_dim], v: vec![0.0; n_ctx * kv_dim] }
     }
 
+    /// Like [`LayerKv::new`], `None` where the memory cannot be had (a size that overflows, or an allocation the
+    /// system refuses) instead of aborting the process. Zeroed pages are only committed as they are written.
+    pub fn try_new(n_ctx: usize, kv_dim: usize) -> Option<LayerKv> {
+        let n = n_ctx.checked_mul(kv_dim)?;
+        Some(LayerKv { n_ctx, kv_dim, k: zeroed_f32(n)?, v: zeroed_f32(n)? })
+    }
+
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
@@ -44,6 +51,21 @@ impl LayerKv {
 
     pub fn bytes(&self) -> usize {
         (self.k.len() + self.v.len()) * 4
+    }
+}
+
+/// `n` zeros, or `None` where the allocation fails (as `vec![0.0; n]`, lazily committed, but without the abort).
+fn zeroed_f32(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).ok()?;
+    // SAFETY: the layout's size is not zero. A non-null result is a fresh allocation of the global allocator with
+    // exactly the layout a `Vec<f32>` of capacity `n` uses, and all-zero bits are `n` valid f32 zeros, so the Vec
+    // built from it owns it with length and capacity `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
     }
 }
 
@@ -87,6 +109,24 @@ impl Session {
             scratch: Scratch::default(),
             all_logits: Vec::new(),
         }
+    }
+
+    /// Like [`Session::new`], but an error where the KV cache cannot be allocated (`-c 100000000000`) instead of an
+    /// abort in the allocator.
+    pub fn try_new(n_layer: usize, n_ctx: usize, kv_dim: usize) -> Result<Session> {
+        let mut kv = Vec::with_capacity(n_layer);
+        for _ in 0..n_layer {
+            let layer = LayerKv::try_new(n_ctx, kv_dim).ok_or_else(|| {
+                let bytes = (n_layer as u128) * (n_ctx as u128) * (kv_dim as u128) * 8;
+                Error::Invalid(format!(
+                    "a KV cache of {n_ctx} tokens needs {:.1} GiB ({n_layer} layers x {n_ctx} tokens x {kv_dim} \
+                     values x 2 x 4 bytes), which cannot be allocated: lower --ctx-size",
+                    bytes as f64 / (1u64 << 30) as f64
+                ))
+            })?;
+            kv.push(layer);
+        }
+        Ok(Session { kv, pos: 0, n_ctx, scratch: Scratch::default(), all_logits: Vec::new() })
     }
 
     /// Fails unless `n` more tokens fit.

@@ -162,7 +162,8 @@ impl Decoder {
             ExpertResidency::Stream(so) if expert_layout.n_moe_layers() > 0 => {
                 progress.finish();
                 let store = ExpertStore::open(index, &expert_layout)?;
-                let kv_bytes = (cfg.n_layer * so.n_ctx * info.kv_dim * 2 * 4) as u64;
+                let kv_bytes =
+                    (cfg.n_layer as u64).saturating_mul(so.n_ctx as u64).saturating_mul(info.kv_dim as u64 * 8);
                 let scratch = scratch_bytes(&cfg, so.n_ctx, so.n_threads);
                 let min_slots = cfg.moe.as_ref().map_or(1, |m| m.n_expert_used);
                 let mut p = MemoryPlan::new(
@@ -391,12 +392,12 @@ pub fn scratch_bytes(cfg: &DecoderConfig, n_ctx: usize, n_threads: usize) -> u64
     let n_ff = cfg.n_ff.max(cfg.n_ff_exp);
     let floats = b * cfg.n_embd * 6          // residual, normed input, block output, gathered rows, expert output
         + b * (2 * q_dim + 2 * kv_dim)       // q, k, v, attention output
-        + n_threads * n_ctx                  // attention scores
+        + n_threads.saturating_mul(n_ctx)    // attention scores
         + b * (n_expert + k * cfg.n_embd)    // router logits, per-slot expert outputs
         + b * 2 * n_ff                       // gate and up
         + b * cfg.n_vocab; // logits
                            // Quantized copies of activations are at most as large again as the f32 rows they come from.
-    (floats as u64) * 4 * 2
+    (floats as u64).saturating_mul(4 * 2)
 }
 
 /// Asks the kernel to drop the model files' cached pages.

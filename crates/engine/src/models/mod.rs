@@ -93,6 +93,11 @@ impl Model {
         Session::new(self.info.n_layer, n_ctx, self.info.kv_dim)
     }
 
+    /// Like [`Model::new_session`], but an error where the KV cache of `n_ctx` tokens cannot be allocated.
+    pub fn try_new_session(&self, n_ctx: usize) -> Result<Session> {
+        Session::try_new(self.info.n_layer, n_ctx, self.info.kv_dim)
+    }
+
     /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for
     /// `Logits::Last`, `[tokens.len(), n_vocab]` for `Logits::All`).
     pub fn forward<'s>(&self, cpu: &Cpu, session: &'s mut Session, tokens: &[u32], want: Logits) -> Result<&'s [f32]> {
