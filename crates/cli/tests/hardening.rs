@@ -252,3 +252,23 @@ fn huge_sizes_and_thread_counts_are_errors() {
     let out = flash_moe(&["perplexity", "-m", s(&m), "--tokens", "1,2,3,4", "--json", s(&json), "-t", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Strings from a file quoted in an error (an architecture, a tensor name) reach the terminal with their control
+/// characters escaped and cut to a bounded length.
+#[test]
+fn errors_escape_and_cut_what_they_quote_from_the_file() {
+    let dir = temp_dir("errors_escape_and_cut_what_they_quote_from_the_file");
+    let path = dir.join("model.gguf");
+    let arch = format!("\x1b]0;pwned\x07\x1b[2J\x1b[31mevil\nline{}", "A".repeat(100_000));
+    let edit = |k: &str, v: &GgufValue| {
+        Some(if k == "general.architecture" { GgufValue::String(arch.clone()) } else { v.clone() })
+    };
+    rewrite_gguf(&moe_gguf(), &path, edit, |_, t| t);
+    for args in [&["run", "-m", s(&path), "-p", "hi"][..], &["logits", "-m", s(&path), "--tokens", "1", "-o", "x.npy"]]
+    {
+        let stderr =
+            assert_fails(&flash_moe(args), &["unknown architecture", "\\u{1b}[2J", "\\u{a}line", "more bytes"]);
+        assert!(!stderr.contains('\x1b') && !stderr.contains('\x07'), "raw control characters:\n{stderr}");
+        assert!(stderr.len() < 5000, "{} bytes of error", stderr.len());
+    }
+}
