@@ -196,7 +196,7 @@ pub fn main(a: RunArgs) -> Result<()> {
 
     let (prompt_text, parse_special) = if a.chat {
         let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
-        let template = ChatTemplate::new(src)?;
+        let template = ChatTemplate::named(src, &format!("the chat template of {}", a.model.model.display()))?;
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(ChatMessage::new("system", s.clone()));

@@ -86,6 +86,17 @@ fn rewrite_gguf(
     edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
     retype: impl Fn(&str, DType) -> DType,
 ) {
+    rewrite_gguf_adding(src, dst, &[], edit, retype);
+}
+
+/// [`rewrite_gguf`] with the key/values `add` appended.
+fn rewrite_gguf_adding(
+    src: &Path,
+    dst: &Path,
+    add: &[(&str, GgufValue)],
+    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
+    retype: impl Fn(&str, DType) -> DType,
+) {
     let index = gguf::open(src).expect("open fixture");
     let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
     let mut w = GgufWriter::create(dst).expect("create");
@@ -93,6 +104,9 @@ fn rewrite_gguf(
         if let Some(v) = edit(k, v) {
             w.add_kv(k, v).expect("add_kv");
         }
+    }
+    for (k, v) in add {
+        w.add_kv(*k, v.clone()).expect("add_kv");
     }
     let types: Vec<DType> = index.tensors.iter().map(|t| retype(&t.name, t.dtype)).collect();
     for (t, &dtype) in index.tensors.iter().zip(&types) {
@@ -270,5 +284,22 @@ fn errors_escape_and_cut_what_they_quote_from_the_file() {
             assert_fails(&flash_moe(args), &["unknown architecture", "\\u{1b}[2J", "\\u{a}line", "more bytes"]);
         assert!(!stderr.contains('\x1b') && !stderr.contains('\x07'), "raw control characters:\n{stderr}");
         assert!(stderr.len() < 5000, "{} bytes of error", stderr.len());
+    }
+}
+
+/// A chat template in the model file that loops without end, or writes without end, stops `run --chat` with an
+/// error naming the template, within seconds (it hung at 100% CPU or grew to gigabytes before).
+#[test]
+fn a_hostile_chat_template_stops_with_an_error() {
+    let dir = temp_dir("a_hostile_chat_template_stops_with_an_error");
+    let path = dir.join("model.gguf");
+    for (template, msg) in [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "template steps"),
+        ("{% for i in range(100000) %}{{ 'x' * 100000000 }}{% endfor %}", "the prompt passed"),
+    ] {
+        let add = [("tokenizer.chat_template", GgufValue::String(template.into()))];
+        rewrite_gguf_adding(&moe_gguf(), &path, &add, |_, v| Some(v.clone()), |_, t| t);
+        let out = flash_moe_env(&["run", "-m", s(&path), "-p", "hi", "-n", "2", "--chat"], &[], 60);
+        assert_fails(&out, &["the chat template of", s(&path), msg]);
     }
 }
