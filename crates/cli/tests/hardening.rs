@@ -303,3 +303,36 @@ fn a_hostile_chat_template_stops_with_an_error() {
         assert_fails(&out, &["the chat template of", s(&path), msg]);
     }
 }
+
+/// Expert reads that fail, come back short or are slow (FLASH_MOE_FAULTS), under both I/O engines, in a streamed
+/// run of the real binary: a clean error naming the file, or the very text of a run without faults.
+#[test]
+fn a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text() {
+    let dir = temp_dir("a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text");
+    let model = dir.join("model.gguf");
+    fs::copy(moe_gguf(), &model).expect("copy");
+    let args = ["run", "-m", s(&model), "-p", "hello there", "-n", "12", "--temp", "0", "-t", "1"];
+    let args = [&args[..], &["--memory-budget", "min", "--warm-start", "off", "--prefetch", "table"]].concat();
+    let clean = flash_moe(&args);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    for engine in ["uring", "threads"] {
+        for (faults, must_fail) in [
+            ("eio", true),
+            ("short", true),
+            ("eio:every=3", false),
+            ("short:every=2", false),
+            ("slow=2ms", false),
+            ("uring-enter:every=2", false),
+            ("uring-enter-refused", false),
+        ] {
+            let out = flash_moe_env(&args, &[("FLASH_MOE_FAULTS", faults), ("FLASH_MOE_IO", engine)], 120);
+            let what = format!("{engine}, {faults}");
+            if out.status.success() {
+                assert!(!must_fail, "{what}: no error");
+                assert_eq!(out.stdout, clean.stdout, "{what}: different text");
+            } else {
+                assert_fails(&out, &[s(&model), "reading an expert failed"]);
+            }
+        }
+    }
+}
