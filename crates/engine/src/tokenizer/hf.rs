@@ -68,8 +68,18 @@ pub(super) fn from_hf_file(path: &Path) -> Result<Tokenizer> {
 /// A tokenizer from the bytes of a `tokenizer.json`, the parsed `tokenizer_config.json` and
 /// `generation_config.json` (`null` when absent) and the text of `chat_template.jinja`. Never panics, whatever
 /// the bytes hold (the `tokenizer_json` fuzz target calls it).
-pub fn from_hf_json(json: &[u8], config: &Value, generation: &Value, jinja: Option<String>) -> Result<Tokenizer> {
-    let hf = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+pub(super) fn from_hf_json(
+    json: &[u8],
+    config: &Value,
+    generation: &Value,
+    jinja: Option<String>,
+) -> Result<Tokenizer> {
+    // The tokenizers crate panics (an `expect` in its decoder deserializer) on some malformed JSON: the syntax is
+    // checked here first, and a panic left in it becomes an error.
+    let value: Value = serde_json::from_slice(json).map_err(|e| Error::Tokenizer(format!("not valid JSON: {e}")))?;
+    let hf = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(value))
+        .map_err(|_| Error::Tokenizer("tokenizer.json is malformed (the tokenizers library failed on it)".into()))?
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
 
     let n_vocab = hf.get_vocab_size(true);
     let byte_level = hf.get_decoder().and_then(|d| serde_json::to_value(d).ok()).is_some_and(|d| {
