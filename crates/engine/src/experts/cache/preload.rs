@@ -118,7 +118,7 @@ impl ExpertCache {
     pub fn seed_uses(&self, counts: &[Vec<u64>], n_used: usize) {
         let mut st = self.lock();
         for (l, c) in counts.iter().enumerate().take(st.uses.len()) {
-            let total: u64 = c.iter().sum();
+            let total: u64 = c.iter().fold(0u64, |t, &n| t.saturating_add(n));
             if total == 0 {
                 continue;
             }
