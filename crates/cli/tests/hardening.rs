@@ -39,6 +39,8 @@ fn s(p: &Path) -> &str {
 fn flash_moe_env(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args).env_remove("FLASH_MOE_TAPS").env_remove("FLASH_MOE_FAULTS").env_remove("FLASH_MOE_IO");
+    // Hot files of the warm start go to cargo's temp dir, never the home directory.
+    cmd.env("XDG_CACHE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("hardening-cache"));
     for (k, v) in env {
         cmd.env(k, v);
     }

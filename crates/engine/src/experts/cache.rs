@@ -31,6 +31,10 @@
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot, with or without prefetch.
 //!
+//! A read that fails (after the I/O layer's retry) fails every step waiting for it and unmaps its expert at once,
+//! so that the next step reads it again; its slot stays out of use until the last step that pinned it lets go
+//! (`SlotState::Failed`), so a failure never frees a slot another session still reads from.
+//!
 //! A routing profile can give each layer a share of the slots ([`ExpertCache::set_layer_quotas`]): a miss then
 //! evicts from the layers holding more than their share first. Only the opt-in approximate mode
 //! ([`crate::approx`]) asks which experts are resident and starts reads nobody waits for

@@ -34,9 +34,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::faults::{self, FaultKind};
-use crate::{Error, Result};
-
 use crate::formats::FileStamp;
+use crate::{Error, Result};
 
 /// The alignment of direct reads (buffer address, file offset and length): the page size, which covers every
 /// logical block size in use.
