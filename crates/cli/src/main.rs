@@ -251,6 +251,10 @@ impl ModelArgs {
         if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
             anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
         }
+        let io_max = engine::experts::io::IO_THREADS_MAX;
+        if self.io_threads > io_max {
+            anyhow::bail!("--io-threads {}: give at most {io_max}", self.io_threads);
+        }
         Ok(())
     }
 }
@@ -304,11 +308,15 @@ fn main() -> ExitCode {
         Ok(()) if interrupt::requested() => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            // The engine's errors escape what they quote from files; the chain as a whole is bounded too.
+            eprintln!("error: {}", engine::error::printable(&error_text(&e), ERROR_CHARS_MAX));
             ExitCode::FAILURE
         }
     }
 }
+
+/// Characters of an error message printed at most.
+const ERROR_CHARS_MAX: usize = 4000;
 
 /// The error and its causes joined by ": ", like `{e:#}`, but without a cause that the message before it already
 /// ends with (the engine's `Io` error prints its source itself: "path: No such file or directory").

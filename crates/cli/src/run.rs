@@ -199,6 +199,9 @@ pub fn main(a: RunArgs) -> Result<()> {
         rt.model.set_approx(Some(mode))?;
         eprintln!("{}", approx_banner(mode, rt.model.info.n_expert_used, rt.model.memory_plan().is_some()));
     }
+    for note in &rt.notes {
+        eprintln!("note: {note}");
+    }
     if let Some(plan) = rt.model.memory_plan() {
         eprintln!("{plan}");
     }
@@ -213,7 +216,7 @@ pub fn main(a: RunArgs) -> Result<()> {
 
     let (prompt_text, parse_special) = if a.chat {
         let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
-        let template = ChatTemplate::new(src)?;
+        let template = ChatTemplate::named(src, &format!("the chat template of {}", a.model.model.display()))?;
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(ChatMessage::new("system", s.clone()));
@@ -232,7 +235,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     if prompt.len() > n_ctx {
         return Err(engine::Error::PromptTooLong { n_tokens: prompt.len(), n_ctx }.into());
     }
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_ctx)?;
     let seed = a.seed.unwrap_or_else(random_seed);
     let (sampler, sampling_line) = sampler_config(&a, &SamplingDefaults::of(index), seed);
     eprintln!("{sampling_line}");

@@ -51,6 +51,10 @@ impl KvType {
         self.dtype().row_bytes(n).unwrap_or(n * 4)
     }
 
+    fn bytes_checked(self, n: usize) -> Option<usize> {
+        n.checked_mul(self.dtype().block_bytes())?.checked_div(self.dtype().block_elems())
+    }
+
     /// Whether a head of `head_dim` values can be stored (Q8_0 needs whole blocks of 32).
     pub fn fits(self, head_dim: usize) -> bool {
         self.dtype().row_bytes(head_dim).is_some()
@@ -85,10 +89,12 @@ enum Store {
 }
 
 impl Store {
-    fn new(t: KvType, n: usize) -> Store {
+    /// `None` where the memory cannot be had (a size that overflows, or an allocation the system refuses) instead
+    /// of aborting the process. Zeroed pages are only committed as they are written.
+    fn try_new(t: KvType, n: usize) -> Option<Store> {
         match t {
-            KvType::F32 => Store::F32(vec![0.0; n]),
-            _ => Store::Quant(vec![0; t.bytes(n)], t),
+            KvType::F32 => Some(Store::F32(zeroed(n)?)),
+            _ => Some(Store::Quant(zeroed(t.bytes_checked(n)?)?, t)),
         }
     }
 
@@ -111,17 +117,12 @@ pub struct LayerKv {
 }
 
 impl LayerKv {
-    /// A cache for `n_ctx` positions of `kv_dim` values, in heads of `head_dim` (each head one row of blocks).
-    pub fn new(n_ctx: usize, kv_dim: usize, head_dim: usize, types: KvTypes) -> LayerKv {
+    /// A cache for `n_ctx` positions of `kv_dim` values, in heads of `head_dim` (each head one row of blocks);
+    /// `None` where the memory cannot be allocated.
+    pub fn try_new(n_ctx: usize, kv_dim: usize, head_dim: usize, types: KvTypes) -> Option<LayerKv> {
         assert!(types.k.fits(head_dim) && types.v.fits(head_dim), "KV type checked against the head size at load");
-        LayerKv {
-            n_ctx,
-            kv_dim,
-            head_dim,
-            types,
-            k: Store::new(types.k, n_ctx * kv_dim),
-            v: Store::new(types.v, n_ctx * kv_dim),
-        }
+        let n = n_ctx.checked_mul(kv_dim)?;
+        Some(LayerKv { n_ctx, kv_dim, head_dim, types, k: Store::try_new(types.k, n)?, v: Store::try_new(types.v, n)? })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -179,5 +180,21 @@ impl LayerKv {
 
     pub fn bytes(&self) -> usize {
         self.k.bytes() + self.v.bytes()
+    }
+}
+
+/// `n` zeros, or `None` where the allocation fails (as `vec![T::default(); n]`, lazily committed, but without the
+/// abort).
+fn zeroed<T: Copy + Default>(n: usize) -> Option<Vec<T>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    // SAFETY: the layout's size is not zero. A non-null result is a fresh allocation of the global allocator with
+    // exactly the layout a `Vec<T>` of capacity `n` uses, and all-zero bits are `n` valid values of the numeric
+    // types used here (f32, u8), so the Vec built from it owns it with length and capacity `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
     }
 }

@@ -16,6 +16,7 @@
 //! - `models/`: one file per family, the shared decoder, and the registry (one `match` on the architecture).
 //! - `session`: the per-sequence state (KV cache, scratch); weights never hold state.
 //! - `ops`, `pool`, `tensor`: the compute context (kernels + threads), the thread pool, aligned buffers.
+//! - `fuzz`: entry points for the fuzz targets of `fuzz/` (any bytes in, no panic out).
 //!
 //! # Rules
 //! Operating errors (bad files, bad input) return [`Error`]; programmer errors assert.
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod error;
 pub mod experts;
 pub mod formats;
+pub mod fuzz;
 pub mod generate;
 pub mod ggml_exact;
 pub mod kv_cache;

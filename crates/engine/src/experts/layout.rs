@@ -67,6 +67,7 @@ impl ProjLayout {
                 got: t.shape.clone(),
             });
         }
+        t.check_matmul(&index.path)?;
         let planes = stacked_planes(index, t, n_expert)?;
         Ok(ProjLayout { dtype: t.dtype, rows, cols, spans: split(t, n_expert), planes })
     }
@@ -85,6 +86,7 @@ impl ProjLayout {
                     got: t.shape.clone(),
                 });
             }
+            t.check_matmul(&index.path)?;
             if t.dtype != first.dtype {
                 return Err(Error::BadTensorType {
                     path: index.path.clone(),

@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod faults;
 pub mod io;
 pub mod layout;
 pub mod predict;

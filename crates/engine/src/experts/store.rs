@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::budget::SlotClasses;
 use super::io::{ReadReq, DIRECT_ALIGN};
 use super::{ExpertLayout, ExpertWeights};
-use crate::formats::WeightIndex;
+use crate::formats::{FileStamp, WeightIndex};
 use crate::tensor::{PlanesRef, QMatRef};
 use crate::{Error, Result};
 
@@ -60,8 +60,8 @@ pub struct ExpertStore {
     layout: ExpertLayout,
     files: Vec<Arc<File>>,
     paths: Vec<Arc<PathBuf>>,
-    /// Size and modification time of each file at open.
-    meta: Vec<(u64, Option<std::time::SystemTime>)>,
+    /// What each file was when the index was built.
+    meta: Vec<FileStamp>,
     /// Whether the files were opened with O_DIRECT.
     pub direct: bool,
     slot_bytes: usize,
@@ -92,19 +92,15 @@ impl ExpertStore {
                 }
             };
             let meta = f.metadata().map_err(|e| Error::io(&mf.path, e))?;
-            if meta.len() != mf.size || meta.modified().ok() != mf.mtime {
+            if let Some(change) = FileStamp::of(&meta).change_since(&mf.stamp) {
                 return Err(Error::format(
                     &mf.path,
-                    format!(
-                        "changed since it was opened (size {} -> {}): the model file was replaced or truncated",
-                        mf.size,
-                        meta.len()
-                    ),
+                    format!("changed since it was opened ({change}): the model file was replaced or rewritten"),
                 ));
             }
             files.push(Arc::new(f));
             paths.push(Arc::new(mf.path.clone()));
-            metas.push((mf.size, mf.mtime));
+            metas.push(mf.stamp);
         }
         let mut store = ExpertStore {
             layout: layout.clone(),

@@ -104,7 +104,7 @@ fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value> {
 /// `dir/config.json`, parsed.
 fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
-    if !path.is_file() {
+    if !path.exists() {
         return Err(Error::config(
             &path,
             "config.json is missing: safetensors weights need the model's config.json beside them",

@@ -78,7 +78,7 @@ pub fn config(index: &WeightIndex, arch: &str) -> Result<TransformerConfig> {
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
-    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-5);
+    let rms_eps = hp.rms_eps(1e-5)?;
     let n_expert = hp.usize_opt("expert_count", "num_local_experts")?.unwrap_or(0);
     let moe = if n_expert > 0 {
         let n_expert_used = hp.usize("expert_used_count", "num_experts_per_tok")?;

@@ -116,6 +116,16 @@ impl<'a> Hparams<'a> {
         self.f32_opt(gguf, hf)?.ok_or_else(|| self.missing(gguf, hf))
     }
 
+    /// The RMSNorm epsilon (`default` when the file does not say): refused unless a small positive number, since
+    /// a NaN, zero or negative one gives NaN logits.
+    pub fn rms_eps(&self, default: f32) -> Result<f32> {
+        let eps = self.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(default);
+        if !(eps > 0.0 && eps < 1.0) {
+            return Err(self.error(format!("RMSNorm epsilon {eps} must be a small positive number (0 < eps < 1)")));
+        }
+        Ok(eps)
+    }
+
     /// A `config.json` boolean (GGUF has no key for it).
     pub fn hf_bool(&self, hf: &str) -> Option<bool> {
         self.json(hf).and_then(|v| v.as_bool())
@@ -296,14 +306,7 @@ impl<'a> Loader<'a> {
     pub fn mat_from(&mut self, t: &TensorInfo) -> Result<QMat> {
         let cols = *t.shape.last().unwrap_or(&1);
         let rows = t.n_elems() / cols.max(1);
-        if t.dtype.is_activation_only() || !cols.is_multiple_of(t.dtype.vec_dot_type().block_elems()) {
-            return Err(Error::BadTensorType {
-                path: self.index.path.clone(),
-                tensor: t.name.clone(),
-                dtype: t.dtype.name().into(),
-                msg: format!("rows of {cols} values cannot be multiplied in this type"),
-            });
-        }
+        t.check_matmul(&self.index.path)?;
         let data = self.read(t)?;
         // An MLX weight brings its scales and biases.
         let planes = match crate::formats::mlx::planes(self.index, t)? {

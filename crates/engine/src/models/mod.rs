@@ -51,7 +51,7 @@ impl ModelInfo {
     /// Bytes of a session's per-layer states for `n_ctx` tokens (f32 keys and values in attention layers, the
     /// constant-size recurrent states of DeltaNet layers).
     pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
-        self.state.iter().map(|k| k.bytes(n_ctx, self.kv)).sum()
+        self.state.iter().fold(0u64, |acc, k| acc.saturating_add(k.bytes(n_ctx, self.kv)))
     }
 }
 
@@ -109,6 +109,11 @@ impl Model {
 
     pub fn new_session(&self, n_ctx: usize) -> Session {
         Session::new(&self.info.state, n_ctx, self.info.kv)
+    }
+
+    /// Like [`Model::new_session`], but an error where the KV cache of `n_ctx` tokens cannot be allocated.
+    pub fn try_new_session(&self, n_ctx: usize) -> Result<Session> {
+        Session::try_new(&self.info.state, n_ctx, self.info.kv)
     }
 
     /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for

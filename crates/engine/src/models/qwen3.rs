@@ -122,17 +122,18 @@ fn config_from(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Re
         })
         .collect::<Result<Vec<_>>>()?;
     let any_dense = moe_layers.iter().any(|m| !m);
+    let rms_eps = hp.rms_eps(1e-6)?;
     Ok(TransformerConfig {
         n_vocab,
         n_embd,
         n_layer,
         n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings")?.unwrap_or(4096),
-        rms_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
+        rms_eps,
         attn: AttentionShape {
             n_head,
             n_head_kv,
             head_dim,
-            norm_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
+            norm_eps: rms_eps,
             gated: false,
             rope: Rope::new(RopeStyle::Neox, head_dim, rope_theta),
         },

@@ -171,7 +171,7 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, arch: &str) -> Result<HybridConfig>
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
-    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6);
+    let rms_eps = hp.rms_eps(1e-6)?;
     let theta = hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(10_000_000.0);
     let n_rot = match hp.usize_opt("rope.dimension_count", "")? {
         Some(n) => n,
@@ -441,6 +441,7 @@ impl Hybrid {
         let n = tokens.len();
         let e = cfg.n_embd;
         sess.check_room(n)?;
+        sess.check_whole()?;
         let pos0 = sess.pos;
         let s = &mut sess.scratch;
         d.embed(exec, tokens, &mut s.x)?;
@@ -470,7 +471,7 @@ impl Hybrid {
                 FeedForward::Moe(w) => {
                     let next =
                         if d.prefetch == Prefetch::Router && n == 1 { self.predict_next(d, exec, l, s) } else { None };
-                    moe::moe(
+                    let done = moe::moe(
                         exec,
                         w,
                         &cfg.moe,
@@ -481,7 +482,12 @@ impl Hybrid {
                         &s.xn,
                         &mut s.moe,
                         &mut s.y,
-                    )?;
+                    );
+                    if let Err(err) = done {
+                        // The DeltaNet layers before this one have stepped: the session cannot simply go on.
+                        sess.tear();
+                        return Err(err);
+                    }
                 }
             }
             exec.tap("ffn_out", ld, &s.y);
@@ -607,17 +613,19 @@ fn regroup_ba(ba: &QMat, nk: usize, r: usize) -> QMat {
 /// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
 /// upper estimate).
 pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 {
-    let b = crate::backend::native::N_BATCH;
+    let w = |x: usize| x as u128;
+    let b = w(crate::backend::native::N_BATCH);
     let a = &cfg.attn;
-    let (q_dim, kv_dim) = (a.q_dim(), a.kv_dim());
+    let (q_dim, kv_dim) = (w(a.q_dim()), w(a.kv_dim()));
     let d = &cfg.delta;
-    let n_ff = cfg.n_ff.max(cfg.n_ff_exp).max(cfg.n_ff_shexp);
-    let floats = b * cfg.n_embd * 7
+    let n_ff = w(cfg.n_ff.max(cfg.n_ff_exp).max(cfg.n_ff_shexp));
+    // In u128: an absurd context gives a huge number, not an overflow.
+    let floats = b * w(cfg.n_embd) * 7
         + b * (4 * q_dim + 2 * kv_dim)
-        + n_threads * n_ctx
-        + b * (d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
-        + b * (cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
+        + w(n_threads) * w(n_ctx)
+        + b * w(d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
+        + b * w(cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
         + b * 2 * n_ff
-        + b * cfg.n_vocab;
-    (floats as u64) * 4 * 2
+        + b * w(cfg.n_vocab);
+    u64::try_from(floats * 4 * 2).unwrap_or(u64::MAX)
 }
