@@ -49,7 +49,7 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
     let file = Arc::new(file);
     let path = Arc::new(a.file.clone());
     let n_threads = a.in_flight.max(1);
-    let io = IoPool::new(n_threads);
+    let io = IoPool::new(n_threads)?;
     let mut bufs: Vec<AlignedBuf> = (0..n_threads).map(|_| AlignedBuf::zeroed_aligned(chunk, DIRECT_ALIGN)).collect();
     let n_reads = (total / chunk as u64).max(1) as usize;
     let n_positions = (size - chunk as u64) / DIRECT_ALIGN as u64;
@@ -75,7 +75,7 @@ pub fn main(a: DiskbenchArgs) -> Result<()> {
                     dst: b.as_ptr(),
                     len: chunk,
                     len_needed: chunk,
-                    expected: (size, meta.modified().ok()),
+                    expected: engine::formats::FileStamp::of(&meta),
                 }
             })
             .collect();

@@ -46,7 +46,15 @@ pub fn main(a: InspectArgs) -> Result<()> {
             }
         }
         Metadata::HfConfig { config, dir } => {
-            println!("format        safetensors ({})", dir.display());
+            match config.get("quantization") {
+                Some(q) => println!(
+                    "format        MLX safetensors ({}, affine {} bits in groups of {})",
+                    dir.display(),
+                    q.get("bits").map_or("?".into(), |b| b.to_string()),
+                    q.get("group_size").map_or("?".into(), |g| g.to_string())
+                ),
+                None => println!("format        safetensors ({})", dir.display()),
+            }
             if let Some(obj) = config.as_object() {
                 for (k, v) in obj {
                     println!("  {k} = {v}");

@@ -63,7 +63,7 @@ pub fn main(a: LogitsArgs) -> Result<()> {
         let err = engine::Error::TokenOutOfRange { id, n_vocab };
         return Err(anyhow::Error::new(err).context(format!("--tokens (model {})", a.model.model.display())));
     }
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_ctx)?;
     let mut all = Vec::with_capacity(tokens.len() * n_vocab);
     if a.one_by_one {
         for &t in &tokens {

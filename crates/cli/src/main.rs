@@ -102,13 +102,21 @@ pub struct ModelArgs {
     pub mlock: bool,
     /// When experts stream, predict the next layer's experts and read them early with low priority: 'router' (the
     /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
-    /// or 'off'. Fewer predictions are read the busier demand reads keep the disk and the less the forward pass
-    /// waits for reads (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
-    #[arg(long, value_enum, default_value_t = PrefetchArg::Off)]
+    /// 'off', or 'auto' (router; table under --replay-routes). Fewer predictions are read the busier demand reads
+    /// keep the disk and the less the forward pass waits for reads, so a compute-bound run reads almost none
+    /// (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
+    #[arg(long, value_enum, default_value_t = PrefetchArg::Auto)]
     pub prefetch: PrefetchArg,
     /// No progress display on stderr (it is shown only on a terminal anyway).
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// How the KV cache stores keys: f32, f16 or q8_0 (a half or about a quarter of f32; results then hold
+    /// for that type). `-ctk` as in llama.cpp.
+    #[arg(long = "cache-type-k", alias = "ctk", default_value = "f32", value_name = "f32|f16|q8_0")]
+    pub cache_type_k: String,
+    /// How the KV cache stores values: f32, f16 or q8_0. `-ctv` as in llama.cpp.
+    #[arg(long = "cache-type-v", alias = "ctv", default_value = "f32", value_name = "f32|f16|q8_0")]
+    pub cache_type_v: String,
 }
 
 /// `--numerics`: whose float arithmetic the forward pass follows.
@@ -133,18 +141,22 @@ impl NumericsArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrefetchArg {
+    Auto,
     Off,
     Table,
     Router,
 }
 
 impl PrefetchArg {
-    pub fn mode(self) -> engine::experts::cache::Prefetch {
+    /// The prefetch mode; `replay`: routing comes from a trace, so the model's router cannot predict it.
+    pub fn mode(self, replay: bool) -> engine::experts::cache::Prefetch {
         use engine::experts::cache::Prefetch;
         match self {
             PrefetchArg::Off => Prefetch::Off,
             PrefetchArg::Table => Prefetch::Table,
             PrefetchArg::Router => Prefetch::Router,
+            PrefetchArg::Auto if replay => Prefetch::Table,
+            PrefetchArg::Auto => Prefetch::Router,
         }
     }
 }
@@ -189,6 +201,16 @@ impl ModelArgs {
 
     /// Load options for a KV cache of `n_ctx` tokens.
     pub fn load_options(&self, index: &engine::formats::WeightIndex, n_ctx: usize) -> anyhow::Result<LoadOptions> {
+        self.load_options_for(index, n_ctx, false)
+    }
+
+    /// [`ModelArgs::load_options`] for a run whose routing is replayed from a trace (`replay`).
+    pub fn load_options_for(
+        &self,
+        index: &engine::formats::WeightIndex,
+        n_ctx: usize,
+        replay: bool,
+    ) -> anyhow::Result<LoadOptions> {
         use engine::experts::budget::{auto_budget, Budget};
         let budget = match &self.memory_budget {
             Some(s) => Some(Budget::parse(s)?),
@@ -206,10 +228,18 @@ impl ModelArgs {
                 io_threads: self.io_threads.max(1),
                 io_engine: None,
                 n_slots: None,
-                prefetch: self.prefetch.mode(),
+                prefetch: self.prefetch.mode(replay),
             }),
         };
-        Ok(LoadOptions { progress: progress::wanted(self.quiet), experts })
+        Ok(LoadOptions { progress: progress::wanted(self.quiet), experts, kv: self.kv_types()? })
+    }
+
+    /// The KV cache's storage types.
+    pub fn kv_types(&self) -> anyhow::Result<engine::kv_cache::KvTypes> {
+        Ok(engine::kv_cache::KvTypes {
+            k: engine::kv_cache::KvType::parse(&self.cache_type_k)?,
+            v: engine::kv_cache::KvType::parse(&self.cache_type_v)?,
+        })
     }
 
     /// Whether `--model` is the bundled model (given or by default).
@@ -231,6 +261,10 @@ impl ModelArgs {
         let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(t) = self.threads.filter(|&t| t > n_cpus) {
             anyhow::bail!("-t {t}: this machine has {n_cpus} logical CPUs; give at most {n_cpus} threads");
+        }
+        let io_max = engine::experts::io::IO_THREADS_MAX;
+        if self.io_threads > io_max {
+            anyhow::bail!("--io-threads {}: give at most {io_max}", self.io_threads);
         }
         Ok(())
     }
@@ -263,7 +297,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // llama.cpp's multi-letter short flags, which clap cannot declare.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),
         Command::Chat(a) => a.model.check().and_then(|()| chat::main(*a)),
@@ -281,11 +321,15 @@ fn main() -> ExitCode {
         Ok(()) if interrupt::requested() => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            // The engine's errors escape what they quote from files; the chain as a whole is bounded too.
+            eprintln!("error: {}", engine::error::printable(&error_text(&e), ERROR_CHARS_MAX));
             ExitCode::FAILURE
         }
     }
 }
+
+/// Characters of an error message printed at most.
+const ERROR_CHARS_MAX: usize = 4000;
 
 /// The error and its causes joined by ": ", like `{e:#}`, but without a cause that the message before it already
 /// ends with (the engine's `Io` error prints its source itself: "path: No such file or directory").

@@ -47,7 +47,9 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
     if tokens.len() < 2 {
         bail!("the text has {} token(s); scoring needs at least 2", tokens.len());
     }
-    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    // A window longer than the text holds the text: no KV cache beyond it.
+    let n_kv = n_ctx.min(tokens.len());
+    let model = Model::load(&index, &a.model.load_options(&index, n_kv)?)?;
     crate::ModelArgs::warn_ctx(&index, &model.info, flag, n_ctx);
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
@@ -57,7 +59,7 @@ pub fn main(a: PerplexityArgs) -> Result<()> {
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(a.model.n_threads());
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_kv)?;
     let t0 = std::time::Instant::now();
     let mut line = crate::progress::ProgressLine::new(a.model.quiet);
     let n_total = tokens.len();

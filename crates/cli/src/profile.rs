@@ -73,7 +73,7 @@ pub fn main(a: ProfileArgs) -> Result<()> {
     model.set_route_hook(Some(counter.clone()));
     let cpu = Cpu::new(a.model.n_threads());
     let t0 = Instant::now();
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_ctx)?;
     for (i, p) in prompts.iter().enumerate() {
         session.reset();
         counter.start_prompt(p.len());

@@ -189,7 +189,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
-    let load = a.model.load_options(&index, n_ctx)?;
+    let load = a.model.load_options_for(&index, n_ctx, a.replay_routes.is_some())?;
     let mut rt = Runtime::open(index, &load)?;
     crate::ModelArgs::warn_ctx(&rt.index, &rt.model.info, "-c", n_ctx);
     a.numerics.apply(&mut rt.model)?;
@@ -198,6 +198,9 @@ pub fn main(a: RunArgs) -> Result<()> {
     if let Some(mode) = approx {
         rt.model.set_approx(Some(mode))?;
         eprintln!("{}", approx_banner(mode, rt.model.info.n_expert_used, rt.model.memory_plan().is_some()));
+    }
+    for note in &rt.notes {
+        eprintln!("note: {note}");
     }
     if let Some(plan) = rt.model.memory_plan() {
         eprintln!("{plan}");
@@ -213,7 +216,7 @@ pub fn main(a: RunArgs) -> Result<()> {
 
     let (prompt_text, parse_special) = if a.chat {
         let src = tokenizer.chat_template().context("--chat: the model has no chat template")?;
-        let template = ChatTemplate::new(src)?;
+        let template = ChatTemplate::named(src, &format!("the chat template of {}", a.model.model.display()))?;
         let mut messages = Vec::new();
         if let Some(s) = &a.system {
             messages.push(ChatMessage::new("system", s.clone()));
@@ -232,7 +235,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     if prompt.len() > n_ctx {
         return Err(engine::Error::PromptTooLong { n_tokens: prompt.len(), n_ctx }.into());
     }
-    let mut session = model.new_session(n_ctx);
+    let mut session = model.try_new_session(n_ctx)?;
     let seed = a.seed.unwrap_or_else(random_seed);
     let (sampler, sampling_line) = sampler_config(&a, &SamplingDefaults::of(index), seed);
     eprintln!("{sampling_line}");
@@ -370,7 +373,7 @@ pub fn main(a: RunArgs) -> Result<()> {
                 "plan": model.memory_plan(),
                 "experts_prefill": pre,
                 "experts_decode": dec,
-                "prefetch": format!("{:?}", a.model.prefetch).to_lowercase(),
+                "prefetch": format!("{:?}", a.model.prefetch.mode(replay)).to_lowercase(),
                 "prediction_accuracy_decode": dec.prediction_accuracy(),
                 "per_token": stats.per_token,
                 "time_to_first_token": ttft,

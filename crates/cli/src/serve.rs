@@ -114,7 +114,7 @@ fn load_options(
 ) -> Result<LoadOptions> {
     let mut load = a.model.load_options(index, n_ctx)?;
     let kinds = engine::models::state_kinds(index)?;
-    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx);
+    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, load.kv);
     let n_states = a.parallel + n_cached;
     let extra = (n_states as u64 - 1) * per_seq + limits.overhead_bytes();
     eprintln!(

@@ -18,9 +18,14 @@ pub struct SynthArgs {
     /// Tensor types: q4_k_m (llama.cpp's Q4_K_M mix), q4_k (all Q4_K), q8_0, f16; norms and router stay F32.
     #[arg(long, default_value = "q4_k_m", value_parser = parse_quant)]
     pub quant: QuantMix,
-    /// Output GGUF file (replaced when complete: written as FILE.part, then renamed).
+    /// Output GGUF file (replaced when complete: written as FILE.part, then renamed); with --format mlx, the
+    /// model directory to create.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// File format: gguf, or mlx (a directory as mlx-lm's `convert -q` writes it: 4-bit affine in groups of 64,
+    /// bf16 scales and norms, the router at 8 bits; qwen3moe shapes only; --quant is then ignored).
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "mlx"])]
+    pub format: String,
     /// Seed: the same seed, shape and quantization give the same bytes.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = crate::args::seed)]
     pub seed: u64,
@@ -106,8 +111,12 @@ pub fn main(a: SynthArgs) -> Result<()> {
             )
         })
     };
-    let summary =
-        synth::write(&a.output, &o, &mut report).with_context(|| format!("writing {}", a.output.display()))?;
+    let summary = if a.format == "mlx" {
+        synth::write_mlx(&a.output, &o, &mut report)
+    } else {
+        synth::write(&a.output, &o, &mut report)
+    }
+    .with_context(|| format!("writing {}", a.output.display()))?;
     line.finish();
     eprintln!(
         "synth: wrote {} ({} {} seed {} skew {}, {} layers): {:.1} MiB in {} tensors; experts {:.1} MiB, other \

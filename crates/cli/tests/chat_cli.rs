@@ -15,7 +15,21 @@ use common::*;
 fn a_conversation_from_stdin() {
     let (model, tpl) = (fixture_model(), template("Qwen-Qwen3-0.6B.jinja"));
     let mut child = command()
-        .args(["chat", "-m", &model, "--chat-template", &tpl, "-c", "2048", "-n", "6", "--temp", "0", "--system", "Be brief."])
+        .args([
+            "chat",
+            "-m",
+            &model,
+            "--chat-template",
+            &tpl,
+            "-c",
+            "2048",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+            "--system",
+            "Be brief.",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

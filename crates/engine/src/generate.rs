@@ -55,6 +55,27 @@ pub fn load_tokenizer(index: &WeightIndex) -> Result<Tokenizer> {
     }
 }
 
+/// Checks that `tokenizer` fits a model of `n_vocab` embedding rows, at load: every id it can produce needs a row.
+/// A tokenizer with fewer tokens than rows is normal for Hugging Face checkpoints (Qwen3 pads its embedding to
+/// 151936 rows for 151669 tokens): the rows without a token are never sampled ([`generate`] samples among the
+/// tokenizer's ids only), and the returned note says so.
+pub fn check_tokenizer(tokenizer: &Tokenizer, n_vocab: usize) -> Result<Option<String>> {
+    let n_tok = tokenizer.n_vocab();
+    if n_tok == 0 || n_tok > n_vocab {
+        return Err(Error::Tokenizer(format!(
+            "the tokenizer has {n_tok} tokens but the model's embedding has {n_vocab} rows: the tokenizer does not \
+             belong to this model"
+        )));
+    }
+    Ok((n_tok < n_vocab).then(|| {
+        format!(
+            "the model has {n_vocab} token ids, its tokenizer {n_tok}: ids {n_tok} to {} have no text and are never \
+             generated",
+            n_vocab - 1
+        )
+    }))
+}
+
 /// What to generate and when to stop.
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
@@ -122,6 +143,9 @@ pub fn generate(
         return Err(Error::EmptyPrompt);
     }
     session.check_room(prompt.len())?;
+    check_tokenizer(tokenizer, model.info.n_vocab)?;
+    // Only ids the tokenizer can turn into text (see `check_tokenizer`).
+    let n_sample = tokenizer.n_vocab();
     let mut sampler = Sampler::new(params.sampler);
     let mut history: Vec<u32> = prompt.to_vec();
     let mut stream = StreamDecoder::new();
@@ -129,7 +153,7 @@ pub fn generate(
 
     let t0 = Instant::now();
     let logits = model.forward(cpu, session, prompt, Logits::Last)?;
-    let mut next = sampler.sample(logits, &history);
+    let mut next = sampler.sample(&logits[..n_sample], &history);
     let prompt_secs = t0.elapsed().as_secs_f64();
     let cache_prefill = model.cache_stats();
 
@@ -177,7 +201,7 @@ pub fn generate(
                 wait_secs: a.wait_secs - b.wait_secs,
             });
         }
-        next = sampler.sample(logits, &history);
+        next = sampler.sample(&logits[..n_sample], &history);
     };
     if stop != StopReason::StopString {
         let mut rest = stream.flush();

@@ -1,41 +1,200 @@
-//! The KV cache of one attention layer: keys and values of every position, in f32. A leaf module: the session
-//! owns one per attention layer, and the backends read it.
+//! The KV cache of one attention layer: keys and values of every position, stored in f32 (the default), f16 or
+//! Q8_0 (`-ctk`/`-ctv` like llama.cpp). A leaf module: the session owns one per attention layer, and the backends
+//! read it.
+//!
+//! Values are stored rounded to the cache's type and read back as f32, so a run with an f16 cache computes
+//! exactly what an f32 cache holding the same rounded values computes: every invariant (prefill == steps, streamed ==
+//! resident) holds per KV type, and only the rounding of what is stored differs between types.
 
-/// Keys and values of one layer, `[n_ctx, n_head_kv * head_dim]` each, in f32.
+use kernels::DType;
+
+use crate::{Error, Result};
+
+/// How keys or values are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+    /// 8-bit blocks of 32 values with an f16 scale (llama.cpp's Q8_0): about a quarter of f32.
+    Q8_0,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Result<KvType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            "q8_0" => Ok(KvType::Q8_0),
+            _ => Err(Error::Invalid(format!("KV cache type '{s}': expected f32, f16 or q8_0"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    fn dtype(self) -> DType {
+        match self {
+            KvType::F32 => DType::F32,
+            KvType::F16 => DType::F16,
+            KvType::Q8_0 => DType::Q8_0,
+        }
+    }
+
+    /// Bytes of `n` values (`n` a whole number of blocks).
+    pub fn bytes(self, n: usize) -> usize {
+        self.dtype().row_bytes(n).unwrap_or(n * 4)
+    }
+
+    fn bytes_checked(self, n: usize) -> Option<usize> {
+        n.checked_mul(self.dtype().block_bytes())?.checked_div(self.dtype().block_elems())
+    }
+
+    /// Whether a head of `head_dim` values can be stored (Q8_0 needs whole blocks of 32).
+    pub fn fits(self, head_dim: usize) -> bool {
+        self.dtype().row_bytes(head_dim).is_some()
+    }
+}
+
+/// The storage types of keys and of values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvTypes {
+    pub k: KvType,
+    pub v: KvType,
+}
+
+impl KvTypes {
+    /// Bytes per position of `kv_dim` keys and as many values.
+    pub fn bytes_per_position(&self, kv_dim: usize) -> usize {
+        self.k.bytes(kv_dim) + self.v.bytes(kv_dim)
+    }
+}
+
+/// The kernel table for converting to and from the cache's types (chosen once per process).
+fn kernels() -> &'static kernels::Kernels {
+    static K: std::sync::OnceLock<kernels::Kernels> = std::sync::OnceLock::new();
+    K.get_or_init(kernels::Kernels::detect)
+}
+
+/// One of the two halves of the cache.
+enum Store {
+    F32(Vec<f32>),
+    /// Rows of blocks of the given type, one row of `head_dim` values per head.
+    Quant(Vec<u8>, KvType),
+}
+
+impl Store {
+    /// `None` where the memory cannot be had (a size that overflows, or an allocation the system refuses) instead
+    /// of aborting the process. Zeroed pages are only committed as they are written.
+    fn try_new(t: KvType, n: usize) -> Option<Store> {
+        match t {
+            KvType::F32 => Some(Store::F32(zeroed(n)?)),
+            _ => Some(Store::Quant(zeroed(t.bytes_checked(n)?)?, t)),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::Quant(v, _) => v.len(),
+        }
+    }
+}
+
+/// Keys and values of one layer, `[n_ctx, n_head_kv * head_dim]` each.
 pub struct LayerKv {
     n_ctx: usize,
     kv_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    head_dim: usize,
+    types: KvTypes,
+    k: Store,
+    v: Store,
 }
 
 impl LayerKv {
-    pub fn new(n_ctx: usize, kv_dim: usize) -> LayerKv {
-        LayerKv { n_ctx, kv_dim, k: vec![0.0; n_ctx * kv_dim], v: vec![0.0; n_ctx * kv_dim] }
+    /// A cache for `n_ctx` positions of `kv_dim` values, in heads of `head_dim` (each head one row of blocks);
+    /// `None` where the memory cannot be allocated.
+    pub fn try_new(n_ctx: usize, kv_dim: usize, head_dim: usize, types: KvTypes) -> Option<LayerKv> {
+        assert!(types.k.fits(head_dim) && types.v.fits(head_dim), "KV type checked against the head size at load");
+        let n = n_ctx.checked_mul(kv_dim)?;
+        Some(LayerKv { n_ctx, kv_dim, head_dim, types, k: Store::try_new(types.k, n)?, v: Store::try_new(types.v, n)? })
     }
 
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
     }
 
-    /// Stores keys and values (`[n, kv_dim]`) at positions `pos0..pos0 + n`.
+    pub fn types(&self) -> KvTypes {
+        self.types
+    }
+
+    /// Stores keys and values (`[n, kv_dim]` f32) at positions `pos0..pos0 + n`, rounded to the cache's types.
     pub fn write(&mut self, pos0: usize, k: &[f32], v: &[f32]) {
-        let start = pos0 * self.kv_dim;
-        self.k[start..start + k.len()].copy_from_slice(k);
-        self.v[start..start + v.len()].copy_from_slice(v);
+        let (hd, kvd) = (self.head_dim, self.kv_dim);
+        for (store, src) in [(&mut self.k, k), (&mut self.v, v)] {
+            match store {
+                Store::F32(buf) => buf[pos0 * kvd..pos0 * kvd + src.len()].copy_from_slice(src),
+                Store::Quant(buf, t) => {
+                    let head_bytes = t.bytes(hd);
+                    let start = pos0 * t.bytes(kvd);
+                    let dst = &mut buf[start..start + src.len() / hd * head_bytes];
+                    for (head, out) in src.chunks_exact(hd).zip(dst.chunks_exact_mut(head_bytes)) {
+                        kernels().quantize_row(t.dtype(), head, out);
+                    }
+                }
+            }
+        }
     }
 
-    pub fn k_head(&self, pos: usize, head: usize, head_dim: usize) -> &[f32] {
-        let o = pos * self.kv_dim + head * head_dim;
-        &self.k[o..o + head_dim]
+    fn head<'a>(&'a self, store: &'a Store, pos: usize, head: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        let hd = self.head_dim;
+        match store {
+            Store::F32(buf) => {
+                let at = pos * self.kv_dim + head * hd;
+                &buf[at..at + hd]
+            }
+            Store::Quant(buf, t) => {
+                let head_bytes = t.bytes(hd);
+                let at = pos * t.bytes(self.kv_dim) + head * head_bytes;
+                kernels().dequantize_row(t.dtype(), &buf[at..at + head_bytes], &mut tmp[..hd]);
+                &tmp[..hd]
+            }
+        }
     }
 
-    pub fn v_head(&self, pos: usize, head: usize, head_dim: usize) -> &[f32] {
-        let o = pos * self.kv_dim + head * head_dim;
-        &self.v[o..o + head_dim]
+    /// The keys of KV head `head` at position `pos`, as f32 (converted into `tmp`, of at least `head_dim`
+    /// values, unless stored in f32).
+    pub fn k_head<'a>(&'a self, pos: usize, head: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        self.head(&self.k, pos, head, tmp)
+    }
+
+    /// The values of KV head `head` at position `pos`, as f32.
+    pub fn v_head<'a>(&'a self, pos: usize, head: usize, tmp: &'a mut [f32]) -> &'a [f32] {
+        self.head(&self.v, pos, head, tmp)
     }
 
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
+        self.k.bytes() + self.v.bytes()
+    }
+}
+
+/// `n` zeros, or `None` where the allocation fails (as `vec![T::default(); n]`, lazily committed, but without the
+/// abort).
+fn zeroed<T: Copy + Default>(n: usize) -> Option<Vec<T>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    // SAFETY: the layout's size is not zero. A non-null result is a fresh allocation of the global allocator with
+    // exactly the layout a `Vec<T>` of capacity `n` uses, and all-zero bits are `n` valid values of the numeric
+    // types used here (f32, u8), so the Vec built from it owns it with length and capacity `n`.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        (!p.is_null()).then(|| Vec::from_raw_parts(p, n, n))
     }
 }

@@ -19,6 +19,7 @@
 //!   calls in each family's syntax, forced tool calls).
 //! - `batch`: continuous batching (several sequences per forward step) and the prefix cache for multi-turn reuse.
 //! - `ops`, `pool`, `tensor`: the compute context (kernels + threads), the thread pool, aligned buffers.
+//! - `fuzz`: entry points for the fuzz targets of `fuzz/` (any bytes in, no panic out).
 //!
 //! # Rules
 //! Operating errors (bad files, bad input) return [`Error`]; programmer errors assert.
@@ -30,6 +31,7 @@ pub mod chat;
 pub mod error;
 pub mod experts;
 pub mod formats;
+pub mod fuzz;
 pub mod generate;
 pub mod ggml_exact;
 pub mod kv_cache;

@@ -124,6 +124,9 @@ pub fn matmul_many(cpu: &Cpu, mats: &mut [(QMatRef<'_>, &mut [f32])], x: &QuantA
 
 /// Rows `range` of `w` times every token of `x`, into `out` (`[n_tokens, w.rows]`).
 fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::Range<usize>, outp: SharedOut) {
+    if w.planes.is_some() {
+        return affine_rows_times_tokens(cpu, w, x, range, outp);
+    }
     // Every kernel below gives each output bit-identical to `vec_dot`, so how rows and tokens are grouped never
     // changes a result.
     let dot = cpu.kernels.vec_dot(w.dtype);
@@ -166,6 +169,57 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
                 put(t, r, dot(cols, w.row(r), x.row(t)));
             }
         }
+    }
+}
+
+/// [`rows_times_tokens`] for an MLX affine matrix: the same grouping of tokens and rows, through the affine
+/// kernels (F32 activations), whose four-row versions are bit-identical to their single dot as well.
+fn affine_rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::Range<usize>, outp: SharedOut) {
+    let f = w.planes.expect("an affine matrix").format;
+    let k = &cpu.kernels;
+    let (dot, dot_x4, dot_r4) = (k.affine_dot(f), k.affine_dot_x4(f), k.affine_dot_r4(f));
+    let (cols, rows, n_tokens) = (w.cols, w.rows, x.n_rows());
+    // SAFETY (every write): as in `rows_times_tokens`.
+    let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
+    let n_x4 = n_tokens / 4 * 4;
+    if n_x4 > 0 {
+        for r in range.clone() {
+            let wr = w.affine_row(r);
+            for t in (0..n_x4).step_by(4) {
+                let mut v = [0.0f32; 4];
+                dot_x4(f, cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
+                for (i, &vi) in v.iter().enumerate() {
+                    put(t + i, r, vi);
+                }
+            }
+        }
+    }
+    if n_x4 < n_tokens {
+        let mut r = range.start;
+        while r + 4 <= range.end {
+            let rows4 = [w.affine_row(r), w.affine_row(r + 1), w.affine_row(r + 2), w.affine_row(r + 3)];
+            for t in n_x4..n_tokens {
+                let mut v = [0.0f32; 4];
+                dot_r4(f, cols, rows4, x.row(t), &mut v);
+                for (i, &vi) in v.iter().enumerate() {
+                    put(t, r + i, vi);
+                }
+            }
+            r += 4;
+        }
+        for r in r..range.end {
+            for t in n_x4..n_tokens {
+                put(t, r, dot(f, cols, w.affine_row(r), x.row(t)));
+            }
+        }
+    }
+}
+
+/// Row `r` of `w` as f32 (an embedding lookup), for every weight type.
+pub fn dequantize_row(k: &Kernels, w: QMatRef<'_>, r: usize, out: &mut [f32]) {
+    match w.planes {
+        Some(p) => k.affine_dequantize(p.format)(p.format, w.affine_row(r), out),
+        None => k.dequantize_row(w.dtype, w.row(r), out),
     }
 }
 

@@ -6,9 +6,15 @@
 //! takes chunks too and never waits for a worker that has not started: when a core is busy with another process
 //! and a worker is descheduled, the caller simply does the work itself. Every output element is computed by the
 //! same code whatever thread computes it, so results never depend on the thread count or on scheduling.
+//!
+//! A panic in any share propagates to the caller once no worker is inside the job any more (the job borrows the
+//! caller's stack frame): a worker catches its panic, leaves the job and hands the panic to the caller, which
+//! resumes it; a panic of the caller's own share waits for the workers before unwinding further.
 
+use std::any::Any;
 use std::cell::UnsafeCell;
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -34,6 +40,41 @@ struct Shared {
     shutdown: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The first panic of a worker's share of the current job, for the caller to resume.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl Shared {
+    fn take_panic(&self) -> Option<Box<dyn Any + Send>> {
+        self.panic.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Closes generation `gen` and waits until no worker is inside its job, when dropped: on every way out of
+/// [`ThreadPool::run`], a panic of the caller's share included.
+struct CloseJob<'a> {
+    shared: &'a Shared,
+    gen: u64,
+}
+
+impl Drop for CloseJob<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        shared.closed.store(self.gen, Ordering::SeqCst);
+        let mut spins = 0u32;
+        while shared.active.load(Ordering::SeqCst) != 0 {
+            spins += 1;
+            if spins < SPIN_ITERS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        if std::thread::panicking() {
+            // The caller's own panic goes on; a worker's panic of the same job is dropped with the job.
+            drop(shared.take_panic());
+        }
+    }
 }
 
 // SAFETY: `job` is written only by the thread holding `ThreadPool::run_lock`, before it bumps `generation`, and
@@ -64,6 +105,7 @@ impl ThreadPool {
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            panic: Mutex::new(None),
         });
         let handles = (1..n_threads)
             .map(|index| {
@@ -83,7 +125,8 @@ impl ThreadPool {
 
     /// Runs `f(0)` on the caller and `f(i)` on every worker `i` that starts before the caller finishes; returns
     /// when the caller is done and no worker is still inside `f`. `f` must therefore share its work dynamically
-    /// (as [`ThreadPool::for_chunks`] does): a worker may not run it at all.
+    /// (as [`ThreadPool::for_chunks`] does): a worker may not run it at all. A panic in any share is resumed on
+    /// the caller, after every worker has left `f`.
     fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n_threads == 1 {
             f(0);
@@ -92,27 +135,22 @@ impl ThreadPool {
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
         // SAFETY: we hold run_lock and the previous job is closed with no worker inside it (see below), so no
-        // worker reads `job` now. The lifetime is erased; the pointer is not used after this function returns,
-        // because we close the generation and wait for `active == 0` before returning.
+        // worker reads `job` now. The lifetime is erased; the pointer is not used after this function returns or
+        // unwinds, because `CloseJob` closes the generation and waits for `active == 0` on both ways out.
         unsafe {
             let ptr: *const Job = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Job>(f);
             *shared.job.get() = Some(ptr);
         }
         let gen = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let close = CloseJob { shared, gen };
         if shared.n_sleeping.load(Ordering::SeqCst) > 0 {
             let _l = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
             shared.wake.notify_all();
         }
         f(0);
-        shared.closed.store(gen, Ordering::SeqCst);
-        let mut spins = 0u32;
-        while shared.active.load(Ordering::SeqCst) != 0 {
-            spins += 1;
-            if spins < SPIN_ITERS {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        drop(close);
+        if let Some(payload) = shared.take_panic() {
+            std::panic::resume_unwind(payload);
         }
     }
 
@@ -191,8 +229,12 @@ fn worker(shared: Arc<Shared>, index: usize) {
             // SAFETY: generation `gen` is current and not closed, and we are counted in `active`, so the publisher
             // keeps the job alive until we leave (see `Shared`).
             let job = unsafe { (*shared.job.get()).expect("job published with the generation") };
-            // SAFETY: as above.
-            unsafe { (*job)(index) };
+            // SAFETY: as above. A panic is caught here, so that this worker still leaves the job (the caller waits
+            // for that) and lives on; the caller resumes it.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(index) }));
+            if let Err(payload) = result {
+                shared.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+            }
         }
         shared.active.fetch_sub(1, Ordering::SeqCst);
     }
@@ -264,5 +306,77 @@ mod tests {
             assert_eq!(seen[0].load(Ordering::Relaxed), 1, "the caller always runs");
             assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) <= 1));
         }
+    }
+
+    /// Runs `f` on a thread of its own; `None` if it has not returned within `secs` (a hang).
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
+    }
+
+    /// Spins until `flag` is set or `secs` have passed.
+    fn wait_for(flag: &AtomicBool, secs: u64) {
+        let t0 = std::time::Instant::now();
+        while !flag.load(Ordering::SeqCst) && t0.elapsed().as_secs() < secs {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_panic_in_the_callers_share_returns_only_once_no_worker_is_inside_the_job() {
+        let pool = ThreadPool::new(2);
+        let entered = AtomicBool::new(false);
+        let inside = std::sync::Arc::new(AtomicUsize::new(0));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(&|i| {
+                if i == 0 {
+                    wait_for(&entered, 5);
+                    panic!("the caller's share fails");
+                }
+                inside.fetch_add(1, Ordering::SeqCst);
+                entered.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                inside.fetch_sub(1, Ordering::SeqCst);
+            })
+        }));
+        assert!(caught.is_err(), "the caller's panic propagates");
+        assert_eq!(inside.load(Ordering::SeqCst), 0, "run returned while a worker was still running the job");
+        // The pool still works.
+        let hits = AtomicUsize::new(0);
+        pool.for_chunks(100, 3, &|r| {
+            hits.fetch_add(r.len(), Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn a_panic_in_a_worker_reaches_the_caller_instead_of_hanging_it() {
+        let outcome = within(20, || {
+            let pool = ThreadPool::new(2);
+            let entered = AtomicBool::new(false);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(&|i| {
+                    if i == 0 {
+                        wait_for(&entered, 5);
+                    } else {
+                        entered.store(true, Ordering::SeqCst);
+                        panic!("a worker's share fails");
+                    }
+                })
+            }));
+            let message = caught.err().and_then(|p| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            // The worker survived its panic and the next job runs normally.
+            let hits = AtomicUsize::new(0);
+            pool.for_chunks(1000, 7, &|r| {
+                hits.fetch_add(r.len(), Ordering::Relaxed);
+            });
+            (message, hits.load(Ordering::Relaxed))
+        });
+        let (message, hits) = outcome.expect("the caller hung after a worker panicked");
+        assert_eq!(message.as_deref(), Some("a worker's share fails"));
+        assert_eq!(hits, 1000);
     }
 }

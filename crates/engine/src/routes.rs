@@ -93,6 +93,11 @@ impl RouteHook for RouteRecorder {
     }
 }
 
+/// The largest step (token position) and layer a trace may name: far beyond any context and any model, small
+/// enough that positions computed from them never overflow.
+pub const TRACE_STEP_MAX: usize = 1 << 32;
+pub const TRACE_LAYER_MAX: usize = 1 << 16;
+
 /// A recorded trace that replaces the router's choices.
 pub struct RouteReplay {
     path: PathBuf,
@@ -109,6 +114,13 @@ impl RouteReplay {
     /// then decode steps (of turn 0; later turns are ignored).
     pub fn load(path: &Path, n_expert: usize) -> Result<RouteReplay> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, n_expert)
+    }
+
+    /// [`RouteReplay::load`] of the text of a trace (`path` names it in errors). Never panics, whatever the text
+    /// holds (the `route_trace` fuzz target calls it): steps and layers beyond any model and slots beyond the
+    /// experts of a layer are refused.
+    pub fn parse(text: &str, path: &Path, n_expert: usize) -> Result<RouteReplay> {
         let bad = |line: usize, msg: &str| Error::format(path, format!("line {line}: {msg}"));
         let mut rows = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -124,6 +136,15 @@ impl RouteReplay {
             let weight: f32 = f[6].trim().parse().map_err(|_| bad(i + 1, "weight is not a number"))?;
             if expert >= n_expert {
                 return Err(bad(i + 1, &format!("expert {expert}, but the model has {n_expert} experts per layer")));
+            }
+            if slot >= n_expert {
+                return Err(bad(i + 1, &format!("top-k slot {slot}, but a layer has {n_expert} experts")));
+            }
+            if step > TRACE_STEP_MAX || layer > TRACE_LAYER_MAX {
+                return Err(bad(
+                    i + 1,
+                    &format!("step {step} or layer {layer} is beyond any model (at most {TRACE_STEP_MAX} and {TRACE_LAYER_MAX})"),
+                ));
             }
             if turn == 0 && phase <= 1 {
                 rows.push((phase, step, layer, slot, expert as u32, weight));

@@ -71,6 +71,8 @@ pub struct Runtime {
     pub prepared: Option<Prepared>,
     /// Things a user should hear of; nothing failed.
     pub warnings: Vec<String>,
+    /// Facts about the model worth a line (e.g. token ids its tokenizer has no text for).
+    pub notes: Vec<String>,
     /// Seconds spent loading the model and tokenizer.
     pub load_secs: f64,
 }
@@ -81,8 +83,9 @@ impl Runtime {
         let t0 = Instant::now();
         let tokenizer = crate::generate::load_tokenizer(&index)?;
         let model = Model::load(&index, load)?;
+        let notes = crate::generate::check_tokenizer(&tokenizer, model.info.n_vocab)?.into_iter().collect();
         let load_secs = t0.elapsed().as_secs_f64();
-        Ok(Runtime { index, model, tokenizer, prepared: None, warnings: vec![], load_secs })
+        Ok(Runtime { index, model, tokenizer, prepared: None, warnings: vec![], notes, load_secs })
     }
 
     /// Applies a routing profile and the warm start to a streaming model's cache (does nothing, but warn about a

@@ -12,22 +12,24 @@ use crate::layers::delta_net::{DeltaNetScratch, DeltaNetState, DeltaNetStateShap
 use crate::layers::moe::MoeScratch;
 use crate::{Error, Result};
 
-pub use crate::kv_cache::LayerKv;
+pub use crate::kv_cache::{KvTypes, LayerKv};
 
 /// What state one layer keeps per sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerStateKind {
-    /// Keys and values of every position (`kv_dim` floats each).
-    Kv { kv_dim: usize },
+    /// Keys and values of every position (`kv_dim` values each, in heads of `head_dim`).
+    Kv { kv_dim: usize, head_dim: usize },
     /// A DeltaNet layer's convolution window and recurrent matrix (constant size).
     DeltaNet(DeltaNetStateShape),
 }
 
 impl LayerStateKind {
-    /// Bytes of one sequence's state for a context of `n_ctx` tokens.
-    pub fn bytes(&self, n_ctx: usize) -> u64 {
+    /// Bytes of one sequence's state for a context of `n_ctx` tokens with KV caches of `types`.
+    pub fn bytes(&self, n_ctx: usize, types: KvTypes) -> u64 {
         match self {
-            LayerStateKind::Kv { kv_dim } => (n_ctx as u64) * (*kv_dim as u64) * 2 * 4,
+            LayerStateKind::Kv { kv_dim, .. } => {
+                (n_ctx as u64).saturating_mul(types.bytes_per_position(*kv_dim) as u64)
+            }
             LayerStateKind::DeltaNet(s) => s.bytes(),
         }
     }
@@ -35,11 +37,11 @@ impl LayerStateKind {
 
 /// Bytes a session of these layer kinds can hold at most: its states for `n_ctx` tokens and
 /// [`CHECKPOINTS_MAX`] copies of its recurrent states.
-pub fn session_bytes_max(kinds: &[LayerStateKind], n_ctx: usize) -> u64 {
+pub fn session_bytes_max(kinds: &[LayerStateKind], n_ctx: usize, types: KvTypes) -> u64 {
     kinds
         .iter()
         .map(|k| match k {
-            LayerStateKind::Kv { .. } => k.bytes(n_ctx),
+            LayerStateKind::Kv { .. } => k.bytes(n_ctx, types),
             LayerStateKind::DeltaNet(s) => s.bytes() * (1 + CHECKPOINTS_MAX as u64),
         })
         .sum()
@@ -52,11 +54,13 @@ pub enum LayerState {
 }
 
 impl LayerState {
-    fn new(kind: LayerStateKind, n_ctx: usize) -> LayerState {
-        match kind {
-            LayerStateKind::Kv { kv_dim } => LayerState::Kv(LayerKv::new(n_ctx, kv_dim)),
+    fn try_new(kind: LayerStateKind, n_ctx: usize, types: KvTypes) -> Option<LayerState> {
+        Some(match kind {
+            LayerStateKind::Kv { kv_dim, head_dim } => {
+                LayerState::Kv(LayerKv::try_new(n_ctx, kv_dim, head_dim, types)?)
+            }
             LayerStateKind::DeltaNet(shape) => LayerState::DeltaNet(DeltaNetState::new(shape)),
-        }
+        })
     }
 
     pub fn bytes(&self) -> usize {
@@ -122,19 +126,39 @@ pub struct Session {
     /// Logits of every position of a prompt run in chunks.
     pub all_logits: Vec<f32>,
     checkpoints: Vec<Checkpoint>,
+    /// A step failed (an expert read error) after it had updated some recurrent states: they no longer match
+    /// `pos`, and the session refuses to go on until [`Session::truncate`] or [`Session::reset`] rewinds it.
+    torn: bool,
 }
 
 impl Session {
-    /// A session with room for `n_ctx` tokens, one state per layer of the given kinds.
-    pub fn new(kinds: &[LayerStateKind], n_ctx: usize) -> Session {
-        Session {
-            layers: kinds.iter().map(|&k| LayerState::new(k, n_ctx)).collect(),
+    /// A session with room for `n_ctx` tokens, one state per layer of the given kinds, KV caches of `types`; an
+    /// error where the memory cannot be allocated (`-c 100000000000`) instead of an abort in the allocator.
+    pub fn try_new(kinds: &[LayerStateKind], n_ctx: usize, types: KvTypes) -> Result<Session> {
+        let mut layers = Vec::with_capacity(kinds.len());
+        for &k in kinds {
+            layers.push(LayerState::try_new(k, n_ctx, types).ok_or_else(|| {
+                let bytes: u128 = kinds.iter().map(|k| k.bytes(n_ctx, types) as u128).sum();
+                Error::Invalid(format!(
+                    "a KV cache of {n_ctx} tokens needs {:.1} GiB, which cannot be allocated: lower --ctx-size",
+                    bytes as f64 / (1u64 << 30) as f64
+                ))
+            })?);
+        }
+        Ok(Session {
+            layers,
             pos: 0,
             n_ctx,
             scratch: Scratch::default(),
             all_logits: Vec::new(),
             checkpoints: Vec::new(),
-        }
+            torn: false,
+        })
+    }
+
+    /// [`Session::try_new`] for sizes known to fit (tests, small contexts); panics where the memory cannot be had.
+    pub fn new(kinds: &[LayerStateKind], n_ctx: usize, types: KvTypes) -> Session {
+        Session::try_new(kinds, n_ctx, types).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Fails unless `n` more tokens fit.
@@ -151,6 +175,7 @@ impl Session {
     /// Forgets every token (keeps the buffers and drops the checkpoints).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.torn = false;
         self.checkpoints.clear();
         for l in &mut self.layers {
             if let LayerState::DeltaNet(s) = l {
@@ -190,7 +215,7 @@ impl Session {
     /// (0, an empty sequence, when there is none). The caller feeds the tokens from there to `n` again.
     pub fn truncate(&mut self, n: usize) -> usize {
         let n = n.min(self.pos);
-        if self.rewinds_anywhere() || n == self.pos {
+        if self.rewinds_anywhere() || (n == self.pos && !self.torn) {
             self.pos = n;
             return n;
         }
@@ -205,7 +230,28 @@ impl Session {
             }
         }
         self.pos = c.pos;
+        self.torn = false;
         self.pos
+    }
+
+    /// Marks the recurrent states as part-updated by a failed step (see [`Session::check_whole`]).
+    pub(crate) fn tear(&mut self) {
+        if !self.rewinds_anywhere() {
+            self.torn = true;
+        }
+    }
+
+    /// Fails when a failed step left the recurrent states part-updated: a step from there would compute with a
+    /// state that matches no sequence (a KV cache has no such problem: a step rewrites its position).
+    pub fn check_whole(&self) -> Result<()> {
+        if self.torn {
+            return Err(Error::Invalid(format!(
+                "a failed step left this session's recurrent state part-updated at position {}: truncate it to a \
+                 checkpoint or reset it before going on",
+                self.pos
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes of the per-layer states (KV caches and recurrent states), without checkpoints.

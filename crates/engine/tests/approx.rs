@@ -20,6 +20,7 @@ fn streamed(path: &std::path::Path, n_slots: usize) -> Model {
     let index = WeightIndex::open(path).expect("open");
     let opts = LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Bytes(u64::MAX / 4),
             n_ctx: N_CTX,

@@ -133,6 +133,7 @@ fn batched_sequences_streamed_through_a_small_cache_bitwise() {
         let index = WeightIndex::open(&fixture(dir).join(file)).expect("open");
         let opts = LoadOptions {
             progress: false,
+            kv: Default::default(),
             experts: ExpertResidency::Stream(StreamOptions {
                 budget: Budget::Bytes(u64::MAX / 4),
                 n_ctx: N_CTX,
@@ -157,6 +158,7 @@ fn a_step_reads_each_expert_once_for_every_sequence() {
     let streamed = |n_slots| {
         let opts = LoadOptions {
             progress: false,
+            kv: Default::default(),
             experts: ExpertResidency::Stream(StreamOptions {
                 budget: Budget::Bytes(u64::MAX / 4),
                 n_ctx: N_CTX,

@@ -93,3 +93,48 @@ fn truncate_rewinds_every_kind_of_layer_state() {
         assert_eq!(back, if fresh.rewinds_anywhere() { 5 } else { 0 }, "{dir}/{file}");
     }
 }
+
+/// An f16 or Q8_0 KV cache keeps every invariant (prefill == single steps, any chunking, thread count), and its
+/// logits stay close to the f32 cache's (the stored keys and values are rounded, nothing else changes).
+#[test]
+fn kv_cache_types_keep_the_invariants() {
+    use engine::kv_cache::{KvType, KvTypes};
+    use engine::models::{LoadOptions, Model};
+    let cpu = Cpu::new(2);
+    // Unquantized weights (a quantized random model turns small differences into expert flips); heads of 64 and 32.
+    for (dir, file) in [("qwen3moe-h256", "model.safetensors"), ("qwen3next-h64", "qwen3next-h64-f32.gguf")] {
+        let index = engine::formats::WeightIndex::open(&fixture(dir).join(file)).expect("open");
+        let f32_model = Model::load(&index, &LoadOptions::default()).expect("load");
+        let tokens = prompt(f32_model.info.n_vocab);
+        let reference = logits_all(&f32_model, &cpu, &tokens);
+        for (k, v) in [(KvType::F16, KvType::F16), (KvType::Q8_0, KvType::Q8_0), (KvType::F16, KvType::Q8_0)] {
+            let opts = LoadOptions { kv: KvTypes { k, v }, ..Default::default() };
+            let model = Model::load(&index, &opts).expect("load");
+            let batch = logits_all(&model, &cpu, &tokens);
+            let mut s = model.new_session(tokens.len());
+            let mut steps = Vec::new();
+            for &t in &tokens {
+                steps.extend_from_slice(model.forward(&cpu, &mut s, &[t], Logits::Last).expect("step"));
+            }
+            assert!(batch == steps, "{dir}/{file} {k:?}/{v:?}: prefill and single steps differ");
+            assert!(logits_all(&model, &Cpu::new(1), &tokens) == batch, "{dir}/{file}: threads change bits");
+            // Per position; a position where the rounding flips a near-tied routing decision moves by ~0.1, so
+            // most positions (not all) must stay within the rounding's bound: f16 keeps 11 bits of mantissa (~5e-4
+            // relative per value), Q8_0 about 7 bits per block (~4e-3).
+            let nv = model.info.n_vocab;
+            let diffs: Vec<f32> = (0..tokens.len())
+                .map(|t| rel_max_diff(&batch[t * nv..(t + 1) * nv], &reference[t * nv..(t + 1) * nv]))
+                .collect();
+            let bound = if k == KvType::F16 && v == KvType::F16 { 5e-3 } else { 3e-2 };
+            let within = diffs.iter().filter(|&&d| d < bound).count();
+            let worst = diffs.iter().copied().fold(0.0f32, f32::max);
+            eprintln!(
+                "{dir}/{file}: KV {}/{}: {within}/{} positions within {bound:e} of the f32 cache, worst {worst:e}",
+                k.name(),
+                v.name(),
+                diffs.len()
+            );
+            assert!(worst > 0.0 && within * 10 >= diffs.len() * 9, "{dir}/{file} {k:?}/{v:?}: {diffs:?}");
+        }
+    }
+}

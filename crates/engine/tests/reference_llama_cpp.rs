@@ -190,3 +190,67 @@ fn qwen3moe_q8_0_ggml_numerics_bit_exact() {
 fn qwen3moe_q4_k_m_ggml_numerics_bit_exact() {
     ggml_numerics_bit_exact("qwen3moe-h256", "q4_k_m");
 }
+
+/// Older llama.cpp conversions of Mixtral store one tensor per expert (`blk.N.ffn_gate.E.weight`) instead of the
+/// stacked `ffn_gate_exps`: the same file rewritten that way gives bit-identical logits, resident and streamed.
+#[test]
+fn mixtral_per_expert_gguf_equals_stacked() {
+    use engine::formats::gguf;
+    use engine::formats::gguf_writer::GgufWriter;
+    use engine::formats::{Metadata, WeightIndex};
+    let src = fixture("mixtral-h64").join("mixtral-h64-q8_0.gguf");
+    let dir = std::env::temp_dir().join(format!("flash-moe-per-expert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dst = dir.join("mixtral-per-expert.gguf");
+    let index = gguf::open(&src).expect("open");
+    let Metadata::Gguf(md) = &index.metadata else { panic!("GGUF") };
+    let mut w = GgufWriter::create(&dst).expect("create");
+    for (k, v) in md.iter() {
+        w.add_kv(k, v.clone()).expect("kv");
+    }
+    // (name, dtype, shape, bytes): stacked expert tensors split into one tensor per expert.
+    let mut out: Vec<(String, kernels::DType, Vec<usize>, Vec<u8>)> = vec![];
+    for t in &index.tensors {
+        let mut bytes = vec![0u8; t.len as usize];
+        index.read_tensor(t, &mut bytes).expect("read");
+        match t.name.strip_suffix("_exps.weight") {
+            Some(stem) => {
+                let n_expert = t.shape[0];
+                let per = bytes.len() / n_expert;
+                for e in 0..n_expert {
+                    let name = format!("{stem}.{e}.weight");
+                    out.push((name, t.dtype, t.shape[1..].to_vec(), bytes[e * per..(e + 1) * per].to_vec()));
+                }
+            }
+            None => out.push((t.name.clone(), t.dtype, t.shape.clone(), bytes)),
+        }
+    }
+    for (name, dtype, shape, _) in &out {
+        w.add_tensor(name.clone(), *dtype, shape).expect("tensor");
+    }
+    for (_, _, _, bytes) in &out {
+        w.write_tensor_data(bytes).expect("data");
+    }
+    w.finish().expect("finish");
+
+    let cpu = Cpu::new(2);
+    let r = reference("mixtral-h64");
+    let prompt = ids(&r["prompt_ids"]);
+    let want = logits_all(&load(&src), &cpu, &prompt);
+    assert!(logits_all(&load(&dst), &cpu, &prompt) == want, "per-expert tensors give other logits");
+    let opts = engine::models::LoadOptions {
+        experts: engine::models::ExpertResidency::Stream(engine::models::StreamOptions {
+            budget: engine::experts::budget::Budget::Min,
+            n_ctx: prompt.len(),
+            n_threads: 2,
+            io_threads: 2,
+            io_engine: None,
+            n_slots: Some(1),
+            prefetch: engine::experts::cache::Prefetch::Off,
+        }),
+        ..Default::default()
+    };
+    let streamed = engine::models::Model::load(&WeightIndex::open(&dst).expect("open"), &opts).expect("load");
+    assert!(logits_all(&streamed, &cpu, &prompt) == want, "per-expert tensors streamed give other logits");
+    let _ = std::fs::remove_dir_all(&dir);
+}

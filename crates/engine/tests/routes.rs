@@ -80,3 +80,26 @@ fn bad_traces_are_refused() {
     assert!(err.to_string().contains("covers 1 tokens"), "{err}");
     let _ = std::fs::remove_file(p);
 }
+
+/// Slots, steps and layers too large for any model (a slot of 10^12 aborted in the allocator, a step of 2^64 - 1
+/// overflowed) are refused with the line, never a panic or an abort.
+#[test]
+fn traces_with_huge_numbers_are_refused() {
+    let path = std::path::Path::new("huge.csv");
+    let header = "turn,phase,step,layer,slot,expert,weight,residency,expert_bytes\n";
+    for (row, msg) in [
+        ("0,0,0,0,1000000000000,1,0.5,0,0", "line 2: top-k slot 1000000000000"),
+        ("0,0,0,0,18446744073709551615,1,0.5,0,0", "line 2: top-k slot 18446744073709551615"),
+        ("0,0,18446744073709551615,0,0,1,0.5,0,0", "line 2: step 18446744073709551615"),
+        ("0,1,18446744073709551615,0,0,1,0.5,0,0", "line 2: step 18446744073709551615"),
+        ("0,0,0,18446744073709551615,0,1,0.5,0,0", "or layer 18446744073709551615 is beyond any model"),
+        ("0,0,0,0,0,1,nan-ish,0,0", "line 2: weight is not a number"),
+    ] {
+        let err = RouteReplay::parse(&format!("{header}{row}\n"), path, 8).err().expect("refused");
+        assert!(err.to_string().contains(msg), "{err}");
+    }
+    // The largest values allowed still load, and a step beyond the trace is an error at replay, not a panic.
+    let max = format!("{header}0,0,{},0,0,1,0.5,0,0\n0,1,{0},0,0,2,0.5,0,0\n", engine::routes::TRACE_STEP_MAX);
+    let r = RouteReplay::parse(&max, path, 8).expect("loads");
+    assert_eq!(r.n_tokens(), 2 * engine::routes::TRACE_STEP_MAX + 2);
+}

@@ -16,21 +16,25 @@ fn temp_copy(name: &str) -> std::path::PathBuf {
     dst
 }
 
-fn open_streamed(path: &std::path::Path) -> Model {
-    let index = WeightIndex::open(path).expect("open");
-    let opts = LoadOptions {
+fn stream_options(n_slots: usize) -> LoadOptions {
+    LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Min,
             n_ctx: 64,
             n_threads: 1,
             io_threads: 2,
             io_engine: None,
-            n_slots: Some(1),
+            n_slots: Some(n_slots),
             prefetch: engine::experts::cache::Prefetch::Off,
         }),
-    };
-    Model::load(&index, &opts).expect("load")
+    }
+}
+
+fn open_streamed(path: &std::path::Path) -> Model {
+    let index = WeightIndex::open(path).expect("open");
+    Model::load(&index, &stream_options(1)).expect("load")
 }
 
 /// Runs single tokens until one fails; panics if none does.
@@ -79,6 +83,47 @@ fn rewritten_while_running_is_an_error() {
     let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
 }
 
+/// A rewrite in place that keeps the size and sets the modification time back: only the status change time (which
+/// nothing can set back) shows it.
+#[test]
+fn rewritten_with_the_mtime_restored_is_an_error() {
+    let path = temp_copy("rewrite-mtime");
+    let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+    let model = open_streamed(&path);
+    let cpu = Cpu::new(1);
+    let mut s = model.new_session(64);
+    model.forward(&cpu, &mut s, &[1, 2, 3], Logits::Last).expect("runs before the change");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let n = bytes.len();
+    for b in &mut bytes[n / 2..] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(&path, &bytes).expect("rewrite");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open rw");
+    f.set_modified(mtime).expect("set the mtime back");
+    drop(f);
+    assert_eq!(std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime"), mtime);
+    let msg = first_error(&model);
+    assert!(msg.contains("changed while running"), "{msg}");
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}
+
+/// The path replaced by another file of the same size and modification time between opening the index and
+/// opening the expert store: the inode differs.
+#[test]
+fn replaced_by_a_file_with_the_same_size_and_mtime_is_refused() {
+    let path = temp_copy("replace-same-mtime");
+    let index = WeightIndex::open(&path).expect("open");
+    let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+    let other = path.with_extension("other");
+    std::fs::copy(&path, &other).expect("copy");
+    std::fs::File::options().write(true).open(&other).and_then(|f| f.set_modified(mtime)).expect("set mtime");
+    std::fs::rename(&other, &path).expect("replace");
+    let err = Model::load(&index, &stream_options(1)).err().expect("must refuse");
+    assert!(err.to_string().contains("changed since it was opened"), "{err}");
+    let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+}
+
 #[test]
 fn replaced_before_streaming_starts_is_refused() {
     let path = temp_copy("replace");
@@ -88,6 +133,7 @@ fn replaced_before_streaming_starts_is_refused() {
     std::fs::OpenOptions::new().write(true).open(&path).expect("open rw").set_len(len + 4096).expect("grow");
     let opts = LoadOptions {
         progress: false,
+        kv: Default::default(),
         experts: ExpertResidency::Stream(StreamOptions {
             budget: Budget::Min,
             n_ctx: 64,

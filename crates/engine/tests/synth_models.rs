@@ -238,3 +238,30 @@ fn skew_concentrates_routing() {
     assert!(h0 > 0.9, "skew 0 should spread tokens: entropy {h0:.3}");
     assert!(h1 < h0 - 0.05 && top1 > top0, "skew 1 should concentrate: entropy {h1:.3} vs {h0:.3}, top {top1:.3}");
 }
+
+/// `synth --format mlx`: the MLX directory of a qwen3moe shape opens as MLX (4-bit experts, 8-bit router), runs
+/// with finite logits, prefill equals single steps, and its tokenizer.json loads.
+#[test]
+fn tiny_mlx_directory_runs_and_prefill_equals_steps() {
+    let dir = Scratch::new("mlx");
+    let path = dir.path("tiny-mlx");
+    let mut o = SynthOptions::new(Shape::Tiny, QuantMix::Q4KM, None).expect("options");
+    o.seed = 7;
+    synth::write_mlx(&path, &o, &mut |_| {}).unwrap_or_else(|e| panic!("{e}"));
+    let index = WeightIndex::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let t = index.require("model.layers.0.mlp.switch_mlp.down_proj.weight").expect("experts");
+    assert_eq!((t.dtype, t.shape.clone()), (DType::MLX_Q4, vec![16, 256, 256]));
+    assert_eq!(index.require("model.layers.0.mlp.gate.weight").expect("router").dtype, DType::MLX_Q8);
+    engine::generate::load_tokenizer(&index).unwrap_or_else(|e| panic!("{e}"));
+    let model = load(&path);
+    let cpu = Cpu::new(2);
+    let tokens: Vec<u32> = (0..9u32).map(|i| i * 53 % 500).collect();
+    let batch = logits_all(&model, &cpu, &tokens);
+    assert!(batch.iter().all(|v| v.is_finite()), "non-finite logits");
+    let mut s = model.new_session(16);
+    let mut steps = Vec::new();
+    for &t in &tokens {
+        steps.extend_from_slice(model.forward(&cpu, &mut s, &[t], Logits::Last).expect("step"));
+    }
+    assert!(batch == steps, "prefill and single steps differ");
+}

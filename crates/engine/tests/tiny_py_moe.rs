@@ -45,7 +45,7 @@ fn reference() -> serde_json::Value {
 
 fn load_with(path: &std::path::Path, experts: ExpertResidency) -> Model {
     let index = WeightIndex::open(path).expect("open");
-    Model::load(&index, &LoadOptions { progress: false, experts }).expect("load")
+    Model::load(&index, &LoadOptions { progress: false, experts, ..Default::default() }).expect("load")
 }
 
 fn stream_quarter(n_ctx: usize, prefetch: Prefetch) -> ExpertResidency {

@@ -83,3 +83,31 @@ fn extra_variables_reach_the_template() {
     assert_eq!(text, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
     assert!(template.render_with(&messages, true, None, None, &serde_json::json!([1])).is_err());
 }
+
+/// Every shared template renders a conversation of 2,000 messages within the fuel and output limits of one render.
+#[test]
+fn every_shared_template_renders_a_long_conversation_within_the_limits() {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(templates_dir())
+        .expect("read shared/chat-templates")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jinja"))
+        .collect();
+    names.sort();
+    let messages: Vec<ChatMessage> = (0..2000)
+        .map(|i| {
+            let role = match i {
+                0 => "system",
+                _ if i % 2 == 1 => "user",
+                _ => "assistant",
+            };
+            ChatMessage::new(role, format!("message {i}: {}", "some words ".repeat(50)))
+        })
+        .collect();
+    for path in names {
+        let src = std::fs::read_to_string(&path).expect("read");
+        let template = ChatTemplate::new(&src).expect("compiles");
+        let out = template.render(&messages, true, Some("<s>"), Some("</s>"));
+        let out = out.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(out.contains("message 1999"), "{}", path.display());
+    }
+}

@@ -22,6 +22,18 @@ pub enum DType {
     Q6_K,
     /// Activation-only: 256 values, f32 scale, i8 quants and 16 partial sums (pairs with the k-quants).
     Q8_K,
+    // ---- MLX affine quantization (not GGUF types; not in `ALL`, no ggml id) ----
+    // The packed plane of an MLX matrix quantized to 2, 3, 4, 5, 6 or 8 bits: value `i` of a row is bits
+    // `bits * i .. bits * (i + 1)` of the row's little-endian bit stream (mlx packs them in uint32 words, or in
+    // 3- and 5-byte packs for 3, 5 and 6 bits: the same stream). A block is 8 values in `bits` bytes. The
+    // per-group scales and biases are separate planes (see `crate::affine`); the dot kernels take F32
+    // activations.
+    MLX_Q2,
+    MLX_Q3,
+    MLX_Q4,
+    MLX_Q5,
+    MLX_Q6,
+    MLX_Q8,
 }
 
 impl DType {
@@ -40,6 +52,28 @@ impl DType {
         DType::Q6_K,
         DType::Q8_K,
     ];
+
+    /// The MLX affine packed-plane types, by bits: 2, 3, 4, 5, 6, 8.
+    pub const MLX: [DType; 6] =
+        [DType::MLX_Q2, DType::MLX_Q3, DType::MLX_Q4, DType::MLX_Q5, DType::MLX_Q6, DType::MLX_Q8];
+
+    /// The MLX packed-plane type of `bits` bits per value, if mlx has one.
+    pub fn mlx_affine(bits: u32) -> Option<DType> {
+        DType::MLX.into_iter().find(|t| t.affine_bits() == Some(bits))
+    }
+
+    /// Bits per value of an MLX packed-plane type; `None` for the GGUF types.
+    pub fn affine_bits(self) -> Option<u32> {
+        Some(match self {
+            DType::MLX_Q2 => 2,
+            DType::MLX_Q3 => 3,
+            DType::MLX_Q4 => 4,
+            DType::MLX_Q5 => 5,
+            DType::MLX_Q6 => 6,
+            DType::MLX_Q8 => 8,
+            _ => return None,
+        })
+    }
 
     /// The type for a GGUF/ggml type id, or `None` for a type flash-moe does not support.
     pub fn from_ggml(id: u32) -> Option<DType> {
@@ -61,7 +95,8 @@ impl DType {
         })
     }
 
-    /// Position of this type in [`DType::ALL`] (for tables indexed by type).
+    /// Position of this type in [`DType::ALL`] (for tables indexed by type); the MLX types come after it and have
+    /// no entry in those tables (their kernels are in `crate::affine`).
     pub fn index(self) -> usize {
         self as usize
     }
@@ -82,6 +117,9 @@ impl DType {
             DType::Q6_K => 14,
             DType::Q8_K => 15,
             DType::BF16 => 30,
+            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => {
+                panic!("{self:?} is an MLX type: it has no ggml type id")
+            }
         }
     }
 
@@ -135,7 +173,15 @@ impl DType {
     }
 
     pub fn name(self) -> &'static str {
-        DType::ggml_name(self.ggml_id())
+        match self {
+            DType::MLX_Q2 => "MLX_Q2",
+            DType::MLX_Q3 => "MLX_Q3",
+            DType::MLX_Q4 => "MLX_Q4",
+            DType::MLX_Q5 => "MLX_Q5",
+            DType::MLX_Q6 => "MLX_Q6",
+            DType::MLX_Q8 => "MLX_Q8",
+            _ => DType::ggml_name(self.ggml_id()),
+        }
     }
 
     /// Values per block (1 for the float types).
@@ -144,6 +190,7 @@ impl DType {
             DType::F32 | DType::F16 | DType::BF16 => 1,
             DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 => 32,
             DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => 256,
+            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => 8,
         }
     }
 
@@ -162,6 +209,9 @@ impl DType {
             DType::Q5_K => 176,
             DType::Q6_K => 210,
             DType::Q8_K => 292,
+            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => {
+                self.affine_bits().unwrap_or(8) as usize
+            }
         }
     }
 
@@ -184,6 +234,7 @@ impl DType {
             DType::Q4_K | DType::Q5_K | DType::Q6_K => DType::Q8_K,
             DType::Q8_1 => DType::Q8_1,
             DType::Q8_K => DType::Q8_K,
+            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => DType::F32,
         }
     }
 
@@ -212,5 +263,18 @@ mod tests {
         assert_eq!(DType::Q4_K.row_bytes(512), Some(288));
         assert_eq!(DType::Q4_K.row_bytes(64), None);
         assert_eq!(DType::F16.row_bytes(7), Some(14));
+    }
+
+    #[test]
+    fn mlx_types_pack_8_values_in_bits_bytes() {
+        for t in DType::MLX {
+            let bits = t.affine_bits().expect("an MLX type");
+            assert_eq!(DType::mlx_affine(bits), Some(t));
+            assert_eq!(t.row_bytes(64), Some(8 * bits as usize));
+            assert!(!DType::ALL.contains(&t) && t.index() >= DType::ALL.len());
+            assert_eq!(t.vec_dot_type(), DType::F32);
+        }
+        assert_eq!(DType::mlx_affine(7), None);
+        assert_eq!(DType::Q4_K.affine_bits(), None);
     }
 }

@@ -10,6 +10,8 @@
 //!   decode; bit-identical to four `vec_dot` calls), [`Kernels::dot_f32`] (the F32 dot on `f32` slices),
 //!   [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
 //! - [`Isa`]: an instruction set a table can be built for.
+//! - [`affine`]: MLX affine quantization (three planes: packed values, per-group scales and biases), its
+//!   [`AffineFormat`] and the table's `affine_*` kernels (F32 activations).
 //!
 //! # Semantics
 //! As llama.cpp's CPU backend: a weight row of type `w` is dotted with an activation row quantized to
@@ -60,6 +62,7 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+pub mod affine;
 mod dispatch;
 mod dtype;
 pub mod f16;
@@ -76,6 +79,7 @@ pub mod q8_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use affine::{AffineFormat, AffineRow};
 pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotX4Fn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};

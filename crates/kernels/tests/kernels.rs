@@ -708,3 +708,13 @@ fn weight_quantizers_round_trip() {
         }
     }
 }
+
+/// On aarch64 (natively or under qemu-user: tools/test_aarch64.sh) the SIMD tests above must have run NEON.
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn neon_kernels_are_among_those_tested() {
+    assert!(
+        simd_tables().iter().any(|k| k.isa() == Isa::Neon),
+        "NEON is not available: the NEON kernels went untested"
+    );
+}

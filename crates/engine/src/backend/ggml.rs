@@ -271,11 +271,12 @@ pub(crate) fn attention(
     let tinyblas = n >= 2 && hd.is_multiple_of(4);
     let n_cells = pos0 + n; // cells holding keys; the rest of the n_kv are 0 in llama.cpp's cache
     let mut vt = vec![0.0f32; kv_dim * n_kv];
+    let mut tmp = vec![0.0f32; hd];
     for kvh in 0..n_head_kv {
         for dd in 0..hd {
             let col = &mut vt[(kvh * hd + dd) * n_kv..(kvh * hd + dd + 1) * n_kv];
             for (j, c) in col.iter_mut().enumerate() {
-                *c = if j < n_cells { kv.v_head(j, kvh, hd)[dd] } else { 0.0 };
+                *c = if j < n_cells { kv.v_head(j, kvh, &mut tmp)[dd] } else { 0.0 };
             }
         }
     }
@@ -288,7 +289,7 @@ pub(crate) fn attention(
         for t in 0..n {
             let qh = &q[t * q_dim + hh * hd..t * q_dim + (hh + 1) * hd];
             for (j, s) in p.iter_mut().enumerate() {
-                *s = if j < n_cells { gx::dot_f32(kv.k_head(j, kvh, hd), qh) } else { 0.0 };
+                *s = if j < n_cells { gx::dot_f32(kv.k_head(j, kvh, &mut tmp), qh) } else { 0.0 };
             }
             if dumping {
                 kq_all.extend_from_slice(&p);

@@ -63,7 +63,8 @@ pub struct FfnScratch {
 /// Buffers of the attention core (scores, RoPE tables), reused across calls.
 #[derive(Default)]
 pub struct AttnScratch {
-    pub(crate) scores: Vec<f32>, // [n_threads, n_ctx]
+    pub(crate) scores: Vec<f32>, // [n_threads, group, n_ctx]
+    pub(crate) kv_tmp: Vec<f32>, // [n_threads, 2, head_dim] keys and values converted from f16 / Q8_0
     pub(crate) cos: Vec<f32>,    // [n, n_rot / 2]
     pub(crate) sin: Vec<f32>,    // [n, n_rot / 2]
 }
@@ -92,7 +93,7 @@ impl<'a> Exec<'a> {
     /// Row `id` of an embedding table, as f32.
     pub fn embed(&self, table: &QMat, id: u32, out: &mut [f32]) {
         match self.numerics {
-            Numerics::Native => self.cpu.kernels.dequantize_row(table.dtype, table.as_ref().row(id as usize), out),
+            Numerics::Native => crate::ops::dequantize_row(&self.cpu.kernels, table.as_ref(), id as usize, out),
             Numerics::Ggml => ggml::embed(self.cpu, table, id, out),
         }
     }

@@ -85,7 +85,10 @@ pub(crate) fn rope(
     }
 }
 
-/// Scores, softmax and the weighted sum of values, one (token, head) pair at a time, pairs spread over the pool.
+/// Scores, softmax and the weighted sum of values. Work items are (token, KV head) pairs spread over the pool; in
+/// each, every key and value is read once (converted to f32 once, for an f16 or Q8_0 cache) for all the query heads
+/// that share the KV head. Each (token, head) output is the same arithmetic whatever the batch or the threads:
+/// scores in position order, an f64-summed softmax, values accumulated in position order.
 pub(crate) fn attention(
     cpu: &Cpu,
     kv: &LayerKv,
@@ -99,34 +102,54 @@ pub(crate) fn attention(
     let n = q.len() / q_dim;
     let n_ctx = kv.n_ctx();
     let n_threads = cpu.pool.n_threads();
-    s.scores.resize(n_threads * n_ctx, 0.0);
     let group = n_head / n_head_kv;
+    s.scores.resize(n_threads * group * n_ctx, 0.0);
+    s.kv_tmp.resize(n_threads * 2 * hd, 0.0);
     let scale = 1.0 / (hd as f32).sqrt();
     let scores_ptr = SharedOut(s.scores.as_mut_ptr());
+    let tmp_ptr = SharedOut(s.kv_tmp.as_mut_ptr());
     let att_ptr = SharedOut(out.as_mut_ptr());
     assert_eq!(out.len(), n * q_dim, "attention: output size");
-    cpu.pool.for_chunks_indexed(n * n_head, 1, &|thread, pairs| {
+    cpu.pool.for_chunks_indexed(n * n_head_kv, 1, &|thread, pairs| {
         for pair in pairs {
-            let (t, h) = (pair / n_head, pair % n_head);
+            let (t, kvh) = (pair / n_head_kv, pair % n_head_kv);
             let n_kv = pos0 + t + 1;
-            // SAFETY: each thread index owns its own n_ctx-long slice of `scores` (thread < n_threads), and each
-            // (t, h) pair its own head_dim-long slice of `out`; both buffers outlive the pool call.
-            let (scores, o) = unsafe {
+            // SAFETY: each thread index owns its own group * n_ctx scores and 2 * head_dim conversion buffer
+            // (thread < n_threads), and each (t, kvh) pair the head_dim-long outputs of its `group` heads; every
+            // buffer outlives the pool call.
+            let (scores, tmp) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * n_ctx), n_kv),
-                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + h * hd), hd),
+                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * group * n_ctx), group * n_ctx),
+                    std::slice::from_raw_parts_mut(tmp_ptr.get().add(thread * 2 * hd), 2 * hd),
                 )
             };
-            let qh = &q[t * q_dim + h * hd..t * q_dim + (h + 1) * hd];
-            let kvh = h / group;
-            for (j, sc) in scores.iter_mut().enumerate() {
-                *sc = dot(qh, kv.k_head(j, kvh, hd)) * scale;
+            let (k_tmp, v_tmp) = tmp.split_at_mut(hd);
+            let qs = &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
+            for j in 0..n_kv {
+                let k = kv.k_head(j, kvh, k_tmp);
+                for (g, qh) in qs.chunks_exact(hd).enumerate() {
+                    scores[g * n_ctx + j] = dot(qh, k) * scale;
+                }
             }
-            ops::softmax(scores);
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                for (a, &b) in o.iter_mut().zip(kv.v_head(j, kvh, hd)) {
-                    *a += p * b;
+            for g in 0..group {
+                ops::softmax(&mut scores[g * n_ctx..g * n_ctx + n_kv]);
+                // SAFETY: as above; head kvh * group + g of token t.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + (kvh * group + g) * hd), hd)
+                };
+                o.fill(0.0);
+            }
+            for j in 0..n_kv {
+                let v = kv.v_head(j, kvh, v_tmp);
+                for g in 0..group {
+                    let p = scores[g * n_ctx + j];
+                    // SAFETY: as above.
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + (kvh * group + g) * hd), hd)
+                    };
+                    for (a, &b) in o.iter_mut().zip(v) {
+                        *a += p * b;
+                    }
                 }
             }
         }

@@ -81,7 +81,7 @@ mod tests {
     use crate::session::LayerStateKind;
 
     fn session(tokens: &[u32]) -> Session {
-        let mut s = Session::new(&[LayerStateKind::Kv { kv_dim: 2 }], 16);
+        let mut s = Session::new(&[LayerStateKind::Kv { kv_dim: 2, head_dim: 2 }], 16, Default::default());
         s.pos = tokens.len();
         s
     }

@@ -262,11 +262,11 @@ impl MemoryPlan {
         n_expert: usize,
         min_slots: usize,
     ) -> Result<MemoryPlan> {
-        let fixed = resident_bytes + kv_bytes + scratch_bytes;
+        let fixed = resident_bytes.saturating_add(kv_bytes).saturating_add(scratch_bytes);
         let n_classes = classes.len().max(1);
         let min_counts: Vec<usize> =
             (0..classes.len()).map(|c| min_slots.min(classes.n_layers(c) * n_expert)).collect();
-        let min_total = fixed + classes.bytes_of(&min_counts);
+        let min_total = fixed.saturating_add(classes.bytes_of(&min_counts));
         let (budget_bytes, budget_source) = match budget {
             Budget::Min => (min_total, format!("{MIN_SOURCE}: one layer's top-k experts")),
             Budget::Bytes(b) => (b, "--memory-budget".to_string()),

@@ -31,15 +31,22 @@
 //! The cache changes where expert bytes come from, never what is computed: results are bit-identical to
 //! [`super::resident::ResidentExperts`] at any capacity down to one slot, with or without prefetch.
 //!
+//! A read that fails (after the I/O layer's retry) fails every step waiting for it and unmaps its expert at once,
+//! so that the next step reads it again; its slot stays out of use until the last step that pinned it lets go
+//! (`SlotState::Failed`), so a failure never frees a slot another session still reads from.
+//!
 //! A routing profile can give each layer a share of the slots ([`ExpertCache::set_layer_quotas`]): a miss then
 //! evicts from the layers holding more than their share first. Only the opt-in approximate mode
 //! ([`crate::approx`]) asks which experts are resident and starts reads nobody waits for
 //! ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until a later
 //! call finds its read finished (`reap_background`).
 
+mod policy;
 mod preload;
+mod replay;
+mod stats;
+mod throttle;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -51,81 +58,12 @@ use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
 
+use policy::{SlotState, State};
+pub use policy::{PREDICTED_PER_USED, PREFETCH_CHANCE_MIN};
 pub use preload::{replay_policy_planned, HotExpert, PreloadItem, PreloadStats};
-
-/// Counters of the cache, for the run summary and `--stats-json`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct CacheStats {
-    /// Experts found in the cache (prefetched ones included, even when their read had not finished).
-    pub hits: u64,
-    pub misses: u64,
-    /// Bytes read, prefetches included.
-    pub bytes_read: u64,
-    /// Time the forward pass waited for expert reads.
-    pub wait_secs: f64,
-    pub per_layer_hits: Vec<u64>,
-    pub per_layer_misses: Vec<u64>,
-    /// Prefetch reads started, and their bytes.
-    pub prefetch_issued: u64,
-    pub prefetch_bytes: u64,
-    /// Prefetched experts that a forward step then used (counted in `hits`), and of those, the ones whose read had
-    /// not finished when they were needed.
-    pub prefetch_used: u64,
-    pub prefetch_late: u64,
-    /// Prefetches whose read was dropped before it started (the prediction was wrong; not counted above).
-    pub prefetch_cancelled: u64,
-    /// Experts used at visits that had a prediction, and how many of them were predicted.
-    pub predicted_of: u64,
-    pub predicted_used: u64,
-    /// Predicted experts not prefetched because the disk was busy with demand reads or the forward pass hardly
-    /// waited for reads (see `PrefetchThrottle`).
-    pub prefetch_throttled: u64,
-    /// Warm start in the background ([`ExpertCache::warm_in_background`]): hot experts read, and their bytes.
-    pub warm_reads: u64,
-    pub warm_bytes: u64,
-}
-
-impl CacheStats {
-    /// The counts accumulated since `start` (an earlier snapshot of the same cache).
-    pub fn since(&self, start: &CacheStats) -> CacheStats {
-        let diff = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| x - y).collect();
-        CacheStats {
-            hits: self.hits - start.hits,
-            misses: self.misses - start.misses,
-            bytes_read: self.bytes_read - start.bytes_read,
-            wait_secs: self.wait_secs - start.wait_secs,
-            per_layer_hits: diff(&self.per_layer_hits, &start.per_layer_hits),
-            per_layer_misses: diff(&self.per_layer_misses, &start.per_layer_misses),
-            prefetch_issued: self.prefetch_issued - start.prefetch_issued,
-            prefetch_bytes: self.prefetch_bytes - start.prefetch_bytes,
-            prefetch_used: self.prefetch_used - start.prefetch_used,
-            prefetch_late: self.prefetch_late - start.prefetch_late,
-            prefetch_cancelled: self.prefetch_cancelled - start.prefetch_cancelled,
-            predicted_of: self.predicted_of - start.predicted_of,
-            predicted_used: self.predicted_used - start.predicted_used,
-            prefetch_throttled: self.prefetch_throttled - start.prefetch_throttled,
-            warm_reads: self.warm_reads - start.warm_reads,
-            warm_bytes: self.warm_bytes - start.warm_bytes,
-        }
-    }
-
-    pub fn hit_rate(&self) -> f64 {
-        ratio(self.hits, self.hits + self.misses)
-    }
-
-    /// Predicted experts that were used / experts used (at visits that had a prediction).
-    pub fn prediction_accuracy(&self) -> f64 {
-        ratio(self.predicted_used, self.predicted_of)
-    }
-}
-
-fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        a as f64 / b as f64
-    }
-}
+pub use replay::{replay_policy, replay_policy_classes, ReplayPrefetch, ReplayStats};
+pub use stats::CacheStats;
+use throttle::PrefetchThrottle;
 
 /// Where predictions for prefetch come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,42 +76,6 @@ pub enum Prefetch {
     Router,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotState {
-    Free,
-    Loading,
-    Ready,
-}
-
-struct Slot {
-    owner: Option<(u32, u32)>,
-    state: SlotState,
-    pins: u32,
-    last_use: u64,
-    batch: Option<ReadBatch>,
-    /// Brought in by a prefetch and not used since: `Some(visits of its layer when the prefetch was issued)`.
-    prefetched: Option<u64>,
-}
-
-impl Slot {
-    const FREE: Slot =
-        Slot { owner: None, state: SlotState::Free, pins: 0, last_use: 0, batch: None, prefetched: None };
-}
-
-/// Weight of a use at the latest visit of a layer, against use rates (at most 1).
-const RECENT_BONUS: f32 = 0.3;
-/// Use counts and visit counts of a layer are halved every this many visits of it.
-const RATE_HALF_LIFE_VISITS: u32 = 64;
-/// Predictions are ranked; the chance that the expert predicted at each rank is used is measured online (at most
-/// this many ranks).
-const RANKS_MAX: usize = 64;
-/// A predicted expert is prefetched only if its rank's measured chance of use is at least this (each wrong
-/// prefetch costs a read), at least what `PrefetchThrottle` asks, and only over experts valued lower.
-pub const PREFETCH_CHANCE_MIN: f32 = 0.05;
-/// Experts predicted per layer, per expert a token uses: the ranks past `k` are read only while the disk has room
-/// (their measured chance of use is low).
-pub const PREDICTED_PER_USED: usize = 3;
-
 /// Background reads (approximate mode) in flight at most: more would queue ahead of the reads a step waits for
 /// when the disk falls behind; past it, dropped experts are not read. Never more than half the slots either: a
 /// slot being read in the background cannot be evicted, and the others must keep a step going.
@@ -181,465 +83,6 @@ const BACKGROUND_READS_MAX: usize = 16;
 /// Background warm-start reads in flight at most ([`ExpertCache::warm_in_background`]); the I/O pool starts at most
 /// [`super::io::SPEC_INFLIGHT_MAX`] speculative reads at once anyway, behind every demand read.
 pub const WARM_INFLIGHT_MAX: usize = 8;
-
-/// An eviction candidate's rank: experts that are not the latest experts of another layer first (see
-/// [`State::victim`]), then prefetched-but-unused ones, then the lowest value, then least recently used.
-type VictimKey = (bool, bool, f32, u64);
-
-struct State {
-    slots: Vec<Slot>,
-    map: HashMap<(u32, u32), usize>,
-    /// Uses of each expert, `[layer][expert]`, halved with `visits_eff`.
-    uses: Vec<Vec<u32>>,
-    /// Visits of each layer: all of them (`visits`), and the count halved with `uses` (`visits_eff`).
-    visits: Vec<u64>,
-    visits_eff: Vec<u32>,
-    /// Whether each slot class holds the experts of one token in each of its layers, and one layer's more: then
-    /// the experts a layer used at its latest visit are evicted last ([`State::victim`]). Set with the model's
-    /// experts per token ([`State::set_k`]).
-    keeps_latest: Vec<bool>,
-    /// The visit of its layer at which each expert was last used (0: never), `[layer][expert]`.
-    last_visit: Vec<Vec<u64>>,
-    tick: u64,
-    stats: CacheStats,
-    /// The latest prediction for each layer (cleared when the layer is visited).
-    predicted: Vec<Vec<u32>>,
-    /// The latest prediction's experts that were not cached then, with their rank.
-    predicted_missing: Vec<Vec<(usize, u32)>>,
-    /// Per prediction rank, over predicted experts that were not cached: how many, and how many were then used
-    /// (halved together now and then). Measured whether or not they were prefetched, so a rank judged useless can
-    /// recover.
-    rank_made: [u32; RANKS_MAX],
-    rank_used: [u32; RANKS_MAX],
-    /// [`PREFETCH_CHANCE_MIN`] (the offline replay can change it).
-    chance_min: f32,
-    /// Slots with a prefetch read in flight.
-    prefetching: Vec<usize>,
-    /// The layer visited last and the experts it uses: a prefetch never evicts them (a visit may not have pinned
-    /// all of them yet).
-    current_layer: usize,
-    current: Vec<u32>,
-    /// Slots held by each layer, and each layer's share of the slots when a routing profile set one
-    /// ([`ExpertCache::set_layer_quotas`]; `None`: one global ranking).
-    per_layer: Vec<usize>,
-    quota: Option<Vec<usize>>,
-    /// Slots with a read started by [`ExpertProvider::fetch_background`] (approximate mode only) that nobody has
-    /// waited for yet.
-    background: Vec<usize>,
-    /// The slot class of each layer's experts (0 for layers without), and each class's slots: a range of `slots`
-    /// ([`crate::experts::budget::SlotClasses`]).
-    class_of: Vec<usize>,
-    class_slots: Vec<std::ops::Range<usize>>,
-    /// Experts per token (0: not set).
-    k: usize,
-    /// Hot experts still to read in the background ([`ExpertCache::warm_in_background`]), hottest first, and the
-    /// slots (with the expert each was given) whose background read is in flight.
-    warm: std::collections::VecDeque<(u32, u32)>,
-    warming: Vec<(usize, (u32, u32))>,
-}
-
-impl State {
-    /// One class of `n_slots` slots for every layer.
-    fn new(n_slots: usize, n_layer: usize, n_expert: usize) -> State {
-        State::with_classes(&[n_slots], vec![0; n_layer], n_expert)
-    }
-
-    /// `class_slots[c]` slots of each class, in class order; `class_of[layer]`: the class of each layer's experts.
-    fn with_classes(class_slots: &[usize], class_of: Vec<usize>, n_expert: usize) -> State {
-        let n_layer = class_of.len();
-        let n_slots = class_slots.iter().sum();
-        let mut start = 0;
-        let ranges = class_slots
-            .iter()
-            .map(|&n| {
-                start += n;
-                start - n..start
-            })
-            .collect();
-        let stats =
-            CacheStats { per_layer_hits: vec![0; n_layer], per_layer_misses: vec![0; n_layer], ..Default::default() };
-        State {
-            slots: (0..n_slots).map(|_| Slot::FREE).collect(),
-            map: HashMap::new(),
-            uses: vec![vec![0; n_expert]; n_layer],
-            visits: vec![0; n_layer],
-            visits_eff: vec![0; n_layer],
-            keeps_latest: vec![false; class_slots.len()],
-            last_visit: vec![vec![0; n_expert]; n_layer],
-            tick: 0,
-            stats,
-            predicted: vec![Vec::new(); n_layer],
-            predicted_missing: vec![Vec::new(); n_layer],
-            rank_made: [0; RANKS_MAX],
-            rank_used: [0; RANKS_MAX],
-            chance_min: PREFETCH_CHANCE_MIN,
-            prefetching: Vec::new(),
-            current_layer: 0,
-            current: Vec::new(),
-            per_layer: vec![0; n_layer],
-            quota: None,
-            background: Vec::new(),
-            k: 0,
-            warm: Default::default(),
-            warming: Vec::new(),
-            class_of,
-            class_slots: ranges,
-        }
-    }
-
-    /// Takes the model's experts per token, `k` (see `keeps_latest`).
-    fn set_k(&mut self, k: usize) {
-        self.k = k;
-        for (c, r) in self.class_slots.iter().enumerate() {
-            let n_layers = self.class_of.iter().filter(|&&x| x == c).count();
-            self.keeps_latest[c] = k > 0 && r.len() >= (n_layers + 1) * k;
-        }
-    }
-
-    /// The slots that can hold experts of `layer`.
-    fn slots_for(&self, layer: usize) -> std::ops::Range<usize> {
-        self.class_slots[self.class_of[layer]].clone()
-    }
-
-    /// Starts a visit of `layer` by one forward step that uses `ids`: counts the uses and scores the layer's last
-    /// prediction.
-    fn visit(&mut self, layer: usize, ids: &[u32]) {
-        self.visits[layer] += 1;
-        self.visits_eff[layer] += 1;
-        if self.visits_eff[layer] >= 2 * RATE_HALF_LIFE_VISITS {
-            self.visits_eff[layer] /= 2;
-            self.uses[layer].iter_mut().for_each(|u| *u /= 2);
-        }
-        self.current_layer = layer;
-        self.current.clear();
-        self.current.extend_from_slice(ids);
-        let v = self.visits[layer];
-        for &e in ids {
-            self.uses[layer][e as usize] += 1;
-            self.last_visit[layer][e as usize] = v;
-        }
-        let pred = &self.predicted[layer];
-        if !pred.is_empty() {
-            self.stats.predicted_of += ids.len() as u64;
-            self.stats.predicted_used += ids.iter().filter(|e| pred.contains(e)).count() as u64;
-        }
-        for &(r, e) in &self.predicted_missing[layer] {
-            let r = r.min(RANKS_MAX - 1);
-            self.rank_made[r] += 1;
-            self.rank_used[r] += u32::from(ids.contains(&e));
-            if self.rank_made[r] >= 4096 {
-                self.rank_made[r] /= 2;
-                self.rank_used[r] /= 2;
-            }
-        }
-        self.predicted[layer].clear();
-        self.predicted_missing[layer].clear();
-    }
-
-    /// Records a prediction `ids` (best first) for the next visit of `layer`.
-    fn note_prediction(&mut self, layer: usize, ids: &[u32]) {
-        self.predicted[layer].clear();
-        self.predicted[layer].extend_from_slice(ids);
-        let mut missing = std::mem::take(&mut self.predicted_missing[layer]);
-        missing.clear();
-        missing.extend(
-            ids.iter().enumerate().filter(|(_, &e)| !self.map.contains_key(&(layer as u32, e))).map(|(r, &e)| (r, e)),
-        );
-        self.predicted_missing[layer] = missing;
-    }
-
-    /// The estimated chance that expert `e` of `layer` is used at the layer's next visit (see the module doc).
-    fn value(&self, layer: usize, e: u32) -> f32 {
-        let rate = self.uses[layer][e as usize] as f32 / self.visits_eff[layer].max(1) as f32;
-        let last = self.last_visit[layer][e as usize];
-        if last == 0 {
-            return rate;
-        }
-        let age = (self.visits[layer] - last).min(64) as i32;
-        rate + RECENT_BONUS * (-age as f32).exp2()
-    }
-
-    /// What keeping an expert of `layer` with chance `p` of use at each visit of its layer is worth: the inverse of
-    /// the expected number of layer steps until its next use, `d + n * (1/p - 1)` with `d` the steps until its
-    /// layer's next visit (the layers run in a cycle of `n`; the layer being visited is a whole cycle away). Two
-    /// experts of equal chance are ranked by which layer comes sooner, as Belady's rule would.
-    fn keep_value(&self, layer: usize, p: f32) -> f32 {
-        let n = self.visits.len();
-        let d = match (layer + n - self.current_layer) % n {
-            0 => n,
-            d => d,
-        };
-        let p = p.clamp(1e-3, 1.0);
-        1.0 / (d as f32 + n as f32 * (1.0 / p - 1.0))
-    }
-
-    /// The rank of slot `s` as a victim for a read of `layer`'s experts.
-    fn key(&self, s: &Slot, layer: usize) -> VictimKey {
-        let (l, e) = s.owner.expect("a ready slot has an owner");
-        let l = l as usize;
-        let stale = s.prefetched.is_some_and(|v| self.visits[l] > v);
-        let latest = self.keeps_latest[self.class_of[layer]]
-            && l != layer
-            && self.visits[l] > 0
-            && self.last_visit[l][e as usize] == self.visits[l];
-        (latest, !stale, self.keep_value(l, self.value(l, e)), s.last_use)
-    }
-
-    /// The policy's bookkeeping for one use of expert `e` of `layer` (whose visit was counted by [`State::visit`]):
-    /// pins the expert's slot, evicting a victim on a miss (that slot is left `Loading` for the caller to fill).
-    /// Returns the slot and whether it was a miss; `None` when every slot is pinned.
-    fn claim_slot(&mut self, layer: usize, e: u32) -> Option<(usize, bool)> {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some(&s) = self.map.get(&(layer as u32, e)) {
-            let slot = &mut self.slots[s];
-            slot.pins += 1;
-            slot.last_use = tick;
-            if slot.prefetched.take().is_some() {
-                self.stats.prefetch_used += 1;
-                if slot.state == SlotState::Loading {
-                    self.stats.prefetch_late += 1;
-                }
-            }
-            self.stats.hits += 1;
-            self.stats.per_layer_hits[layer] += 1;
-            return Some((s, false));
-        }
-        let (victim, _) = self.victim(layer, None)?;
-        self.take_slot(victim, layer, e);
-        self.stats.misses += 1;
-        self.stats.per_layer_misses[layer] += 1;
-        self.slots[victim].pins = 1;
-        Some((victim, true))
-    }
-
-    /// Gives slot `s` to expert `e` of `layer`, `Loading`, unpinned.
-    fn take_slot(&mut self, s: usize, layer: usize, e: u32) {
-        if let Some(old) = self.slots[s].owner.take() {
-            self.map.remove(&old);
-            self.per_layer[old.0 as usize] -= 1;
-        }
-        self.map.insert((layer as u32, e), s);
-        self.per_layer[layer] += 1;
-        self.slots[s] =
-            Slot { owner: Some((layer as u32, e)), state: SlotState::Loading, last_use: self.tick, ..Slot::FREE };
-    }
-
-    /// Where a read for `layer` goes: a free slot, else the unpinned ready slot with the lowest [`VictimKey`]
-    /// (skipping the experts `keep` of one layer), taken first from the layers over their share when a profile
-    /// set shares (`layer` itself counts as over at its share); with its key (`None` for a free slot).
-    ///
-    /// The experts another layer used at its latest visit go last: they are what that layer's next visit most
-    /// likely uses again (38% of them on the shared Qwen3-30B-A3B trace), and a layer's own next visit, not
-    /// another layer's miss, is what retires them. Ranking them by value alone gave up more of those reuses than
-    /// the frequent experts it kept instead brought back (1291 against 977 hits at 1 GB on that trace).
-    fn victim(&self, layer: usize, keep: Option<(usize, &[u32])>) -> Option<(usize, Option<VictimKey>)> {
-        let current = (self.current_layer, &self.current[..]);
-        let range = self.slots_for(layer);
-        if let Some(s) = self.slots[range.clone()].iter().position(|s| s.state == SlotState::Free) {
-            return Some((range.start + s, None));
-        }
-        let kept = |s: &Slot| {
-            let is = |(l, ids): (usize, &[u32])| s.owner.is_some_and(|(ol, oe)| ol as usize == l && ids.contains(&oe));
-            keep.is_some_and(|k| is(k) || is(current))
-        };
-        let best = |over_share_only: bool| {
-            self.slots[range.clone()]
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (range.start + i, s))
-                .filter(|(_, s)| s.pins == 0 && s.state == SlotState::Ready && !kept(s))
-                .filter(|(_, s)| !over_share_only || s.owner.is_some_and(|(l, _)| self.over_share(l as usize, layer)))
-                .map(|(i, s)| (i, self.key(s, layer)))
-                .min_by(|a, b| {
-                    let (x, y) = (a.1, b.1);
-                    x.0.cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.total_cmp(&y.2)).then(x.3.cmp(&y.3))
-                })
-                .map(|(i, k)| (i, Some(k)))
-        };
-        if self.quota.is_some() {
-            if let Some(v) = best(true) {
-                return Some(v);
-            }
-        }
-        best(false)
-    }
-
-    /// Whether layer `l` holds more slots than its profile share (at its share, for the layer `for_layer` that
-    /// needs one more).
-    fn over_share(&self, l: usize, for_layer: usize) -> bool {
-        self.quota.as_ref().is_some_and(|q| self.per_layer[l] > q[l] || (l == for_layer && self.per_layer[l] >= q[l]))
-    }
-
-    /// The measured chance that an uncached expert predicted at `rank` is used (optimistic while little is known).
-    fn rank_chance(&self, rank: usize) -> f32 {
-        let r = rank.min(RANKS_MAX - 1);
-        (self.rank_used[r] + 2) as f32 / (self.rank_made[r] + 2) as f32
-    }
-
-    /// A slot for prefetching expert `e` of `layer`, predicted at `rank` of `ids`, if it is not cached, its rank's
-    /// chance of use is at least [`PREFETCH_CHANCE_MIN`], and a free slot or a victim valued lower exists. The slot
-    /// is left `Loading`, unpinned.
-    fn prefetch_slot(&mut self, layer: usize, e: u32, rank: usize, ids: &[u32], load: f32) -> Option<usize> {
-        if self.map.contains_key(&(layer as u32, e)) {
-            return None;
-        }
-        let chance = self.rank_chance(rank);
-        if chance < self.chance_min {
-            return None;
-        }
-        if chance < load {
-            self.stats.prefetch_throttled += 1;
-            return None;
-        }
-        let worth = self.keep_value(layer, self.value(layer, e).max(chance));
-        let (s, key) = self.victim(layer, Some((layer, ids)))?;
-        if key.is_some_and(|(latest, not_stale, v, _)| latest || (not_stale && v >= worth)) {
-            return None;
-        }
-        self.tick += 1;
-        self.take_slot(s, layer, e);
-        self.slots[s].prefetched = Some(self.visits[layer]);
-        self.stats.prefetch_issued += 1;
-        Some(s)
-    }
-
-    /// Counts a prefetch of `bytes` as cancelled before its read started.
-    fn uncount_prefetch(&mut self, bytes: u64) {
-        self.stats.prefetch_cancelled += 1;
-        self.stats.prefetch_issued -= 1;
-        self.stats.prefetch_bytes -= bytes;
-        self.stats.bytes_read -= bytes;
-    }
-
-    /// Frees slot `s` (a failed or cancelled read): never leave garbage mapped.
-    fn free_slot(&mut self, s: usize) {
-        if let Some(owner) = self.slots[s].owner.take() {
-            self.map.remove(&owner);
-            self.per_layer[owner.0 as usize] -= 1;
-        }
-        self.slots[s] = Slot::FREE;
-    }
-}
-
-/// Prefetch in [`replay_policy`].
-#[derive(Clone, Copy, Debug)]
-pub struct ReplayPrefetch {
-    /// The least measured chance of use of a prediction's rank to prefetch it ([`PREFETCH_CHANCE_MIN`] in the
-    /// cache; 0 prefetches whatever is predicted, where a victim is valued lower).
-    pub chance_min: f32,
-}
-
-/// What [`replay_policy`] counts.
-#[derive(Clone, Debug, Default)]
-pub struct ReplayStats {
-    pub hits: u64,
-    pub misses: u64,
-    /// Hits on prefetched experts (included in `hits`).
-    pub prefetch_used: u64,
-    pub prefetch_issued: u64,
-    /// Experts used at visits with a prediction, and how many were predicted.
-    pub predicted_of: u64,
-    pub predicted_used: u64,
-}
-
-impl ReplayStats {
-    pub fn hit_rate(&self) -> f64 {
-        ratio(self.hits, self.hits + self.misses)
-    }
-}
-
-/// Replays a routing trace through the cache's eviction policy alone (no model, no I/O): each element of `steps`
-/// is one layer of one token, `(layer, experts used, counted)`, in forward order; counts over the counted steps.
-/// The experts of a step are claimed hits first and pinned together, as in a forward step. With `prefetch`, the
-/// transition table predicts each next layer and its predictions are prefetched as the cache does it, modelled as
-/// read in time (a prefetch issued at one layer is usable at the next); `PREDICTED_PER_USED * n_expert_used` experts are predicted,
-/// as the cache does.
-pub fn replay_policy(
-    n_slots: usize,
-    moe_layers: &[bool],
-    n_expert: usize,
-    n_expert_used: usize,
-    prefetch: Option<ReplayPrefetch>,
-    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
-) -> ReplayStats {
-    let st = State::new(n_slots, moe_layers.len(), n_expert);
-    replay_state(st, moe_layers, n_expert, n_expert_used, prefetch, steps)
-}
-
-/// [`replay_policy`] for a cache with slots of several sizes: `class_slots[c]` slots of class `c` of `classes`
-/// (as [`crate::experts::budget::SlotClasses::share`] sizes them for a budget), each layer's experts in its class.
-pub fn replay_policy_classes(
-    classes: &crate::experts::budget::SlotClasses,
-    class_slots: &[usize],
-    n_expert: usize,
-    n_expert_used: usize,
-    prefetch: Option<ReplayPrefetch>,
-    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
-) -> ReplayStats {
-    let moe_layers: Vec<bool> = classes.of_layer.iter().map(Option::is_some).collect();
-    let class_of = classes.of_layer.iter().map(|c| c.unwrap_or(0)).collect();
-    let st = State::with_classes(class_slots, class_of, n_expert);
-    replay_state(st, &moe_layers, n_expert, n_expert_used, prefetch, steps)
-}
-
-/// [`replay_policy`] from a given state (a profile's shares and pins already applied).
-fn replay_state(
-    mut st: State,
-    moe_layers: &[bool],
-    n_expert: usize,
-    n_expert_used: usize,
-    prefetch: Option<ReplayPrefetch>,
-    steps: impl IntoIterator<Item = (usize, Vec<u32>, bool)>,
-) -> ReplayStats {
-    st.chance_min = prefetch.map_or(PREFETCH_CHANCE_MIN, |p| p.chance_min);
-    st.set_k(n_expert_used);
-    let prefetch = prefetch.map(|_| n_expert_used);
-    let mut table = prefetch.map(|_| TransitionTable::new(moe_layers, n_expert));
-    let mut pred = Vec::new();
-    let mut out = ReplayStats::default();
-    for (layer, mut experts, counted) in steps {
-        let stats0 = st.stats.clone();
-        st.visit(layer, &experts);
-        experts.sort_by_key(|e| !st.map.contains_key(&(layer as u32, *e)));
-        let mut pinned = Vec::with_capacity(experts.len());
-        for &e in &experts {
-            let Some((s, _)) = st.claim_slot(layer, e) else { continue };
-            st.slots[s].state = SlotState::Ready;
-            pinned.push(s);
-        }
-        if counted {
-            out.hits += st.stats.hits - stats0.hits;
-            out.misses += st.stats.misses - stats0.misses;
-            out.prefetch_used += st.stats.prefetch_used - stats0.prefetch_used;
-            out.predicted_of += st.stats.predicted_of - stats0.predicted_of;
-            out.predicted_used += st.stats.predicted_used - stats0.predicted_used;
-        }
-        if let (Some(k), Some(t)) = (prefetch, table.as_mut()) {
-            let single = experts.len() <= k;
-            if single {
-                t.observe(layer, &experts);
-            } else {
-                t.interrupt();
-            }
-            if let Some(next) = t.predict(layer, &experts, PREDICTED_PER_USED * k, &mut pred).filter(|_| single) {
-                st.note_prediction(next, &pred);
-                for (rank, &e) in pred.iter().enumerate() {
-                    if let Some(s) = st.prefetch_slot(next, e, rank, &pred, 0.0) {
-                        st.slots[s].state = SlotState::Ready;
-                        if counted {
-                            out.prefetch_issued += 1;
-                        }
-                    }
-                }
-            }
-        }
-        for s in pinned {
-            st.slots[s].pins -= 1;
-        }
-    }
-    out
-}
 
 /// Sizes of an expert cache.
 #[derive(Clone, Debug)]
@@ -681,55 +124,6 @@ impl Drop for ExpertCache {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = thread.join();
         }
-    }
-}
-
-/// Shortest window over which `PrefetchThrottle` measures.
-const LOAD_WINDOW_SECS: f64 = 0.02;
-
-/// When prefetch pays, measured over windows of at least [`LOAD_WINDOW_SECS`] (moving averages): the disk's
-/// demand load, the fraction of time during which at least one demand read was queued or in flight, and the stall,
-/// the fraction of time the forward pass waited for expert reads. A predicted expert is prefetched only if the
-/// measured chance that its prediction rank is used is at least the load and at least one minus the stall: on a
-/// disk that demand misses saturate only near-certain predictions are read (every wrong prefetch there delays the
-/// reads the forward pass waits for; others measured -21%), and when the forward pass hardly waits (compute-bound)
-/// a speculative read has little to save and still costs CPU time, so only likely ones are read.
-/// `FLASH_MOE_PREFETCH_THROTTLE=off` turns the throttle off (for measuring what it does).
-struct PrefetchThrottle {
-    enabled: bool,
-    /// The start of the current window, and the pool's demand-busy seconds and the forward pass's waiting seconds
-    /// then.
-    at: Option<(Instant, f64, f64)>,
-    load: f32,
-    stall: f32,
-}
-
-impl PrefetchThrottle {
-    fn new() -> PrefetchThrottle {
-        let enabled = std::env::var("FLASH_MOE_PREFETCH_THROTTLE").map_or(true, |v| v != "off");
-        PrefetchThrottle { enabled, at: None, load: 0.0, stall: 1.0 }
-    }
-
-    /// The least chance of use worth a prefetch read, given the pool's demand-busy seconds and the forward pass's
-    /// waiting seconds now.
-    fn update(&mut self, busy_secs: f64, wait_secs: f64) -> f32 {
-        if !self.enabled {
-            return 0.0;
-        }
-        let now = Instant::now();
-        match self.at {
-            None => self.at = Some((now, busy_secs, wait_secs)),
-            Some((t, b, w)) => {
-                let dt = now.duration_since(t).as_secs_f64();
-                if dt >= LOAD_WINDOW_SECS {
-                    let frac = |x: f64| (x / dt).clamp(0.0, 1.0) as f32;
-                    self.load = 0.5 * self.load + 0.5 * frac(busy_secs - b);
-                    self.stall = 0.5 * self.stall + 0.5 * frac(wait_secs - w);
-                    self.at = Some((now, busy_secs, wait_secs));
-                }
-            }
-        }
-        self.load.max(1.0 - self.stall)
     }
 }
 
@@ -798,8 +192,8 @@ impl ExpertCache {
             prefault: std::sync::OnceLock::new(),
             store,
             io: match cfg.io_engine {
-                Some(engine) => IoPool::with_engine(engine, cfg.io_threads),
-                None => IoPool::new(cfg.io_threads),
+                Some(engine) => IoPool::with_engine(engine, cfg.io_threads)?,
+                None => IoPool::new(cfg.io_threads)?,
             },
             mem,
             slot_off,
@@ -1013,6 +407,15 @@ impl ExpertCache {
 
     /// Pins expert `e` of `layer`, starting its read if it is not cached. `None` when every slot is pinned.
     fn claim(&self, st: &mut State, layer: usize, e: u32) -> Option<usize> {
+        if let Some(&s) = st.map.get(&(layer as u32, e)) {
+            // A read that failed with nobody waiting (its step stopped at an earlier error): read it again rather
+            // than hand this step an old error.
+            let slot = &st.slots[s];
+            let failed = slot.batch.as_ref().is_some_and(|b| b.is_done() && b.wait().is_err());
+            if slot.state == SlotState::Loading && slot.pins == 0 && failed {
+                st.free_slot(s);
+            }
+        }
         let (s, miss) = match st.claim_slot(layer, e) {
             Some(claimed) => claimed,
             None => {
@@ -1044,7 +447,9 @@ impl ExpertCache {
             let st = self.lock();
             match st.slots[s].state {
                 SlotState::Ready => return Ok(()),
-                SlotState::Loading => st.slots[s].batch.clone().expect("a loading slot has a batch"),
+                SlotState::Loading | SlotState::Failed => {
+                    st.slots[s].batch.clone().expect("a loading or failed slot has its batch")
+                }
                 SlotState::Free => unreachable!("a pinned slot is never free"),
             }
         };
@@ -1061,9 +466,9 @@ impl ExpertCache {
                 Ok(())
             }
             Err(msg) => {
-                // Never leave garbage mapped: forget the expert and free the slot (other pins of it fail too).
-                st.prefetching.retain(|&p| p != s);
-                st.free_slot(s);
+                // Never leave garbage mapped: forget the expert; the slot is freed with its last pin (the other
+                // holders get this error too).
+                st.fail_slot(s);
                 Err(Error::Invalid(format!("reading an expert failed: {msg}")))
             }
         }
@@ -1102,8 +507,11 @@ impl ExpertCache {
                 slots.push(s);
             }
         }
-        for s in slots {
-            self.wait_ready(s)?;
+        if let Some(e) = slots.iter().find_map(|&s| self.wait_ready(s).err()) {
+            // Nothing of this call stays pinned.
+            let mut st = self.lock();
+            slots.iter().for_each(|&s| st.unpin(s));
+            return Err(e);
         }
         Ok(())
     }
@@ -1222,9 +630,27 @@ impl ExpertCache {
         }
     }
 
+    /// Checks the cache's bookkeeping (for tests and fault drills): experts mapped to the slots that hold them,
+    /// free slots empty and unpinned, `pins_expected` pins held in all (0 when no [`ExpertSet`] is alive and no
+    /// expert was pinned for good). Returns what is wrong.
+    pub fn check_bookkeeping(&self, pins_expected: usize) -> std::result::Result<(), String> {
+        self.lock().check(pins_expected)
+    }
+
     fn unpin(&self, s: usize) {
-        let mut st = self.lock();
-        st.slots[s].pins -= 1;
+        self.lock().unpin(s);
+    }
+
+    /// Waits until no read of this cache is in flight (the reads of a step that stopped at an error go on without
+    /// it; tests and fault drills wait for them before changing the conditions).
+    pub fn settle(&self) {
+        let batches: Vec<ReadBatch> = {
+            let st = self.lock();
+            st.slots.iter().filter(|s| s.state != SlotState::Ready).filter_map(|s| s.batch.clone()).collect()
+        };
+        for b in batches {
+            let _ = b.wait();
+        }
     }
 }
 
@@ -1290,7 +716,7 @@ impl Drop for CacheSet<'_> {
     fn drop(&mut self) {
         let mut st = self.cache.lock();
         for s in self.claimed.iter_mut().filter_map(Option::take) {
-            st.slots[s].pins -= 1;
+            st.unpin(s);
         }
     }
 }
@@ -1365,38 +791,10 @@ impl ExpertProvider for ExpertCache {
                 break;
             }
             let Some(s) = self.claim(&mut st, layer, e) else { break };
-            st.slots[s].pins -= 1;
+            st.unpin(s);
             if st.slots[s].state == SlotState::Loading && !st.background.contains(&s) {
                 st.background.push(s);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PrefetchThrottle;
-
-    #[test]
-    fn threshold_follows_throttle_and_stall() {
-        let mut d = PrefetchThrottle { enabled: true, at: None, load: 0.0, stall: 1.0 };
-        let t0 = std::time::Instant::now();
-        assert_eq!(d.update(0.0, 0.0), 0.0, "no window yet: prefetch whatever is likely enough");
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        // Disk busy and the forward pass waiting the whole window: the load moves halfway to 1.
-        let busy = t0.elapsed().as_secs_f64() + 1.0;
-        let l1 = d.update(busy, busy);
-        assert!((l1 - 0.5).abs() < 1e-6, "{l1}");
-        // Within the same window nothing changes.
-        assert_eq!(d.update(busy, busy), l1);
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        // Idle disk, but nobody waited: compute-bound, the stall halves, 1 - stall = 0.5 > load 0.25.
-        let l2 = d.update(busy, busy);
-        assert!((l2 - 0.5).abs() < 1e-6, "{l2}");
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        let l3 = d.update(busy, busy);
-        assert!((l3 - 0.75).abs() < 1e-6, "{l3}");
-        let mut off = PrefetchThrottle { enabled: false, at: None, load: 0.0, stall: 1.0 };
-        assert_eq!(off.update(5.0, 0.0), 0.0);
     }
 }

@@ -9,6 +9,12 @@
 //! `FLASH_MOE_IO=threads` asks for it. A failed or short read is retried once with `pread`; a read from a file
 //! that changed since the model was opened fails.
 //!
+//! Failures never lose track of a buffer: a read the kernel may still write into (an io_uring request without
+//! its completion) keeps its buffer and its batch until the completion arrives, whatever `io_uring_enter` returns
+//! meanwhile ([`uring`]); a panic in an I/O thread fails the read it was doing and the thread lives on, and if an
+//! I/O thread dies anyway every queued read fails instead of waiting forever. [`super::faults`] injects such
+//! failures for the tests.
+//!
 //! Two queues: demand reads (an expert the forward pass waits for) and speculative reads (prefetch). A
 //! speculative read starts only when no demand read is queued, and at most [`SPEC_INFLIGHT_MAX`] of them are in
 //! flight, so a demand read never queues behind more than that; a queued speculative read can be promoted to the
@@ -17,12 +23,19 @@
 //! The pool also measures how busy demand reads keep it: the time during which at least one demand read was
 //! queued or in flight ([`IoPool::demand_busy_secs`]); the expert cache throttles prefetch by it.
 
+mod uring;
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+use super::faults::{self, FaultKind};
+use crate::formats::FileStamp;
+use crate::{Error, Result};
 
 /// The alignment of direct reads (buffer address, file offset and length): the page size, which covers every
 /// logical block size in use.
@@ -37,9 +50,9 @@ pub struct ReadReq {
     pub len: usize,
     /// Bytes that must arrive (the rest of `len` is alignment padding that may lie past the end of the file).
     pub len_needed: usize,
-    /// The file's size and modification time when the model was opened: a read from a file that changed since
-    /// then fails instead of handing out bytes of another model.
-    pub expected: (u64, Option<std::time::SystemTime>),
+    /// What the file was when the model was opened: a read from a file that changed since then fails instead of
+    /// handing out bytes of another model.
+    pub expected: FileStamp,
 }
 
 // SAFETY: `dst` points into an expert-cache slot that the submitter has claimed for this read and does not touch
@@ -61,7 +74,7 @@ pub struct ReadBatch {
 
 impl ReadBatch {
     /// Blocks until every read of the batch is done; returns the first error.
-    pub fn wait(&self) -> Result<(), String> {
+    pub fn wait(&self) -> std::result::Result<(), String> {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
         while s.remaining > 0 {
@@ -71,6 +84,19 @@ impl ReadBatch {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    /// A batch of one read done some other way, finished by [`ReadBatch::complete`] (a preload's coalesced reads:
+    /// a forward step that finds such an expert waits on it like on any read).
+    pub(crate) fn manual() -> ReadBatch {
+        let b = ReadBatch::default();
+        b.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining = 1;
+        b
+    }
+
+    /// Finishes a [`ReadBatch::manual`] batch, with an error or not.
+    pub(crate) fn complete(&self, err: Option<String>) {
+        self.finish_one(err);
     }
 
     /// Whether every read has finished (successfully or not).
@@ -98,6 +124,9 @@ impl ReadBatch {
 /// Reads io_uring keeps in flight.
 pub const URING_DEPTH: usize = 64;
 
+/// Pread threads at most (`--io-threads`): more only take memory for their stacks.
+pub const IO_THREADS_MAX: usize = 256;
+
 /// Which engine an [`IoPool`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoEngine {
@@ -117,6 +146,8 @@ struct Queues {
     spec: VecDeque<Job>,
     spec_inflight: usize,
     closed: bool,
+    /// Why the pool can no longer read (an I/O thread died): every read, queued or new, fails with this.
+    dead: Option<String>,
     /// Demand reads queued or in flight; since when that count has been above zero, and the time it was before.
     demand_active: usize,
     busy_since: Option<std::time::Instant>,
@@ -162,8 +193,43 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared { q: Mutex::default(), cv: Condvar::new() })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.q.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until a job is queued (demand first, see [`Queues::pop`]); `None` once the pool is closed and
+    /// nothing is queued.
+    fn next_job(&self) -> Option<(Job, bool)> {
+        let mut q = self.lock();
+        loop {
+            if let Some(j) = q.pop() {
+                return Some(j);
+            }
+            if q.closed && q.demand.is_empty() && q.spec.is_empty() {
+                return None;
+            }
+            q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Marks the pool dead (`why`) and fails every queued read: nobody is left to do them.
+    fn fail_all(&self, why: &str) {
+        let mut q = self.lock();
+        q.dead.get_or_insert_with(|| why.to_string());
+        let demand: Vec<Job> = q.demand.drain(..).collect();
+        let spec: Vec<Job> = q.spec.drain(..).collect();
+        for _ in &demand {
+            q.demand_finished();
+        }
+        drop(q);
+        self.cv.notify_all();
+        for (_, batch) in demand.into_iter().chain(spec) {
+            batch.finish_one(Some(why.to_string()));
+        }
     }
 
     /// A read started by [`Queues::pop`] finished.
@@ -188,56 +254,43 @@ pub struct IoPool {
 
 impl IoPool {
     /// io_uring when the kernel allows it (unless `FLASH_MOE_IO=threads`), else `n_threads` pread threads.
-    pub fn new(n_threads: usize) -> IoPool {
+    pub fn new(n_threads: usize) -> Result<IoPool> {
         let want_threads = std::env::var("FLASH_MOE_IO").is_ok_and(|v| v == "threads");
         Self::with_engine(if want_threads { IoEngine::Threads } else { IoEngine::Uring }, n_threads)
     }
 
     /// The engine asked for (io_uring falls back to threads where the kernel refuses it).
-    pub fn with_engine(engine: IoEngine, n_threads: usize) -> IoPool {
+    pub fn with_engine(engine: IoEngine, n_threads: usize) -> Result<IoPool> {
         if engine == IoEngine::Uring {
             if let Ok(ring) = io_uring::IoUring::new(URING_DEPTH as u32) {
-                let shared = Arc::new(Shared { q: Mutex::default(), cv: Condvar::new() });
+                let shared = Shared::new();
                 let sh = Arc::clone(&shared);
                 let handle = std::thread::Builder::new()
                     .name("flash-moe-uring".into())
-                    .spawn(move || uring_loop(ring, &sh))
-                    .expect("spawning the io_uring thread");
-                return IoPool { shared, handles: vec![handle], engine: IoEngine::Uring };
+                    .spawn(move || uring::run(ring, &sh))
+                    .map_err(|e| Error::Invalid(format!("starting the io_uring thread: {e}")))?;
+                return Ok(IoPool { shared, handles: vec![handle], engine: IoEngine::Uring });
             }
         }
         Self::threads(n_threads)
     }
 
-    /// A pool of `n_threads` pread threads.
-    pub fn threads(n_threads: usize) -> IoPool {
-        let shared = Arc::new(Shared { q: Mutex::default(), cv: Condvar::new() });
-        let handles = (0..n_threads.max(1))
-            .map(|i| {
-                let sh = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("flash-moe-io-{i}"))
-                    .spawn(move || loop {
-                        let next = {
-                            let mut q = sh.lock();
-                            loop {
-                                if let Some(j) = q.pop() {
-                                    break Some(j);
-                                }
-                                if q.closed && q.demand.is_empty() && q.spec.is_empty() {
-                                    break None;
-                                }
-                                q = sh.cv.wait(q).unwrap_or_else(|e| e.into_inner());
-                            }
-                        };
-                        let Some(((req, batch), spec)) = next else { return };
-                        batch.finish_one(read_one(&req).err());
-                        sh.done(spec);
-                    })
-                    .expect("spawning an I/O thread")
-            })
-            .collect();
-        IoPool { shared, handles, engine: IoEngine::Threads }
+    /// A pool of `n_threads` pread threads (at most [`IO_THREADS_MAX`]).
+    pub fn threads(n_threads: usize) -> Result<IoPool> {
+        if n_threads > IO_THREADS_MAX {
+            return Err(Error::Invalid(format!("{n_threads} I/O threads: at most {IO_THREADS_MAX}")));
+        }
+        let mut pool = IoPool { shared: Shared::new(), handles: Vec::new(), engine: IoEngine::Threads };
+        for i in 0..n_threads.max(1) {
+            let sh = Arc::clone(&pool.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("flash-moe-io-{i}"))
+                .spawn(move || pread_thread(&sh))
+                // Dropping the pool stops the threads already started.
+                .map_err(|e| Error::Invalid(format!("starting I/O thread {} of {n_threads}: {e}", i + 1)))?;
+            pool.handles.push(handle);
+        }
+        Ok(pool)
     }
 
     pub fn engine(&self) -> IoEngine {
@@ -258,10 +311,11 @@ impl IoPool {
         let batch = ReadBatch::default();
         batch.state.0.lock().unwrap_or_else(|e| e.into_inner()).remaining = reqs.len();
         let mut q = self.shared.lock();
-        if q.closed {
+        if q.closed || q.dead.is_some() {
+            let why = q.dead.clone().unwrap_or_else(|| "I/O threads stopped".into());
             drop(q);
             for _ in reqs {
-                batch.finish_one(Some("I/O threads stopped".into()));
+                batch.finish_one(Some(why.clone()));
             }
             return batch;
         }
@@ -326,13 +380,43 @@ impl Drop for IoPool {
     }
 }
 
+/// A pread thread: does queued reads until the pool closes. A panic while reading fails that read and the thread
+/// goes on; should the thread die anyway, the queued reads fail instead of waiting for it.
+fn pread_thread(sh: &Shared) {
+    struct OnExit<'a>(&'a Shared);
+    impl Drop for OnExit<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.fail_all("an I/O thread died");
+            }
+        }
+    }
+    let _exit = OnExit(sh);
+    while let Some(((req, batch), spec)) = sh.next_job() {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| read_one(&req)))
+            .unwrap_or_else(|p| Err(panic_text(&req, p.as_ref())));
+        batch.finish_one(outcome.err());
+        sh.done(spec);
+    }
+}
+
+/// The error of a read whose I/O thread panicked.
+fn panic_text(req: &ReadReq, payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("{}: reading {} bytes at offset {}: the I/O thread failed: {what}", req.path.display(), req.len, req.offset)
+}
+
 /// One read, retried once on an I/O error or a short read.
-fn read_one(req: &ReadReq) -> Result<(), String> {
+fn read_one(req: &ReadReq) -> std::result::Result<(), String> {
     // SAFETY: see `ReadReq`: the destination is exclusively ours until the batch completes.
     let dst = unsafe { std::slice::from_raw_parts_mut(req.dst, req.len) };
     let mut last = String::new();
     for _attempt in 0..2 {
-        match read_full(&req.file, dst, req.offset) {
+        match read_full_faulty(req, dst) {
             Ok(n) if n >= req.len_needed => return check_unchanged(req),
             Ok(n) => {
                 last = format!(
@@ -346,6 +430,25 @@ fn read_one(req: &ReadReq) -> Result<(), String> {
         }
     }
     Err(last)
+}
+
+/// [`read_full`] of `req` into `dst`, with the fault [`faults`] injects for this attempt, if any.
+fn read_full_faulty(req: &ReadReq, dst: &mut [u8]) -> std::io::Result<usize> {
+    match faults::on_read(&req.path) {
+        None | Some(FaultKind::UringEnter | FaultKind::UringEnterRefused) => read_full(&req.file, dst, req.offset),
+        Some(FaultKind::Eio) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+        Some(FaultKind::Short) => read_full(&req.file, &mut dst[..short_len(req)], req.offset),
+        Some(FaultKind::Slow(d)) => {
+            std::thread::sleep(d);
+            read_full(&req.file, dst, req.offset)
+        }
+        Some(FaultKind::Panic) => panic!("injected fault: panic while reading {}", req.path.display()),
+    }
+}
+
+/// What an injected short read returns: about half of the bytes needed (whole 4 KiB blocks, as a direct read).
+fn short_len(req: &ReadReq) -> usize {
+    req.len_needed / 2 / DIRECT_ALIGN * DIRECT_ALIGN
 }
 
 /// Reads until `dst` is full or the end of the file; returns the bytes read.
@@ -369,96 +472,16 @@ fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
     Ok(done)
 }
 
-/// Fails if the file's size or modification time differ from when the model was opened.
-fn check_unchanged(req: &ReadReq) -> Result<(), String> {
+/// Fails if the file changed since the model was opened ([`FileStamp`]: size, times, inode).
+fn check_unchanged(req: &ReadReq) -> std::result::Result<(), String> {
     let meta = req.file.metadata().map_err(|e| format!("{}: {e}", req.path.display()))?;
-    let now = (meta.len(), meta.modified().ok());
-    if now != req.expected {
+    if let Some(change) = FileStamp::of(&meta).change_since(&req.expected) {
         return Err(format!(
-            "{}: the model file changed while running (size {} -> {}, or modified): restart with the new file",
-            req.path.display(),
-            req.expected.0,
-            now.0
+            "{}: the model file changed while running ({change}): restart with the new file",
+            req.path.display()
         ));
     }
     Ok(())
-}
-
-/// The io_uring engine: takes jobs from the queues (demand first), keeps up to [`URING_DEPTH`] in flight,
-/// completes batches.
-fn uring_loop(mut ring: io_uring::IoUring, sh: &Shared) {
-    use std::os::fd::AsRawFd;
-    let mut inflight: Vec<Option<(ReadReq, ReadBatch, bool)>> = (0..URING_DEPTH).map(|_| None).collect();
-    let mut free: Vec<usize> = (0..URING_DEPTH).rev().collect();
-    loop {
-        // Queue new jobs: block for one only when nothing is in flight.
-        while let Some(&slot) = free.last() {
-            let idle = free.len() == URING_DEPTH;
-            let next = {
-                let mut q = sh.lock();
-                loop {
-                    if let Some(j) = q.pop() {
-                        break Some(j);
-                    }
-                    if !idle || (q.closed && q.demand.is_empty() && q.spec.is_empty()) {
-                        break None;
-                    }
-                    q = sh.cv.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
-            };
-            let Some(((req, batch), spec)) = next else { break };
-            let len = u32::try_from(req.len).expect("expert reads are far below 4 GiB");
-            let sqe = io_uring::opcode::Read::new(io_uring::types::Fd(req.file.as_raw_fd()), req.dst, len)
-                .offset(req.offset)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: the buffer stays valid and untouched until the completion (see `ReadReq`), and the request
-            // (holding the file open) is kept in `inflight` until then.
-            if unsafe { ring.submission().push(&sqe) }.is_err() {
-                // The queue is full (cannot happen: its depth equals the in-flight table's): read directly.
-                batch.finish_one(read_one(&req).err());
-                sh.done(spec);
-                continue;
-            }
-            free.pop();
-            inflight[slot] = Some((req, batch, spec));
-        }
-        if free.len() == URING_DEPTH {
-            let q = sh.lock();
-            if q.closed && q.demand.is_empty() && q.spec.is_empty() {
-                return;
-            }
-            continue;
-        }
-        match ring.submit_and_wait(1) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // The ring itself failed: finish everything in flight with pread.
-                for (req, batch, spec) in inflight.iter_mut().filter_map(Option::take) {
-                    let r = read_one(&req).map_err(|m| format!("{m} (after io_uring failed: {e})"));
-                    batch.finish_one(r.err());
-                    sh.done(spec);
-                }
-                free = (0..URING_DEPTH).rev().collect();
-                continue;
-            }
-        }
-        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
-        for (slot, res) in done {
-            let slot = slot as usize;
-            let Some((req, batch, spec)) = inflight[slot].take() else { continue };
-            free.push(slot);
-            let outcome = if res >= 0 && res as usize >= req.len_needed {
-                check_unchanged(&req)
-            } else {
-                // An error or a short read: retry with pread (which retries once more and checks lengths).
-                read_one(&req)
-            };
-            batch.finish_one(outcome.err());
-            sh.done(spec);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -473,9 +496,54 @@ mod tests {
             dst: std::ptr::null_mut(),
             len: 0,
             len_needed: 0,
-            expected: (0, None),
+            expected: FileStamp { size: 0, mtime: None, ctime: (0, 0), dev: 0, ino: 0 },
         };
         (req, ReadBatch::default())
+    }
+
+    /// A panic in an I/O thread fails the read it was doing (no `wait` blocks) and the pool goes on reading.
+    #[test]
+    fn a_panicking_io_thread_fails_its_read_and_lives_on() {
+        let path = std::env::temp_dir().join(format!("flash-moe-io-panic-{}.bin", std::process::id()));
+        std::fs::write(&path, vec![7u8; 3 * DIRECT_ALIGN]).expect("write");
+        let file = Arc::new(File::open(&path).expect("open"));
+        let expected = FileStamp::of(&file.metadata().expect("meta"));
+        for engine in [IoEngine::Uring, IoEngine::Threads] {
+            let pool = IoPool::with_engine(engine, 1).expect("pool");
+            let buf = crate::tensor::AlignedBuf::zeroed_aligned(DIRECT_ALIGN, DIRECT_ALIGN);
+            let req = |dst: *mut u8| ReadReq {
+                file: Arc::clone(&file),
+                path: Arc::new(path.clone()),
+                offset: DIRECT_ALIGN as u64,
+                dst,
+                len: DIRECT_ALIGN,
+                len_needed: DIRECT_ALIGN,
+                expected,
+            };
+            let guard = faults::inject(faults::Fault::new(FaultKind::Panic, path.to_str().expect("utf-8")));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let batch = pool.submit(vec![req(buf.as_ptr())]);
+            std::thread::spawn(move || tx.send(batch.wait()));
+            let result =
+                rx.recv_timeout(std::time::Duration::from_secs(20)).expect("wait blocked: the read never ended");
+            let msg = result.expect_err("the read fails");
+            assert!(msg.contains("the I/O thread failed") && msg.contains("injected fault"), "{msg}");
+            drop(guard);
+            pool.submit(vec![req(buf.as_ptr())]).wait().expect("the pool reads again");
+            assert!(buf.as_slice().iter().all(|&b| b == 7));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A pool whose threads are gone fails queued and new reads instead of leaving them waiting.
+    #[test]
+    fn reads_of_a_dead_pool_fail() {
+        let f = Arc::new(File::open("/dev/null").expect("/dev/null"));
+        let pool = IoPool::threads(1).expect("pool");
+        pool.shared.fail_all("an I/O thread died");
+        let (req, _) = job(&f);
+        let msg = pool.submit(vec![req]).wait().expect_err("fails");
+        assert_eq!(msg, "an I/O thread died");
     }
 
     #[test]

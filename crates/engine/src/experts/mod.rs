@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod cache;
+pub mod faults;
 pub mod io;
 pub mod layout;
 pub mod predict;
@@ -21,7 +22,7 @@ pub mod warm;
 use crate::tensor::QMatRef;
 use crate::Result;
 
-pub use layout::{ExpertLayout, ExpertSpan, LayerExperts, ProjLayout};
+pub use layout::{ExpertLayout, ExpertSpan, LayerExperts, PlaneSpans, ProjLayout};
 
 /// The three matrices of one SwiGLU expert.
 #[derive(Clone, Copy, Debug)]

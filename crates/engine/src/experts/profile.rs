@@ -112,7 +112,13 @@ impl RoutingProfile {
     /// Reads a profile and checks it was made for `model` and is consistent with it.
     pub fn load(path: &Path, model: &ModelIdentity) -> Result<RoutingProfile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: RoutingProfile = serde_json::from_str(&text)
+        Self::parse(&text, path, model)
+    }
+
+    /// [`RoutingProfile::load`] of the text of a profile (`path` names it in errors). Never panics, whatever the
+    /// text holds (the `routing_profile` fuzz target calls it).
+    pub fn parse(text: &str, path: &Path, model: &ModelIdentity) -> Result<RoutingProfile> {
+        let p: RoutingProfile = serde_json::from_str(text)
             .map_err(|e| Error::format(path, format!("not a flash-moe routing profile: {e}")))?;
         if p.format != PROFILE_FORMAT || p.version != PROFILE_VERSION {
             return Err(Error::format(
@@ -148,7 +154,8 @@ impl RoutingProfile {
         let mut t = vec![vec![0u64; self.model.n_expert]; self.model.n_layer];
         for l in &self.layers {
             for (e, c) in t[l.layer].iter_mut().enumerate() {
-                *c = l.prefill[e] + l.decode[e];
+                // Saturating: a profile's counts come from a file.
+                *c = l.prefill[e].saturating_add(l.decode[e]);
             }
         }
         t

@@ -1,36 +1,60 @@
 //! Every expert in RAM: the reference [`ExpertProvider`] that the streaming cache must match bit for bit.
 
 use crate::formats::WeightIndex;
-use crate::tensor::{AlignedBuf, QMatRef};
+use crate::tensor::{AlignedBuf, PlanesRef, QMatRef};
 use crate::Result;
 
-use super::{ExpertLayout, ExpertProvider, ExpertSet, ExpertWeights, ProjLayout};
+use super::{ExpertLayout, ExpertProvider, ExpertSet, ExpertSpan, ExpertWeights, ProjLayout};
 
-/// One projection of every expert of a layer, stacked: `[n_expert * rows, cols]`.
+/// One projection of every expert of a layer, stacked: `[n_expert * rows, cols]` (and, for an MLX affine
+/// projection, its scales and biases stacked the same way).
 struct Stacked {
     layout: ProjLayout,
     data: AlignedBuf,
+    planes: Option<(AlignedBuf, AlignedBuf)>,
+}
+
+/// The spans of every expert read one after the other into one buffer.
+fn read_stacked(index: &WeightIndex, spans: &[ExpertSpan], progress: &mut dyn FnMut(u64)) -> Result<AlignedBuf> {
+    let per = spans.first().map_or(0, |s| s.len) as usize;
+    let mut data = AlignedBuf::zeroed(per * spans.len());
+    for (e, span) in spans.iter().enumerate() {
+        index.read_at(span.file, span.offset, &mut data.as_mut_slice()[e * per..(e + 1) * per])?;
+        progress(span.len);
+    }
+    Ok(data)
 }
 
 impl Stacked {
     fn load(index: &WeightIndex, layout: &ProjLayout, progress: &mut dyn FnMut(u64)) -> Result<Stacked> {
-        let per = layout.expert_bytes() as usize;
-        let mut data = AlignedBuf::zeroed(per * layout.spans.len());
-        for (e, span) in layout.spans.iter().enumerate() {
-            index.read_at(span.file, span.offset, &mut data.as_mut_slice()[e * per..(e + 1) * per])?;
-            progress(span.len);
-        }
-        Ok(Stacked { layout: layout.clone(), data })
+        let data = read_stacked(index, &layout.spans, progress)?;
+        let planes = match &layout.planes {
+            Some(p) => Some((read_stacked(index, &p.scales, progress)?, read_stacked(index, &p.biases, progress)?)),
+            None => None,
+        };
+        Ok(Stacked { layout: layout.clone(), data, planes })
     }
 
     fn expert(&self, e: usize) -> QMatRef<'_> {
-        let per = self.layout.expert_bytes() as usize;
-        QMatRef::new(
-            self.layout.dtype,
-            self.layout.rows,
-            self.layout.cols,
-            &self.data.as_slice()[e * per..(e + 1) * per],
-        )
+        let l = &self.layout;
+        fn slice(buf: &AlignedBuf, e: usize, per: u64) -> &[u8] {
+            let per = per as usize;
+            &buf.as_slice()[e * per..(e + 1) * per]
+        }
+        let data = slice(&self.data, e, l.spans[0].len);
+        match (&l.planes, &self.planes) {
+            (Some(p), Some((s, b))) => QMatRef::affine(
+                l.rows,
+                l.cols,
+                data,
+                PlanesRef {
+                    format: p.format,
+                    scales: slice(s, e, p.scales[0].len),
+                    biases: slice(b, e, p.biases[0].len),
+                },
+            ),
+            _ => QMatRef::new(l.dtype, l.rows, l.cols, data),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! Files are opened a second time with `O_DIRECT` (falling back to buffered reads, then dropping the pages with
 //! `posix_fadvise(DONTNEED)`, where a file system refuses it), so expert bytes never pile up in the page cache
 //! that a memory cgroup also charges. Direct reads need 4 KiB-aligned offsets, lengths and buffers, so each
-//! projection is read as the aligned range around it and the matrix is viewed at its offset inside the slot.
+//! projection is read as the aligned range around it and the matrix is viewed at its offset inside the slot. An
+//! MLX affine projection is three ranges (packed values, scales, biases), each read and placed the same way.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use super::budget::SlotClasses;
 use super::io::{ReadReq, DIRECT_ALIGN};
 use super::{ExpertLayout, ExpertWeights};
-use crate::formats::WeightIndex;
-use crate::tensor::QMatRef;
+use crate::formats::{FileStamp, WeightIndex};
+use crate::tensor::{PlanesRef, QMatRef};
 use crate::{Error, Result};
 
 /// Where one projection of one expert goes: the aligned file range read and the matrix's place in the slot.
@@ -28,13 +29,39 @@ pub(super) struct Placement {
     pub data_len: usize,
 }
 
+/// Most ranges one expert can take: three projections of up to three planes each.
+const PARTS_MAX: usize = 9;
+
+/// The placements of one expert's ranges, in layout order (gate, up, down; each projection's packed values,
+/// then its scales and biases for an MLX affine one).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Placements {
+    items: [Placement; PARTS_MAX],
+    n: usize,
+}
+
+impl std::ops::Deref for Placements {
+    type Target = [Placement];
+    fn deref(&self) -> &[Placement] {
+        &self.items[..self.n]
+    }
+}
+
+impl<'a> IntoIterator for &'a Placements {
+    type Item = &'a Placement;
+    type IntoIter = std::slice::Iter<'a, Placement>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.items[..self.n].iter()
+    }
+}
+
 /// Reads single experts through the expert layout.
 pub struct ExpertStore {
     layout: ExpertLayout,
     files: Vec<Arc<File>>,
     paths: Vec<Arc<PathBuf>>,
-    /// Size and modification time of each file at open.
-    meta: Vec<(u64, Option<std::time::SystemTime>)>,
+    /// What each file was when the index was built.
+    meta: Vec<FileStamp>,
     /// Whether the files were opened with O_DIRECT.
     pub direct: bool,
     slot_bytes: usize,
@@ -65,19 +92,15 @@ impl ExpertStore {
                 }
             };
             let meta = f.metadata().map_err(|e| Error::io(&mf.path, e))?;
-            if meta.len() != mf.size || meta.modified().ok() != mf.mtime {
+            if let Some(change) = FileStamp::of(&meta).change_since(&mf.stamp) {
                 return Err(Error::format(
                     &mf.path,
-                    format!(
-                        "changed since it was opened (size {} -> {}): the model file was replaced or truncated",
-                        mf.size,
-                        meta.len()
-                    ),
+                    format!("changed since it was opened ({change}): the model file was replaced or rewritten"),
                 ));
             }
             files.push(Arc::new(f));
             paths.push(Arc::new(mf.path.clone()));
-            metas.push((mf.size, mf.mtime));
+            metas.push(mf.stamp);
         }
         let mut store = ExpertStore {
             layout: layout.clone(),
@@ -94,7 +117,7 @@ impl ExpertStore {
                     (0..layout.n_expert)
                         .map(|e| {
                             let p = store.placements(l, e);
-                            (p[2].slot_offset + p[2].read_len) as u64
+                            p.last().map_or(0, |p| (p.slot_offset + p.read_len) as u64)
                         })
                         .max()
                         .unwrap_or(0)
@@ -121,15 +144,16 @@ impl ExpertStore {
         &self.classes
     }
 
-    pub(super) fn placements(&self, layer: usize, e: usize) -> [Placement; 3] {
+    pub(super) fn placements(&self, layer: usize, e: usize) -> Placements {
         let le = self.layout.layers[layer].as_ref().expect("a MoE layer");
+        let empty = Placement { file: 0, read_offset: 0, read_len: 0, slot_offset: 0, data_offset: 0, data_len: 0 };
+        let mut out = Placements { items: [empty; PARTS_MAX], n: 0 };
         let mut slot_offset = 0;
-        le.projs().map(|p| {
-            let span = p.spans[e];
+        for span in le.projs().into_iter().flat_map(|p| p.parts(e)) {
             let read_offset = align_down(span.offset);
             let delta = (span.offset - read_offset) as usize;
             let read_len = align_up(delta + span.len as usize);
-            let pl = Placement {
+            out.items[out.n] = Placement {
                 file: span.file,
                 read_offset,
                 read_len,
@@ -137,9 +161,10 @@ impl ExpertStore {
                 data_offset: slot_offset + delta,
                 data_len: span.len as usize,
             };
+            out.n += 1;
             slot_offset += read_len;
-            pl
-        })
+        }
+        out
     }
 
     /// The reads that bring expert `e` of `layer` into the slot at `slot` (its class's size, 4 KiB aligned).
@@ -181,10 +206,20 @@ impl ExpertStore {
     pub fn view<'a>(&self, layer: usize, e: usize, slot: &'a [u8]) -> ExpertWeights<'a> {
         let le = self.layout.layers[layer].as_ref().expect("a MoE layer");
         let p = self.placements(layer, e);
-        let m = |i: usize, pl: &crate::experts::ProjLayout| {
-            QMatRef::new(pl.dtype, pl.rows, pl.cols, &slot[p[i].data_offset..p[i].data_offset + p[i].data_len])
+        let bytes = |i: usize| &slot[p[i].data_offset..p[i].data_offset + p[i].data_len];
+        // The first placement of each projection: gate's is 0, then each projection takes its parts.
+        let (g0, u0) = (0, le.gate.n_parts());
+        let d0 = u0 + le.up.n_parts();
+        let m = |i: usize, pl: &crate::experts::ProjLayout| match &pl.planes {
+            None => QMatRef::new(pl.dtype, pl.rows, pl.cols, bytes(i)),
+            Some(ps) => QMatRef::affine(
+                pl.rows,
+                pl.cols,
+                bytes(i),
+                PlanesRef { format: ps.format, scales: bytes(i + 1), biases: bytes(i + 2) },
+            ),
         };
-        ExpertWeights { gate: m(0, &le.gate), up: m(1, &le.up), down: m(2, &le.down) }
+        ExpertWeights { gate: m(g0, &le.gate), up: m(u0, &le.up), down: m(d0, &le.down) }
     }
 
     /// Drops cached pages of the model files (after buffered reads, where O_DIRECT was refused).

@@ -96,8 +96,20 @@ impl HotFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
+        Self::parse(&text, path, model, mtime_ns, moe_layers).map(Some)
+    }
+
+    /// [`HotFile::load`] of the text of a hot file (`path` names it in errors). Never panics, whatever the text
+    /// holds (the `hot_file` fuzz target calls it).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        model: &ModelIdentity,
+        mtime_ns: u128,
+        moe_layers: &[bool],
+    ) -> Result<HotFile> {
         let h: HotFile =
-            serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not a flash-moe hot file: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::format(path, format!("not a flash-moe hot file: {e}")))?;
         if h.format != HOT_FORMAT || h.version != HOT_VERSION {
             return Err(Error::format(
                 path,
@@ -113,7 +125,7 @@ impl HotFile {
                 return Err(Error::format(path, format!("expert {e} of layer {l} is not an expert of this model")));
             }
         }
-        Ok(Some(h))
+        Ok(h)
     }
 }
 

@@ -6,6 +6,9 @@
 //! `8 + header_len`. Only the header is read. [`parse_header`] checks every tensor (supported dtype F32/F16/BF16,
 //! shape product without overflow, `end - begin == n_elems * dtype size`, inside the file, no overlaps) and is
 //! usable from a fuzzer on bytes.
+//!
+//! A directory converted by mlx-lm (a `quantization` entry in `config.json`) also holds U32 packed weights:
+//! they enter the index as MLX affine planes (see [`super::mlx`]), checked against their scales and biases.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -14,6 +17,7 @@ use std::path::{Component, Path};
 use kernels::DType;
 use serde::Deserialize;
 
+use super::mlx::Quantization;
 use super::{Metadata, ModelFile, TensorInfo, WeightIndex};
 use crate::{Error, Result};
 
@@ -36,7 +40,8 @@ pub fn dtype_from_str(s: &str) -> Option<DType> {
 pub fn open_file(path: &Path) -> Result<WeightIndex> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let config = read_config(dir)?;
-    let mut index = Builder::default();
+    let mut index =
+        Builder { quant: Quantization::from_config(&config, &dir.join("config.json"))?, ..Default::default() };
     index.add_file(path)?;
     index.finish(path, config, dir)
 }
@@ -54,7 +59,8 @@ pub fn open_dir(dir: &Path) -> Result<WeightIndex> {
         ));
     }
     let config = read_config(dir)?;
-    let mut index = Builder::default();
+    let mut index =
+        Builder { quant: Quantization::from_config(&config, &dir.join("config.json"))?, ..Default::default() };
     if index_path.is_file() {
         let weight_map = read_weight_map(&index_path)?;
         let mut shards: Vec<&str> = weight_map.values().map(String::as_str).collect();
@@ -98,7 +104,7 @@ fn read_json_file(path: &Path, what: &str) -> Result<serde_json::Value> {
 /// `dir/config.json`, parsed.
 fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
-    if !path.is_file() {
+    if !path.exists() {
         return Err(Error::config(
             &path,
             "config.json is missing: safetensors weights need the model's config.json beside them",
@@ -136,6 +142,8 @@ struct Builder {
     files: Vec<ModelFile>,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
+    /// An MLX model's quantization: U32 tensors are packed planes.
+    quant: Option<Quantization>,
 }
 
 impl Builder {
@@ -147,7 +155,7 @@ impl Builder {
         let mut header = vec![0u8; header_len as usize];
         read_exact(&f, &mut header, path, "the JSON header")?;
         let file_index = self.files.len();
-        for mut t in parse_header(&header, f.size, path)? {
+        for mut t in parse_header_with(&header, f.size, path, self.quant.as_ref())? {
             t.file = file_index;
             if let Some(first) = self.by_name.insert(t.name.clone(), self.tensors.len()) {
                 let other = self.files.get(self.tensors[first].file).map_or(path, |f| f.path.as_path());
@@ -161,13 +169,17 @@ impl Builder {
     }
 
     fn finish(self, path: &Path, config: serde_json::Value, dir: &Path) -> Result<WeightIndex> {
-        Ok(WeightIndex {
+        let index = WeightIndex {
             path: path.to_path_buf(),
             files: self.files,
             tensors: self.tensors,
             by_name: self.by_name,
             metadata: Metadata::HfConfig { config, dir: dir.to_path_buf() },
-        })
+        };
+        if let Some(q) = &self.quant {
+            super::mlx::check_planes(&index, q)?;
+        }
+        Ok(index)
     }
 }
 
@@ -212,6 +224,16 @@ struct RawTensor {
 ///
 /// Returns the tensors (with `file = 0`) sorted by offset, with absolute offsets (`8 + header.len() + begin`).
 pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<TensorInfo>> {
+    parse_header_with(header, file_len, path, None)
+}
+
+/// [`parse_header`] for a file of an MLX model quantized as `quant`: U32 tensors become packed planes.
+pub fn parse_header_with(
+    header: &[u8],
+    file_len: u64,
+    path: &Path,
+    quant: Option<&Quantization>,
+) -> Result<Vec<TensorInfo>> {
     let entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
         .map_err(|e| Error::format(path, format!("safetensors header is not a JSON object of tensors: {e}")))?;
     let data_start = 8 + header.len() as u64;
@@ -226,14 +248,22 @@ pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<Ten
         let err = |msg: String| Error::format(path, format!("tensor '{name}': {msg}"));
         let raw: RawTensor = serde_json::from_value(v)
             .map_err(|e| err(format!("needs {{\"dtype\", \"shape\", \"data_offsets\": [begin, end]}}: {e}")))?;
-        let dtype = dtype_from_str(&raw.dtype).ok_or_else(|| Error::UnsupportedDType {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-            type_id: u32::MAX,
-            type_name: raw.dtype.clone(),
-        })?;
+        // `Err(q)`: an MLX packed weight, whose type and logical shape come from the quantization `q` once the
+        // raw shape is known to be sound.
+        let (dtype, elem_bytes) = match (dtype_from_str(&raw.dtype), quant) {
+            (Some(d), _) => (Ok(d), d.block_bytes()),
+            (None, Some(q)) if raw.dtype == "U32" => (Err(q), 4),
+            _ => {
+                return Err(Error::UnsupportedDType {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    type_id: u32::MAX,
+                    type_name: raw.dtype.clone(),
+                })
+            }
+        };
         let n_elems = raw.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-        let n_bytes = n_elems.and_then(|n| n.checked_mul(dtype.block_bytes() as u64));
+        let n_bytes = n_elems.and_then(|n| n.checked_mul(elem_bytes as u64));
         let (Some(n_bytes), Ok(shape)) =
             (n_bytes, raw.shape.iter().map(|&d| usize::try_from(d)).collect::<std::result::Result<Vec<_>, _>>())
         else {
@@ -257,6 +287,10 @@ pub fn parse_header(header: &[u8], file_len: u64, path: &Path) -> Result<Vec<Ten
                 raw.shape
             )));
         }
+        let (dtype, shape) = match dtype {
+            Ok(d) => (d, shape),
+            Err(q) => q.packed(&name, &shape, path)?,
+        };
         tensors.push(TensorInfo { name, dtype, shape, file: 0, offset: data_start + begin, len: n_bytes });
     }
     tensors.sort_by_key(|t| (t.offset, t.len));

@@ -62,6 +62,19 @@ impl Decoder {
     /// memory budget, after the rest of the model) and the memory plan.
     pub fn load(mut ld: Loader<'_>, p: Parts, mut info: ModelInfo) -> Result<Decoder> {
         info.resident_bytes = ld.resident_bytes;
+        info.kv = ld.opts.kv;
+        for kind in &info.state {
+            if let crate::session::LayerStateKind::Kv { head_dim, .. } = *kind {
+                for t in [info.kv.k, info.kv.v] {
+                    if !t.fits(head_dim) {
+                        return Err(Error::Invalid(format!(
+                            "a {} KV cache needs heads of a multiple of 32 values; this model's are {head_dim}",
+                            t.name()
+                        )));
+                    }
+                }
+            }
+        }
         let index = ld.index;
         let mut progress = std::mem::replace(&mut ld.progress, super::loader::Progress::new(0, false));
         let mut plan = None;
@@ -200,9 +213,9 @@ pub fn expert_layer_layout(
         ProjLayout::per_expert(index, &ts, rows, cols)
     };
     Ok(LayerExperts {
-        gate: proj("ffn_gate_exps", "ffn_gate_exp.{e}", n_ff, n_embd)?,
-        up: proj("ffn_up_exps", "ffn_up_exp.{e}", n_ff, n_embd)?,
-        down: proj("ffn_down_exps", "ffn_down_exp.{e}", n_embd, n_ff)?,
+        gate: proj("ffn_gate_exps", "ffn_gate.{e}", n_ff, n_embd)?,
+        up: proj("ffn_up_exps", "ffn_up.{e}", n_ff, n_embd)?,
+        down: proj("ffn_down_exps", "ffn_down.{e}", n_embd, n_ff)?,
     })
 }
 

@@ -32,9 +32,13 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_down", "model.layers.{}.mlp.down_proj"),
     // Mixtral (`MixtralForCausalLM`): w1 = gate, w3 = up, w2 = down.
     ("ffn_gate_inp", "model.layers.{}.block_sparse_moe.gate"),
-    ("ffn_gate_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
-    ("ffn_up_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
-    ("ffn_down_exp.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
+    ("ffn_gate.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w1"),
+    ("ffn_up.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w3"),
+    ("ffn_down.{e}", "model.layers.{}.block_sparse_moe.experts.{e}.w2"),
+    // mlx-lm's Mixtral: the experts stacked.
+    ("ffn_gate_exps", "model.layers.{}.block_sparse_moe.switch_mlp.gate_proj"),
+    ("ffn_up_exps", "model.layers.{}.block_sparse_moe.switch_mlp.up_proj"),
+    ("ffn_down_exps", "model.layers.{}.block_sparse_moe.switch_mlp.down_proj"),
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
@@ -47,6 +51,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         state: Transformer::state_kinds(&cfg),
+        kv: Default::default(),
         n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
         n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,
@@ -73,7 +78,7 @@ pub fn config(index: &WeightIndex, arch: &str) -> Result<TransformerConfig> {
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
-    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-5);
+    let rms_eps = hp.rms_eps(1e-5)?;
     let n_expert = hp.usize_opt("expert_count", "num_local_experts")?.unwrap_or(0);
     let moe = if n_expert > 0 {
         let n_expert_used = hp.usize("expert_used_count", "num_experts_per_tok")?;

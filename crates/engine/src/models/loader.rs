@@ -7,7 +7,7 @@ use std::io::Write;
 use kernels::Kernels;
 
 use crate::formats::{Metadata, TensorInfo, WeightIndex};
-use crate::tensor::{AlignedBuf, QMat};
+use crate::tensor::{AlignedBuf, Planes, QMat};
 use crate::{Error, Result};
 
 /// Options of [`crate::models::Model::load`].
@@ -17,6 +17,8 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Where the routed experts live.
     pub experts: ExpertResidency,
+    /// How sessions store keys and values (f32 unless asked: `-ctk`/`-ctv`).
+    pub kv: crate::kv_cache::KvTypes,
 }
 
 /// Where the routed experts live while the model runs.
@@ -65,8 +67,10 @@ impl<'a> Hparams<'a> {
     fn json(&self, hf: &str) -> Option<&serde_json::Value> {
         match &self.index.metadata {
             Metadata::HfConfig { config, .. } => {
-                // transformers 5 moved rope_theta into rope_parameters.
-                config.get(hf).or_else(|| config.get("rope_parameters").and_then(|r| r.get(hf)))
+                // A multimodal checkpoint (`...ForConditionalGeneration`) keeps the language model's numbers in
+                // text_config; transformers 5 moved rope_theta into rope_parameters.
+                let root = config.get("text_config").unwrap_or(config);
+                root.get(hf).or_else(|| root.get("rope_parameters").and_then(|r| r.get(hf))).or_else(|| config.get(hf))
             }
             Metadata::Gguf(_) => None,
         }
@@ -110,6 +114,16 @@ impl<'a> Hparams<'a> {
 
     pub fn f32(&self, gguf: &str, hf: &str) -> Result<f32> {
         self.f32_opt(gguf, hf)?.ok_or_else(|| self.missing(gguf, hf))
+    }
+
+    /// The RMSNorm epsilon (`default` when the file does not say): refused unless a small positive number, since
+    /// a NaN, zero or negative one gives NaN logits.
+    pub fn rms_eps(&self, default: f32) -> Result<f32> {
+        let eps = self.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(default);
+        if !(eps > 0.0 && eps < 1.0) {
+            return Err(self.error(format!("RMSNorm epsilon {eps} must be a small positive number (0 < eps < 1)")));
+        }
+        Ok(eps)
     }
 
     /// A `config.json` boolean (GGUF has no key for it).
@@ -200,6 +214,9 @@ pub struct Loader<'a> {
     pub progress: Progress,
     pub resident_bytes: u64,
     pub opts: LoadOptions,
+    /// A `...ForConditionalGeneration` safetensors checkpoint whose language model sits under
+    /// `model.language_model.` (Qwen3.5's released checkpoints).
+    multimodal: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -211,6 +228,10 @@ impl<'a> Loader<'a> {
             progress: Progress::new(load_bytes(index, opts), opts.progress),
             resident_bytes: 0,
             opts: opts.clone(),
+            multimodal: match &index.metadata {
+                Metadata::HfConfig { config, .. } => config.get("text_config").is_some(),
+                Metadata::Gguf(_) => false,
+            },
         }
     }
 
@@ -224,9 +245,14 @@ impl<'a> Loader<'a> {
             },
             Metadata::HfConfig { .. } => {
                 let hf = self.hf_names.iter().find(|(s, _)| *s == slot).map_or(slot, |(_, h)| *h);
-                match layer {
+                let name = match layer {
                     Some(l) => hf.replacen("{}", &l.to_string(), 1),
                     None => hf.to_string(),
+                };
+                // A multimodal checkpoint nests the language model: `model.language_model.layers.N...`.
+                match (self.multimodal, name.strip_prefix("model.")) {
+                    (true, Some(rest)) => format!("model.language_model.{rest}"),
+                    _ => name,
                 }
             }
         };
@@ -280,19 +306,25 @@ impl<'a> Loader<'a> {
     pub fn mat_from(&mut self, t: &TensorInfo) -> Result<QMat> {
         let cols = *t.shape.last().unwrap_or(&1);
         let rows = t.n_elems() / cols.max(1);
-        if t.dtype.is_activation_only() || !cols.is_multiple_of(t.dtype.vec_dot_type().block_elems()) {
-            return Err(Error::BadTensorType {
-                path: self.index.path.clone(),
-                tensor: t.name.clone(),
-                dtype: t.dtype.name().into(),
-                msg: format!("rows of {cols} values cannot be multiplied in this type"),
-            });
-        }
+        t.check_matmul(&self.index.path)?;
+        let data = self.read(t)?;
+        // An MLX weight brings its scales and biases.
+        let planes = match crate::formats::mlx::planes(self.index, t)? {
+            Some(p) => {
+                Some(Box::new(Planes { format: p.format, scales: self.read(p.scales)?, biases: self.read(p.biases)? }))
+            }
+            None => None,
+        };
+        Ok(QMat { dtype: t.dtype, rows, cols, data, planes })
+    }
+
+    /// A tensor's bytes, counted as resident.
+    fn read(&mut self, t: &TensorInfo) -> Result<AlignedBuf> {
         let mut data = AlignedBuf::zeroed(t.len as usize);
         self.index.read_tensor(t, data.as_mut_slice())?;
         self.progress.add(t.len);
         self.resident_bytes += t.len;
-        Ok(QMat { dtype: t.dtype, rows, cols, data })
+        Ok(data)
     }
 
     /// A vector of `len` values (norm weights, biases), converted to f32.

@@ -36,6 +36,8 @@ pub struct ModelInfo {
     pub n_ctx_train: usize,
     /// What each layer keeps per sequence (a KV cache, a recurrent state).
     pub state: Vec<LayerStateKind>,
+    /// How sessions store keys and values (`LoadOptions::kv`).
+    pub kv: crate::kv_cache::KvTypes,
     /// Routed experts per MoE layer (0 for a dense model) and experts used per token.
     pub n_expert: usize,
     pub n_expert_used: usize,
@@ -49,7 +51,7 @@ impl ModelInfo {
     /// Bytes of a session's per-layer states for `n_ctx` tokens (f32 keys and values in attention layers, the
     /// constant-size recurrent states of DeltaNet layers).
     pub fn kv_cache_bytes(&self, n_ctx: usize) -> u64 {
-        self.state.iter().map(|k| k.bytes(n_ctx)).sum()
+        self.state.iter().fold(0u64, |acc, k| acc.saturating_add(k.bytes(n_ctx, self.kv)))
     }
 }
 
@@ -85,7 +87,7 @@ enum Stack {
 
 const SUPPORTED: &str = "GGUF: llama (incl. Mixtral), qwen3, qwen3moe, qwen3next, qwen35moe; safetensors: \
                          LlamaForCausalLM, MixtralForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, \
-                         Qwen3NextForCausalLM, Qwen3_5MoeForCausalLM";
+                         Qwen3NextForCausalLM, Qwen3_5MoeForCausalLM (and ForConditionalGeneration, text only)";
 
 impl Model {
     /// Loads the model of `index`, choosing the family from its architecture.
@@ -114,7 +116,12 @@ impl Model {
     }
 
     pub fn new_session(&self, n_ctx: usize) -> Session {
-        Session::new(&self.info.state, n_ctx)
+        Session::new(&self.info.state, n_ctx, self.info.kv)
+    }
+
+    /// Like [`Model::new_session`], but an error where the KV cache of `n_ctx` tokens cannot be allocated.
+    pub fn try_new_session(&self, n_ctx: usize) -> Result<Session> {
+        Session::try_new(&self.info.state, n_ctx, self.info.kv)
     }
 
     /// Runs `tokens` through the model at the session's position and returns the logits (`[n_vocab]` for
@@ -158,11 +165,17 @@ impl Model {
             return Err(Error::Invalid("--numerics ggml does not combine with an approximate expert mode".into()));
         }
         sess.check_room(tokens.len())?;
-        let Session { layers, pos, scratch: s, .. } = sess;
+        sess.check_whole()?;
+        let Session { layers, pos, scratch: s, .. } = &mut *sess;
         self.decoder.embed(exec, tokens, &mut s.x)?;
         let mut seqs = [SeqRows { layers, pos0: *pos, rows: 0..tokens.len() }];
-        self.forward_layers(exec, &mut seqs, s, want)?;
-        *pos += tokens.len();
+        if let Err(e) = self.forward_layers(exec, &mut seqs, s, want) {
+            // Recurrent layers before the failure have stepped: the session cannot simply go on.
+            sess.tear();
+            return Err(e);
+        }
+        sess.pos += tokens.len();
+        let s = &mut sess.scratch;
         self.decoder.logits(exec, &s.x, want, (&mut s.xn, &mut s.head_q), &mut s.logits)
     }
 
@@ -199,13 +212,18 @@ impl Model {
                 return Err(Error::EmptyPrompt);
             }
             sess.check_room(toks.len())?;
+            sess.check_whole()?;
             let rows = tokens.len()..tokens.len() + toks.len();
             tokens.extend_from_slice(toks);
             seqs.push(SeqRows { layers: &mut sess.layers, pos0: sess.pos, rows });
         }
         let s = scratch;
         self.decoder.embed(&exec, &tokens, &mut s.x)?;
-        self.forward_layers(&exec, &mut seqs, s, Logits::All)?;
+        if let Err(e) = self.forward_layers(&exec, &mut seqs, s, Logits::All) {
+            drop(seqs);
+            batch.iter_mut().for_each(|(sess, _)| sess.tear());
+            return Err(e);
+        }
         let e = self.info.n_embd;
         // The last row of each sequence, for the output head (each row's logits do not depend on the others).
         s.y.clear();
@@ -268,6 +286,9 @@ impl Model {
     /// Chooses whose float arithmetic the forward pass follows; [`Numerics::Ggml`] is refused for a model it does
     /// not cover.
     pub fn set_numerics(&mut self, numerics: Numerics) -> Result<()> {
+        if numerics == Numerics::Ggml && self.info.kv != crate::kv_cache::KvTypes::default() {
+            return Err(Error::Invalid("--numerics ggml covers an f32 KV cache only".into()));
+        }
         let coverage = match &self.stack {
             Stack::Transformer(t) => t.coverage(&self.decoder),
             Stack::Hybrid(h) => h.coverage(&self.decoder),
@@ -296,7 +317,11 @@ impl Family {
         Ok(match arch {
             "llama" | "LlamaForCausalLM" | "MixtralForCausalLM" => Family::Llama,
             "qwen3" | "qwen3moe" | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM" => Family::Qwen3,
-            "qwen3next" | "qwen35moe" | "Qwen3NextForCausalLM" | "Qwen3_5MoeForCausalLM" => Family::Qwen3Next,
+            "qwen3next"
+            | "qwen35moe"
+            | "Qwen3NextForCausalLM"
+            | "Qwen3_5MoeForCausalLM"
+            | "Qwen3_5MoeForConditionalGeneration" => Family::Qwen3Next,
             _ => {
                 return Err(Error::UnknownArchitecture {
                     path: index.path.clone(),

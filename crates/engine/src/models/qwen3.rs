@@ -34,9 +34,9 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_gate_exps", "model.layers.{}.mlp.switch_mlp.gate_proj"),
     ("ffn_up_exps", "model.layers.{}.mlp.switch_mlp.up_proj"),
     ("ffn_down_exps", "model.layers.{}.mlp.switch_mlp.down_proj"),
-    ("ffn_gate_exp.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
-    ("ffn_up_exp.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
-    ("ffn_down_exp.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
+    ("ffn_gate.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
+    ("ffn_up.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
+    ("ffn_down.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
 ];
 
 pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model> {
@@ -52,6 +52,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         state: Transformer::state_kinds(&cfg),
+        kv: Default::default(),
         n_expert: cfg.moe.as_ref().map_or(0, |m| m.n_expert),
         n_expert_used: cfg.moe.as_ref().map_or(0, |m| m.n_expert_used),
         resident_bytes: 0,
@@ -121,17 +122,18 @@ fn config_from(hp: &Hparams<'_>, ld: &Loader<'_>, notes: &mut Vec<String>) -> Re
         })
         .collect::<Result<Vec<_>>>()?;
     let any_dense = moe_layers.iter().any(|m| !m);
+    let rms_eps = hp.rms_eps(1e-6)?;
     Ok(TransformerConfig {
         n_vocab,
         n_embd,
         n_layer,
         n_ctx_train: hp.usize_opt("context_length", "max_position_embeddings")?.unwrap_or(4096),
-        rms_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
+        rms_eps,
         attn: AttentionShape {
             n_head,
             n_head_kv,
             head_dim,
-            norm_eps: hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6),
+            norm_eps: rms_eps,
             gated: false,
             rope: Rope::new(RopeStyle::Neox, head_dim, rope_theta),
         },

@@ -67,9 +67,13 @@ pub const HF_NAMES: &[(&str, &str)] = &[
     ("ffn_up", "model.layers.{}.mlp.up_proj"),
     ("ffn_down", "model.layers.{}.mlp.down_proj"),
     ("ffn_gate_inp", "model.layers.{}.mlp.gate"),
-    ("ffn_gate_exp.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
-    ("ffn_up_exp.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
-    ("ffn_down_exp.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
+    ("ffn_gate.{e}", "model.layers.{}.mlp.experts.{e}.gate_proj"),
+    ("ffn_up.{e}", "model.layers.{}.mlp.experts.{e}.up_proj"),
+    ("ffn_down.{e}", "model.layers.{}.mlp.experts.{e}.down_proj"),
+    // mlx-lm: the experts stacked.
+    ("ffn_gate_exps", "model.layers.{}.mlp.switch_mlp.gate_proj"),
+    ("ffn_up_exps", "model.layers.{}.mlp.switch_mlp.up_proj"),
+    ("ffn_down_exps", "model.layers.{}.mlp.switch_mlp.down_proj"),
     ("ffn_gate_shexp", "model.layers.{}.mlp.shared_expert.gate_proj"),
     ("ffn_up_shexp", "model.layers.{}.mlp.shared_expert.up_proj"),
     ("ffn_down_shexp", "model.layers.{}.mlp.shared_expert.down_proj"),
@@ -139,6 +143,7 @@ pub fn load(index: &WeightIndex, arch: &str, opts: &LoadOptions) -> Result<Model
         n_layer: cfg.n_layer,
         n_ctx_train: cfg.n_ctx_train,
         state: Hybrid::state_kinds(&cfg),
+        kv: Default::default(),
         n_expert: cfg.moe.n_expert,
         n_expert_used: cfg.moe.n_expert_used,
         resident_bytes: 0,
@@ -166,7 +171,7 @@ fn config(hp: &Hparams<'_>, ld: &Loader<'_>, arch: &str) -> Result<HybridConfig>
         Some(v) => v,
         None => ld.tensor("token_embd", None, "weight")?.shape[0],
     };
-    let rms_eps = hp.f32_opt("attention.layer_norm_rms_epsilon", "rms_norm_eps")?.unwrap_or(1e-6);
+    let rms_eps = hp.rms_eps(1e-6)?;
     let theta = hp.f32_opt("rope.freq_base", "rope_theta")?.unwrap_or(10_000_000.0);
     let n_rot = match hp.usize_opt("rope.dimension_count", "")? {
         Some(n) => n,
@@ -330,21 +335,21 @@ impl Hybrid {
     pub fn state_kinds(cfg: &HybridConfig) -> Vec<LayerStateKind> {
         cfg.recurrent
             .iter()
-            .map(
-                |&r| {
-                    if r {
-                        LayerStateKind::DeltaNet(cfg.delta)
-                    } else {
-                        LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim() }
-                    }
-                },
-            )
+            .map(|&r| {
+                if r {
+                    LayerStateKind::DeltaNet(cfg.delta)
+                } else {
+                    LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim(), head_dim: cfg.attn.head_dim }
+                }
+            })
             .collect()
     }
 
     fn load(mut ld: Loader<'_>, cfg: HybridConfig, info: ModelInfo) -> Result<(Decoder, Hybrid)> {
         let e = cfg.n_embd;
         let gguf = matches!(ld.index.metadata, crate::formats::Metadata::Gguf(_));
+        // mlx-lm's converter stores the zero-centred norms as `1 + w`, as llama.cpp's does.
+        let plus_one_stored = gguf || crate::formats::mlx::is_mlx_layout(ld.index);
         let token_embd = ld.mat("token_embd", None, cfg.n_vocab, e)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         let mut expert_layout = ExpertLayout { n_expert: cfg.moe.n_expert, layers: vec![] };
@@ -352,7 +357,7 @@ impl Hybrid {
             let mixer = if cfg.recurrent[l] {
                 Mixer::DeltaNet(delta_net_weights(&mut ld, &cfg, l, gguf)?)
             } else {
-                Mixer::Attention(attention_weights(&mut ld, &cfg, l, gguf)?)
+                Mixer::Attention(attention_weights(&mut ld, &cfg, l, plus_one_stored)?)
             };
             let (ffn, experts) = if cfg.moe_layers[l] {
                 let router = ld.mat("ffn_gate_inp", Some(l), cfg.moe.n_expert, e)?;
@@ -377,13 +382,13 @@ impl Hybrid {
             };
             expert_layout.layers.push(experts);
             layers.push(Layer {
-                attn_norm: norm(&mut ld, "attn_norm", Some(l), e, gguf)?,
+                attn_norm: norm(&mut ld, "attn_norm", Some(l), e, plus_one_stored)?,
                 mixer,
-                post_norm: norm(&mut ld, "post_attention_norm", Some(l), e, gguf)?,
+                post_norm: norm(&mut ld, "post_attention_norm", Some(l), e, plus_one_stored)?,
                 ffn,
             });
         }
-        let output_norm = norm(&mut ld, "output_norm", None, e, gguf)?;
+        let output_norm = norm(&mut ld, "output_norm", None, e, plus_one_stored)?;
         let output = if cfg.tied_embeddings || !ld.has("output", None) {
             None
         } else {
@@ -501,11 +506,11 @@ impl Hybrid {
     }
 }
 
-/// A zero-centred RMSNorm weight as used: `1 + w` (safetensors store `w`; llama.cpp's converter stores `1 + w`,
-/// computed in f32 as transformers computes it at run time).
-fn norm(ld: &mut Loader<'_>, slot: &str, layer: Option<usize>, n: usize, gguf: bool) -> Result<Vec<f32>> {
+/// A zero-centred RMSNorm weight as used: `1 + w` (transformers' safetensors store `w`; llama.cpp's and mlx-lm's
+/// converters store `1 + w` (`plus_one_stored`), computed in f32 as transformers computes it at run time).
+fn norm(ld: &mut Loader<'_>, slot: &str, layer: Option<usize>, n: usize, plus_one_stored: bool) -> Result<Vec<f32>> {
     let mut w = ld.vec(slot, layer, "weight", n)?;
-    if !gguf {
+    if !plus_one_stored {
         for v in &mut w {
             *v += 1.0;
         }
@@ -527,7 +532,12 @@ fn ffn_weights(
     })
 }
 
-fn attention_weights(ld: &mut Loader<'_>, cfg: &HybridConfig, l: usize, gguf: bool) -> Result<AttentionWeights> {
+fn attention_weights(
+    ld: &mut Loader<'_>,
+    cfg: &HybridConfig,
+    l: usize,
+    plus_one_stored: bool,
+) -> Result<AttentionWeights> {
     let (a, e) = (&cfg.attn, cfg.n_embd);
     let l_ = Some(l);
     Ok(AttentionWeights {
@@ -538,8 +548,8 @@ fn attention_weights(ld: &mut Loader<'_>, cfg: &HybridConfig, l: usize, gguf: bo
         bq: None,
         bk: None,
         bv: None,
-        q_norm: Some(norm(ld, "attn_q_norm", l_, a.head_dim, gguf)?),
-        k_norm: Some(norm(ld, "attn_k_norm", l_, a.head_dim, gguf)?),
+        q_norm: Some(norm(ld, "attn_q_norm", l_, a.head_dim, plus_one_stored)?),
+        k_norm: Some(norm(ld, "attn_k_norm", l_, a.head_dim, plus_one_stored)?),
     })
 }
 
@@ -600,17 +610,19 @@ fn regroup_ba(ba: &QMat, nk: usize, r: usize) -> QMat {
 /// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
 /// upper estimate).
 pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 {
-    let b = crate::backend::native::N_BATCH;
+    let w = |x: usize| x as u128;
+    let b = w(crate::backend::native::N_BATCH);
     let a = &cfg.attn;
-    let (q_dim, kv_dim) = (a.q_dim(), a.kv_dim());
+    let (q_dim, kv_dim) = (w(a.q_dim()), w(a.kv_dim()));
     let d = &cfg.delta;
-    let n_ff = cfg.n_ff.max(cfg.n_ff_exp).max(cfg.n_ff_shexp);
-    let floats = b * cfg.n_embd * 7
+    let n_ff = w(cfg.n_ff.max(cfg.n_ff_exp).max(cfg.n_ff_shexp));
+    // In u128: an absurd context gives a huge number, not an overflow.
+    let floats = b * w(cfg.n_embd) * 7
         + b * (4 * q_dim + 2 * kv_dim)
-        + n_threads * n_ctx
-        + b * (d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
-        + b * (cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
+        + w(n_threads) * w(n_ctx)
+        + b * w(d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
+        + b * w(cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
         + b * 2 * n_ff
-        + b * cfg.n_vocab;
-    (floats as u64) * 4 * 2
+        + b * w(cfg.n_vocab);
+    u64::try_from(floats * 4 * 2).unwrap_or(u64::MAX)
 }

@@ -124,7 +124,7 @@ pub struct Transformer {
 impl Transformer {
     /// Per layer: a KV cache.
     pub fn state_kinds(cfg: &TransformerConfig) -> Vec<LayerStateKind> {
-        vec![LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim() }; cfg.n_layer]
+        vec![LayerStateKind::Kv { kv_dim: cfg.attn.kv_dim(), head_dim: cfg.attn.head_dim }; cfg.n_layer]
     }
 
     /// Reads every weight named by the family's table; experts are described by an [`ExpertLayout`].
@@ -334,17 +334,19 @@ impl Transformer {
 /// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
 /// upper estimate).
 pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) -> u64 {
-    let b = crate::backend::native::N_BATCH;
+    let w = |x: usize| x as u128;
+    let b = w(crate::backend::native::N_BATCH);
     let a = &cfg.attn;
-    let (q_dim, kv_dim) = (a.q_dim(), a.kv_dim());
-    let (n_expert, k) = cfg.moe.as_ref().map_or((0, 0), |m| (m.n_expert, m.n_expert_used));
-    let n_ff = cfg.n_ff.max(cfg.n_ff_exp);
-    let floats = b * cfg.n_embd * 6          // residual, normed input, block output, gathered rows, expert output
-        + b * (2 * q_dim + 2 * kv_dim)       // q, k, v, attention output
-        + n_threads * n_ctx                  // attention scores
-        + b * (n_expert + k * cfg.n_embd)    // router logits, per-slot expert outputs
-        + b * 2 * n_ff                       // gate and up
-        + b * cfg.n_vocab; // logits
-                           // Quantized copies of activations are at most as large again as the f32 rows they come from.
-    (floats as u64) * 4 * 2
+    let (q_dim, kv_dim) = (w(a.q_dim()), w(a.kv_dim()));
+    let (n_expert, k) = cfg.moe.as_ref().map_or((0, 0), |m| (w(m.n_expert), w(m.n_expert_used)));
+    let n_ff = w(cfg.n_ff.max(cfg.n_ff_exp));
+    // In u128: an absurd context (`-c 18446744073709551615`) gives a huge number, not an overflow.
+    let floats = b * w(cfg.n_embd) * 6      // residual, normed input, block output, gathered rows, expert output
+        + b * (2 * q_dim + 2 * kv_dim)      // q, k, v, attention output
+        + w(n_threads) * w(n_ctx)           // attention scores
+        + b * (n_expert + k * w(cfg.n_embd)) // router logits, per-slot expert outputs
+        + b * 2 * n_ff                      // gate and up
+        + b * w(cfg.n_vocab); // logits
+                              // Quantized copies of activations are at most as large again as the f32 rows they come from.
+    u64::try_from(floats * 4 * 2).unwrap_or(u64::MAX)
 }

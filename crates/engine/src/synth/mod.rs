@@ -5,7 +5,8 @@
 //! # Main types
 //! - [`Shape`]: the closed set of model geometries ([`ShapeParams`]), from `tiny` (tests) to `qwen3-coder-next`.
 //! - [`QuantMix`]: which GGUF type each tensor gets (`q4_k_m` follows llama.cpp's rule, see [`QuantMix::dtype`]).
-//! - [`plan`] lists the tensors; [`write()`] streams the file.
+//! - [`plan`] lists the tensors; [`write()`] streams the file; [`write_mlx`] writes the same qwen3moe shape as an
+//!   MLX directory (4-bit, groups of 64, bf16), as mlx-lm's `convert -q` would.
 //!
 //! # How the file is written
 //! Tensor by tensor, in chunks of about [`CHUNK_BYTES`]: the calling thread fills a chunk (rows split over
@@ -17,10 +18,12 @@
 //! Must not: hold a whole tensor in memory, or depend on the thread count for its output (same seed, same
 //! bytes).
 
+mod mlx;
 mod plan;
 mod vocab;
 mod weights;
 
+pub use mlx::write_mlx;
 pub use plan::{data_bytes, plan, Kind, PlannedTensor};
 
 use std::collections::HashMap;

@@ -43,7 +43,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn slot(self) -> &'static str {
+    pub(crate) fn slot(self) -> &'static str {
         match self {
             Kind::TokenEmbd => "token_embd",
             Kind::AttnNorm => "attn_norm",

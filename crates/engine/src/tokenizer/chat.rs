@@ -7,6 +7,11 @@
 //! `ensure_ascii`, `indent`), so that tool schemas render as transformers renders them. The context holds
 //! `messages` (plain [`ChatMessage`]s, or any JSON with tool calls and reasoning: [`ChatTemplate::render_json`]),
 //! `add_generation_prompt`, `bos_token`, `eos_token`, and extra variables (`tools`, `enable_thinking`, ...).
+//!
+//! A template comes with the model file, so it is untrusted code: one render runs at most [`render_fuel`] template
+//! instructions and writes at most [`render_bytes_max`] bytes, and an error names the template. (A template can
+//! still build large strings in few instructions, by doubling one in a loop or a recursive macro: minijinja caps a
+//! repeated string at 100 MB but not a concatenation; see docs/hardening.md.)
 
 use minijinja::{context, Environment, ErrorKind, Value};
 use serde::Serialize;
@@ -15,6 +20,25 @@ use crate::error::{Error, Result};
 
 /// Template source bytes allowed.
 pub const TEMPLATE_BYTES_MAX: usize = 1 << 20;
+
+/// Template instructions one render may run: a fixed allowance and one per message. The ten templates of
+/// shared/chat-templates (Qwen, GLM, DeepSeek, Kimi, gpt-oss, Mistral) take 150-370 for a four-message
+/// conversation and 30-75 per further message; running out of 2 million takes about 0.15 s.
+pub const RENDER_FUEL_BASE: u64 = 2_000_000;
+pub const RENDER_FUEL_PER_MESSAGE: u64 = 2_000;
+/// Bytes one render may write: a fixed allowance and a multiple of the input (messages and extra variables).
+pub const RENDER_BYTES_BASE: usize = 4 << 20;
+pub const RENDER_BYTES_PER_INPUT_BYTE: usize = 8;
+
+/// The instructions a render of `n_messages` messages may run.
+pub fn render_fuel(n_messages: usize) -> u64 {
+    RENDER_FUEL_BASE.saturating_add(RENDER_FUEL_PER_MESSAGE.saturating_mul(n_messages as u64))
+}
+
+/// The bytes a render of input of `input_bytes` may write.
+pub fn render_bytes_max(input_bytes: usize) -> usize {
+    RENDER_BYTES_BASE.saturating_add(RENDER_BYTES_PER_INPUT_BYTE.saturating_mul(input_bytes))
+}
 
 const NAME: &str = "chat_template";
 
@@ -35,6 +59,8 @@ impl ChatMessage {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Where the template came from, for errors ("the chat template of model.gguf").
+    origin: String,
 }
 
 /// transformers' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
@@ -152,9 +178,9 @@ fn strftime_utc(format: &str, unix_secs: u64) -> String {
     out
 }
 
-fn template_error(e: minijinja::Error) -> Error {
+fn template_error_of(origin: &str, e: minijinja::Error) -> Error {
     use std::fmt::Write;
-    let mut msg = format!("chat template: {e}");
+    let mut msg = format!("{origin}: {e}");
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         let _ = write!(msg, ": {s}");
@@ -166,6 +192,11 @@ fn template_error(e: minijinja::Error) -> Error {
 impl ChatTemplate {
     /// Compiles a template; syntax errors are reported here, not at render time.
     pub fn new(source: &str) -> Result<ChatTemplate> {
+        Self::named(source, "chat template")
+    }
+
+    /// [`ChatTemplate::new`], naming the template `origin` in errors ("the chat template of model.gguf").
+    pub fn named(source: &str, origin: &str) -> Result<ChatTemplate> {
         if source.len() > TEMPLATE_BYTES_MAX {
             return Err(Error::Tokenizer(format!(
                 "chat template is {} bytes, more than the {TEMPLATE_BYTES_MAX} allowed",
@@ -189,8 +220,13 @@ impl ChatTemplate {
                 ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map | ValueKind::Iterable
             )
         });
-        env.add_template_owned(NAME, source.to_string()).map_err(template_error)?;
-        Ok(ChatTemplate { env })
+        env.add_template_owned(NAME, source.to_string()).map_err(|e| template_error_of(origin, e))?;
+        Ok(ChatTemplate { env, origin: origin.to_string() })
+    }
+
+    /// Makes `strftime_now` tell the time `unix_secs` (UTC) instead of the current time (reproducible renders).
+    pub fn set_clock(&mut self, unix_secs: u64) {
+        self.env.add_function("strftime_now", move |format: String| strftime_utc(&format, unix_secs));
     }
 
     /// Renders `messages` into the prompt text the model was trained on.
@@ -232,21 +268,60 @@ impl ChatTemplate {
         if !(extra.is_null() || extra.is_object()) {
             return Err(Error::Tokenizer(format!("chat template variables must be a JSON object, not {extra}")));
         }
-        let template = self.env.get_template(NAME).map_err(template_error)?;
-        template
-            .render(context! {
+        let input_bytes = messages.to_string().len() + if extra.is_null() { 0 } else { extra.to_string().len() };
+        let n_messages = messages.as_array().map_or(1, Vec::len);
+        let fuel = render_fuel(n_messages);
+        let mut out = BoundedOutput { bytes: Vec::new(), max: render_bytes_max(input_bytes), overflowed: false };
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let template = env.get_template(NAME).map_err(|e| template_error_of(&self.origin, e))?;
+        let rendered = template.render_captured_to(
+            context! {
                 messages => Value::from_serialize(messages),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token.unwrap_or(""),
                 eos_token => eos_token.unwrap_or(""),
                 ..Value::from_serialize(extra)
-            })
-            .map_err(template_error)
+            },
+            &mut out,
+        );
+        match rendered {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| Error::Tokenizer(format!("{}: the rendered prompt is not UTF-8", self.origin))),
+            Err(_) if out.overflowed => Err(Error::Tokenizer(format!(
+                "{}: rendering stopped: the prompt passed {} bytes (for {input_bytes} bytes of messages); a \
+                 template that repeats its output without end?",
+                self.origin, out.max
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::Tokenizer(format!(
+                "{}: rendering stopped after {fuel} template steps (for {n_messages} messages); a loop that does not \
+                 end?",
+                self.origin
+            ))),
+            Err(e) => Err(template_error_of(&self.origin, e)),
+        }
+    }
+}
+
+/// The render's output, refusing to grow past `max` bytes.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    max: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.max {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered prompt is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
     }
 
-    /// Makes `strftime_now` tell the time `unix_secs` (UTC) instead of the current time (reproducible renders).
-    pub fn set_clock(&mut self, unix_secs: u64) {
-        self.env.add_function("strftime_now", move |format: String| strftime_utc(&format, unix_secs));
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -13,17 +13,19 @@ use crate::error::{Error, Result};
 /// Bytes allowed in each JSON file read here.
 const JSON_BYTES_MAX: u64 = 512 << 20;
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    if meta.len() > JSON_BYTES_MAX {
-        return Err(Error::format(path, format!("{} bytes, more than the {JSON_BYTES_MAX} allowed", meta.len())));
+/// The bytes of an optional file beside the tokenizer (`None` when it does not exist); a regular file of at most
+/// [`JSON_BYTES_MAX`] bytes, never a FIFO to wait on.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => crate::formats::read_regular(path, JSON_BYTES_MAX).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    let Some(bytes) = read_optional(path)? else { return Ok(None) };
+    let value = serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     Ok(Some(value))
 }
 
@@ -49,16 +51,35 @@ fn chat_template_of(v: Option<&Value>) -> Option<String> {
 }
 
 pub(super) fn from_hf_file(path: &Path) -> Result<Tokenizer> {
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.len() > JSON_BYTES_MAX {
-            return Err(Error::format(path, format!("{} bytes, more than the {JSON_BYTES_MAX} allowed", meta.len())));
-        }
-    }
-    let hf =
-        tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+    let json = crate::formats::read_regular(path, JSON_BYTES_MAX)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+    let jinja = dir.join("chat_template.jinja");
+    let jinja = read_optional(&jinja)?
+        .map(|b| String::from_utf8(b).map_err(|_| Error::format(&jinja, "not UTF-8 text")))
+        .transpose()?;
+    from_hf_json(&json, &config, &generation, jinja).map_err(|e| match e {
+        Error::Tokenizer(msg) => Error::Tokenizer(format!("{}: {msg}", path.display())),
+        e => e,
+    })
+}
+
+/// A tokenizer from the bytes of a `tokenizer.json`, the parsed `tokenizer_config.json` and
+/// `generation_config.json` (`null` when absent) and the text of `chat_template.jinja`. Never panics, whatever
+/// the bytes hold (the `tokenizer_json` fuzz target calls it).
+pub(super) fn from_hf_json(
+    json: &[u8],
+    config: &Value,
+    generation: &Value,
+    jinja: Option<String>,
+) -> Result<Tokenizer> {
+    // The tokenizers crate panics (an `expect` in its decoder deserializer) on some malformed JSON: the syntax is
+    // checked here first, and a panic left in it becomes an error.
+    let value: Value = serde_json::from_slice(json).map_err(|e| Error::Tokenizer(format!("not valid JSON: {e}")))?;
+    let hf = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(value))
+        .map_err(|_| Error::Tokenizer("tokenizer.json is malformed (the tokenizers library failed on it)".into()))?
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
 
     let n_vocab = hf.get_vocab_size(true);
     let byte_level = hf.get_decoder().and_then(|d| serde_json::to_value(d).ok()).is_some_and(|d| {
@@ -95,17 +116,7 @@ pub(super) fn from_hf_file(path: &Path) -> Result<Tokenizer> {
     }
     eos_ids.retain(|&id| (id as usize) < n_vocab);
 
-    let chat_template = match chat_template_of(config.get("chat_template")) {
-        Some(t) => Some(t),
-        None => {
-            let jinja = dir.join("chat_template.jinja");
-            match std::fs::read_to_string(&jinja) {
-                Ok(t) => Some(t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Error::io(jinja, e)),
-            }
-        }
-    };
+    let chat_template = chat_template_of(config.get("chat_template")).or(jinja);
     let add_bos = config.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false) && bos_id.is_some();
     Tokenizer::assemble(Parts { hf, pieces, bos_id, eos_id, eos_ids, add_bos, add_eos: false, chat_template })
 }

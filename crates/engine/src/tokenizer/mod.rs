@@ -27,7 +27,7 @@ mod stream;
 
 use std::path::Path;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{render_bytes_max, render_fuel, ChatMessage, ChatTemplate};
 pub use fuzz::fuzz_gguf_tokenizer;
 pub use gguf::{token_type, GgufTokenizerData, N_MERGES_MAX, N_VOCAB_MAX, TOKEN_BYTES_MAX};
 pub use stream::StreamDecoder;
@@ -86,6 +86,18 @@ impl Tokenizer {
     /// when present.
     pub fn from_hf_file(path: &Path) -> Result<Tokenizer> {
         hf::from_hf_file(path)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json`, with the parsed `tokenizer_config.json` and
+    /// `generation_config.json` (`null` when absent) and the text of `chat_template.jinja` that
+    /// [`Tokenizer::from_hf_file`] reads beside it. Never panics, whatever the bytes hold.
+    pub fn from_hf_json(
+        json: &[u8],
+        config: &serde_json::Value,
+        generation: &serde_json::Value,
+        chat_template_jinja: Option<String>,
+    ) -> Result<Tokenizer> {
+        hf::from_hf_json(json, config, generation, chat_template_jinja)
     }
 
     /// Builds the tokenizer stored in GGUF metadata. Never panics, whatever `data` holds.

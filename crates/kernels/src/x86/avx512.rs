@@ -1,15 +1,11 @@
 //! AVX-512 (F/BW/VL/VNNI) kernels: `vpdpbusd` (u8 x i8 -> i32, four products per lane, no saturation) for
-//! Q8_0 and Q4_0 (256-bit) and Q6_K (512-bit); Q4_K in 512-bit `vpmaddubsw`/`vpmaddwd` (the i16 scale
-//! multiply is free there, while `vpdpbusd` needs a `vpmulld` after it), and 512-bit F16 and BF16 weight x F32 activation dots (tails by masked loads). Other formats use the AVX2
-//! entries.
+//! Q8_0 and Q4_0 (256-bit) and Q6_K (512-bit), and 512-bit F16 and BF16 weight x F32 activation dots (tails by
+//! masked loads). Other formats, Q4_K included (its 256-bit kernels decode faster here), use the AVX2 entries.
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
-use super::avx2::{
-    f16_mul, f16_pair, fold_blocks, hsum_epi32, hsum_ps, load_32, load_i8_32, nibbles_32, scales_mins_k,
-};
+use super::avx2::{f16_mul, fold_blocks, hsum_epi32, hsum_ps, load_32, load_i8_32, nibbles_32};
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
-use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
@@ -75,37 +71,6 @@ pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(qw, load_i8_32(&bx.qs))))
     })
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm512_setzero_ps();
-    let mut acc_m = 0f32;
-    for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        let dy = f32::from_le_bytes(bx.d);
-        let (d, dmin) = f16_pair(bw.d, bw.dmin);
-        let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * dmin * summ as f32;
-        // SAFETY: reads exactly the 16 bytes of the [i16; 8] array `sc`.
-        let sc16 = unsafe { _mm_loadu_si128(sc.as_ptr().cast()) };
-        let sc512 = _mm512_broadcast_i32x4(sc16);
-        let mut sumi = _mm512_setzero_si512();
-        for k in 0..4 {
-            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q = join(_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4));
-            let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
-            // Bytes 0..32 belong to sub-block 2k, 32..64 to 2k + 1: u8 x i8 pairs (<= 2 * 15 * 127) into i16,
-            // then times the i16 scale into i32.
-            // Scales 2k and 2k + 1 broadcast from the 8 i16 scales (same 16 bytes in every 128-bit lane).
-            let (lo, hi) = ((4 * k) as i16, (4 * k + 2) as i16);
-            let pick = join(_mm256_set1_epi16(lo | ((lo + 1) << 8)), _mm256_set1_epi16(hi | ((hi + 1) << 8)));
-            let scale = _mm512_shuffle_epi8(sc512, pick);
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
-        }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
-    }
-    hsum_512(acc) - acc_m
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

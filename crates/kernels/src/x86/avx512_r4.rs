@@ -8,11 +8,10 @@
 //! their rows measured slower (0.96x to 1.1x of four single calls against 1.02x to 1.2x, depending on the
 //! build's code layout).
 
-use super::avx2::{f16_mul, f16_pair, hsum_epi32, load_32, load_i8_32, unpack_scales_mins_k};
-use super::avx2_r4::{blocks_r4, bsum_pairs_k, fold_blocks_r4, hsum4_ps, min_sum_pairs};
+use super::avx2::{f16_mul, hsum_epi32, load_32, load_i8_32};
+use super::avx2_r4::{blocks_r4, fold_blocks_r4, hsum4_ps};
 use super::avx512::{arr, dot_i8_quads, join, load_64, load_i8_64};
 use crate::blocks;
-use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
@@ -37,41 +36,6 @@ pub(crate) fn dot_q8_0_q8_0_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
         let d = _mm256_set1_ps(f16_mul(bw.d, dx));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(load_i8_32(&bw.qs), qx)))
     });
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let bx = blocks::<BlockQ8K>(x);
-    let bw = blocks_r4::<BlockQ4K>(bx.len(), ws);
-    // Row by row (as the Q6_K one): the loop body of avx512::dot_q4_k_q8_k.
-    let row = |bw: &[BlockQ4K]| {
-        let mut acc = _mm512_setzero_ps();
-        let mut acc_m = 0f32;
-        for (bw, bx) in bw.iter().zip(bx) {
-            let dy = f32::from_le_bytes(bx.d);
-            let (d, dmin) = f16_pair(bw.d, bw.dmin);
-            let (sc, mins) = unpack_scales_mins_k(&bw.scales);
-            acc_m += dy * dmin * min_sum_pairs(mins, bsum_pairs_k(bx)) as f32;
-            // SAFETY: reads exactly the 16 bytes of the [i16; 8] array `sc`.
-            let sc512 = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
-            let mut sumi = _mm512_setzero_si512();
-            for k in 0..4 {
-                let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-                let q = join(_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4));
-                let q8 = load_i8_64(arr(&bx.qs[64 * k..64 * k + 64]));
-                let (lo, hi) = ((4 * k) as i16, (4 * k + 2) as i16);
-                let pick = join(_mm256_set1_epi16(lo | ((lo + 1) << 8)), _mm256_set1_epi16(hi | ((hi + 1) << 8)));
-                let scale = _mm512_shuffle_epi8(sc512, pick);
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
-            }
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * d), _mm512_cvtepi32_ps(sumi), acc);
-        }
-        (acc, acc_m)
-    };
-    let r = [row(bw[0]), row(bw[1]), row(bw[2]), row(bw[3])];
-    let sums = hsum4_512([r[0].0, r[1].0, r[2].0, r[3].0]);
-    *out = [sums[0] - r[0].1, sums[1] - r[1].1, sums[2] - r[2].1, sums[3] - r[3].1];
 }
 
 /// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of

@@ -2,11 +2,10 @@
 //! one weight row against four activation rows, each weight block decoded once. As in `avx2_x4.rs`, every
 //! output repeats the single-row kernel's f32 operations in the same order, so it is BIT-IDENTICAL to it.
 
-use super::avx2::{f16, f16_pair, hsum_epi32, load_32, load_i8_32, min_sum_k, unpack_scales_mins_k};
+use super::avx2::{f16, hsum_epi32, load_32, load_i8_32};
 use super::avx2_x4::{blocks_x4, fold_blocks_x4};
 use super::avx512::{arr, dot_i8_quads, hsum_512, join, load_64, load_i8_64};
 use crate::blocks;
-use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
@@ -21,42 +20,6 @@ pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
         let d = _mm256_set1_ps(dw * f16(bx.d));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(qw, load_i8_32(&bx.qs))))
     });
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let bw = blocks::<BlockQ4K>(w);
-    let bx = blocks_x4::<BlockQ8K>(bw.len(), xs);
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut acc_m = [0f32; 4];
-    for (b, bw) in bw.iter().enumerate() {
-        let (d, dmin) = f16_pair(bw.d, bw.dmin);
-        let (sc, mins) = unpack_scales_mins_k(&bw.scales);
-        let dy = [0, 1, 2, 3].map(|i| f32::from_le_bytes(bx[i][b].d));
-        for i in 0..4 {
-            acc_m[i] += dy[i] * dmin * min_sum_k(mins, &bx[i][b]) as f32;
-        }
-        // SAFETY: reads exactly the 16 bytes of the [i16; 8] array `sc`.
-        let sc16 = unsafe { _mm_loadu_si128(sc.as_ptr().cast()) };
-        let sc512 = _mm512_broadcast_i32x4(sc16);
-        let mut sumi = [_mm512_setzero_si512(); 4];
-        for k in 0..4 {
-            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q = join(_mm256_and_si256(q4, m4), _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4));
-            let (lo, hi) = ((4 * k) as i16, (4 * k + 2) as i16);
-            let pick = join(_mm256_set1_epi16(lo | ((lo + 1) << 8)), _mm256_set1_epi16(hi | ((hi + 1) << 8)));
-            let scale = _mm512_shuffle_epi8(sc512, pick);
-            for i in 0..4 {
-                let q8 = load_i8_64(arr(&bx[i][b].qs[64 * k..64 * k + 64]));
-                sumi[i] = _mm512_add_epi32(sumi[i], _mm512_madd_epi16(_mm512_maddubs_epi16(q, q8), scale));
-            }
-        }
-        for i in 0..4 {
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(dy[i] * d), _mm512_cvtepi32_ps(sumi[i]), acc[i]);
-        }
-    }
-    *out = [0, 1, 2, 3].map(|i| hsum_512(acc[i]) - acc_m[i]);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]

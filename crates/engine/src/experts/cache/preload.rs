@@ -12,7 +12,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::{ExpertCache, Slot, SlotState, State, RATE_HALF_LIFE_VISITS};
+use super::policy::{Slot, SlotState, State, RATE_HALF_LIFE_VISITS};
+use super::ExpertCache;
 use crate::experts::io::{ReadBatch, DIRECT_ALIGN};
 use crate::tensor::AlignedBuf;
 use crate::{Error, Result};
@@ -117,7 +118,7 @@ impl ExpertCache {
     pub fn seed_uses(&self, counts: &[Vec<u64>], n_used: usize) {
         let mut st = self.lock();
         for (l, c) in counts.iter().enumerate().take(st.uses.len()) {
-            let total: u64 = c.iter().sum();
+            let total: u64 = c.iter().fold(0u64, |t, &n| t.saturating_add(n));
             if total == 0 {
                 continue;
             }
@@ -160,12 +161,15 @@ impl ExpertCache {
     /// Reads `items` into free slots in large sequential reads (see the module doc), before the first forward
     /// step. Items already cached are pinned if asked and otherwise skipped; items beyond the free slots are
     /// skipped; pins that would leave fewer than `keep_free` unpinned slots load the expert unpinned. On a read
-    /// error every slot this call claimed is freed again and the error returned (the cache stays usable).
+    /// error every slot this call claimed is freed again (once no forward step holds it) and the error returned (the
+    /// cache stays usable).
     pub fn preload(&self, items: &[PreloadItem], keep_free: usize) -> Result<PreloadStats> {
         let t0 = Instant::now();
         let mut stats = PreloadStats::default();
         let mut jobs: Vec<(usize, bool)> = Vec::new(); // (slot, pinned)
         let mut pieces: Vec<Piece> = Vec::new();
+        // What a forward step that finds one of these experts before the preload ends waits on.
+        let done = ReadBatch::manual();
         {
             let mut st = self.lock();
             let layout = self.store.layout();
@@ -207,10 +211,11 @@ impl ExpertCache {
                     continue;
                 };
                 st.claim_free(s, it.layer, it.expert, it.uses);
+                st.slots[s].batch = Some(done.clone());
                 n_pinned[c] += usize::from(pin);
                 stats.n_pinned += usize::from(pin);
                 jobs.push((s, pin));
-                for p in self.store.placements(it.layer, it.expert as usize) {
+                for p in self.store.placements(it.layer, it.expert as usize).iter() {
                     pieces.push(Piece {
                         file: p.file,
                         offset: p.read_offset,
@@ -239,13 +244,18 @@ impl ExpertCache {
         for &(s, pin) in &jobs {
             if result.is_ok() {
                 st.slots[s].state = SlotState::Ready;
+                st.slots[s].batch = None;
                 if !pin {
-                    st.slots[s].pins -= 1;
+                    st.unpin(s);
                 }
             } else {
-                st.free_slot(s);
+                // Freed now, or by the last forward step that pinned it meanwhile.
+                st.fail_slot(s);
+                st.unpin(s);
             }
         }
+        drop(st);
+        done.complete(result.as_ref().err().map(ToString::to_string));
         result?;
         stats.n_experts = jobs.len();
         stats.secs = t0.elapsed().as_secs_f64();
@@ -332,7 +342,7 @@ pub fn replay_policy_planned(
         st.claim_free(s, layer, e, 0);
         st.slots[s].state = SlotState::Ready;
     }
-    let r = super::replay_state(st, &vec![true; n_layer], n_expert, n_expert_used, None, steps);
+    let r = super::replay::replay_state(st, &vec![true; n_layer], n_expert, n_expert_used, None, steps);
     (r.hits, r.misses)
 }
 

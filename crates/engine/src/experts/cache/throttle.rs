@@ -1,0 +1,80 @@
+//! When prefetch pays: the throttle that weighs the disk's demand load and the forward pass's stall.
+
+use std::time::Instant;
+
+/// Shortest window over which `PrefetchThrottle` measures.
+const LOAD_WINDOW_SECS: f64 = 0.02;
+
+/// When prefetch pays, measured over windows of at least [`LOAD_WINDOW_SECS`] (moving averages): the disk's
+/// demand load, the fraction of time during which at least one demand read was queued or in flight, and the stall,
+/// the fraction of time the forward pass waited for expert reads. A predicted expert is prefetched only if the
+/// measured chance that its prediction rank is used is at least the load and at least one minus the stall: on a
+/// disk that demand misses saturate only near-certain predictions are read (every wrong prefetch there delays the
+/// reads the forward pass waits for; others measured -21%), and when the forward pass hardly waits (compute-bound)
+/// a speculative read has little to save and still costs CPU time, so only likely ones are read.
+/// `FLASH_MOE_PREFETCH_THROTTLE=off` turns the throttle off (for measuring what it does).
+pub(super) struct PrefetchThrottle {
+    enabled: bool,
+    /// The start of the current window, and the pool's demand-busy seconds and the forward pass's waiting seconds
+    /// then.
+    at: Option<(Instant, f64, f64)>,
+    load: f32,
+    stall: f32,
+}
+
+impl PrefetchThrottle {
+    pub(super) fn new() -> PrefetchThrottle {
+        let enabled = std::env::var("FLASH_MOE_PREFETCH_THROTTLE").map_or(true, |v| v != "off");
+        PrefetchThrottle { enabled, at: None, load: 0.0, stall: 1.0 }
+    }
+
+    /// The least chance of use worth a prefetch read, given the pool's demand-busy seconds and the forward pass's
+    /// waiting seconds now.
+    pub(super) fn update(&mut self, busy_secs: f64, wait_secs: f64) -> f32 {
+        if !self.enabled {
+            return 0.0;
+        }
+        let now = Instant::now();
+        match self.at {
+            None => self.at = Some((now, busy_secs, wait_secs)),
+            Some((t, b, w)) => {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt >= LOAD_WINDOW_SECS {
+                    let frac = |x: f64| (x / dt).clamp(0.0, 1.0) as f32;
+                    self.load = 0.5 * self.load + 0.5 * frac(busy_secs - b);
+                    self.stall = 0.5 * self.stall + 0.5 * frac(wait_secs - w);
+                    self.at = Some((now, busy_secs, wait_secs));
+                }
+            }
+        }
+        self.load.max(1.0 - self.stall)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PrefetchThrottle;
+
+    #[test]
+    fn threshold_follows_throttle_and_stall() {
+        let mut d = PrefetchThrottle { enabled: true, at: None, load: 0.0, stall: 1.0 };
+        let t0 = std::time::Instant::now();
+        assert_eq!(d.update(0.0, 0.0), 0.0, "no window yet: prefetch whatever is likely enough");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // Disk busy and the forward pass waiting the whole window: the load moves halfway to 1.
+        let busy = t0.elapsed().as_secs_f64() + 1.0;
+        let l1 = d.update(busy, busy);
+        assert!((l1 - 0.5).abs() < 1e-6, "{l1}");
+        // Within the same window nothing changes.
+        assert_eq!(d.update(busy, busy), l1);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        // Idle disk, but nobody waited: compute-bound, the stall halves, 1 - stall = 0.5 > load 0.25.
+        let l2 = d.update(busy, busy);
+        assert!((l2 - 0.5).abs() < 1e-6, "{l2}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let l3 = d.update(busy, busy);
+        assert!((l3 - 0.75).abs() < 1e-6, "{l3}");
+        let mut off = PrefetchThrottle { enabled: false, at: None, load: 0.0, stall: 1.0 };
+        assert_eq!(off.update(5.0, 0.0), 0.0);
+    }
+}
