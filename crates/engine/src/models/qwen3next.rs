@@ -604,10 +604,10 @@ fn regroup_ba(ba: &QMat, nk: usize, r: usize) -> QMat {
     ba.select_rows(&b.chain(a).collect::<Vec<_>>())
 }
 
-/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
-/// upper estimate).
+/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens, logits
+/// for [`crate::backend::native::N_BATCH_ALL_LOGITS`] rows (an upper estimate).
 pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 {
-    let b = crate::backend::native::N_BATCH;
+    let (b, b_logits) = (crate::backend::native::N_BATCH, crate::backend::native::N_BATCH_ALL_LOGITS);
     let a = &cfg.attn;
     let (q_dim, kv_dim) = (a.q_dim(), a.kv_dim());
     let d = &cfg.delta;
@@ -618,6 +618,6 @@ pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 
         + b * (d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
         + b * (cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
         + b * 2 * n_ff
-        + b * cfg.n_vocab;
+        + b_logits * cfg.n_vocab;
     (floats as u64) * 4 * 2
 }

@@ -329,10 +329,10 @@ impl Transformer {
     }
 }
 
-/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
-/// upper estimate).
+/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens, logits
+/// for [`crate::backend::native::N_BATCH_ALL_LOGITS`] rows (an upper estimate).
 pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) -> u64 {
-    let b = crate::backend::native::N_BATCH;
+    let (b, b_logits) = (crate::backend::native::N_BATCH, crate::backend::native::N_BATCH_ALL_LOGITS);
     let a = &cfg.attn;
     let (q_dim, kv_dim) = (a.q_dim(), a.kv_dim());
     let (n_expert, k) = cfg.moe.as_ref().map_or((0, 0), |m| (m.n_expert, m.n_expert_used));
@@ -342,7 +342,8 @@ pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) ->
         + n_threads * n_ctx                  // attention scores
         + b * (n_expert + k * cfg.n_embd)    // router logits, per-slot expert outputs
         + b * 2 * n_ff                       // gate and up
-        + b * cfg.n_vocab; // logits
-                           // Quantized copies of activations are at most as large again as the f32 rows they come from.
+        + b_logits * cfg.n_vocab; // logits
+
+    // Quantized copies of activations are at most as large again as the f32 rows they come from.
     (floats as u64) * 4 * 2
 }
