@@ -6,7 +6,7 @@
 //! exactly what an f32 cache holding the same rounded values computes: every invariant (prefill == steps, streamed ==
 //! resident) holds per KV type, and only the rounding of what is stored differs between types.
 
-use kernels::DType;
+use kernels::{DType, KvRows};
 
 use crate::{Error, Result};
 
@@ -165,6 +165,46 @@ impl LayerKv {
                 &tmp[..hd]
             }
         }
+    }
+
+    fn rows<'a>(
+        &'a self,
+        store: &'a Store,
+        head: usize,
+        pos: std::ops::Range<usize>,
+        tmp: &'a mut [f32],
+    ) -> KvRows<'a> {
+        let (hd, n) = (self.head_dim, pos.len());
+        match store {
+            Store::F32(buf) => {
+                let at = pos.start * self.kv_dim + head * hd;
+                let end = if n == 0 { at } else { at + (n - 1) * self.kv_dim + hd };
+                KvRows { data: &buf[at..end], stride: self.kv_dim, n, head_dim: hd }
+            }
+            Store::Quant(..) => {
+                for (j, row) in pos.zip(tmp[..n * hd].chunks_exact_mut(hd)) {
+                    let converted = self.head(store, j, head, row);
+                    debug_assert!(converted.as_ptr() == row.as_ptr());
+                }
+                KvRows { data: &tmp[..n * hd], stride: hd, n, head_dim: hd }
+            }
+        }
+    }
+
+    /// The keys of KV head `head` at the positions `pos` as f32 rows: the cache itself when it stores f32, else
+    /// converted into `tmp` (at least `pos.len() * head_dim` values).
+    pub fn k_rows<'a>(&'a self, head: usize, pos: std::ops::Range<usize>, tmp: &'a mut [f32]) -> KvRows<'a> {
+        self.rows(&self.k, head, pos, tmp)
+    }
+
+    /// The values of KV head `head` at the positions `pos`, as [`LayerKv::k_rows`].
+    pub fn v_rows<'a>(&'a self, head: usize, pos: std::ops::Range<usize>, tmp: &'a mut [f32]) -> KvRows<'a> {
+        self.rows(&self.v, head, pos, tmp)
+    }
+
+    /// Whether keys and values are stored in f32 (read in place, with no conversion buffer).
+    pub fn is_f32(&self) -> bool {
+        matches!((&self.k, &self.v), (Store::F32(_), Store::F32(_)))
     }
 
     /// The keys of KV head `head` at position `pos`, as f32 (converted into `tmp`, of at least `head_dim`

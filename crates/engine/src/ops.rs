@@ -136,10 +136,35 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     // SAFETY (every write): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r is
     // within the output, whose length the caller checked, and the output outlives the pool call.
     let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
-    // Tokens in groups of four share one decode of each weight row.
+    // Where the table has a tile kernel, four rows at a time go through it with the tokens four at a time (the
+    // last group may be shorter): each weight block decoded once per group, each activation block loaded once
+    // per four rows.
     let n_x4 = n_tokens / 4 * 4;
+    let mut rows_x4 = range.clone();
+    if let Some(tile) = cpu.kernels.vec_dot_tile(w.dtype) {
+        let mut xs: [&[u8]; 4] = [&[]; 4];
+        while rows_x4.start + 4 <= rows_x4.end {
+            let r = rows_x4.start;
+            let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            for t in (0..n_tokens).step_by(4) {
+                let n_t = (n_tokens - t).min(4);
+                for (i, x_i) in xs[..n_t].iter_mut().enumerate() {
+                    *x_i = x.row(t + i);
+                }
+                let mut v = [[0.0f32; 4]; 4];
+                tile(cols, rows4, &xs[..n_t], &mut v);
+                for (i, vi) in v[..n_t].iter().enumerate() {
+                    for (j, &vij) in vi.iter().enumerate() {
+                        put(t + i, r + j, vij);
+                    }
+                }
+            }
+            rows_x4.start += 4;
+        }
+    }
+    // Otherwise (and for the last rows % 4), tokens in groups of four share one decode of each weight row.
     if n_x4 > 0 {
-        for r in range.clone() {
+        for r in rows_x4.clone() {
             let wr = w.row(r);
             for t in (0..n_x4).step_by(4) {
                 let mut v = [0.0f32; 4];
@@ -152,8 +177,8 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     }
     // The remaining tokens (all of them when decoding): four weight rows share each activation load.
     if n_x4 < n_tokens {
-        let mut r = range.start;
-        while r + 4 <= range.end {
+        let mut r = rows_x4.start;
+        while r + 4 <= rows_x4.end {
             let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
             for t in n_x4..n_tokens {
                 let mut v = [0.0f32; 4];
@@ -164,7 +189,7 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
             }
             r += 4;
         }
-        for r in r..range.end {
+        for r in r..rows_x4.end {
             for t in n_x4..n_tokens {
                 put(t, r, dot(cols, w.row(r), x.row(t)));
             }

@@ -63,7 +63,7 @@ fn trace_classes() -> SlotClasses {
 }
 
 /// (layer, experts, is decode) per layer visit, in forward order: the prompt as one batch per layer (its distinct
-/// experts, as the engine acquires them for a prompt of up to 64 tokens), then one visit per layer and token.
+/// experts, as the engine acquires them for a prompt of up to one native batch), then one visit per layer and token.
 fn steps() -> Vec<(usize, Vec<u32>, bool)> {
     let text = std::fs::read_to_string(trace_dir().join("qwen3-30b-a3b.route.csv")).expect("trace");
     let mut prompt: Vec<Vec<u32>> = vec![Vec::new(); 48];

@@ -93,15 +93,16 @@ fn reuse(t: &Trace) -> f64 {
     hit as f64 / n as f64
 }
 
-/// The trace as the engine acquires experts: the prompt in chunks of 64 tokens, one step per layer with the
-/// chunk's distinct experts (expert-major prefill), then one step per decoded token and layer.
+/// The trace as the engine acquires experts: the prompt in chunks of the native batch, one step per layer with
+/// the chunk's distinct experts (expert-major prefill), then one step per decoded token and layer.
 fn engine_steps(t: &Trace) -> Vec<(usize, Vec<u32>, bool)> {
     let mut steps = Vec::new();
     let n_prompt = t.keys().filter(|k| k.0 == 0).map(|k| k.1 + 1).max().unwrap_or(0);
-    for c0 in (0..n_prompt).step_by(64) {
+    let batch = engine::backend::native::N_BATCH as u32;
+    for c0 in (0..n_prompt).step_by(batch as usize) {
         for l in 0..N_LAYER {
             let mut es: Vec<u32> =
-                (c0..(c0 + 64).min(n_prompt)).flat_map(|st| t[&(0, st, l)].iter().copied()).collect();
+                (c0..(c0 + batch).min(n_prompt)).flat_map(|st| t[&(0, st, l)].iter().copied()).collect();
             es.sort_unstable();
             es.dedup();
             steps.push((l, es, false));

@@ -2,6 +2,7 @@
 //! (or forced with `FLASH_MOE_ISA`). Owns [`Kernels`], [`Isa`], the kernel signatures, and the length checks
 //! every public kernel runs before touching memory.
 
+use crate::attn::{self, AttnScoresFn, AttnValuesFn, KvRows};
 use crate::dtype::DType;
 use crate::{f16, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
@@ -75,6 +76,11 @@ pub type VecDotX4Fn = fn(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [
 /// activation is loaded once for four rows). `out[i]` is bit-identical to the same table's `VecDotFn` on
 /// `w_rows[i]`. Panics as [`VecDotFn`] for any of the four rows.
 pub type VecDotR4Fn = fn(n: usize, w_rows: [&[u8]; 4], x_row: &[u8], out: &mut [f32; 4]);
+/// The dot products of four weight rows of `n` values with one to four activation rows (a tile of a matrix
+/// product: each weight block decoded once for all the tokens, each activation block loaded once for the four
+/// rows). `out[t][r]` (`t < x_rows.len()`) is bit-identical to the same table's `VecDotFn` on `w_rows[r]` and
+/// `x_rows[t]`. Panics as [`VecDotFn`] for any of the rows, or unless there are 1 to 4 activation rows.
+pub type VecDotTileFn = fn(n: usize, w_rows: [&[u8]; 4], x_rows: &[&[u8]], out: &mut [[f32; 4]; 4]);
 /// Quantize or convert one f32 row into a row of the table entry's type.
 pub type QuantizeFn = fn(x: &[f32], dst: &mut [u8]);
 /// Dequantize one row of the table entry's type into f32.
@@ -92,8 +98,13 @@ pub struct Kernels {
     pub(crate) dot_x4: [Option<VecDotX4Fn>; N_TYPES],
     /// The four-weight-row dots, same indexing; always set together with `dot`, as `dot_x4`.
     pub(crate) dot_r4: [Option<VecDotR4Fn>; N_TYPES],
+    /// The tiles of four weight rows by one to four activation rows, same indexing; only for formats with such
+    /// a kernel (set together with `dot`).
+    pub(crate) dot_tile: [Option<VecDotTileFn>; N_TYPES],
     pub(crate) quantize: [QuantizeFn; N_TYPES],
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
+    pub(crate) attn_scores: AttnScoresFn,
+    pub(crate) attn_values: AttnValuesFn,
 }
 
 // The engine shares one table across its threads.
@@ -102,24 +113,32 @@ const _: () = {
     shareable::<Kernels>()
 };
 
-/// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`.
+/// Panics unless `n` values of `w` fill exactly `w_row` and their activations exactly `x_row`. Inlined into
+/// every entry point (where `w` is a constant, so the check is a few compares); the message is built out of line.
+#[inline(always)]
 pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
+    let x = w.vec_dot_type();
+    let whole = n.is_multiple_of(w.block_elems());
+    let w_ok = (n / w.block_elems()).checked_mul(w.block_bytes()) == Some(w_row.len());
+    let x_ok = (n / x.block_elems()).checked_mul(x.block_bytes()) == Some(x_row.len());
+    if !(whole && w_ok && x_ok) {
+        bad_dot(w, n, w_row.len(), x_row.len());
+    }
+}
+
+/// The panic of [`check_dot`].
+#[cold]
+#[inline(never)]
+fn bad_dot(w: DType, n: usize, w_len: usize, x_len: usize) -> ! {
     let x = w.vec_dot_type();
     assert!(n.is_multiple_of(w.block_elems()), "{n} is not a whole number of {} blocks", w.name());
     assert!(
-        Some(w_row.len()) == w.row_bytes(n),
-        "{} row of {n} values needs {:?} bytes, got {}",
+        Some(w_len) == w.row_bytes(n),
+        "{} row of {n} values needs {:?} bytes, got {w_len}",
         w.name(),
-        w.row_bytes(n),
-        w_row.len()
+        w.row_bytes(n)
     );
-    assert!(
-        Some(x_row.len()) == x.row_bytes(n),
-        "{} row of {n} values needs {:?} bytes, got {}",
-        x.name(),
-        x.row_bytes(n),
-        x_row.len()
-    );
+    panic!("{} row of {n} values needs {:?} bytes, got {x_len}", x.name(), x.row_bytes(n));
 }
 
 /// The bytes of an f32 slice (the F32 row layout on the little-endian targets this crate builds for).
@@ -250,6 +269,7 @@ impl Kernels {
                 Some(dot_q6_k_r4),
                 None,
             ],
+            dot_tile: [None; N_TYPES],
             quantize: [
                 f16::quantize_f32_ref,
                 f16::quantize_f16_ref,
@@ -280,6 +300,8 @@ impl Kernels {
                 q6_k::dequant_q6_k_ref,
                 q8_k::dequant_q8_k_ref,
             ],
+            attn_scores: attn::attn_scores_ref,
+            attn_values: attn::attn_values_ref,
         }
     }
 
@@ -357,6 +379,27 @@ impl Kernels {
             Some(f) => f,
             None => panic!("{} is an activation-only type: no weight dot product", w.name()),
         }
+    }
+
+    /// The tile kernel for weight rows of type `w` (four weight rows against one to four activation rows),
+    /// where the table has one (Q4_K and Q6_K on AVX-512); `None` elsewhere, where `vec_dot_x4` and
+    /// `vec_dot_r4` calls do the same work. Each `out[t][r]` is bit-identical to
+    /// `self.vec_dot(w)(n, w_rows[r], x_rows[t])`.
+    pub fn vec_dot_tile(&self, w: DType) -> Option<VecDotTileFn> {
+        self.dot_tile[w.index()]
+    }
+
+    /// Attention scores of the query heads `q` (`[group, head_dim]`) against every position of `keys`:
+    /// `scores[g * ld + j] = dot8(q_g, k_j) * scale` (the arithmetic of `attn.rs`, the same bits on every
+    /// instruction set). Panics unless the slices hold what the shapes say.
+    pub fn attn_scores(&self, q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
+        (self.attn_scores)(q, keys, scale, scores, ld)
+    }
+
+    /// Adds `p[g * ld + j] * values[j]` to head `g` of `out` (`[group, head_dim]`) for the positions `j` in
+    /// order (each product rounded, then added; the same bits on every instruction set).
+    pub fn attn_values(&self, p: &[f32], ld: usize, values: KvRows<'_>, out: &mut [f32]) {
+        (self.attn_values)(p, ld, values, out)
     }
 
     /// `sum(a[i] * b[i])` of two f32 slices of the same length (e.g. attention's q . k): exactly

@@ -97,6 +97,7 @@ impl DType {
 
     /// Position of this type in [`DType::ALL`] (for tables indexed by type); the MLX types come after it and have
     /// no entry in those tables (their kernels are in `crate::affine`).
+    #[inline]
     pub fn index(self) -> usize {
         self as usize
     }
@@ -185,6 +186,7 @@ impl DType {
     }
 
     /// Values per block (1 for the float types).
+    #[inline]
     pub fn block_elems(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
@@ -195,6 +197,7 @@ impl DType {
     }
 
     /// Bytes per block.
+    #[inline]
     pub fn block_bytes(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -216,6 +219,7 @@ impl DType {
     }
 
     /// Bytes of a row of `n` values, or `None` when `n` is not a whole number of blocks.
+    #[inline]
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         if !n.is_multiple_of(self.block_elems()) {
             return None;
@@ -226,6 +230,7 @@ impl DType {
     /// The type activations are quantized to before a dot product with a row of this type: as llama.cpp for
     /// the block formats, but F32 (not F16/BF16) for the 16-bit float weights, which keeps a bf16 model within
     /// 1e-4 of an f32 reference.
+    #[inline]
     pub fn vec_dot_type(self) -> DType {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => DType::F32,

@@ -7,8 +7,10 @@
 //!   environment variable `FLASH_MOE_ISA=scalar|avx2|avx512|neon`): [`Kernels::vec_dot`],
 //!   [`Kernels::vec_dot_x4`] (one weight row against four activation rows, bit-identical to four
 //!   `vec_dot` calls), [`Kernels::vec_dot_r4`] (four weight rows against one activation row, for single-token
-//!   decode; bit-identical to four `vec_dot` calls), [`Kernels::dot_f32`] (the F32 dot on `f32` slices),
-//!   [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
+//!   decode; bit-identical to four `vec_dot` calls), [`Kernels::vec_dot_tile`] (four weight rows against one to
+//!   four activation rows, where a format has it; bit-identical likewise), [`Kernels::dot_f32`] (the F32 dot
+//!   on `f32` slices), [`Kernels::attn_scores`] and [`Kernels::attn_values`] (the f32 attention core, one
+//!   arithmetic on every instruction set), [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
 //! - [`Isa`]: an instruction set a table can be built for.
 //! - [`affine`]: MLX affine quantization (three planes: packed values, per-group scales and biases), its
 //!   [`AffineFormat`] and the table's `affine_*` kernels (F32 activations).
@@ -26,26 +28,33 @@
 //! # Instruction-set coverage
 //! | format | scalar | avx2 | avx512 | neon |
 //! |---|---|---|---|---|
-//! | Q4_K, Q6_K dot | ref | AVX2 | 512-bit (Q6_K with VNNI) | NEON |
+//! | Q4_K, Q6_K dot | ref | AVX2 | VNNI, block-total form (`avx512_kq.rs`) | NEON |
 //! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON |
 //! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON |
 //! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON |
 //! | F32 dot | ref | AVX2 | = AVX2 | NEON |
 //! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
-//! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (512-bit / VNNI) | 4 x NEON |
-//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (512-bit / VNNI) | 4 x NEON |
+//! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | 4 x NEON |
+//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 x NEON |
+//! | Q4_K, Q6_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | - | VNNI, one body with the three above | - |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
+//! | attention core (`attn_scores`, `attn_values`) | ref | AVX2 (bit-identical) | = AVX2 | = scalar |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
 //! | F16, BF16 convert | ref | AVX2 | = AVX2 | = scalar |
 //! | dequantize F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K | ref | AVX2 | = AVX2 | = scalar |
 //! | weight quantizers, other dequantizers | ref | = scalar | = scalar | = scalar |
 //!
+//! The AVX-512 Q4_K and Q6_K family sums each super-block's integer dot product exactly and only then applies
+//! the f32 scales, one fused multiply-add per block (`q4_k::dot_q4_k_q8_k_blocks_ref` is its scalar twin); every
+//! other family repeats its single-row kernel's f32 operations lane for lane.
+//!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the
-//! quantizer); `f16.rs` for the float types; `x86/` holds the AVX2 and AVX-512 versions (`avx2_x4.rs`,
-//! `avx512_x4.rs`: the four-row dots; `avx2_r4.rs`, `avx512_r4.rs`: the four-weight-row dots), `aarch64/` the
-//! NEON ones; `dispatch.rs` builds the table.
+//! quantizer); `f16.rs` for the float types; `attn.rs` for the attention core; `x86/` holds the AVX2 and AVX-512
+//! versions (`avx2_x4.rs`, `avx512_x4.rs`: the four-row dots; `avx2_r4.rs`, `avx512_r4.rs`: the
+//! four-weight-row dots; `avx512_kq.rs`: every shape of the AVX-512 Q4_K and Q6_K family; `attn_avx2.rs`),
+//! `aarch64/` the NEON ones; `dispatch.rs` builds the table.
 //! `tests/kernels.rs` checks every path against the references, `tests/ggml_vectors.rs` the references against
 //! golden vectors written by llama.cpp's own ggml code, and `examples/kernel_bench.rs` measures GB/s (gemv,
 //! the four-row and four-weight-row dots against four single calls).
@@ -63,6 +72,7 @@
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 pub mod affine;
+pub mod attn;
 mod dispatch;
 mod dtype;
 pub mod f16;
@@ -80,7 +90,8 @@ pub mod q8_k;
 mod x86;
 
 pub use affine::{AffineFormat, AffineRow};
-pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotX4Fn};
+pub use attn::KvRows;
+pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotTileFn, VecDotX4Fn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

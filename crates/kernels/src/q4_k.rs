@@ -96,6 +96,28 @@ pub fn dot_q4_k_q8_k_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     sumf
 }
 
+/// The block-total form of [`dot_q4_k_q8_k_ref`], the arithmetic of the AVX-512 table's Q4_K kernels (and of
+/// llama.cpp's repacked Q4_K ones): per super-block the exact integers `isum = sum_j sc[j] * sum(q * q_x)` and
+/// `msum = sum_j m[j] * (bsum[2j] + bsum[2j + 1])` each enter one fused multiply-add,
+/// `acc = fma(isum, d_x * d, acc)`, `accm = fma(msum, d_x * dmin, accm)`, blocks in order; the result is
+/// `acc - accm`. Every kernel of that family gives exactly these bits.
+pub fn dot_q4_k_q8_k_blocks_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let (mut acc, mut accm) = (0.0f32, 0.0f32);
+    for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &bw.scales);
+            let (k, shift) = (j / 2, 4 * (j % 2));
+            let s: i32 = (0..32).map(|l| ((bw.qs[32 * k + l] >> shift) & 0x0f) as i32 * bx.qs[32 * j + l] as i32).sum();
+            isum += sc as i32 * s;
+            msum += m as i32 * (bx.bsum(2 * j) + bx.bsum(2 * j + 1));
+        }
+        acc = (isum as f32).mul_add(bx.d() * bw.d(), acc);
+        accm = (msum as f32).mul_add(bx.d() * bw.dmin(), accm);
+    }
+    acc - accm
+}
+
 /// ggml's `make_qkx2_quants`: quants `l[i]` in `0..=nmax` and `(scale, min)` with `x ~ scale * l - min`,
 /// minimizing the weighted squared error over `nstep + 1` trial scales.
 pub(crate) fn make_qkx2_quants(

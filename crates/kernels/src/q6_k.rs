@@ -58,6 +58,22 @@ pub fn dot_q6_k_q8_k_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     sumf
 }
 
+/// The block-total form of [`dot_q6_k_q8_k_ref`], the arithmetic of the AVX-512 table's Q6_K kernels: per
+/// super-block the exact integer `isum = sum_j sc[j] * sum((q - 32) * q_x)` enters one fused multiply-add,
+/// `acc = fma(isum, d_x * d, acc)`, blocks in order. Every kernel of that family gives exactly these bits.
+pub fn dot_q6_k_q8_k_blocks_ref(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+    let mut acc = 0.0f32;
+    for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let s: i32 = (16 * j..16 * j + 16).map(|i| bw.quant(i) * bx.qs[i] as i32).sum();
+            isum += bw.scales[j] as i32 * s;
+        }
+        acc = (isum as f32).mul_add(bx.d() * bw.d(), acc);
+    }
+    acc
+}
+
 /// ggml's `make_qx_quants` with `rmse_type = 1` (weights x^2): signed quants `l - nmax` in `-nmax..nmax` and the
 /// best scale over 19 trial scales.
 fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [u8]) -> f32 {

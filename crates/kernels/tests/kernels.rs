@@ -439,6 +439,76 @@ fn vec_dot_r4_is_bit_identical_to_four_single_dots() {
     }
 }
 
+/// `vec_dot_tile` (four weight rows, one to four activation rows), where a table has it, must equal the
+/// `vec_dot` calls of the same table BIT FOR BIT.
+#[test]
+fn vec_dot_tile_is_bit_identical_to_single_dots() {
+    let mut rng = SmallRng::seed_from_u64(12);
+    let s = scalar();
+    let mut n_tested = 0;
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in WEIGHT_TYPES {
+            let Some(tile) = k.vec_dot_tile(t) else { continue };
+            for nb in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33] {
+                let n = row_len(t, nb);
+                for p in 0..PATTERNS.len() {
+                    let pats = [0, 1, 2, 3].map(|i| PATTERNS[(p + i) % PATTERNS.len()]);
+                    let ws = pats.map(|pattern| weight_row(&mut rng, t, n, pattern));
+                    let xs = [0, 1, 2, 3].map(|i| quant(&s, t.vec_dot_type(), &activations(&mut rng, n, (p + i) % 6)));
+                    let (w_rows, x_rows) = ([0, 1, 2, 3].map(|i| &ws[i][..]), [0, 1, 2, 3].map(|i| &xs[i][..]));
+                    let n_x = 1 + (nb + p) % 4;
+                    let mut out = [[f32::NAN; 4]; 4];
+                    tile(n, w_rows, &x_rows[..n_x], &mut out);
+                    assert!(out[n_x..].iter().flatten().all(|v| v.is_nan()), "rows past the tokens untouched");
+                    for (tk, x) in x_rows.into_iter().take(n_x).enumerate() {
+                        for (r, w) in w_rows.into_iter().enumerate() {
+                            let want = k.vec_dot(t)(n, w, x);
+                            assert_eq!(
+                                out[tk][r].to_bits(),
+                                want.to_bits(),
+                                "{} {t:?} n={n} {:?} row {r} token {tk}/{n_x}: tile {} single {want}",
+                                k.isa().name(),
+                                pats[r],
+                                out[tk][r]
+                            );
+                        }
+                    }
+                    n_tested += 1;
+                }
+            }
+        }
+    }
+    if Kernels::available_isas().contains(&Isa::Avx512) {
+        assert!(n_tested > 0, "the AVX-512 table has tile kernels");
+    }
+}
+
+/// The AVX-512 table's Q4_K and Q6_K kernels compute the block-total form: exactly the bits of its scalar
+/// twin (`dot_*_blocks_ref`), for every weight pattern and activation kind.
+#[test]
+fn avx512_k_quants_are_the_block_total_form() {
+    let Some(k) = Kernels::with_isa(Isa::Avx512) else { return };
+    let mut rng = SmallRng::seed_from_u64(13);
+    let s = scalar();
+    let refs: [(DType, kernels::VecDotFn); 2] = [
+        (DType::Q4_K, kernels::q4_k::dot_q4_k_q8_k_blocks_ref),
+        (DType::Q6_K, kernels::q6_k::dot_q6_k_q8_k_blocks_ref),
+    ];
+    for (t, reference) in refs {
+        for nb in [1, 2, 3, 7, 16] {
+            let n = row_len(t, nb);
+            for pattern in PATTERNS {
+                for case in 0..N_ACT_CASES {
+                    let w = weight_row(&mut rng, t, n, pattern);
+                    let x = quant(&s, t.vec_dot_type(), &activations(&mut rng, n, case));
+                    let (got, want) = (k.vec_dot(t)(n, &w, &x), reference(n, &w, &x));
+                    assert_eq!(got.to_bits(), want.to_bits(), "{t:?} n={n} {pattern:?} case {case}: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
+
 /// Every table's `vec_dot_r4` panics (before touching memory) on a short weight row in any position, a short
 /// activation row, or a partial block.
 #[test]
@@ -717,4 +787,37 @@ fn neon_kernels_are_among_those_tested() {
         simd_tables().iter().any(|k| k.isa() == Isa::Neon),
         "NEON is not available: the NEON kernels went untested"
     );
+}
+
+/// The attention core of every table equals the scalar references bit for bit: head sizes with and without a
+/// tail of `head_dim % 8`, one to eight query heads, strided and packed positions, values of mixed magnitudes
+/// and signs (so that summation order would show).
+#[test]
+fn attention_core_is_bit_identical_to_the_reference() {
+    let mut rng = SmallRng::seed_from_u64(14);
+    let s = scalar();
+    for k in simd_tables() {
+        for head_dim in [8, 13, 32, 64, 72, 128] {
+            for (group, n, stride) in
+                [(1, 1, head_dim), (4, 37, 3 * head_dim + 5), (8, 9, head_dim), (2, 64, 2 * head_dim)]
+            {
+                let mut val = || rng.gen_range(-1.0f32..1.0) * 10f32.powi(rng.gen_range(-3..3));
+                let q: Vec<f32> = (0..group * head_dim).map(|_| val()).collect();
+                let kv: Vec<f32> = (0..(n - 1) * stride + head_dim).map(|_| val()).collect();
+                let rows = kernels::KvRows { data: &kv, stride, n, head_dim };
+                let ld = n + 3;
+                let (mut want, mut got) = (vec![f32::NAN; group * ld], vec![f32::NAN; group * ld]);
+                s.attn_scores(&q, rows, 0.125, &mut want, ld);
+                k.attn_scores(&q, rows, 0.125, &mut got, ld);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{} scores hd {head_dim} group {group} n {n}", k.isa().name());
+                let p: Vec<f32> = (0..group * ld).map(|_| val()).collect();
+                let init: Vec<f32> = (0..group * head_dim).map(|_| val()).collect();
+                let (mut want, mut got) = (init.clone(), init);
+                s.attn_values(&p, ld, rows, &mut want);
+                k.attn_values(&p, ld, rows, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{} values hd {head_dim} group {group} n {n}", k.isa().name());
+            }
+        }
+    }
 }

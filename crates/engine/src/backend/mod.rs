@@ -75,9 +75,11 @@ impl<'a> Exec<'a> {
         Exec { cpu, numerics, call: CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) }
     }
 
-    /// The longest batch a forward call runs at once (longer prompts are cut into batches of this size).
-    pub fn max_batch(&self) -> usize {
+    /// The longest batch a forward call runs at once (longer prompts are cut into batches of this size), when
+    /// every position's logits are wanted (`all_logits`) or not.
+    pub fn max_batch(&self, all_logits: bool) -> usize {
         match self.numerics {
+            Numerics::Native if all_logits => native::N_BATCH_ALL_LOGITS,
             Numerics::Native => native::N_BATCH,
             // llama.cpp's reference ran the prompt as one ubatch, and its kernels depend on the batch size.
             Numerics::Ggml => usize::MAX,

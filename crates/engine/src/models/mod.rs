@@ -132,14 +132,15 @@ impl Model {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        if tokens.len() <= exec.max_batch() {
+        let max_batch = exec.max_batch(want == Logits::All);
+        if tokens.len() <= max_batch {
             return self.forward_batch(&exec, session, tokens, want);
         }
         session.check_room(tokens.len())?;
         let mut all = std::mem::take(&mut session.all_logits);
         all.clear();
-        let n_chunks = tokens.len().div_ceil(exec.max_batch());
-        for (i, c) in tokens.chunks(exec.max_batch()).enumerate() {
+        let n_chunks = tokens.len().div_ceil(max_batch);
+        for (i, c) in tokens.chunks(max_batch).enumerate() {
             let w = match want {
                 Logits::All => Logits::All,
                 _ if i + 1 == n_chunks => Logits::Last,

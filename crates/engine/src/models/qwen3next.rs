@@ -607,11 +607,11 @@ fn regroup_ba(ba: &QMat, nk: usize, r: usize) -> QMat {
     ba.select_rows(&b.chain(a).collect::<Vec<_>>())
 }
 
-/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
-/// upper estimate).
+/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens, logits
+/// for [`crate::backend::native::N_BATCH_ALL_LOGITS`] rows (an upper estimate).
 pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 {
     let w = |x: usize| x as u128;
-    let b = w(crate::backend::native::N_BATCH);
+    let (b, b_logits) = (w(crate::backend::native::N_BATCH), w(crate::backend::native::N_BATCH_ALL_LOGITS));
     let a = &cfg.attn;
     let (q_dim, kv_dim) = (w(a.q_dim()), w(a.kv_dim()));
     let d = &cfg.delta;
@@ -623,6 +623,6 @@ pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 
         + b * w(d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
         + b * w(cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
         + b * 2 * n_ff
-        + b * w(cfg.n_vocab);
+        + b_logits * w(cfg.n_vocab);
     u64::try_from(floats * 4 * 2).unwrap_or(u64::MAX)
 }

@@ -331,11 +331,11 @@ impl Transformer {
     }
 }
 
-/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens (an
-/// upper estimate).
+/// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens, logits
+/// for [`crate::backend::native::N_BATCH_ALL_LOGITS`] rows (an upper estimate).
 pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) -> u64 {
     let w = |x: usize| x as u128;
-    let b = w(crate::backend::native::N_BATCH);
+    let (b, b_logits) = (w(crate::backend::native::N_BATCH), w(crate::backend::native::N_BATCH_ALL_LOGITS));
     let a = &cfg.attn;
     let (q_dim, kv_dim) = (w(a.q_dim()), w(a.kv_dim()));
     let (n_expert, k) = cfg.moe.as_ref().map_or((0, 0), |m| (w(m.n_expert), w(m.n_expert_used)));
@@ -346,7 +346,7 @@ pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) ->
         + w(n_threads) * w(n_ctx)           // attention scores
         + b * (n_expert + k * w(cfg.n_embd)) // router logits, per-slot expert outputs
         + b * 2 * n_ff                      // gate and up
-        + b * w(cfg.n_vocab); // logits
-                              // Quantized copies of activations are at most as large again as the f32 rows they come from.
+        + b_logits * w(cfg.n_vocab); // logits
+                                     // Quantized copies of activations are at most as large again as the f32 rows they come from.
     u64::try_from(floats * 4 * 2).unwrap_or(u64::MAX)
 }

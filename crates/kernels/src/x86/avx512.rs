@@ -1,14 +1,12 @@
 //! AVX-512 (F/BW/VL/VNNI) kernels: `vpdpbusd` (u8 x i8 -> i32, four products per lane, no saturation) for
-//! Q8_0 and Q4_0 (256-bit) and Q6_K (512-bit), and 512-bit F16 and BF16 weight x F32 activation dots (tails by
-//! masked loads). Other formats, Q4_K included (its 256-bit kernels decode faster here), use the AVX2 entries.
+//! Q8_0 and Q4_0 (256-bit), and 512-bit F16 and BF16 weight x F32 activation dots (tails by masked loads).
+//! Q4_K and Q6_K have their own family in block-total form (`avx512_kq.rs`); other formats use the AVX2 entries.
 //! The only `unsafe` blocks are the fixed-size loads; everything else is safe once the features are present.
 
-use super::avx2::{f16_mul, fold_blocks, hsum_epi32, hsum_ps, load_32, load_i8_32, nibbles_32};
+use super::avx2::{f16_mul, fold_blocks, hsum_ps, load_32, load_i8_32, nibbles_32};
 use crate::blocks;
 use crate::q4_0::BlockQ4_0;
-use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
-use crate::q8_k::BlockQ8K;
 use std::arch::x86_64::*;
 
 #[inline]
@@ -27,12 +25,6 @@ pub(super) fn load_i8_64(b: &[i8; 64]) -> __m512i {
 
 pub(super) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
     s.try_into().expect("chunk of exactly N elements")
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn join(lo: __m256i, hi: __m256i) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
 /// Horizontal sum in a fixed order (256-bit halves, then `hsum_ps`), built from plain adds the compiler may not
@@ -71,68 +63,6 @@ pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let qw = _mm256_sub_epi8(nibbles_32(&bw.qs), _mm256_set1_epi8(8));
         (d, _mm256_cvtepi32_ps(dot_i8_quads(qw, load_i8_32(&bx.qs))))
     })
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let m4 = _mm512_set1_epi8(0x0f);
-    let m2 = _mm512_set1_epi8(3);
-    let zero = _mm512_setzero_si512();
-    let mut acc = _mm512_setzero_ps();
-    for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        // A full 16-lane conversion keeps it off the accumulator chain (see avx2::scale_x8).
-        let dw = _mm512_cvtph_ps(_mm256_set1_epi16(i16::from_le_bytes(bw.d)));
-        let d = _mm512_mul_ps(_mm512_set1_ps(f32::from_le_bytes(bx.d)), dw);
-        // SAFETY: reads exactly the 16 bytes of the scales array.
-        let sc8 = unsafe { _mm_loadu_si128(bw.scales.as_ptr().cast()) };
-        let sc32 = _mm512_cvtepi8_epi32(sc8);
-        // `q6k_offset` (an exact integer) with one `vpmaddwd` instead of 16 scalar products.
-        // SAFETY: reads exactly the 32 bytes of the 16 i16 bsums.
-        let bsums = unsafe { _mm256_loadu_si256(bx.bsums.as_ptr().cast()) };
-        let offset = 32 * hsum_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bsums));
-        let mut sumi = _mm512_mask_set1_epi32(zero, 1, -offset);
-        for h in 0..2 {
-            let ql = load_64(arr(&bw.ql[64 * h..64 * h + 64]));
-            let qh = load_32(arr(&bw.qh[32 * h..32 * h + 32]));
-            let qh2 = join(qh, _mm256_srli_epi16::<2>(qh));
-            // Values 128h + 0..64 (low nibbles, qh bits 0..4) and 128h + 64..128 (high nibbles, bits 4..8).
-            let halves = [
-                _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16::<4>(_mm512_and_si512(qh2, m2))),
-                _mm512_or_si512(
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                    _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srli_epi16::<4>(qh2), m2)),
-                ),
-            ];
-            for (p, q6) in halves.into_iter().enumerate() {
-                let base = 128 * h + 64 * p;
-                let q8 = load_i8_64(arr(&bx.qs[base..base + 64]));
-                // Lane i covers values base + 4i .. base + 4i + 4: sub-block base / 16 + i / 4.
-                let j = (base / 16) as i32;
-                let idx = _mm512_setr_epi32(
-                    j,
-                    j,
-                    j,
-                    j,
-                    j + 1,
-                    j + 1,
-                    j + 1,
-                    j + 1,
-                    j + 2,
-                    j + 2,
-                    j + 2,
-                    j + 2,
-                    j + 3,
-                    j + 3,
-                    j + 3,
-                    j + 3,
-                );
-                let scale = _mm512_permutexvar_epi32(idx, sc32);
-                sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, q6, q8), scale));
-            }
-        }
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sumi), acc);
-    }
-    hsum_512(acc)
 }
 
 /// 16 f16 (`BF16 == false`) or bf16 values widened to f32, exactly.

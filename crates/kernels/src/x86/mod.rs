@@ -3,10 +3,13 @@
 //! detected, which is what makes the wrappers' `unsafe` calls sound.
 
 pub(crate) mod affine_avx2;
+mod attn_avx2;
+mod attn_avx512;
 mod avx2;
 mod avx2_r4;
 mod avx2_x4;
 mod avx512;
+mod avx512_kq;
 mod avx512_r4;
 mod avx512_x4;
 
@@ -14,6 +17,7 @@ use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
 use crate::dtype::DType;
 
 /// Panics unless every row of `x_rows` fits [`check_dot`] with `w_row`.
+#[inline]
 pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4]) {
     for x in x_rows {
         check_dot(w, n, w_row, x);
@@ -21,6 +25,7 @@ pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4])
 }
 
 /// Panics unless every row of `w_rows` fits [`check_dot`] with `x_row`.
+#[inline]
 pub(crate) fn check_dot_r4(w: DType, n: usize, w_rows: [&[u8]; 4], x_row: &[u8]) {
     for row in w_rows {
         check_dot(w, n, row, x_row);
@@ -82,27 +87,40 @@ macro_rules! avx2_dequant_entry {
     };
 }
 
-/// Safe entry points for `avx512::$f`, only ever stored in tables built after `has_avx512()`.
+/// Safe entry points for the AVX-512 kernel `$f` (a path), only ever stored in tables built after
+/// `has_avx512()`.
 macro_rules! avx512_entry {
-    (dot $name:ident, $w:expr, $f:ident) => {
+    (dot $name:ident, $w:expr, $f:path) => {
         pub(super) fn $name(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_dot($w, n, w, x);
             // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
-            unsafe { avx512::$f(n, w, x) }
+            unsafe { $f(n, w, x) }
         }
     };
-    (dot_x4 $name:ident, $w:expr, $f:ident) => {
+    (dot_x4 $name:ident, $w:expr, $f:path) => {
         pub(super) fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
             check_dot_x4($w, n, w, xs);
             // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
-            unsafe { avx512_x4::$f(n, w, xs, out) }
+            unsafe { $f(n, w, xs, out) }
         }
     };
-    (dot_r4 $name:ident, $w:expr, $f:ident) => {
+    (dot_r4 $name:ident, $w:expr, $f:path) => {
         pub(super) fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
             check_dot_r4($w, n, ws, x);
             // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
-            unsafe { avx512_r4::$f(n, ws, x, out) }
+            unsafe { $f(n, ws, x, out) }
+        }
+    };
+    (dot_tile $name:ident, $w:expr, $f:path) => {
+        pub(super) fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+            for w in ws {
+                check_dot($w, n, w, xs.first().copied().unwrap_or(&[]));
+            }
+            for &x in xs {
+                check_dot($w, n, ws[0], x);
+            }
+            // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
+            unsafe { $f(n, ws, xs, out) }
         }
     };
 }
@@ -157,21 +175,53 @@ mod avx2_entries {
 
 mod avx512_entries {
     use super::*;
-    avx512_entry!(dot dot_f16, DType::F16, dot_f16_f32);
-    avx512_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
-    avx512_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
-    avx512_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
-    avx512_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
-    avx512_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
-    avx512_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
+    avx512_entry!(dot dot_f16, DType::F16, avx512::dot_f16_f32);
+    avx512_entry!(dot dot_bf16, DType::BF16, avx512::dot_bf16_f32);
+    avx512_entry!(dot dot_q8_0, DType::Q8_0, avx512::dot_q8_0_q8_0);
+    avx512_entry!(dot dot_q4_0, DType::Q4_0, avx512::dot_q4_0_q8_0);
+    avx512_entry!(dot dot_q4_k, DType::Q4_K, avx512_kq::dot_q4_k_q8_k);
+    avx512_entry!(dot dot_q6_k, DType::Q6_K, avx512_kq::dot_q6_k_q8_k);
+    avx512_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, avx512_x4::dot_q8_0_q8_0_x4);
+    avx512_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, avx512_kq::dot_q4_k_q8_k_x4);
+    avx512_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, avx512_kq::dot_q6_k_q8_k_x4);
     x4_by_single!(dot_f16_x4, dot_f16);
     x4_by_single!(dot_bf16_x4, dot_bf16);
     x4_by_single!(dot_q4_0_x4, dot_q4_0);
-    avx512_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, dot_q8_0_q8_0_r4);
-    avx512_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, dot_q6_k_q8_k_r4);
+    avx512_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, avx512_r4::dot_q8_0_q8_0_r4);
+    avx512_entry!(dot_r4 dot_q4_k_r4, DType::Q4_K, avx512_kq::dot_q4_k_q8_k_r4);
+    avx512_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, avx512_kq::dot_q6_k_q8_k_r4);
     r4_by_single!(dot_f16_r4, dot_f16);
     r4_by_single!(dot_bf16_r4, dot_bf16);
     r4_by_single!(dot_q4_0_r4, dot_q4_0);
+    avx512_entry!(dot_tile dot_q4_k_tile, DType::Q4_K, avx512_kq::dot_q4_k_q8_k_tile);
+    avx512_entry!(dot_tile dot_q6_k_tile, DType::Q6_K, avx512_kq::dot_q6_k_q8_k_tile);
+}
+
+/// Safe entry points for the attention core: AVX2 ones only stored in tables built after `has_avx2()`, AVX-512
+/// ones after `has_avx512()`.
+mod attn_entries {
+    use super::{attn_avx2, attn_avx512};
+    use crate::attn::KvRows;
+
+    pub(super) fn attn_scores_512(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
+        // SAFETY: only reachable through a table built when has_avx512() held; the kernel checks its slices.
+        unsafe { attn_avx512::attn_scores(q, keys, scale, scores, ld) }
+    }
+
+    pub(super) fn attn_values_512(p: &[f32], ld: usize, values: KvRows<'_>, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { attn_avx512::attn_values(p, ld, values, out) }
+    }
+
+    pub(super) fn attn_scores(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
+        // SAFETY: only reachable through a table built when has_avx2() held; the kernel checks its slices.
+        unsafe { attn_avx2::attn_scores(q, keys, scale, scores, ld) }
+    }
+
+    pub(super) fn attn_values(p: &[f32], ld: usize, values: KvRows<'_>, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { attn_avx2::attn_values(p, ld, values, out) }
+    }
 }
 
 /// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
@@ -219,24 +269,31 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     for (t, f) in dequants {
         k.dequantize[t.index()] = f;
     }
+    k.attn_scores = attn_entries::attn_scores;
+    k.attn_values = attn_entries::attn_values;
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
         assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
-        // Q4_K keeps the AVX2 kernels: on an Intel Xeon (Sapphire Rapids class) their 256-bit decode of four rows
-        // ran 1.3x faster in cache and 1.3-1.5x from DRAM than the 512-bit one (examples/gemv_mem.rs); the three
-        // entries of a format must come from one family of kernels to stay bit-identical to each other.
-        let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 5] = [
+        // Q4_K and Q6_K: the VNNI kernels in block-total form (avx512_kq.rs), with a four-by-four tile for prompt
+        // batches. The entries of a format must come from one family of kernels to stay bit-identical.
+        let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 6] = [
             (DType::F16, a5::dot_f16, a5::dot_f16_x4, a5::dot_f16_r4),
             (DType::BF16, a5::dot_bf16, a5::dot_bf16_x4, a5::dot_bf16_r4),
             (DType::Q4_0, a5::dot_q4_0, a5::dot_q4_0_x4, a5::dot_q4_0_r4),
             (DType::Q8_0, a5::dot_q8_0, a5::dot_q8_0_x4, a5::dot_q8_0_r4),
+            (DType::Q4_K, a5::dot_q4_k, a5::dot_q4_k_x4, a5::dot_q4_k_r4),
             (DType::Q6_K, a5::dot_q6_k, a5::dot_q6_k_x4, a5::dot_q6_k_r4),
         ];
         for (t, f, f4, r4) in dots {
             k.dot[t.index()] = Some(f);
             k.dot_x4[t.index()] = Some(f4);
             k.dot_r4[t.index()] = Some(r4);
+            k.dot_tile[t.index()] = None;
         }
+        k.dot_tile[DType::Q4_K.index()] = Some(a5::dot_q4_k_tile);
+        k.dot_tile[DType::Q6_K.index()] = Some(a5::dot_q6_k_tile);
+        k.attn_scores = attn_entries::attn_scores_512;
+        k.attn_values = attn_entries::attn_values_512;
     }
     k
 }
