@@ -291,12 +291,6 @@ fn bundled_model() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    // Like other command-line tools, end quietly when the reader of stdout goes away (`flash-moe inspect M | head`)
-    // instead of panicking on the failed write.
-    // SAFETY: setting SIGPIPE's disposition to the default before any thread starts has no other effect.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     // llama.cpp's multi-letter short flags, which clap cannot declare.
     let args = std::env::args_os().map(|a| match a.to_str() {
         Some("-ctk") => "--cache-type-k".into(),
@@ -304,6 +298,15 @@ fn main() -> ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
+    // Like other command-line tools, end quietly when the reader of stdout goes away (`flash-moe inspect M | head`)
+    // instead of panicking on the failed write. Not the server: there SIGPIPE would kill the process when it writes
+    // to a client that has just gone away (Rust's default, ignored, turns that into an error on that connection).
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: setting SIGPIPE's disposition to the default before any thread starts has no other effect.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run(a) => a.model.check().and_then(|()| run::main(*a)),
         Command::Chat(a) => a.model.check().and_then(|()| chat::main(*a)),

@@ -69,6 +69,13 @@ impl Server {
         (kb("VmRSS:").unwrap_or(0) * 1024, kb("VmHWM:").unwrap_or(0) * 1024)
     }
 
+    /// The server process's `/proc/PID/status` line `KEY:` (e.g. `SigIgn`), without the key.
+    pub fn status_line(&self, key: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let prefix = format!("{key}:");
+        status.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_default().trim().to_string()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
