@@ -40,8 +40,15 @@
 //! ([`crate::approx`]) asks which experts are resident and starts reads nobody waits for
 //! ([`ExpertProvider::fetch_background`]); such a slot stays `Loading`, unpinned and never evicted, until a later
 //! call finds its read finished (`reap_background`).
+//!
+//! Layout: this file holds the slots, claims and waits, and the [`ExpertProvider`] entry; `policy.rs` eviction and
+//! the bookkeeping; `prefetch.rs` predicted reads; `background.rs` reads nobody waits for (the warm start in the
+//! background, the approximate mode's fetches); `preload.rs` the warm start before the first token; `replay.rs`
+//! offline replays of a routing trace; `stats.rs` the counters; `throttle.rs` how much prefetch the disk allows.
 
+mod background;
 mod policy;
+mod prefetch;
 mod preload;
 mod replay;
 mod stats;
@@ -52,7 +59,6 @@ use std::time::Instant;
 
 use super::budget::SlotClasses;
 use super::io::{IoEngine, IoPool, ReadBatch, DIRECT_ALIGN};
-use super::predict::TransitionTable;
 use super::store::ExpertStore;
 use super::{ExpertProvider, ExpertSet, ExpertWeights};
 use crate::tensor::AlignedBuf;
@@ -60,6 +66,7 @@ use crate::{Error, Result};
 
 use policy::{SlotState, State};
 pub use policy::{PREDICTED_PER_USED, PREFETCH_CHANCE_MIN};
+use prefetch::Prefetcher;
 pub use preload::{replay_policy_planned, HotExpert, PreloadItem, PreloadStats};
 pub use replay::{replay_policy, replay_policy_classes, ReplayPrefetch, ReplayStats};
 pub use stats::CacheStats;
@@ -127,16 +134,6 @@ impl Drop for ExpertCache {
     }
 }
 
-/// How the cache prefetches, and the transition table when it predicts by itself.
-struct Prefetcher {
-    mode: Prefetch,
-    /// The model's experts per token: visits using more are multi-token steps; [`PREDICTED_PER_USED`] times as many
-    /// are predicted.
-    k: usize,
-    table: Option<TransitionTable>,
-    pred: Vec<u32>,
-}
-
 // SAFETY: slot memory is written only by I/O threads for a slot claimed (Loading) by one set or one prefetch, and
 // read only through pinned, Ready slots; the mutex guards all bookkeeping.
 unsafe impl Sync for ExpertCache {}
@@ -202,7 +199,7 @@ impl ExpertCache {
             class_slots,
             classes,
             n_slots,
-            prefetch: Mutex::new(Prefetcher { mode: Prefetch::Off, k: 0, table: None, pred: Vec::new() }),
+            prefetch: Mutex::new(Prefetcher::off()),
             throttle: Mutex::new(PrefetchThrottle::new()),
         };
         cache.start_prefault();
@@ -237,125 +234,6 @@ impl ExpertCache {
     /// as any other.
     pub fn set_n_expert_used(&self, k: usize) {
         self.lock().set_k(k);
-    }
-
-    /// Turns prefetch on or off; `k` experts are predicted per layer (the model's experts per token).
-    pub fn set_prefetch(&self, mode: Prefetch, k: usize) {
-        let layout = self.store.layout();
-        let moe_layers: Vec<bool> = layout.layers.iter().map(Option::is_some).collect();
-        let mut p = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
-        p.mode = mode;
-        p.k = k;
-        p.table = (mode == Prefetch::Table).then(|| TransitionTable::new(&moe_layers, layout.n_expert));
-    }
-
-    pub fn prefetch_mode(&self) -> Prefetch {
-        self.prefetch.lock().unwrap_or_else(|e| e.into_inner()).mode
-    }
-
-    /// Starts low-priority reads of the predicted experts `ids` (best first) of `layer` that are not cached, as
-    /// room allows (see the module doc); records the prediction for the accuracy statistics.
-    pub fn prefetch(&self, layer: usize, ids: &[u32]) {
-        let n_expert = self.store.layout().n_expert;
-        if self.store.layout().layers.get(layer).is_none_or(Option::is_none)
-            || ids.iter().any(|&e| e as usize >= n_expert)
-        {
-            return;
-        }
-        let mut st = self.lock();
-        self.poll_prefetches(&mut st);
-        st.note_prediction(layer, ids);
-        let load = self
-            .throttle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .update(self.io.demand_busy_secs(), st.stats.wait_secs);
-        for (rank, &e) in ids.iter().enumerate() {
-            let Some(s) = st.prefetch_slot(layer, e, rank, ids, load) else { continue };
-            let reqs = self.store.read_reqs(layer, e as usize, self.slot_ptr(s));
-            let bytes = reqs.iter().map(|r| r.len as u64).sum::<u64>();
-            st.stats.bytes_read += bytes;
-            st.stats.prefetch_bytes += bytes;
-            st.slots[s].batch = Some(self.io.submit_speculative(reqs));
-            st.prefetching.push(s);
-        }
-    }
-
-    /// Bytes a read of the expert that slot `s` holds takes.
-    fn slot_read_bytes(&self, st: &State, s: usize) -> u64 {
-        st.slots[s].owner.map_or(0, |(l, e)| {
-            self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s)).iter().map(|r| r.len as u64).sum()
-        })
-    }
-
-    /// Marks finished prefetch reads ready (or frees their slots if they failed).
-    fn poll_prefetches(&self, st: &mut State) {
-        let mut i = 0;
-        while i < st.prefetching.len() {
-            let s = st.prefetching[i];
-            let slot = &st.slots[s];
-            let done = slot.state != SlotState::Loading || slot.batch.as_ref().is_none_or(ReadBatch::is_done);
-            if !done {
-                i += 1;
-                continue;
-            }
-            st.prefetching.swap_remove(i);
-            if slot.state == SlotState::Loading && slot.pins == 0 {
-                match slot.batch.as_ref().map(ReadBatch::wait) {
-                    Some(Err(_)) => st.free_slot(s),
-                    _ => {
-                        st.slots[s].state = SlotState::Ready;
-                        st.slots[s].batch = None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Makes the slots of unpinned prefetches in flight reusable (cancelling their reads, or waiting for them);
-    /// returns whether there were any.
-    fn reclaim_prefetches(&self, st: &mut State) -> bool {
-        let mut any = false;
-        for i in 0..st.prefetching.len() {
-            let s = st.prefetching[i];
-            let slot = &st.slots[s];
-            if slot.pins > 0 || slot.state != SlotState::Loading {
-                continue;
-            }
-            any = true;
-            if let Some(b) = slot.batch.clone() {
-                if self.io.cancel(&b) {
-                    let bytes = self.slot_read_bytes(st, s);
-                    st.uncount_prefetch(bytes);
-                } else {
-                    let t0 = Instant::now();
-                    let _ = b.wait();
-                    st.stats.wait_secs += t0.elapsed().as_secs_f64();
-                }
-            }
-        }
-        self.poll_prefetches(st);
-        any
-    }
-
-    /// Drops the queued prefetches of `layer` that its visit (using `ids`) does not need.
-    fn cancel_unused_prefetches(&self, st: &mut State, layer: usize, ids: &[u32]) {
-        let mut i = 0;
-        while i < st.prefetching.len() {
-            let s = st.prefetching[i];
-            let slot = &st.slots[s];
-            let unused = slot.pins == 0
-                && slot.state == SlotState::Loading
-                && slot.owner.is_some_and(|(l, e)| l as usize == layer && !ids.contains(&e));
-            if unused && slot.batch.as_ref().is_some_and(|b| self.io.cancel(b)) {
-                st.prefetching.swap_remove(i);
-                let bytes = self.slot_read_bytes(st, s);
-                st.uncount_prefetch(bytes);
-                st.free_slot(s);
-            } else {
-                i += 1;
-            }
-        }
     }
 
     pub fn n_slots(&self) -> usize {
@@ -516,120 +394,6 @@ impl ExpertCache {
         Ok(())
     }
 
-    /// Approximate mode: marks finished background reads ready (or frees their slot on an error), so that their
-    /// slots can be evicted again; a read nobody waits for leaves its slot `Loading` and unpinned until then.
-    fn reap_background(&self, st: &mut State) {
-        let mut i = 0;
-        while i < st.background.len() {
-            let s = st.background[i];
-            if st.slots[s].state == SlotState::Loading && st.slots[s].pins == 0 {
-                let batch = st.slots[s].batch.as_ref().expect("a loading slot has a batch");
-                if !batch.is_done() {
-                    i += 1;
-                    continue;
-                }
-                if batch.wait().is_ok() {
-                    st.slots[s].state = SlotState::Ready;
-                    st.slots[s].batch = None;
-                } else {
-                    // Never leave garbage mapped: forget the expert and free the slot.
-                    st.free_slot(s);
-                }
-            }
-            // Finished here, or pinned by a set that waits for it itself.
-            st.background.swap_remove(i);
-        }
-    }
-
-    /// Warm start in the background: queues hot experts of an earlier run (`items`, hottest first; their `uses`
-    /// seed the ranking, `pin` is ignored) to be read with low priority into free slots while the forward pass
-    /// runs, instead of before the first token ([`ExpertCache::preload`]). A background read never evicts: it takes a
-    /// free slot of its size only while more than one layer's experts' worth of them stay free, at most
-    /// [`WARM_INFLIGHT_MAX`] at a time; a forward step that needs such an expert waits for its read (promoted to
-    /// demand). Returns how many were queued. Never changes a computed bit.
-    pub fn warm_in_background(&self, items: &[PreloadItem]) -> Result<usize> {
-        let layout = self.store.layout();
-        let mut st = self.lock();
-        for it in items {
-            if layout.layers.get(it.layer).is_none_or(Option::is_none) || it.expert as usize >= layout.n_expert {
-                return Err(Error::Invalid(format!(
-                    "cannot warm expert {} of layer {}: no such expert",
-                    it.expert, it.layer
-                )));
-            }
-        }
-        let mut seen = std::collections::HashSet::new();
-        for it in items {
-            if seen.insert((it.layer, it.expert)) && !st.map.contains_key(&(it.layer as u32, it.expert)) {
-                let u = &mut st.uses[it.layer][it.expert as usize];
-                *u = (*u).max(it.uses);
-                st.warm.push_back((it.layer as u32, it.expert));
-            }
-        }
-        let n = st.warm.len();
-        self.pump_warm(&mut st);
-        Ok(n)
-    }
-
-    /// Marks finished background warm-start reads ready (or frees their slots on an error) and starts more.
-    fn pump_warm(&self, st: &mut State) {
-        Self::poll_warm(st);
-        self.start_warm(st);
-    }
-
-    /// Marks finished background warm-start reads ready (or frees their slots on an error).
-    fn poll_warm(st: &mut State) {
-        let mut i = 0;
-        while i < st.warming.len() {
-            let (s, owner) = st.warming[i];
-            let slot = &st.slots[s];
-            if slot.owner != Some(owner) || slot.state != SlotState::Loading {
-                st.warming.swap_remove(i); // a forward step waited for it (or it was freed)
-                continue;
-            }
-            let done = slot.batch.as_ref().is_none_or(ReadBatch::is_done);
-            if !done || slot.pins > 0 {
-                i += 1; // in flight, or pinned by a step that waits for it itself
-                continue;
-            }
-            match slot.batch.as_ref().map(ReadBatch::wait) {
-                Some(Err(_)) => st.free_slot(s),
-                _ => {
-                    st.slots[s].state = SlotState::Ready;
-                    st.slots[s].batch = None;
-                }
-            }
-            st.warming.swap_remove(i);
-        }
-    }
-
-    /// Starts background warm-start reads of queued hot experts into free slots (see
-    /// [`ExpertCache::warm_in_background`]).
-    fn start_warm(&self, st: &mut State) {
-        while st.warming.len() < WARM_INFLIGHT_MAX {
-            let Some((l, e)) = st.warm.pop_front() else { break };
-            if st.map.contains_key(&(l, e)) {
-                continue;
-            }
-            let range = st.slots_for(l as usize);
-            // Leave one layer's experts of this size free, so a step never finds every slot it could take loading.
-            let mut free = range.filter(|&s| st.slots[s].state == SlotState::Free);
-            let Some(s) = free.next() else { continue };
-            if free.count() < st.k.max(1) {
-                continue; // no room in this size: the forward pass reads it when it needs it
-            }
-            st.tick += 1;
-            st.take_slot(s, l as usize, e);
-            let reqs = self.store.read_reqs(l as usize, e as usize, self.slot_ptr(s));
-            let bytes = reqs.iter().map(|r| r.len as u64).sum::<u64>();
-            st.stats.bytes_read += bytes;
-            st.stats.warm_bytes += bytes;
-            st.stats.warm_reads += 1;
-            st.slots[s].batch = Some(self.io.submit_speculative(reqs));
-            st.warming.push((s, (l, e)));
-        }
-    }
-
     /// Checks the cache's bookkeeping (for tests and fault drills): experts mapped to the slots that hold them,
     /// free slots empty and unpinned, `pins_expected` pins held in all (0 when no [`ExpertSet`] is alive and no
     /// expert was pinned for good). Returns what is wrong.
@@ -746,19 +510,7 @@ impl ExpertProvider for ExpertCache {
         set.top_up();
         // After this layer's demand reads are queued: background warm-start reads, then prediction and prefetch.
         self.pump_warm(&mut self.lock());
-        let mut guard = self.prefetch.lock().unwrap_or_else(|e| e.into_inner());
-        let p = &mut *guard;
-        if let Some(table) = p.table.as_mut() {
-            if ids.len() <= p.k {
-                table.observe(layer, ids);
-                if let Some(next) = table.predict(layer, ids, PREDICTED_PER_USED * p.k, &mut p.pred) {
-                    self.prefetch(next, &p.pred);
-                }
-            } else {
-                table.interrupt();
-            }
-        }
-        drop(guard);
+        self.predict_from_table(layer, ids);
         Ok(Box::new(set))
     }
 
