@@ -207,3 +207,129 @@ pub(crate) fn dequant(f: AffineFormat, w: AffineRow<'_>, dst: &mut [f32]) {
     // SAFETY: as in `dot`.
     unsafe { dequant_impl(f, w, dst) }
 }
+
+// ---- int8 activations (Q8_A): 4- and 8-bit weights ----
+//
+// Per block of 32 values the exact integer `sum(q_w * q_x)` comes from `maddubs` (unsigned weight bytes times
+// signed activation bytes, pairs summed into i16 without saturation: at most 2 * 15 * 127 for 4 bits, and
+// 2 * 128 * 127 for 8 bits, whose codes are first recentred to `q_w - 128` and signed as llama.cpp's Q8_0 does)
+// and `madd` with ones (8 i32 lanes). Four blocks' lanes are reduced together by three `hadd`s, giving the four
+// block sums in one vector, lane `k` = block `b0 + k`; the f32 steps are then those of `dot_affine_q8_ref`
+// with its `acc[b % 4]` as the lanes of one 128-bit accumulator, so the result is the reference's bit for bit.
+
+use crate::affine::{q8_a_planes, QK8_A};
+
+/// The 8 i32 partial sums of block `b`'s `q_w * q_x` (any lane split: only their total is used).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_dot<const BITS: u32>(wq: &[u8], xq: &[u8], b: usize) -> __m256i {
+    let xb = &xq[QK8_A * b..QK8_A * (b + 1)];
+    // SAFETY: reads exactly the 32 bytes of `xb` (bounds-checked slice).
+    let x = unsafe { _mm256_loadu_si256(xb.as_ptr().cast()) };
+    let ones = _mm256_set1_epi16(1);
+    if BITS == 4 {
+        let wb = &wq[16 * b..16 * b + 16];
+        // SAFETY: reads exactly the 16 bytes of `wb`.
+        let v = unsafe { _mm_loadu_si128(wb.as_ptr().cast()) };
+        let m = _mm_set1_epi8(0x0f);
+        // Byte k holds value 2k (low nibble) and 2k + 1 (high nibble): interleave back into value order.
+        let (lo, hi) = (_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
+        let w = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones)
+    } else {
+        let wb = &wq[32 * b..32 * b + 32];
+        // SAFETY: reads exactly the 32 bytes of `wb`.
+        let v = unsafe { _mm256_loadu_si256(wb.as_ptr().cast()) };
+        // q_w - 128 as i8; |q_w - 128| as u8 times x with that sign (x is never -128: the quantizer's |q| <= 127).
+        let ws = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(x, ws)), ones)
+    }
+}
+
+/// Four f32 values of a plane (`read(i)` for `i` in `b0 .. b0 + m`), zero past `m`.
+#[inline]
+fn four(m: usize, read: impl Fn(usize) -> f32) -> [f32; 4] {
+    let mut t = [0.0f32; 4];
+    for (k, v) in t.iter_mut().enumerate().take(m) {
+        *v = read(k);
+    }
+    t
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_impl<const BITS: u32>(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
+    let (xq, dp, sp) = q8_a_planes(n, x);
+    let nb = n / QK8_A;
+    let per_group = f.group / QK8_A;
+    let mut acc = _mm_setzero_ps();
+    // The current group's scale and bias, converted once per group.
+    let mut cur = (usize::MAX, 0.0f32, 0.0f32);
+    let mut param = |g: usize| {
+        if cur.0 != g {
+            cur = (g, f.param_at(w.scales, g), f.param_at(w.biases, g));
+        }
+        (cur.1, cur.2)
+    };
+    let mut b0 = 0;
+    while b0 < nb {
+        let m = (nb - b0).min(4);
+        let mut p = [_mm256_setzero_si256(); 4];
+        for (k, pk) in p.iter_mut().enumerate().take(m) {
+            *pk = block_dot::<BITS>(w.q, xq, b0 + k);
+        }
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let mut isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let mut sq = [0i32; 4];
+        for (k, v) in sq.iter_mut().enumerate().take(m) {
+            *v = crate::affine::read_i32(sp, b0 + k);
+        }
+        // SAFETY: reads the 16 bytes of the local array.
+        let sq = unsafe { _mm_loadu_si128(sq.as_ptr().cast()) };
+        if BITS == 8 {
+            isum = _mm_add_epi32(isum, _mm_slli_epi32::<7>(sq));
+        }
+        let d = four(m, |k| crate::f16::read_f32(dp, b0 + k));
+        let mut s = [0.0f32; 4];
+        let mut bi = [0.0f32; 4];
+        for k in 0..m {
+            (s[k], bi[k]) = param((b0 + k) / per_group);
+        }
+        // SAFETY: each load reads the 16 bytes of a local array.
+        let (d, s, bi) = unsafe { (_mm_loadu_ps(d.as_ptr()), _mm_loadu_ps(s.as_ptr()), _mm_loadu_ps(bi.as_ptr())) };
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, s), acc);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sq), _mm_mul_ps(d, bi), acc);
+        b0 += 4;
+    }
+    // (acc0 + acc1) + (acc2 + acc3), as the reference.
+    let pairs = _mm_add_ps(acc, _mm_movehdup_ps(acc));
+    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehl_ps(pairs, pairs)))
+}
+
+fn dot_q8_any(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
+    f.check_row(n, w);
+    q8_a_planes(n, x);
+    // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+    unsafe {
+        match f.bits {
+            4 => dot_q8_impl::<4>(f, n, w, x),
+            8 => dot_q8_impl::<8>(f, n, w, x),
+            b => unreachable!("no AVX2 Q8_A kernel for {b}-bit weights"),
+        }
+    }
+}
+
+pub(crate) fn dot_q8(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
+    dot_q8_any(f, n, w, x)
+}
+
+pub(crate) fn dot_q8_r4(f: AffineFormat, n: usize, w: [AffineRow<'_>; 4], x: &[u8], out: &mut [f32; 4]) {
+    for (o, w) in out.iter_mut().zip(w) {
+        *o = dot_q8_any(f, n, w, x);
+    }
+}
+
+pub(crate) fn dot_q8_x4(f: AffineFormat, n: usize, w: AffineRow<'_>, x: [&[u8]; 4], out: &mut [f32; 4]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o = dot_q8_any(f, n, w, x);
+    }
+}
