@@ -219,34 +219,7 @@ pub(crate) fn dequant(f: AffineFormat, w: AffineRow<'_>, dst: &mut [f32]) {
 
 use crate::affine::{q8_a_planes, QK8_A};
 
-/// The 8 i32 partial sums of block `b`'s `q_w * q_x` (any lane split: only their total is used).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn block_dot<const BITS: u32>(wq: &[u8], xq: &[u8], b: usize) -> __m256i {
-    let xb = &xq[QK8_A * b..QK8_A * (b + 1)];
-    // SAFETY: reads exactly the 32 bytes of `xb` (bounds-checked slice).
-    let x = unsafe { _mm256_loadu_si256(xb.as_ptr().cast()) };
-    let ones = _mm256_set1_epi16(1);
-    if BITS == 4 {
-        let wb = &wq[16 * b..16 * b + 16];
-        // SAFETY: reads exactly the 16 bytes of `wb`.
-        let v = unsafe { _mm_loadu_si128(wb.as_ptr().cast()) };
-        let m = _mm_set1_epi8(0x0f);
-        // Byte k holds value 2k (low nibble) and 2k + 1 (high nibble): interleave back into value order.
-        let (lo, hi) = (_mm_and_si128(v, m), _mm_and_si128(_mm_srli_epi16(v, 4), m));
-        let w = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones)
-    } else {
-        let wb = &wq[32 * b..32 * b + 32];
-        // SAFETY: reads exactly the 32 bytes of `wb`.
-        let v = unsafe { _mm256_loadu_si256(wb.as_ptr().cast()) };
-        // q_w - 128 as i8; |q_w - 128| as u8 times x with that sign (x is never -128: the quantizer's |q| <= 127).
-        let ws = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
-        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ws), _mm256_sign_epi8(x, ws)), ones)
-    }
-}
-
-/// Four f32 values of a plane (`read(i)` for `i` in `b0 .. b0 + m`), zero past `m`.
+/// Four f32 values (`read(k)` for `k < m`), zero past `m`: the parameters of a row's last, short chunk.
 #[inline]
 fn four(m: usize, read: impl Fn(usize) -> f32) -> [f32; 4] {
     let mut t = [0.0f32; 4];
@@ -256,80 +229,194 @@ fn four(m: usize, read: impl Fn(usize) -> f32) -> [f32; 4] {
     t
 }
 
+/// The scales (or biases) of blocks `b0 .. b0 + 4` (a whole chunk) of one row: 4, 2 or 1 parameters (groups of 32,
+/// 64 or 128), widened exactly to f32 (the shift of bf16, F16C for f16: both exact, as `param_at`) and spread
+/// to the blocks they cover.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_impl<const BITS: u32>(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
-    let (xq, dp, sp) = q8_a_planes(n, x);
+fn params4(f: AffineFormat, plane: &[u8], b0: usize) -> __m128 {
+    let per = f.group / QK8_A;
+    let count = 4 / per;
+    let psize = f.param.block_bytes();
+    let g0 = b0 / per;
+    let bytes = &plane[g0 * psize..(g0 + count) * psize];
+    let v = match psize {
+        2 => {
+            // Fixed-size reads (a variable-length copy would be a memcpy call).
+            let bits = match count {
+                4 => u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+                2 => u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as u64,
+                _ => u16::from_le_bytes(bytes[..2].try_into().expect("2 bytes")) as u64,
+            };
+            let h = _mm_set_epi64x(0, bits as i64);
+            if f.param == crate::DType::F16 {
+                _mm_cvtph_ps(h)
+            } else {
+                _mm_castsi128_ps(_mm_slli_epi32::<16>(_mm_cvtepu16_epi32(h)))
+            }
+        }
+        _ => {
+            let mut t = [0.0f32; 4];
+            for (k, v) in t.iter_mut().enumerate().take(count) {
+                *v = crate::f16::read_f32(bytes, k);
+            }
+            // SAFETY: reads the 16 bytes of the local array.
+            unsafe { _mm_loadu_ps(t.as_ptr()) }
+        }
+    };
+    match count {
+        4 => v,
+        2 => _mm_unpacklo_ps(v, v),
+        _ => _mm_shuffle_ps::<0>(v, v),
+    }
+}
+
+/// `R` weight rows times `T` activation rows (R or T is 1), each output exactly `dot_affine_q8_ref`: the
+/// integer sums are exact whatever the grouping, and every (row, token) pair runs the reference's f32 steps on
+/// its own accumulator. Shares each activation block's load across the rows and each weight block's unpack
+/// across the tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_q8<const BITS: u32, const R: usize, const T: usize>(
+    f: AffineFormat,
+    n: usize,
+    w: [AffineRow<'_>; R],
+    x: [&[u8]; T],
+    out: &mut [[f32; R]; T],
+) {
+    let planes = x.map(|x| q8_a_planes(n, x));
     let nb = n / QK8_A;
     let per_group = f.group / QK8_A;
-    let mut acc = _mm_setzero_ps();
-    // The current group's scale and bias, converted once per group.
-    let mut cur = (usize::MAX, 0.0f32, 0.0f32);
-    let mut param = |g: usize| {
-        if cur.0 != g {
-            cur = (g, f.param_at(w.scales, g), f.param_at(w.biases, g));
-        }
-        (cur.1, cur.2)
-    };
+    let mut acc = [[_mm_setzero_ps(); R]; T];
+    let ones = _mm256_set1_epi16(1);
     let mut b0 = 0;
     while b0 < nb {
         let m = (nb - b0).min(4);
-        let mut p = [_mm256_setzero_si256(); 4];
-        for (k, pk) in p.iter_mut().enumerate().take(m) {
-            *pk = block_dot::<BITS>(w.q, xq, b0 + k);
-        }
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let mut isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        let mut sq = [0i32; 4];
-        for (k, v) in sq.iter_mut().enumerate().take(m) {
-            *v = crate::affine::read_i32(sp, b0 + k);
-        }
-        // SAFETY: reads the 16 bytes of the local array.
-        let sq = unsafe { _mm_loadu_si128(sq.as_ptr().cast()) };
-        if BITS == 8 {
-            isum = _mm_add_epi32(isum, _mm_slli_epi32::<7>(sq));
-        }
-        let d = four(m, |k| crate::f16::read_f32(dp, b0 + k));
-        let mut s = [0.0f32; 4];
-        let mut bi = [0.0f32; 4];
+        // Integer block sums: p[t][r][k] for block b0 + k.
+        let mut p = [[[_mm256_setzero_si256(); 4]; R]; T];
         for k in 0..m {
-            (s[k], bi[k]) = param((b0 + k) / per_group);
+            let b = b0 + k;
+            let xv: [__m256i; T] = std::array::from_fn(|t| {
+                let xb = &planes[t].0[QK8_A * b..QK8_A * (b + 1)];
+                // SAFETY: reads exactly the 32 bytes of `xb` (bounds-checked slice).
+                unsafe { _mm256_loadu_si256(xb.as_ptr().cast()) }
+            });
+            for r in 0..R {
+                if BITS == 4 {
+                    let wb = &w[r].q[16 * b..16 * b + 16];
+                    // SAFETY: reads exactly the 16 bytes of `wb`.
+                    let v = unsafe { _mm_loadu_si128(wb.as_ptr().cast()) };
+                    let mask = _mm_set1_epi8(0x0f);
+                    // Byte j holds value 2j (low nibble) and 2j + 1 (high nibble): back into value order.
+                    let (lo, hi) = (_mm_and_si128(v, mask), _mm_and_si128(_mm_srli_epi16::<4>(v), mask));
+                    let wv = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+                    for t in 0..T {
+                        p[t][r][k] = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[t]), ones);
+                    }
+                } else {
+                    let wb = &w[r].q[32 * b..32 * b + 32];
+                    // SAFETY: reads exactly the 32 bytes of `wb`.
+                    let v = unsafe { _mm256_loadu_si256(wb.as_ptr().cast()) };
+                    // q_w - 128 as i8; |q_w - 128| (as u8) times x carrying that sign (|q_x| <= 127).
+                    let ws = _mm256_xor_si256(v, _mm256_set1_epi8(-128));
+                    let wa = _mm256_abs_epi8(ws);
+                    for t in 0..T {
+                        p[t][r][k] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv[t], ws)), ones);
+                    }
+                }
+            }
         }
-        // SAFETY: each load reads the 16 bytes of a local array.
-        let (d, s, bi) = unsafe { (_mm_loadu_ps(d.as_ptr()), _mm_loadu_ps(s.as_ptr()), _mm_loadu_ps(bi.as_ptr())) };
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, s), acc);
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sq), _mm_mul_ps(d, bi), acc);
+        // Per-row parameters of the four blocks.
+        let (s4, bi4): ([__m128; R], [__m128; R]) = if m == 4 {
+            (std::array::from_fn(|r| params4(f, w[r].scales, b0)), std::array::from_fn(|r| params4(f, w[r].biases, b0)))
+        } else {
+            let g = |k: usize| (b0 + k) / per_group;
+            let load = |a: [f32; 4]| {
+                // SAFETY: reads the 16 bytes of the local array.
+                unsafe { _mm_loadu_ps(a.as_ptr()) }
+            };
+            (
+                std::array::from_fn(|r| load(four(m, |k| f.param_at(w[r].scales, g(k))))),
+                std::array::from_fn(|r| load(four(m, |k| f.param_at(w[r].biases, g(k))))),
+            )
+        };
+        for t in 0..T {
+            let (_, dp, sp) = planes[t];
+            let (d, sq) = if m == 4 {
+                let (db, sb) = (&dp[4 * b0..4 * b0 + 16], &sp[4 * b0..4 * b0 + 16]);
+                // SAFETY: each load reads exactly the 16 bytes of a bounds-checked slice.
+                unsafe { (_mm_loadu_ps(db.as_ptr().cast()), _mm_loadu_si128(sb.as_ptr().cast())) }
+            } else {
+                let d = four(m, |k| crate::f16::read_f32(dp, b0 + k));
+                let mut sq = [0i32; 4];
+                for (k, v) in sq.iter_mut().enumerate().take(m) {
+                    *v = crate::affine::read_i32(sp, b0 + k);
+                }
+                // SAFETY: each load reads the 16 bytes of a local array.
+                unsafe { (_mm_loadu_ps(d.as_ptr()), _mm_loadu_si128(sq.as_ptr().cast())) }
+            };
+            let sqf = _mm_cvtepi32_ps(sq);
+            for r in 0..R {
+                let q = &p[t][r];
+                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+                let mut isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                if BITS == 8 {
+                    isum = _mm_add_epi32(isum, _mm_slli_epi32::<7>(sq));
+                }
+                let a = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(d, s4[r]), acc[t][r]);
+                acc[t][r] = _mm_fmadd_ps(sqf, _mm_mul_ps(d, bi4[r]), a);
+            }
+        }
         b0 += 4;
     }
-    // (acc0 + acc1) + (acc2 + acc3), as the reference.
-    let pairs = _mm_add_ps(acc, _mm_movehdup_ps(acc));
-    _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehl_ps(pairs, pairs)))
+    for t in 0..T {
+        for r in 0..R {
+            // (acc0 + acc1) + (acc2 + acc3), as the reference.
+            let a = acc[t][r];
+            let pairs = _mm_add_ps(a, _mm_movehdup_ps(a));
+            out[t][r] = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehl_ps(pairs, pairs)));
+        }
+    }
 }
 
-fn dot_q8_any(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
-    f.check_row(n, w);
-    q8_a_planes(n, x);
+/// Runs the tile for the row's bit width (only 4 and 8 bits reach these entry points, see `Kernels::affine_dot_q8`).
+fn tile_any<const R: usize, const T: usize>(
+    f: AffineFormat,
+    n: usize,
+    w: [AffineRow<'_>; R],
+    x: [&[u8]; T],
+    out: &mut [[f32; R]; T],
+) {
+    for row in w {
+        f.check_row(n, row);
+    }
+    for xr in x {
+        q8_a_planes(n, xr);
+    }
     // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
     unsafe {
         match f.bits {
-            4 => dot_q8_impl::<4>(f, n, w, x),
-            8 => dot_q8_impl::<8>(f, n, w, x),
+            4 => tile_q8::<4, R, T>(f, n, w, x, out),
+            8 => tile_q8::<8, R, T>(f, n, w, x, out),
             b => unreachable!("no AVX2 Q8_A kernel for {b}-bit weights"),
         }
     }
 }
 
 pub(crate) fn dot_q8(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
-    dot_q8_any(f, n, w, x)
+    let mut out = [[0.0f32; 1]; 1];
+    tile_any::<1, 1>(f, n, [w], [x], &mut out);
+    out[0][0]
 }
 
 pub(crate) fn dot_q8_r4(f: AffineFormat, n: usize, w: [AffineRow<'_>; 4], x: &[u8], out: &mut [f32; 4]) {
-    for (o, w) in out.iter_mut().zip(w) {
-        *o = dot_q8_any(f, n, w, x);
-    }
+    let mut o = [[0.0f32; 4]; 1];
+    tile_any::<4, 1>(f, n, w, [x], &mut o);
+    *out = o[0];
 }
 
 pub(crate) fn dot_q8_x4(f: AffineFormat, n: usize, w: AffineRow<'_>, x: [&[u8]; 4], out: &mut [f32; 4]) {
-    for (o, x) in out.iter_mut().zip(x) {
-        *o = dot_q8_any(f, n, w, x);
-    }
+    let mut o = [[0.0f32; 1]; 4];
+    tile_any::<1, 4>(f, n, [w], x, &mut o);
+    *out = o.map(|v| v[0]);
 }
