@@ -26,8 +26,8 @@ pub enum DType {
     // The packed plane of an MLX matrix quantized to 2, 3, 4, 5, 6 or 8 bits: value `i` of a row is bits
     // `bits * i .. bits * (i + 1)` of the row's little-endian bit stream (mlx packs them in uint32 words, or in
     // 3- and 5-byte packs for 3, 5 and 6 bits: the same stream). A block is 8 values in `bits` bytes. The
-    // per-group scales and biases are separate planes (see `crate::affine`); the dot kernels take F32
-    // activations.
+    // per-group scales and biases are separate planes (see `crate::affine`); the dot kernels take Q8_A
+    // activations (or F32 on request).
     MLX_Q2,
     MLX_Q3,
     MLX_Q4,
