@@ -26,7 +26,8 @@ impl Cpu {
     }
 }
 
-/// Activation rows converted to the type a weight type's dot product takes (`DType::vec_dot_type`).
+/// Activation rows converted to the type a weight type's dot product takes (`Kernels::act_type`: the weight
+/// type's `vec_dot_type`, or F32 for MLX weights when the table asks for it).
 #[derive(Default)]
 pub struct QuantActs {
     dtype: Option<DType>,
@@ -40,7 +41,7 @@ impl QuantActs {
     /// Converts `x` (`[n_rows, cols]`) for dot products with weights of type `weight`, reusing the buffer.
     pub fn quantize(&mut self, k: &Kernels, weight: DType, x: &[f32], cols: usize) {
         assert!(cols > 0 && x.len().is_multiple_of(cols), "QuantActs: {} values are not rows of {cols}", x.len());
-        let dtype = weight.vec_dot_type();
+        let dtype = k.act_type(weight);
         let row_bytes = dtype.row_bytes(cols).expect("activation row length is a whole number of blocks");
         let n_rows = x.len() / cols;
         self.data.resize(n_rows * row_bytes, 0);
@@ -54,12 +55,17 @@ impl QuantActs {
     }
 
     /// Whether the buffer already holds rows for weights of type `weight` (so q, k and v share one conversion).
-    pub fn is_for(&self, weight: DType, cols: usize) -> bool {
-        self.dtype == Some(weight.vec_dot_type()) && self.cols == cols
+    pub fn is_for(&self, k: &Kernels, weight: DType, cols: usize) -> bool {
+        self.dtype == Some(k.act_type(weight)) && self.cols == cols
     }
 
     pub fn n_rows(&self) -> usize {
         self.n_rows
+    }
+
+    /// The activation type the rows hold (`None` before the first `quantize`).
+    pub fn dtype(&self) -> Option<DType> {
+        self.dtype
     }
 
     pub fn row(&self, t: usize) -> &[u8] {
@@ -100,7 +106,10 @@ pub fn matmul_many(cpu: &Cpu, mats: &mut [(QMatRef<'_>, &mut [f32])], x: &QuantA
     let mut ws = [mats[0].0; MAX];
     let mut total = 0;
     for (i, (w, out)) in mats.iter_mut().enumerate() {
-        assert!(x.is_for(w.dtype, w.cols), "matmul: activations were quantized for another type or width");
+        assert!(
+            x.is_for(&cpu.kernels, w.dtype, w.cols),
+            "matmul: activations were quantized for another type or width"
+        );
         assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
         starts[i] = total;
         total += w.rows;
@@ -198,11 +207,16 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
 }
 
 /// [`rows_times_tokens`] for an MLX affine matrix: the same grouping of tokens and rows, through the affine
-/// kernels (F32 activations), whose four-row versions are bit-identical to their single dot as well.
+/// kernels of the activations' type (int8 [`DType::Q8_A`], the default `vec_dot_type`, or F32), whose
+/// four-row versions are bit-identical to their single dot as well.
 fn affine_rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::Range<usize>, outp: SharedOut) {
     let f = w.planes.expect("an affine matrix").format;
     let k = &cpu.kernels;
-    let (dot, dot_x4, dot_r4) = (k.affine_dot(f), k.affine_dot_x4(f), k.affine_dot_r4(f));
+    let (dot, dot_x4, dot_r4) = match x.dtype() {
+        Some(DType::Q8_A) => (k.affine_dot_q8(f), k.affine_dot_q8_x4(f), k.affine_dot_q8_r4(f)),
+        Some(DType::F32) => (k.affine_dot(f), k.affine_dot_x4(f), k.affine_dot_r4(f)),
+        t => panic!("affine matmul: activations in {t:?}"),
+    };
     let (cols, rows, n_tokens) = (w.cols, w.rows, x.n_rows());
     // SAFETY (every write): as in `rows_times_tokens`.
     let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
@@ -257,7 +271,7 @@ pub fn matmul_f32(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], scratch: &mut QuantActs,
 /// Multiplies by `w` the rows that `xq` already holds for some weight type, re-quantizing from `x` only when
 /// `w` needs another activation type (q, k and v usually share one conversion).
 pub fn matmul_reuse(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], xq: &mut QuantActs, out: &mut [f32]) {
-    if !xq.is_for(w.dtype, w.cols) {
+    if !xq.is_for(&cpu.kernels, w.dtype, w.cols) {
         xq.quantize(&cpu.kernels, w.dtype, x, w.cols);
     }
     matmul(cpu, w, xq, out);

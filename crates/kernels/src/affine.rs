@@ -7,10 +7,18 @@
 //!
 //! and a weight is `w = scale * q + bias` (one f32 multiply-add, exact widening of the scale and bias).
 //!
-//! The dot products take F32 activations, as mlx does (it multiplies in the activations' float type): a weight
-//! row is dequantized group by group and multiply-added in f32 lanes. Against a dequantize-then-f64 dot the
-//! error is f32 summation only (relative ~1e-6 for rows of a few thousand values), which is what lets
-//! flash-moe's logits stay within ~1e-5 of mlx-lm's float32 forward pass on the same file.
+//! Two dot products:
+//! - **Int8 activations ([`DType::Q8_A`], the engine's default, `DType::vec_dot_type()` of the MLX types).**
+//!   The activation row is quantized once per matmul to blocks of 32 values `x ~ d * q` (f32 `d = amax / 127`,
+//!   i8 `q`, and the block's integer sum `sum(q)`), shared by every row and expert. Since a group (32, 64 or
+//!   128 values) is a whole number of blocks and `w = scale * q_w + bias`, block `b` of group `g` contributes
+//!   `d_b * scale_g * sum(q_w * q_x) + d_b * bias_g * sum(q_x)`: an exact integer dot (`maddubs` on AVX2) and
+//!   one multiply-add per block for the bias. See [`dot_affine_q8_ref`] for the exact float order that every
+//!   instruction set reproduces bit for bit, and `tests/affine.rs` for the error bound against F32 activations.
+//! - **F32 activations ([`dot_affine_f32_ref`], `Kernels::affine_dot`).** As mlx does (it multiplies in the
+//!   activations' float type): a weight row is dequantized group by group and multiply-added in f32 lanes.
+//!   Against a dequantize-then-f64 dot the error is f32 summation only (relative ~1e-6 for rows of a few
+//!   thousand values). Kept as the accurate reference path (tests, tools); the engine no longer uses it.
 //!
 //! # Main types
 //! - [`AffineFormat`]: bits, group size and scale/bias type of a matrix.
@@ -20,6 +28,7 @@
 //! # Kernels
 //! | op | scalar | avx2 | avx512 | neon |
 //! |---|---|---|---|---|
+//! | dot (Q8_A activations), `_r4`, `_x4` | `dot_affine_q8_ref` | AVX2 for 4 and 8 bits (`maddubs`), scalar for 2, 3, 5, 6 | = AVX2 | = scalar |
 //! | dot (F32 activations), `_r4`, `_x4` | `dot_affine_f32_ref` | AVX2 (shuffle-unpack of 8 values, FMA) | = AVX2 | = scalar |
 //! | dequantize | `dequant_affine_ref` | AVX2 | = AVX2 | = scalar |
 //!
@@ -28,6 +37,7 @@
 use crate::dispatch::{Isa, Kernels};
 use crate::dtype::DType;
 use crate::f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, read_f32, read_u16};
+use crate::q8_0::quantize_block_q8;
 
 /// Bits per value, values per group and the type of the scales and biases of an MLX affine matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,10 +173,97 @@ pub fn quantize_affine_ref(f: AffineFormat, x: &[f32], q: &mut [u8], scales: &mu
     }
 }
 
+// ---- int8 activations (Q8_A) ----
+
+/// Values per [`DType::Q8_A`] block.
+pub const QK8_A: usize = 32;
+
+/// The three planes of a [`DType::Q8_A`] row of `n` values (`40 n / 32` bytes): the i8 quants (`n` bytes), then
+/// one f32 scale `d` per block, then one i32 `sum(q)` per block (all little-endian). Panics unless `x_row` is
+/// exactly such a row.
+pub fn q8_a_planes(n: usize, x_row: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    assert!(n.is_multiple_of(QK8_A), "a Q8_A row of {n} values is not whole blocks of {QK8_A}");
+    assert_eq!(x_row.len(), n / QK8_A * 40, "Q8_A activation row of {n} values");
+    let (qs, rest) = x_row.split_at(n);
+    let (d, sums) = rest.split_at(n / QK8_A * 4);
+    (qs, d, sums)
+}
+
+#[inline]
+pub(crate) fn read_i32(b: &[u8], i: usize) -> i32 {
+    i32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+/// Quantizes the f32 row `x` into a [`DType::Q8_A`] row: per block of 32, `d = amax / 127` (kept in f32) and
+/// `q = round_half_even(x * (127 / amax))` (Q8_0's rule, so `|x - d q| <= d / 2` up to f32 rounding), plus
+/// `sum(q)`.
+pub fn quantize_q8_a_ref(x: &[f32], dst: &mut [u8]) {
+    let n = x.len();
+    assert!(n.is_multiple_of(QK8_A), "a Q8_A row of {n} values is not whole blocks of {QK8_A}");
+    assert_eq!(dst.len(), n / QK8_A * 40, "Q8_A activation row of {n} values");
+    let (qs, rest) = dst.split_at_mut(n);
+    let (d, sums) = rest.split_at_mut(n / QK8_A * 4);
+    for (b, xs) in x.chunks_exact(QK8_A).enumerate() {
+        let mut q = [0i8; QK8_A];
+        let (db, sum) = quantize_block_q8(xs, &mut q);
+        for (o, v) in qs[b * QK8_A..(b + 1) * QK8_A].iter_mut().zip(q) {
+            *o = v as u8;
+        }
+        d[4 * b..4 * b + 4].copy_from_slice(&db.to_le_bytes());
+        sums[4 * b..4 * b + 4].copy_from_slice(&sum.to_le_bytes());
+    }
+}
+
+/// `y = d * q` of a [`DType::Q8_A`] row.
+pub fn dequant_q8_a_ref(src: &[u8], y: &mut [f32]) {
+    let (qs, d, _) = q8_a_planes(y.len(), src);
+    for (i, v) in y.iter_mut().enumerate() {
+        *v = qs[i] as i8 as f32 * read_f32(d, i / QK8_A);
+    }
+}
+
+/// `dot(w, x)` of an affine weight row and a [`DType::Q8_A`] activation row, in this exact order (which the SIMD
+/// kernels reproduce bit for bit): for each block `b` of 32 values (group `g = 32 b / group`), with the exact
+/// integers `isum = sum(q_w * q_x)` and `sum(q_x)` (from the row),
+///
+/// `acc[b % 4] = fma(isum, d_b * scale_g, acc[b % 4])`, then `acc[b % 4] = fma(sum(q_x), d_b * bias_g, acc[b % 4])`
+///
+/// (f32, the products `d_b * scale_g` rounded once), and the result is `(acc0 + acc1) + (acc2 + acc3)`. Every
+/// integer is exact in f32 (`|isum| <= 32 * 255 * 127 < 2^24`).
+pub fn dot_affine_q8_ref(f: AffineFormat, n: usize, w: AffineRow<'_>, x_row: &[u8]) -> f32 {
+    f.check_row(n, w);
+    let (qs, d, sums) = q8_a_planes(n, x_row);
+    let mut acc = [0.0f32; 4];
+    for b in 0..n / QK8_A {
+        let g = b * QK8_A / f.group;
+        let (s, bias) = (f.param_at(w.scales, g), f.param_at(w.biases, g));
+        let isum: i32 =
+            (b * QK8_A..(b + 1) * QK8_A).map(|i| unpack_ref(w.q, f.bits, i) as i32 * qs[i] as i8 as i32).sum();
+        let db = read_f32(d, b);
+        let a = &mut acc[b % 4];
+        *a = (isum as f32).mul_add(db * s, *a);
+        *a = (read_i32(sums, b) as f32).mul_add(db * bias, *a);
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
+fn dot_q8_r4_ref(f: AffineFormat, n: usize, w: [AffineRow<'_>; 4], x: &[u8], out: &mut [f32; 4]) {
+    for (o, w) in out.iter_mut().zip(w) {
+        *o = dot_affine_q8_ref(f, n, w, x);
+    }
+}
+
+fn dot_q8_x4_ref(f: AffineFormat, n: usize, w: AffineRow<'_>, x: [&[u8]; 4], out: &mut [f32; 4]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o = dot_affine_q8_ref(f, n, w, x);
+    }
+}
+
 // ---- dispatch ----
 
-/// `dot(w, x)` of one affine row of `n` values and an F32 activation row (`4 n` bytes). Panics unless the row
-/// fits `f` ([`AffineFormat::check_row`]) and the activations are `n` values.
+/// `dot(w, x)` of one affine row of `n` values and an activation row of `n` values (F32 for
+/// [`Kernels::affine_dot`], [`DType::Q8_A`] for [`Kernels::affine_dot_q8`]). Panics unless the row fits `f`
+/// ([`AffineFormat::check_row`]) and the activations are `n` values of the kernel's type.
 pub type AffineDotFn = fn(f: AffineFormat, n: usize, w: AffineRow<'_>, x_row: &[u8]) -> f32;
 /// Four weight rows against one activation row; `out[i]` is bit-identical to the same table's [`AffineDotFn`].
 pub type AffineDotR4Fn = fn(f: AffineFormat, n: usize, w: [AffineRow<'_>; 4], x_row: &[u8], out: &mut [f32; 4]);
@@ -221,6 +318,34 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => crate::x86::affine_avx2::dot_x4,
             _ => dot_x4_ref,
+        }
+    }
+
+    /// The affine dot product with [`DType::Q8_A`] activations (the engine's default): AVX2 for 4- and 8-bit
+    /// weights, the scalar reference otherwise; always bit-identical to [`dot_affine_q8_ref`].
+    pub fn affine_dot_q8(&self, f: AffineFormat) -> AffineDotFn {
+        match affine_isa(self) {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8,
+            _ => dot_affine_q8_ref,
+        }
+    }
+
+    /// Four weight rows against one [`DType::Q8_A`] row, bit-identical to [`Kernels::affine_dot_q8`] on each.
+    pub fn affine_dot_q8_r4(&self, f: AffineFormat) -> AffineDotR4Fn {
+        match affine_isa(self) {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
+            _ => dot_q8_r4_ref,
+        }
+    }
+
+    /// One weight row against four [`DType::Q8_A`] rows, bit-identical to [`Kernels::affine_dot_q8`] on each.
+    pub fn affine_dot_q8_x4(&self, f: AffineFormat) -> AffineDotX4Fn {
+        match affine_isa(self) {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
+            _ => dot_q8_x4_ref,
         }
     }
 

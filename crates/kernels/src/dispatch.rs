@@ -105,6 +105,8 @@ pub struct Kernels {
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
     pub(crate) attn_scores: AttnScoresFn,
     pub(crate) attn_values: AttnValuesFn,
+    /// Whether MLX affine weights take F32 activations (the accurate path) instead of [`DType::Q8_A`].
+    affine_f32_acts: bool,
 }
 
 // The engine shares one table across its threads.
@@ -302,6 +304,7 @@ impl Kernels {
             ],
             attn_scores: attn::attn_scores_ref,
             attn_values: attn::attn_values_ref,
+            affine_f32_acts: false,
         }
     }
 
@@ -314,7 +317,26 @@ impl Kernels {
         if let Some(warning) = warning {
             eprintln!("flash-moe: {warning}");
         }
-        Kernels::build(isa)
+        let f32_acts = std::env::var("FLASH_MOE_MLX_ACTS").is_ok_and(|v| v.eq_ignore_ascii_case("f32"));
+        Kernels::build(isa).with_affine_f32_acts(f32_acts)
+    }
+
+    /// The same table with MLX affine weights multiplied by F32 activations (`on`: mlx's own arithmetic, the
+    /// slower accurate path) or by int8 [`DType::Q8_A`] activations (the default). [`Kernels::detect`] turns it
+    /// on when `FLASH_MOE_MLX_ACTS=f32`.
+    pub fn with_affine_f32_acts(mut self, on: bool) -> Kernels {
+        self.affine_f32_acts = on;
+        self
+    }
+
+    /// The type activations are converted to for a dot product with weights of type `w`: `w.vec_dot_type()`,
+    /// except F32 for the MLX affine types when [`Kernels::with_affine_f32_acts`] is on.
+    pub fn act_type(&self, w: DType) -> DType {
+        if self.affine_f32_acts && w.affine_bits().is_some() {
+            DType::F32
+        } else {
+            w.vec_dot_type()
+        }
     }
 
     /// The table for `isa`, or `None` when this CPU (or this build) lacks it.
@@ -447,6 +469,10 @@ impl Kernels {
             bytes,
             dst.len()
         );
+        if dtype == DType::Q8_A {
+            // The MLX affine activations: one scalar quantizer for every table (not in the per-type tables).
+            return crate::affine::quantize_q8_a_ref(x, dst);
+        }
         (self.quantize[dtype.index()])(x, dst)
     }
 
@@ -463,6 +489,9 @@ impl Kernels {
             bytes,
             src.len()
         );
+        if dtype == DType::Q8_A {
+            return crate::affine::dequant_q8_a_ref(src, dst);
+        }
         (self.dequantize[dtype.index()])(src, dst)
     }
 }

@@ -26,14 +26,18 @@ pub enum DType {
     // The packed plane of an MLX matrix quantized to 2, 3, 4, 5, 6 or 8 bits: value `i` of a row is bits
     // `bits * i .. bits * (i + 1)` of the row's little-endian bit stream (mlx packs them in uint32 words, or in
     // 3- and 5-byte packs for 3, 5 and 6 bits: the same stream). A block is 8 values in `bits` bytes. The
-    // per-group scales and biases are separate planes (see `crate::affine`); the dot kernels take F32
-    // activations.
+    // per-group scales and biases are separate planes (see `crate::affine`); the dot kernels take Q8_A
+    // activations (or F32 on request).
     MLX_Q2,
     MLX_Q3,
     MLX_Q4,
     MLX_Q5,
     MLX_Q6,
     MLX_Q8,
+    /// Activation-only, for the MLX affine types (not a GGUF type, no ggml id): blocks of 32 values as `d * q`
+    /// with an f32 scale `d`, i8 quants and their integer sum, stored planar per row (see
+    /// [`crate::affine::quantize_q8_a_ref`]). Any group size (32, 64, 128) is a whole number of blocks.
+    Q8_A,
 }
 
 impl DType {
@@ -118,7 +122,13 @@ impl DType {
             DType::Q6_K => 14,
             DType::Q8_K => 15,
             DType::BF16 => 30,
-            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => {
+            DType::MLX_Q2
+            | DType::MLX_Q3
+            | DType::MLX_Q4
+            | DType::MLX_Q5
+            | DType::MLX_Q6
+            | DType::MLX_Q8
+            | DType::Q8_A => {
                 panic!("{self:?} is an MLX type: it has no ggml type id")
             }
         }
@@ -181,6 +191,7 @@ impl DType {
             DType::MLX_Q5 => "MLX_Q5",
             DType::MLX_Q6 => "MLX_Q6",
             DType::MLX_Q8 => "MLX_Q8",
+            DType::Q8_A => "Q8_A",
             _ => DType::ggml_name(self.ggml_id()),
         }
     }
@@ -190,7 +201,7 @@ impl DType {
     pub fn block_elems(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 => 32,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 | DType::Q8_A => 32,
             DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => 256,
             DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => 8,
         }
@@ -212,6 +223,7 @@ impl DType {
             DType::Q5_K => 176,
             DType::Q6_K => 210,
             DType::Q8_K => 292,
+            DType::Q8_A => 40,
             DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => {
                 self.affine_bits().unwrap_or(8) as usize
             }
@@ -229,7 +241,7 @@ impl DType {
 
     /// The type activations are quantized to before a dot product with a row of this type: as llama.cpp for
     /// the block formats, but F32 (not F16/BF16) for the 16-bit float weights, which keeps a bf16 model within
-    /// 1e-4 of an f32 reference.
+    /// 1e-4 of an f32 reference; [`DType::Q8_A`] for the MLX affine types.
     #[inline]
     pub fn vec_dot_type(self) -> DType {
         match self {
@@ -239,13 +251,16 @@ impl DType {
             DType::Q4_K | DType::Q5_K | DType::Q6_K => DType::Q8_K,
             DType::Q8_1 => DType::Q8_1,
             DType::Q8_K => DType::Q8_K,
-            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => DType::F32,
+            DType::MLX_Q2 | DType::MLX_Q3 | DType::MLX_Q4 | DType::MLX_Q5 | DType::MLX_Q6 | DType::MLX_Q8 => {
+                DType::Q8_A
+            }
+            DType::Q8_A => DType::Q8_A,
         }
     }
 
     /// Whether this type only exists for activations (no weight file stores it).
     pub fn is_activation_only(self) -> bool {
-        matches!(self, DType::Q8_1 | DType::Q8_K)
+        matches!(self, DType::Q8_1 | DType::Q8_K | DType::Q8_A)
     }
 }
 
@@ -277,7 +292,7 @@ mod tests {
             assert_eq!(DType::mlx_affine(bits), Some(t));
             assert_eq!(t.row_bytes(64), Some(8 * bits as usize));
             assert!(!DType::ALL.contains(&t) && t.index() >= DType::ALL.len());
-            assert_eq!(t.vec_dot_type(), DType::F32);
+            assert_eq!(t.vec_dot_type(), DType::Q8_A);
         }
         assert_eq!(DType::mlx_affine(7), None);
         assert_eq!(DType::Q4_K.affine_bits(), None);

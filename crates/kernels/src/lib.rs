@@ -13,7 +13,8 @@
 //!   arithmetic on every instruction set), [`Kernels::quantize_row`], [`Kernels::dequantize_row`].
 //! - [`Isa`]: an instruction set a table can be built for.
 //! - [`affine`]: MLX affine quantization (three planes: packed values, per-group scales and biases), its
-//!   [`AffineFormat`] and the table's `affine_*` kernels (F32 activations).
+//!   [`AffineFormat`] and the table's `affine_*` kernels: int8 [`DType::Q8_A`] activations by default
+//!   (`affine_dot_q8*`), F32 activations on request (`affine_dot*`).
 //!
 //! # Semantics
 //! As llama.cpp's CPU backend: a weight row of type `w` is dotted with an activation row quantized to

@@ -8,7 +8,10 @@
 //! summation), plus half an ulp for the reference's own rounding to f32. Dequantization is one FMA in both, so
 //! it must match bit for bit, and the four-row dots must equal four single dots of the same table bit for bit.
 
-use kernels::affine::{dequant_affine_ref, dot_affine_f32_ref, quantize_affine_ref, unpack_ref};
+use kernels::affine::{
+    dequant_affine_ref, dot_affine_f32_ref, dot_affine_q8_ref, q8_a_planes, quantize_affine_ref, quantize_q8_a_ref,
+    unpack_ref, QK8_A,
+};
 use kernels::{AffineFormat, AffineRow, DType, Isa, Kernels};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -183,4 +186,145 @@ fn a_short_row_panics() {
     let isa = *Kernels::available_isas().last().unwrap_or(&Isa::Scalar);
     let k = Kernels::with_isa(isa).expect("available");
     k.affine_dot(f)(f, 32, row, &[0; 128]);
+}
+
+/// A Q8_A activation row of `x`.
+fn q8_a(x: &[f32]) -> Vec<u8> {
+    let mut xq = vec![0u8; DType::Q8_A.row_bytes(x.len()).expect("whole blocks")];
+    quantize_q8_a_ref(x, &mut xq);
+    xq
+}
+
+/// Activations of several shapes: uniform, one block all zeros, one huge outlier per row (as real hidden states
+/// have), and the extremes +-amax (q = +-127) that meet 8-bit codes 0 and 255.
+fn activations(rng: &mut SmallRng, n: usize, case: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+    match case % 4 {
+        1 => x[..QK8_A].fill(0.0),
+        2 => x[rng.gen_range(0..n)] = 300.0,
+        3 => {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = if i % 3 == 0 { -1.5 } else { 1.5 };
+            }
+        }
+        _ => {}
+    }
+    x
+}
+
+#[test]
+fn q8_a_quantizer_round_trips_within_half_a_step() {
+    let mut rng = SmallRng::seed_from_u64(10);
+    let x: Vec<f32> = (0..4 * QK8_A).map(|_| rng.gen_range(-3.0..3.0)).collect();
+    let xq = q8_a(&x);
+    let (qs, d, sums) = q8_a_planes(x.len(), &xq);
+    let mut y = vec![0.0; x.len()];
+    Kernels::with_isa(Isa::Scalar).expect("scalar").dequantize_row(DType::Q8_A, &xq, &mut y);
+    for b in 0..4 {
+        let db = f32::from_le_bytes(d[4 * b..4 * b + 4].try_into().expect("4 bytes"));
+        let sum: i32 = qs[b * QK8_A..(b + 1) * QK8_A].iter().map(|&q| q as i8 as i32).sum();
+        assert_eq!(i32::from_le_bytes(sums[4 * b..4 * b + 4].try_into().expect("4 bytes")), sum);
+        for i in b * QK8_A..(b + 1) * QK8_A {
+            assert!((x[i] - y[i]).abs() <= db * (0.5 + 2f32.powi(-14)), "{i}: {} vs {}", x[i], y[i]);
+        }
+    }
+}
+
+#[test]
+fn simd_q8_dots_equal_the_reference_bit_for_bit() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    for k in tables() {
+        for f in formats() {
+            for ng in [1, 2, 3, 5, 7] {
+                let n = ng * f.group;
+                let huge = if f.param == DType::F16 { 1e4 } else { 1e20 };
+                for (case, mag) in [1.0f32, 1e-20, huge, 0.0, 1.0].into_iter().enumerate() {
+                    let rows: Vec<Row> =
+                        (0..4).map(|_| random_row(&mut rng, f, n, mag.max(f32::MIN_POSITIVE))).collect();
+                    let xs: Vec<Vec<u8>> = (0..4).map(|t| q8_a(&activations(&mut rng, n, case + t))).collect();
+                    let views = [rows[0].view(), rows[1].view(), rows[2].view(), rows[3].view()];
+                    let dot = k.affine_dot_q8(f);
+                    let mut r4 = [0.0; 4];
+                    k.affine_dot_q8_r4(f)(f, n, views, &xs[0], &mut r4);
+                    let mut x4 = [0.0; 4];
+                    k.affine_dot_q8_x4(f)(f, n, views[1], [&xs[0], &xs[1], &xs[2], &xs[3]], &mut x4);
+                    for i in 0..4 {
+                        let want = dot_affine_q8_ref(f, n, views[i], &xs[0]);
+                        let got = dot(f, n, views[i], &xs[0]);
+                        let what = format!("{} {f:?} n={n} case {case} row {i}", k.isa().name());
+                        assert_eq!(got.to_bits(), want.to_bits(), "{what}: {got} vs {want}");
+                        assert_eq!(r4[i].to_bits(), want.to_bits(), "{what}: r4");
+                        let want_x = dot_affine_q8_ref(f, n, views[1], &xs[i]);
+                        assert_eq!(x4[i].to_bits(), want_x.to_bits(), "{what}: x4");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bound on `|dot_q8(w, Q8_A(x)) - dot_f32(w, x)|`, where `dot_f32` is the F32 reference (dequantize, exact
+/// products, f64 sum, one rounding to f32). With `x^_i = d_b q_i` the int8 activations of block `b`, `w_i` the
+/// dequantized weights and `u = 2^-24`:
+///
+/// 1. activation rounding: `q_i = round(x_i * 127 / amax)` so `|x_i - x^_i| <= d_b (1/2 + 2^-14)` (the
+///    `2^-14` covers the f32 rounding of `127 / amax`, of the product and of `d_b`: `<= 3 * 127 u`), hence
+///    `|sum w_i (x_i - x^_i)| <= sum_b d_b (1/2 + 2^-14) sum_{i in b} |w_i|`;
+/// 2. the reference rounds each `w_i = fma(q, scale, bias)` to f32, the q8 kernel uses `scale q + bias`
+///    exactly: `<= u sum |w_i x^_i|`, and `sum |w_i x^_i| <= 2 sum |w_i x_i| + (1.)` (blocks where `x^` is
+///    larger than `x` are bounded by term 1), so `2 u sum |w_i x_i| + u * (1.)`;
+/// 3. the q8 kernel's own f32 arithmetic: per block two terms `isum (d_b scale_g)` and `sum(q) (d_b bias_g)`
+///    (each product rounded once, the integers exact), accumulated by FMA into lane `b % 4`: the longest chain
+///    has `2 ceil(nb / 4)` additions, then 2 more; the recursive summation bound gives
+///    `(2 ceil(nb / 4) + 4) u T` with `T = sum_b d_b sum_{i in b} (|scale_g| q_w,i + |bias_g|) |q_i|`;
+/// 4. the reference's own rounding to f32: `u |ref|`.
+fn q8_bound(f: AffineFormat, n: usize, row: &Row, x: &[f32], xq: &[u8]) -> (f64, f64) {
+    let u = 2f64.powi(-24);
+    let mut w = vec![0.0f32; n];
+    dequant_affine_ref(f, row.view(), &mut w);
+    let (qs, d, _) = q8_a_planes(n, xq);
+    let (mut act, mut wx, mut t) = (0.0f64, 0.0f64, 0.0f64);
+    for b in 0..n / QK8_A {
+        let db = f32::from_le_bytes(d[4 * b..4 * b + 4].try_into().expect("4 bytes")) as f64;
+        let g = b * QK8_A / f.group;
+        let (s, bias) = (f.param_at(&row.s, g) as f64, f.param_at(&row.b, g) as f64);
+        for i in b * QK8_A..(b + 1) * QK8_A {
+            act += db * (0.5 + 2f64.powi(-14)) * (w[i] as f64).abs();
+            wx += (w[i] as f64 * x[i] as f64).abs();
+            let qw = unpack_ref(&row.q, f.bits, i) as f64;
+            t += db * (s.abs() * qw + bias.abs()) * (qs[i] as i8 as f64).abs();
+        }
+    }
+    let chain = (2 * (n / QK8_A).div_ceil(4) + 4) as f64;
+    (act * (1.0 + u) + 2.0 * u * wx + chain * u * t, wx)
+}
+
+#[test]
+fn q8_dots_are_within_the_int8_rounding_bound_of_f32_dots() {
+    let mut rng = SmallRng::seed_from_u64(12);
+    let (mut worst_of_bound, mut worst_rel) = (0.0f64, 0.0f64);
+    let k = Kernels::detect();
+    for f in formats() {
+        for ng in [1, 3, 8, 32] {
+            let n = ng * f.group;
+            for case in 0..8 {
+                let row = random_row(&mut rng, f, n, if case < 4 { 1.0 } else { 0.05 });
+                let x = activations(&mut rng, n, case);
+                let xq = q8_a(&x);
+                let want = dot_affine_f32_ref(f, n, row.view(), &f32_bytes(&x)) as f64;
+                let got = k.affine_dot_q8(f)(f, n, row.view(), &xq) as f64;
+                let (bound, wx) = q8_bound(f, n, &row, &x, &xq);
+                let bound = bound + want.abs() * 2f64.powi(-24);
+                let err = (got - want).abs();
+                assert!(err <= bound, "{f:?} n={n} case {case}: {got} vs {want} (bound {bound})");
+                if bound > 0.0 {
+                    worst_of_bound = worst_of_bound.max(err / bound);
+                }
+                if wx > 0.0 {
+                    worst_rel = worst_rel.max(err / wx);
+                }
+            }
+        }
+    }
+    println!("worst |q8 - f32| / bound: {worst_of_bound:.3e}; / sum|w x|: {worst_rel:.3e}");
 }
