@@ -15,14 +15,14 @@ and mlx-lm's logits on those files, for the prompt of tests/fixtures/SOURCE/refe
                                                         computes in f32 on exactly the file's quantized weights
   reference.json           prompt ids, greedy ids, versions, the conversion arguments, tensor summary
 
-Trap handled (../shared/REFERENCES.md): mlx-lm 0.32 reads rope_theta, partial_rotary_factor and num_experts from the
+A trap of mlx-lm's converter, handled here: mlx-lm 0.32 reads rope_theta, partial_rotary_factor and num_experts from the
 top level of config.json, where transformers 5 writes rope_parameters / num_local_experts; the source config is
 copied with those keys added at the top level before converting (the copy then travels into the MLX config.json,
 as in real mlx-community files, which carry them at the top level).
 
 How to run (a minute on 2 cores; needs no torch):
-  python3 -m venv /work/refs/mlx-venv && /work/refs/mlx-venv/bin/pip install "mlx[cpu]" mlx-lm
-  /work/refs/mlx-venv/bin/python tools/make_mlx_fixtures.py [NAME ...]      # default: every fixture below
+  python3 -m venv /tmp/mlx-venv && /tmp/mlx-venv/bin/pip install "mlx[cpu]" mlx-lm
+  /tmp/mlx-venv/bin/python tools/make_mlx_fixtures.py [NAME ...]      # default: every fixture below
 """
 from __future__ import annotations
 
