@@ -2,38 +2,18 @@
 //! within a time bound, with a clean error (non-zero exit code other than 101, no panic message, the file and the
 //! problem named) or with the same output as a run without the fault.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::formats::gguf::{self, GgufArray, GgufValue};
-use engine::formats::gguf_writer::GgufWriter;
 use engine::formats::Metadata;
 use kernels::DType;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// The tiny Qwen3-MoE GGUF with a tokenizer in its metadata.
-fn moe_gguf() -> PathBuf {
-    fixtures().join("qwen3moe-h64/qwen3moe-h64-q8_0.gguf")
-}
-
-/// A fresh, empty directory for one test.
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hardening").join(test);
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use common::*;
 
 /// Runs the binary with `env` set, killing it after `secs` (a hang fails the test).
 fn flash_moe_env(args: &[&str], env: &[(&str, &str)], secs: u64) -> Output {
@@ -64,74 +44,9 @@ fn flash_moe(args: &[&str]) -> Output {
     flash_moe_env(args, &[], 120)
 }
 
-/// Asserts a clean failure: exit code 1-255 but not 101 (panic), no panic message, and stderr containing
-/// every one of `needles`. Returns stderr.
-#[track_caller]
-fn assert_fails(out: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let code = out.status.code();
-    assert!(code.is_some_and(|c| c != 0 && c != 101), "exit code {code:?}, stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    assert!(stderr.contains("error: "), "no error line:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
-    }
-    eprintln!("{}", stderr.trim_end());
-    stderr
-}
-
-/// Copies a fixture GGUF to `dst` through the GGUF writer: metadata through `edit` (`None` drops a key), and each
-/// tensor through `retype` (a new type gets zero bytes of its size).
-fn rewrite_gguf(
-    src: &Path,
-    dst: &Path,
-    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
-    retype: impl Fn(&str, DType) -> DType,
-) {
-    rewrite_gguf_adding(src, dst, &[], edit, retype);
-}
-
-/// [`rewrite_gguf`] with the key/values `add` appended.
-fn rewrite_gguf_adding(
-    src: &Path,
-    dst: &Path,
-    add: &[(&str, GgufValue)],
-    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
-    retype: impl Fn(&str, DType) -> DType,
-) {
-    let index = gguf::open(src).expect("open fixture");
-    let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
-    let mut w = GgufWriter::create(dst).expect("create");
-    for (k, v) in md.iter() {
-        if let Some(v) = edit(k, v) {
-            w.add_kv(k, v).expect("add_kv");
-        }
-    }
-    for (k, v) in add {
-        w.add_kv(*k, v.clone()).expect("add_kv");
-    }
-    let types: Vec<DType> = index.tensors.iter().map(|t| retype(&t.name, t.dtype)).collect();
-    for (t, &dtype) in index.tensors.iter().zip(&types) {
-        w.add_tensor(t.name.clone(), dtype, &t.shape).expect("add_tensor");
-    }
-    for (t, &dtype) in index.tensors.iter().zip(&types) {
-        let buf = if dtype == t.dtype {
-            let mut buf = vec![0u8; t.len as usize];
-            index.read_tensor(t, &mut buf).expect("read fixture tensor");
-            buf
-        } else {
-            let row = *t.shape.last().expect("a shape");
-            let rows: usize = t.shape.iter().rev().skip(1).product();
-            vec![0u8; dtype.row_bytes(row).expect("whole blocks") * rows]
-        };
-        w.write_tensor_data(&buf).expect("write tensor");
-    }
-    w.finish().expect("finish");
-}
-
 #[test]
 fn a_fifo_as_the_model_is_refused_at_once() {
-    let dir = temp_dir("a_fifo_as_the_model_is_refused_at_once");
+    let dir = temp_dir("hardening", "a_fifo_as_the_model_is_refused_at_once");
     let fifo = dir.join("model.gguf");
     let c_path = std::ffi::CString::new(s(&fifo)).expect("path");
     // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -154,13 +69,19 @@ fn a_fifo_as_the_model_is_refused_at_once() {
 /// load like any other tensor, resident or streamed, instead of panicking in the kernel dispatch.
 #[test]
 fn experts_of_an_activation_only_type_are_refused_at_load() {
-    let dir = temp_dir("experts_of_an_activation_only_type_are_refused_at_load");
+    let dir = temp_dir("hardening", "experts_of_an_activation_only_type_are_refused_at_load");
     let h256 = fixtures().join("qwen3moe-h256/qwen3moe-h256-q4_k_m.gguf");
     for (src, dtype, tensor) in
         [(moe_gguf(), DType::Q8_1, "blk.1.ffn_down_exps.weight"), (h256, DType::Q8_K, "blk.0.ffn_up_exps.weight")]
     {
         let path = dir.join(format!("{}.gguf", dtype.name()));
-        rewrite_gguf(&src, &path, |_, v| Some(v.clone()), |name, t| if name == tensor { dtype } else { t });
+        rewrite_gguf_tensors(
+            &src,
+            &path,
+            |_, v| Some(v.clone()),
+            &[],
+            |name, t| Some(if name == tensor { dtype } else { t }),
+        );
         let needles = [s(&path), tensor, dtype.name(), "cannot"];
         for budget in [&[][..], &["--memory-budget", "min"][..]] {
             let mut args = vec!["run", "-m", s(&path), "-p", "hi", "-n", "2", "-t", "1"];
@@ -173,13 +94,13 @@ fn experts_of_an_activation_only_type_are_refused_at_load() {
 /// An RMSNorm epsilon that is NaN, zero or negative (NaN logits, exit 0 before) is refused at load.
 #[test]
 fn a_bad_rms_epsilon_is_refused() {
-    let dir = temp_dir("a_bad_rms_epsilon_is_refused");
+    let dir = temp_dir("hardening", "a_bad_rms_epsilon_is_refused");
     let path = dir.join("model.gguf");
     for eps in [f32::NAN, -1e-6, 0.0, f32::INFINITY] {
         let edit = |k: &str, v: &GgufValue| {
             Some(if k == "qwen3moe.attention.layer_norm_rms_epsilon" { GgufValue::F32(eps) } else { v.clone() })
         };
-        rewrite_gguf(&moe_gguf(), &path, edit, |_, t| t);
+        rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
         assert_fails(&flash_moe(&["run", "-m", s(&path), "-p", "hi", "-n", "2"]), &[s(&path), "RMSNorm epsilon"]);
     }
     let src = fs::read_to_string(fixtures().join("llama-h64/config.json")).expect("config");
@@ -222,7 +143,7 @@ fn with_vocab_of(dst: &Path, n: usize) {
         }
         _ => Some(v.clone()),
     };
-    rewrite_gguf(&moe_gguf(), dst, edit, |_, t| t);
+    rewrite_gguf(&moe_gguf(), dst, edit, |_| true);
 }
 
 /// A tokenizer with fewer tokens than the model has ids (normal for Hugging Face checkpoints) aborted
@@ -230,7 +151,7 @@ fn with_vocab_of(dst: &Path, n: usize) {
 /// says so. A tokenizer with more tokens than the model is refused at load.
 #[test]
 fn a_tokenizer_smaller_than_the_model_never_yields_ids_without_text() {
-    let dir = temp_dir("a_tokenizer_smaller_than_the_model_never_yields_ids_without_text");
+    let dir = temp_dir("hardening", "a_tokenizer_smaller_than_the_model_never_yields_ids_without_text");
     let small = dir.join("small.gguf");
     with_vocab_of(&small, 300);
     // Nearly uniform sampling over the 320 ids: 64 tokens all but surely hit one of the 20 without text.
@@ -261,7 +182,7 @@ fn huge_sizes_and_thread_counts_are_errors() {
     assert_fails(&run(&["--io-threads", "200000"]), &["--io-threads 200000: give at most 256"]);
     assert_fails(&run(&["--io-threads", "200000", "--memory-budget", "min"]), &["--io-threads 200000"]);
     // A window longer than the text needs no more KV cache than the text.
-    let dir = temp_dir("huge_sizes_and_thread_counts_are_errors");
+    let dir = temp_dir("hardening", "huge_sizes_and_thread_counts_are_errors");
     let json = dir.join("ppl.json");
     let out = flash_moe(&["perplexity", "-m", s(&m), "--tokens", "1,2,3,4", "--window", "1000000000000", "-t", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -273,13 +194,13 @@ fn huge_sizes_and_thread_counts_are_errors() {
 /// characters escaped and cut to a bounded length.
 #[test]
 fn errors_escape_and_cut_what_they_quote_from_the_file() {
-    let dir = temp_dir("errors_escape_and_cut_what_they_quote_from_the_file");
+    let dir = temp_dir("hardening", "errors_escape_and_cut_what_they_quote_from_the_file");
     let path = dir.join("model.gguf");
     let arch = format!("\x1b]0;pwned\x07\x1b[2J\x1b[31mevil\nline{}", "A".repeat(100_000));
     let edit = |k: &str, v: &GgufValue| {
         Some(if k == "general.architecture" { GgufValue::String(arch.clone()) } else { v.clone() })
     };
-    rewrite_gguf(&moe_gguf(), &path, edit, |_, t| t);
+    rewrite_gguf(&moe_gguf(), &path, edit, |_| true);
     for args in [&["run", "-m", s(&path), "-p", "hi"][..], &["logits", "-m", s(&path), "--tokens", "1", "-o", "x.npy"]]
     {
         let stderr =
@@ -293,14 +214,14 @@ fn errors_escape_and_cut_what_they_quote_from_the_file() {
 /// error naming the template, within seconds (it hung at 100% CPU or grew to gigabytes before).
 #[test]
 fn a_hostile_chat_template_stops_with_an_error() {
-    let dir = temp_dir("a_hostile_chat_template_stops_with_an_error");
+    let dir = temp_dir("hardening", "a_hostile_chat_template_stops_with_an_error");
     let path = dir.join("model.gguf");
     for (template, msg) in [
         ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "template steps"),
         ("{% for i in range(100000) %}{{ 'x' * 100000000 }}{% endfor %}", "the prompt passed"),
     ] {
         let add = [("tokenizer.chat_template", GgufValue::String(template.into()))];
-        rewrite_gguf_adding(&moe_gguf(), &path, &add, |_, v| Some(v.clone()), |_, t| t);
+        rewrite_gguf_with(&moe_gguf(), &path, |_, v| Some(v.clone()), &add, |_| true);
         let out = flash_moe_env(&["run", "-m", s(&path), "-p", "hi", "-n", "2", "--chat"], &[], 60);
         assert_fails(&out, &["the chat template of", s(&path), msg]);
     }
@@ -310,7 +231,7 @@ fn a_hostile_chat_template_stops_with_an_error() {
 /// run of the real binary: a clean error naming the file, or the very text of a run without faults.
 #[test]
 fn a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text() {
-    let dir = temp_dir("a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text");
+    let dir = temp_dir("hardening", "a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text");
     let model = dir.join("model.gguf");
     fs::copy(moe_gguf(), &model).expect("copy");
     let args = ["run", "-m", s(&model), "-p", "hello there", "-n", "12", "--temp", "0", "-t", "1"];

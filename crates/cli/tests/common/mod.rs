@@ -11,6 +11,7 @@ pub mod server;
 use engine::formats::gguf::{self, GgufValue};
 use engine::formats::gguf_writer::GgufWriter;
 use engine::formats::Metadata;
+use kernels::DType;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flash-moe");
 
@@ -76,13 +77,14 @@ pub fn assert_succeeds(out: &Output) -> (String, String) {
 }
 
 /// Copies a fixture GGUF to `dst` through the GGUF writer: metadata through `edit` (`None` drops a key), `extra`
-/// keys appended, and only the tensors `keep` accepts.
-pub fn rewrite_gguf_with(
+/// keys appended, and each tensor through `tensor` (`None` drops it; another type than its own gets zero bytes of
+/// that type's size).
+pub fn rewrite_gguf_tensors(
     src: &Path,
     dst: &Path,
     edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
     extra: &[(&str, GgufValue)],
-    keep: impl Fn(&str) -> bool,
+    tensor: impl Fn(&str, DType) -> Option<DType>,
 ) {
     let index = gguf::open(src).expect("open fixture");
     let Metadata::Gguf(md) = &index.metadata else { panic!("not GGUF metadata") };
@@ -95,16 +97,34 @@ pub fn rewrite_gguf_with(
     for (k, v) in extra {
         w.add_kv(*k, v.clone()).expect("add_kv");
     }
-    let kept: Vec<_> = index.tensors.iter().filter(|t| keep(&t.name)).collect();
-    for t in &kept {
-        w.add_tensor(t.name.clone(), t.dtype, &t.shape).expect("add_tensor");
+    let kept: Vec<_> = index.tensors.iter().filter_map(|t| tensor(&t.name, t.dtype).map(|dtype| (t, dtype))).collect();
+    for (t, dtype) in &kept {
+        w.add_tensor(t.name.clone(), *dtype, &t.shape).expect("add_tensor");
     }
-    for t in &kept {
-        let mut buf = vec![0u8; t.len as usize];
-        index.read_tensor(t, &mut buf).expect("read fixture tensor");
+    for (t, dtype) in &kept {
+        let buf = if *dtype == t.dtype {
+            let mut buf = vec![0u8; t.len as usize];
+            index.read_tensor(t, &mut buf).expect("read fixture tensor");
+            buf
+        } else {
+            let row = *t.shape.last().expect("a shape");
+            let rows: usize = t.shape.iter().rev().skip(1).product();
+            vec![0u8; dtype.row_bytes(row).expect("whole blocks") * rows]
+        };
         w.write_tensor_data(&buf).expect("write tensor");
     }
     w.finish().expect("finish");
+}
+
+/// [`rewrite_gguf_tensors`] keeping the tensors `keep` accepts as they are.
+pub fn rewrite_gguf_with(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
+    extra: &[(&str, GgufValue)],
+    keep: impl Fn(&str) -> bool,
+) {
+    rewrite_gguf_tensors(src, dst, edit, extra, |name, dtype| keep(name).then_some(dtype))
 }
 
 pub fn rewrite_gguf(
