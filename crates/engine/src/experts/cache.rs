@@ -289,8 +289,8 @@ impl ExpertCache {
             // A read that failed with nobody waiting (its step stopped at an earlier error): read it again rather
             // than hand this step an old error.
             let slot = &st.slots[s];
-            let failed = slot.batch.as_ref().is_some_and(|b| b.is_done() && b.wait().is_err());
-            if slot.state == SlotState::Loading && slot.pins == 0 && failed {
+            let idle = slot.state == SlotState::Loading && slot.pins == 0;
+            if idle && slot.batch.as_ref().is_some_and(|b| b.is_done() && b.wait().is_err()) {
                 st.free_slot(s);
             }
         }
