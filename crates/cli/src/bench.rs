@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// A llama.cpp build directory (holding bin/llama-bench): run it on the same file and print the ratio.
     #[arg(long = "llama-cpp")]
     pub llama_cpp: Option<PathBuf>,
+    /// Context depth: fill the KV cache with this many tokens first (not timed, like llama-bench's `-d`), then
+    /// time the prompt and the decode after them. Long-context decode is attention over the whole cache.
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0, allow_negative_numbers = true, value_parser = crate::args::count)]
+    pub n_depth: usize,
     /// Size of the buffer the memory bandwidth is measured on, in MiB (0: no measurement).
     #[arg(long = "bandwidth-mib", default_value_t = 1024)]
     pub bandwidth_mib: usize,
@@ -54,7 +58,8 @@ impl Rounds {
 pub fn main(a: BenchArgs) -> Result<()> {
     let n_threads = a.model.n_threads();
     let index = WeightIndex::open(&a.model.model)?;
-    let model = Model::load(&index, &a.model.load_options(&index, a.n_prompt + a.n_gen + 1)?)?;
+    let n_ctx = a.n_depth + a.n_prompt.max(1) + a.n_gen + 1;
+    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
@@ -62,17 +67,21 @@ pub fn main(a: BenchArgs) -> Result<()> {
     let cpu = Cpu::new(n_threads);
     let bandwidth = (a.bandwidth_mib > 0).then(|| memory_bandwidth(&cpu, a.bandwidth_mib << 20));
     let n_vocab = model.info.n_vocab as u32;
-    // Deterministic pseudo-random prompt tokens.
-    let prompt: Vec<u32> = (0..a.n_prompt as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % n_vocab).collect();
-    let mut session = model.new_session(a.n_prompt + a.n_gen + 1);
+    // Deterministic pseudo-random tokens: the depth's, then the prompt's.
+    let tokens: Vec<u32> =
+        (0..(a.n_depth + a.n_prompt) as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % n_vocab).collect();
+    let (depth, prompt) = tokens.split_at(a.n_depth);
+    let mut session = model.try_new_session(n_ctx)?;
+    let fill_s = fill(&model, &cpu, &mut session, depth, a.model.quiet)?;
+    let kv_types = (&a.model.cache_type_k, &a.model.cache_type_v);
     let (mut pp, mut tg, mut lpp, mut ltg) =
         (Rounds::default(), Rounds::default(), Rounds::default(), Rounds::default());
     for _ in 0..a.reps {
-        let (p, t) = run_round(&model, &cpu, &mut session, &prompt, a.n_gen)?;
+        let (p, t) = run_round(&model, &cpu, &mut session, depth, prompt, a.n_gen)?;
         pp.0.push(p);
         tg.0.push(t);
         if let Some(dir) = &a.llama_cpp {
-            let (p, t) = llama_bench(dir, &a.model.model, n_threads, a.n_prompt, a.n_gen)?;
+            let (p, t) = llama_bench(dir, &a.model.model, n_threads, (a.n_depth, a.n_prompt, a.n_gen), kv_types)?;
             lpp.0.push(p);
             ltg.0.push(t);
         }
@@ -81,46 +90,96 @@ pub fn main(a: BenchArgs) -> Result<()> {
     let layout = model.expert_layout();
     let n_used = active_experts_per_layer(&model);
     let expert_bytes_token: u64 = layout.layers.iter().flatten().map(|l| l.expert_bytes() * n_used as u64).sum();
-    let bytes_token = model.info.resident_bytes + expert_bytes_token;
+    // The KV cache a decode step at the depth reads: every cached position's keys and values, once.
+    let kv_read = model.info.kv_cache_bytes(a.n_depth + 1) - model.info.kv_cache_bytes(0);
+    let bytes_token = model.info.resident_bytes + expert_bytes_token + kv_read;
     println!("model            {}", a.model.model.display());
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
+    if a.n_depth > 0 {
+        println!(
+            "depth            {} tokens (filled in {fill_s:.1} s, {:.1} tok/s); KV cache k {} v {}: {:.1} MiB for \
+             {n_ctx} tokens",
+            a.n_depth,
+            a.n_depth as f64 / fill_s,
+            kv_types.0,
+            kv_types.1,
+            mib(model.info.kv_cache_bytes(n_ctx))
+        );
+    }
     println!(
-        "weights/token    {:.1} MiB (resident {:.1} + active experts {:.1})",
+        "bytes/token      {:.1} MiB (resident {:.1} + active experts {:.1} + KV cache {:.1})",
         mib(bytes_token),
         mib(model.info.resident_bytes),
-        mib(expert_bytes_token)
+        mib(expert_bytes_token),
+        mib(kv_read)
     );
     if let Some(bw) = bandwidth {
         println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 3 passes)", a.bandwidth_mib);
     }
     let gbs = tg.best() * bytes_token as f64 / 1e9;
-    println!("flash-moe  pp{:<5} {:10.2} tok/s   (rounds: {})", a.n_prompt, pp.best(), pp.list());
-    println!("flash-moe  tg{:<5} {:10.2} tok/s   (rounds: {})", a.n_gen, tg.best(), tg.list());
+    let at = if a.n_depth > 0 { format!(" @ d{}", a.n_depth) } else { String::new() };
+    if a.n_prompt > 0 {
+        println!("flash-moe  pp{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_prompt, pp.best(), pp.list());
+    }
+    println!("flash-moe  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, tg.best(), tg.list());
     match bandwidth {
         Some(bw) => {
-            println!("decode weights   {gbs:.2} GB/s from RAM, {:.0}% of the measured bandwidth", 100.0 * gbs / bw)
+            println!("decode reads     {gbs:.2} GB/s from RAM, {:.0}% of the measured bandwidth", 100.0 * gbs / bw)
         }
-        None => println!("decode weights   {gbs:.2} GB/s from RAM"),
+        None => println!("decode reads     {gbs:.2} GB/s from RAM"),
     }
     if a.llama_cpp.is_some() {
-        println!("llama.cpp  pp{:<5} {:10.2} tok/s   (rounds: {})", a.n_prompt, lpp.best(), lpp.list());
-        println!("llama.cpp  tg{:<5} {:10.2} tok/s   (rounds: {})", a.n_gen, ltg.best(), ltg.list());
-        println!(
-            "ratio flash-moe / llama.cpp: prompt {:.2}x, decode {:.2}x (best rounds)",
-            pp.best() / lpp.best(),
-            tg.best() / ltg.best()
-        );
+        if a.n_prompt > 0 {
+            println!("llama.cpp  pp{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_prompt, lpp.best(), lpp.list());
+        }
+        println!("llama.cpp  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, ltg.best(), ltg.list());
+        let prompt = if a.n_prompt > 0 { format!("prompt {:.2}x, ", pp.best() / lpp.best()) } else { String::new() };
+        println!("ratio flash-moe / llama.cpp: {prompt}decode {:.2}x (best rounds)", tg.best() / ltg.best());
     }
     Ok(())
 }
 
-/// One round: the prompt from an empty session (tok/s), then `n_gen` greedy tokens after a one-token prompt.
-fn run_round(model: &Model, cpu: &Cpu, session: &mut Session, prompt: &[u32], n_gen: usize) -> Result<(f64, f64)> {
-    session.reset();
+/// Feeds the `depth` tokens into the empty `session` (in prompt batches, with a progress line) and remembers the
+/// state there; returns the seconds it took.
+fn fill(model: &Model, cpu: &Cpu, session: &mut Session, depth: &[u32], quiet: bool) -> Result<f64> {
     let t0 = Instant::now();
-    model.forward(cpu, session, prompt, Logits::Last)?;
-    let pp = prompt.len() as f64 / t0.elapsed().as_secs_f64();
-    session.reset();
+    let mut line = crate::progress::ProgressLine::new(quiet);
+    for (i, chunk) in depth.chunks(4096).enumerate() {
+        line.update(false, || format!("filling the context: {} of {} tokens", i * 4096, depth.len()));
+        model.forward(cpu, session, chunk, Logits::Last)?;
+    }
+    line.finish();
+    session.checkpoint();
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Rewinds `session` to the filled depth (filling it again if no checkpoint is left there).
+fn rewind(model: &Model, cpu: &Cpu, session: &mut Session, depth: &[u32]) -> Result<()> {
+    if session.truncate(depth.len()) != depth.len() {
+        session.reset();
+        fill(model, cpu, session, depth, true)?;
+    }
+    Ok(())
+}
+
+/// One round at the filled depth: the prompt (tok/s; none when empty), then `n_gen` greedy tokens after a
+/// one-token prompt.
+fn run_round(
+    model: &Model,
+    cpu: &Cpu,
+    session: &mut Session,
+    depth: &[u32],
+    prompt: &[u32],
+    n_gen: usize,
+) -> Result<(f64, f64)> {
+    let mut pp = 0.0;
+    if !prompt.is_empty() {
+        rewind(model, cpu, session, depth)?;
+        let t0 = Instant::now();
+        model.forward(cpu, session, prompt, Logits::Last)?;
+        pp = prompt.len() as f64 / t0.elapsed().as_secs_f64();
+    }
+    rewind(model, cpu, session, depth)?;
     model.forward(cpu, session, &[1], Logits::Last)?;
     let t1 = Instant::now();
     let mut tok = 1u32;
@@ -175,13 +234,14 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// Runs `llama-bench` once (one repetition) and returns (prompt tok/s, decode tok/s) from its JSON output.
+/// Runs `llama-bench` once (one repetition) at the same depth and KV cache types and returns (prompt tok/s,
+/// decode tok/s) from its JSON output (prompt 0 when `pp` is 0).
 fn llama_bench(
     dir: &std::path::Path,
     model: &std::path::Path,
     threads: usize,
-    pp: usize,
-    tg: usize,
+    (depth, pp, tg): (usize, usize, usize),
+    (ctk, ctv): (&String, &String),
 ) -> Result<(f64, f64)> {
     let exe = [dir.join("bin/llama-bench"), dir.join("llama-bench"), dir.join("build/bin/llama-bench")]
         .into_iter()
@@ -190,7 +250,8 @@ fn llama_bench(
     let out = Command::new(&exe)
         .arg("-m")
         .arg(model)
-        .args(["-t", &threads.to_string(), "-p", &pp.to_string(), "-n", &tg.to_string(), "-r", "1", "-o", "json"])
+        .args(["-t", &threads.to_string(), "-p", &pp.to_string(), "-n", &tg.to_string(), "-d", &depth.to_string()])
+        .args(["-ctk", ctk, "-ctv", ctv, "-r", "1", "-o", "json"])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
@@ -208,7 +269,7 @@ fn llama_bench(
             ltg = ts;
         }
     }
-    if lpp == 0.0 || ltg == 0.0 {
+    if (pp > 0 && lpp == 0.0) || ltg == 0.0 {
         bail!("llama-bench output had no pp/tg results");
     }
     Ok((lpp, ltg))

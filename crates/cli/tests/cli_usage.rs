@@ -4,11 +4,12 @@
 
 mod common;
 
+use std::fs;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 
-use common::{assert_fails, assert_succeeds, command, flash_moe, moe_gguf, rewrite_gguf_with, s, temp_dir};
+use common::{assert_fails, assert_succeeds, command, fixtures, flash_moe, moe_gguf, rewrite_gguf_with, s, temp_dir};
 use engine::formats::gguf::GgufValue;
 
 /// `run` on the tiny Qwen3-MoE fixture with a greedy, single-thread setup, plus `extra`.
@@ -288,4 +289,79 @@ fn inspect_names_the_family_layer_kinds_and_routing() {
         out.contains("family        qwen3") && out.contains("all attention") && out.contains("norm_topk_prob"),
         "{out}"
     );
+}
+
+#[test]
+fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_bench() {
+    // A stand-in llama-bench that records its arguments and answers with llama-bench's JSON.
+    let dir = temp_dir("cli_usage", "bench_depth");
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let script = bin.join("llama-bench");
+    let args_file = dir.join("args.txt");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" > '{}'\necho '[{{\"n_prompt\": 0, \"n_gen\": 3, \"n_depth\": 40, \"avg_ts\": 10.0}}]'\n",
+            args_file.display()
+        ),
+    )
+    .expect("write");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let fixture = fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");
+    for model in [moe_gguf(), fixture] {
+        let out = flash_moe(&[
+            "bench",
+            "-m",
+            s(&model),
+            "-t",
+            "1",
+            "-d",
+            "40",
+            "-p",
+            "0",
+            "-n",
+            "3",
+            "-r",
+            "2",
+            "--bandwidth-mib",
+            "0",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f16",
+            "--llama-cpp",
+            s(&dir),
+        ]);
+        let (stdout, _) = assert_succeeds(&out);
+        assert!(stdout.contains("depth            40 tokens") && stdout.contains("KV cache k f32 v f16"), "{stdout}");
+        assert!(stdout.contains("flash-moe  tg3") && stdout.contains("@ d40"), "{stdout}");
+        assert!(!stdout.contains("pp0"), "no prompt test with -p 0: {stdout}");
+        assert!(stdout.contains("ratio flash-moe / llama.cpp: decode"), "{stdout}");
+        let passed = fs::read_to_string(&args_file).expect("llama-bench ran");
+        for want in ["-d 40", "-p 0", "-n 3", "-ctk f32", "-ctv f16", "-t 1"] {
+            assert!(passed.contains(want), "llama-bench got `{passed}`, wanted {want}");
+        }
+    }
+    // A prompt at the depth, on the hybrid model: its recurrent state comes back to the depth every round.
+    let hybrid = fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");
+    let out = flash_moe(&[
+        "bench",
+        "-m",
+        s(&hybrid),
+        "-t",
+        "1",
+        "-d",
+        "9",
+        "-p",
+        "5",
+        "-n",
+        "2",
+        "-r",
+        "2",
+        "--bandwidth-mib",
+        "0",
+    ]);
+    let (stdout, _) = assert_succeeds(&out);
+    assert!(stdout.contains("flash-moe  pp5") && stdout.contains("@ d9"), "{stdout}");
 }

@@ -63,7 +63,7 @@ pub struct FfnScratch {
 /// Buffers of the attention core (scores, RoPE tables), reused across calls.
 #[derive(Default)]
 pub struct AttnScratch {
-    pub(crate) scores: Vec<f32>, // [n_threads, group, n_ctx]
+    pub(crate) scores: Vec<f32>, // [n_threads, tokens per item, group, longest row]
     pub(crate) kv_tmp: Vec<f32>, // [n_threads, 2, head_dim] keys and values converted from f16 / Q8_0
     pub(crate) cos: Vec<f32>,    // [n, n_rot / 2]
     pub(crate) sin: Vec<f32>,    // [n, n_rot / 2]

@@ -7,6 +7,7 @@ use crate::layers::rope::Rope;
 use crate::layers::routing::{MoeRouting, Route};
 use crate::ops::{self, Cpu, QuantActs, SharedOut};
 use crate::tensor::QMatRef;
+use kernels::KvRows;
 
 use super::{AttnScratch, FfnScratch};
 
@@ -93,12 +94,18 @@ pub(crate) fn rope(
 
 /// Positions converted at a time from an f16 or Q8_0 cache (an f32 cache is read in place).
 const KV_CHUNK: usize = 64;
+/// Query tokens of one work item: each tile of keys and values is read from L1 by all of them (a prompt's
+/// tokens would otherwise each stream the whole cache from L2/L3).
+const TOKENS_PER_ITEM: usize = 8;
+/// Floats of one tile of an f32 cache's keys (or values) of one KV head: 16 KiB, within L1.
+const TILE_FLOATS: usize = 4096;
 
-/// Scores, softmax and the weighted sum of values. Work items are (token, KV head) pairs spread over the pool; in
-/// each, every key and value is read once (converted to f32 once, for an f16 or Q8_0 cache) for all the query heads
-/// that share the KV head, through the kernel table's attention core (`kernels::attn`: one arithmetic on every
-/// instruction set). Each (token, head) output is the same arithmetic whatever the batch or the threads: scores in
-/// position order, an f64-summed softmax, values accumulated in position order.
+/// Scores, softmax and the weighted sum of values. Work items are (block of up to [`TOKENS_PER_ITEM`] tokens, KV
+/// head) pairs spread over the pool; in each, the cache is walked in tiles of positions (converted to f32 once
+/// per tile, for an f16 or Q8_0 cache), each tile used by every token of the block and every query head that
+/// shares the KV head, through the kernel table's attention core (`kernels::attn`: one arithmetic on every
+/// instruction set). Each (token, head) output is the same arithmetic whatever the batch, the blocks, the tiles
+/// or the threads: scores in position order, an f64-summed softmax, values accumulated in position order.
 pub(crate) fn attention(
     cpu: &Cpu,
     kv: &LayerKv,
@@ -110,11 +117,15 @@ pub(crate) fn attention(
 ) {
     let q_dim = n_head * hd;
     let n = q.len() / q_dim;
-    let n_ctx = kv.n_ctx();
     let n_threads = cpu.pool.n_threads();
     let group = n_head / n_head_kv;
+    let tb = TOKENS_PER_ITEM.min(n).max(1);
+    // One row of scores per (token of a block, query head), as long as the longest row of this call.
+    let ld = pos0 + n;
+    let per_thread = tb * group * ld;
     let tmp_len = if kv.is_f32() { 0 } else { KV_CHUNK * hd };
-    s.scores.resize(n_threads * group * n_ctx, 0.0);
+    let tile = if kv.is_f32() { (TILE_FLOATS / hd.max(1)).max(8) / 8 * 8 } else { KV_CHUNK };
+    s.scores.resize(n_threads * per_thread, 0.0);
     s.kv_tmp.resize(n_threads * tmp_len, 0.0);
     let scale = 1.0 / (hd as f32).sqrt();
     let scores_ptr = SharedOut(s.scores.as_mut_ptr());
@@ -122,33 +133,58 @@ pub(crate) fn attention(
     let att_ptr = SharedOut(out.as_mut_ptr());
     assert_eq!(out.len(), n * q_dim, "attention: output size");
     let k = &cpu.kernels;
-    cpu.pool.for_chunks_indexed(n * n_head_kv, 1, &|thread, pairs| {
-        for pair in pairs {
-            let (t, kvh) = (pair / n_head_kv, pair % n_head_kv);
-            let n_kv = pos0 + t + 1;
-            // SAFETY: each thread index owns its own group * n_ctx scores and conversion buffer (thread <
-            // n_threads), and each (t, kvh) pair the head_dim-long outputs of its `group` heads, which are
-            // contiguous; every buffer outlives the pool call.
-            let (scores, tmp, o) = unsafe {
+    let n_blocks = n.div_ceil(tb);
+    cpu.pool.for_chunks_indexed(n_blocks * n_head_kv, 1, &|thread, items| {
+        for item in items {
+            let (b, kvh) = (item / n_head_kv, item % n_head_kv);
+            let ts = b * tb..n.min((b + 1) * tb);
+            let n_kv_max = pos0 + ts.end;
+            // SAFETY: each thread index owns its own `per_thread` scores and conversion buffer (thread <
+            // n_threads); every buffer outlives the pool call.
+            let (scores, tmp) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * group * n_ctx), group * n_ctx),
+                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * per_thread), per_thread),
                     std::slice::from_raw_parts_mut(tmp_ptr.get().add(thread * tmp_len), tmp_len),
-                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + kvh * group * hd), group * hd),
                 )
             };
-            let qs = &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
-            let chunk = if kv.is_f32() { n_kv } else { KV_CHUNK };
-            for j0 in (0..n_kv).step_by(chunk) {
-                let keys = kv.k_rows(kvh, j0..n_kv.min(j0 + chunk), tmp);
-                k.attn_scores(qs, keys, scale, &mut scores[j0..], n_ctx);
+            let row = |t: usize| (t - ts.start) * group * ld;
+            let qs = |t: usize| &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
+            for j0 in (0..n_kv_max).step_by(tile) {
+                let keys = kv.k_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
+                for t in ts.clone() {
+                    let n_kv = pos0 + t + 1;
+                    if j0 < n_kv {
+                        let part = KvRows { n: keys.n.min(n_kv - j0), ..keys };
+                        k.attn_scores(qs(t), part, scale, &mut scores[row(t) + j0..], ld);
+                    }
+                }
             }
-            for g in 0..group {
-                ops::softmax(&mut scores[g * n_ctx..g * n_ctx + n_kv]);
+            for t in ts.clone() {
+                let n_kv = pos0 + t + 1;
+                for g in 0..group {
+                    let at = row(t) + g * ld;
+                    ops::softmax(&mut scores[at..at + n_kv]);
+                }
+                // SAFETY: each (t, kvh) pair owns the head_dim-long outputs of its `group` heads, which are
+                // contiguous, and each item its own tokens; `out` outlives the pool call.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + kvh * group * hd), group * hd)
+                };
+                o.fill(0.0);
             }
-            o.fill(0.0);
-            for j0 in (0..n_kv).step_by(chunk) {
-                let values = kv.v_rows(kvh, j0..n_kv.min(j0 + chunk), tmp);
-                k.attn_values(&scores[j0..], n_ctx, values, o);
+            for j0 in (0..n_kv_max).step_by(tile) {
+                let values = kv.v_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
+                for t in ts.clone() {
+                    let n_kv = pos0 + t + 1;
+                    if j0 < n_kv {
+                        let part = KvRows { n: values.n.min(n_kv - j0), ..values };
+                        // SAFETY: as above.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + kvh * group * hd), group * hd)
+                        };
+                        k.attn_values(&scores[row(t) + j0..], ld, part, o);
+                    }
+                }
             }
         }
     });
@@ -177,6 +213,71 @@ pub(crate) fn softmax_top_k(
         let sum: f32 = out.weights.iter().sum();
         for w in out.weights.iter_mut() {
             *w /= sum;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::{KvType, KvTypes};
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// Straightforward attention of one token over `n_kv` positions, through the scalar references.
+    fn reference(kv: &LayerKv, (n_head, n_head_kv, hd): (usize, usize, usize), q: &[f32], n_kv: usize) -> Vec<f32> {
+        let group = n_head / n_head_kv;
+        let mut out = vec![0.0f32; n_head * hd];
+        let mut tmp = vec![0.0f32; n_kv * hd];
+        for kvh in 0..n_head_kv {
+            let mut scores = vec![0.0f32; group * n_kv];
+            let keys = kv.k_rows(kvh, 0..n_kv, &mut tmp);
+            let qs = &q[kvh * group * hd..(kvh + 1) * group * hd];
+            kernels::attn::attn_scores_ref(qs, keys, 1.0 / (hd as f32).sqrt(), &mut scores, n_kv);
+            for g in 0..group {
+                ops::softmax(&mut scores[g * n_kv..(g + 1) * n_kv]);
+            }
+            let values = kv.v_rows(kvh, 0..n_kv, &mut tmp);
+            kernels::attn::attn_values_ref(&scores, n_kv, values, &mut out[kvh * group * hd..(kvh + 1) * group * hd]);
+        }
+        out
+    }
+
+    /// A prompt's attention (token blocks, tiles of positions, threads) gives every token the bits it gets alone,
+    /// and those of the plain reference, for every cache type, head size and batch that crosses tile and block
+    /// edges.
+    #[test]
+    fn blocked_attention_equals_one_token_at_a_time_and_the_reference() {
+        for (hd, n_head, n_head_kv) in [(64, 8, 2), (48, 6, 3), (128, 4, 1), (40, 4, 4)] {
+            for t in [KvType::F32, KvType::F16, KvType::Q8_0] {
+                if !t.fits(hd) {
+                    continue;
+                }
+                let types = KvTypes { k: t, v: t };
+                let (pos0, n) = (77, 150);
+                let kv_dim = n_head_kv * hd;
+                let mut kv = LayerKv::try_new(pos0 + n, kv_dim, hd, types).expect("alloc");
+                kv.write(0, &values((pos0 + n) * kv_dim, 1), &values((pos0 + n) * kv_dim, 2));
+                let q = values(n * n_head * hd, 3);
+                for threads in [1, 3] {
+                    let cpu = Cpu::new(threads);
+                    let mut s = AttnScratch::default();
+                    let mut batch = vec![0.0f32; n * n_head * hd];
+                    attention(&cpu, &kv, (n_head, n_head_kv, hd), &q, pos0, &mut s, &mut batch);
+                    for tok in 0..n {
+                        let qt = &q[tok * n_head * hd..(tok + 1) * n_head * hd];
+                        let mut one = vec![0.0f32; n_head * hd];
+                        attention(&cpu, &kv, (n_head, n_head_kv, hd), qt, pos0 + tok, &mut s, &mut one);
+                        let got = &batch[tok * n_head * hd..(tok + 1) * n_head * hd];
+                        let ctx = format!("hd {hd} heads {n_head}/{n_head_kv} {t:?} threads {threads} token {tok}");
+                        assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "batch vs alone: {ctx}");
+                        let want = reference(&kv, (n_head, n_head_kv, hd), qt, pos0 + tok + 1);
+                        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "vs reference: {ctx}");
+                    }
+                }
+            }
         }
     }
 }
