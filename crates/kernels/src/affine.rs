@@ -29,7 +29,7 @@
 //! # Kernels
 //! | op | scalar | avx2 | avx512 | neon |
 //! |---|---|---|---|---|
-//! | dot (Q8_A activations), `_r4`, `_x4` | `dot_affine_q8_ref` | AVX2 for 4 and 8 bits (`maddubs`), scalar for 2, 3, 5, 6 | = AVX2 | NEON for every width (`smull`/`sadalp`) |
+//! | dot (Q8_A activations), `_r4`, `_x4` | `dot_affine_q8_ref` | AVX2 for 4 and 8 bits (`maddubs`), scalar for 2, 3, 5, 6 | = AVX2 | NEON for every width (`sdot` where the CPU has dotprod, else `smull`/`sadalp`) |
 //! | dot (F32 activations), `_r4`, `_x4` | `dot_affine_f32_ref` | AVX2 (shuffle-unpack of 8 values, FMA) | = AVX2 | = scalar |
 //! | dequantize | `dequant_affine_ref` | AVX2 | = AVX2 | = scalar |
 //!
@@ -323,14 +323,16 @@ impl Kernels {
     }
 
     /// The affine dot product with [`DType::Q8_A`] activations (the engine's default): AVX2 for 4- and 8-bit
-    /// weights, NEON for every bit width, the scalar reference otherwise; always bit-identical to
+    /// weights, NEON for every bit width (`sdot` where the CPU has dotprod), the scalar reference otherwise; always bit-identical to
     /// [`dot_affine_q8_ref`].
     pub fn affine_dot_q8(&self, f: AffineFormat) -> AffineDotFn {
         match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8,
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => crate::aarch64::affine_neon::dot_q8::<true>,
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8::<false>,
             _ => dot_affine_q8_ref,
         }
     }
@@ -341,7 +343,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_r4,
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
+                crate::aarch64::affine_neon::dot_q8_r4::<true>
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_r4::<false>,
             _ => dot_q8_r4_ref,
         }
     }
@@ -352,7 +358,11 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_x4,
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
+                crate::aarch64::affine_neon::dot_q8_x4::<true>
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_x4::<false>,
             _ => dot_q8_x4_ref,
         }
     }

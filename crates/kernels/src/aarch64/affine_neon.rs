@@ -1,9 +1,11 @@
 //! NEON kernels for MLX affine rows with int8 activations (`DType::Q8_A`, see `crate::affine`): every bit width
 //! (2, 3, 4, 5, 6, 8), one row, four rows x one token (decode) and one row x four tokens (prompts), each output
-//! `dot_affine_q8_ref` bit for bit. Base NEON only (no `sdot`), so they run on every aarch64 CPU.
+//! `dot_affine_q8_ref` bit for bit. Two variants of each, chosen at run time by `Kernels::affine_dot_q8*`:
+//! base NEON (every aarch64 CPU) and, where the CPU has the dotprod extension (ARMv8.2+, optional), `sdot`.
 //!
-//! Per block of 32 values the exact integer `sum(q_w * q_x)` comes from `smull`/`smlal` (i8 x i8 -> i16) and
-//! `saddlp`/`sadalp` (pairs of i16 -> i32); the weight codes become signed bytes first:
+//! Per block of 32 values the exact integer `sum(q_w * q_x)` comes from `sdot` (four i8 products into each i32
+//! lane), or in base NEON from `smull`/`smlal` (i8 x i8 -> i16) and `saddlp`/`sadalp` (pairs of i16 -> i32);
+//! the weight codes become signed bytes first:
 //! - 4 bits: byte `j` of the block holds value `2j` (low nibble) and `2j + 1` (high nibble); the activation
 //!   block is loaded de-interleaved (`ld2`: even values, odd values), once per block and token, shared by the
 //!   rows. Four products per i16 lane (at most 4 * 15 * 128).
@@ -18,8 +20,8 @@
 //! lanes of one accumulator (`fmla` is the reference's fused `mul_add`), so the result is the reference's bit
 //! for bit. Unlike the AVX2 kernel there is no software prefetch (unmeasured on aarch64 so far).
 //!
-//! The entry points are safe: they check every length, and are only stored in tables built after NEON was
-//! detected.
+//! The entry points are safe: they check every length, are only stored in tables built after NEON was
+//! detected, and the `sdot` ones assert that the CPU has dotprod.
 
 use std::arch::aarch64::*;
 
@@ -145,11 +147,31 @@ fn acts<const BITS: u32>(qs: &[u8], b: usize) -> [int8x16_t; 2] {
     }
 }
 
-/// The exact `sum(w * x)` of one block as four i32 partial sums.
+/// `acc + ` the four dot products of 4-byte groups of `a` and `b` (`sdot`, ARMv8.2's optional dotprod
+/// extension; the stable intrinsic is unstable in Rust, hence inline assembly). Only inlined into functions that
+/// enable `dotprod` (the assembler refuses it anywhere else, so a misuse does not compile).
 #[inline]
 #[target_feature(enable = "neon")]
-fn block_dot<const BITS: u32>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
-    if BITS == 8 {
+fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: one register-to-register instruction; touches no memory. Reached only from `tile_q8_sdot`, whose
+    // callers checked that the CPU has dotprod.
+    unsafe {
+        std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a,
+            b = in(vreg) b, options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
+}
+
+/// The exact `sum(w * x)` of one block as four i32 partial sums: `sdot` when `SDOT`, else `smull` and pairwise
+/// adds.
+#[inline]
+#[target_feature(enable = "neon")]
+fn block_dot<const BITS: u32, const SDOT: bool>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
+    if SDOT {
+        // Four products per i32 lane and step: exact.
+        sdot(sdot(vdupq_n_s32(0), w[0], x[0]), w[1], x[1])
+    } else if BITS == 8 {
         // |w|, |x| <= 128: one product per i16 lane.
         let s = vpaddlq_s16(vmull_s8(vget_low_s8(w[0]), vget_low_s8(x[0])));
         let s = vpadalq_s16(s, vmull_high_s8(w[0], x[0]));
@@ -226,7 +248,7 @@ macro_rules! params4 {
 /// across the tokens.
 #[inline]
 #[target_feature(enable = "neon")]
-fn tile_q8<const BITS: u32, const R: usize, const T: usize>(
+fn tile_q8<const BITS: u32, const R: usize, const T: usize, const SDOT: bool>(
     f: AffineFormat,
     n: usize,
     w: [AffineRow<'_>; R],
@@ -253,7 +275,7 @@ fn tile_q8<const BITS: u32, const R: usize, const T: usize>(
             for r in 0..R {
                 let wv = weights::<BITS>(w[r].q, b, spread);
                 for t in 0..T {
-                    p[t][r][k] = block_dot::<BITS>(wv, xv[t]);
+                    p[t][r][k] = block_dot::<BITS, SDOT>(wv, xv[t]);
                 }
             }
         }
@@ -314,8 +336,25 @@ fn tile_q8<const BITS: u32, const R: usize, const T: usize>(
     }
 }
 
-/// Checks the lengths, then runs the tile for the row's bit width.
-fn tile_any<const R: usize, const T: usize>(
+/// `tile_q8` with `sdot`.
+#[target_feature(enable = "neon,dotprod")]
+fn tile_q8_sdot<const BITS: u32, const R: usize, const T: usize>(
+    f: AffineFormat,
+    n: usize,
+    w: [AffineRow<'_>; R],
+    x: [&[u8]; T],
+    out: &mut [[f32; R]; T],
+) {
+    tile_q8::<BITS, R, T, true>(f, n, w, x, out)
+}
+
+/// Whether this CPU has `sdot` (the dotprod extension), which the `SDOT = true` entry points need.
+pub(crate) fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// Checks the lengths (and for `SDOT` the CPU), then runs the tile for the row's bit width.
+fn tile_any<const R: usize, const T: usize, const SDOT: bool>(
     f: AffineFormat,
     n: usize,
     w: [AffineRow<'_>; R],
@@ -328,34 +367,123 @@ fn tile_any<const R: usize, const T: usize>(
     for xr in x {
         q8_a_planes(n, xr);
     }
-    // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
-    unsafe {
-        match f.bits {
-            2 => tile_q8::<2, R, T>(f, n, w, x, out),
-            3 => tile_q8::<3, R, T>(f, n, w, x, out),
-            4 => tile_q8::<4, R, T>(f, n, w, x, out),
-            5 => tile_q8::<5, R, T>(f, n, w, x, out),
-            6 => tile_q8::<6, R, T>(f, n, w, x, out),
-            8 => tile_q8::<8, R, T>(f, n, w, x, out),
-            b => unreachable!("no MLX affine format has {b}-bit weights"),
-        }
+    assert!(!SDOT || has_dotprod(), "the sdot affine kernels need a CPU with dotprod");
+    macro_rules! run {
+        ($bits:literal) => {
+            if SDOT {
+                // SAFETY: only reachable through a table built when has_neon() held, and dotprod checked above;
+                // lengths checked above.
+                unsafe { tile_q8_sdot::<$bits, R, T>(f, n, w, x, out) }
+            } else {
+                // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+                unsafe { tile_q8::<$bits, R, T, false>(f, n, w, x, out) }
+            }
+        };
+    }
+    match f.bits {
+        2 => run!(2),
+        3 => run!(3),
+        4 => run!(4),
+        5 => run!(5),
+        6 => run!(6),
+        8 => run!(8),
+        b => unreachable!("no MLX affine format has {b}-bit weights"),
     }
 }
 
-pub(crate) fn dot_q8(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
+/// One row against one activation row (`SDOT`: with `sdot`, only where [`has_dotprod`]).
+pub(crate) fn dot_q8<const SDOT: bool>(f: AffineFormat, n: usize, w: AffineRow<'_>, x: &[u8]) -> f32 {
     let mut out = [[0.0f32; 1]; 1];
-    tile_any::<1, 1>(f, n, [w], [x], &mut out);
+    tile_any::<1, 1, SDOT>(f, n, [w], [x], &mut out);
     out[0][0]
 }
 
-pub(crate) fn dot_q8_r4(f: AffineFormat, n: usize, w: [AffineRow<'_>; 4], x: &[u8], out: &mut [f32; 4]) {
+/// Four rows against one activation row, as four `dot_q8`.
+pub(crate) fn dot_q8_r4<const SDOT: bool>(
+    f: AffineFormat,
+    n: usize,
+    w: [AffineRow<'_>; 4],
+    x: &[u8],
+    out: &mut [f32; 4],
+) {
     let mut o = [[0.0f32; 4]; 1];
-    tile_any::<4, 1>(f, n, w, [x], &mut o);
+    tile_any::<4, 1, SDOT>(f, n, w, [x], &mut o);
     *out = o[0];
 }
 
-pub(crate) fn dot_q8_x4(f: AffineFormat, n: usize, w: AffineRow<'_>, x: [&[u8]; 4], out: &mut [f32; 4]) {
+/// One row against four activation rows, as four `dot_q8`.
+pub(crate) fn dot_q8_x4<const SDOT: bool>(
+    f: AffineFormat,
+    n: usize,
+    w: AffineRow<'_>,
+    x: [&[u8]; 4],
+    out: &mut [f32; 4],
+) {
     let mut o = [[0.0f32; 1]; 4];
-    tile_any::<1, 4>(f, n, [w], x, &mut o);
+    tile_any::<1, 4, SDOT>(f, n, [w], x, &mut o);
     *out = o.map(|v| v[0]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::affine::{dot_affine_q8_ref, quantize_affine_ref, quantize_q8_a_ref};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Both variants (plain NEON always, `sdot` where the CPU has it) against the reference, whichever of them
+    /// the table picks here (`tests/affine.rs` checks the table's choice on every format; `tools/test_aarch64.sh`
+    /// runs it on CPUs with and without dotprod).
+    #[test]
+    fn plain_and_sdot_variants_equal_the_reference() {
+        let mut rng = SmallRng::seed_from_u64(21);
+        let variants: &[bool] = if has_dotprod() { &[false, true] } else { &[false] };
+        println!("dotprod: {}", has_dotprod());
+        for bits in [2, 3, 4, 5, 6, 8] {
+            for (group, param) in [(32, DType::BF16), (64, DType::F16), (128, DType::F32)] {
+                let f = AffineFormat::new(bits, group, param).expect("format");
+                let n = 5 * group;
+                let rows: Vec<[Vec<u8>; 3]> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+                        let mut q = vec![0u8; f.q_bytes(n)];
+                        let (mut s, mut b) = (vec![0u8; f.param_bytes(n)], vec![0u8; f.param_bytes(n)]);
+                        quantize_affine_ref(f, &x, &mut q, &mut s, &mut b);
+                        // Random codes over the whole range (the quantizer's only give valid planes).
+                        q.iter_mut().for_each(|v| *v = rng.gen());
+                        [q, s, b]
+                    })
+                    .collect();
+                let views: [AffineRow<'_>; 4] =
+                    std::array::from_fn(|r| AffineRow { q: &rows[r][0], scales: &rows[r][1], biases: &rows[r][2] });
+                let xs: Vec<Vec<u8>> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect();
+                        let mut xq = vec![0u8; n / QK8_A * 40];
+                        quantize_q8_a_ref(&x, &mut xq);
+                        xq
+                    })
+                    .collect();
+                let xv = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+                for &sdot in variants {
+                    let (mut r4, mut x4) = ([0.0f32; 4], [0.0f32; 4]);
+                    let one = if sdot {
+                        dot_q8_r4::<true>(f, n, views, xv[0], &mut r4);
+                        dot_q8_x4::<true>(f, n, views[1], xv, &mut x4);
+                        dot_q8::<true>(f, n, views[2], xv[3])
+                    } else {
+                        dot_q8_r4::<false>(f, n, views, xv[0], &mut r4);
+                        dot_q8_x4::<false>(f, n, views[1], xv, &mut x4);
+                        dot_q8::<false>(f, n, views[2], xv[3])
+                    };
+                    let what = format!("{f:?} sdot {sdot}");
+                    assert_eq!(one.to_bits(), dot_affine_q8_ref(f, n, views[2], xv[3]).to_bits(), "{what}");
+                    for i in 0..4 {
+                        assert_eq!(r4[i].to_bits(), dot_affine_q8_ref(f, n, views[i], xv[0]).to_bits(), "{what} r4");
+                        assert_eq!(x4[i].to_bits(), dot_affine_q8_ref(f, n, views[1], xv[i]).to_bits(), "{what} x4");
+                    }
+                }
+            }
+        }
+    }
 }
