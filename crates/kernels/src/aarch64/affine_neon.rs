@@ -124,8 +124,8 @@ fn weights<const BITS: u32>(q: &[u8], b: usize, spread: Spread) -> [int8x16_t; 2
             [vreinterpretq_s8_u8(veorq_u8(v0, m)), vreinterpretq_s8_u8(veorq_u8(v1, m))]
         }
         _ => {
-            // The block's 4 BITS bytes, 2 BITS per 16 values; the second load reaches past the row's end in its
-            // last block (and the first one too for 2 bits).
+            // The block's 4 BITS bytes, 2 BITS per 16 values; near the row's end (its last one or two blocks)
+            // a 16-byte load reaches past it and goes through a copy.
             let p = 4 * BITS as usize * b;
             [spread.codes(ld16_tail(q, p)), spread.codes(ld16_tail(q, p + 2 * BITS as usize))]
         }
@@ -267,7 +267,6 @@ fn tile_q8<const BITS: u32, const R: usize, const T: usize, const SDOT: bool>(
         let mut p = [[[vdupq_n_s32(0); 4]; R]; T];
         for k in 0..m {
             let b = b0 + k;
-            // (Plain loops, not closures: a closure would not inherit this function's target features.)
             let mut xv = [[vdupq_n_s8(0); 2]; T];
             for t in 0..T {
                 xv[t] = acts::<BITS>(planes[t].0, b);
