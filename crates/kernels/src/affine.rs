@@ -12,9 +12,10 @@
 //!   The activation row is quantized once per matmul to blocks of 32 values `x ~ d * q` (f32 `d = amax / 127`,
 //!   i8 `q`, and the block's integer sum `sum(q)`), shared by every row and expert. Since a group (32, 64 or
 //!   128 values) is a whole number of blocks and `w = scale * q_w + bias`, block `b` of group `g` contributes
-//!   `d_b * scale_g * sum(q_w * q_x) + d_b * bias_g * sum(q_x)`: an exact integer dot (`maddubs` on AVX2) and
-//!   one multiply-add per block for the bias. See [`dot_affine_q8_ref`] for the exact float order that every
-//!   instruction set reproduces bit for bit, and `tests/affine.rs` for the error bound against F32 activations.
+//!   `d_b * scale_g * sum(q_w * q_x) + d_b * bias_g * sum(q_x)`: an exact integer dot (`maddubs` on AVX2,
+//!   `smull` on NEON) and one multiply-add per block for the bias. See [`dot_affine_q8_ref`] for the exact
+//!   float order that every instruction set reproduces bit for bit, and `tests/affine.rs` for the error bound
+//!   against F32 activations.
 //! - **F32 activations ([`dot_affine_f32_ref`], `Kernels::affine_dot`).** As mlx does (it multiplies in the
 //!   activations' float type): a weight row is dequantized group by group and multiply-added in f32 lanes.
 //!   Against a dequantize-then-f64 dot the error is f32 summation only (relative ~1e-6 for rows of a few
@@ -28,7 +29,7 @@
 //! # Kernels
 //! | op | scalar | avx2 | avx512 | neon |
 //! |---|---|---|---|---|
-//! | dot (Q8_A activations), `_r4`, `_x4` | `dot_affine_q8_ref` | AVX2 for 4 and 8 bits (`maddubs`), scalar for 2, 3, 5, 6 | = AVX2 | = scalar |
+//! | dot (Q8_A activations), `_r4`, `_x4` | `dot_affine_q8_ref` | AVX2 for 4 and 8 bits (`maddubs`), scalar for 2, 3, 5, 6 | = AVX2 | NEON for every width (`sdot` where the CPU has dotprod, else `smull`/`sadalp`) |
 //! | dot (F32 activations), `_r4`, `_x4` | `dot_affine_f32_ref` | AVX2 (shuffle-unpack of 8 values, FMA) | = AVX2 | = scalar |
 //! | dequantize | `dequant_affine_ref` | AVX2 | = AVX2 | = scalar |
 //!
@@ -284,11 +285,11 @@ fn dot_x4_ref(f: AffineFormat, n: usize, w: AffineRow<'_>, x: [&[u8]; 4], out: &
     }
 }
 
-/// The instruction set whose affine kernels a table uses (AVX-512 tables use the AVX2 ones; NEON the scalar).
+/// The instruction set whose affine kernels a table uses (AVX-512 tables use the AVX2 ones).
 fn affine_isa(k: &Kernels) -> Isa {
     match k.isa() {
         Isa::Avx2 | Isa::Avx512 => Isa::Avx2,
-        _ => Isa::Scalar,
+        isa => isa,
     }
 }
 
@@ -322,29 +323,46 @@ impl Kernels {
     }
 
     /// The affine dot product with [`DType::Q8_A`] activations (the engine's default): AVX2 for 4- and 8-bit
-    /// weights, the scalar reference otherwise; always bit-identical to [`dot_affine_q8_ref`].
+    /// weights, NEON for every bit width (`sdot` where the CPU has dotprod), the scalar reference otherwise; always bit-identical to
+    /// [`dot_affine_q8_ref`].
     pub fn affine_dot_q8(&self, f: AffineFormat) -> AffineDotFn {
-        match affine_isa(self) {
+        match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8,
+            (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8,
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => crate::aarch64::affine_neon::dot_q8::<true>,
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8::<false>,
             _ => dot_affine_q8_ref,
         }
     }
 
     /// Four weight rows against one [`DType::Q8_A`] row, bit-identical to [`Kernels::affine_dot_q8`] on each.
     pub fn affine_dot_q8_r4(&self, f: AffineFormat) -> AffineDotR4Fn {
-        match affine_isa(self) {
+        match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
+            (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
+                crate::aarch64::affine_neon::dot_q8_r4::<true>
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_r4::<false>,
             _ => dot_q8_r4_ref,
         }
     }
 
     /// One weight row against four [`DType::Q8_A`] rows, bit-identical to [`Kernels::affine_dot_q8`] on each.
     pub fn affine_dot_q8_x4(&self, f: AffineFormat) -> AffineDotX4Fn {
-        match affine_isa(self) {
+        match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if matches!(f.bits, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
+            (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
+                crate::aarch64::affine_neon::dot_q8_x4::<true>
+            }
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_x4::<false>,
             _ => dot_q8_x4_ref,
         }
     }

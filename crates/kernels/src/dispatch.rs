@@ -15,7 +15,8 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
-    /// aarch64 NEON (base NEON, no `sdot`); formats without a NEON kernel use the scalar ones.
+    /// aarch64 NEON (base NEON; only the MLX affine int8 dots also have an `sdot` variant, picked when the CPU has
+    /// dotprod); formats without a NEON kernel use the scalar ones.
     Neon,
 }
 

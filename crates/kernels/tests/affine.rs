@@ -166,6 +166,13 @@ fn four_row_dots_equal_four_single_dots() {
     }
 }
 
+/// On aarch64 the NEON table is among those the tests here run, so its affine kernels were compared.
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn neon_affine_kernels_are_among_those_tested() {
+    assert!(tables().iter().any(|k| k.isa() == Isa::Neon), "NEON is not available: its affine kernels went untested");
+}
+
 #[test]
 fn formats_outside_mlx_are_refused() {
     assert!(AffineFormat::new(4, 64, DType::BF16).is_some());

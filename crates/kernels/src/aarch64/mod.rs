@@ -1,7 +1,10 @@
 //! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline; the kernels use only base
 //! NEON (no `sdot`), so they run on every aarch64 CPU. Formats without a NEON kernel (F16, whose vector
-//! conversions need Rust's unstable `f16`) keep the scalar entries.
+//! conversions need Rust's unstable `f16`) keep the scalar entries. The MLX affine kernels
+//! (`affine_neon.rs`) are chosen by `Kernels::affine_dot_q8*` from the table's instruction set; they alone
+//! also have an `sdot` variant, used where the CPU has dotprod (checked at run time).
 
+pub(crate) mod affine_neon;
 mod neon;
 
 use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
