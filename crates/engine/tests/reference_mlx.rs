@@ -216,3 +216,10 @@ fn mixtral_4bit_g32() {
 fn qwen3next_4bit_g32() {
     check("qwen3next-h64-4bit-g32");
 }
+
+/// Qwen3.5-MoE as mlx-lm writes the released (multimodal) checkpoints: config under `text_config`, tensors
+/// under `language_model.`, fused experts split and stacked under `switch_mlp`.
+#[test]
+fn qwen35moe_4bit_g32() {
+    check("qwen35moe-h64-4bit-g32");
+}
