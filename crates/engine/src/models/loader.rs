@@ -227,8 +227,9 @@ enum Nesting {
     /// transformers: `model.language_model.layers.N...`, with `lm_head` at the top (Qwen3.5's released
     /// checkpoints).
     Transformers,
-    /// mlx-lm and mlx-vlm: everything under `language_model.` (`language_model.model.layers.N...`,
-    /// `language_model.lm_head`), as their `sanitize` renames the transformers checkpoint.
+    /// mlx-lm: everything under `language_model.` (`language_model.model.layers.N...`, `language_model.lm_head`),
+    /// as its `sanitize` renames the transformers checkpoint (mlx-vlm names them the same way; its files are not
+    /// tested).
     Mlx,
 }
 
