@@ -20,6 +20,16 @@ top level of config.json, where transformers 5 writes rope_parameters / num_loca
 copied with those keys added at the top level before converting (the copy then travels into the MLX config.json,
 as in real mlx-community files, which carry them at the top level).
 
+Qwen3.5-MoE (`qwen35moe-h64`, a text-only `Qwen3_5MoeForCausalLM`): mlx-lm has no `qwen3_5_moe_text` model, only
+`qwen3_5_moe`, which reads the released checkpoints (`Qwen3_5MoeForConditionalGeneration`). The source is
+rewritten into that layout first (`as_released_qwen35`): config.json nests the text model under `text_config`
+(model_type `qwen3_5_moe`), tensors move under `model.language_model.`, each layer's experts are fused into
+`experts.gate_up_proj [E, 2 * I, H]` (gate rows first) and `experts.down_proj [E, H, I]`, and one `mtp.*` and one
+`model.visual.*` tensor stand in for the multi-token-prediction head and the vision tower. mlx-lm's `sanitize`
+then writes what mlx-community publishes: `language_model.model.*` and `language_model.lm_head`, experts split
+and stacked under `switch_mlp`, conv1d weights as `[C, K, 1]`, the zero-centred norms (all but the DeltaNet's
+gated norm) as `1 + w`, no mtp or vision tensors, the router and shared-expert gate at 8 bits in groups of 64.
+
 How to run (a minute on 2 cores; needs no torch):
   python3 -m venv /tmp/mlx-venv && /tmp/mlx-venv/bin/pip install "mlx[cpu]" mlx-lm
   /tmp/mlx-venv/bin/python tools/make_mlx_fixtures.py [NAME ...]      # default: every fixture below
@@ -54,17 +64,23 @@ SPECS = {
     "qwen3moe-h256-mixed_4_6-g128-f16": ("qwen3moe-h256", None, 128, "float16", "mixed_4_6", None),
     "mixtral-h64-4bit-g32": ("mixtral-h64", 4, 32, "bfloat16", None, None),
     "qwen3next-h64-4bit-g32": ("qwen3next-h64", 4, 32, "bfloat16", None, None),
+    "qwen35moe-h64-4bit-g32": ("qwen35moe-h64", 4, 32, "bfloat16", None, None),
 }
 
 
 def patched_source(src: Path, tmp: Path) -> Path:
-    """A copy of the source fixture whose config.json carries mlx-lm's top-level keys."""
+    """A copy of the source fixture whose config.json carries mlx-lm's top-level keys (Qwen3.5: in the released
+    checkpoints' layout, whose config mlx-lm reads as it is)."""
     dst = tmp / "src"
     dst.mkdir()
     for name in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]:
         if (src / name).exists():
             shutil.copy(src / name, dst / name)
     cfg = json.loads((src / "config.json").read_text())
+    if cfg.get("model_type") == "qwen3_5_moe_text":
+        cfg = as_released_qwen35(dst, cfg)
+        (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+        return dst
     for k, v in cfg.get("rope_parameters", {}).items():
         if k in ("rope_theta", "partial_rotary_factor"):
             cfg.setdefault(k, v)
@@ -72,6 +88,39 @@ def patched_source(src: Path, tmp: Path) -> Path:
         cfg.setdefault("num_experts", cfg["num_local_experts"])
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
     return dst
+
+
+def as_released_qwen35(dst: Path, text_cfg: dict) -> dict:
+    """Rewrites dst/model.safetensors of a text-only Qwen3.5-MoE into the released checkpoints' layout (module
+    docs) and returns their config.json."""
+    w = mx.load(str(dst / "model.safetensors"))
+    n_layer, n_expert = text_cfg["num_hidden_layers"], text_cfg["num_experts"]
+    out = {}
+    for k, v in w.items():
+        if ".mlp.experts." in k:
+            continue
+        out["model.language_model." + k[len("model."):] if k.startswith("model.") else k] = v
+    for l in range(n_layer):
+        pre = f"model.layers.{l}.mlp.experts"
+        gate = [w[f"{pre}.{e}.gate_proj.weight"] for e in range(n_expert)]
+        up = [w[f"{pre}.{e}.up_proj.weight"] for e in range(n_expert)]
+        down = [w[f"{pre}.{e}.down_proj.weight"] for e in range(n_expert)]
+        dst_pre = f"model.language_model.layers.{l}.mlp.experts"
+        out[f"{dst_pre}.gate_up_proj"] = mx.stack([mx.concatenate([g, u], axis=0) for g, u in zip(gate, up)])
+        out[f"{dst_pre}.down_proj"] = mx.stack(down)
+    h = text_cfg["hidden_size"]
+    out["mtp.fc.weight"] = mx.zeros((h, 2 * h))
+    out["model.visual.patch_embed.proj.weight"] = mx.zeros((h, 3, 2, 2, 2))
+    mx.save_safetensors(str(dst / "model.safetensors"), out, metadata={"format": "pt"})
+    text = {k: v for k, v in text_cfg.items() if k not in ("architectures", "transformers_version", "dtype")}
+    return {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "text_config": text,
+        "tie_word_embeddings": text_cfg.get("tie_word_embeddings", False),
+        "dtype": text_cfg.get("dtype", "float32"),
+        "transformers_version": text_cfg.get("transformers_version"),
+    }
 
 
 def logits_of(model, ids: list[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -46,6 +46,7 @@ fn models() -> Vec<(&'static str, &'static str, bool)> {
         ("tests/fixtures/mlx/qwen3moe-h64-4bit-g32", "tests/fixtures/qwen3moe-h64/reference.json", false),
         ("tests/fixtures/mlx/qwen3moe-h256-4bit-g64", "tests/fixtures/qwen3moe-h256/reference.json", false),
         ("tests/fixtures/mlx/qwen3next-h64-4bit-g32", "tests/fixtures/qwen3next-h64/reference.json", false),
+        ("tests/fixtures/mlx/qwen35moe-h64-4bit-g32", "tests/fixtures/qwen35moe-h64/reference.json", false),
         ("assets/tiny-py-moe/tiny-py-moe-Q8_0.gguf", "tests/fixtures/qwen3moe-h64/reference.json", true),
         ("assets/tiny-py-moe/tiny-py-moe-Q4_K_M.gguf", "tests/fixtures/qwen3moe-h64/reference.json", true),
     ]

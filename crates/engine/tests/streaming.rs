@@ -136,6 +136,7 @@ fn mlx_streamed_logits_equal_resident_bitwise() {
         "mlx/qwen3moe-h256-mixed_4_6-g128-f16",
         "mlx/mixtral-h64-4bit-g32",
         "mlx/qwen3next-h64-4bit-g32",
+        "mlx/qwen35moe-h64-4bit-g32",
     ];
     let cpu = Cpu::new(2);
     for dir in MLX {

@@ -12,8 +12,11 @@
 //! scales and biases stay in the index as the float tensors they are, and [`planes`] finds them. Each plane of
 //! a stacked `switch_mlp` tensor is `[n_expert, ...]`, so every expert is three byte ranges per projection.
 //!
-//! mlx-lm also rewrites some checkpoints when converting (experts stacked under `switch_mlp`, Qwen3-Next's
-//! zero-centred norms stored as `1 + w`): [`is_mlx_layout`] tells a family which convention a file follows.
+//! mlx-lm also rewrites some checkpoints when converting (experts stacked under `switch_mlp`, Qwen3-Next's and
+//! Qwen3.5's zero-centred norms stored as `1 + w`): [`is_mlx_layout`] tells a family which convention a file
+//! follows. A multimodal checkpoint's language model (Qwen3.5) is renamed to `language_model.model.*` and
+//! `language_model.lm_head`, its vision tower and multi-token-prediction head dropped; the loader's name
+//! mapping (`models::loader`) finds it there.
 
 use std::collections::HashMap;
 use std::path::Path;

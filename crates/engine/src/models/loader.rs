@@ -214,9 +214,46 @@ pub struct Loader<'a> {
     pub progress: Progress,
     pub resident_bytes: u64,
     pub opts: LoadOptions,
-    /// A `...ForConditionalGeneration` safetensors checkpoint whose language model sits under
-    /// `model.language_model.` (Qwen3.5's released checkpoints).
-    multimodal: bool,
+    /// Where the checkpoint keeps its language model.
+    nesting: Nesting,
+}
+
+/// Where a checkpoint keeps its language model: a multimodal one (`...ForConditionalGeneration`, config under
+/// `text_config`) nests it beside its vision tower, which flash-moe leaves unread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nesting {
+    /// A text model (and every GGUF): the family table's names.
+    Text,
+    /// transformers: `model.language_model.layers.N...`, with `lm_head` at the top (Qwen3.5's released
+    /// checkpoints).
+    Transformers,
+    /// mlx-lm: everything under `language_model.` (`language_model.model.layers.N...`, `language_model.lm_head`),
+    /// as its `sanitize` renames the transformers checkpoint (mlx-vlm names them the same way; its files are not
+    /// tested).
+    Mlx,
+}
+
+impl Nesting {
+    fn of(index: &WeightIndex) -> Nesting {
+        let Metadata::HfConfig { config, .. } = &index.metadata else { return Nesting::Text };
+        if index.tensors.iter().any(|t| t.name.starts_with("language_model.")) {
+            Nesting::Mlx
+        } else if config.get("text_config").is_some() {
+            Nesting::Transformers
+        } else {
+            Nesting::Text
+        }
+    }
+
+    /// The stored name of a text model's tensor `name`.
+    fn apply(self, name: String) -> String {
+        match (self, name.strip_prefix("model.")) {
+            (Nesting::Text, _) => name,
+            (Nesting::Transformers, Some(rest)) => format!("model.language_model.{rest}"),
+            (Nesting::Transformers, None) => name,
+            (Nesting::Mlx, _) => format!("language_model.{name}"),
+        }
+    }
 }
 
 impl<'a> Loader<'a> {
@@ -228,10 +265,7 @@ impl<'a> Loader<'a> {
             progress: Progress::new(load_bytes(index, opts), opts.progress),
             resident_bytes: 0,
             opts: opts.clone(),
-            multimodal: match &index.metadata {
-                Metadata::HfConfig { config, .. } => config.get("text_config").is_some(),
-                Metadata::Gguf(_) => false,
-            },
+            nesting: Nesting::of(index),
         }
     }
 
@@ -245,15 +279,10 @@ impl<'a> Loader<'a> {
             },
             Metadata::HfConfig { .. } => {
                 let hf = self.hf_names.iter().find(|(s, _)| *s == slot).map_or(slot, |(_, h)| *h);
-                let name = match layer {
+                self.nesting.apply(match layer {
                     Some(l) => hf.replacen("{}", &l.to_string(), 1),
                     None => hf.to_string(),
-                };
-                // A multimodal checkpoint nests the language model: `model.language_model.layers.N...`.
-                match (self.multimodal, name.strip_prefix("model.")) {
-                    (true, Some(rest)) => format!("model.language_model.{rest}"),
-                    _ => name,
-                }
+                })
             }
         };
         if suffix.is_empty() {
