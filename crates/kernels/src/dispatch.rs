@@ -2,7 +2,7 @@
 //! (or forced with `FLASH_MOE_ISA`). Owns [`Kernels`], [`Isa`], the kernel signatures, and the length checks
 //! every public kernel runs before touching memory.
 
-use crate::attn::{self, AttnScoresFn, AttnValuesFn, KvRows};
+use crate::attn::{self, AttnScoresFn, AttnSoftmaxFn, AttnValuesFn, KvRows};
 use crate::dtype::DType;
 use crate::{f16, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
@@ -106,6 +106,7 @@ pub struct Kernels {
     pub(crate) dequantize: [DequantizeFn; N_TYPES],
     pub(crate) attn_scores: AttnScoresFn,
     pub(crate) attn_values: AttnValuesFn,
+    pub(crate) attn_softmax: AttnSoftmaxFn,
     /// Whether MLX affine weights take F32 activations (the accurate path) instead of [`DType::Q8_A`].
     affine_f32_acts: bool,
 }
@@ -305,6 +306,7 @@ impl Kernels {
             ],
             attn_scores: attn::attn_scores_ref,
             attn_values: attn::attn_values_ref,
+            attn_softmax: attn::attn_softmax_ref,
             affine_f32_acts: false,
         }
     }
@@ -412,17 +414,23 @@ impl Kernels {
         self.dot_tile[w.index()]
     }
 
-    /// Attention scores of the query heads `q` (`[group, head_dim]`) against every position of `keys`:
-    /// `scores[g * ld + j] = dot8(q_g, k_j) * scale` (the arithmetic of `attn.rs`, the same bits on every
+    /// Attention scores of the query rows `q` (`[rows, head_dim]`) against every position of `keys`:
+    /// `scores[r * ld + j] = dot_fma(q_r, k_j) * scale` (the arithmetic of `attn.rs`, the same bits on every
     /// instruction set). Panics unless the slices hold what the shapes say.
     pub fn attn_scores(&self, q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
         (self.attn_scores)(q, keys, scale, scores, ld)
     }
 
-    /// Adds `p[g * ld + j] * values[j]` to head `g` of `out` (`[group, head_dim]`) for the positions `j` in
-    /// order (each product rounded, then added; the same bits on every instruction set).
+    /// Adds `p[r * ld + j] * values[j]` to row `r` of `out` (`[rows, head_dim]`) for the positions `j` in
+    /// order (one `fma` each; the same bits on every instruction set).
     pub fn attn_values(&self, p: &[f32], ld: usize, values: KvRows<'_>, out: &mut [f32]) {
         (self.attn_values)(p, ld, values, out)
+    }
+
+    /// The softmax of a row of attention scores, in place (`attn.rs`: a fixed `exp`, an f64 sum in eight lanes;
+    /// the same bits on every instruction set).
+    pub fn attn_softmax(&self, x: &mut [f32]) {
+        (self.attn_softmax)(x)
     }
 
     /// `sum(a[i] * b[i])` of two f32 slices of the same length (e.g. attention's q . k): exactly

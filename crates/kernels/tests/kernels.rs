@@ -790,34 +790,83 @@ fn neon_kernels_are_among_those_tested() {
 }
 
 /// The attention core of every table equals the scalar references bit for bit: head sizes with and without a
-/// tail of `head_dim % 8`, one to eight query heads, strided and packed positions, values of mixed magnitudes
-/// and signs (so that summation order would show).
+/// tail of `head_dim % 8` or `% 16`, one to nineteen query rows (every register-tile shape and its remainders),
+/// position counts around the 8- and 16-wide blocks, strided and packed positions, values of mixed magnitudes
+/// and signs (so that summation order would show); softmax rows of every length to 70 and long ones.
 #[test]
 fn attention_core_is_bit_identical_to_the_reference() {
     let mut rng = SmallRng::seed_from_u64(14);
     let s = scalar();
     for k in simd_tables() {
-        for head_dim in [8, 13, 32, 64, 72, 128] {
-            for (group, n, stride) in
-                [(1, 1, head_dim), (4, 37, 3 * head_dim + 5), (8, 9, head_dim), (2, 64, 2 * head_dim)]
-            {
+        for head_dim in [8, 13, 32, 40, 64, 72, 128, 256] {
+            for (rows, n, stride) in [
+                (1, 1, head_dim),
+                (4, 37, 3 * head_dim + 5),
+                (8, 9, head_dim),
+                (2, 64, 2 * head_dim),
+                (3, 16, head_dim),
+                (19, 33, head_dim + 1),
+                (12, 100, 4 * head_dim),
+                (5, 15, head_dim),
+            ] {
                 let mut val = || rng.gen_range(-1.0f32..1.0) * 10f32.powi(rng.gen_range(-3..3));
-                let q: Vec<f32> = (0..group * head_dim).map(|_| val()).collect();
+                let q: Vec<f32> = (0..rows * head_dim).map(|_| val()).collect();
                 let kv: Vec<f32> = (0..(n - 1) * stride + head_dim).map(|_| val()).collect();
-                let rows = kernels::KvRows { data: &kv, stride, n, head_dim };
+                let kvr = kernels::KvRows { data: &kv, stride, n, head_dim };
                 let ld = n + 3;
-                let (mut want, mut got) = (vec![f32::NAN; group * ld], vec![f32::NAN; group * ld]);
-                s.attn_scores(&q, rows, 0.125, &mut want, ld);
-                k.attn_scores(&q, rows, 0.125, &mut got, ld);
+                let (mut want, mut got) = (vec![f32::NAN; rows * ld], vec![f32::NAN; rows * ld]);
+                s.attn_scores(&q, kvr, 0.125, &mut want, ld);
+                k.attn_scores(&q, kvr, 0.125, &mut got, ld);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{} scores hd {head_dim} group {group} n {n}", k.isa().name());
-                let p: Vec<f32> = (0..group * ld).map(|_| val()).collect();
-                let init: Vec<f32> = (0..group * head_dim).map(|_| val()).collect();
+                let what = format!("hd {head_dim} rows {rows} n {n}");
+                assert_eq!(bits(&got), bits(&want), "{} scores {what}", k.isa().name());
+                let p: Vec<f32> = (0..rows * ld).map(|_| val()).collect();
+                let init: Vec<f32> = (0..rows * head_dim).map(|_| val()).collect();
                 let (mut want, mut got) = (init.clone(), init);
-                s.attn_values(&p, ld, rows, &mut want);
-                k.attn_values(&p, ld, rows, &mut got);
-                assert_eq!(bits(&got), bits(&want), "{} values hd {head_dim} group {group} n {n}", k.isa().name());
+                s.attn_values(&p, ld, kvr, &mut want);
+                k.attn_values(&p, ld, kvr, &mut got);
+                assert_eq!(bits(&got), bits(&want), "{} values {what}", k.isa().name());
             }
+        }
+        for n in (0..70).chain([255, 1000, 4097]) {
+            let x: Vec<f32> = (0..n).map(|_| rng.gen_range(-30.0f32..30.0)).collect();
+            let (mut want, mut got) = (x.clone(), x);
+            s.attn_softmax(&mut want);
+            k.attn_softmax(&mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} softmax n {n}", k.isa().name());
+        }
+    }
+}
+
+/// The attention softmax's `exp` is within 2 ulp of the true value over the range a softmax feeds it, and its
+/// rows sum to 1 within float rounding.
+#[test]
+fn attention_exp_and_softmax_are_accurate() {
+    let mut worst = 0u32;
+    let mut x = -87.0f32;
+    while x <= 0.0 {
+        let got = kernels::attn::exp_ref(x);
+        let want = (x as f64).exp() as f32;
+        worst = worst.max(got.to_bits().abs_diff(want.to_bits()));
+        x += 0.000_731;
+    }
+    assert!(worst <= 2, "exp: {worst} ulp");
+    assert_eq!(kernels::attn::exp_ref(-87.5), 0.0);
+    assert_eq!(kernels::attn::exp_ref(0.0), 1.0);
+    assert!(kernels::attn::exp_ref(f32::NAN).is_nan());
+    let mut rng = SmallRng::seed_from_u64(3);
+    for n in [1, 7, 100, 5000] {
+        let mut row: Vec<f32> = (0..n).map(|_| rng.gen_range(-20.0f32..20.0)).collect();
+        let exact: Vec<f64> = {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.iter().map(|v| v / sum).collect()
+        };
+        scalar().attn_softmax(&mut row);
+        for (g, w) in row.iter().zip(&exact) {
+            assert!((*g as f64 - w).abs() <= 4e-7 * w.max(1e-30) + 1e-12, "softmax n {n}: {g} vs {w}");
         }
     }
 }

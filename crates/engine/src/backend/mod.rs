@@ -64,7 +64,9 @@ pub struct FfnScratch {
 #[derive(Default)]
 pub struct AttnScratch {
     pub(crate) scores: Vec<f32>, // [n_threads, tokens per item, group, longest row]
-    pub(crate) kv_tmp: Vec<f32>, // [n_threads, 2, head_dim] keys and values converted from f16 / Q8_0
+    pub(crate) kv_tmp: Vec<f32>, // [n_threads, tile, head_dim] keys or values converted from f16 / Q8_0
+    pub(crate) q_rows: Vec<f32>, // [n_threads, tokens per item x group, head_dim] a work item's query rows
+    pub(crate) o_rows: Vec<f32>, // [n_threads, tokens per item x group, head_dim] their outputs
     pub(crate) cos: Vec<f32>,    // [n, n_rot / 2]
     pub(crate) sin: Vec<f32>,    // [n, n_rot / 2]
 }

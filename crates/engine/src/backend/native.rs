@@ -94,18 +94,19 @@ pub(crate) fn rope(
 
 /// Positions converted at a time from an f16 or Q8_0 cache (an f32 cache is read in place).
 const KV_CHUNK: usize = 64;
-/// Query tokens of one work item: each tile of keys and values is read from L1 by all of them (a prompt's
-/// tokens would otherwise each stream the whole cache from L2/L3).
+/// Query tokens of one work item: each tile of keys and values is read from L1 by all of them and their query
+/// heads (a prompt's tokens would otherwise each stream the whole cache from L2/L3).
 const TOKENS_PER_ITEM: usize = 8;
 /// Floats of one tile of an f32 cache's keys (or values) of one KV head: 16 KiB, within L1.
 const TILE_FLOATS: usize = 4096;
 
 /// Scores, softmax and the weighted sum of values. Work items are (block of up to [`TOKENS_PER_ITEM`] tokens, KV
-/// head) pairs spread over the pool; in each, the cache is walked in tiles of positions (converted to f32 once
-/// per tile, for an f16 or Q8_0 cache), each tile used by every token of the block and every query head that
-/// shares the KV head, through the kernel table's attention core (`kernels::attn`: one arithmetic on every
-/// instruction set). Each (token, head) output is the same arithmetic whatever the batch, the blocks, the tiles
-/// or the threads: scores in position order, an f64-summed softmax, values accumulated in position order.
+/// head) pairs spread over the pool; in each, the block's query rows (its tokens x the query heads that share the
+/// KV head) are gathered, and the cache is walked in tiles of positions (converted to f32 once per tile, for an
+/// f16 or Q8_0 cache), each tile used by every row through the kernel table's attention core (`kernels::attn`:
+/// one arithmetic on every instruction set, SIMD lanes over positions and head elements). A row meets only the
+/// positions its token sees. Each (token, head) output is the same arithmetic whatever the batch, the blocks, the
+/// tiles or the threads: each score one `fma` chain, a fixed softmax, values accumulated in position order.
 pub(crate) fn attention(
     cpu: &Cpu,
     kv: &LayerKv,
@@ -122,69 +123,91 @@ pub(crate) fn attention(
     let tb = TOKENS_PER_ITEM.min(n).max(1);
     // One row of scores per (token of a block, query head), as long as the longest row of this call.
     let ld = pos0 + n;
-    let per_thread = tb * group * ld;
+    let rows_max = tb * group;
+    let per_thread = rows_max * ld;
     let tmp_len = if kv.is_f32() { 0 } else { KV_CHUNK * hd };
-    let tile = if kv.is_f32() { (TILE_FLOATS / hd.max(1)).max(8) / 8 * 8 } else { KV_CHUNK };
+    let tile = if kv.is_f32() { (TILE_FLOATS / hd.max(1)).max(16) / 16 * 16 } else { KV_CHUNK };
     s.scores.resize(n_threads * per_thread, 0.0);
     s.kv_tmp.resize(n_threads * tmp_len, 0.0);
+    s.q_rows.resize(n_threads * rows_max * hd, 0.0);
+    s.o_rows.resize(n_threads * rows_max * hd, 0.0);
     let scale = 1.0 / (hd as f32).sqrt();
     let scores_ptr = SharedOut(s.scores.as_mut_ptr());
     let tmp_ptr = SharedOut(s.kv_tmp.as_mut_ptr());
+    let q_ptr = SharedOut(s.q_rows.as_mut_ptr());
+    let o_ptr = SharedOut(s.o_rows.as_mut_ptr());
     let att_ptr = SharedOut(out.as_mut_ptr());
     assert_eq!(out.len(), n * q_dim, "attention: output size");
     let k = &cpu.kernels;
     let n_blocks = n.div_ceil(tb);
     cpu.pool.for_chunks_indexed(n_blocks * n_head_kv, 1, &|thread, items| {
+        // SAFETY: each thread index owns its own part of every scratch buffer (thread < n_threads); every buffer
+        // outlives the pool call.
+        let (scores, tmp, qb, ob) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * per_thread), per_thread),
+                std::slice::from_raw_parts_mut(tmp_ptr.get().add(thread * tmp_len), tmp_len),
+                std::slice::from_raw_parts_mut(q_ptr.get().add(thread * rows_max * hd), rows_max * hd),
+                std::slice::from_raw_parts_mut(o_ptr.get().add(thread * rows_max * hd), rows_max * hd),
+            )
+        };
         for item in items {
             let (b, kvh) = (item / n_head_kv, item % n_head_kv);
             let ts = b * tb..n.min((b + 1) * tb);
+            let rows = ts.len() * group;
             let n_kv_max = pos0 + ts.end;
-            // SAFETY: each thread index owns its own `per_thread` scores and conversion buffer (thread <
-            // n_threads); every buffer outlives the pool call.
-            let (scores, tmp) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(scores_ptr.get().add(thread * per_thread), per_thread),
-                    std::slice::from_raw_parts_mut(tmp_ptr.get().add(thread * tmp_len), tmp_len),
-                )
-            };
-            let row = |t: usize| (t - ts.start) * group * ld;
-            let qs = |t: usize| &q[t * q_dim + kvh * group * hd..t * q_dim + (kvh + 1) * group * hd];
+            // Row (t - ts.start) * group + g: token t's query head kvh * group + g.
+            for (i, t) in ts.clone().enumerate() {
+                let at = t * q_dim + kvh * group * hd;
+                qb[i * group * hd..(i + 1) * group * hd].copy_from_slice(&q[at..at + group * hd]);
+            }
+            let (qb, ob) = (&qb[..rows * hd], &mut ob[..rows * hd]);
+            ob.fill(0.0);
+            // The tokens from `first_full(j1)` on see every position below j1; the earlier ones fewer.
+            let first_full = |j1: usize| ts.start.max(j1.saturating_sub(pos0 + 1)).min(ts.end);
             for j0 in (0..n_kv_max).step_by(tile) {
                 let keys = kv.k_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
-                for t in ts.clone() {
-                    let n_kv = pos0 + t + 1;
+                let full = first_full(j0 + keys.n);
+                let r0 = (full - ts.start) * group;
+                if full < ts.end {
+                    k.attn_scores(&qb[r0 * hd..], keys, scale, &mut scores[r0 * ld + j0..], ld);
+                }
+                for t in ts.start..full {
+                    let (n_kv, r) = (pos0 + t + 1, (t - ts.start) * group);
                     if j0 < n_kv {
-                        let part = KvRows { n: keys.n.min(n_kv - j0), ..keys };
-                        k.attn_scores(qs(t), part, scale, &mut scores[row(t) + j0..], ld);
+                        let part = KvRows { n: n_kv - j0, ..keys };
+                        k.attn_scores(&qb[r * hd..(r + group) * hd], part, scale, &mut scores[r * ld + j0..], ld);
                     }
                 }
             }
-            for t in ts.clone() {
-                let n_kv = pos0 + t + 1;
+            for (i, t) in ts.clone().enumerate() {
                 for g in 0..group {
-                    let at = row(t) + g * ld;
-                    ops::softmax(&mut scores[at..at + n_kv]);
+                    let at = (i * group + g) * ld;
+                    k.attn_softmax(&mut scores[at..at + pos0 + t + 1]);
                 }
+            }
+            for j0 in (0..n_kv_max).step_by(tile) {
+                let values = kv.v_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
+                let full = first_full(j0 + values.n);
+                let r0 = (full - ts.start) * group;
+                if full < ts.end {
+                    k.attn_values(&scores[r0 * ld + j0..], ld, values, &mut ob[r0 * hd..]);
+                }
+                for t in ts.start..full {
+                    let (n_kv, r) = (pos0 + t + 1, (t - ts.start) * group);
+                    if j0 < n_kv {
+                        let part = KvRows { n: n_kv - j0, ..values };
+                        k.attn_values(&scores[r * ld + j0..], ld, part, &mut ob[r * hd..(r + group) * hd]);
+                    }
+                }
+            }
+            for (i, t) in ts.clone().enumerate() {
                 // SAFETY: each (t, kvh) pair owns the head_dim-long outputs of its `group` heads, which are
                 // contiguous, and each item its own tokens; `out` outlives the pool call.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + kvh * group * hd), group * hd)
                 };
-                o.fill(0.0);
-            }
-            for j0 in (0..n_kv_max).step_by(tile) {
-                let values = kv.v_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
-                for t in ts.clone() {
-                    let n_kv = pos0 + t + 1;
-                    if j0 < n_kv {
-                        let part = KvRows { n: values.n.min(n_kv - j0), ..values };
-                        // SAFETY: as above.
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(att_ptr.get().add(t * q_dim + kvh * group * hd), group * hd)
-                        };
-                        k.attn_values(&scores[row(t) + j0..], ld, part, o);
-                    }
-                }
+                o.copy_from_slice(&ob[i * group * hd..(i + 1) * group * hd]);
             }
         }
     });
@@ -237,7 +260,7 @@ mod tests {
             let qs = &q[kvh * group * hd..(kvh + 1) * group * hd];
             kernels::attn::attn_scores_ref(qs, keys, 1.0 / (hd as f32).sqrt(), &mut scores, n_kv);
             for g in 0..group {
-                ops::softmax(&mut scores[g * n_kv..(g + 1) * n_kv]);
+                kernels::attn::attn_softmax_ref(&mut scores[g * n_kv..(g + 1) * n_kv]);
             }
             let values = kv.v_rows(kvh, 0..n_kv, &mut tmp);
             kernels::attn::attn_values_ref(&scores, n_kv, values, &mut out[kvh * group * hd..(kvh + 1) * group * hd]);

@@ -1,20 +1,12 @@
-//! AVX-512 versions of the attention core (`attn.rs`), bit-identical to its references. Scores: eight keys at a
-//! time, each key's eight `dot8` partial sums in one 256-bit register (products rounded, then added: no FMA),
-//! and the eight combination trees done together (`vperm2f128` and two `vhaddps`, which add exactly the pairs
-//! the reference adds). Values: sixteen output elements per 512-bit lane group, each adding its rounded
-//! products in position order.
+//! AVX-512 versions of the attention core (`attn.rs`), bit-identical to its references. Scores: sixteen positions
+//! per register, their keys transposed (two 8 x 8 blocks per head chunk) so that each lane runs one score's `fma`
+//! chain over the head's elements, for up to eight query rows per pass; values: sixteen head elements per
+//! register, up to four registers by four rows at once; softmax: the fixed `exp` on sixteen lanes. Positions or
+//! elements short of a whole register go through the AVX2 kernels, which compute the same bits.
 
-use super::attn_avx2;
-use crate::attn::{check_attn, KvRows};
+use super::attn_avx2::{self, MAX_HEAD_DIM};
+use crate::attn::{self, check_attn, KvRows, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use std::arch::x86_64::*;
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn load8(s: &[f32]) -> __m256 {
-    assert!(s.len() >= 8);
-    // SAFETY: reads the first 8 floats of `s` (checked above).
-    unsafe { _mm256_loadu_ps(s.as_ptr()) }
-}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -32,106 +24,185 @@ fn store16(s: &mut [f32], v: __m512) {
     unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
 }
 
-/// Lane `u`: `((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7))` of `acc[u]`.
+/// Scores of `R` query rows (`q`, `[R, hd]`) against the sixteen packed keys: `scores[i * ld..][..16]`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn trees8(acc: [__m256; 8]) -> __m256 {
-    // z[u] = [s(u) | s(u + 4)], s = [a0 + a4, a1 + a5, a2 + a6, a3 + a7].
-    let z: [__m256; 4] = std::array::from_fn(|u| {
-        let (a, b) = (acc[u], acc[u + 4]);
-        _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
-    });
-    // [s0 + s1, s2 + s3] of keys 0, 1 | 4, 5, and of keys 2, 3 | 6, 7; then their sums, in key order.
-    let (h01, h23) = (_mm256_hadd_ps(z[0], z[1]), _mm256_hadd_ps(z[2], z[3]));
-    _mm256_hadd_ps(h01, h23)
-}
-
-/// Scores of one query head against keys `j0..j0 + 8`, times `scale`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn scores8(qh: &[f32], keys: &KvRows<'_>, j0: usize, scale: f32, out: &mut [f32]) {
-    let hd = keys.head_dim;
-    let n8 = hd / 8 * 8;
-    let mut acc = [_mm256_setzero_ps(); 8];
-    for c in (0..n8).step_by(8) {
-        let q = load8(&qh[c..]);
-        for (u, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_add_ps(*a, _mm256_mul_ps(q, load8(&keys.row(j0 + u)[c..])));
+fn score_rows<const R: usize>(q: &[f32], hd: usize, kt: &[f32], scale: f32, scores: &mut [f32], ld: usize) -> usize {
+    assert!(q.len() >= R * hd && kt.len() >= hd * 16 && (R == 0 || scores.len() >= (R - 1) * ld + 16));
+    let mut acc = [_mm512_setzero_ps(); R];
+    let (qp, kp) = (q.as_ptr(), kt.as_ptr());
+    for d in 0..hd {
+        // SAFETY: d < hd, so d * 16 + 16 <= kt.len() and i * hd + d < q.len() (checked above).
+        let k = unsafe { _mm512_loadu_ps(kp.add(d * 16)) };
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *qp.add(i * hd + d) }), k, *a);
         }
     }
-    let tails: [f32; 8] = std::array::from_fn(|u| {
-        let k = keys.row(j0 + u);
-        let mut tail = 0.0f32;
-        for (x, y) in qh[n8..].iter().zip(&k[n8..]) {
-            tail += x * y;
-        }
-        tail
-    });
-    // SAFETY: reads the 8 floats of `tails`.
-    let tails = unsafe { _mm256_loadu_ps(tails.as_ptr()) };
-    let s = _mm256_mul_ps(_mm256_add_ps(trees8(acc), tails), _mm256_set1_ps(scale));
-    assert!(out.len() >= 8);
-    // SAFETY: writes the first 8 floats of `out` (checked above).
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+    for (i, a) in acc.into_iter().enumerate() {
+        store16(&mut scores[i * ld..], _mm512_mul_ps(a, _mm512_set1_ps(scale)));
+    }
+    R
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn attn_scores(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
-    check_attn(q.len(), &keys, scores, ld);
-    let n8 = keys.n / 8 * 8;
-    for (g, qh) in q.chunks_exact(keys.head_dim).enumerate() {
-        for j0 in (0..n8).step_by(8) {
-            scores8(qh, &keys, j0, scale, &mut scores[g * ld + j0..]);
+    let rows = check_attn(q.len(), &keys, scores, ld);
+    let hd = keys.head_dim;
+    if !hd.is_multiple_of(8) || hd > MAX_HEAD_DIM {
+        return attn::attn_scores_ref(q, keys, scale, scores, ld);
+    }
+    let n16 = keys.n / 16 * 16;
+    let mut kt = [0.0f32; 16 * MAX_HEAD_DIM];
+    for j0 in (0..n16).step_by(16) {
+        attn_avx2::pack_keys::<2>(&keys, j0, &mut kt);
+        let mut r = 0;
+        while r < rows {
+            let (qr, out) = (&q[r * hd..], &mut scores[r * ld + j0..]);
+            r += match rows - r {
+                1 => score_rows::<1>(qr, hd, &kt, scale, out, ld),
+                2 => score_rows::<2>(qr, hd, &kt, scale, out, ld),
+                3 => score_rows::<3>(qr, hd, &kt, scale, out, ld),
+                4..=7 => score_rows::<4>(qr, hd, &kt, scale, out, ld),
+                _ => score_rows::<8>(qr, hd, &kt, scale, out, ld),
+            };
         }
     }
-    if n8 < keys.n {
-        let rest = KvRows { data: &keys.data[n8 * keys.stride..], n: keys.n - n8, ..keys };
-        attn_avx2::attn_scores(q, rest, scale, &mut scores[n8..], ld);
+    if n16 < keys.n {
+        let rest = KvRows { data: &keys.data[n16 * keys.stride..], n: keys.n - n16, ..keys };
+        attn_avx2::attn_scores(q, rest, scale, &mut scores[n16..], ld);
     }
 }
 
-/// Adds `p[j] * values[j][e0..e0 + 16 * W]` over the positions to `o[..16 * W]`.
+/// Adds the values of every position to `R` rows of `out` (`[R, hd]` from element `e0`, `16 * W` elements).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-fn values_block<const W: usize>(p: &[f32], values: &KvRows<'_>, e0: usize, o: &mut [f32]) {
-    let mut acc: [__m512; W] = std::array::from_fn(|w| load16(&o[16 * w..]));
-    for j in 0..values.n {
-        let pj = _mm512_set1_ps(p[j]);
-        let v = &values.data[j * values.stride + e0..j * values.stride + e0 + 16 * W];
-        for w in 0..W {
-            acc[w] = _mm512_add_ps(acc[w], _mm512_mul_ps(pj, load16(&v[16 * w..])));
+fn value_rows<const R: usize, const W: usize>(
+    p: &[f32],
+    ld: usize,
+    values: &KvRows<'_>,
+    e0: usize,
+    out: &mut [f32],
+    hd: usize,
+) {
+    let n = values.n;
+    assert!(R == 0 || (p.len() >= (R - 1) * ld + n && out.len() >= (R - 1) * hd + e0 + 16 * W));
+    assert!(e0 + 16 * W <= hd && (n == 0 || (n - 1) * values.stride + e0 + 16 * W <= values.data.len()));
+    let mut acc: [[__m512; W]; R] =
+        std::array::from_fn(|i| std::array::from_fn(|w| load16(&out[i * hd + e0 + 16 * w..])));
+    let (pp, vp) = (p.as_ptr(), values.data.as_ptr());
+    for j in 0..n {
+        // SAFETY: j < n and e0 + 16 * W <= the row's end (checked above).
+        let v: [__m512; W] =
+            std::array::from_fn(|w| unsafe { _mm512_loadu_ps(vp.add(j * values.stride + e0 + 16 * w)) });
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i * ld + j < p.len() (checked above).
+            let pj = _mm512_set1_ps(unsafe { *pp.add(i * ld + j) });
+            for w in 0..W {
+                a[w] = _mm512_fmadd_ps(pj, v[w], a[w]);
+            }
         }
     }
-    for w in 0..W {
-        store16(&mut o[16 * w..], acc[w]);
+    for (i, a) in acc.into_iter().enumerate() {
+        for (w, v) in a.into_iter().enumerate() {
+            store16(&mut out[i * hd + e0 + 16 * w..], v);
+        }
     }
+}
+
+/// Every whole 16-element chunk of `R` rows: 64 elements at a time, then 16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn value_chunks<const R: usize>(p: &[f32], ld: usize, values: &KvRows<'_>, out: &mut [f32], hd: usize) -> usize {
+    let n16 = hd / 16 * 16;
+    let mut e0 = 0;
+    while e0 + 64 <= n16 {
+        value_rows::<R, 4>(p, ld, values, e0, out, hd);
+        e0 += 64;
+    }
+    while e0 < n16 {
+        value_rows::<R, 1>(p, ld, values, e0, out, hd);
+        e0 += 16;
+    }
+    R
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) fn attn_values(p: &[f32], ld: usize, values: KvRows<'_>, out: &mut [f32]) {
-    check_attn(out.len(), &values, p, ld);
+    let rows = check_attn(out.len(), &values, p, ld);
     let hd = values.head_dim;
     let n16 = hd / 16 * 16;
-    for (g, o) in out.chunks_exact_mut(hd).enumerate() {
-        let pg = &p[g * ld..];
-        let mut e0 = 0;
-        while e0 + 64 <= n16 {
-            values_block::<4>(pg, &values, e0, &mut o[e0..]);
-            e0 += 64;
-        }
-        while e0 < n16 {
-            values_block::<1>(pg, &values, e0, &mut o[e0..]);
-            e0 += 16;
-        }
+    let mut r = 0;
+    while r < rows {
+        let (pr, o) = (&p[r * ld..], &mut out[r * hd..]);
+        r += match rows - r {
+            1 => value_chunks::<1>(pr, ld, &values, o, hd),
+            2 => value_chunks::<2>(pr, ld, &values, o, hd),
+            3 => value_chunks::<3>(pr, ld, &values, o, hd),
+            _ => value_chunks::<4>(pr, ld, &values, o, hd),
+        };
     }
     if n16 < hd {
-        // The last hd % 16 elements of every head: the AVX2 kernel on a narrower view of the same rows.
-        let rest = KvRows { data: &values.data[n16..], head_dim: hd - n16, ..values };
-        let group = out.len() / hd;
-        for g in 0..group {
-            let o = &mut out[g * hd + n16..(g + 1) * hd];
-            let one = &p[g * ld..];
-            attn_avx2::attn_values(one, ld, rest, o);
-        }
+        attn_avx2::values_tail(p, ld, &values, n16, out);
+    }
+}
+
+/// `attn::exp_ref` on sixteen lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn exp16(x: __m512) -> __m512 {
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(LOG2E),
+    ));
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    let ni = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), _mm512_set1_epi32(-126));
+    let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127))));
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_MIN));
+    _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, pow2))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) fn attn_softmax(x: &mut [f32]) {
+    let n16 = x.len() / 16 * 16;
+    let mut mv = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in x[..n16].chunks_exact(16) {
+        mv = _mm512_max_ps(load16(c), mv);
+    }
+    let mut lanes = [0.0f32; 16];
+    store16(&mut lanes, mv);
+    let m = attn::row_max(&[attn::row_max(&lanes), attn::row_max(&x[n16..])]);
+    let mut acc = _mm512_setzero_pd();
+    let mv = _mm512_set1_ps(m);
+    for c in x[..n16].chunks_exact_mut(16) {
+        let e = exp16(_mm512_sub_ps(load16(c), mv));
+        store16(c, e);
+        let lo = _mm512_castps512_ps256(e);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e)));
+        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(lo));
+        acc = _mm512_add_pd(acc, _mm512_cvtps_pd(hi));
+    }
+    let mut sums = [0.0f64; 8];
+    // SAFETY: writes the 8 doubles of `sums`.
+    unsafe { _mm512_storeu_pd(sums.as_mut_ptr(), acc) };
+    for (j, v) in x.iter_mut().enumerate().skip(n16) {
+        *v = attn::exp_ref(*v - m);
+        sums[j % 8] += *v as f64;
+    }
+    let inv = (1.0 / attn::lanes_total(&sums)) as f32;
+    let iv = _mm512_set1_ps(inv);
+    for c in x[..n16].chunks_exact_mut(16) {
+        let v = _mm512_mul_ps(load16(c), iv);
+        store16(c, v);
+    }
+    for v in &mut x[n16..] {
+        *v *= inv;
     }
 }

@@ -213,6 +213,16 @@ mod attn_entries {
         unsafe { attn_avx512::attn_values(p, ld, values, out) }
     }
 
+    pub(super) fn attn_softmax_512(x: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { attn_avx512::attn_softmax(x) }
+    }
+
+    pub(super) fn attn_softmax(x: &mut [f32]) {
+        // SAFETY: only reachable through a table built when has_avx2() held.
+        unsafe { attn_avx2::attn_softmax(x) }
+    }
+
     pub(super) fn attn_scores(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut [f32], ld: usize) {
         // SAFETY: only reachable through a table built when has_avx2() held; the kernel checks its slices.
         unsafe { attn_avx2::attn_scores(q, keys, scale, scores, ld) }
@@ -271,6 +281,7 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     }
     k.attn_scores = attn_entries::attn_scores;
     k.attn_values = attn_entries::attn_values;
+    k.attn_softmax = attn_entries::attn_softmax;
     if isa == Isa::Avx512 {
         use avx512_entries as a5;
         assert!(has_avx512(), "AVX-512 table requested on a CPU without AVX-512 F/BW/VL/VNNI");
@@ -294,6 +305,7 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
         k.dot_tile[DType::Q6_K.index()] = Some(a5::dot_q6_k_tile);
         k.attn_scores = attn_entries::attn_scores_512;
         k.attn_values = attn_entries::attn_values_512;
+        k.attn_softmax = attn_entries::attn_softmax_512;
     }
     k
 }
