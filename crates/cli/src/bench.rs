@@ -133,6 +133,9 @@ pub fn main(a: BenchArgs) -> Result<()> {
             println!("llama.cpp  pp{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_prompt, lpp.best(), lpp.list());
         }
         println!("llama.cpp  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, ltg.best(), ltg.list());
+        if kv_types.0 == "f32" || kv_types.1 == "f32" {
+            println!("note             llama-bench has no f32 KV cache: it kept f16 where flash-moe has f32");
+        }
         let prompt = if a.n_prompt > 0 { format!("prompt {:.2}x, ", pp.best() / lpp.best()) } else { String::new() };
         println!("ratio flash-moe / llama.cpp: {prompt}decode {:.2}x (best rounds)", tg.best() / ltg.best());
     }
@@ -234,6 +237,18 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
+/// `-ctk`/`-ctv` for llama-bench: the same KV cache types, except f32, which llama-bench does not take (it then
+/// keeps its default, f16).
+fn llama_kv_args<'a>(ctk: &'a str, ctv: &'a str) -> Vec<&'a str> {
+    let mut args = vec![];
+    for (flag, t) in [("-ctk", ctk), ("-ctv", ctv)] {
+        if t != "f32" {
+            args.extend([flag, t]);
+        }
+    }
+    args
+}
+
 /// Runs `llama-bench` once (one repetition) at the same depth and KV cache types and returns (prompt tok/s,
 /// decode tok/s) from its JSON output (prompt 0 when `pp` is 0).
 fn llama_bench(
@@ -251,7 +266,8 @@ fn llama_bench(
         .arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string(), "-p", &pp.to_string(), "-n", &tg.to_string(), "-d", &depth.to_string()])
-        .args(["-ctk", ctk, "-ctv", ctv, "-r", "1", "-o", "json"])
+        .args(llama_kv_args(ctk, ctv))
+        .args(["-r", "1", "-o", "json"])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {

@@ -339,9 +339,12 @@ fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_be
         assert!(!stdout.contains("pp0"), "no prompt test with -p 0: {stdout}");
         assert!(stdout.contains("ratio flash-moe / llama.cpp: decode"), "{stdout}");
         let passed = fs::read_to_string(&args_file).expect("llama-bench ran");
-        for want in ["-d 40", "-p 0", "-n 3", "-ctk f32", "-ctv f16", "-t 1"] {
+        for want in ["-d 40", "-p 0", "-n 3", "-ctv f16", "-t 1"] {
             assert!(passed.contains(want), "llama-bench got `{passed}`, wanted {want}");
         }
+        // llama-bench refuses an f32 KV cache: it keeps its f16 default, and the output says so.
+        assert!(!passed.contains("-ctk"), "llama-bench got `{passed}`");
+        assert!(stdout.contains("llama-bench has no f32 KV cache"), "{stdout}");
     }
     // A prompt at the depth, on the hybrid model: its recurrent state comes back to the depth every round.
     let hybrid = fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");

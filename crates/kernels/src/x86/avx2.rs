@@ -211,13 +211,27 @@ pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (bw, bx) = (blocks::<BlockQ4_1>(w), blocks::<BlockQ8_1>(x));
-    let mut summs = 0f32;
+    let mut summs = _mm_setzero_ps();
     let sum = fold_blocks(bw, bx, |bw, bx| {
-        summs += f16_mul(bw.m, bx.s);
-        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
+        let (d, ms) = scale_and_min_products(&bw.d, &bw.m, &bx.d, &bx.s);
+        summs = _mm_add_ps(summs, ms);
         (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(nibbles_32(&bw.qs), load_i8_32(&bx.qs))))
     });
-    sum + summs
+    sum + _mm_cvtss_f32(_mm_movehdup_ps(summs))
+}
+
+/// `(broadcast(d_w * d_x), [_, m_w * s_x, _, _])` of a Q4_1/Q5_1 block and its Q8_1 block, each product of two
+/// f16 values rounded once (as [`f16_mul`]); the second goes into lane 1 of a running sum, which then adds the
+/// blocks' `m * s` in order, as a scalar sum would.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_and_min_products(dw: &[u8; 2], mw: &[u8; 2], dx: &[u8; 2], sx: &[u8; 2]) -> (__m256, __m128) {
+    let w = i32::from(u16::from_le_bytes(*dw)) | (i32::from(u16::from_le_bytes(*mw)) << 16);
+    let x = i32::from(u16::from_le_bytes(*dx)) | (i32::from(u16::from_le_bytes(*sx)) << 16);
+    // [d_w, m_w, d_x, s_x] -> [d_w * d_x, m_w * s_x, ..]
+    let v = _mm_cvtph_ps(_mm_set_epi32(0, 0, x, w));
+    let prod = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+    (_mm256_broadcastss_ps(prod), prod)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -234,15 +248,15 @@ pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let (bw, bx) = (blocks::<BlockQ5_1>(w), blocks::<BlockQ8_1>(x));
-    let mut summs = 0f32;
+    let mut summs = _mm_setzero_ps();
     let sum = fold_blocks(bw, bx, |bw, bx| {
-        summs += f16_mul(bw.m, bx.s);
-        let d = _mm256_set1_ps(f16_mul(bw.d, bx.d));
+        let (d, ms) = scale_and_min_products(&bw.d, &bw.m, &bx.d, &bx.s);
+        summs = _mm_add_ps(summs, ms);
         let hi = _mm256_and_si256(bits_32(bw.qh), _mm256_set1_epi8(0x10));
         let qw = _mm256_or_si256(nibbles_32(&bw.qs), hi);
         (d, _mm256_cvtepi32_ps(mul_sum_u8_quads(qw, load_i8_32(&bx.qs))))
     });
-    sum + summs
+    sum + _mm_cvtss_f32(_mm_movehdup_ps(summs))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
