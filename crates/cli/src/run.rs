@@ -350,38 +350,38 @@ pub fn main(a: RunArgs) -> Result<()> {
                 );
             }
         }
-        if let Some(path) = &a.stats_json {
-            let json = serde_json::json!({
-                "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
-                "approx": model.approx_stats().map(|(mode, st)| serde_json::json!({
-                    "mode": mode.name(),
-                    "applies_to": match mode {
-                        engine::approx::Approx::DropMissing => "decode steps (single-token forward passes)",
-                        engine::approx::Approx::TopK(_) => "every token",
-                    },
-                    "routed_experts": st.routed,
-                    "dropped_experts": st.dropped,
-                    "dropped_fraction": st.dropped_fraction(),
-                })),
-                "model": a.model.model,
-                "prompt_tokens": stats.n_prompt,
-                "prompt_secs": stats.prompt_secs,
-                "generated_tokens": stats.n_generated,
-                "decode_steps": stats.n_decode_steps,
-                "decode_secs": stats.decode_secs,
-                "decode_tok_s": stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
-                "plan": model.memory_plan(),
-                "experts_prefill": pre,
-                "experts_decode": dec,
-                "prefetch": format!("{:?}", a.model.prefetch.mode(replay)).to_lowercase(),
-                "prediction_accuracy_decode": dec.prediction_accuracy(),
-                "per_token": stats.per_token,
-                "time_to_first_token": ttft,
-                "peak_rss_bytes": peak_rss_bytes(),
-            });
-            std::fs::write(path, serde_json::to_string_pretty(&json)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+    }
+    if let Some(path) = &a.stats_json {
+        let json = serde_json::json!({
+            "mode": if replay { "replay (benchmark, not inference)" } else { "inference" },
+            "approx": model.approx_stats().map(|(mode, st)| serde_json::json!({
+                "mode": mode.name(),
+                "applies_to": match mode {
+                    engine::approx::Approx::DropMissing => "decode steps (single-token forward passes)",
+                    engine::approx::Approx::TopK(_) => "every token",
+                },
+                "routed_experts": st.routed,
+                "dropped_experts": st.dropped,
+                "dropped_fraction": st.dropped_fraction(),
+            })),
+            "model": a.model.model,
+            "prompt_tokens": stats.n_prompt,
+            "prompt_secs": stats.prompt_secs,
+            "generated_tokens": stats.n_generated,
+            "decode_steps": stats.n_decode_steps,
+            "decode_secs": stats.decode_secs,
+            "decode_tok_s": stats.n_decode_steps as f64 / stats.decode_secs.max(1e-9),
+            "plan": model.memory_plan(),
+            "experts_prefill": stats.cache_prefill,
+            "experts_decode": stats.cache_decode,
+            "prefetch": format!("{:?}", a.model.prefetch.mode(replay)).to_lowercase(),
+            "prediction_accuracy_decode": stats.cache_decode.as_ref().map(|d| d.prediction_accuracy()),
+            "per_token": stats.per_token,
+            "time_to_first_token": ttft,
+            "peak_rss_bytes": peak_rss_bytes(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     match saved_hot {
         Some(Ok((path, n))) => eprintln!("warm start {n} hot experts saved for the next start: {}", path.display()),

@@ -368,3 +368,30 @@ fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_be
     let (stdout, _) = assert_succeeds(&out);
     assert!(stdout.contains("flash-moe  pp5") && stdout.contains("@ d9"), "{stdout}");
 }
+
+#[test]
+fn stats_json_is_written_with_the_model_in_ram_too() {
+    let dir = temp_dir("cli_usage", "stats_json_ram");
+    let path = dir.join("stats.json");
+    let out = flash_moe(&[
+        "run",
+        "-m",
+        s(&moe_gguf()),
+        "-p",
+        "hello there",
+        "-n",
+        "3",
+        "-t",
+        "1",
+        "--temp",
+        "0",
+        "-q",
+        "--stats-json",
+        s(&path),
+    ]);
+    assert_succeeds(&out);
+    let json: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).expect("written")).expect("json");
+    assert!(json["prompt_tokens"].as_u64().is_some_and(|n| n > 0), "{json}");
+    assert!(json["prompt_secs"].as_f64().is_some() && json["decode_steps"].as_u64().is_some(), "{json}");
+    assert!(json["experts_decode"].is_null(), "no expert cache in RAM: {json}");
+}
