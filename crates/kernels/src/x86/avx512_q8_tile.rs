@@ -1,0 +1,78 @@
+//! AVX-512 tile for prompts of Q8_0: four weight rows by one to four activation rows per call, two activation
+//! rows side by side in each 512-bit register (lanes 0-7 one token, 8-15 the next). Every output repeats the
+//! single-row kernel's (`avx512::dot_q8_0_q8_0`) f32 operations in the same order, so it is BIT-IDENTICAL to it:
+//! per block the exact integer quad sums (`vpdpbusd` on |w| and sign(x, w)), converted, times the f32 product
+//! f16(w.d) * f16(x.d), fused into the even-block or odd-block accumulator (the last block of an odd count into the
+//! even one), and at the end the single kernel's horizontal sum of the two.
+
+use super::avx2::{f16, hsum_ps};
+use crate::blocks;
+use crate::q8_0::BlockQ8_0;
+use std::arch::x86_64::*;
+
+/// `[a | b]`: two 32-byte blocks in one register.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pair(a: &[i8; 32], b: &[i8; 32]) -> __m512i {
+    // SAFETY: reads exactly the 32 bytes of each block.
+    let (lo, hi) = unsafe { (_mm256_loadu_si256(a.as_ptr().cast()), _mm256_loadu_si256(b.as_ptr().cast())) };
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// `[f32(x_a.d) x 8 | f32(x_b.d) x 8]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pair_scales(a: &BlockQ8_0, b: &BlockQ8_0) -> __m512 {
+    let (lo, hi) = (_mm512_castps_pd(_mm512_set1_ps(f16(a.d))), _mm256_castps_pd(_mm256_set1_ps(f16(b.d))));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, hi))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile<const P: usize>(bw: [&[BlockQ8_0]; 4], bx: [&[BlockQ8_0]; 4]) -> [[f32; 4]; 4] {
+    let n = bx[0].len();
+    assert!(bx.iter().all(|b| b.len() == n) && bw.iter().all(|b| b.len() == n), "rows of different lengths");
+    // acc[parity][r][p]: the even- and odd-block accumulators of row r against token pair p.
+    let mut acc = [[[_mm512_setzero_ps(); P]; 4]; 2];
+    for b in 0..n {
+        let parity = if b % 2 == 1 && !(b + 1 == n && n % 2 == 1) { 1 } else { 0 };
+        let xs: [__m512i; P] = std::array::from_fn(|p| pair(&bx[2 * p][b].qs, &bx[2 * p + 1][b].qs));
+        let dx: [__m512; P] = std::array::from_fn(|p| pair_scales(&bx[2 * p][b], &bx[2 * p + 1][b]));
+        for r in 0..4 {
+            let w = &bw[r][b];
+            // SAFETY: reads exactly the 32 bytes of the block.
+            let w2 = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) });
+            let aw = _mm512_abs_epi8(w2);
+            // sign(x, w) for 64 bytes: negate where w < 0, zero where w == 0 (as `_mm256_sign_epi8`).
+            let neg = _mm512_movepi8_mask(w2);
+            let zero = _mm512_cmpeq_epi8_mask(w2, _mm512_setzero_si512());
+            let dw = _mm512_set1_ps(f16(w.d));
+            for p in 0..P {
+                let sx = _mm512_maskz_mov_epi8(!zero, _mm512_mask_sub_epi8(xs[p], neg, _mm512_setzero_si512(), xs[p]));
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx));
+                acc[parity][r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx[p]), q, acc[parity][r][p]);
+            }
+        }
+    }
+    let mut out = [[0f32; 4]; 4];
+    for r in 0..4 {
+        for p in 0..P {
+            let s = _mm512_add_ps(acc[0][r][p], acc[1][r][p]);
+            out[2 * p][r] = hsum_ps(_mm512_castps512_ps256(s));
+            if 2 * p + 1 < 4 {
+                out[2 * p + 1][r] = hsum_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))));
+            }
+        }
+    }
+    out
+}
+
+/// Four Q8_0 weight rows against one to four Q8_0 activation rows: `out[t][r]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) fn dot_q8_0_q8_0_tile(_n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+    assert!((1..=4).contains(&xs.len()), "a tile has 1 to 4 activation rows, not {}", xs.len());
+    let bw: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| blocks::<BlockQ8_0>(ws[r]));
+    // Missing tokens repeat the last one (computed, not returned).
+    let bx: [&[BlockQ8_0]; 4] = std::array::from_fn(|t| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]));
+    let all = if xs.len() <= 2 { tile::<1>(bw, bx) } else { tile::<2>(bw, bx) };
+    out[..xs.len()].copy_from_slice(&all[..xs.len()]);
+}
