@@ -131,6 +131,19 @@ pub fn matmul_many(cpu: &Cpu, mats: &mut [(QMatRef<'_>, &mut [f32])], x: &QuantA
     });
 }
 
+/// How far ahead of the four rows at hand their successors are prefetched: the next group of four (on the `small`
+/// shape at one thread, decode 65.7 tok/s with 4, 63.6 with 8, 52.8 without).
+const PREFETCH_ROWS_AHEAD: usize = 4;
+
+/// Prefetches the four rows of `w` from `r` (those below `end`): an expert's rows are a few blocks each, too short
+/// a stream for the hardware prefetchers, so without this every group of rows starts with cache misses.
+#[inline]
+fn prefetch_rows(w: QMatRef<'_>, r: usize, end: usize) {
+    for i in r..end.min(r + 4) {
+        kernels::prefetch(w.row(i));
+    }
+}
+
 /// Rows `range` of `w` times every token of `x`, into `out` (`[n_tokens, w.rows]`).
 fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::Range<usize>, outp: SharedOut) {
     if w.planes.is_some() {
@@ -154,6 +167,7 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
         let mut xs: [&[u8]; 4] = [&[]; 4];
         while rows_x4.start + 4 <= rows_x4.end {
             let r = rows_x4.start;
+            prefetch_rows(w, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
             let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
             for t in (0..n_tokens).step_by(4) {
                 let n_t = (n_tokens - t).min(4);
@@ -188,6 +202,7 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     if n_x4 < n_tokens {
         let mut r = rows_x4.start;
         while r + 4 <= rows_x4.end {
+            prefetch_rows(w, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
             let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
             for t in n_x4..n_tokens {
                 let mut v = [0.0f32; 4];

@@ -70,6 +70,10 @@ fn tile<const P: usize>(bw: [&[BlockQ8_0]; 4], bx: [&[BlockQ8_0]; 4]) -> [[f32; 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0_tile(_n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
     assert!((1..=4).contains(&xs.len()), "a tile has 1 to 4 activation rows, not {}", xs.len());
+    if let [x] = *xs {
+        // One token (decode): the four-row kernel, which does not pay for a second token's lanes.
+        return super::avx512_r4::dot_q8_0_q8_0_r4(_n, ws, x, &mut out[0]);
+    }
     let bw: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| blocks::<BlockQ8_0>(ws[r]));
     // Missing tokens repeat the last one (computed, not returned).
     let bx: [&[BlockQ8_0]; 4] = std::array::from_fn(|t| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]));
