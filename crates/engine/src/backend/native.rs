@@ -97,6 +97,9 @@ const KV_CHUNK: usize = 64;
 /// Query tokens of one work item: each tile of keys and values is read from L1 by all of them and their query
 /// heads (a prompt's tokens would otherwise each stream the whole cache from L2/L3).
 const TOKENS_PER_ITEM: usize = 8;
+/// Scores a thread may hold for one work item beyond one token's (`group x` the context): 8 MiB of f32. At long
+/// contexts the blocks get fewer tokens so that the scratch stays within this (counted in the memory plan).
+pub const ATTN_SCORES_MAX_FLOATS: usize = 2 << 20;
 /// Floats of one tile of an f32 cache's keys (or values) of one KV head: 16 KiB, within L1.
 const TILE_FLOATS: usize = 4096;
 
@@ -120,9 +123,9 @@ pub(crate) fn attention(
     let n = q.len() / q_dim;
     let n_threads = cpu.pool.n_threads();
     let group = n_head / n_head_kv;
-    let tb = TOKENS_PER_ITEM.min(n).max(1);
     // One row of scores per (token of a block, query head), as long as the longest row of this call.
     let ld = pos0 + n;
+    let tb = TOKENS_PER_ITEM.min(n).min(ATTN_SCORES_MAX_FLOATS / (group * ld).max(1)).max(1);
     let rows_max = tb * group;
     let per_thread = rows_max * ld;
     let tmp_len = if kv.is_f32() { 0 } else { KV_CHUNK * hd };

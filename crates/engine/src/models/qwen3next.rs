@@ -619,7 +619,7 @@ pub fn scratch_bytes(cfg: &HybridConfig, n_ctx: usize, n_threads: usize) -> u64 
     // In u128: an absurd context gives a huge number, not an overflow.
     let floats = b * w(cfg.n_embd) * 7
         + b * (4 * q_dim + 2 * kv_dim)
-        + w(n_threads) * w(n_ctx)
+        + w(n_threads) * super::transformer::attn_scores_floats(a.n_head / a.n_head_kv.max(1), n_ctx)
         + b * w(d.conv_dim() + 2 * d.value_dim() + 2 * d.n_v_heads)
         + b * w(cfg.moe.n_expert + cfg.moe.n_expert_used * cfg.n_embd)
         + b * 2 * n_ff

@@ -333,6 +333,12 @@ impl Transformer {
 
 /// Bytes of the forward pass's scratch buffers for a batch of [`crate::backend::native::N_BATCH`] tokens, logits
 /// for [`crate::backend::native::N_BATCH_ALL_LOGITS`] rows (an upper estimate).
+/// Floats of attention scores one thread holds (`backend::native::attention`): a block of tokens' rows, at most
+/// [`crate::backend::native::ATTN_SCORES_MAX_FLOATS`] unless one token's (`group` heads x the context) is more.
+pub(crate) fn attn_scores_floats(group: usize, n_ctx: usize) -> u128 {
+    (group.max(1) as u128 * n_ctx as u128).max(crate::backend::native::ATTN_SCORES_MAX_FLOATS as u128)
+}
+
 pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) -> u64 {
     let w = |x: usize| x as u128;
     let (b, b_logits) = (w(crate::backend::native::N_BATCH), w(crate::backend::native::N_BATCH_ALL_LOGITS));
@@ -343,7 +349,7 @@ pub fn scratch_bytes(cfg: &TransformerConfig, n_ctx: usize, n_threads: usize) ->
     // In u128: an absurd context (`-c 18446744073709551615`) gives a huge number, not an overflow.
     let floats = b * w(cfg.n_embd) * 6      // residual, normed input, block output, gathered rows, expert output
         + b * (2 * q_dim + 2 * kv_dim)      // q, k, v, attention output
-        + w(n_threads) * w(n_ctx)           // attention scores
+        + w(n_threads) * attn_scores_floats(a.n_head / a.n_head_kv.max(1), n_ctx) // attention scores
         + b * (n_expert + k * w(cfg.n_embd)) // router logits, per-slot expert outputs
         + b * 2 * n_ff                      // gate and up
         + b_logits * w(cfg.n_vocab); // logits
