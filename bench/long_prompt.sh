@@ -21,7 +21,9 @@ fm=${FLASH_MOE:-$root/target/release/flash-moe}
 cg=/sys/fs/cgroup/memory/flash_moe_long_prompt
 out=$(mktemp -d)
 trap 'rmdir "$cg" 2>/dev/null || true; rm -rf "$out"' EXIT
-awk -v n="$((n - 1))" 'BEGIN { srand(7); for (i = 0; i < n; i++) printf " %c%c", 97 + int(rand() * 26), 97 + int(rand() * 26) }' > "$out/prompt.txt"
+awk -v n="$((n - 1))" 'BEGIN {
+    srand(7); for (i = 0; i < n; i++) printf " %c%c", 97 + int(rand() * 26), 97 + int(rand() * 26)
+}' > "$out/prompt.txt"
 
 summary() {
     python3 - "$1" "$2" <<'PY'
@@ -31,8 +33,9 @@ line = (f"{sys.argv[2]}: {s['prompt_tokens']} prompt tokens in {s['prompt_secs']
         f"{s['prompt_tokens'] / s['prompt_secs']:.1f} tok/s")
 t = s.get("time_to_first_token") or {}
 if t.get("prefill_bytes_expected"):
-    line += (f"; {t['prefill_distinct_experts']} distinct experts touched, {t['prefill_bytes_expected'] / 2**30:.2f} GiB "
-             f"to read them once, {t['prefill_bytes_read'] / 2**30:.2f} GiB read")
+    line += (f"; {t['prefill_distinct_experts']} distinct experts touched, "
+             f"{t['prefill_bytes_expected'] / 2**30:.2f} GiB to read them once, "
+             f"{t['prefill_bytes_read'] / 2**30:.2f} GiB read")
 rss = s.get("peak_rss_bytes")
 if rss:
     line += f"; peak RSS {rss / 2**30:.2f} GiB"

@@ -323,8 +323,8 @@ impl Kernels {
     }
 
     /// The affine dot product with [`DType::Q8_A`] activations (the engine's default): AVX2 for 4- and 8-bit
-    /// weights, NEON for every bit width (`sdot` where the CPU has dotprod), the scalar reference otherwise; always bit-identical to
-    /// [`dot_affine_q8_ref`].
+    /// weights, NEON for every bit width (`sdot` where the CPU has dotprod), the scalar reference otherwise;
+    /// always bit-identical to [`dot_affine_q8_ref`].
     pub fn affine_dot_q8(&self, f: AffineFormat) -> AffineDotFn {
         match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]

@@ -102,7 +102,7 @@ pub(crate) fn scores_tail(q: &[f32], keys: &KvRows<'_>, from: usize, scale: f32,
     for j in from..keys.n {
         let k = keys.row(j);
         for (r, qr) in q.chunks_exact(keys.head_dim).enumerate() {
-            scores[r * ld + j] = qr.iter().zip(k).fold(0.0f32, |acc, (&x, &y)| x.mul_add(y, acc)) * scale;
+            scores[r * ld + j] = attn::dot_fma_ref(qr, k) * scale;
         }
     }
 }

@@ -97,7 +97,7 @@ fn nibbles_128(q: &[u8; 64]) -> [__m512i; 2] {
 /// The 32 activation bytes at `a` and the 32 at `b` as one vector.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn join_i8(a: &[i8; 32], b: &[i8; 32]) -> __m512i {
+pub(super) fn join_i8(a: &[i8; 32], b: &[i8; 32]) -> __m512i {
     // SAFETY: reads exactly the 32 bytes of `a` and of `b`.
     let (a, b) = unsafe { (_mm256_loadu_si256(a.as_ptr().cast()), _mm256_loadu_si256(b.as_ptr().cast())) };
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)

@@ -6,18 +6,10 @@
 //! even one), and at the end the single kernel's horizontal sum of the two.
 
 use super::avx2::{f16, hsum_ps};
+use super::avx512_kq::join_i8;
 use crate::blocks;
 use crate::q8_0::BlockQ8_0;
 use std::arch::x86_64::*;
-
-/// `[a | b]`: two 32-byte blocks in one register.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pair(a: &[i8; 32], b: &[i8; 32]) -> __m512i {
-    // SAFETY: reads exactly the 32 bytes of each block.
-    let (lo, hi) = unsafe { (_mm256_loadu_si256(a.as_ptr().cast()), _mm256_loadu_si256(b.as_ptr().cast())) };
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
 
 /// `[f32(x_a.d) x 8 | f32(x_b.d) x 8]`.
 #[inline]
@@ -35,7 +27,7 @@ fn tile<const P: usize>(bw: [&[BlockQ8_0]; 4], bx: [&[BlockQ8_0]; 4]) -> [[f32; 
     let mut acc = [[[_mm512_setzero_ps(); P]; 4]; 2];
     for b in 0..n {
         let parity = if b % 2 == 1 && !(b + 1 == n && n % 2 == 1) { 1 } else { 0 };
-        let xs: [__m512i; P] = std::array::from_fn(|p| pair(&bx[2 * p][b].qs, &bx[2 * p + 1][b].qs));
+        let xs: [__m512i; P] = std::array::from_fn(|p| join_i8(&bx[2 * p][b].qs, &bx[2 * p + 1][b].qs));
         let dx: [__m512; P] = std::array::from_fn(|p| pair_scales(&bx[2 * p][b], &bx[2 * p + 1][b]));
         for r in 0..4 {
             let w = &bw[r][b];
