@@ -102,9 +102,15 @@ struct Candidate {
     logit: f32,
 }
 
-/// Higher logit first, then lower id: a total order, so results never depend on sort stability.
-fn by_logit_desc(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
-    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+/// A candidate as one integer whose ascending order is higher logit first, then lower id (`f32::total_cmp`'s order
+/// reversed, the id below it): a total order, so results never depend on sort stability, and sorting plain integers
+/// is several times faster than sorting with a comparator (a 152k vocabulary, sorted whole at `top_k` 0, took 3 ms
+/// a token with one).
+fn sort_key(c: &Candidate) -> u64 {
+    let bits = c.logit.to_bits();
+    // f32::total_cmp's order as an unsigned integer: negative values flipped whole, positive ones above them.
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+    (u64::from(!ascending) << 32) | u64::from(c.id)
 }
 
 /// Picks tokens; one per sequence (it owns the PRNG state and scratch buffers).
@@ -114,6 +120,9 @@ pub struct Sampler {
     rng: Rng,
     /// [n_vocab] candidates, sorted and cut in place each call.
     candidates: Vec<Candidate>,
+    /// The candidates' [`sort_key`]s, and the kept candidates in their order (scratch of `top_k`).
+    keys: Vec<u64>,
+    sorted: Vec<Candidate>,
     /// [n_vocab] occurrences of each id in the penalty window; only `seen` entries are non-zero.
     counts: Vec<u32>,
     /// Ids with a non-zero count.
@@ -128,6 +137,8 @@ impl Sampler {
             cfg,
             rng: Rng::new(cfg.seed),
             candidates: Vec::new(),
+            keys: Vec::new(),
+            sorted: Vec::new(),
             counts: Vec::new(),
             seen: Vec::new(),
             probs: Vec::new(),
@@ -212,11 +223,20 @@ impl Sampler {
     fn top_k(&mut self) {
         let n = self.candidates.len();
         let k = if self.cfg.top_k == 0 { n } else { self.cfg.top_k.min(n) };
+        self.keys.clear();
+        self.keys.extend(self.candidates.iter().map(sort_key));
         if k < n {
-            self.candidates.select_nth_unstable_by(k - 1, by_logit_desc);
-            self.candidates.truncate(k);
+            self.keys.select_nth_unstable(k - 1);
+            self.keys.truncate(k);
         }
-        self.candidates.sort_unstable_by(by_logit_desc);
+        self.keys.sort_unstable();
+        // The candidates are still in id order here: each key's low half indexes them.
+        self.sorted.clear();
+        self.sorted.extend(self.keys.iter().map(|&key| self.candidates[(key & 0xffff_ffff) as usize]));
+        // Copied back rather than swapped, so that each buffer keeps its capacity (no allocation after the first
+        // call).
+        self.candidates.clear();
+        self.candidates.extend_from_slice(&self.sorted);
     }
 
     /// Probabilities of the (sorted) candidates at temperature 1, into `probs`.
@@ -371,5 +391,28 @@ mod tests {
             assert!((0.0..1.0).contains(&x));
         }
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
+    }
+
+    /// The integer keys sort exactly as "higher logit (`total_cmp`) first, then lower id" does.
+    #[test]
+    fn sort_keys_order_as_logit_then_id() {
+        let specials = [f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0, f32::MIN_POSITIVE, -f32::MIN_POSITIVE, 1e-45];
+        let mut rng = Rng::new(3);
+        let mut cands: Vec<Candidate> = (0..5000u32)
+            .map(|id| {
+                let r = rng.next_u64();
+                let logit = match r % 4 {
+                    0 => specials[(r >> 8) as usize % specials.len()],
+                    1 => ((r >> 8) % 7) as f32 - 3.0, // many ties
+                    _ => f32::from_bits((r >> 16) as u32 & !(0xff << 23) | (((r >> 48) % 254 + 1) as u32) << 23),
+                };
+                Candidate { id, logit }
+            })
+            .collect();
+        let mut by_keys = cands.clone();
+        by_keys.sort_unstable_by_key(sort_key);
+        cands.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+        let ids = |v: &[Candidate]| v.iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(&by_keys), ids(&cands));
     }
 }
