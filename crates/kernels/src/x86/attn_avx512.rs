@@ -7,6 +7,7 @@
 use super::attn_avx2::{self, MAX_HEAD_DIM};
 use crate::attn::{self, check_attn, KvRows, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -53,18 +54,19 @@ pub(crate) fn attn_scores(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut 
         return attn::attn_scores_ref(q, keys, scale, scores, ld);
     }
     let n16 = keys.n / 16 * 16;
-    let mut kt = [0.0f32; 16 * MAX_HEAD_DIM];
+    let mut buf = [MaybeUninit::uninit(); 16 * MAX_HEAD_DIM];
+    let kt = attn_avx2::zeroed_prefix(&mut buf, 16 * hd);
     for j0 in (0..n16).step_by(16) {
-        attn_avx2::pack_keys::<2>(&keys, j0, &mut kt);
+        attn_avx2::pack_keys::<2>(&keys, j0, kt);
         let mut r = 0;
         while r < rows {
             let (qr, out) = (&q[r * hd..], &mut scores[r * ld + j0..]);
             r += match rows - r {
-                1 => score_rows::<1>(qr, hd, &kt, scale, out, ld),
-                2 => score_rows::<2>(qr, hd, &kt, scale, out, ld),
-                3 => score_rows::<3>(qr, hd, &kt, scale, out, ld),
-                4..=7 => score_rows::<4>(qr, hd, &kt, scale, out, ld),
-                _ => score_rows::<8>(qr, hd, &kt, scale, out, ld),
+                1 => score_rows::<1>(qr, hd, kt, scale, out, ld),
+                2 => score_rows::<2>(qr, hd, kt, scale, out, ld),
+                3 => score_rows::<3>(qr, hd, kt, scale, out, ld),
+                4..=7 => score_rows::<4>(qr, hd, kt, scale, out, ld),
+                _ => score_rows::<8>(qr, hd, kt, scale, out, ld),
             };
         }
     }
