@@ -55,9 +55,8 @@ pub(crate) fn attn_scores(q: &[f32], keys: KvRows<'_>, scale: f32, scores: &mut 
     }
     let n16 = keys.n / 16 * 16;
     let mut buf = [MaybeUninit::uninit(); 16 * MAX_HEAD_DIM];
-    let kt = attn_avx2::zeroed_prefix(&mut buf, 16 * hd);
     for j0 in (0..n16).step_by(16) {
-        attn_avx2::pack_keys::<2>(&keys, j0, kt);
+        let kt = attn_avx2::pack_keys::<2>(&keys, j0, &mut buf);
         let mut r = 0;
         while r < rows {
             let (qr, out) = (&q[r * hd..], &mut scores[r * ld + j0..]);
