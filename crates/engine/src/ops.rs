@@ -99,33 +99,64 @@ pub fn matmul(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &mut [f32]) {
 pub fn matmul_many(cpu: &Cpu, mats: &mut [(QMatRef<'_>, &mut [f32])], x: &QuantActs) {
     const MAX: usize = 4;
     assert!(!mats.is_empty() && mats.len() <= MAX, "matmul_many: 1 to {MAX} matrices");
-    let n_tokens = x.n_rows();
     // Fixed-size tables: no allocation in the decode loop.
     let mut outs = [SharedOut(std::ptr::null_mut()); MAX];
-    let mut starts = [usize::MAX; MAX + 1];
     let mut ws = [mats[0].0; MAX];
-    let mut total = 0;
     for (i, (w, out)) in mats.iter_mut().enumerate() {
-        assert!(
-            x.is_for(&cpu.kernels, w.dtype, w.cols),
-            "matmul: activations were quantized for another type or width"
-        );
-        assert_eq!(out.len(), n_tokens * w.rows, "matmul: output size");
-        starts[i] = total;
-        total += w.rows;
+        check_job(cpu, *w, x, out);
         outs[i] = SharedOut(out.as_mut_ptr());
         ws[i] = *w;
     }
-    starts[mats.len()] = total;
-    let starts = &starts[..=mats.len()];
+    let xs = [x; MAX];
+    matmul_pass(cpu, &ws[..mats.len()], &xs[..mats.len()], &outs[..mats.len()]);
+}
+
+/// Matrices one [`matmul_jobs`] pass takes (a fixed table: no allocation); more go in several passes.
+pub const MATMUL_JOBS_MAX: usize = 32;
+
+/// Products of different matrices with their own activations (`out = w x` for each `(w, x, out)`), in one pass
+/// over the thread pool: the selected experts of a MoE layer, each on its own tokens, share one dispatch instead of
+/// two each. Every output is the same kernel call as in [`matmul`], so grouping never changes a bit.
+pub fn matmul_jobs(cpu: &Cpu, jobs: &mut [(QMatRef<'_>, &QuantActs, &mut [f32])]) {
+    for part in jobs.chunks_mut(MATMUL_JOBS_MAX) {
+        let mut outs = [SharedOut(std::ptr::null_mut()); MATMUL_JOBS_MAX];
+        let mut ws = [part[0].0; MATMUL_JOBS_MAX];
+        let mut xs = [part[0].1; MATMUL_JOBS_MAX];
+        for (i, (w, x, out)) in part.iter_mut().enumerate() {
+            check_job(cpu, *w, x, out);
+            outs[i] = SharedOut(out.as_mut_ptr());
+            ws[i] = *w;
+            xs[i] = *x;
+        }
+        let n = part.len();
+        matmul_pass(cpu, &ws[..n], &xs[..n], &outs[..n]);
+    }
+}
+
+fn check_job(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, out: &[f32]) {
+    assert!(x.is_for(&cpu.kernels, w.dtype, w.cols), "matmul: activations were quantized for another type or width");
+    assert_eq!(out.len(), x.n_rows() * w.rows, "matmul: output size");
+}
+
+/// The rows of all of `ws` (each times its own `xs`, into `outs`, checked by the caller) as one range split over the
+/// pool.
+fn matmul_pass(cpu: &Cpu, ws: &[QMatRef<'_>], xs: &[&QuantActs], outs: &[SharedOut]) {
+    let mut starts = [usize::MAX; MATMUL_JOBS_MAX + 1];
+    let mut total = 0;
+    for (i, w) in ws.iter().enumerate() {
+        starts[i] = total;
+        total += w.rows;
+    }
+    starts[ws.len()] = total;
+    let starts = &starts[..=ws.len()];
     let chunk = cpu.pool.chunk_size(total, 16);
     cpu.pool.for_chunks(total, chunk, &|range| {
-        // A chunk of the concatenated rows may span two matrices: split it at the boundaries.
+        // A chunk of the concatenated rows may span several matrices: split it at the boundaries.
         let mut r = range.start;
         while r < range.end {
             let m = starts.partition_point(|&s| s <= r) - 1;
             let end = range.end.min(starts[m + 1]);
-            rows_times_tokens(cpu, ws[m], x, r - starts[m]..end - starts[m], outs[m]);
+            rows_times_tokens(cpu, ws[m], xs[m], r - starts[m]..end - starts[m], outs[m]);
             r = end;
         }
     });
@@ -377,6 +408,63 @@ mod tests {
         let s: f32 = x.iter().sum();
         assert!((s - 1.0).abs() < 1e-6);
         assert!(x[2] > x[1] && x[1] > x[0] && x[0] > x[3]);
+    }
+
+    /// Products grouped in one pass (over several passes past MATMUL_JOBS_MAX, with a matrix of no rows among them)
+    /// equal each one alone, bit for bit, at 1 and 3 threads.
+    #[test]
+    fn matmul_jobs_equal_single_products() {
+        let k = Kernels::detect();
+        let (cols, dt) = (256, DType::Q4_K);
+        let row_bytes = dt.row_bytes(cols).expect("whole blocks");
+        let mut seed = 1u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let n_mats = MATMUL_JOBS_MAX + 5;
+        let shapes: Vec<(usize, usize)> = (0..n_mats).map(|j| ((j * 7) % 13, 1 + j % 4)).collect(); // (rows, tokens)
+        let weights: Vec<Vec<u8>> = shapes
+            .iter()
+            .map(|&(rows, _)| {
+                let mut w = vec![0u8; rows * row_bytes];
+                for r in 0..rows {
+                    let x: Vec<f32> = (0..cols).map(|_| rnd()).collect();
+                    k.quantize_row(dt, &x, &mut w[r * row_bytes..(r + 1) * row_bytes]);
+                }
+                w
+            })
+            .collect();
+        let acts: Vec<QuantActs> = shapes
+            .iter()
+            .map(|&(_, n)| {
+                let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
+                let mut q = QuantActs::default();
+                q.quantize(&k, dt, &x, cols);
+                q
+            })
+            .collect();
+        let mats: Vec<QMatRef<'_>> =
+            shapes.iter().zip(&weights).map(|(&(rows, _), w)| QMatRef::new(dt, rows, cols, w)).collect();
+        for threads in [1, 3] {
+            let cpu = Cpu::with_kernels(k, threads);
+            let alone: Vec<Vec<f32>> = mats
+                .iter()
+                .zip(&acts)
+                .map(|(w, x)| {
+                    let mut out = vec![0.0; x.n_rows() * w.rows];
+                    matmul(&cpu, *w, x, &mut out);
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = alone.iter().map(|o| vec![f32::NAN; o.len()]).collect();
+            let mut jobs: Vec<_> =
+                mats.iter().zip(&acts).zip(outs.iter_mut()).map(|((w, x), o)| (*w, x, &mut o[..])).collect();
+            matmul_jobs(&cpu, &mut jobs);
+            for (j, (a, b)) in alone.iter().zip(&outs).enumerate() {
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "matrix {j}, {threads} threads");
+            }
+        }
     }
 
     #[test]

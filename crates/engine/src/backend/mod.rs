@@ -60,6 +60,19 @@ pub struct FfnScratch {
     pub(crate) up: Vec<f32>,   // [n, n_ff]
 }
 
+/// Buffers of several experts' SwiGLU run together ([`Exec::swiglu_ffn_group`]), reused across calls.
+#[derive(Default)]
+pub struct GroupFfnScratch {
+    pub(crate) one: FfnScratch,
+    pub(crate) xq: Vec<QuantActs>, // per expert
+    pub(crate) hq: Vec<QuantActs>, // per expert
+    pub(crate) gate: Vec<f32>,     // [rows of all experts, n_ff]
+    pub(crate) up: Vec<f32>,       // [rows of all experts, n_ff]
+}
+
+/// The three matrices of one SwiGLU block: gate, up, down.
+pub type SwigluMats<'a> = (QMatRef<'a>, QMatRef<'a>, QMatRef<'a>);
+
 /// Buffers of the attention core (scores, RoPE tables), reused across calls.
 #[derive(Default)]
 pub struct AttnScratch {
@@ -172,6 +185,35 @@ impl<'a> Exec<'a> {
         match self.numerics {
             Numerics::Native => native::swiglu_ffn(self.cpu, (gate, up, down), x, s, out),
             Numerics::Ggml => ggml::swiglu_ffn(self, (gate, up, down), x, out, kind, layer),
+        }
+    }
+
+    /// Several experts' `down(silu(gate(x)) * up(x))`, each on its own rows: expert `j` takes rows
+    /// `offs[j]..offs[j + 1]` of `x` (`[rows, n_embd]`) into the same rows of `out`. `shared_x`: every expert's rows
+    /// are the same one row (a single token), quantized once. The native path runs all gates and ups in one pass
+    /// over the threads and all downs in another (two dispatches for the group instead of two per expert); each
+    /// output is the same arithmetic as [`Exec::swiglu_ffn`] on that expert alone.
+    #[allow(clippy::too_many_arguments)]
+    pub fn swiglu_ffn_group(
+        &self,
+        ffns: &[SwigluMats<'_>],
+        x: &[f32],
+        offs: &[usize],
+        shared_x: bool,
+        s: &mut GroupFfnScratch,
+        out: &mut [f32],
+        layer: Option<usize>,
+    ) {
+        match self.numerics {
+            Numerics::Native => native::swiglu_ffn_group(self.cpu, ffns, x, offs, shared_x, s, out),
+            Numerics::Ggml => {
+                for (j, &mats) in ffns.iter().enumerate() {
+                    let (e_in, e_out) = (mats.0.cols, mats.2.rows);
+                    let (r0, r1) = (offs[j], offs[j + 1]);
+                    let o = &mut out[r0 * e_out..r1 * e_out];
+                    ggml::swiglu_ffn(self, mats, &x[r0 * e_in..r1 * e_in], o, MatKind::Expert, layer);
+                }
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use crate::ops::{self, Cpu, QuantActs, SharedOut};
 use crate::tensor::QMatRef;
 use kernels::KvRows;
 
-use super::{AttnScratch, FfnScratch};
+use super::{AttnScratch, FfnScratch, GroupFfnScratch, SwigluMats};
 
 /// Prompt tokens run through the layers at once; longer prompts are split (results do not depend on it). A
 /// batch reads every expert its tokens route to once, so fewer, larger batches read the weights fewer times
@@ -64,6 +64,79 @@ pub(crate) fn swiglu_ffn(
     ops::swiglu(&mut s.gate, &s.up);
     ops::tap("ffn_swiglu", None, &s.gate);
     ops::matmul_f32(cpu, down, &s.gate, &mut s.hq, out);
+}
+
+/// [`swiglu_ffn`] for several experts at once (see `Exec::swiglu_ffn_group`): each expert's activations quantized
+/// as alone (once for all when `shared_x`), every gate and up in one [`ops::matmul_jobs`] pass, every down in
+/// another. An expert whose gate and up differ in type, or a group of one, takes [`swiglu_ffn`] itself.
+pub(crate) fn swiglu_ffn_group(
+    cpu: &Cpu,
+    ffns: &[SwigluMats<'_>],
+    x: &[f32],
+    offs: &[usize],
+    shared_x: bool,
+    s: &mut GroupFfnScratch,
+    out: &mut [f32],
+) {
+    assert_eq!(offs.len(), ffns.len() + 1, "swiglu_ffn_group: one row range per expert");
+    if ffns.len() == 1 || ffns.iter().any(|(g, u, _)| g.dtype != u.dtype) {
+        for (j, &mats) in ffns.iter().enumerate() {
+            let (e_in, e_out) = (mats.0.cols, mats.2.rows);
+            let (r0, r1) = (offs[j], offs[j + 1]);
+            swiglu_ffn(cpu, mats, &x[r0 * e_in..r1 * e_in], &mut s.one, &mut out[r0 * e_out..r1 * e_out]);
+        }
+        return;
+    }
+    let k = &cpu.kernels;
+    let m = ffns.len();
+    s.xq.resize_with(m, QuantActs::default);
+    s.hq.resize_with(m, QuantActs::default);
+    // Where each expert's gate/up outputs start: rows x n_ff of each.
+    let ff_off = |j: usize| -> usize { (0..j).map(|i| (offs[i + 1] - offs[i]) * ffns[i].0.rows).sum() };
+    let total_ff = ff_off(m);
+    s.gate.resize(total_ff, 0.0);
+    s.up.resize(total_ff, 0.0);
+    for (j, (g, _, _)) in ffns.iter().enumerate() {
+        let first = &ffns[0].0;
+        if shared_x && j > 0 && g.dtype == first.dtype && g.cols == first.cols {
+            continue; // the same row, already quantized for this type as xq[0]
+        }
+        s.xq[j].quantize(k, g.dtype, &x[offs[j] * g.cols..offs[j + 1] * g.cols], g.cols);
+    }
+    {
+        let mut jobs = Vec::with_capacity(2 * m);
+        let (mut gate_rest, mut up_rest) = (&mut s.gate[..], &mut s.up[..]);
+        for (j, &(g, u, _)) in ffns.iter().enumerate() {
+            let len = (offs[j + 1] - offs[j]) * g.rows;
+            let (go, gr) = std::mem::take(&mut gate_rest).split_at_mut(len);
+            let (uo, ur) = std::mem::take(&mut up_rest).split_at_mut(len);
+            (gate_rest, up_rest) = (gr, ur);
+            let first = &ffns[0].0;
+            let xq = if shared_x && g.dtype == first.dtype && g.cols == first.cols { &s.xq[0] } else { &s.xq[j] };
+            jobs.push((g, xq, go));
+            jobs.push((u, xq, uo));
+        }
+        ops::matmul_jobs(cpu, &mut jobs);
+    }
+    for (j, (g, _, _)) in ffns.iter().enumerate() {
+        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
+        ops::tap("ffn_gate", None, &s.gate[r.clone()]);
+        ops::tap("ffn_up", None, &s.up[r]);
+    }
+    ops::swiglu(&mut s.gate, &s.up);
+    for (j, (g, _, d)) in ffns.iter().enumerate() {
+        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
+        ops::tap("ffn_swiglu", None, &s.gate[r.clone()]);
+        s.hq[j].quantize(k, d.dtype, &s.gate[r], d.cols);
+    }
+    let mut jobs = Vec::with_capacity(m);
+    let mut out_rest = &mut out[..];
+    for (j, &(_, _, d)) in ffns.iter().enumerate() {
+        let (o, rest) = std::mem::take(&mut out_rest).split_at_mut((offs[j + 1] - offs[j]) * d.rows);
+        out_rest = rest;
+        jobs.push((d, &s.hq[j], o));
+    }
+    ops::matmul_jobs(cpu, &mut jobs);
 }
 
 /// RoPE of every head of q and k (`n` tokens each), one table of cos/sin per token.

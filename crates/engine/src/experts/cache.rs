@@ -431,6 +431,8 @@ struct CacheSet<'a> {
     next: usize,
     /// Entries of `order` claimed so far (claims run ahead of `next`).
     n_claimed: usize,
+    /// Entries of `order` unpinned after use (up to `next`).
+    released: usize,
 }
 
 impl CacheSet<'_> {
@@ -450,13 +452,63 @@ impl CacheSet<'_> {
     }
 }
 
-impl ExpertSet for CacheSet<'_> {
-    fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>> {
-        if self.next > 0 {
-            if let Some(s) = self.claimed[self.next - 1].take() {
+impl CacheSet<'_> {
+    /// Unpins the experts handed out by the previous call (their slots may be reused from now on).
+    fn release_handed_out(&mut self) {
+        for k in self.released..self.next {
+            if let Some(s) = self.claimed[k].take() {
                 self.cache.unpin(s);
             }
         }
+        self.released = self.next;
+    }
+
+    /// Whether the expert claimed at entry `k` of `order` can be handed out without waiting.
+    fn is_ready(&self, k: usize) -> bool {
+        let Some(s) = self.claimed[k] else { return false };
+        let st = self.cache.lock();
+        let slot = &st.slots[s];
+        slot.state == SlotState::Ready || slot.batch.as_ref().is_some_and(ReadBatch::is_done)
+    }
+}
+
+impl ExpertSet for CacheSet<'_> {
+    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+        self.release_handed_out();
+        if self.next == self.order.len() {
+            return None;
+        }
+        self.top_up();
+        let first = self.next;
+        let Some(s) = self.claimed[first] else {
+            return Some(Err(Error::Invalid(
+                "expert cache: every slot is pinned (is it shared by concurrent sessions?)".into(),
+            )));
+        };
+        self.next += 1;
+        if let Err(e) = self.cache.wait_ready(s) {
+            return Some(Err(e));
+        }
+        while self.next < self.n_claimed && self.next - first < max && self.is_ready(self.next) {
+            // Ready, or its read just finished (this marks it ready, or returns the read's error).
+            let s = self.claimed[self.next].expect("claimed below n_claimed");
+            self.next += 1;
+            if let Err(e) = self.cache.wait_ready(s) {
+                return Some(Err(e));
+            }
+        }
+        let (cache, layer) = (self.cache, self.layer);
+        Some(Ok((first..self.next)
+            .map(|k| {
+                let i = self.order[k];
+                let s = self.claimed[k].expect("handed-out entries stay claimed until the next call");
+                (i, cache.store.view(layer, self.ids[i] as usize, cache.slot(s)))
+            })
+            .collect()))
+    }
+
+    fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>> {
+        self.release_handed_out();
         if self.next == self.order.len() {
             return None;
         }
@@ -506,6 +558,7 @@ impl ExpertProvider for ExpertCache {
             order,
             next: 0,
             n_claimed: 0,
+            released: 0,
         };
         set.top_up();
         // After this layer's demand reads are queued: background warm-start reads, then prediction and prefetch.

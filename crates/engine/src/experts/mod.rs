@@ -37,6 +37,15 @@ pub trait ExpertSet {
     /// The next expert, in the order the provider prefers (experts already in memory first): its index in the
     /// requested ids and its weights, valid until the next call. `None` once every requested expert was handed out.
     fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>>;
+
+    /// The next experts to run together: at least one (waiting for it if need be), then, in order, each further one
+    /// already in memory, at most `max` in all; valid until the next call of either method. `None` once every
+    /// requested expert was handed out. Lets the MoE block run several experts in one pass over the threads while
+    /// those still being read arrive. The default hands out one at a time.
+    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+        let _ = max;
+        self.next().map(|r| r.map(|x| vec![x]))
+    }
 }
 
 /// A source of expert weights.

@@ -95,6 +95,23 @@ impl ExpertSet for ResidentSet<'_> {
         let [g, u, d] = self.layer;
         Some(Ok((i, ExpertWeights { gate: g.expert(e), up: u.expert(e), down: d.expert(e) })))
     }
+
+    /// Every expert is in memory: the next `max` at once.
+    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+        let end = self.ids.len().min(self.next + max.max(1));
+        if self.next >= end {
+            return None;
+        }
+        let [g, u, d] = self.layer;
+        let group = (self.next..end)
+            .map(|i| {
+                let e = self.ids[i] as usize;
+                (i, ExpertWeights { gate: g.expert(e), up: u.expert(e), down: d.expert(e) })
+            })
+            .collect();
+        self.next = end;
+        Some(Ok(group))
+    }
 }
 
 impl ExpertProvider for ResidentExperts {

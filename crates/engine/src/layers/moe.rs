@@ -14,7 +14,7 @@
 //! routing: fewer experts per token, or only those already in memory.
 
 use crate::approx::{ApproxMode, ApproxScratch};
-use crate::backend::{Exec, FfnScratch, MatKind};
+use crate::backend::{Exec, FfnScratch, GroupFfnScratch, MatKind};
 use crate::experts::ExpertProvider;
 use crate::ops::QuantActs;
 use crate::tensor::QMat;
@@ -44,15 +44,22 @@ pub struct MoeScratch {
     order: Vec<u32>,            // [n_expert]
     routes: Vec<Route>,         // [n]
     used: Vec<u32>,             // distinct experts of the batch, ascending
-    rows: Vec<f32>,             // [tokens of one expert, n_embd]
-    y: Vec<f32>,                // [tokens of one expert, n_embd]
-    slots: Vec<(usize, usize)>, // (token, top-k slot) of one expert
+    rows: Vec<f32>,             // [rows of a group of experts, n_embd]
+    y: Vec<f32>,                // [rows of a group of experts, n_embd]
+    slots: Vec<(usize, usize)>, // (token, top-k slot) of each row of a group of experts
+    offs: Vec<usize>,           // each expert's first row in `rows`, and the end
     expert_out: Vec<f32>,       // [n, n_expert_used, n_embd]
     shared_out: Vec<f32>,       // [n, n_embd]
     shared_gate: Vec<f32>,      // [n]
     ffn: FfnScratch,
+    group: GroupFfnScratch,
     approx: ApproxScratch,
 }
+
+/// Token rows (token x selected expert) of a step up to which its experts run in groups: the rows of a group are
+/// then at most these (within the scratch the memory plan counts for a batch), and a decode step of up to 8
+/// sequences with 8 experts each qualifies.
+const GROUP_ROWS: usize = 64;
 
 impl MoeScratch {
     /// The routes of the last call, per token.
@@ -119,21 +126,30 @@ pub fn moe(
         experts.prefetch(next, ids);
     }
     s.expert_out.resize(n * k * n_embd, 0.0);
-    while let Some(next) = set.next() {
-        let (i, ew) = next?;
-        let e = s.used[i];
+    // A step of few tokens (decode, a few sequences decoding together) runs the experts already in memory together
+    // (one pass over the threads for their gates and ups, one for their downs); those still being read follow as
+    // they arrive. Larger batches give each expert enough rows for a pass of its own.
+    let group_max = if n * k <= GROUP_ROWS { s.used.len() } else { 1 };
+    while let Some(group) = set.next_group(group_max) {
+        let group = group?;
         s.slots.clear();
-        for (t, route) in s.routes[..n].iter().enumerate() {
-            if let Some(slot) = route.experts.iter().position(|&x| x == e) {
-                s.slots.push((t, slot));
-            }
-        }
+        s.offs.clear();
+        s.offs.push(0);
         s.rows.clear();
-        for &(t, _) in &s.slots {
-            s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
+        let mut ffns = Vec::with_capacity(group.len());
+        for &(i, ew) in &group {
+            let e = s.used[i];
+            for (t, route) in s.routes[..n].iter().enumerate() {
+                if let Some(slot) = route.experts.iter().position(|&x| x == e) {
+                    s.slots.push((t, slot));
+                    s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
+                }
+            }
+            s.offs.push(s.slots.len());
+            ffns.push((ew.gate, ew.up, ew.down));
         }
         s.y.resize(s.slots.len() * n_embd, 0.0);
-        exec.swiglu_ffn((ew.gate, ew.up, ew.down), &s.rows, &mut s.ffn, &mut s.y, MatKind::Expert, l);
+        exec.swiglu_ffn_group(&ffns, &s.rows, &s.offs, n == 1, &mut s.group, &mut s.y, l);
         for (j, &(t, slot)) in s.slots.iter().enumerate() {
             let dst = (t * k + slot) * n_embd;
             s.expert_out[dst..dst + n_embd].copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
