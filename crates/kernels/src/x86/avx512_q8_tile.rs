@@ -25,22 +25,27 @@ fn tile<const P: usize>(bw: [&[BlockQ8_0]; 4], bx: [&[BlockQ8_0]; 4]) -> [[f32; 
     assert!(bx.iter().all(|b| b.len() == n) && bw.iter().all(|b| b.len() == n), "rows of different lengths");
     // acc[parity][r][p]: the even- and odd-block accumulators of row r against token pair p.
     let mut acc = [[[_mm512_setzero_ps(); P]; 4]; 2];
+    let (bias, zero) = (_mm512_set1_epi8(i8::MIN), _mm512_setzero_si512());
     for b in 0..n {
         let parity = if b % 2 == 1 && !(b + 1 == n && n % 2 == 1) { 1 } else { 0 };
-        let xs: [__m512i; P] = std::array::from_fn(|p| join_i8(&bx[2 * p][b].qs, &bx[2 * p + 1][b].qs));
-        let dx: [__m512; P] = std::array::from_fn(|p| pair_scales(&bx[2 * p][b], &bx[2 * p + 1][b]));
+        // The activations as unsigned bytes x + 128 (`vpdpbusd` multiplies unsigned by signed), once per block.
+        let mut xs = [zero; P];
+        let mut dx = [_mm512_setzero_ps(); P];
+        for p in 0..P {
+            xs[p] = _mm512_xor_si512(join_i8(&bx[2 * p][b].qs, &bx[2 * p + 1][b].qs), bias);
+            dx[p] = pair_scales(&bx[2 * p][b], &bx[2 * p + 1][b]);
+        }
         for r in 0..4 {
             let w = &bw[r][b];
             // SAFETY: reads exactly the 32 bytes of the block.
             let w2 = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) });
-            let aw = _mm512_abs_epi8(w2);
-            // sign(x, w) for 64 bytes: negate where w < 0, zero where w == 0 (as `_mm256_sign_epi8`).
-            let neg = _mm512_movepi8_mask(w2);
-            let zero = _mm512_cmpeq_epi8_mask(w2, _mm512_setzero_si512());
+            // sum((x + 128) w) - 128 sum(w) = sum(x w) per group of four bytes: the same exact integers as the
+            // single-row kernel's sign trick, so the same f32 after conversion. The accumulation starts at
+            // -128 sum(w).
+            let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, w2));
             let dw = _mm512_set1_ps(f16(w.d));
             for p in 0..P {
-                let sx = _mm512_maskz_mov_epi8(!zero, _mm512_mask_sub_epi8(xs[p], neg, _mm512_setzero_si512(), xs[p]));
-                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx));
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, xs[p], w2));
                 acc[parity][r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx[p]), q, acc[parity][r][p]);
             }
         }
