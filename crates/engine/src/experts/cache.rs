@@ -473,7 +473,7 @@ impl CacheSet<'_> {
 }
 
 impl ExpertSet for CacheSet<'_> {
-    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+    fn next_group(&mut self, admit: &mut dyn FnMut(usize) -> bool) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
         self.release_handed_out();
         if self.next == self.order.len() {
             return None;
@@ -489,7 +489,8 @@ impl ExpertSet for CacheSet<'_> {
         if let Err(e) = self.cache.wait_ready(s) {
             return Some(Err(e));
         }
-        while self.next < self.n_claimed && self.next - first < max && self.is_ready(self.next) {
+        admit(self.order[first]);
+        while self.next < self.n_claimed && self.is_ready(self.next) && admit(self.order[self.next]) {
             // Ready, or its read just finished (this marks it ready, or returns the read's error).
             let s = self.claimed[self.next].expect("claimed below n_claimed");
             self.next += 1;

@@ -39,12 +39,17 @@ pub trait ExpertSet {
     fn next(&mut self) -> Option<Result<(usize, ExpertWeights<'_>)>>;
 
     /// The next experts to run together: at least one (waiting for it if need be), then, in order, each further one
-    /// already in memory, at most `max` in all; valid until the next call of either method. `None` once every
-    /// requested expert was handed out. Lets the MoE block run several experts in one pass over the threads while
-    /// those still being read arrive. The default hands out one at a time.
-    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
-        let _ = max;
-        self.next().map(|r| r.map(|x| vec![x]))
+    /// already in memory that `admit` accepts (it is asked about each, the first included, by its index in the
+    /// requested ids, and stops the group at its first refusal); valid until the next call of either method.
+    /// `None` once every requested expert was handed out. Lets the MoE block run several experts in one pass over
+    /// the threads while those still being read arrive. The default hands out one at a time.
+    fn next_group(&mut self, admit: &mut dyn FnMut(usize) -> bool) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+        self.next().map(|r| {
+            r.map(|x| {
+                admit(x.0);
+                vec![x]
+            })
+        })
     }
 }
 

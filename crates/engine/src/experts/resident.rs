@@ -96,11 +96,15 @@ impl ExpertSet for ResidentSet<'_> {
         Some(Ok((i, ExpertWeights { gate: g.expert(e), up: u.expert(e), down: d.expert(e) })))
     }
 
-    /// Every expert is in memory: the next `max` at once.
-    fn next_group(&mut self, max: usize) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
-        let end = self.ids.len().min(self.next + max.max(1));
-        if self.next >= end {
+    /// Every expert is in memory: the next ones `admit` accepts.
+    fn next_group(&mut self, admit: &mut dyn FnMut(usize) -> bool) -> Option<Result<Vec<(usize, ExpertWeights<'_>)>>> {
+        if self.next >= self.ids.len() {
             return None;
+        }
+        admit(self.next);
+        let mut end = self.next + 1;
+        while end < self.ids.len() && admit(end) {
+            end += 1;
         }
         let [g, u, d] = self.layer;
         let group = (self.next..end)

@@ -48,6 +48,7 @@ pub struct MoeScratch {
     y: Vec<f32>,                // [rows of a group of experts, n_embd]
     slots: Vec<(usize, usize)>, // (token, top-k slot) of each row of a group of experts
     offs: Vec<usize>,           // each expert's first row in `rows`, and the end
+    rows_of: Vec<usize>,        // token rows of each expert of `used`
     expert_out: Vec<f32>,       // [n, n_expert_used, n_embd]
     shared_out: Vec<f32>,       // [n, n_embd]
     shared_gate: Vec<f32>,      // [n]
@@ -56,10 +57,9 @@ pub struct MoeScratch {
     approx: ApproxScratch,
 }
 
-/// Token rows (token x selected expert) of a step up to which its experts run in groups: the rows of a group are
-/// then at most these (within the scratch the memory plan counts for a batch), and a decode step of up to 8
-/// sequences with 8 experts each qualifies.
-const GROUP_ROWS: usize = 64;
+/// Token rows (token x selected expert) a group of experts takes at most, unless one expert alone has more: a
+/// batch's worth, the scratch the memory plan counts for gathered rows, gate and up.
+const GROUP_ROWS: usize = crate::backend::native::N_BATCH;
 
 impl MoeScratch {
     /// The routes of the last call, per token.
@@ -126,11 +126,25 @@ pub fn moe(
         experts.prefetch(next, ids);
     }
     s.expert_out.resize(n * k * n_embd, 0.0);
-    // A step of few tokens (decode, a few sequences decoding together) runs the experts already in memory together
-    // (one pass over the threads for their gates and ups, one for their downs); those still being read follow as
-    // they arrive. Larger batches give each expert enough rows for a pass of its own.
-    let group_max = if n * k <= GROUP_ROWS { s.used.len() } else { 1 };
-    while let Some(group) = set.next_group(group_max) {
+    // The experts already in memory run together (one pass over the threads for their gates and ups, one for
+    // their downs), up to GROUP_ROWS token rows a group; those still being read follow as they arrive.
+    s.rows_of.clear();
+    s.rows_of.resize(s.used.len(), 0);
+    for route in &s.routes[..n] {
+        for e in &route.experts {
+            if let Ok(i) = s.used.binary_search(e) {
+                s.rows_of[i] += 1;
+            }
+        }
+    }
+    loop {
+        let mut group_rows = 0;
+        let rows_of = &s.rows_of;
+        let mut admit = |i: usize| {
+            group_rows += rows_of[i];
+            group_rows <= GROUP_ROWS
+        };
+        let Some(group) = set.next_group(&mut admit) else { break };
         let group = group?;
         s.slots.clear();
         s.offs.clear();
