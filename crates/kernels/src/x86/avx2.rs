@@ -154,7 +154,7 @@ pub(crate) fn nibbles_32(qs: &[u8; 16]) -> __m256i {
 /// The 32 bits of `qh` as 32 bytes: 0xff where bit j is set.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bits_32(qh: [u8; 4]) -> __m256i {
+pub(crate) fn bits_32(qh: [u8; 4]) -> __m256i {
     let x = _mm256_set1_epi32(i32::from_le_bytes(qh));
     let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
     let bytes = _mm256_shuffle_epi8(x, shuf);

@@ -199,6 +199,7 @@ mod avx512_entries {
     avx512_entry!(dot_tile dot_q6_k_tile, DType::Q6_K, avx512_kq::dot_q6_k_q8_k_tile);
     avx512_entry!(dot_tile dot_q8_0_tile, DType::Q8_0, avx512_q8_tile::dot_q8_0_q8_0_tile);
     avx512_entry!(dot_tile dot_q4_1_tile, DType::Q4_1, avx512_q4_1_tile::dot_q4_1_q8_1_tile);
+    avx512_entry!(dot_tile dot_q5_0_tile, DType::Q5_0, avx512_q8_tile::dot_q5_0_q8_0_tile);
 }
 
 /// Safe entry points for the attention core: AVX2 ones only stored in tables built after `has_avx2()`, AVX-512
@@ -308,8 +309,9 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
         k.dot_tile[DType::Q4_K.index()] = Some(a5::dot_q4_k_tile);
         k.dot_tile[DType::Q6_K.index()] = Some(a5::dot_q6_k_tile);
         k.dot_tile[DType::Q8_0.index()] = Some(a5::dot_q8_0_tile);
-        // Q4_1 keeps the AVX2 single-row kernel; its tile repeats that kernel's arithmetic.
+        // Q4_1 and Q5_0 keep the AVX2 single-row kernels; their tiles repeat those kernels' arithmetic.
         k.dot_tile[DType::Q4_1.index()] = Some(a5::dot_q4_1_tile);
+        k.dot_tile[DType::Q5_0.index()] = Some(a5::dot_q5_0_tile);
         k.attn_scores = attn_entries::attn_scores_512;
         k.attn_values = attn_entries::attn_values_512;
         k.attn_softmax = attn_entries::attn_softmax_512;
