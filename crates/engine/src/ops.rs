@@ -54,6 +54,33 @@ impl QuantActs {
         self.row_bytes = row_bytes;
     }
 
+    /// [`QuantActs::quantize`] with the rows spread over `cpu`'s threads when there are many (a prompt batch):
+    /// each row is converted by the same kernel either way.
+    pub fn quantize_on(&mut self, cpu: &Cpu, weight: DType, x: &[f32], cols: usize) {
+        let n_rows = if cols == 0 { 0 } else { x.len() / cols };
+        if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+            return self.quantize(&cpu.kernels, weight, x, cols);
+        }
+        assert!(x.len().is_multiple_of(cols), "QuantActs: {} values are not rows of {cols}", x.len());
+        let k = &cpu.kernels;
+        let dtype = k.act_type(weight);
+        let row_bytes = dtype.row_bytes(cols).expect("activation row length is a whole number of blocks");
+        self.data.resize(n_rows * row_bytes, 0);
+        let dst = SharedBytes(self.data.as_mut_ptr());
+        cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
+            for r in rows {
+                // SAFETY: rows are partitioned among the threads, row r's bytes lie within `data` (resized above),
+                // and the buffer outlives the pool call.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * row_bytes), row_bytes) };
+                k.quantize_row(dtype, &x[r * cols..(r + 1) * cols], out);
+            }
+        });
+        self.dtype = Some(dtype);
+        self.cols = cols;
+        self.n_rows = n_rows;
+        self.row_bytes = row_bytes;
+    }
+
     /// Whether the buffer already holds rows for weights of type `weight` (so q, k and v share one conversion).
     pub fn is_for(&self, k: &Kernels, weight: DType, cols: usize) -> bool {
         self.dtype == Some(k.act_type(weight)) && self.cols == cols
@@ -70,6 +97,23 @@ impl QuantActs {
 
     pub fn row(&self, t: usize) -> &[u8] {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// Rows from which the row-wise operations (activation conversion, norms) spread over the threads.
+const PAR_ROWS_MIN: usize = 16;
+
+/// A byte buffer's base pointer, for disjoint rows written by several threads (as [`SharedOut`]).
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut u8);
+// SAFETY: as SharedOut: only disjoint rows are written, within the borrow the pointer was made from.
+unsafe impl Send for SharedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for SharedBytes {}
+
+impl SharedBytes {
+    fn get(self) -> *mut u8 {
+        self.0
     }
 }
 
@@ -310,7 +354,7 @@ pub fn dequantize_row(k: &Kernels, w: QMatRef<'_>, r: usize, out: &mut [f32]) {
 
 /// Quantizes `x` (`[n, w.cols]`) into `scratch` and multiplies.
 pub fn matmul_f32(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], scratch: &mut QuantActs, out: &mut [f32]) {
-    scratch.quantize(&cpu.kernels, w.dtype, x, w.cols);
+    scratch.quantize_on(cpu, w.dtype, x, w.cols);
     matmul(cpu, w, scratch, out);
 }
 
@@ -318,9 +362,40 @@ pub fn matmul_f32(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], scratch: &mut QuantActs,
 /// `w` needs another activation type (q, k and v usually share one conversion).
 pub fn matmul_reuse(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], xq: &mut QuantActs, out: &mut [f32]) {
     if !xq.is_for(&cpu.kernels, w.dtype, w.cols) {
-        xq.quantize(&cpu.kernels, w.dtype, x, w.cols);
+        xq.quantize_on(cpu, w.dtype, x, w.cols);
     }
     matmul(cpu, w, xq, out);
+}
+
+/// [`rms_norm_into`] with the rows spread over `cpu`'s threads when there are many (the same arithmetic per row).
+pub fn rms_norm_into_on(cpu: &Cpu, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    let n_rows = x.len() / dim.max(1);
+    if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+        return rms_norm_into(x, w, eps, out);
+    }
+    assert_eq!(out.len(), x.len(), "rms_norm: output size");
+    let dst = SharedOut(out.as_mut_ptr());
+    cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
+        // SAFETY: rows are partitioned among the threads and lie within `out`, which outlives the pool call.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(rows.start * dim), rows.len() * dim) };
+        rms_norm_into(&x[rows.start * dim..rows.end * dim], w, eps, o);
+    });
+}
+
+/// [`rms_norm`] in place with the rows spread over `cpu`'s threads when there are many.
+pub fn rms_norm_on(cpu: &Cpu, x: &mut [f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    let n_rows = x.len() / dim.max(1);
+    if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+        return rms_norm(x, w, eps);
+    }
+    let dst = SharedOut(x.as_mut_ptr());
+    cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
+        // SAFETY: as in rms_norm_into_on.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(rows.start * dim), rows.len() * dim) };
+        rms_norm(o, w, eps);
+    });
 }
 
 /// RMSNorm of each row of `x` (`[n, dim]`) in place: `x * w / sqrt(mean(x^2) + eps)`.

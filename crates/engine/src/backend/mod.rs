@@ -118,7 +118,7 @@ impl<'a> Exec<'a> {
     /// `out = rms_norm(x) * w`, row by row (rows of `w.len()`).
     pub fn rms_norm(&self, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         match self.numerics {
-            Numerics::Native => crate::ops::rms_norm_into(x, w, eps, out),
+            Numerics::Native => crate::ops::rms_norm_into_on(self.cpu, x, w, eps, out),
             Numerics::Ggml => crate::ggml_exact::rms_norm_mul(x, w, eps, out),
         }
     }
@@ -126,7 +126,7 @@ impl<'a> Exec<'a> {
     /// `x = rms_norm(x) * w` in place, row by row (per-head q/k norms).
     pub fn rms_norm_in_place(&self, x: &mut [f32], w: &[f32], eps: f32) {
         match self.numerics {
-            Numerics::Native => crate::ops::rms_norm(x, w, eps),
+            Numerics::Native => crate::ops::rms_norm_on(self.cpu, x, w, eps),
             Numerics::Ggml => {
                 let src = x.to_vec();
                 crate::ggml_exact::rms_norm_mul(&src, w, eps, x);

@@ -31,7 +31,7 @@ pub(crate) fn matmul_qkv(
     k: &mut [f32],
     v: &mut [f32],
 ) {
-    xq.quantize(&cpu.kernels, wq.dtype, x, wq.cols);
+    xq.quantize_on(cpu, wq.dtype, x, wq.cols);
     if wk.dtype == wq.dtype && wv.dtype == wq.dtype {
         ops::matmul_many(cpu, &mut [(wq, q), (wk, k), (wv, v)], xq);
     } else {
@@ -52,7 +52,7 @@ pub(crate) fn swiglu_ffn(
     let n = x.len() / gate.cols;
     s.gate.resize(n * gate.rows, 0.0);
     s.up.resize(n * up.rows, 0.0);
-    s.xq.quantize(&cpu.kernels, gate.dtype, x, gate.cols);
+    s.xq.quantize_on(cpu, gate.dtype, x, gate.cols);
     if up.dtype == gate.dtype {
         ops::matmul_many(cpu, &mut [(gate, &mut s.gate[..]), (up, &mut s.up[..])], &s.xq);
     } else {
@@ -87,7 +87,6 @@ pub(crate) fn swiglu_ffn_group(
         }
         return;
     }
-    let k = &cpu.kernels;
     let m = ffns.len();
     s.xq.resize_with(m, QuantActs::default);
     s.hq.resize_with(m, QuantActs::default);
@@ -101,7 +100,7 @@ pub(crate) fn swiglu_ffn_group(
         if shared_x && j > 0 && g.dtype == first.dtype && g.cols == first.cols {
             continue; // the same row, already quantized for this type as xq[0]
         }
-        s.xq[j].quantize(k, g.dtype, &x[offs[j] * g.cols..offs[j + 1] * g.cols], g.cols);
+        s.xq[j].quantize_on(cpu, g.dtype, &x[offs[j] * g.cols..offs[j + 1] * g.cols], g.cols);
     }
     {
         let mut jobs = Vec::with_capacity(2 * m);
@@ -127,7 +126,7 @@ pub(crate) fn swiglu_ffn_group(
     for (j, (g, _, d)) in ffns.iter().enumerate() {
         let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
         ops::tap("ffn_swiglu", None, &s.gate[r.clone()]);
-        s.hq[j].quantize(k, d.dtype, &s.gate[r], d.cols);
+        s.hq[j].quantize_on(cpu, d.dtype, &s.gate[r], d.cols);
     }
     let mut jobs = Vec::with_capacity(m);
     let mut out_rest = &mut out[..];
