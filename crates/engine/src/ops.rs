@@ -57,7 +57,7 @@ impl QuantActs {
     /// [`QuantActs::quantize`] with the rows spread over `cpu`'s threads when there are many (a prompt batch):
     /// each row is converted by the same kernel either way.
     pub fn quantize_on(&mut self, cpu: &Cpu, weight: DType, x: &[f32], cols: usize) {
-        let n_rows = if cols == 0 { 0 } else { x.len() / cols };
+        let n_rows = x.len().checked_div(cols).unwrap_or(0);
         if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
             return self.quantize(&cpu.kernels, weight, x, cols);
         }
