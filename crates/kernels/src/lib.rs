@@ -39,7 +39,7 @@
 //! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | 4 x NEON |
 //! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 x NEON |
 //! | Q4_K, Q6_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | - | VNNI, one body with the three above | - |
-//! | Q8_0 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot | - |
+//! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | - |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | attention core (`attn_scores`, `attn_values`, `attn_softmax`) | ref | AVX2 (= ref) | AVX-512 (= ref) | = ref |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
