@@ -29,7 +29,8 @@ pub struct BenchArgs {
     /// Rounds (the best is reported); with --llama-cpp each round runs llama-bench once too.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3, allow_negative_numbers = true, value_parser = crate::args::at_least_one)]
     pub reps: usize,
-    /// A llama.cpp build directory (holding bin/llama-bench): run it on the same file and print the ratio.
+    /// A llama.cpp build directory (holding bin/llama-bench): run it on the same file and print the ratio. Like
+    /// llama.cpp, flash-moe then holds the bundled model all in RAM unless --memory-budget is given.
     #[arg(long = "llama-cpp")]
     pub llama_cpp: Option<PathBuf>,
     /// Context depth: fill the KV cache with this many tokens first (not timed, like llama-bench's `-d`), then
@@ -55,7 +56,10 @@ impl Rounds {
     }
 }
 
-pub fn main(a: BenchArgs) -> Result<()> {
+pub fn main(mut a: BenchArgs) -> Result<()> {
+    // llama.cpp holds every weight in RAM: so does the bundled model when compared with it (it streams through a
+    // quarter cache otherwise, and --memory-budget still decides when given).
+    a.model.bundled_in_ram = a.llama_cpp.is_some();
     let n_threads = a.model.n_threads();
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.n_depth + a.n_prompt.max(1) + a.n_gen + 1;

@@ -117,6 +117,10 @@ pub struct ModelArgs {
     /// How the KV cache stores values: f32, f16 or q8_0. `-ctv` as in llama.cpp.
     #[arg(long = "cache-type-v", alias = "ctv", default_value = "f32", value_name = "f32|f16|q8_0")]
     pub cache_type_v: String,
+    /// Keep the bundled model all in RAM when no budget is given (a comparison with an engine that holds it all),
+    /// instead of streaming it through a quarter cache to show what the engine is for.
+    #[arg(skip)]
+    pub bundled_in_ram: bool,
 }
 
 /// `--numerics`: whose float arithmetic the forward pass follows.
@@ -215,7 +219,9 @@ impl ModelArgs {
         let budget = match &self.memory_budget {
             Some(s) => Some(Budget::parse(s)?),
             // The bundled model fits anywhere; stream its experts anyway, to show what the engine is for.
-            None if self.is_bundled_model() => Some(Budget::ExpertPercent(BUNDLED_CACHE_PERCENT)),
+            None if self.is_bundled_model() && !self.bundled_in_ram => {
+                Some(Budget::ExpertPercent(BUNDLED_CACHE_PERCENT))
+            }
             // Stream only when the whole file would not fit.
             None => (index.total_bytes() > auto_budget().0).then_some(Budget::Auto),
         };

@@ -370,6 +370,29 @@ fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_be
 }
 
 #[test]
+fn bench_against_llama_cpp_holds_the_bundled_model_in_ram_as_llama_cpp_does() {
+    let dir = temp_dir("cli_usage", "bench_bundled");
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let script = bin.join("llama-bench");
+    fs::write(&script, "#!/bin/sh\necho '[{\"n_prompt\": 0, \"n_gen\": 2, \"n_depth\": 0, \"avg_ts\": 10.0}]'\n")
+        .expect("write");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let args = ["bench", "-t", "1", "-p", "0", "-n", "2", "-r", "1", "--bandwidth-mib", "0"];
+    // Alone, the bundled model streams through its quarter cache (the memory plan names it) ...
+    let (_, stderr) = assert_succeeds(&flash_moe(&args));
+    assert!(stderr.contains("a cache of 25% of the experts"), "{stderr}");
+    // ... next to llama.cpp, which holds every weight, it is all in RAM too ...
+    let (stdout, stderr) = assert_succeeds(&flash_moe(&[&args[..], &["--llama-cpp", s(&dir)]].concat()));
+    assert!(!stderr.contains("expert cache"), "{stderr}");
+    assert!(stdout.contains("ratio flash-moe / llama.cpp: decode"), "{stdout}");
+    // ... unless a budget says otherwise.
+    let with_budget = [&args[..], &["--llama-cpp", s(&dir), "--memory-budget", "48MiB"]].concat();
+    let (_, stderr) = assert_succeeds(&flash_moe(&with_budget));
+    assert!(stderr.contains("expert cache"), "{stderr}");
+}
+
+#[test]
 fn stats_json_is_written_with_the_model_in_ram_too() {
     let dir = temp_dir("cli_usage", "stats_json_ram");
     let path = dir.join("stats.json");
