@@ -238,7 +238,8 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     // per four rows.
     let n_x4 = n_tokens / 4 * 4;
     let mut rows_x4 = range.clone();
-    if let Some(tile) = cpu.kernels.vec_dot_tile(w.dtype) {
+    // (One token goes to the four-row kernel below: the same products without the tile's bookkeeping.)
+    if let Some(tile) = cpu.kernels.vec_dot_tile(w.dtype).filter(|_| n_tokens > 1) {
         let mut xs: [&[u8]; 4] = [&[]; 4];
         while rows_x4.start + 4 <= rows_x4.end {
             let r = rows_x4.start;
