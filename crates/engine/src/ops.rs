@@ -213,9 +213,10 @@ const PREFETCH_ROWS_AHEAD: usize = 4;
 /// Prefetches the four rows of `w` from `r` (those below `end`): an expert's rows are a few blocks each, too short
 /// a stream for the hardware prefetchers, so without this every group of rows starts with cache misses.
 #[inline]
-fn prefetch_rows(w: QMatRef<'_>, r: usize, end: usize) {
-    for i in r..end.min(r + 4) {
-        kernels::prefetch(w.row(i));
+fn prefetch_rows(w: QMatRef<'_>, rb: usize, r: usize, end: usize) {
+    // The rows are contiguous: one span.
+    if r < end {
+        kernels::prefetch(&w.data[r * rb..end.min(r + 4) * rb]);
     }
 }
 
@@ -233,6 +234,8 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     // SAFETY (every write): (t, r) is written by exactly one thread (rows are partitioned), t * rows + r is
     // within the output, whose length the caller checked, and the output outlives the pool call.
     let put = |t: usize, r: usize, v: f32| unsafe { *outp.get().add(t * rows + r) = v };
+    let rb = w.row_bytes();
+    let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
     // Where the table has a tile kernel, four rows at a time go through it with the tokens four at a time (the
     // last group may be shorter): each weight block decoded once per group, each activation block loaded once
     // per four rows.
@@ -243,8 +246,8 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
         let mut xs: [&[u8]; 4] = [&[]; 4];
         while rows_x4.start + 4 <= rows_x4.end {
             let r = rows_x4.start;
-            prefetch_rows(w, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
-            let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            prefetch_rows(w, rb, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
+            let rows4 = [row(r), row(r + 1), row(r + 2), row(r + 3)];
             for t in (0..n_tokens).step_by(4) {
                 let n_t = (n_tokens - t).min(4);
                 for (i, x_i) in xs[..n_t].iter_mut().enumerate() {
@@ -264,7 +267,7 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     // Otherwise (and for the last rows % 4), tokens in groups of four share one decode of each weight row.
     if n_x4 > 0 {
         for r in rows_x4.clone() {
-            let wr = w.row(r);
+            let wr = row(r);
             for t in (0..n_x4).step_by(4) {
                 let mut v = [0.0f32; 4];
                 dot_x4(cols, wr, [x.row(t), x.row(t + 1), x.row(t + 2), x.row(t + 3)], &mut v);
@@ -278,8 +281,8 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
     if n_x4 < n_tokens {
         let mut r = rows_x4.start;
         while r + 4 <= rows_x4.end {
-            prefetch_rows(w, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
-            let rows4 = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+            prefetch_rows(w, rb, r + PREFETCH_ROWS_AHEAD, rows_x4.end);
+            let rows4 = [row(r), row(r + 1), row(r + 2), row(r + 3)];
             for t in n_x4..n_tokens {
                 let mut v = [0.0f32; 4];
                 dot_r4(cols, rows4, x.row(t), &mut v);
@@ -291,7 +294,7 @@ fn rows_times_tokens(cpu: &Cpu, w: QMatRef<'_>, x: &QuantActs, range: std::ops::
         }
         for r in r..rows_x4.end {
             for t in n_x4..n_tokens {
-                put(t, r, dot(cols, w.row(r), x.row(t)));
+                put(t, r, dot(cols, row(r), x.row(t)));
             }
         }
     }

@@ -133,11 +133,15 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 #[inline]
 pub fn prefetch(bytes: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes.len()).step_by(64) {
-        // SAFETY: `off` is inside `bytes`; a prefetch reads nothing architecturally and cannot fault.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(off).cast())
-        };
+    {
+        let mut off = 0;
+        while off < bytes.len() {
+            // SAFETY: `off` is inside `bytes`; a prefetch reads nothing architecturally and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(bytes.as_ptr().add(off).cast())
+            };
+            off += 64;
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = bytes;
