@@ -98,6 +98,35 @@ impl QuantActs {
     pub fn row(&self, t: usize) -> &[u8] {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
     }
+
+    /// Rows `rows` of `src`, in that order (a row is converted on its own, so a gathered row is the same bytes as
+    /// the row converted alone).
+    pub fn gather(&mut self, src: &QuantActs, rows: &[usize]) {
+        let rb = src.row_bytes;
+        self.data.clear();
+        for &r in rows {
+            self.data.extend_from_slice(src.row(r));
+        }
+        (self.dtype, self.cols, self.n_rows, self.row_bytes) = (src.dtype, src.cols, rows.len(), rb);
+    }
+}
+
+/// `f(i, row_i)` for every row of `out` (`[n, dim]`), the rows spread over `cpu`'s threads when there are many.
+pub fn for_each_row_on(cpu: &Cpu, out: &mut [f32], dim: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let n_rows = out.len().checked_div(dim).unwrap_or(0);
+    if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+        for (i, row) in out.chunks_exact_mut(dim.max(1)).enumerate() {
+            f(i, row);
+        }
+        return;
+    }
+    let dst = SharedOut(out.as_mut_ptr());
+    cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
+        for i in rows {
+            // SAFETY: rows are partitioned among the threads and lie within `out`, which outlives the pool call.
+            f(i, unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * dim), dim) });
+        }
+    });
 }
 
 /// Rows from which the row-wise operations (activation conversion, norms) spread over the threads.

@@ -64,10 +64,20 @@ pub struct FfnScratch {
 #[derive(Default)]
 pub struct GroupFfnScratch {
     pub(crate) one: FfnScratch,
+    pub(crate) x_all: QuantActs,   // the layer's tokens, converted for the experts' type
+    pub(crate) x_ready: bool,      // whether `x_all` holds this layer's tokens
+    pub(crate) rows: Vec<f32>,     // gathered f32 rows (mixed types, ggml numerics)
     pub(crate) xq: Vec<QuantActs>, // per expert
     pub(crate) hq: Vec<QuantActs>, // per expert
     pub(crate) gate: Vec<f32>,     // [rows of all experts, n_ff]
     pub(crate) up: Vec<f32>,       // [rows of all experts, n_ff]
+}
+
+impl GroupFfnScratch {
+    /// A new layer's tokens: the next group converts them again.
+    pub fn new_input(&mut self) {
+        self.x_ready = false;
+    }
 }
 
 /// The three matrices of one SwiGLU block: gate, up, down.
@@ -188,30 +198,35 @@ impl<'a> Exec<'a> {
         }
     }
 
-    /// Several experts' `down(silu(gate(x)) * up(x))`, each on its own rows: expert `j` takes rows
-    /// `offs[j]..offs[j + 1]` of `x` (`[rows, n_embd]`) into the same rows of `out`. `shared_x`: every expert's rows
-    /// are the same one row (a single token), quantized once. The native path runs all gates and ups in one pass
-    /// over the threads and all downs in another (two dispatches for the group instead of two per expert); each
-    /// output is the same arithmetic as [`Exec::swiglu_ffn`] on that expert alone.
+    /// Several experts' `down(silu(gate(x)) * up(x))`, each on its own tokens: row `i` of the group is token
+    /// `toks[i]` of `x` (`[n, n_embd]`, the layer's tokens), expert `j` takes rows `offs[j]..offs[j + 1]`, and
+    /// row `i` of `out` is row `i`'s result. Call `s.new_input()` when `x` changes (a new layer). The native path
+    /// converts `x` once for all groups of the layer, runs all gates and ups in one pass over the threads and all
+    /// downs in another (two dispatches for the group instead of two per expert); each output is the same
+    /// arithmetic as [`Exec::swiglu_ffn`] on that expert's rows alone.
     #[allow(clippy::too_many_arguments)]
     pub fn swiglu_ffn_group(
         &self,
         ffns: &[SwigluMats<'_>],
         x: &[f32],
+        toks: &[usize],
         offs: &[usize],
-        shared_x: bool,
         s: &mut GroupFfnScratch,
         out: &mut [f32],
         layer: Option<usize>,
     ) {
         match self.numerics {
-            Numerics::Native => native::swiglu_ffn_group(self.cpu, ffns, x, offs, shared_x, s, out),
+            Numerics::Native => native::swiglu_ffn_group(self.cpu, ffns, x, toks, offs, s, out),
             Numerics::Ggml => {
                 for (j, &mats) in ffns.iter().enumerate() {
                     let (e_in, e_out) = (mats.0.cols, mats.2.rows);
                     let (r0, r1) = (offs[j], offs[j + 1]);
+                    s.rows.clear();
+                    for &t in &toks[r0..r1] {
+                        s.rows.extend_from_slice(&x[t * e_in..(t + 1) * e_in]);
+                    }
                     let o = &mut out[r0 * e_out..r1 * e_out];
-                    ggml::swiglu_ffn(self, mats, &x[r0 * e_in..r1 * e_in], o, MatKind::Expert, layer);
+                    ggml::swiglu_ffn(self, mats, &s.rows, o, MatKind::Expert, layer);
                 }
             }
         }

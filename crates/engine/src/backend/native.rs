@@ -66,42 +66,57 @@ pub(crate) fn swiglu_ffn(
     ops::matmul_f32(cpu, down, &s.gate, &mut s.hq, out);
 }
 
-/// [`swiglu_ffn`] for several experts at once (see `Exec::swiglu_ffn_group`): each expert's activations quantized
-/// as alone (once for all when `shared_x`), every gate and up in one [`ops::matmul_jobs`] pass, every down in
-/// another. An expert whose gate and up differ in type, or a group of one, takes [`swiglu_ffn`] itself.
+/// [`swiglu_ffn`] for several experts at once (see `Exec::swiglu_ffn_group`): the layer's tokens quantized once
+/// for the experts' type (the first group of the layer does it) and each expert's rows gathered from them, every
+/// gate and up in one [`ops::matmul_jobs`] pass, every down in another. Experts whose gate and up types differ
+/// take [`swiglu_ffn`] one by one on gathered f32 rows.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn swiglu_ffn_group(
     cpu: &Cpu,
     ffns: &[SwigluMats<'_>],
     x: &[f32],
+    toks: &[usize],
     offs: &[usize],
-    shared_x: bool,
     s: &mut GroupFfnScratch,
     out: &mut [f32],
 ) {
     assert_eq!(offs.len(), ffns.len() + 1, "swiglu_ffn_group: one row range per expert");
-    if ffns.len() == 1 || ffns.iter().any(|(g, u, _)| g.dtype != u.dtype) {
+    let Some(&(first, _, _)) = ffns.first() else { return };
+    let n_embd = first.cols;
+    if ffns.iter().any(|(g, u, _)| g.dtype != first.dtype || u.dtype != first.dtype || g.cols != n_embd) {
         for (j, &mats) in ffns.iter().enumerate() {
-            let (e_in, e_out) = (mats.0.cols, mats.2.rows);
+            let e_out = mats.2.rows;
             let (r0, r1) = (offs[j], offs[j + 1]);
-            swiglu_ffn(cpu, mats, &x[r0 * e_in..r1 * e_in], &mut s.one, &mut out[r0 * e_out..r1 * e_out]);
+            s.rows.clear();
+            for &t in &toks[r0..r1] {
+                s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
+            }
+            swiglu_ffn(cpu, mats, &s.rows, &mut s.one, &mut out[r0 * e_out..r1 * e_out]);
         }
         return;
     }
+    if !s.x_ready || !s.x_all.is_for(&cpu.kernels, first.dtype, n_embd) {
+        s.x_all.quantize_on(cpu, first.dtype, x, n_embd);
+        s.x_ready = true;
+    }
+    let n = x.len() / n_embd;
+    // An expert that takes every token in order (every expert, when decoding) reads them where they are.
+    let all_tokens =
+        |j: usize| offs[j + 1] - offs[j] == n && toks[offs[j]..offs[j + 1]].iter().enumerate().all(|(i, &t)| i == t);
     let m = ffns.len();
     s.xq.resize_with(m, QuantActs::default);
+    for j in 0..m {
+        if !all_tokens(j) {
+            s.xq[j].gather(&s.x_all, &toks[offs[j]..offs[j + 1]]);
+        }
+    }
+
     s.hq.resize_with(m, QuantActs::default);
     // Where each expert's gate/up outputs start: rows x n_ff of each.
     let ff_off = |j: usize| -> usize { (0..j).map(|i| (offs[i + 1] - offs[i]) * ffns[i].0.rows).sum() };
     let total_ff = ff_off(m);
     s.gate.resize(total_ff, 0.0);
     s.up.resize(total_ff, 0.0);
-    for (j, (g, _, _)) in ffns.iter().enumerate() {
-        let first = &ffns[0].0;
-        if shared_x && j > 0 && g.dtype == first.dtype && g.cols == first.cols {
-            continue; // the same row, already quantized for this type as xq[0]
-        }
-        s.xq[j].quantize_on(cpu, g.dtype, &x[offs[j] * g.cols..offs[j + 1] * g.cols], g.cols);
-    }
     {
         let mut jobs = Vec::with_capacity(2 * m);
         let (mut gate_rest, mut up_rest) = (&mut s.gate[..], &mut s.up[..]);
@@ -110,8 +125,7 @@ pub(crate) fn swiglu_ffn_group(
             let (go, gr) = std::mem::take(&mut gate_rest).split_at_mut(len);
             let (uo, ur) = std::mem::take(&mut up_rest).split_at_mut(len);
             (gate_rest, up_rest) = (gr, ur);
-            let first = &ffns[0].0;
-            let xq = if shared_x && g.dtype == first.dtype && g.cols == first.cols { &s.xq[0] } else { &s.xq[j] };
+            let xq = if all_tokens(j) { &s.x_all } else { &s.xq[j] };
             jobs.push((g, xq, go));
             jobs.push((u, xq, uo));
         }

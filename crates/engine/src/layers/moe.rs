@@ -44,12 +44,14 @@ pub struct MoeScratch {
     order: Vec<u32>,            // [n_expert]
     routes: Vec<Route>,         // [n]
     used: Vec<u32>,             // distinct experts of the batch, ascending
-    rows: Vec<f32>,             // [rows of a group of experts, n_embd]
-    y: Vec<f32>,                // [rows of a group of experts, n_embd]
-    slots: Vec<(usize, usize)>, // (token, top-k slot) of each row of a group of experts
-    offs: Vec<usize>,           // each expert's first row in `rows`, and the end
     rows_of: Vec<usize>,        // token rows of each expert of `used`
-    expert_out: Vec<f32>,       // [n, n_expert_used, n_embd]
+    at: Vec<usize>,             // where each expert of `used` starts in `pairs`, and the end
+    fill: Vec<usize>,           // [used.len()], while `pairs` is filled
+    pairs: Vec<(usize, usize)>, // (token, top-k slot) of each expert's rows, expert by expert
+    toks: Vec<usize>,           // the token of each row of `y`
+    offs: Vec<usize>,           // each expert's first row in the current group, and the end
+    row_of: Vec<usize>,         // [n, n_expert_used]: the row of `y` holding (token, slot)'s output
+    y: Vec<f32>,                // [n x experts per token, n_embd]: every expert output, in the order computed
     shared_out: Vec<f32>,       // [n, n_embd]
     shared_gate: Vec<f32>,      // [n]
     ffn: FfnScratch,
@@ -125,9 +127,7 @@ pub fn moe(
     if let Some((next, ids)) = prefetch {
         experts.prefetch(next, ids);
     }
-    s.expert_out.resize(n * k * n_embd, 0.0);
-    // The experts already in memory run together (one pass over the threads for their gates and ups, one for
-    // their downs), up to GROUP_ROWS token rows a group; those still being read follow as they arrive.
+    // Each expert's (token, top-k slot) pairs, token by token: expert `used[i]` has `pairs[at[i]..at[i + 1]]`.
     s.rows_of.clear();
     s.rows_of.resize(s.used.len(), 0);
     for route in &s.routes[..n] {
@@ -137,6 +137,32 @@ pub fn moe(
             }
         }
     }
+    s.at.clear();
+    s.at.push(0);
+    for i in 0..s.used.len() {
+        let next = s.at[i] + s.rows_of[i];
+        s.at.push(next);
+    }
+    s.pairs.clear();
+    s.pairs.resize(s.at[s.used.len()], (0, 0));
+    s.fill.clear();
+    s.fill.extend_from_slice(&s.at[..s.used.len()]);
+    for (t, route) in s.routes[..n].iter().enumerate() {
+        for (slot, e) in route.experts.iter().enumerate() {
+            if let Ok(i) = s.used.binary_search(e) {
+                s.pairs[s.fill[i]] = (t, slot);
+                s.fill[i] += 1;
+            }
+        }
+    }
+    // The experts already in memory run together (one pass over the threads for their gates and ups, one for
+    // their downs), up to GROUP_ROWS token rows a group; those still being read follow as they arrive. Rows of
+    // `y` are taken in the order the groups come; `row_of[t * k + slot]` says where each (token, slot) went.
+    s.row_of.clear();
+    s.row_of.resize(n * k, usize::MAX);
+    s.toks.clear();
+    s.y.resize(s.pairs.len() * n_embd, 0.0);
+    s.group.new_input();
     loop {
         let mut group_rows = 0;
         let rows_of = &s.rows_of;
@@ -146,38 +172,32 @@ pub fn moe(
         };
         let Some(group) = set.next_group(&mut admit) else { break };
         let group = group?;
-        s.slots.clear();
+        let g0 = s.toks.len();
         s.offs.clear();
         s.offs.push(0);
-        s.rows.clear();
         let mut ffns = Vec::with_capacity(group.len());
         for &(i, ew) in &group {
-            let e = s.used[i];
-            for (t, route) in s.routes[..n].iter().enumerate() {
-                if let Some(slot) = route.experts.iter().position(|&x| x == e) {
-                    s.slots.push((t, slot));
-                    s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
-                }
+            for &(t, slot) in &s.pairs[s.at[i]..s.at[i + 1]] {
+                s.row_of[t * k + slot] = s.toks.len();
+                s.toks.push(t);
             }
-            s.offs.push(s.slots.len());
+            s.offs.push(s.toks.len() - g0);
             ffns.push((ew.gate, ew.up, ew.down));
         }
-        s.y.resize(s.slots.len() * n_embd, 0.0);
-        exec.swiglu_ffn_group(&ffns, &s.rows, &s.offs, n == 1, &mut s.group, &mut s.y, l);
-        for (j, &(t, slot)) in s.slots.iter().enumerate() {
-            let dst = (t * k + slot) * n_embd;
-            s.expert_out[dst..dst + n_embd].copy_from_slice(&s.y[j * n_embd..(j + 1) * n_embd]);
-        }
+        let g1 = s.toks.len();
+        let y = &mut s.y[g0 * n_embd..g1 * n_embd];
+        exec.swiglu_ffn_group(&ffns, x, &s.toks[g0..g1], &s.offs, &mut s.group, y, l);
     }
     drop(set);
 
     // The weighted sum in top-k order: `w_0 y_0 + w_1 y_1 + ...`, each product rounded before it is added (as
     // ggml's mul then chain of adds).
-    for t in 0..n {
-        let o = &mut out[t * n_embd..(t + 1) * n_embd];
-        let route = &s.routes[t];
+    let (routes, row_of, y) = (&s.routes[..n], &s.row_of, &s.y);
+    crate::ops::for_each_row_on(exec.cpu, &mut out[..n * n_embd], n_embd, &|t, o| {
+        let route = &routes[t];
         for slot in 0..route.experts.len() {
-            let y = &s.expert_out[(t * k + slot) * n_embd..(t * k + slot + 1) * n_embd];
+            let j = row_of[t * k + slot];
+            let y = &y[j * n_embd..(j + 1) * n_embd];
             let wt = route.weights[slot];
             if slot == 0 {
                 for (a, &b) in o.iter_mut().zip(y) {
@@ -189,7 +209,7 @@ pub fn moe(
                 }
             }
         }
-    }
+    });
     if let Some(sh) = &w.shared {
         shared_expert(exec, sh, x, s, out, layer);
     }
