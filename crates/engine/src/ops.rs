@@ -111,6 +111,41 @@ impl QuantActs {
     }
 }
 
+/// `f(i, &mut items[i])` for every item, spread over `cpu`'s threads from `PAR_ROWS_MIN` items; `init` makes each
+/// chunk's scratch.
+pub fn for_each_on<T: Send, S>(
+    cpu: &Cpu,
+    items: &mut [T],
+    init: &(dyn Fn() -> S + Sync),
+    f: &(dyn Fn(usize, &mut T, &mut S) + Sync),
+) {
+    let n = items.len();
+    if n < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+        let mut scratch = init();
+        for (i, item) in items.iter_mut().enumerate() {
+            f(i, item, &mut scratch);
+        }
+        return;
+    }
+    struct Items<T>(*mut T);
+    // SAFETY: each index is handed to exactly one thread, within the borrow of `items` (the pool call returns
+    // before it ends), and T: Send.
+    unsafe impl<T: Send> Sync for Items<T> {}
+    impl<T> Items<T> {
+        fn get(&self) -> *mut T {
+            self.0
+        }
+    }
+    let base = Items(items.as_mut_ptr());
+    cpu.pool.for_chunks(n, cpu.pool.chunk_size(n, 1), &|range| {
+        let mut scratch = init();
+        for i in range {
+            // SAFETY: i < n, and the chunks are disjoint (see `Items`).
+            f(i, unsafe { &mut *base.get().add(i) }, &mut scratch);
+        }
+    });
+}
+
 /// `f(i, row_i)` for every row of `out` (`[n, dim]`), the rows spread over `cpu`'s threads when there are many.
 pub fn for_each_row_on(cpu: &Cpu, out: &mut [f32], dim: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
     let n_rows = out.len().checked_div(dim).unwrap_or(0);

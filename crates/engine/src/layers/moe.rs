@@ -40,8 +40,6 @@ pub struct MoeWeights {
 pub struct MoeScratch {
     xq: QuantActs,
     logits: Vec<f32>,           // [n, n_expert]
-    probs: Vec<f32>,            // [n_expert]
-    order: Vec<u32>,            // [n_expert]
     routes: Vec<Route>,         // [n]
     used: Vec<u32>,             // distinct experts of the batch, ascending
     rows_of: Vec<usize>,        // token rows of each expert of `used`
@@ -101,11 +99,13 @@ pub fn moe(
     exec.router(w.router.as_ref(), x, &mut s.xq, &mut s.logits);
     exec.tap("ffn_moe_logits", l, &s.logits);
     s.routes.resize_with(n, || Route { experts: Vec::new(), weights: Vec::new() });
-    for t in 0..n {
-        let logits = &s.logits[t * r.n_expert..(t + 1) * r.n_expert];
-        exec.softmax_top_k(logits, r, &mut s.probs, &mut s.order, &mut s.routes[t]);
-        if let Some(h) = ov.hook {
-            h.route(layer, pos0 + t, n, &mut s.routes[t])?;
+    let logits = &s.logits;
+    crate::ops::for_each_on(exec.cpu, &mut s.routes[..n], &|| (Vec::new(), Vec::new()), &|t, route, (probs, order)| {
+        exec.softmax_top_k(&logits[t * r.n_expert..(t + 1) * r.n_expert], r, probs, order, route)
+    });
+    if let Some(h) = ov.hook {
+        for (t, route) in s.routes[..n].iter_mut().enumerate() {
+            h.route(layer, pos0 + t, n, route)?;
         }
     }
     if let Some(a) = ov.approx {
