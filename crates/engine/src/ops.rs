@@ -111,16 +111,17 @@ impl QuantActs {
     }
 }
 
-/// `f(i, &mut items[i])` for every item, spread over `cpu`'s threads from `PAR_ROWS_MIN` items; `init` makes each
-/// chunk's scratch.
+/// `f(i, &mut items[i])` for every item, spread over `cpu`'s threads when `parallel` (and there are several);
+/// `init` makes each chunk's scratch.
 pub fn for_each_on<T: Send, S>(
     cpu: &Cpu,
     items: &mut [T],
+    parallel: bool,
     init: &(dyn Fn() -> S + Sync),
     f: &(dyn Fn(usize, &mut T, &mut S) + Sync),
 ) {
     let n = items.len();
-    if n < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
+    if !parallel || n < 2 || cpu.pool.n_threads() == 1 {
         let mut scratch = init();
         for (i, item) in items.iter_mut().enumerate() {
             f(i, item, &mut scratch);
@@ -165,7 +166,7 @@ pub fn for_each_row_on(cpu: &Cpu, out: &mut [f32], dim: usize, f: &(dyn Fn(usize
 }
 
 /// Rows from which the row-wise operations (activation conversion, norms) spread over the threads.
-const PAR_ROWS_MIN: usize = 16;
+pub const PAR_ROWS_MIN: usize = 16;
 
 /// A byte buffer's base pointer, for disjoint rows written by several threads (as [`SharedOut`]).
 #[derive(Clone, Copy)]

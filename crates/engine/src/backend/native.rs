@@ -105,11 +105,14 @@ pub(crate) fn swiglu_ffn_group(
         |j: usize| offs[j + 1] - offs[j] == n && toks[offs[j]..offs[j + 1]].iter().enumerate().all(|(i, &t)| i == t);
     let m = ffns.len();
     s.xq.resize_with(m, QuantActs::default);
-    for j in 0..m {
+    // Row by row the same bytes however the experts are spread: one pass over the threads for a prompt's rows.
+    let many = toks.len() >= ops::PAR_ROWS_MIN;
+    let x_all = &s.x_all;
+    ops::for_each_on(cpu, &mut s.xq[..m], many, &|| (), &|j, xq, _| {
         if !all_tokens(j) {
-            s.xq[j].gather(&s.x_all, &toks[offs[j]..offs[j + 1]]);
+            xq.gather(x_all, &toks[offs[j]..offs[j + 1]]);
         }
-    }
+    });
 
     s.hq.resize_with(m, QuantActs::default);
     // Where each expert's gate/up outputs start: rows x n_ff of each.
@@ -137,11 +140,15 @@ pub(crate) fn swiglu_ffn_group(
         ops::tap("ffn_up", None, &s.up[r]);
     }
     ops::swiglu(&mut s.gate, &s.up);
-    for (j, (g, _, d)) in ffns.iter().enumerate() {
-        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
-        ops::tap("ffn_swiglu", None, &s.gate[r.clone()]);
-        s.hq[j].quantize_on(cpu, d.dtype, &s.gate[r], d.cols);
+    for (j, (g, _, _)) in ffns.iter().enumerate() {
+        ops::tap("ffn_swiglu", None, &s.gate[ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows]);
     }
+    let gate = &s.gate;
+    ops::for_each_on(cpu, &mut s.hq[..m], many, &|| (), &|j, hq, _| {
+        let (g, _, d) = &ffns[j];
+        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
+        hq.quantize(&cpu.kernels, d.dtype, &gate[r], d.cols);
+    });
     let mut jobs = Vec::with_capacity(m);
     let mut out_rest = &mut out[..];
     for (j, &(_, _, d)) in ffns.iter().enumerate() {

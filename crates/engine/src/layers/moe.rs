@@ -100,9 +100,15 @@ pub fn moe(
     exec.tap("ffn_moe_logits", l, &s.logits);
     s.routes.resize_with(n, || Route { experts: Vec::new(), weights: Vec::new() });
     let logits = &s.logits;
-    crate::ops::for_each_on(exec.cpu, &mut s.routes[..n], &|| (Vec::new(), Vec::new()), &|t, route, (probs, order)| {
-        exec.softmax_top_k(&logits[t * r.n_expert..(t + 1) * r.n_expert], r, probs, order, route)
-    });
+    crate::ops::for_each_on(
+        exec.cpu,
+        &mut s.routes[..n],
+        n >= crate::ops::PAR_ROWS_MIN,
+        &|| (Vec::new(), Vec::new()),
+        &|t, route, (probs, order)| {
+            exec.softmax_top_k(&logits[t * r.n_expert..(t + 1) * r.n_expert], r, probs, order, route)
+        },
+    );
     if let Some(h) = ov.hook {
         for (t, route) in s.routes[..n].iter_mut().enumerate() {
             h.route(layer, pos0 + t, n, route)?;
