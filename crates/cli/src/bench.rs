@@ -125,23 +125,33 @@ pub fn main(mut a: BenchArgs) -> Result<()> {
     if a.n_prompt > 0 {
         println!("flash-moe  pp{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_prompt, pp.best(), pp.list());
     }
-    println!("flash-moe  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, tg.best(), tg.list());
-    match bandwidth {
-        Some(bw) => {
-            println!("decode reads     {gbs:.2} GB/s from RAM, {:.0}% of the measured bandwidth", 100.0 * gbs / bw)
+    if a.n_gen > 0 {
+        println!("flash-moe  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, tg.best(), tg.list());
+        match bandwidth {
+            Some(bw) => {
+                println!("decode reads     {gbs:.2} GB/s from RAM, {:.0}% of the measured bandwidth", 100.0 * gbs / bw)
+            }
+            None => println!("decode reads     {gbs:.2} GB/s from RAM"),
         }
-        None => println!("decode reads     {gbs:.2} GB/s from RAM"),
     }
     if a.llama_cpp.is_some() {
         if a.n_prompt > 0 {
             println!("llama.cpp  pp{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_prompt, lpp.best(), lpp.list());
         }
-        println!("llama.cpp  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, ltg.best(), ltg.list());
+        if a.n_gen > 0 {
+            println!("llama.cpp  tg{:<5} {:10.2} tok/s   (rounds: {}){at}", a.n_gen, ltg.best(), ltg.list());
+        }
         if kv_types.0 == "f32" || kv_types.1 == "f32" {
             println!("note             llama-bench has no f32 KV cache: it kept f16 where flash-moe has f32");
         }
-        let prompt = if a.n_prompt > 0 { format!("prompt {:.2}x, ", pp.best() / lpp.best()) } else { String::new() };
-        println!("ratio flash-moe / llama.cpp: {prompt}decode {:.2}x (best rounds)", tg.best() / ltg.best());
+        let mut ratios = Vec::new();
+        if a.n_prompt > 0 {
+            ratios.push(format!("prompt {:.2}x", pp.best() / lpp.best()));
+        }
+        if a.n_gen > 0 {
+            ratios.push(format!("decode {:.2}x", tg.best() / ltg.best()));
+        }
+        println!("ratio flash-moe / llama.cpp: {} (best rounds)", ratios.join(", "));
     }
     Ok(())
 }
@@ -185,6 +195,9 @@ fn run_round(
         let t0 = Instant::now();
         model.forward(cpu, session, prompt, Logits::Last)?;
         pp = prompt.len() as f64 / t0.elapsed().as_secs_f64();
+    }
+    if n_gen == 0 {
+        return Ok((pp, 0.0));
     }
     rewind(model, cpu, session, depth)?;
     model.forward(cpu, session, &[1], Logits::Last)?;

@@ -390,6 +390,13 @@ fn bench_against_llama_cpp_holds_the_bundled_model_in_ram_as_llama_cpp_does() {
     let with_budget = [&args[..], &["--llama-cpp", s(&dir), "--memory-budget", "48MiB"]].concat();
     let (_, stderr) = assert_succeeds(&flash_moe(&with_budget));
     assert!(stderr.contains("expert cache"), "{stderr}");
+    // -n 0 times the prompt only: no empty decode line.
+    let (stdout, _) =
+        assert_succeeds(&flash_moe(&["bench", "-t", "1", "-p", "3", "-n", "0", "-r", "1", "--bandwidth-mib", "0"]));
+    assert!(
+        stdout.contains("flash-moe  pp3") && !stdout.contains("tg0") && !stdout.contains("decode reads"),
+        "{stdout}"
+    );
 }
 
 #[test]
