@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A big MoE file held in RAM, flash-moe against llama.cpp in one command: prompt (64 and 512 tokens) and decode
-# tok/s from both benchmarks, and `flash-moe run`'s own wall-clock decode (what a user's command pays, not only the
+# tok/s from both benchmarks with the bytes of weights a decode step reads against the memory bandwidth measured in
+# the same run, and `flash-moe run`'s own wall-clock decode (what a user's command pays, not only the
 # bench loop). The two engines cannot hold a 17 GB file at once on a 24 GB machine, so they run one after the other,
 # each from a dropped page cache, ROUNDS times alternating, and the best round of each counts.
 #
@@ -26,7 +27,7 @@ ll_ts() { awk -F'|' -v t="$1" '$0 ~ "\\| *" t " *\\|" { split($(NF - 1), a, " ")
 for r in $(seq "$rounds"); do
     echo "== round $r: flash-moe bench, in RAM, $threads threads"
     drop
-    "$fm" bench -m "$model" -t "$threads" -p 512 -n "$ng" -r 1 -q --bandwidth-mib 0 | tee -a "$out/fm.txt"
+    "$fm" bench -m "$model" -t "$threads" -p 512 -n "$ng" -r 1 -q | tee -a "$out/fm.txt"
     "$fm" bench -m "$model" -t "$threads" -p 64 -n 0 -r 1 -q --bandwidth-mib 0 | tee -a "$out/fm.txt"
     echo "== round $r: llama-bench, in RAM (mmap), $threads threads"
     drop
@@ -49,6 +50,7 @@ PY
 run_tg=$(python3 -c "import json; print(json.load(open('$out/run.json'))['decode_tok_s'])")
 best() { sort -g | tail -1; }
 echo "== summary (best rounds; flash-moe / llama.cpp)"
+grep -E '^(memory read|decode reads)' "$out/fm.txt" || true
 for t in pp64 pp512 "tg$ng"; do
     f=$(fm_ts "$t" < "$out/fm.txt" | best)
     l=$(ll_ts "$t" < "$out/ll.txt" | best)
