@@ -291,23 +291,23 @@ fn inspect_names_the_family_layer_kinds_and_routing() {
     );
 }
 
+/// `DIR/bin/llama-bench`: a script that runs `first` and answers with llama-bench's JSON for a decode test of
+/// `n_gen` tokens at depth `n_depth` (10 tok/s).
+fn stand_in_llama_bench(dir: &std::path::Path, first: &str, n_gen: usize, n_depth: usize) {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let script = bin.join("llama-bench");
+    let json = format!("[{{\"n_prompt\": 0, \"n_gen\": {n_gen}, \"n_depth\": {n_depth}, \"avg_ts\": 10.0}}]");
+    fs::write(&script, format!("#!/bin/sh\n{first}\necho '{json}'\n")).expect("write");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+}
+
 #[test]
 fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_bench() {
     // A stand-in llama-bench that records its arguments and answers with llama-bench's JSON.
     let dir = temp_dir("cli_usage", "bench_depth");
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).expect("mkdir");
-    let script = bin.join("llama-bench");
     let args_file = dir.join("args.txt");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$@\" > '{}'\necho '[{{\"n_prompt\": 0, \"n_gen\": 3, \"n_depth\": 40, \"avg_ts\": 10.0}}]'\n",
-            args_file.display()
-        ),
-    )
-    .expect("write");
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    stand_in_llama_bench(&dir, &format!("echo \"$@\" > '{}'", args_file.display()), 3, 40);
     let fixture = fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");
     for model in [moe_gguf(), fixture] {
         let out = flash_moe(&[
@@ -372,12 +372,7 @@ fn bench_fills_a_context_depth_and_hands_the_same_depth_and_kv_types_to_llama_be
 #[test]
 fn bench_against_llama_cpp_holds_the_bundled_model_in_ram_as_llama_cpp_does() {
     let dir = temp_dir("cli_usage", "bench_bundled");
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).expect("mkdir");
-    let script = bin.join("llama-bench");
-    fs::write(&script, "#!/bin/sh\necho '[{\"n_prompt\": 0, \"n_gen\": 2, \"n_depth\": 0, \"avg_ts\": 10.0}]'\n")
-        .expect("write");
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    stand_in_llama_bench(&dir, "", 2, 0);
     let args = ["bench", "-t", "1", "-p", "0", "-n", "2", "-r", "1", "--bandwidth-mib", "0"];
     // Alone, the bundled model streams through its quarter cache (the memory plan names it) ...
     let (_, stderr) = assert_succeeds(&flash_moe(&args));
