@@ -143,12 +143,18 @@ pub(crate) fn swiglu_ffn_group(
     for (j, (g, _, _)) in ffns.iter().enumerate() {
         ops::tap("ffn_swiglu", None, &s.gate[ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows]);
     }
-    let gate = &s.gate;
-    ops::for_each_on(cpu, &mut s.hq[..m], many, &|| (), &|j, hq, _| {
-        let (g, _, d) = &ffns[j];
-        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
-        hq.quantize(&cpu.kernels, d.dtype, &gate[r], d.cols);
-    });
+    let hidden = |j: usize| ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * ffns[j].0.rows;
+    if m < cpu.pool.n_threads() {
+        // Fewer experts than threads (one expert arriving alone from the disk): each one's rows over the threads.
+        for (j, hq) in s.hq[..m].iter_mut().enumerate() {
+            hq.quantize_on(cpu, ffns[j].2.dtype, &s.gate[hidden(j)], ffns[j].2.cols);
+        }
+    } else {
+        let gate = &s.gate;
+        ops::for_each_on(cpu, &mut s.hq[..m], many, &|| (), &|j, hq, _| {
+            hq.quantize(&cpu.kernels, ffns[j].2.dtype, &gate[hidden(j)], ffns[j].2.cols);
+        });
+    }
     let mut jobs = Vec::with_capacity(m);
     let mut out_rest = &mut out[..];
     for (j, &(_, _, d)) in ffns.iter().enumerate() {
