@@ -147,21 +147,24 @@ pub fn for_each_on<T: Send, S>(
     });
 }
 
-/// `f(i, row_i)` for every row of `out` (`[n, dim]`), the rows spread over `cpu`'s threads when there are many.
-pub fn for_each_row_on(cpu: &Cpu, out: &mut [f32], dim: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+/// `f(rows, out_rows)` over `out` (`[n, dim]`) split into ranges of rows, spread over `cpu`'s threads from
+/// `PAR_ROWS_MIN` rows (one call with every row otherwise): for row-wise work whose result per row does not depend
+/// on the split.
+pub fn for_row_chunks_on(
+    cpu: &Cpu,
+    out: &mut [f32],
+    dim: usize,
+    f: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+) {
     let n_rows = out.len().checked_div(dim).unwrap_or(0);
     if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
-        for (i, row) in out.chunks_exact_mut(dim.max(1)).enumerate() {
-            f(i, row);
-        }
-        return;
+        return f(0..n_rows, out);
     }
     let dst = SharedOut(out.as_mut_ptr());
     cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
-        for i in rows {
-            // SAFETY: rows are partitioned among the threads and lie within `out`, which outlives the pool call.
-            f(i, unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * dim), dim) });
-        }
+        // SAFETY: rows are partitioned among the threads and lie within `out`, which outlives the pool call.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(rows.start * dim), rows.len() * dim) };
+        f(rows, o);
     });
 }
 
@@ -439,32 +442,13 @@ pub fn matmul_reuse(cpu: &Cpu, w: QMatRef<'_>, x: &[f32], xq: &mut QuantActs, ou
 /// [`rms_norm_into`] with the rows spread over `cpu`'s threads when there are many (the same arithmetic per row).
 pub fn rms_norm_into_on(cpu: &Cpu, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
-    let n_rows = x.len() / dim.max(1);
-    if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
-        return rms_norm_into(x, w, eps, out);
-    }
     assert_eq!(out.len(), x.len(), "rms_norm: output size");
-    let dst = SharedOut(out.as_mut_ptr());
-    cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
-        // SAFETY: rows are partitioned among the threads and lie within `out`, which outlives the pool call.
-        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(rows.start * dim), rows.len() * dim) };
-        rms_norm_into(&x[rows.start * dim..rows.end * dim], w, eps, o);
-    });
+    for_row_chunks_on(cpu, out, dim, &|rows, o| rms_norm_into(&x[rows.start * dim..rows.end * dim], w, eps, o));
 }
 
 /// [`rms_norm`] in place with the rows spread over `cpu`'s threads when there are many.
 pub fn rms_norm_on(cpu: &Cpu, x: &mut [f32], w: &[f32], eps: f32) {
-    let dim = w.len();
-    let n_rows = x.len() / dim.max(1);
-    if n_rows < PAR_ROWS_MIN || cpu.pool.n_threads() == 1 {
-        return rms_norm(x, w, eps);
-    }
-    let dst = SharedOut(x.as_mut_ptr());
-    cpu.pool.for_chunks(n_rows, cpu.pool.chunk_size(n_rows, 1), &|rows| {
-        // SAFETY: as in rms_norm_into_on.
-        let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(rows.start * dim), rows.len() * dim) };
-        rms_norm(o, w, eps);
-    });
+    for_row_chunks_on(cpu, x, w.len(), &|_, o| rms_norm(o, w, eps));
 }
 
 /// RMSNorm of each row of `x` (`[n, dim]`) in place: `x * w / sqrt(mean(x^2) + eps)`.

@@ -73,6 +73,14 @@ pub struct GroupFfnScratch {
     pub(crate) up: Vec<f32>,       // [rows of all experts, n_ff]
 }
 
+/// Rows `toks` of `x` (`[n, dim]`), in that order, into `out`.
+pub(crate) fn gather_rows(x: &[f32], dim: usize, toks: &[usize], out: &mut Vec<f32>) {
+    out.clear();
+    for &t in toks {
+        out.extend_from_slice(&x[t * dim..(t + 1) * dim]);
+    }
+}
+
 impl GroupFfnScratch {
     /// A new layer's tokens: the next group converts them again.
     pub fn new_input(&mut self) {
@@ -221,10 +229,7 @@ impl<'a> Exec<'a> {
                 for (j, &mats) in ffns.iter().enumerate() {
                     let (e_in, e_out) = (mats.0.cols, mats.2.rows);
                     let (r0, r1) = (offs[j], offs[j + 1]);
-                    s.rows.clear();
-                    for &t in &toks[r0..r1] {
-                        s.rows.extend_from_slice(&x[t * e_in..(t + 1) * e_in]);
-                    }
+                    gather_rows(x, e_in, &toks[r0..r1], &mut s.rows);
                     let o = &mut out[r0 * e_out..r1 * e_out];
                     ggml::swiglu_ffn(self, mats, &s.rows, o, MatKind::Expert, layer);
                 }

@@ -87,10 +87,7 @@ pub(crate) fn swiglu_ffn_group(
         for (j, &mats) in ffns.iter().enumerate() {
             let e_out = mats.2.rows;
             let (r0, r1) = (offs[j], offs[j + 1]);
-            s.rows.clear();
-            for &t in &toks[r0..r1] {
-                s.rows.extend_from_slice(&x[t * n_embd..(t + 1) * n_embd]);
-            }
+            super::gather_rows(x, n_embd, &toks[r0..r1], &mut s.rows);
             swiglu_ffn(cpu, mats, &s.rows, &mut s.one, &mut out[r0 * e_out..r1 * e_out]);
         }
         return;
@@ -134,16 +131,16 @@ pub(crate) fn swiglu_ffn_group(
         }
         ops::matmul_jobs(cpu, &mut jobs);
     }
-    for (j, (g, _, _)) in ffns.iter().enumerate() {
-        let r = ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows;
-        ops::tap("ffn_gate", None, &s.gate[r.clone()]);
-        ops::tap("ffn_up", None, &s.up[r]);
+    // Expert j's gate/up (and then hidden) outputs.
+    let hidden = |j: usize| ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * ffns[j].0.rows;
+    for j in 0..m {
+        ops::tap("ffn_gate", None, &s.gate[hidden(j)]);
+        ops::tap("ffn_up", None, &s.up[hidden(j)]);
     }
     ops::swiglu(&mut s.gate, &s.up);
-    for (j, (g, _, _)) in ffns.iter().enumerate() {
-        ops::tap("ffn_swiglu", None, &s.gate[ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * g.rows]);
+    for j in 0..m {
+        ops::tap("ffn_swiglu", None, &s.gate[hidden(j)]);
     }
-    let hidden = |j: usize| ff_off(j)..ff_off(j) + (offs[j + 1] - offs[j]) * ffns[j].0.rows;
     if m < cpu.pool.n_threads() {
         // Fewer experts than threads (one expert arriving alone from the disk): each one's rows over the threads.
         for (j, hq) in s.hq[..m].iter_mut().enumerate() {

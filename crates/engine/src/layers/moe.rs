@@ -42,7 +42,6 @@ pub struct MoeScratch {
     logits: Vec<f32>,           // [n, n_expert]
     routes: Vec<Route>,         // [n]
     used: Vec<u32>,             // distinct experts of the batch, ascending
-    rows_of: Vec<usize>,        // token rows of each expert of `used`
     at: Vec<usize>,             // where each expert of `used` starts in `pairs`, and the end
     fill: Vec<usize>,           // [used.len()], while `pairs` is filled
     pairs: Vec<(usize, usize)>, // (token, top-k slot) of each expert's rows, expert by expert
@@ -134,20 +133,17 @@ pub fn moe(
         experts.prefetch(next, ids);
     }
     // Each expert's (token, top-k slot) pairs, token by token: expert `used[i]` has `pairs[at[i]..at[i + 1]]`.
-    s.rows_of.clear();
-    s.rows_of.resize(s.used.len(), 0);
+    s.at.clear();
+    s.at.resize(s.used.len() + 1, 0);
     for route in &s.routes[..n] {
         for e in &route.experts {
             if let Ok(i) = s.used.binary_search(e) {
-                s.rows_of[i] += 1;
+                s.at[i + 1] += 1;
             }
         }
     }
-    s.at.clear();
-    s.at.push(0);
     for i in 0..s.used.len() {
-        let next = s.at[i] + s.rows_of[i];
-        s.at.push(next);
+        s.at[i + 1] += s.at[i];
     }
     s.pairs.clear();
     s.pairs.resize(s.at[s.used.len()], (0, 0));
@@ -171,9 +167,9 @@ pub fn moe(
     s.group.new_input();
     loop {
         let mut group_rows = 0;
-        let rows_of = &s.rows_of;
+        let at = &s.at;
         let mut admit = |i: usize| {
-            group_rows += rows_of[i];
+            group_rows += at[i + 1] - at[i];
             group_rows <= GROUP_ROWS
         };
         let Some(group) = set.next_group(&mut admit) else { break };
@@ -199,19 +195,21 @@ pub fn moe(
     // The weighted sum in top-k order: `w_0 y_0 + w_1 y_1 + ...`, each product rounded before it is added (as
     // ggml's mul then chain of adds).
     let (routes, row_of, y) = (&s.routes[..n], &s.row_of, &s.y);
-    crate::ops::for_each_row_on(exec.cpu, &mut out[..n * n_embd], n_embd, &|t, o| {
-        let route = &routes[t];
-        for slot in 0..route.experts.len() {
-            let j = row_of[t * k + slot];
-            let y = &y[j * n_embd..(j + 1) * n_embd];
-            let wt = route.weights[slot];
-            if slot == 0 {
-                for (a, &b) in o.iter_mut().zip(y) {
-                    *a = wt * b;
-                }
-            } else {
-                for (a, &b) in o.iter_mut().zip(y) {
-                    *a += wt * b;
+    crate::ops::for_row_chunks_on(exec.cpu, &mut out[..n * n_embd], n_embd, &|tokens, o| {
+        for (t, o) in tokens.zip(o.chunks_exact_mut(n_embd)) {
+            let route = &routes[t];
+            for slot in 0..route.experts.len() {
+                let j = row_of[t * k + slot];
+                let y = &y[j * n_embd..(j + 1) * n_embd];
+                let wt = route.weights[slot];
+                if slot == 0 {
+                    for (a, &b) in o.iter_mut().zip(y) {
+                        *a = wt * b;
+                    }
+                } else {
+                    for (a, &b) in o.iter_mut().zip(y) {
+                        *a += wt * b;
+                    }
                 }
             }
         }
