@@ -103,8 +103,8 @@ pub struct ModelArgs {
     /// When experts stream, predict the next layer's experts and read them early with low priority: 'router' (the
     /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
     /// 'off', or 'auto' (router; table under --replay-routes). Fewer predictions are read the busier demand reads
-    /// keep the disk and the less the forward pass waits for reads, so a compute-bound run reads only those as likely
-    /// as not to be used (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
+    /// keep the disk and the less the forward pass waits for reads, so a compute-bound run reads only those with at
+    /// least a one-in-four chance of use (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
     #[arg(long, value_enum, default_value_t = PrefetchArg::Auto)]
     pub prefetch: PrefetchArg,
     /// No progress display on stderr (it is shown only on a terminal anyway).

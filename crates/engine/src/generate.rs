@@ -115,7 +115,7 @@ pub struct GenerateStats {
     /// Expert cache counters of the prefill and of the decode steps (streaming mode only).
     pub cache_prefill: Option<CacheStats>,
     pub cache_decode: Option<CacheStats>,
-    /// Per decode step (streaming mode only).
+    /// Per decode step (the cache counters stay 0 when every weight is resident).
     pub per_token: Vec<TokenStats>,
 }
 
@@ -192,15 +192,18 @@ pub fn generate(
         let t_step = Instant::now();
         let logits = model.forward(cpu, session, &[next], Logits::Last)?;
         n_decode_steps += 1;
-        if let (Some(b), Some(a)) = (before, model.cache_stats()) {
-            per_token.push(TokenStats {
-                secs: t_step.elapsed().as_secs_f64(),
+        let secs = t_step.elapsed().as_secs_f64();
+        per_token.push(match (before, model.cache_stats()) {
+            (Some(b), Some(a)) => TokenStats {
+                secs,
                 hits: a.hits - b.hits,
                 misses: a.misses - b.misses,
                 bytes_read: a.bytes_read - b.bytes_read,
                 wait_secs: a.wait_secs - b.wait_secs,
-            });
-        }
+            },
+            // Everything resident: the step's time only.
+            _ => TokenStats { secs, hits: 0, misses: 0, bytes_read: 0, wait_secs: 0.0 },
+        });
         next = sampler.sample(&logits[..n_sample], &history);
     };
     if stop != StopReason::StopString {
