@@ -36,10 +36,10 @@
 //! | F32 dot | ref | AVX2 | = AVX2 | NEON |
 //! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
-//! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | 4 x NEON |
-//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 x NEON |
-//! | Q4_K, Q6_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | - | VNNI, one body with the three above | - |
-//! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | - |
+//! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | shared decode (`neon_tile.rs`) |
+//! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 rows a call, shared activation loads |
+//! | Q4_K, Q6_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | - | VNNI, one body with the three above | one body with the two above |
+//! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | Q8_0: one body with the two above; Q5_0, Q4_1: - |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | attention core (`attn_scores`, `attn_values`, `attn_softmax`) | ref | AVX2 (= ref) | AVX-512 (= ref) | = ref |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
@@ -56,7 +56,8 @@
 //! quantizer); `f16.rs` for the float types; `attn.rs` for the attention core; `x86/` holds the AVX2 and AVX-512
 //! versions (`avx2_x4.rs`, `avx512_x4.rs`: the four-row dots; `avx2_r4.rs`, `avx512_r4.rs`: the
 //! four-weight-row dots; `avx512_kq.rs`: every shape of the AVX-512 Q4_K and Q6_K family; `attn_avx2.rs`),
-//! `aarch64/` the NEON ones; `dispatch.rs` builds the table.
+//! `aarch64/` the NEON ones (`neon_tile.rs`: the four-row, four-weight-row and tile dots of Q4_K, Q6_K and Q8_0);
+//! `dispatch.rs` builds the table.
 //! `tests/kernels.rs` checks every path against the references, `tests/ggml_vectors.rs` the references against
 //! golden vectors written by llama.cpp's own ggml code, and `examples/kernel_bench.rs` measures GB/s (gemv,
 //! the four-row and four-weight-row dots against four single calls).

@@ -439,14 +439,25 @@ fn vec_dot_r4_is_bit_identical_to_four_single_dots() {
     }
 }
 
+/// The formats with a tile kernel on each instruction set (a table that loses one fails the tile test instead
+/// of skipping it).
+fn tiled_formats(isa: Isa) -> &'static [DType] {
+    match isa {
+        Isa::Avx512 => &[DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K],
+        Isa::Neon => &[DType::Q8_0, DType::Q4_K, DType::Q6_K],
+        Isa::Scalar | Isa::Avx2 => &[],
+    }
+}
+
 /// `vec_dot_tile` (four weight rows, one to four activation rows), where a table has it, must equal the
-/// `vec_dot` calls of the same table BIT FOR BIT.
+/// `vec_dot` calls of the same table BIT FOR BIT; every table has exactly the tiles of [`tiled_formats`].
 #[test]
 fn vec_dot_tile_is_bit_identical_to_single_dots() {
     let mut rng = SmallRng::seed_from_u64(12);
     let s = scalar();
-    let mut n_tested = 0;
     for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        let tiled: Vec<DType> = WEIGHT_TYPES.into_iter().filter(|&t| k.vec_dot_tile(t).is_some()).collect();
+        assert_eq!(tiled, tiled_formats(k.isa()), "{}: formats with a tile", k.isa().name());
         for t in WEIGHT_TYPES {
             let Some(tile) = k.vec_dot_tile(t) else { continue };
             for nb in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33] {
@@ -473,13 +484,41 @@ fn vec_dot_tile_is_bit_identical_to_single_dots() {
                             );
                         }
                     }
-                    n_tested += 1;
                 }
             }
         }
     }
-    if Kernels::available_isas().contains(&Isa::Avx512) {
-        assert!(n_tested > 0, "the AVX-512 table has tile kernels");
+}
+
+/// Every tile panics (before touching memory) on a short weight row in any position, a short activation row in
+/// any position, or a count of activation rows outside 1..=4.
+#[test]
+fn dot_tile_rejects_bad_lengths() {
+    for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
+        for t in WEIGHT_TYPES {
+            let Some(tile) = k.vec_dot_tile(t) else { continue };
+            let n = 2 * t.block_elems();
+            let w = vec![0u8; t.row_bytes(n).expect("whole blocks")];
+            let x = vec![0u8; t.vec_dot_type().row_bytes(n).expect("whole blocks")];
+            for bad in 0..4 {
+                let mut rows = [&w[..]; 4];
+                rows[bad] = &w[..w.len() - 1];
+                let short_w = std::panic::catch_unwind(|| tile(n, rows, &[&x[..], &x[..]], &mut [[0.0; 4]; 4]));
+                assert!(short_w.is_err(), "{} {t:?}: short weight row {bad} accepted", k.isa().name());
+                let mut xs = [&x[..]; 4];
+                xs[bad] = &x[..x.len() - 1];
+                let short_x = std::panic::catch_unwind(|| tile(n, [&w[..]; 4], &xs, &mut [[0.0; 4]; 4]));
+                assert!(short_x.is_err(), "{} {t:?}: short activation row {bad} accepted", k.isa().name());
+            }
+            for n_x in [0, 5] {
+                let xs = vec![&x[..]; n_x];
+                let bad = std::panic::catch_unwind(|| tile(n, [&w[..]; 4], &xs, &mut [[0.0; 4]; 4]));
+                assert!(bad.is_err(), "{} {t:?}: a tile of {n_x} activation rows accepted", k.isa().name());
+            }
+            let mut out = [[f32::NAN; 4]; 4];
+            tile(n, [&w[..]; 4], &[&x[..]; 4], &mut out);
+            assert_eq!(out, [[0.0; 4]; 4]);
+        }
     }
 }
 

@@ -1,11 +1,16 @@
 //! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline; the kernels use only base
-//! NEON (no `sdot`), so they run on every aarch64 CPU. Formats without a NEON kernel (F16, whose vector
-//! conversions need Rust's unstable `f16`) keep the scalar entries. The MLX affine kernels
+//! NEON (no `sdot`), so they run on every aarch64 CPU. `neon.rs` holds the single-row dots and the
+//! quantizers; `neon_tile.rs` the Q4_K, Q6_K and Q8_0 dots that share work between rows (`vec_dot_x4`: each
+//! weight block decoded once for four tokens; `vec_dot_r4`: each activation block loaded once for four rows;
+//! `vec_dot_tile`: four rows by one to four tokens), each bit-identical to its single-row dot. The other
+//! formats' four-row dots are four single-row calls and they have no tile. Formats without a NEON kernel
+//! (F16, whose vector conversions need Rust's unstable `f16`) keep the scalar entries. The MLX affine kernels
 //! (`affine_neon.rs`) are chosen by `Kernels::affine_dot_q8*` from the table's instruction set; they alone
 //! also have an `sdot` variant, used where the CPU has dotprod (checked at run time).
 
 pub(crate) mod affine_neon;
 mod neon;
+mod neon_tile;
 
 use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
 use crate::dtype::DType;
@@ -21,6 +26,37 @@ macro_rules! neon_entry {
             check_dot($w, n, w, x);
             // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
             unsafe { neon::$f(n, w, x) }
+        }
+    };
+    (dot_x4 $name:ident, $w:expr, $f:ident) => {
+        fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+            for x in xs {
+                check_dot($w, n, w, x);
+            }
+            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+            unsafe { neon_tile::$f(n, w, xs, out) }
+        }
+    };
+    (dot_r4 $name:ident, $w:expr, $f:ident) => {
+        fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+            for w in ws {
+                check_dot($w, n, w, x);
+            }
+            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+            unsafe { neon_tile::$f(n, ws, x, out) }
+        }
+    };
+    (dot_tile $name:ident, $w:expr, $f:ident) => {
+        fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+            assert!((1..=4).contains(&xs.len()), "a tile has 1 to 4 activation rows, not {}", xs.len());
+            for w in ws {
+                check_dot($w, n, w, xs[0]);
+            }
+            for &x in xs {
+                check_dot($w, n, ws[0], x);
+            }
+            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+            unsafe { neon_tile::$f(n, ws, xs, out) }
         }
     };
     (quant $name:ident, $f:ident) => {
@@ -46,22 +82,25 @@ x4_by_single!(dot_f32_x4, dot_f32);
 x4_by_single!(dot_bf16_x4, dot_bf16);
 x4_by_single!(dot_q4_0_x4, dot_q4_0);
 x4_by_single!(dot_q4_1_x4, dot_q4_1);
-x4_by_single!(dot_q8_0_x4, dot_q8_0);
 x4_by_single!(dot_q5_0_x4, dot_q5_0);
 x4_by_single!(dot_q5_1_x4, dot_q5_1);
 x4_by_single!(dot_q5_k_x4, dot_q5_k);
-x4_by_single!(dot_q4_k_x4, dot_q4_k);
-x4_by_single!(dot_q6_k_x4, dot_q6_k);
 r4_by_single!(dot_f32_r4, dot_f32);
 r4_by_single!(dot_bf16_r4, dot_bf16);
 r4_by_single!(dot_q4_0_r4, dot_q4_0);
 r4_by_single!(dot_q4_1_r4, dot_q4_1);
-r4_by_single!(dot_q8_0_r4, dot_q8_0);
 r4_by_single!(dot_q5_0_r4, dot_q5_0);
 r4_by_single!(dot_q5_1_r4, dot_q5_1);
 r4_by_single!(dot_q5_k_r4, dot_q5_k);
-r4_by_single!(dot_q4_k_r4, dot_q4_k);
-r4_by_single!(dot_q6_k_r4, dot_q6_k);
+neon_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
+neon_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, dot_q4_k_q8_k_x4);
+neon_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
+neon_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, dot_q8_0_q8_0_r4);
+neon_entry!(dot_r4 dot_q4_k_r4, DType::Q4_K, dot_q4_k_q8_k_r4);
+neon_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, dot_q6_k_q8_k_r4);
+neon_entry!(dot_tile dot_q8_0_tile, DType::Q8_0, dot_q8_0_q8_0_tile);
+neon_entry!(dot_tile dot_q4_k_tile, DType::Q4_K, dot_q4_k_q8_k_tile);
+neon_entry!(dot_tile dot_q6_k_tile, DType::Q6_K, dot_q6_k_q8_k_tile);
 neon_entry!(quant quantize_q8_0, quantize_q8_0);
 neon_entry!(quant quantize_q8_1, quantize_q8_1);
 neon_entry!(quant quantize_q8_k, quantize_q8_k);
@@ -70,7 +109,8 @@ neon_entry!(quant quantize_q8_k, quantize_q8_k);
 pub(crate) fn table(scalar: Kernels) -> Kernels {
     assert!(has_neon(), "NEON table requested on a CPU without NEON");
     let mut k = scalar.with_isa_tag(Isa::Neon);
-    // Each single-row dot with its four-row twins (four single calls: no shared NEON kernels yet).
+    // Each single-row dot with its four-row twins: they must come from the same instruction set (Q8_0, Q4_K,
+    // Q6_K: the shared kernels of neon_tile.rs; the others: four single calls).
     let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 10] = [
         (DType::Q5_0, dot_q5_0, dot_q5_0_x4, dot_q5_0_r4),
         (DType::Q5_1, dot_q5_1, dot_q5_1_x4, dot_q5_1_r4),
@@ -87,6 +127,12 @@ pub(crate) fn table(scalar: Kernels) -> Kernels {
         k.dot[t.index()] = Some(f);
         k.dot_x4[t.index()] = Some(f4);
         k.dot_r4[t.index()] = Some(r4);
+    }
+    // The tiles repeat the single-row kernels' arithmetic (neon_tile.rs), so they too are bit-identical.
+    let tiles: [(DType, crate::VecDotTileFn); 3] =
+        [(DType::Q8_0, dot_q8_0_tile), (DType::Q4_K, dot_q4_k_tile), (DType::Q6_K, dot_q6_k_tile)];
+    for (t, f) in tiles {
+        k.dot_tile[t.index()] = Some(f);
     }
     let quants: [(DType, crate::dispatch::QuantizeFn); 3] =
         [(DType::Q8_0, quantize_q8_0), (DType::Q8_1, quantize_q8_1), (DType::Q8_K, quantize_q8_k)];

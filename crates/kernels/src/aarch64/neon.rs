@@ -18,21 +18,21 @@ use std::arch::aarch64::*;
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn ld_u8(b: &[u8; 16]) -> uint8x16_t {
+pub(super) fn ld_u8(b: &[u8; 16]) -> uint8x16_t {
     // SAFETY: reads exactly the 16 bytes of `b` (ld1 has no alignment requirement for bytes).
     unsafe { vld1q_u8(b.as_ptr()) }
 }
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn ld_s8(b: &[i8; 16]) -> int8x16_t {
+pub(super) fn ld_s8(b: &[i8; 16]) -> int8x16_t {
     // SAFETY: reads exactly the 16 bytes of `b`.
     unsafe { vld1q_s8(b.as_ptr()) }
 }
 
 #[inline]
 #[target_feature(enable = "neon")]
-fn ld_f32(x: &[f32; 4]) -> float32x4_t {
+pub(super) fn ld_f32(x: &[f32; 4]) -> float32x4_t {
     // SAFETY: reads exactly the 4 floats of `x`.
     unsafe { vld1q_f32(x.as_ptr()) }
 }
@@ -44,7 +44,7 @@ fn st_s8(b: &mut [i8; 8], v: int8x8_t) {
     unsafe { vst1_s8(b.as_mut_ptr(), v) }
 }
 
-fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
+pub(super) fn arr<const N: usize, T>(s: &[T]) -> &[T; N] {
     s.try_into().expect("chunk of exactly N elements")
 }
 
@@ -52,14 +52,14 @@ fn arr_mut<const N: usize, T>(s: &mut [T]) -> &mut [T; N] {
     s.try_into().expect("chunk of exactly N elements")
 }
 
-fn f16(h: [u8; 2]) -> f32 {
+pub(super) fn f16(h: [u8; 2]) -> f32 {
     f16_to_f32(u16::from_le_bytes(h))
 }
 
 /// Four partial sums of `a[i] * b[i]` over 16 signed bytes (|a|, |b| <= 128, not both -128).
 #[inline]
 #[target_feature(enable = "neon")]
-fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let hi = vmull_high_s8(a, b);
     vpadalq_s16(vpaddlq_s16(lo), hi)
@@ -212,29 +212,35 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     sumf
 }
 
+/// Bytes `16 half..16 half + 16` of half `h` of a Q6_K block (values `128 h..128 h + 128`) as signed quants
+/// `q - 32`: vector `t` holds values `128 h + 32 t + 16 half..` (+16), from the low or high nibbles of `ql` and
+/// bits `2 t..2 t + 2` of `qh`.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn q6k_quants(bw: &BlockQ6K, h: usize, half: usize) -> [int8x16_t; 4] {
+    let (m4, m2) = (vdupq_n_u8(0x0f), vdupq_n_u8(3));
+    let o = 16 * half;
+    let ql0 = ld_u8(arr(&bw.ql[64 * h + o..64 * h + o + 16]));
+    let ql1 = ld_u8(arr(&bw.ql[64 * h + 32 + o..64 * h + 32 + o + 16]));
+    let qh = ld_u8(arr(&bw.qh[32 * h + o..32 * h + o + 16]));
+    let q6 = |q: uint8x16_t| vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(32));
+    [
+        q6(vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8::<4>(vandq_u8(qh, m2)))),
+        q6(vorrq_u8(vandq_u8(ql1, m4), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), m2)))),
+        q6(vorrq_u8(vshrq_n_u8::<4>(ql0), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), m2)))),
+        q6(vorrq_u8(vshrq_n_u8::<4>(ql1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh)))),
+    ]
+}
+
 #[target_feature(enable = "neon")]
 pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let m4 = vdupq_n_u8(0x0f);
-    let m2 = vdupq_n_u8(3);
     let mut sumf = 0f32;
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let mut sumi = 0i32;
         for h in 0..2 {
             for half in 0..2 {
-                // Bytes l = 16 half .. 16 half + 16 of this 128-value half.
-                let o = 16 * half;
-                let ql0 = ld_u8(arr(&bw.ql[64 * h + o..64 * h + o + 16]));
-                let ql1 = ld_u8(arr(&bw.ql[64 * h + 32 + o..64 * h + 32 + o + 16]));
-                let qh = ld_u8(arr(&bw.qh[32 * h + o..32 * h + o + 16]));
-                let q = [
-                    vorrq_u8(vandq_u8(ql0, m4), vshlq_n_u8::<4>(vandq_u8(qh, m2))),
-                    vorrq_u8(vandq_u8(ql1, m4), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<2>(qh), m2))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql0), vshlq_n_u8::<4>(vandq_u8(vshrq_n_u8::<4>(qh), m2))),
-                    vorrq_u8(vshrq_n_u8::<4>(ql1), vshlq_n_u8::<4>(vshrq_n_u8::<6>(qh))),
-                ];
-                for (t, q) in q.into_iter().enumerate() {
-                    let base = 128 * h + 32 * t + o;
-                    let q6 = vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(32));
+                for (t, q6) in q6k_quants(bw, h, half).into_iter().enumerate() {
+                    let base = 128 * h + 32 * t + 16 * half;
                     let s = vaddvq_s32(dot_i8x16(q6, ld_s8(arr(&bx.qs[base..base + 16]))));
                     sumi += bw.scales[base / 16] as i32 * s;
                 }
