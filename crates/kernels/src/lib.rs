@@ -57,7 +57,8 @@
 //! versions (`avx2_x4.rs`, `avx512_x4.rs`: the four-row dots; `avx2_r4.rs`, `avx512_r4.rs`: the
 //! four-weight-row dots; `avx512_kq.rs`: every shape of the AVX-512 Q4_K and Q6_K family; `attn_avx2.rs`),
 //! `aarch64/` the NEON ones (`neon_tile.rs`: the four-row, four-weight-row and tile dots of Q4_K, Q6_K and Q8_0);
-//! `dispatch.rs` builds the table.
+//! `shape.rs` the (row, token) lane layout both families of shared-work K-quant kernels use; `dispatch.rs` builds the
+//! table.
 //! `tests/kernels.rs` checks every path against the references, `tests/ggml_vectors.rs` the references against
 //! golden vectors written by llama.cpp's own ggml code, and `examples/kernel_bench.rs` measures GB/s (gemv,
 //! the four-row and four-weight-row dots against four single calls).
@@ -89,6 +90,7 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 pub mod q8_k;
+mod shape;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -33,6 +33,7 @@ use crate::q4_k::{scale_min_k4, BlockQ4K};
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
+use crate::shape::{lane, n_groups};
 use crate::{blocks, Block};
 use std::arch::aarch64::*;
 
@@ -76,30 +77,6 @@ fn ld_s32(v: &[i32; 4]) -> int32x4_t {
 fn st_f32(v: &mut [f32; 4], x: float32x4_t) {
     // SAFETY: writes exactly the 4 floats of `v`.
     unsafe { vst1q_f32(v.as_mut_ptr(), x) }
-}
-
-/// Where a K-quant shape keeps its (row, token) pairs in four-lane vectors: with four rows, group `g` is
-/// token `g` and lane `i` row `i`; with one row, group 0 holds the tokens (lanes from `T` on unused).
-#[inline(always)]
-fn lane<const R: usize, const T: usize>(g: usize, i: usize) -> Option<(usize, usize)> {
-    const { assert!((R == 1 || R == 4) && 1 <= T && T <= 4, "tiles of 1 or 4 rows by 1 to 4 tokens") };
-    if R == 4 {
-        Some((i, g))
-    } else if i < T {
-        Some((0, i))
-    } else {
-        None
-    }
-}
-
-/// The groups of a shape (see [`lane`]).
-#[inline(always)]
-fn n_groups<const R: usize, const T: usize>() -> usize {
-    if R == 4 {
-        T
-    } else {
-        1
-    }
 }
 
 /// Lane `i` of group `g` (see [`lane`]): the sum of the four i32 lanes of `v[row][token]` (exact: integers),

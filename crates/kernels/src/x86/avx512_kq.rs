@@ -19,6 +19,7 @@ use super::avx512::{arr, load_i8_64};
 use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_k::BlockQ8K;
+use crate::shape::{lane, n_groups};
 use std::arch::x86_64::*;
 
 /// The weight blocks of row `r` and the activation blocks of token `t`, all of one length.
@@ -52,29 +53,6 @@ fn reduce4_128(v: [__m128i; 4]) -> __m128i {
     let ab = _mm_add_epi32(_mm_unpacklo_epi32(v[0], v[1]), _mm_unpackhi_epi32(v[0], v[1]));
     let cd = _mm_add_epi32(_mm_unpacklo_epi32(v[2], v[3]), _mm_unpackhi_epi32(v[2], v[3]));
     _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd))
-}
-
-/// The (row, token) pairs of a shape in groups of four lanes: for four rows, group `t` holds token `t`'s four
-/// rows; for one row, group 0 holds the tokens (unused lanes stay zero). Returns `(row, token)` of a lane.
-#[inline(always)]
-fn lane<const R: usize, const T: usize>(g: usize, i: usize) -> Option<(usize, usize)> {
-    if R == 4 {
-        Some((i, g))
-    } else if i < T {
-        Some((0, i))
-    } else {
-        None
-    }
-}
-
-/// Groups of a shape (see [`lane`]).
-#[inline(always)]
-fn n_groups<const R: usize, const T: usize>() -> usize {
-    if R == 4 {
-        T
-    } else {
-        1
-    }
 }
 
 /// Integer totals of the (row, token) pairs of group `g`, `v[r][t]` holding a pair's 16 partial lanes.
