@@ -19,9 +19,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Busy-wait iterations before a waiting worker starts yielding, and yields before it parks.
+/// Busy-wait iterations before a waiting worker starts yielding.
 const SPIN_ITERS: u32 = 2_000;
-const YIELD_ITERS: u32 = 200;
+/// How long a waiting worker yields before it parks. Long enough to cover a wait for an expert read (a few ms):
+/// a parked thread leaves its virtual CPU idle, and on a shared host an idle virtual CPU is given away and comes
+/// back slowly, its caches cold. With 200 yields (well under a millisecond) the 30B shape streamed in an 8 GiB
+/// cgroup stepped 184-201 ms a token; yielding through its waits, 145-162 ms (docs/benchmarks.md). An idle pool
+/// (a server between requests) still parks within this time.
+pub(crate) const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 type Job = dyn Fn(usize) + Sync;
 
@@ -195,6 +200,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
+        let mut yielding = None;
         let gen = loop {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
@@ -208,7 +214,8 @@ fn worker(shared: Arc<Shared>, index: usize) {
                 std::hint::spin_loop();
                 continue;
             }
-            if spins < SPIN_ITERS + YIELD_ITERS {
+            let since = *yielding.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < PARK_AFTER {
                 std::thread::yield_now();
                 continue;
             }
@@ -222,6 +229,7 @@ fn worker(shared: Arc<Shared>, index: usize) {
                 .unwrap_or_else(|e| e.into_inner());
             shared.n_sleeping.fetch_sub(1, Ordering::SeqCst);
             spins = 0;
+            yielding = None;
         };
         seen = gen;
         shared.active.fetch_add(1, Ordering::SeqCst);

@@ -332,7 +332,7 @@ impl ExpertCache {
             }
         };
         let t0 = Instant::now();
-        let result = batch.wait();
+        let result = batch.wait_yielding();
         let mut st = self.lock();
         st.stats.wait_secs += t0.elapsed().as_secs_f64();
         match result {

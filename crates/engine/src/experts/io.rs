@@ -86,6 +86,17 @@ impl ReadBatch {
         }
     }
 
+    /// [`ReadBatch::wait`] for the forward pass: yields first, for as long as the pool's workers do
+    /// ([`crate::pool::PARK_AFTER`]), then sleeps. Sleeping through a read of a few ms leaves the virtual CPU idle,
+    /// and on a shared host an idle one is given away and comes back slowly (background threads use `wait`).
+    pub fn wait_yielding(&self) -> std::result::Result<(), String> {
+        let t0 = std::time::Instant::now();
+        while !self.is_done() && t0.elapsed() < crate::pool::PARK_AFTER {
+            std::thread::yield_now();
+        }
+        self.wait()
+    }
+
     /// A batch of one read done some other way, finished by [`ReadBatch::complete`] (a preload's coalesced reads:
     /// a forward step that finds such an expert waits on it like on any read).
     pub(crate) fn manual() -> ReadBatch {

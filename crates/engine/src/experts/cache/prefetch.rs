@@ -117,7 +117,7 @@ impl ExpertCache {
                     st.uncount_prefetch(bytes);
                 } else {
                     let t0 = Instant::now();
-                    let _ = b.wait();
+                    let _ = b.wait_yielding();
                     st.stats.wait_secs += t0.elapsed().as_secs_f64();
                 }
             }
