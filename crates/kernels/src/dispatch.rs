@@ -130,6 +130,33 @@ pub(crate) fn check_dot(w: DType, n: usize, w_row: &[u8], x_row: &[u8]) {
     }
 }
 
+/// Panics unless every row of `x_rows` fits [`check_dot`] with `w_row` (the four-row dots' entry points).
+#[inline]
+pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4]) {
+    for x in x_rows {
+        check_dot(w, n, w_row, x);
+    }
+}
+
+/// Panics unless every row of `w_rows` fits [`check_dot`] with `x_row` (the four-weight-row dots' entry points).
+#[inline]
+pub(crate) fn check_dot_r4(w: DType, n: usize, w_rows: [&[u8]; 4], x_row: &[u8]) {
+    for row in w_rows {
+        check_dot(w, n, row, x_row);
+    }
+}
+
+/// Panics unless a tile has 1 to 4 activation rows and every weight and activation row fits [`check_dot`] (the
+/// tiles' entry points).
+#[inline]
+pub(crate) fn check_dot_tile(w: DType, n: usize, w_rows: [&[u8]; 4], x_rows: &[&[u8]]) {
+    assert!((1..=4).contains(&x_rows.len()), "a tile has 1 to 4 activation rows, not {}", x_rows.len());
+    check_dot_r4(w, n, w_rows, x_rows[0]);
+    for &x in x_rows {
+        check_dot(w, n, w_rows[0], x);
+    }
+}
+
 /// The panic of [`check_dot`].
 #[cold]
 #[inline(never)]

@@ -12,7 +12,9 @@ pub(crate) mod affine_neon;
 mod neon;
 mod neon_tile;
 
-use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
+use crate::dispatch::{
+    check_dot, check_dot_r4, check_dot_tile, check_dot_x4, r4_by_single, x4_by_single, Isa, Kernels,
+};
 use crate::dtype::DType;
 
 pub(crate) fn has_neon() -> bool {
@@ -30,31 +32,21 @@ macro_rules! neon_entry {
     };
     (dot_x4 $name:ident, $w:expr, $f:ident) => {
         fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
-            for x in xs {
-                check_dot($w, n, w, x);
-            }
+            check_dot_x4($w, n, w, xs);
             // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
             unsafe { neon_tile::$f(n, w, xs, out) }
         }
     };
     (dot_r4 $name:ident, $w:expr, $f:ident) => {
         fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
-            for w in ws {
-                check_dot($w, n, w, x);
-            }
+            check_dot_r4($w, n, ws, x);
             // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
             unsafe { neon_tile::$f(n, ws, x, out) }
         }
     };
     (dot_tile $name:ident, $w:expr, $f:ident) => {
         fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
-            assert!((1..=4).contains(&xs.len()), "a tile has 1 to 4 activation rows, not {}", xs.len());
-            for w in ws {
-                check_dot($w, n, w, xs[0]);
-            }
-            for &x in xs {
-                check_dot($w, n, ws[0], x);
-            }
+            check_dot_tile($w, n, ws, xs);
             // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
             unsafe { neon_tile::$f(n, ws, xs, out) }
         }

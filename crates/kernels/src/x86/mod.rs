@@ -15,24 +15,10 @@ mod avx512_q8_tile;
 mod avx512_r4;
 mod avx512_x4;
 
-use crate::dispatch::{check_dot, r4_by_single, x4_by_single, Isa, Kernels};
+use crate::dispatch::{
+    check_dot, check_dot_r4, check_dot_tile, check_dot_x4, r4_by_single, x4_by_single, Isa, Kernels,
+};
 use crate::dtype::DType;
-
-/// Panics unless every row of `x_rows` fits [`check_dot`] with `w_row`.
-#[inline]
-pub(crate) fn check_dot_x4(w: DType, n: usize, w_row: &[u8], x_rows: [&[u8]; 4]) {
-    for x in x_rows {
-        check_dot(w, n, w_row, x);
-    }
-}
-
-/// Panics unless every row of `w_rows` fits [`check_dot`] with `x_row`.
-#[inline]
-pub(crate) fn check_dot_r4(w: DType, n: usize, w_rows: [&[u8]; 4], x_row: &[u8]) {
-    for row in w_rows {
-        check_dot(w, n, row, x_row);
-    }
-}
 
 pub(crate) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
@@ -115,12 +101,7 @@ macro_rules! avx512_entry {
     };
     (dot_tile $name:ident, $w:expr, $f:path) => {
         pub(super) fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
-            for w in ws {
-                check_dot($w, n, w, xs.first().copied().unwrap_or(&[]));
-            }
-            for &x in xs {
-                check_dot($w, n, ws[0], x);
-            }
+            check_dot_tile($w, n, ws, xs);
             // SAFETY: only reachable through a table built when has_avx512() held; lengths checked above.
             unsafe { $f(n, ws, xs, out) }
         }
