@@ -16,6 +16,8 @@ use engine::session::Session;
 
 use crate::{mib, ModelArgs};
 
+mod parallel;
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -40,6 +42,14 @@ pub struct BenchArgs {
     /// Size of the buffer the memory bandwidth is measured on, in MiB (0: no measurement).
     #[arg(long = "bandwidth-mib", default_value_t = 1024)]
     pub bandwidth_mib: usize,
+    /// Sequences decoded together, a comma-separated list (like llama-batched-bench's `-npl`): for each count N,
+    /// N sequences each take their own prompt of --n-prompt tokens (prefilled together), then --n-gen decode
+    /// steps in which every sequence gets one token, all through one forward pass (each expert read once for
+    /// all the tokens that chose it, as `serve` does). Tokens are pseudo-random, as in llama-batched-bench.
+    /// Prints the aggregate prompt and decode tok/s of each N and its decode speed against N = 1; with
+    /// --llama-cpp, llama-batched-bench runs the same counts on the same file.
+    #[arg(long = "parallel", value_name = "N,N,...", value_delimiter = ',', value_parser = crate::args::at_least_one)]
+    pub parallel: Vec<usize>,
 }
 
 /// Best (highest) tok/s over the rounds, and every round's.
@@ -63,12 +73,20 @@ pub fn main(mut a: BenchArgs) -> Result<()> {
     let n_threads = a.model.n_threads();
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.n_depth + a.n_prompt.max(1) + a.n_gen + 1;
-    let model = Model::load(&index, &a.model.load_options(&index, n_ctx)?)?;
+    let load = if a.parallel.is_empty() {
+        a.model.load_options(&index, n_ctx)?
+    } else {
+        parallel::load_options(&a, &index, n_ctx)?
+    };
+    let model = Model::load(&index, &load)?;
     if let Some(plan) = model.memory_plan() {
         eprintln!("{plan}");
     }
     a.model.apply_mlock();
     let cpu = Cpu::new(n_threads);
+    if !a.parallel.is_empty() {
+        return parallel::main(&a, &model, &cpu, n_threads);
+    }
     let bandwidth = (a.bandwidth_mib > 0).then(|| memory_bandwidth(&cpu, a.bandwidth_mib << 20));
     let n_vocab = model.info.n_vocab as u32;
     // Deterministic pseudo-random tokens: the depth's, then the prompt's.

@@ -123,31 +123,38 @@ fn load_options(
         human(per_seq),
         human(per_seq * n_states as u64)
     );
-    if let ExpertResidency::Stream(so) = &mut load.experts {
-        let total = match so.budget {
-            Budget::Bytes(b) => Some((b, "--memory-budget".to_string())),
-            Budget::Auto => Some(auto_budget()),
-            Budget::Min | Budget::ExpertPercent(_) => None,
-        };
-        if let Some((total, source)) = total {
-            let Some(rest) = total.checked_sub(extra) else {
-                bail!(
-                    "memory budget {} ({source}) is too small for {n_states} sequences of {n_ctx} tokens ({} each) and \
-                     the server's {}: lower --parallel, --cache-prompts or --ctx-size",
-                    human(total),
-                    human(per_seq),
-                    human(limits.overhead_bytes())
-                );
-            };
-            eprintln!(
-                "budget     {} ({source}): {} for the other {} sequences' state and the HTTP side, {} for the model",
-                human(total),
-                human(extra),
-                n_states - 1,
-                human(rest)
-            );
-            so.budget = Budget::Bytes(rest);
-        }
+    match reserve_budget(&mut load, extra) {
+        Err((total, source)) => bail!(
+            "memory budget {} ({source}) is too small for {n_states} sequences of {n_ctx} tokens ({} each) and \
+             the server's {}: lower --parallel, --cache-prompts or --ctx-size",
+            human(total),
+            human(per_seq),
+            human(limits.overhead_bytes())
+        ),
+        Ok(Some((total, source))) => eprintln!(
+            "budget     {} ({source}): {} for the other {} sequences' state and the HTTP side, {} for the model",
+            human(total),
+            human(extra),
+            n_states - 1,
+            human(total - extra)
+        ),
+        Ok(None) => {}
     }
     Ok(load)
+}
+
+/// Takes `extra` bytes off the memory budget of a model whose experts stream, when the budget is a size or
+/// 'auto' (the engine's memory plan then covers the rest): returns that budget and where it came from, or `None`
+/// when nothing was taken (experts resident, 'min', a percentage). `Err` gives the same pair when the budget is
+/// smaller than `extra`.
+pub(crate) fn reserve_budget(load: &mut LoadOptions, extra: u64) -> Result<Option<(u64, String)>, (u64, String)> {
+    let ExpertResidency::Stream(so) = &mut load.experts else { return Ok(None) };
+    let (total, source) = match so.budget {
+        Budget::Bytes(b) => (b, "--memory-budget".to_string()),
+        Budget::Auto => auto_budget(),
+        Budget::Min | Budget::ExpertPercent(_) => return Ok(None),
+    };
+    let Some(rest) = total.checked_sub(extra) else { return Err((total, source)) };
+    so.budget = Budget::Bytes(rest);
+    Ok(Some((total, source)))
 }

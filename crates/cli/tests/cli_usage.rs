@@ -420,3 +420,42 @@ fn stats_json_is_written_with_the_model_in_ram_too() {
     assert!(json["prompt_secs"].as_f64().is_some() && json["decode_steps"].as_u64().is_some(), "{json}");
     assert!(json["experts_decode"].is_null(), "no expert cache in RAM: {json}");
 }
+
+#[test]
+fn bench_parallel_decodes_sequences_together_and_hands_the_same_counts_to_llama_batched_bench() {
+    // A stand-in llama-batched-bench that records its arguments and answers with its JSON lines.
+    let dir = temp_dir("cli_usage", "bench_parallel");
+    let args_file = dir.join("args.txt");
+    fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    let script = dir.join("bin/llama-batched-bench");
+    let lines = [(1, 40.0), (3, 90.0)]
+        .map(|(pl, tg)| format!("echo '{{\"pl\": {pl}, \"speed_pp\": 100.0, \"speed_tg\": {tg}}}'"))
+        .join("\n");
+    fs::write(&script, format!("#!/bin/sh\necho \"$@\" > '{}'\n{lines}\n", args_file.display())).expect("write");
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let hybrid = fixtures().join("qwen3next-h64/qwen3next-h64-q8_0.gguf");
+    for model in [moe_gguf(), hybrid] {
+        let args = ["bench", "-m", s(&model), "-t", "1", "-p", "2", "-n", "3", "-r", "1", "--parallel", "1,3"];
+        let (stdout, _) = assert_succeeds(&flash_moe(&[&args[..], &["--llama-cpp", s(&dir)]].concat()));
+        for want in [
+            "flash-moe  N=1 ",
+            "flash-moe  N=3 ",
+            "(1.00x one sequence)",
+            "llama.cpp  N=3   pp   100.00 tok/s   tg   90.00 tok/s (2.25x one sequence)",
+            "ratio      N=3   flash-moe / llama.cpp: prompt",
+        ] {
+            assert!(stdout.contains(want), "wanted `{want}` in {stdout}");
+        }
+        let passed = fs::read_to_string(&args_file).expect("llama-batched-bench ran");
+        for want in ["-npl 1,3", "-npp 2", "-ntg 3", "-t 1", "--output-format jsonl"] {
+            assert!(passed.contains(want), "llama-batched-bench got `{passed}`, wanted {want}");
+        }
+    }
+    // The bundled model streams through its quarter cache: the bytes read a token are shown.
+    let (stdout, _) =
+        assert_succeeds(&flash_moe(&["bench", "-t", "1", "-p", "1", "-n", "2", "-r", "1", "--parallel", "2"]));
+    assert!(stdout.contains("flash-moe  N=2 ") && stdout.contains("MiB of experts read a token"), "{stdout}");
+    // Decode is what it measures.
+    assert_fails(&flash_moe(&["bench", "-t", "1", "-n", "0", "--parallel", "2"]), &["--parallel", "--n-gen"]);
+    assert_fails(&flash_moe(&["bench", "-t", "1", "--parallel", "0"]), &["--parallel", "1 or more"]);
+}

@@ -65,6 +65,11 @@ impl MoeScratch {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    /// The distinct experts the tokens of the last call chose between them.
+    pub fn distinct_experts(&self) -> usize {
+        self.used.len()
+    }
 }
 
 /// What may change a layer's routing: a route hook, an approximate mode (both off by default).
