@@ -3,7 +3,8 @@
 # tok/s from both benchmarks with the bytes of weights a decode step reads against the memory bandwidth measured in
 # the same run, and `flash-moe run`'s own wall-clock decode (what a user's command pays, not only the
 # bench loop). The two engines cannot hold a 17 GB file at once on a 24 GB machine, so they run one after the other,
-# each from a dropped page cache, ROUNDS times alternating, and the best round of each counts.
+# each from a dropped page cache (read into it again first for llama.cpp, which maps the file), ROUNDS times
+# alternating, and the best round of each counts.
 #
 #   bench/big_in_ram.sh MODEL.gguf LLAMA_CPP_BUILD_DIR [THREADS=2] [ROUNDS=2]
 #   env: FLASH_MOE=binary; NG=32 decoded tokens in the benchmarks; N_RUN=64 tokens for `run`.
@@ -31,6 +32,7 @@ for r in $(seq "$rounds"); do
     "$fm" bench -m "$model" -t "$threads" -p 64 -n 0 -r 1 -q --bandwidth-mib 0 | tee -a "$out/fm.txt"
     echo "== round $r: llama-bench, in RAM (mmap), $threads threads"
     drop
+    cat "$model" > /dev/null # llama.cpp maps the file: without this its first test reads it from disk
     "$llama/bin/llama-bench" -m "$model" -t "$threads" -p 64,512 -n "$ng" -r 2 -o md | tee -a "$out/ll.txt"
 done
 echo "== flash-moe run, in RAM, $threads threads: ${N_RUN:-64} tokens, wall clock"

@@ -46,6 +46,7 @@ PY
 touch "$out/llama.txt" "$out/ram.txt"
 if [[ -z ${SKIP_LLAMA:-} ]]; then
     echo "== llama.cpp, in RAM (mmap), $threads threads"
+    cat "$model" > /dev/null # llama.cpp maps the file: without this its prompt would read the file from disk
     "$llama/bin/llama-bench" -m "$model" -t "$threads" -p "$n" -n 0 -r 1 -o md | tee "$out/llama.txt"
 fi
 
