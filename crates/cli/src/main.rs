@@ -104,7 +104,7 @@ pub struct ModelArgs {
     /// next layer's router on the current hidden state), 'table' (routing history; works with --replay-routes),
     /// 'off', or 'auto' (router; table under --replay-routes). Fewer predictions are read the busier demand reads
     /// keep the disk and the less the forward pass waits for reads, so a compute-bound run reads only those with at
-    /// least a one-in-four chance of use (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
+    /// least a 60% chance of use (FLASH_MOE_PREFETCH_THROTTLE=off reads them all). Never changes the output.
     #[arg(long, value_enum, default_value_t = PrefetchArg::Auto)]
     pub prefetch: PrefetchArg,
     /// No progress display on stderr (it is shown only on a terminal anyway).
