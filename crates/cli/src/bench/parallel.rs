@@ -73,7 +73,9 @@ pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
     println!(
         "sequences        each a {}-token prompt, then {} decode steps of one token each (best of {} rounds)",
-        a.n_prompt, a.n_gen, a.reps
+        a.n_prompt.max(1),
+        a.n_gen,
+        a.reps
     );
     let tg1 = best.iter().flatten().find(|r| r.n == 1).map(|r| r.tg);
     for r in best.iter().flatten() {
@@ -118,10 +120,12 @@ fn run(model: &Model, cpu: &Cpu, n: usize, n_ctx: usize, (n_prompt, n_gen): (usi
     let mut sessions: Vec<Session> = (0..n).map(|_| model.try_new_session(n_ctx)).collect::<engine::Result<_>>()?;
     let prompts: Vec<Vec<u32>> = (0..n).map(|s| (0..n_prompt.max(1)).map(|i| token(s, i, n_vocab)).collect()).collect();
     let mut scratch = Scratch::default();
+    // At most a batch's worth of tokens a step (what the memory plan counts), each sequence's prompt in chunks.
+    let per = (engine::backend::native::N_BATCH / n).max(1);
     let t0 = Instant::now();
-    {
+    for off in (0..n_prompt.max(1)).step_by(per) {
         let mut batch: Vec<(&mut Session, &[u32])> =
-            sessions.iter_mut().zip(&prompts).map(|(s, p)| (s, p.as_slice())).collect();
+            sessions.iter_mut().zip(&prompts).map(|(s, p)| (s, &p[off..(off + per).min(p.len())])).collect();
         model.forward_multi(cpu, &mut batch, &mut scratch)?;
     }
     let pp = (n * n_prompt.max(1)) as f64 / t0.elapsed().as_secs_f64();
