@@ -15,12 +15,10 @@ llama=${2:?llama.cpp build dir}
 threads=${3:-2}
 rounds=${4:-2}
 ng=${NG:-32}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # tok/s of a flash-moe bench line (`flash-moe  pp512  1234.5 tok/s ...`) or a llama-bench markdown row.
 fm_ts() { awk -v t="$1" '$1 == "flash-moe" && $2 == t { print $3 }'; }
 ll_ts() { awk -F'|' -v t="$1" '$0 ~ "\\| *" t " *\\|" { split($(NF - 1), a, " "); print a[1] }'; }

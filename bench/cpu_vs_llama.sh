@@ -9,9 +9,8 @@
 set -euo pipefail
 llama=${1:?usage: bench/cpu_vs_llama.sh LLAMA_CPP_BUILD_DIR MODEL.gguf...}
 shift
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 summary=()
 for model in "$@"; do
     for t in ${THREADS:-1 2}; do

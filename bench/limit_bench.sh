@@ -39,14 +39,12 @@ threads=${2:-2}
 warmup=${WARMUP:-8}
 rounds=${ROUNDS:-1}
 (( n_gen > warmup + 1 )) || { echo "N_GEN ($n_gen) must exceed WARMUP ($warmup) + 1" >&2; exit 2; }
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 out=$(mktemp -d)
 cg=/sys/fs/cgroup/memory/flash_moe_limit_bench
 trap 'rmdir "$cg" 2>/dev/null || true; rm -rf "$out"' EXIT
 
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # Runs a command after dropping the page cache, inside the cgroup when CGROUP_LIMIT is set.
 fresh() {
     drop

@@ -15,9 +15,8 @@ llama=${2:?llama.cpp build dir}
 n=${3:-4096}
 limit=${4:-8G}
 threads=${5:-2}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 cg=/sys/fs/cgroup/memory/flash_moe_long_prompt
 out=$(mktemp -d)
 trap 'rmdir "$cg" 2>/dev/null || true; rm -rf "$out"' EXIT

@@ -16,12 +16,10 @@ threads=${4:-2}
 rounds=${5:-1}
 np=${NP:-16}
 ng=${NG:-32}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 n_max=$(tr ',' '\n' <<<"$counts" | sort -n | tail -1)
 for r in $(seq "$rounds"); do
     echo "== round $r: flash-moe bench --parallel $counts, in RAM, $threads threads"

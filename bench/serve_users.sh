@@ -13,9 +13,8 @@ limit=${2:-8G}
 tokens=${3:-48}
 cycles=${4:-2}
 threads=${5:-2}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 cg=/sys/fs/cgroup/memory/flash_moe_serve_bench
 out=$(mktemp -d)
 server_pid=

@@ -17,9 +17,8 @@ limit=${2:-8G}
 budget=${3:-auto}
 threads=${4:-2}
 n_gen=${5:-32}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 cg=/sys/fs/cgroup/memory/flash_moe_bench
 out=$(mktemp -d)
 trap 'rmdir "$cg" 2>/dev/null || true; rm -rf "$out"' EXIT

@@ -12,9 +12,8 @@ limit=${2:-8G}
 rounds=${3:-2}
 threads=${4:-2}
 n_gen=${5:-48}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 cg=/sys/fs/cgroup/memory/flash_moe_warm_bg
 out=$(mktemp -d)
 trap 'rmdir "$cg" 2>/dev/null || true; rm -rf "$out"' EXIT

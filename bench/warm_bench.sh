@@ -13,9 +13,8 @@ model=${1:?usage: bench/warm_bench.sh MODEL.gguf [LIMIT] [THREADS] [N_GEN]}
 limit=${2:-8G}
 threads=${3:-2}
 n_gen=${4:-48}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fm=${FLASH_MOE:-$root/target/release/flash-moe}
-[[ -x $fm ]] || (cd "$root" && cargo build --release -p flash-moe)
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" # root, fm, drop
 cg=/sys/fs/cgroup/memory/flash_moe_warm
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out"
