@@ -458,4 +458,9 @@ fn bench_parallel_decodes_sequences_together_and_hands_the_same_counts_to_llama_
     // Decode is what it measures.
     assert_fails(&flash_moe(&["bench", "-t", "1", "-n", "0", "--parallel", "2"]), &["--parallel", "--n-gen"]);
     assert_fails(&flash_moe(&["bench", "-t", "1", "--parallel", "0"]), &["--parallel", "1 or more"]);
+    // More sequences than memory holds: refused before any is allocated.
+    assert_fails(
+        &flash_moe(&["bench", "-m", s(&moe_gguf()), "-t", "1", "--parallel", "1,100000000"]),
+        &["100000000 sequences", "lower --parallel"],
+    );
 }

@@ -34,12 +34,28 @@ pub fn load_options(a: &BenchArgs, index: &WeightIndex, n_ctx: usize) -> Result<
     let kinds = engine::models::state_kinds(index)?;
     let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, load.kv);
     let extra = (n_max as u64 - 1) * per_seq;
-    if let Err((total, source)) = crate::serve::reserve_budget(&mut load, extra) {
-        bail!(
+    let human = engine::experts::budget::human;
+    match crate::serve::reserve_budget(&mut load, extra) {
+        Err((total, source)) => bail!(
             "memory budget {} ({source}) is too small for {n_max} sequences of {n_ctx} tokens: lower --parallel, \
              --n-prompt or --n-gen",
-            engine::experts::budget::human(total)
-        );
+            human(total)
+        ),
+        // Experts resident: the states come on top of the weights, and must fit what is left.
+        Ok(None) => {
+            let (avail, source) = engine::experts::budget::auto_budget();
+            let need = n_max as u64 * per_seq;
+            if need > avail {
+                bail!(
+                    "{n_max} sequences of {n_ctx} tokens need {} of state ({} each), more than the {} of memory \
+                     ({source}): lower --parallel, --n-prompt or --n-gen",
+                    human(need),
+                    human(per_seq),
+                    human(avail)
+                );
+            }
+        }
+        Ok(Some(_)) => {}
     }
     Ok(load)
 }
