@@ -63,7 +63,7 @@ pub fn load_options(a: &BenchArgs, index: &WeightIndex, n_ctx: usize) -> Result<
 /// One count's result.
 struct Row {
     n: usize,
-    pp: f64, // aggregate prompt tok/s (all sequences' prompts in one forward pass)
+    pp: f64, // aggregate prompt tok/s (the sequences' prompts run together)
     tg: f64, // aggregate decode tok/s
     step_ms: f64,
     experts_last: f64, // distinct experts a decode step used at the last MoE layer, on average
