@@ -205,15 +205,20 @@ impl ModelArgs {
 
     /// Load options for a KV cache of `n_ctx` tokens.
     pub fn load_options(&self, index: &engine::formats::WeightIndex, n_ctx: usize) -> anyhow::Result<LoadOptions> {
-        self.load_options_for(index, n_ctx, false)
+        self.load_options_for(index, n_ctx, false, 0)
     }
 
-    /// [`ModelArgs::load_options`] for a run whose routing is replayed from a trace (`replay`).
+    /// [`ModelArgs::load_options`] for a run whose routing is replayed from a trace (`replay`) and that needs
+    /// `extra` bytes beside the model and one sequence's state (the other sequences of a batch, a server's
+    /// buffers). Without `--memory-budget` the experts stream when the whole file, one sequence's state and
+    /// `extra` would not fit the automatic budget; the caller then takes `extra` off that budget
+    /// ([`crate::serve::reserve_budget`]).
     pub fn load_options_for(
         &self,
         index: &engine::formats::WeightIndex,
         n_ctx: usize,
         replay: bool,
+        extra: u64,
     ) -> anyhow::Result<LoadOptions> {
         use engine::experts::budget::{auto_budget, Budget};
         let budget = match &self.memory_budget {
@@ -222,8 +227,12 @@ impl ModelArgs {
             None if self.is_bundled_model() && !self.bundled_in_ram => {
                 Some(Budget::ExpertPercent(BUNDLED_CACHE_PERCENT))
             }
-            // Stream only when the whole file would not fit.
-            None => (index.total_bytes() > auto_budget().0).then_some(Budget::Auto),
+            // Stream only when the whole file and the sequences' state would not fit.
+            None => {
+                let kinds = engine::models::state_kinds(index)?;
+                let one = engine::session::session_bytes_max(&kinds, n_ctx, self.kv_types()?);
+                (index.total_bytes() + one + extra > auto_budget().0).then_some(Budget::Auto)
+            }
         };
         let experts = match budget {
             None => ExpertResidency::AllInRam,

@@ -189,7 +189,7 @@ pub fn main(a: RunArgs) -> Result<()> {
     }
     let index = WeightIndex::open(&a.model.model)?;
     let n_ctx = a.model.n_ctx(&index, a.model.ctx_size);
-    let load = a.model.load_options_for(&index, n_ctx, a.replay_routes.is_some())?;
+    let load = a.model.load_options_for(&index, n_ctx, a.replay_routes.is_some(), 0)?;
     let mut rt = Runtime::open(index, &load)?;
     crate::ModelArgs::warn_ctx(&rt.index, &rt.model.info, "-c", n_ctx);
     a.numerics.apply(&mut rt.model)?;

@@ -104,7 +104,8 @@ pub fn main(a: ServeArgs) -> Result<()> {
 
 /// The model's load options with the budget split: the engine's memory plan covers the resident weights, one
 /// sequence's state and the expert cache; the other sequences' states (decoding and kept for reuse) and the HTTP
-/// side's allowance come off the budget first.
+/// side's allowance come off the budget first. Without `--memory-budget` they also decide whether the whole file
+/// can stay in memory beside them.
 fn load_options(
     a: &ServeArgs,
     index: &WeightIndex,
@@ -112,11 +113,11 @@ fn load_options(
     n_cached: usize,
     limits: &Limits,
 ) -> Result<LoadOptions> {
-    let mut load = a.model.load_options(index, n_ctx)?;
     let kinds = engine::models::state_kinds(index)?;
-    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, load.kv);
+    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, a.model.kv_types()?);
     let n_states = a.parallel + n_cached;
     let extra = (n_states as u64 - 1) * per_seq + limits.overhead_bytes();
+    let mut load = a.model.load_options_for(index, n_ctx, false, extra)?;
     eprintln!(
         "sessions   {} decoding together + {n_cached} kept for reuse, {n_ctx} tokens each: {} of state each, {} in all",
         a.parallel,
@@ -146,7 +147,8 @@ fn load_options(
 /// Takes `extra` bytes off the memory budget of a model whose experts stream, when the budget is a size or
 /// 'auto' (the engine's memory plan then covers the rest): returns that budget and where it came from, or `None`
 /// when nothing was taken (experts resident, 'min', a percentage). `Err` gives the same pair when the budget is
-/// smaller than `extra`.
+/// smaller than `extra`. (Experts are resident by default only when the file, the states and `extra` fit:
+/// [`crate::ModelArgs::load_options_for`].)
 pub(crate) fn reserve_budget(load: &mut LoadOptions, extra: u64) -> Result<Option<(u64, String)>, (u64, String)> {
     let ExpertResidency::Stream(so) = &mut load.experts else { return Ok(None) };
     let (total, source) = match so.budget {

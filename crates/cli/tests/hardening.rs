@@ -259,3 +259,14 @@ fn a_streamed_run_with_faulty_reads_fails_cleanly_or_prints_the_same_text() {
         }
     }
 }
+
+/// A server whose sequences' state cannot fit beside the model is refused before it listens, naming the sizes and
+/// what to lower (it used to keep every expert in memory, the file alone fitting, and start: the states were
+/// allocated as the conversations grew, past the machine's memory). A time bound catches a server that starts.
+#[test]
+fn serve_refuses_more_sequence_state_than_memory_holds() {
+    let m = moe_gguf();
+    let out = flash_moe_env(&["serve", "-m", s(&m), "--parallel", "4", "-c", "500000000", "--port", "1"], &[], 60);
+    let err = assert_fails(&out, &["8 sequences of 500000000 tokens", "too small", "lower --parallel"]);
+    assert!(err.contains("--ctx-size"), "{err}");
+}

@@ -29,33 +29,18 @@ pub fn load_options(a: &BenchArgs, index: &WeightIndex, n_ctx: usize) -> Result<
     if a.n_depth > 0 {
         bail!("--parallel does not take --n-depth (each sequence starts empty, as in llama-batched-bench)");
     }
-    let mut load = a.model.load_options(index, n_ctx)?;
     let n_max = a.parallel.iter().copied().max().unwrap_or(1);
     let kinds = engine::models::state_kinds(index)?;
-    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, load.kv);
+    let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, a.model.kv_types()?);
     let extra = (n_max as u64 - 1) * per_seq;
-    let human = engine::experts::budget::human;
-    match crate::serve::reserve_budget(&mut load, extra) {
-        Err((total, source)) => bail!(
-            "memory budget {} ({source}) is too small for {n_max} sequences of {n_ctx} tokens: lower --parallel, \
-             --n-prompt or --n-gen",
-            human(total)
-        ),
-        // Experts resident: the states come on top of the weights, and must fit what is left.
-        Ok(None) => {
-            let (avail, source) = engine::experts::budget::auto_budget();
-            let need = n_max as u64 * per_seq;
-            if need > avail {
-                bail!(
-                    "{n_max} sequences of {n_ctx} tokens need {} of state ({} each), more than the {} of memory \
-                     ({source}): lower --parallel, --n-prompt or --n-gen",
-                    human(need),
-                    human(per_seq),
-                    human(avail)
-                );
-            }
-        }
-        Ok(Some(_)) => {}
+    let mut load = a.model.load_options_for(index, n_ctx, false, extra)?;
+    if let Err((total, source)) = crate::serve::reserve_budget(&mut load, extra) {
+        bail!(
+            "memory budget {} ({source}) is too small for {n_max} sequences of {n_ctx} tokens ({} each): lower \
+             --parallel, --n-prompt or --n-gen",
+            engine::experts::budget::human(total),
+            engine::experts::budget::human(per_seq)
+        );
     }
     Ok(load)
 }
