@@ -230,7 +230,7 @@ fn run_round(
 
 /// GB/s of reading a `bytes`-long buffer (filled first, so it is real memory) with the pool's threads: one word
 /// of every 64-byte line is read, which makes the whole line come from memory; best of 3 passes.
-fn memory_bandwidth(cpu: &Cpu, bytes: usize) -> f64 {
+pub(crate) fn memory_bandwidth(cpu: &Cpu, bytes: usize) -> f64 {
     let mut buf = engine::tensor::AlignedBuf::zeroed(bytes);
     for (i, b) in buf.as_mut_slice().iter_mut().enumerate().step_by(4096) {
         *b = i as u8;

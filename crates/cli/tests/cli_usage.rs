@@ -423,6 +423,18 @@ fn stats_json_is_written_with_the_model_in_ram_too() {
 
 #[test]
 fn bench_parallel_decodes_sequences_together_and_hands_the_same_counts_to_llama_batched_bench() {
+    // "12.5 KiB" and the like, in bytes.
+    let bytes_of = |s: &str| -> Option<f64> {
+        let (v, unit) = s.trim().split_once(' ')?;
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(v.parse::<f64>().ok()? * scale)
+    };
     // A stand-in llama-batched-bench that records its arguments and answers with its JSON lines.
     let dir = temp_dir("cli_usage", "bench_parallel");
     let args_file = dir.join("args.txt");
@@ -446,6 +458,20 @@ fn bench_parallel_decodes_sequences_together_and_hands_the_same_counts_to_llama_
         ] {
             assert!(stdout.contains(want), "wanted `{want}` in {stdout}");
         }
+        // The weights a step touches: each distinct expert once, so three sequences touch at least the experts of
+        // one and at most three times them.
+        let expert_bytes: Vec<f64> = stdout
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("weights a step "))
+            .map(|l| {
+                let e = l.split(" + experts ").nth(1).and_then(|e| e.split(')').next());
+                e.and_then(bytes_of).unwrap_or_else(|| panic!("no expert bytes in `{l}`"))
+            })
+            .collect();
+        assert_eq!(expert_bytes.len(), 2, "{stdout}");
+        assert!(expert_bytes[0] > 0.0 && expert_bytes[0] <= expert_bytes[1], "{stdout}");
+        assert!(expert_bytes[1] <= 3.0 * expert_bytes[0] * 1.01, "{stdout}");
+        assert!(stdout.contains("a step costing only its bytes: 1.00x one sequence"), "{stdout}");
         let passed = fs::read_to_string(&args_file).expect("llama-batched-bench ran");
         for want in ["-npl 1,3", "-npp 2", "-ntg 3", "-t 1", "--output-format jsonl"] {
             assert!(passed.contains(want), "llama-batched-bench got `{passed}`, wanted {want}");

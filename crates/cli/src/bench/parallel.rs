@@ -53,6 +53,7 @@ struct Row {
     step_ms: f64,
     experts_last: f64, // distinct experts a decode step used at the last MoE layer, on average
     read_mib: Option<f64>,
+    expert_bytes: f64, // bytes of the distinct experts of a decode step, all layers, on average
 }
 
 pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result<()> {
@@ -70,22 +71,47 @@ pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result
             llama.push(llama_batched_bench(dir, &a.model.model, n_threads, (a.n_prompt, a.n_gen), &a.parallel)?);
         }
     }
+    let bandwidth = (a.bandwidth_mib > 0).then(|| super::memory_bandwidth(cpu, a.bandwidth_mib << 20));
     println!("model            {}", a.model.model.display());
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
+    if let Some(bw) = bandwidth {
+        println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 3 passes)", a.bandwidth_mib);
+    }
     println!(
         "sequences        each a {}-token prompt, then {} decode steps of one token each (best of {} rounds)",
         a.n_prompt.max(1),
         a.n_gen,
         a.reps
     );
-    let tg1 = best.iter().flatten().find(|r| r.n == 1).map(|r| r.tg);
+    let one = best.iter().flatten().find(|r| r.n == 1);
+    // A decode step touches the resident weights once and each distinct expert once, whatever the sequences.
+    let resident = model.info.resident_bytes as f64;
+    let human = engine::experts::budget::human;
     for r in best.iter().flatten() {
-        let gain = tg1.map(|t| format!(" ({:.2}x one sequence)", r.tg / t)).unwrap_or_default();
+        let gain = one.map(|o| format!(" ({:.2}x one sequence)", r.tg / o.tg)).unwrap_or_default();
         let read = r.read_mib.map(|m| format!(", {m:.1} MiB of experts read a token")).unwrap_or_default();
         println!(
             "flash-moe  N={:<3} pp {:8.2} tok/s   tg {:7.2} tok/s{gain}   {:.1} ms a step, {:.1} experts at the last \
              layer{read}",
             r.n, r.pp, r.tg, r.step_ms, r.experts_last
+        );
+        let step_bytes = resident + r.expert_bytes;
+        let gbs = step_bytes / r.step_ms / 1e6;
+        let of_bw = bandwidth.map(|bw| format!(" ({:.0}% of the memory read)", 100.0 * gbs / bw)).unwrap_or_default();
+        // The most that batching can give where a step costs the bytes it touches.
+        let bound = one
+            .map(|o| {
+                format!(
+                    "; a step costing only its bytes: {:.2}x one sequence",
+                    r.n as f64 * (resident + o.expert_bytes) / step_bytes
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "           weights a step {} (resident {} + experts {}), {gbs:.2} GB/s{of_bw}{bound}",
+            human(step_bytes as u64),
+            human(resident as u64),
+            human(r.expert_bytes as u64)
         );
     }
     if !llama.is_empty() {
@@ -131,6 +157,7 @@ fn run(model: &Model, cpu: &Cpu, n: usize, n_ctx: usize, (n_prompt, n_gen): (usi
     }
     let pp = (n * n_prompt.max(1)) as f64 / t0.elapsed().as_secs_f64();
     let read0 = model.cache_stats().map(|s| s.bytes_read);
+    let touched0 = scratch.moe.experts_touched().to_vec();
     let mut experts = 0usize;
     let t1 = Instant::now();
     for step in 0..n_gen {
@@ -146,7 +173,15 @@ fn run(model: &Model, cpu: &Cpu, n: usize, n_ctx: usize, (n_prompt, n_gen): (usi
         (Some(r0), Some(s)) => Some(mib(s.bytes_read - r0) / tokens),
         _ => None,
     };
+    let layers = &model.expert_layout().layers;
+    let expert_bytes: f64 = (scratch.moe.experts_touched().iter().enumerate())
+        .filter_map(|(l, &c)| {
+            let per = layers.get(l)?.as_ref()?.expert_bytes();
+            Some((c - touched0.get(l).copied().unwrap_or(0)) as f64 * per as f64)
+        })
+        .sum();
     Ok(Row {
+        expert_bytes: expert_bytes / n_gen as f64,
         n,
         pp,
         tg: tokens / secs,

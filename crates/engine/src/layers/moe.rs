@@ -54,6 +54,7 @@ pub struct MoeScratch {
     ffn: FfnScratch,
     group: GroupFfnScratch,
     approx: ApproxScratch,
+    touched: Vec<u64>, // [layer]: distinct experts its calls used, summed over the calls
 }
 
 /// Token rows (token x selected expert) a group of experts takes at most, unless one expert alone has more: a
@@ -69,6 +70,12 @@ impl MoeScratch {
     /// The distinct experts the tokens of the last call chose between them.
     pub fn distinct_experts(&self) -> usize {
         self.used.len()
+    }
+
+    /// For each layer, the distinct experts of every call so far, summed: the experts whose weights the calls
+    /// touched (a batch touches each of its experts once, whatever number of its tokens chose it).
+    pub fn experts_touched(&self) -> &[u64] {
+        &self.touched
     }
 }
 
@@ -129,6 +136,10 @@ pub fn moe(
     }
     s.used.sort_unstable();
     s.used.dedup();
+    if s.touched.len() <= layer {
+        s.touched.resize(layer + 1, 0);
+    }
+    s.touched[layer] += s.used.len() as u64;
 
     let mut set = experts.acquire(layer, &s.used)?;
     if let Some(a) = ov.approx {
