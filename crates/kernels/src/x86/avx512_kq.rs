@@ -22,13 +22,23 @@ use crate::q8_k::BlockQ8K;
 use crate::shape::{lane, n_groups};
 use std::arch::x86_64::*;
 
-/// The weight blocks of row `r` and the activation blocks of token `t`, all of one length.
+/// The weight blocks of row `r` and the activation blocks of token `t`, all of one length. Always inlined: called
+/// out of line, its slices came back through the stack and the kernel's wide reloads of them stalled on store
+/// forwarding, a tenth of a one-block row's time (the bundled model's rows are one block).
+#[inline(always)]
 fn rows_and_tokens<'a, W: crate::Block, const R: usize, const T: usize>(
     ws: [&'a [u8]; R],
     xs: [&'a [u8]; T],
 ) -> ([&'a [W]; R], [&'a [BlockQ8K]; T]) {
-    let bx: [&[BlockQ8K]; T] = std::array::from_fn(|t| crate::blocks::<BlockQ8K>(xs[t]));
-    let bw: [&[W]; R] = std::array::from_fn(|r| crate::blocks::<W>(ws[r]));
+    // Plain loops: `array::map` and `from_fn` stay out of line here and bring the stack round trip back.
+    let mut bx: [&[BlockQ8K]; T] = [&[]; T];
+    for (b, x) in bx.iter_mut().zip(xs) {
+        *b = crate::blocks::<BlockQ8K>(x);
+    }
+    let mut bw: [&[W]; R] = [&[]; R];
+    for (b, w) in bw.iter_mut().zip(ws) {
+        *b = crate::blocks::<W>(w);
+    }
     let n = bx[0].len();
     assert!(bx.iter().all(|b| b.len() == n) && bw.iter().all(|b| b.len() == n), "rows of different lengths");
     (bw, bx)
