@@ -13,9 +13,11 @@ use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
 use std::arch::x86_64::*;
 
-/// Four activation rows viewed as blocks, each as long as the weight row.
+/// Four activation rows viewed as blocks, each as long as the weight row. Spelled out and always inlined, as
+/// `avx2_r4::blocks_r4`: slices handed back through the stack stall the kernel's first wide reloads of them.
+#[inline(always)]
 pub(crate) fn blocks_x4<X: crate::Block>(n_blocks: usize, xs: [&[u8]; 4]) -> [&[X]; 4] {
-    let bx = xs.map(blocks::<X>);
+    let bx = [blocks::<X>(xs[0]), blocks::<X>(xs[1]), blocks::<X>(xs[2]), blocks::<X>(xs[3])];
     assert!(bx.iter().all(|b| b.len() == n_blocks), "activation rows must match the weight row");
     bx
 }

@@ -91,9 +91,10 @@ pub(crate) fn dot_q4_1_q8_1_tile(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &m
         }
         return;
     }
-    let bw: [&[BlockQ4_1]; 4] = [0, 1, 2, 3].map(|r| blocks::<BlockQ4_1>(ws[r]));
+    let bw: [&[BlockQ4_1]; 4] = [blocks(ws[0]), blocks(ws[1]), blocks(ws[2]), blocks(ws[3])];
     // Missing tokens repeat the last one (computed, not returned).
-    let bx: [&[BlockQ8_1]; 4] = [0, 1, 2, 3].map(|t| blocks::<BlockQ8_1>(xs[t.min(xs.len() - 1)]));
+    let x = |t: usize| blocks::<BlockQ8_1>(xs[t.min(xs.len() - 1)]);
+    let bx: [&[BlockQ8_1]; 4] = [x(0), x(1), x(2), x(3)];
     let all = if xs.len() <= 2 { tile::<1>(bw, bx) } else { tile::<2>(bw, bx) };
     out[..xs.len()].copy_from_slice(&all[..xs.len()]);
 }

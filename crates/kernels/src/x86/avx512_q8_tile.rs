@@ -97,9 +97,10 @@ pub(crate) fn dot_q8_0_q8_0_tile(_n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &
         // One token (decode): the four-row kernel, which does not pay for a second token's lanes.
         return super::avx512_r4::dot_q8_0_q8_0_r4(_n, ws, x, &mut out[0]);
     }
-    let bw: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| blocks::<BlockQ8_0>(ws[r]));
+    let bw: [&[BlockQ8_0]; 4] = [blocks(ws[0]), blocks(ws[1]), blocks(ws[2]), blocks(ws[3])];
     // Missing tokens repeat the last one (computed, not returned).
-    let bx: [&[BlockQ8_0]; 4] = std::array::from_fn(|t| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]));
+    let x = |t: usize| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]);
+    let bx: [&[BlockQ8_0]; 4] = [x(0), x(1), x(2), x(3)];
     let all = if xs.len() <= 2 { tile_q8_0::<1>(bw, bx) } else { tile_q8_0::<2>(bw, bx) };
     out[..xs.len()].copy_from_slice(&all[..xs.len()]);
 }
@@ -116,9 +117,10 @@ pub(crate) fn dot_q5_0_q8_0_tile(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &m
         }
         return;
     }
-    let bw: [&[BlockQ5_0]; 4] = [0, 1, 2, 3].map(|r| blocks::<BlockQ5_0>(ws[r]));
+    let bw: [&[BlockQ5_0]; 4] = [blocks(ws[0]), blocks(ws[1]), blocks(ws[2]), blocks(ws[3])];
     // Missing tokens repeat the last one (computed, not returned).
-    let bx: [&[BlockQ8_0]; 4] = [0, 1, 2, 3].map(|t| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]));
+    let x = |t: usize| blocks::<BlockQ8_0>(xs[t.min(xs.len() - 1)]);
+    let bx: [&[BlockQ8_0]; 4] = [x(0), x(1), x(2), x(3)];
     let all = if xs.len() <= 2 { tile_q5_0::<1>(bw, bx) } else { tile_q5_0::<2>(bw, bx) };
     out[..xs.len()].copy_from_slice(&all[..xs.len()]);
 }
