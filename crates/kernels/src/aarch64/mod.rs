@@ -16,9 +16,33 @@ use crate::dispatch::{
     check_dot, check_dot_r4, check_dot_tile, check_dot_x4, r4_by_single, x4_by_single, Isa, Kernels,
 };
 use crate::dtype::DType;
+use std::arch::aarch64::{int32x4_t, int8x16_t};
 
 pub(crate) fn has_neon() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// Whether this CPU has the dotprod extension (ARMv8.2's `sdot`, optional until ARMv8.4), which the `sdot`
+/// variants of the integer dots need.
+pub(crate) fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// `acc +` the four dot products of the 4-byte groups of `a` and `b`: lane `j` gains
+/// `sum(a[4j + i] * b[4j + i], i < 4)`, exact (four products of at most 2^14 each). `sdot` of the dotprod
+/// extension; its intrinsic is unstable in Rust, hence inline assembly. The function enables dotprod itself, so
+/// that it assembles wherever it is compiled (inlined or not: an unoptimized build keeps it a call); a caller
+/// without that feature needs `unsafe` and the knowledge that the CPU has it.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: one register-to-register instruction of an extension this function enables; touches no memory.
+    unsafe {
+        std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a,
+            b = in(vreg) b, options(pure, nomem, nostack, preserves_flags));
+    }
+    acc
 }
 
 /// Safe, length-checked entry points for `neon::$f`, only stored in tables built after `has_neon()`.
