@@ -45,8 +45,23 @@ fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     acc
 }
 
-/// Safe, length-checked entry points for `neon::$f`, only stored in tables built after `has_neon()`.
+/// Safe, length-checked entry points for `neon::$f`, only stored in tables built after `has_neon()`. The
+/// `int_dot` ones are generic over `SDOT`: `neon::dotprod::$f` (`sdot`), only stored in tables built after
+/// `has_dotprod()` too, or `neon::base::$f`.
 macro_rules! neon_entry {
+    (int_dot $name:ident, $w:expr, $f:ident) => {
+        fn $name<const SDOT: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_dot($w, n, w, x);
+            if SDOT {
+                // SAFETY: only reachable through a table built when has_neon() and has_dotprod() held; lengths
+                // checked above.
+                unsafe { neon::dotprod::$f(n, w, x) }
+            } else {
+                // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
+                unsafe { neon::base::$f(n, w, x) }
+            }
+        }
+    };
     (dot $name:ident, $w:expr, $f:ident) => {
         fn $name(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_dot($w, n, w, x);
@@ -86,28 +101,28 @@ macro_rules! neon_entry {
 
 neon_entry!(dot dot_f32, DType::F32, dot_f32);
 neon_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
-neon_entry!(dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
-neon_entry!(dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
-neon_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
-neon_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
-neon_entry!(dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
-neon_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
-neon_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
-neon_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
+neon_entry!(int_dot dot_q4_0, DType::Q4_0, dot_q4_0_q8_0);
+neon_entry!(int_dot dot_q4_1, DType::Q4_1, dot_q4_1_q8_1);
+neon_entry!(int_dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
+neon_entry!(int_dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
+neon_entry!(int_dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
+neon_entry!(int_dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
+neon_entry!(int_dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
+neon_entry!(int_dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
 x4_by_single!(dot_f32_x4, dot_f32);
 x4_by_single!(dot_bf16_x4, dot_bf16);
-x4_by_single!(dot_q4_0_x4, dot_q4_0);
-x4_by_single!(dot_q4_1_x4, dot_q4_1);
-x4_by_single!(dot_q5_0_x4, dot_q5_0);
-x4_by_single!(dot_q5_1_x4, dot_q5_1);
-x4_by_single!(dot_q5_k_x4, dot_q5_k);
+x4_by_single!(dot_q4_0_x4<const SDOT: bool>, dot_q4_0::<SDOT>);
+x4_by_single!(dot_q4_1_x4<const SDOT: bool>, dot_q4_1::<SDOT>);
+x4_by_single!(dot_q5_0_x4<const SDOT: bool>, dot_q5_0::<SDOT>);
+x4_by_single!(dot_q5_1_x4<const SDOT: bool>, dot_q5_1::<SDOT>);
+x4_by_single!(dot_q5_k_x4<const SDOT: bool>, dot_q5_k::<SDOT>);
 r4_by_single!(dot_f32_r4, dot_f32);
 r4_by_single!(dot_bf16_r4, dot_bf16);
-r4_by_single!(dot_q4_0_r4, dot_q4_0);
-r4_by_single!(dot_q4_1_r4, dot_q4_1);
-r4_by_single!(dot_q5_0_r4, dot_q5_0);
-r4_by_single!(dot_q5_1_r4, dot_q5_1);
-r4_by_single!(dot_q5_k_r4, dot_q5_k);
+r4_by_single!(dot_q4_0_r4<const SDOT: bool>, dot_q4_0::<SDOT>);
+r4_by_single!(dot_q4_1_r4<const SDOT: bool>, dot_q4_1::<SDOT>);
+r4_by_single!(dot_q5_0_r4<const SDOT: bool>, dot_q5_0::<SDOT>);
+r4_by_single!(dot_q5_1_r4<const SDOT: bool>, dot_q5_1::<SDOT>);
+r4_by_single!(dot_q5_k_r4<const SDOT: bool>, dot_q5_k::<SDOT>);
 neon_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
 neon_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, dot_q4_k_q8_k_x4);
 neon_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
@@ -121,23 +136,34 @@ neon_entry!(quant quantize_q8_0, quantize_q8_0);
 neon_entry!(quant quantize_q8_1, quantize_q8_1);
 neon_entry!(quant quantize_q8_k, quantize_q8_k);
 
-/// The NEON table, starting from the scalar one.
-pub(crate) fn table(scalar: Kernels) -> Kernels {
+/// The NEON table, starting from the scalar one; with the `sdot` variants of the integer dots when `sdot` (which
+/// needs a CPU with dotprod).
+pub(crate) fn table(scalar: Kernels, sdot: bool) -> Kernels {
     assert!(has_neon(), "NEON table requested on a CPU without NEON");
-    let mut k = scalar.with_isa_tag(Isa::Neon);
+    if sdot {
+        assert!(has_dotprod(), "NEON sdot table requested on a CPU without dotprod");
+        table_of::<true>(scalar)
+    } else {
+        table_of::<false>(scalar)
+    }
+}
+
+/// [`table`] with `SDOT` fixed: one list of entries for both variants.
+fn table_of<const SDOT: bool>(scalar: Kernels) -> Kernels {
+    let mut k = scalar.with_isa_tag(Isa::Neon).with_sdot(SDOT);
     // Each single-row dot with its four-row twins: they must come from the same instruction set (Q8_0, Q4_K,
     // Q6_K: the shared kernels of neon_tile.rs; the others: four single calls).
     let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 10] = [
-        (DType::Q5_0, dot_q5_0, dot_q5_0_x4, dot_q5_0_r4),
-        (DType::Q5_1, dot_q5_1, dot_q5_1_x4, dot_q5_1_r4),
-        (DType::Q5_K, dot_q5_k, dot_q5_k_x4, dot_q5_k_r4),
+        (DType::Q5_0, dot_q5_0::<SDOT>, dot_q5_0_x4::<SDOT>, dot_q5_0_r4::<SDOT>),
+        (DType::Q5_1, dot_q5_1::<SDOT>, dot_q5_1_x4::<SDOT>, dot_q5_1_r4::<SDOT>),
+        (DType::Q5_K, dot_q5_k::<SDOT>, dot_q5_k_x4::<SDOT>, dot_q5_k_r4::<SDOT>),
         (DType::F32, dot_f32, dot_f32_x4, dot_f32_r4),
         (DType::BF16, dot_bf16, dot_bf16_x4, dot_bf16_r4),
-        (DType::Q4_0, dot_q4_0, dot_q4_0_x4, dot_q4_0_r4),
-        (DType::Q4_1, dot_q4_1, dot_q4_1_x4, dot_q4_1_r4),
-        (DType::Q8_0, dot_q8_0, dot_q8_0_x4, dot_q8_0_r4),
-        (DType::Q4_K, dot_q4_k, dot_q4_k_x4, dot_q4_k_r4),
-        (DType::Q6_K, dot_q6_k, dot_q6_k_x4, dot_q6_k_r4),
+        (DType::Q4_0, dot_q4_0::<SDOT>, dot_q4_0_x4::<SDOT>, dot_q4_0_r4::<SDOT>),
+        (DType::Q4_1, dot_q4_1::<SDOT>, dot_q4_1_x4::<SDOT>, dot_q4_1_r4::<SDOT>),
+        (DType::Q8_0, dot_q8_0::<SDOT>, dot_q8_0_x4, dot_q8_0_r4),
+        (DType::Q4_K, dot_q4_k::<SDOT>, dot_q4_k_x4, dot_q4_k_r4),
+        (DType::Q6_K, dot_q6_k::<SDOT>, dot_q6_k_x4, dot_q6_k_r4),
     ];
     for (t, f, f4, r4) in dots {
         k.dot[t.index()] = Some(f);
