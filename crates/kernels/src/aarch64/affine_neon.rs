@@ -155,7 +155,7 @@ fn acts<const BITS: u32>(qs: &[u8], b: usize) -> [int8x16_t; 2] {
 fn block_dot<const BITS: u32, const SDOT: bool>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
     if SDOT {
         // Four products per i32 lane and step: exact.
-        // SAFETY: SDOT holds only in `tile_q8_sdot`, which enables dotprod and is only called where the CPU has it.
+        // SAFETY: SDOT is true only in `tile_q8_sdot`, which is only called where the CPU has dotprod.
         unsafe { sdot(sdot(vdupq_n_s32(0), w[0], x[0]), w[1], x[1]) }
     } else if BITS == 8 {
         // |w|, |x| <= 128: one product per i16 lane.

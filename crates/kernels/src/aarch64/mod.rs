@@ -30,17 +30,21 @@ pub(crate) fn has_dotprod() -> bool {
 
 /// `acc +` the four dot products of the 4-byte groups of `a` and `b`: lane `j` gains
 /// `sum(a[4j + i] * b[4j + i], i < 4)`, exact (four products of at most 2^14 each). `sdot` of the dotprod
-/// extension; its intrinsic is unstable in Rust, hence inline assembly. The function enables dotprod itself, so
-/// that it assembles wherever it is compiled (inlined or not: an unoptimized build keeps it a call); a caller
-/// without that feature needs `unsafe` and the knowledge that the CPU has it.
-#[inline]
-#[target_feature(enable = "neon,dotprod")]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+/// extension; its intrinsic is unstable in Rust, hence inline assembly, which enables the extension for its one
+/// instruction (`.arch_extension`, scoped to the `asm!` block). So the helper inlines into any function, also one
+/// compiled for base NEON alone (a generic body's `SDOT` instance that LLVM keeps out of line, as the four-row
+/// shape shares one with a tile; a helper that enabled `dotprod` as a target feature could not inline there and
+/// became a call per instruction), and it assembles in any build (an unoptimized one included).
+///
+/// # Safety
+/// The CPU must have dotprod ([`has_dotprod`]).
+#[inline(always)]
+unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = acc;
-    // SAFETY: one register-to-register instruction of an extension this function enables; touches no memory.
+    // SAFETY: one register-to-register instruction, which the caller guarantees this CPU has; touches no memory.
     unsafe {
-        std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a,
-            b = in(vreg) b, options(pure, nomem, nostack, preserves_flags));
+        std::arch::asm!(".arch_extension dotprod", "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc,
+            a = in(vreg) a, b = in(vreg) b, options(pure, nomem, nostack, preserves_flags));
     }
     acc
 }

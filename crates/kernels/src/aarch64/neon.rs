@@ -81,8 +81,8 @@ pub(super) fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 #[target_feature(enable = "neon")]
 pub(super) fn dot16<const SDOT: bool>(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     if SDOT {
-        // SAFETY: SDOT holds only in the bodies the `dotprod` entry points instantiate (`variants!`), which enable
-        // dotprod and are only called where the CPU has it.
+        // SAFETY: SDOT is true only in code instantiated by the `dotprod` entry points (`variants!` here,
+        // `shapes!` in neon_tile.rs), which are only called where the CPU has dotprod.
         unsafe { sdot(vdupq_n_s32(0), a, b) }
     } else {
         dot_i8x16(a, b)
