@@ -49,21 +49,28 @@ unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     acc
 }
 
-/// Safe, length-checked entry points for `neon::$f`, only stored in tables built after `has_neon()`. The
-/// `int_dot` ones are generic over `SDOT`: `neon::dotprod::$f` (`sdot`), only stored in tables built after
-/// `has_dotprod()` too, or `neon::base::$f`.
+/// `$m::dotprod::$f(..)` (`sdot`) when `$sdot`, else `$m::base::$f(..)`, for the entry points below.
+macro_rules! variant {
+    ($sdot:ident, $m:ident::$f:ident($($arg:expr),*)) => {
+        if $sdot {
+            // SAFETY: only reachable through a table built when has_neon() and has_dotprod() held (`table`);
+            // lengths checked by the caller.
+            unsafe { $m::dotprod::$f($($arg),*) }
+        } else {
+            // SAFETY: only reachable through a table built when has_neon() held; lengths checked by the caller.
+            unsafe { $m::base::$f($($arg),*) }
+        }
+    };
+}
+
+/// Safe, length-checked entry points for `neon::$f` (`dot`, `quant`), only stored in tables built after
+/// `has_neon()`, and for the integer dots (`int_dot`: `neon.rs`; `dot_x4`, `dot_r4`, `dot_tile`: `neon_tile.rs`),
+/// generic over `SDOT`: their `sdot` variants where it is true.
 macro_rules! neon_entry {
     (int_dot $name:ident, $w:expr, $f:ident) => {
         fn $name<const SDOT: bool>(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_dot($w, n, w, x);
-            if SDOT {
-                // SAFETY: only reachable through a table built when has_neon() and has_dotprod() held; lengths
-                // checked above.
-                unsafe { neon::dotprod::$f(n, w, x) }
-            } else {
-                // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
-                unsafe { neon::base::$f(n, w, x) }
-            }
+            variant!(SDOT, neon::$f(n, w, x))
         }
     };
     (dot $name:ident, $w:expr, $f:ident) => {
@@ -74,24 +81,21 @@ macro_rules! neon_entry {
         }
     };
     (dot_x4 $name:ident, $w:expr, $f:ident) => {
-        fn $name(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+        fn $name<const SDOT: bool>(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
             check_dot_x4($w, n, w, xs);
-            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
-            unsafe { neon_tile::$f(n, w, xs, out) }
+            variant!(SDOT, neon_tile::$f(n, w, xs, out))
         }
     };
     (dot_r4 $name:ident, $w:expr, $f:ident) => {
-        fn $name(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+        fn $name<const SDOT: bool>(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
             check_dot_r4($w, n, ws, x);
-            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
-            unsafe { neon_tile::$f(n, ws, x, out) }
+            variant!(SDOT, neon_tile::$f(n, ws, x, out))
         }
     };
     (dot_tile $name:ident, $w:expr, $f:ident) => {
-        fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+        fn $name<const SDOT: bool>(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
             check_dot_tile($w, n, ws, xs);
-            // SAFETY: only reachable through a table built when has_neon() held; lengths checked above.
-            unsafe { neon_tile::$f(n, ws, xs, out) }
+            variant!(SDOT, neon_tile::$f(n, ws, xs, out))
         }
     };
     (quant $name:ident, $f:ident) => {
@@ -165,9 +169,9 @@ fn table_of<const SDOT: bool>(scalar: Kernels) -> Kernels {
         (DType::BF16, dot_bf16, dot_bf16_x4, dot_bf16_r4),
         (DType::Q4_0, dot_q4_0::<SDOT>, dot_q4_0_x4::<SDOT>, dot_q4_0_r4::<SDOT>),
         (DType::Q4_1, dot_q4_1::<SDOT>, dot_q4_1_x4::<SDOT>, dot_q4_1_r4::<SDOT>),
-        (DType::Q8_0, dot_q8_0::<SDOT>, dot_q8_0_x4, dot_q8_0_r4),
-        (DType::Q4_K, dot_q4_k::<SDOT>, dot_q4_k_x4, dot_q4_k_r4),
-        (DType::Q6_K, dot_q6_k::<SDOT>, dot_q6_k_x4, dot_q6_k_r4),
+        (DType::Q8_0, dot_q8_0::<SDOT>, dot_q8_0_x4::<SDOT>, dot_q8_0_r4::<SDOT>),
+        (DType::Q4_K, dot_q4_k::<SDOT>, dot_q4_k_x4::<SDOT>, dot_q4_k_r4::<SDOT>),
+        (DType::Q6_K, dot_q6_k::<SDOT>, dot_q6_k_x4::<SDOT>, dot_q6_k_r4::<SDOT>),
     ];
     for (t, f, f4, r4) in dots {
         k.dot[t.index()] = Some(f);
@@ -175,8 +179,11 @@ fn table_of<const SDOT: bool>(scalar: Kernels) -> Kernels {
         k.dot_r4[t.index()] = Some(r4);
     }
     // The tiles repeat the single-row kernels' arithmetic (neon_tile.rs), so they too are bit-identical.
-    let tiles: [(DType, crate::VecDotTileFn); 3] =
-        [(DType::Q8_0, dot_q8_0_tile), (DType::Q4_K, dot_q4_k_tile), (DType::Q6_K, dot_q6_k_tile)];
+    let tiles: [(DType, crate::VecDotTileFn); 3] = [
+        (DType::Q8_0, dot_q8_0_tile::<SDOT>),
+        (DType::Q4_K, dot_q4_k_tile::<SDOT>),
+        (DType::Q6_K, dot_q6_k_tile::<SDOT>),
+    ];
     for (t, f) in tiles {
         k.dot_tile[t.index()] = Some(f);
     }
