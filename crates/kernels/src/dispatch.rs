@@ -402,6 +402,25 @@ impl Kernels {
         self.isa
     }
 
+    /// Whether this table's integer dots use `sdot` (a NEON table on a CPU with dotprod). For the tests and
+    /// benchmarks that compare the `sdot` and base NEON kernels; the engine has no use for it.
+    #[doc(hidden)]
+    pub fn uses_sdot(&self) -> bool {
+        self.sdot
+    }
+
+    /// The same table with the base NEON kernels in place of its `sdot` ones (unchanged if it has none), for the
+    /// tests and benchmarks that compare the two on a CPU with dotprod. Both return the same bits; only their
+    /// speed may differ.
+    #[doc(hidden)]
+    pub fn without_sdot(self) -> Kernels {
+        #[cfg(target_arch = "aarch64")]
+        if self.sdot {
+            return crate::aarch64::table(Kernels::scalar(), false).with_affine_f32_acts(self.affine_f32_acts);
+        }
+        self
+    }
+
     pub(crate) fn with_isa_tag(mut self, isa: Isa) -> Kernels {
         self.isa = isa;
         self
