@@ -15,8 +15,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
-    /// aarch64 NEON (base NEON; only the MLX affine int8 dots also have an `sdot` variant, picked when the CPU has
-    /// dotprod); formats without a NEON kernel use the scalar ones.
+    /// aarch64 NEON; the integer dots (GGUF formats and MLX affine int8) use `sdot` where the CPU has dotprod
+    /// (detected when the table is built; the same bits as base NEON). Formats without a NEON kernel use the
+    /// scalar ones.
     Neon,
 }
 

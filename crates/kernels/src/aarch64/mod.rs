@@ -1,12 +1,19 @@
-//! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline; the kernels use only base
-//! NEON (no `sdot`), so they run on every aarch64 CPU. `neon.rs` holds the single-row dots and the
-//! quantizers; `neon_tile.rs` the Q4_K, Q6_K and Q8_0 dots that share work between rows (`vec_dot_x4`: each
-//! weight block decoded once for four tokens; `vec_dot_r4`: each activation block loaded once for four rows;
-//! `vec_dot_tile`: four rows by one to four tokens), each bit-identical to its single-row dot. The other
-//! formats' four-row dots are four single-row calls and they have no tile. Formats without a NEON kernel
-//! (F16, whose vector conversions need Rust's unstable `f16`) keep the scalar entries. The MLX affine kernels
-//! (`affine_neon.rs`) are chosen by `Kernels::affine_dot_q8*` from the table's instruction set; they alone
-//! also have an `sdot` variant, used where the CPU has dotprod (checked at run time).
+//! aarch64 NEON kernels and their table. NEON is part of the aarch64 baseline, so the base kernels run on every
+//! aarch64 CPU. `neon.rs` holds the single-row dots and the quantizers; `neon_tile.rs` the Q4_K, Q6_K and Q8_0
+//! dots that share work between rows (`vec_dot_x4`: each weight block decoded once for four tokens;
+//! `vec_dot_r4`: each activation block loaded once for four rows; `vec_dot_tile`: four rows by one to four
+//! tokens), each bit-identical to its single-row dot. The other formats' four-row dots are four single-row
+//! calls and they have no tile. Formats without a NEON kernel (F16, whose vector conversions need Rust's
+//! unstable `f16`) keep the scalar entries. The MLX affine kernels (`affine_neon.rs`) are chosen by
+//! `Kernels::affine_dot_q8*` from the table's instruction set.
+//!
+//! The integer dots (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K in every shape, and the affine ones) come in
+//! two variants from one body generic over `SDOT`: base NEON (`smull`, `sadalp`) and `sdot` (the dotprod
+//! extension, ARMv8.2, optional before ARMv8.4). The table is built once with one or the other: `sdot` where
+//! [`has_dotprod`] says the CPU has it (run-time detection, never a compile-time flag), recorded in the table
+//! (`Kernels::uses_sdot`). The two variants return the same bits: only the exact integer sums are formed
+//! differently, never the f32 arithmetic, so every shape stays bit-identical to `vec_dot` whichever variant the
+//! table holds (`tests/kernels.rs`, `neon_sdot_kernels_are_bit_identical_to_base_neon`).
 
 pub(crate) mod affine_neon;
 mod neon;
