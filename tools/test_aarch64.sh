@@ -21,6 +21,6 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 cargo test --release -p flash-moe-kernels --target "$target"
 # Again on an ARMv8.0 CPU model (qemu's default one has every extension): the kernels chosen at run time by
-# extension (the affine `sdot` ones, where dotprod is present) fall back to their base NEON twins there.
+# extension (the `sdot` integer dots, where dotprod is present) fall back to their base NEON twins there.
 echo "== again on cortex-a72 (no dotprod) =="
 QEMU_CPU=cortex-a72 cargo test --release -p flash-moe-kernels --target "$target"

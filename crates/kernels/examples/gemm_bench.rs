@@ -2,7 +2,8 @@
 //! shapes of the benchmark MoE (hidden 1024, expert FFN 256; a 64-token batch gives each of 32 experts about
 //! 8 tokens), through the two ways the engine can run them: one `vec_dot_x4` per row and group of four tokens,
 //! and one `vec_dot_tile` per four rows and four tokens where the table has it. Every output is first checked
-//! bit for bit against `vec_dot`. Reports the fastest pass in GMAC/s (multiply-adds of weight values).
+//! bit for bit against `vec_dot`. Reports the fastest pass in GMAC/s (multiply-adds of weight values). On an
+//! aarch64 CPU with dotprod, NEON runs twice: base NEON (`neon`) and with `sdot` (`neon+sdot`).
 //!
 //! `cargo run --release -p flash-moe-kernels --example gemm_bench [q4_k|q6_k|q8_0]`
 use kernels::{f32_to_f16, DType, Isa, Kernels};
@@ -24,6 +25,22 @@ fn random_matrix(rng: &mut SmallRng, t: DType, rows: usize, cols: usize) -> Vec<
         }
     }
     m
+}
+
+/// Every SIMD table of this CPU by name; NEON twice where the CPU has dotprod: base NEON (`neon`) and with its
+/// `sdot` integer dots (`neon+sdot`), which give the same bits, so that their speeds can be compared.
+fn simd_tables() -> Vec<(&'static str, Kernels)> {
+    let mut tables = Vec::new();
+    for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+        let Some(k) = Kernels::with_isa(isa) else { continue };
+        if k.uses_sdot() {
+            tables.push((isa.name(), k.without_sdot()));
+            tables.push(("neon+sdot", k));
+        } else {
+            tables.push((isa.name(), k));
+        }
+    }
+    tables
 }
 
 /// Fastest of several passes (at least 3 and 200 ms), in seconds.
@@ -77,7 +94,7 @@ fn main() {
     let mut rng = SmallRng::seed_from_u64(7);
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     println!("{} prompt products, single thread, GMAC/s", t.name());
-    println!("{:<7} {:>16} {:>9} {:>9} {:>8}", "isa", "rows x cols x tok", "x4", "tile", "speedup");
+    println!("{:<9} {:>16} {:>9} {:>9} {:>8}", "isa", "rows x cols x tok", "x4", "tile", "speedup");
     for (rows, cols, n_tok) in [(256, 1024, 8), (1024, 256, 8), (1024, 1024, 64), (4096, 1024, 64)] {
         let m = random_matrix(&mut rng, t, rows, cols);
         let rb = m.len() / rows;
@@ -91,8 +108,7 @@ fn main() {
             })
             .collect();
         let x: Vec<&[u8]> = xq.iter().map(|q| &q[..]).collect();
-        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-            let Some(k) = Kernels::with_isa(isa) else { continue };
+        for (name, k) in simd_tables() {
             let dot = k.vec_dot(t);
             let want: Vec<u32> = (0..n_tok)
                 .flat_map(|tk| w.iter().map(move |wr| (tk, wr)))
@@ -100,20 +116,18 @@ fn main() {
                 .collect();
             let mut out = vec![0f32; rows * n_tok];
             by_x4(&k, t, cols, &w, &x, &mut out);
-            assert!(out.iter().map(|v| v.to_bits()).eq(want.iter().copied()), "{}: x4 differs", isa.name());
+            assert!(out.iter().map(|v| v.to_bits()).eq(want.iter().copied()), "{name}: x4 differs");
             let x4 = best_time(|| by_x4(&k, t, cols, &w, &x, &mut out));
             let tile = k.vec_dot_tile(t).map(|_| {
                 by_tile(&k, t, cols, &w, &x, &mut out);
-                assert!(out.iter().map(|v| v.to_bits()).eq(want.iter().copied()), "{}: tile differs", isa.name());
+                assert!(out.iter().map(|v| v.to_bits()).eq(want.iter().copied()), "{name}: tile differs");
                 best_time(|| by_tile(&k, t, cols, &w, &x, &mut out))
             });
             let gmacs = |s: f64| (rows * cols * n_tok) as f64 / s / 1e9;
             let shape = format!("{rows}x{cols}x{n_tok}");
             match tile {
-                Some(s) => {
-                    println!("{:<7} {shape:>16} {:>9.1} {:>9.1} {:>7.2}x", isa.name(), gmacs(x4), gmacs(s), x4 / s)
-                }
-                None => println!("{:<7} {shape:>16} {:>9.1} {:>9} {:>8}", isa.name(), gmacs(x4), "-", "-"),
+                Some(s) => println!("{name:<9} {shape:>16} {:>9.1} {:>9.1} {:>7.2}x", gmacs(x4), gmacs(s), x4 / s),
+                None => println!("{name:<9} {shape:>16} {:>9.1} {:>9} {:>8}", gmacs(x4), "-", "-"),
             }
         }
     }

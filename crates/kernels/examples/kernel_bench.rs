@@ -12,6 +12,9 @@
 //! per-row overhead the four-row kernel removes, not memory bandwidth); `vec_dot_r4` is first checked to be
 //! bit-identical to the single calls.
 //!
+//! On an aarch64 CPU with dotprod, NEON appears twice: base NEON (`neon`) and with its `sdot` integer dots
+//! (`neon+sdot`); both give the same bits.
+//!
 //! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`, or `... kernel_bench r4`
 //! for the decode comparison alone.
 
@@ -75,10 +78,26 @@ fn best_time(mut pass: impl FnMut()) -> f64 {
     best
 }
 
+/// Every SIMD table of this CPU by name; NEON twice where the CPU has dotprod: base NEON (`neon`) and with its
+/// `sdot` integer dots (`neon+sdot`), which give the same bits, so that their speeds can be compared.
+fn simd_tables() -> Vec<(&'static str, Kernels)> {
+    let mut tables = Vec::new();
+    for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+        let Some(k) = Kernels::with_isa(isa) else { continue };
+        if k.uses_sdot() {
+            tables.push((isa.name(), k.without_sdot()));
+            tables.push(("neon+sdot", k));
+        } else {
+            tables.push((isa.name(), k));
+        }
+    }
+    tables
+}
+
 /// GB/s of weight bytes x 4 tokens through 4 `vec_dot` calls per row, and through one `vec_dot_x4` per row.
 fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
     println!("\nprefill {rows} x {cols} x 4 tokens, single thread; GB/s of weight bytes x tokens");
-    println!("{:<6} {:<7} {:>10} {:>10} {:>8}", "format", "isa", "4 x dot", "dot_x4", "speedup");
+    println!("{:<6} {:<9} {:>10} {:>10} {:>8}", "format", "isa", "4 x dot", "dot_x4", "speedup");
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     for t in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
         let m = random_matrix(rng, t, rows, cols);
@@ -92,14 +111,13 @@ fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
             })
             .collect();
         let xs = [&xq[0][..], &xq[1][..], &xq[2][..], &xq[3][..]];
-        for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-            let Some(k) = Kernels::with_isa(isa) else { continue };
+        for (name, k) in simd_tables() {
             let (dot, dot4) = (k.vec_dot(t), k.vec_dot_x4(t));
             for row in m.chunks_exact(row_bytes).step_by(rows / 8 + 1) {
                 let mut out = [0f32; 4];
                 dot4(cols, row, xs, &mut out);
                 let want = xs.map(|x| dot(cols, row, x));
-                assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {}: x4 differs", t.name(), isa.name());
+                assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {name}: x4 differs", t.name());
             }
             let mut sink = 0f32;
             let single = best_time(|| {
@@ -118,7 +136,7 @@ fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
             });
             std::hint::black_box(sink);
             let gbs = |secs: f64| 4.0 * m.len() as f64 / secs / 1e9;
-            println!("{:<6} {:<7} {:>10.2} {:>10.2} {:>7.2}x", t.name(), isa.name(), gbs(single), gbs(x4), single / x4);
+            println!("{:<6} {name:<9} {:>10.2} {:>10.2} {:>7.2}x", t.name(), gbs(single), gbs(x4), single / x4);
         }
     }
 }
@@ -127,7 +145,7 @@ fn bench_x4(rng: &mut SmallRng, rows: usize, cols: usize) {
 /// decode shapes of the benchmark model.
 fn bench_r4(rng: &mut SmallRng) {
     println!("\ndecode: matrix x 1 activation row, single thread; GB/s of weight bytes");
-    println!("{:<6} {:<7} {:>11} {:>10} {:>10} {:>8}", "format", "isa", "rows x cols", "4 x dot", "dot_r4", "speedup");
+    println!("{:<6} {:<9} {:>11} {:>10} {:>10} {:>8}", "format", "isa", "rows x cols", "4 x dot", "dot_r4", "speedup");
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     for t in [DType::Q4_K, DType::Q6_K, DType::Q8_0] {
         for (rows, cols) in [(1024, 1024), (256, 1024), (1024, 256)] {
@@ -136,8 +154,7 @@ fn bench_r4(rng: &mut SmallRng) {
             let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
             let mut xq = vec![0u8; t.vec_dot_type().row_bytes(cols).expect("whole blocks")];
             scalar.quantize_row(t.vec_dot_type(), &x, &mut xq);
-            for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-                let Some(k) = Kernels::with_isa(isa) else { continue };
+            for (name, k) in simd_tables() {
                 let (dot, dot_r4) = (k.vec_dot(t), k.vec_dot_r4(t));
                 let quads = || {
                     m.chunks_exact(4 * row_bytes).map(|q| {
@@ -149,7 +166,7 @@ fn bench_r4(rng: &mut SmallRng) {
                     let mut out = [0f32; 4];
                     dot_r4(cols, ws, &xq, &mut out);
                     let want = ws.map(|w| dot(cols, w, &xq));
-                    assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {}: r4 differs", t.name(), isa.name());
+                    assert!(out.map(f32::to_bits) == want.map(f32::to_bits), "{} {name}: r4 differs", t.name());
                 }
                 let mut out = vec![0f32; rows];
                 let single = best_time(|| {
@@ -168,9 +185,8 @@ fn bench_r4(rng: &mut SmallRng) {
                 let gbs = |secs: f64| m.len() as f64 / secs / 1e9;
                 let shape = format!("{rows}x{cols}");
                 println!(
-                    "{:<6} {:<7} {:>11} {:>10.2} {:>10.2} {:>7.2}x",
+                    "{:<6} {name:<9} {:>11} {:>10.2} {:>10.2} {:>7.2}x",
                     t.name(),
-                    isa.name(),
                     shape,
                     gbs(single),
                     gbs(r4),
@@ -194,8 +210,10 @@ fn main() {
     let scalar = Kernels::with_isa(Isa::Scalar).expect("scalar is always available");
     let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1f32..1.0)).collect();
     println!("gemv {rows} x {cols}, single thread; GB/s of weight bytes read by vec_dot");
-    let isas = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
-    let header: String = isas.iter().map(|isa| format!(" {:>10}", isa.name())).collect();
+    // One column per instruction set, and one for NEON with sdot; "-" where this CPU lacks it.
+    let tables: Vec<(&str, Kernels)> = [("scalar", scalar)].into_iter().chain(simd_tables()).collect();
+    let columns = ["scalar", "avx2", "avx512", "neon", "neon+sdot"];
+    let header: String = columns.iter().map(|name| format!(" {name:>10}")).collect();
     println!("{:<6} {:>10}{header}", "format", "MB");
     for t in WEIGHT_TYPES {
         let m = random_matrix(&mut rng, t, rows, cols);
@@ -203,8 +221,8 @@ fn main() {
         let mut xq = vec![0u8; t.vec_dot_type().row_bytes(cols).expect("whole blocks")];
         scalar.quantize_row(t.vec_dot_type(), &x, &mut xq);
         let mut line = format!("{:<6} {:>10.1}", t.name(), m.len() as f64 / 1e6);
-        for isa in isas {
-            let Some(k) = Kernels::with_isa(isa) else {
+        for name in columns {
+            let Some(&(_, k)) = tables.iter().find(|(n, _)| *n == name) else {
                 line += &format!(" {:>10}", "-");
                 continue;
             };
@@ -213,7 +231,7 @@ fn main() {
             for r in [0, rows / 2, rows - 1] {
                 let row = &m[r * row_bytes..(r + 1) * row_bytes];
                 let (a, b) = (dot(cols, row, &xq), scalar.vec_dot(t)(cols, row, &xq));
-                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{} {}: {a} vs scalar {b}", t.name(), isa.name());
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{} {name}: {a} vs scalar {b}", t.name());
             }
             // Fastest of many passes: the machine is shared, and the minimum is the least disturbed pass.
             let mut sink = 0f32;

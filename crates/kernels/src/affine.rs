@@ -323,14 +323,14 @@ impl Kernels {
     }
 
     /// The affine dot product with [`DType::Q8_A`] activations (the engine's default): AVX2 for 4- and 8-bit
-    /// weights, NEON for every bit width (`sdot` where the CPU has dotprod), the scalar reference otherwise;
-    /// always bit-identical to [`dot_affine_q8_ref`].
+    /// weights, NEON for every bit width (`sdot` where the table has it: where the CPU has dotprod), the scalar
+    /// reference otherwise; always bit-identical to [`dot_affine_q8_ref`].
     pub fn affine_dot_q8(&self, f: AffineFormat) -> AffineDotFn {
         match (affine_isa(self), f.bits) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => crate::aarch64::affine_neon::dot_q8::<true>,
+            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8::<false>,
             _ => dot_affine_q8_ref,
@@ -343,9 +343,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
-                crate::aarch64::affine_neon::dot_q8_r4::<true>
-            }
+            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8_r4::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_r4::<false>,
             _ => dot_q8_r4_ref,
@@ -358,9 +356,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if crate::aarch64::affine_neon::has_dotprod() => {
-                crate::aarch64::affine_neon::dot_q8_x4::<true>
-            }
+            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8_x4::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_x4::<false>,
             _ => dot_q8_x4_ref,

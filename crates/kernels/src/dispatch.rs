@@ -15,8 +15,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/VNNI (plus AVX2); formats without a 512-bit kernel use the AVX2 one.
     Avx512,
-    /// aarch64 NEON (base NEON; only the MLX affine int8 dots also have an `sdot` variant, picked when the CPU has
-    /// dotprod); formats without a NEON kernel use the scalar ones.
+    /// aarch64 NEON; the integer dots (GGUF formats and MLX affine int8) use `sdot` where the CPU has dotprod
+    /// (detected when the table is built; the same bits as base NEON). Formats without a NEON kernel use the
+    /// scalar ones.
     Neon,
 }
 
@@ -109,6 +110,9 @@ pub struct Kernels {
     pub(crate) attn_softmax: AttnSoftmaxFn,
     /// Whether MLX affine weights take F32 activations (the accurate path) instead of [`DType::Q8_A`].
     affine_f32_acts: bool,
+    /// Whether the integer dots of a NEON table use `sdot` (the dotprod extension): set where the CPU has it.
+    /// Always false for the other instruction sets. The MLX affine int8 dots (`affine.rs`) follow it too.
+    pub(crate) sdot: bool,
 }
 
 // The engine shares one table across its threads.
@@ -190,10 +194,12 @@ macro_rules! checked_dot {
 }
 
 /// Defines a [`VecDotX4Fn`] that calls the single-row entry `$single` four times (trivially bit-identical to
-/// it): the four-row dot of every format and instruction set without a shared-decode kernel.
+/// it): the four-row dot of every format and instruction set without a shared-decode kernel. With
+/// `<const SDOT: bool>` after the name it is generic over that parameter, which `$single` may use (the NEON
+/// entries, whose `SDOT` picks the `sdot` variants).
 macro_rules! x4_by_single {
-    ($name:ident, $single:path) => {
-        pub(crate) fn $name(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [f32; 4]) {
+    ($name:ident $(<const $g:ident: bool>)?, $single:path) => {
+        pub(crate) fn $name$(<const $g: bool>)?(n: usize, w_row: &[u8], x_rows: [&[u8]; 4], out: &mut [f32; 4]) {
             for (o, x) in out.iter_mut().zip(x_rows) {
                 *o = $single(n, w_row, x);
             }
@@ -204,9 +210,10 @@ pub(crate) use x4_by_single;
 
 /// Defines a [`VecDotR4Fn`] that calls the single-row entry `$single` four times (trivially bit-identical to
 /// it): the four-weight-row dot of every format and instruction set without a shared-activation kernel.
+/// Generic over `SDOT` as [`x4_by_single`] can be.
 macro_rules! r4_by_single {
-    ($name:ident, $single:path) => {
-        pub(crate) fn $name(n: usize, w_rows: [&[u8]; 4], x_row: &[u8], out: &mut [f32; 4]) {
+    ($name:ident $(<const $g:ident: bool>)?, $single:path) => {
+        pub(crate) fn $name$(<const $g: bool>)?(n: usize, w_rows: [&[u8]; 4], x_row: &[u8], out: &mut [f32; 4]) {
             for (o, w) in out.iter_mut().zip(w_rows) {
                 *o = $single(n, w, x_row);
             }
@@ -335,6 +342,7 @@ impl Kernels {
             attn_values: attn::attn_values_ref,
             attn_softmax: attn::attn_softmax_ref,
             affine_f32_acts: false,
+            sdot: false,
         }
     }
 
@@ -386,7 +394,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => crate::aarch64::table(scalar),
+            Isa::Neon => crate::aarch64::table(scalar, crate::aarch64::has_dotprod()),
             _ => scalar,
         }
     }
@@ -395,8 +403,34 @@ impl Kernels {
         self.isa
     }
 
+    /// Whether this table's integer dots use `sdot` (a NEON table on a CPU with dotprod). For the tests and
+    /// benchmarks that compare the `sdot` and base NEON kernels; the engine has no use for it.
+    #[doc(hidden)]
+    pub fn uses_sdot(&self) -> bool {
+        self.sdot
+    }
+
+    /// The same table with the base NEON kernels in place of its `sdot` ones (unchanged if it has none), for the
+    /// tests and benchmarks that compare the two on a CPU with dotprod. Both return the same bits; only their
+    /// speed may differ.
+    #[doc(hidden)]
+    pub fn without_sdot(self) -> Kernels {
+        #[cfg(target_arch = "aarch64")]
+        if self.sdot {
+            return crate::aarch64::table(Kernels::scalar(), false).with_affine_f32_acts(self.affine_f32_acts);
+        }
+        self
+    }
+
     pub(crate) fn with_isa_tag(mut self, isa: Isa) -> Kernels {
         self.isa = isa;
+        self
+    }
+
+    /// Records whether the table's NEON integer dots use `sdot` (set by the NEON table, which picks them).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn with_sdot(mut self, on: bool) -> Kernels {
+        self.sdot = on;
         self
     }
 

@@ -828,6 +828,94 @@ fn neon_kernels_are_among_those_tested() {
     );
 }
 
+/// An activation row of `n` values of type `t` (Q8_0, Q8_1, Q8_K) with random quant bytes over the whole i8 range
+/// (-128 included, which the quantizers never write) and small scales; Q8_K's block sums random too (the
+/// kernels take them as given).
+#[cfg(target_arch = "aarch64")]
+fn raw_activations(rng: &mut SmallRng, t: DType, n: usize) -> Vec<u8> {
+    let mut row: Vec<u8> = (0..t.row_bytes(n).expect("whole blocks")).map(|_| rng.gen()).collect();
+    for block in row.chunks_exact_mut(t.block_bytes()) {
+        if t == DType::Q8_K {
+            block[..4].copy_from_slice(&rng.gen_range(-1e-2f32..1e-2).to_le_bytes());
+        } else {
+            let fields = if t == DType::Q8_1 { 2 } else { 1 };
+            for off in (0..2 * fields).step_by(2) {
+                block[off..off + 2].copy_from_slice(&small_f16(rng).to_le_bytes());
+            }
+        }
+    }
+    row
+}
+
+/// The `sdot` kernels of NEON (chosen where the CPU has dotprod) return the same bits as the base NEON ones, in
+/// every shape (`vec_dot`, `vec_dot_x4`, `vec_dot_r4`, `vec_dot_tile` with 1 to 4 tokens) of every format that
+/// has them: they differ only in how the exact integer sums are formed. Rows of one to 17 blocks (K-quants:
+/// super-blocks; odd counts included), every weight pattern, activations quantized and raw. Without dotprod only
+/// the base table runs (its shapes against its `vec_dot`), and the test says so on stderr (uncaptured).
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
+    let neon = Kernels::with_isa(Isa::Neon).expect("NEON on aarch64");
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    assert_eq!(neon.uses_sdot(), dotprod, "the NEON table uses sdot exactly where the CPU has dotprod");
+    let base = neon.without_sdot();
+    assert!(base.isa() == Isa::Neon && !base.uses_sdot(), "without_sdot gives the base NEON table");
+    let tables = if dotprod {
+        vec![base, neon]
+    } else {
+        // Straight to stderr: the harness captures `eprintln!` of a passing test, and this must be seen.
+        let note = "note: this CPU lacks dotprod: the NEON sdot kernels were NOT tested here, only the base ones\n";
+        std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).expect("stderr");
+        vec![base]
+    };
+    let mut rng = SmallRng::seed_from_u64(15);
+    let s = scalar();
+    let int_types =
+        [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+    for t in int_types {
+        for nb in [1, 2, 3, 5, 8, 17] {
+            let n = row_len(t, nb);
+            for (p, pattern) in PATTERNS.into_iter().enumerate() {
+                let ws: [Vec<u8>; 4] = std::array::from_fn(|_| weight_row(&mut rng, t, n, pattern));
+                let xs: [Vec<u8>; 4] = std::array::from_fn(|i| match i {
+                    0 | 1 => quant(&s, t.vec_dot_type(), &activations(&mut rng, n, (p + 4 * i) % N_ACT_CASES)),
+                    _ => raw_activations(&mut rng, t.vec_dot_type(), n),
+                });
+                let (w_rows, x_rows) = ([0, 1, 2, 3].map(|i| &ws[i][..]), [0, 1, 2, 3].map(|i| &xs[i][..]));
+                // want[tk][r]: the base table's single-row dot.
+                let want: [[u32; 4]; 4] = x_rows.map(|x| w_rows.map(|w| base.vec_dot(t)(n, w, x).to_bits()));
+                for k in &tables {
+                    let what = |shape: &str| format!("sdot {} {t:?} n={n} {pattern:?} {shape}", k.uses_sdot());
+                    let mut got = [[0u32; 4]; 4];
+                    for (tk, x) in x_rows.into_iter().enumerate() {
+                        got[tk] = w_rows.map(|w| k.vec_dot(t)(n, w, x).to_bits());
+                    }
+                    assert_eq!(got, want, "{}", what("vec_dot"));
+                    for (r, w) in w_rows.into_iter().enumerate() {
+                        let mut out = [f32::NAN; 4];
+                        k.vec_dot_x4(t)(n, w, x_rows, &mut out);
+                        assert_eq!(out.map(f32::to_bits), want.map(|row| row[r]), "{} row {r}", what("x4"));
+                    }
+                    for (tk, x) in x_rows.into_iter().enumerate() {
+                        let mut out = [f32::NAN; 4];
+                        k.vec_dot_r4(t)(n, w_rows, x, &mut out);
+                        assert_eq!(out.map(f32::to_bits), want[tk], "{} token {tk}", what("r4"));
+                    }
+                    let has_tile = tiled_formats(Isa::Neon).contains(&t);
+                    assert_eq!(k.vec_dot_tile(t).is_some(), has_tile, "{}", what("tile present"));
+                    let Some(tile) = k.vec_dot_tile(t) else { continue };
+                    for n_x in 1..=4 {
+                        let mut out = [[f32::NAN; 4]; 4];
+                        tile(n, w_rows, &x_rows[..n_x], &mut out);
+                        let got: Vec<[u32; 4]> = out[..n_x].iter().map(|row| row.map(f32::to_bits)).collect();
+                        assert_eq!(got, want[..n_x], "{} of {n_x} tokens", what("tile"));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The attention core of every table equals the scalar references bit for bit: head sizes with and without a
 /// tail of `head_dim % 8` or `% 16`, one to nineteen query rows (every register-tile shape and its remainders),
 /// position counts around the 8- and 16-wide blocks, strided and packed positions, values of mixed magnitudes

@@ -25,6 +25,7 @@
 
 use std::arch::aarch64::*;
 
+use super::{has_dotprod, sdot};
 use crate::affine::{q8_a_planes, read_i32, AffineFormat, AffineRow, QK8_A};
 use crate::f16::read_f32;
 use crate::DType;
@@ -147,22 +148,6 @@ fn acts<const BITS: u32>(qs: &[u8], b: usize) -> [int8x16_t; 2] {
     }
 }
 
-/// `acc + ` the four dot products of 4-byte groups of `a` and `b` (`sdot`, ARMv8.2's optional dotprod
-/// extension; the stable intrinsic is unstable in Rust, hence inline assembly). Only inlined into functions that
-/// enable `dotprod` (the assembler refuses it anywhere else, so a misuse does not compile).
-#[inline]
-#[target_feature(enable = "neon")]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
-    // SAFETY: one register-to-register instruction; touches no memory. Reached only from `tile_q8_sdot`, whose
-    // callers checked that the CPU has dotprod.
-    unsafe {
-        std::arch::asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) acc, a = in(vreg) a,
-            b = in(vreg) b, options(pure, nomem, nostack, preserves_flags));
-    }
-    acc
-}
-
 /// The exact `sum(w * x)` of one block as four i32 partial sums: `sdot` when `SDOT`, else `smull` and pairwise
 /// adds.
 #[inline]
@@ -170,7 +155,8 @@ fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 fn block_dot<const BITS: u32, const SDOT: bool>(w: [int8x16_t; 2], x: [int8x16_t; 2]) -> int32x4_t {
     if SDOT {
         // Four products per i32 lane and step: exact.
-        sdot(sdot(vdupq_n_s32(0), w[0], x[0]), w[1], x[1])
+        // SAFETY: SDOT is true only in `tile_q8_sdot`, which is only called where the CPU has dotprod.
+        unsafe { sdot(sdot(vdupq_n_s32(0), w[0], x[0]), w[1], x[1]) }
     } else if BITS == 8 {
         // |w|, |x| <= 128: one product per i16 lane.
         let s = vpaddlq_s16(vmull_s8(vget_low_s8(w[0]), vget_low_s8(x[0])));
@@ -345,11 +331,6 @@ fn tile_q8_sdot<const BITS: u32, const R: usize, const T: usize>(
     out: &mut [[f32; R]; T],
 ) {
     tile_q8::<BITS, R, T, true>(f, n, w, x, out)
-}
-
-/// Whether this CPU has `sdot` (the dotprod extension), which the `SDOT = true` entry points need.
-pub(crate) fn has_dotprod() -> bool {
-    std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
 /// Checks the lengths (and for `SDOT` the CPU), then runs the tile for the row's bit width.

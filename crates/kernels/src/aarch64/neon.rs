@@ -1,7 +1,16 @@
 //! NEON kernels. Integer dots widen i8 x i8 products to i16 (`smull`, |p| <= 128 * 127) and pairwise-add
 //! them into i32 (`sadalp`), so every integer sum is exact; the quantizers round with `fcvtns` (nearest, ties
-//! to even), bit-identical to the scalar ones. The only `unsafe` blocks are loads and stores of fixed arrays.
+//! to even), bit-identical to the scalar ones.
+//!
+//! Each integer dot (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) is one body generic over `SDOT`, with two
+//! entry points: [`base`] and [`dotprod`], which forms the same exact sums with `sdot` (ARMv8.2's dotprod
+//! extension, chosen at run time where the CPU has it; four products per i32 lane). The f32 arithmetic is the
+//! same in both, so are the results, bit for bit: where a dot sums its integer lanes before any f32 step (the
+//! K-quants) the split between lanes is free; where it converts each lane to f32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+//! the `sdot` variant first reorders both operands ([`lane_order`]) so that every lane holds the same products.
+//! The `unsafe` blocks are loads and stores of fixed arrays, and `sdot` in the dotprod instances.
 
+use super::sdot;
 use crate::f16::f16_to_f32;
 use crate::q4_0::BlockQ4_0;
 use crate::q4_1::BlockQ4_1;
@@ -65,6 +74,62 @@ pub(super) fn dot_i8x16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     vpadalq_s16(vpaddlq_s16(lo), hi)
 }
 
+/// Four i32 lanes whose total is `sum(a[i] * b[i])` over 16 signed bytes, exact: [`dot_i8x16`] in base NEON, one
+/// `sdot` with `SDOT` (which splits the products between the lanes otherwise). Only for sums taken across the
+/// lanes.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn dot16<const SDOT: bool>(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    if SDOT {
+        // SAFETY: SDOT is true only in code instantiated by the `dotprod` entry points (`variants!` here,
+        // `shapes!` in neon_tile.rs), which are only called where the CPU has dotprod.
+        unsafe { sdot(vdupq_n_s32(0), a, b) }
+    } else {
+        dot_i8x16(a, b)
+    }
+}
+
+/// `acc + dot16::<SDOT>(a, b)` (with `SDOT`, one accumulating `sdot`).
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn dot16_acc<const SDOT: bool>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    if SDOT {
+        // SAFETY: as in `dot16`.
+        unsafe { sdot(acc, a, b) }
+    } else {
+        vaddq_s32(acc, dot_i8x16(a, b))
+    }
+}
+
+/// Four i32 lanes of the products of the two halves `a[h] . b[h]` of a 32-value block, exact. Call the 16-bit
+/// pairs of a vector (bytes `2p, 2p + 1`) `p = 0..8`. Base NEON ([`dot_i8x16`] of each half): lane `j` holds pairs
+/// `j` and `j + 4` of both halves. `SDOT` (`sdot`): lane `j` holds the bytes `4j..4j + 4` of both vectors, which
+/// are those same pairs when both operands went through [`lane_order`]; so the lanes equal base NEON's, as the
+/// Q8_0-like dots need (they convert each lane to f32). Without `lane_order` only the total agrees.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn dot32<const SDOT: bool>(a: [int8x16_t; 2], b: [int8x16_t; 2]) -> int32x4_t {
+    if SDOT {
+        dot16_acc::<true>(dot16::<true>(a[0], b[0]), a[1], b[1])
+    } else {
+        vaddq_s32(dot_i8x16(a[0], b[0]), dot_i8x16(a[1], b[1]))
+    }
+}
+
+/// The two halves of a 32-value block in the order for which [`dot32`] gives base NEON's lanes: unchanged in base
+/// NEON; with `SDOT` zipped by 16-bit pairs, `[h0.0, h1.0, h0.1, h1.1, .., h1.3]` and `[h0.4, h1.4, .., h1.7]`,
+/// so that the 4-byte group `j` of the first holds pair `j` of each half and that of the second pair `j + 4`.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn lane_order<const SDOT: bool>(v: [int8x16_t; 2]) -> [int8x16_t; 2] {
+    if SDOT {
+        let (h0, h1) = (vreinterpretq_s16_s8(v[0]), vreinterpretq_s16_s8(v[1]));
+        [vreinterpretq_s8_s16(vzip1q_s16(h0, h1)), vreinterpretq_s8_s16(vzip2q_s16(h0, h1))]
+    } else {
+        v
+    }
+}
+
 /// 16 nibble bytes -> (low nibbles, high nibbles) as signed bytes 0..16.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -73,43 +138,46 @@ fn nibbles(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
     (vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f))), vreinterpretq_s8_u8(vshrq_n_u8::<4>(q)))
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q8_0_q8_0<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     for (i, (bw, bx)) in blocks::<BlockQ8_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
-        let s0 = dot_i8x16(ld_s8(arr(&bw.qs[..16])), ld_s8(arr(&bx.qs[..16])));
-        let s1 = dot_i8x16(ld_s8(arr(&bw.qs[16..])), ld_s8(arr(&bx.qs[16..])));
+        let q = lane_order::<SDOT>([ld_s8(arr(&bw.qs[..16])), ld_s8(arr(&bw.qs[16..]))]);
+        let y = lane_order::<SDOT>([ld_s8(arr(&bx.qs[..16])), ld_s8(arr(&bx.qs[16..]))]);
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
-        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(dot32::<SDOT>(q, y)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1]))
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q4_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q4_0_q8_0<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let eight = vdupq_n_s8(8);
     for (i, (bw, bx)) in blocks::<BlockQ4_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
         let (lo, hi) = nibbles(&bw.qs);
-        let s0 = dot_i8x16(vsubq_s8(lo, eight), ld_s8(arr(&bx.qs[..16])));
-        let s1 = dot_i8x16(vsubq_s8(hi, eight), ld_s8(arr(&bx.qs[16..])));
+        let q = lane_order::<SDOT>([vsubq_s8(lo, eight), vsubq_s8(hi, eight)]);
+        let y = lane_order::<SDOT>([ld_s8(arr(&bx.qs[..16])), ld_s8(arr(&bx.qs[16..]))]);
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
-        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(dot32::<SDOT>(q, y)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1]))
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q4_1_q8_1<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let mut summs = 0f32;
     for (i, (bw, bx)) in blocks::<BlockQ4_1>(w).iter().zip(blocks::<BlockQ8_1>(x)).enumerate() {
         summs += f16(bw.m) * f16(bx.s);
         let (lo, hi) = nibbles(&bw.qs);
-        let s0 = dot_i8x16(lo, ld_s8(arr(&bx.qs[..16])));
-        let s1 = dot_i8x16(hi, ld_s8(arr(&bx.qs[16..])));
+        let q = lane_order::<SDOT>([lo, hi]);
+        let y = lane_order::<SDOT>([ld_s8(arr(&bx.qs[..16])), ld_s8(arr(&bx.qs[16..]))]);
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
-        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(dot32::<SDOT>(q, y)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1])) + summs
 }
@@ -124,8 +192,9 @@ fn high_bits_q5(qh: [u8; 4]) -> (uint8x16_t, uint8x16_t) {
     (set(spread(qh[0], qh[1])), set(spread(qh[2], qh[3])))
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q5_0_q8_0<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let sixteen = vdupq_n_s8(16);
     for (i, (bw, bx)) in blocks::<BlockQ5_0>(w).iter().zip(blocks::<BlockQ8_0>(x)).enumerate() {
@@ -133,34 +202,34 @@ pub(crate) fn dot_q5_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
         let (h0, h1) = high_bits_q5(bw.qh);
         let q0 = vsubq_s8(vorrq_s8(lo, vreinterpretq_s8_u8(h0)), sixteen);
         let q1 = vsubq_s8(vorrq_s8(hi, vreinterpretq_s8_u8(h1)), sixteen);
-        let s0 = dot_i8x16(q0, ld_s8(arr(&bx.qs[..16])));
-        let s1 = dot_i8x16(q1, ld_s8(arr(&bx.qs[16..])));
+        let q = lane_order::<SDOT>([q0, q1]);
+        let y = lane_order::<SDOT>([ld_s8(arr(&bx.qs[..16])), ld_s8(arr(&bx.qs[16..]))]);
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
-        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(dot32::<SDOT>(q, y)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1]))
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q5_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q5_1_q8_1<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut acc = [vdupq_n_f32(0.0); 2];
     let mut summs = 0f32;
     for (i, (bw, bx)) in blocks::<BlockQ5_1>(w).iter().zip(blocks::<BlockQ8_1>(x)).enumerate() {
         summs += f16(bw.m) * f16(bx.s);
         let (lo, hi) = nibbles(&bw.qs);
         let (h0, h1) = high_bits_q5(bw.qh);
-        let q0 = vorrq_s8(lo, vreinterpretq_s8_u8(h0));
-        let q1 = vorrq_s8(hi, vreinterpretq_s8_u8(h1));
-        let s0 = dot_i8x16(q0, ld_s8(arr(&bx.qs[..16])));
-        let s1 = dot_i8x16(q1, ld_s8(arr(&bx.qs[16..])));
+        let q = lane_order::<SDOT>([vorrq_s8(lo, vreinterpretq_s8_u8(h0)), vorrq_s8(hi, vreinterpretq_s8_u8(h1))]);
+        let y = lane_order::<SDOT>([ld_s8(arr(&bx.qs[..16])), ld_s8(arr(&bx.qs[16..]))]);
         let d = vdupq_n_f32(f16(bw.d) * f16(bx.d));
-        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(vaddq_s32(s0, s1)));
+        acc[i % 2] = vfmaq_f32(acc[i % 2], d, vcvtq_f32_s32(dot32::<SDOT>(q, y)));
     }
     vaddvq_f32(vaddq_f32(acc[0], acc[1])) + summs
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q5_k_q8_k<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sumf = 0f32;
     let m4 = vdupq_n_u8(0x0f);
     for (bw, bx) in blocks::<BlockQ5K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
@@ -179,7 +248,7 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
                 let high = vandq_u8(vtstq_u8(qh[half], bit), vdupq_n_u8(0x10));
                 let q5 = vreinterpretq_s8_u8(vorrq_u8(low, high));
                 let y = ld_s8(arr(&bx.qs[32 * j + 16 * half..32 * j + 16 * half + 16]));
-                s = vaddq_s32(s, dot_i8x16(q5, y));
+                s = dot16_acc::<SDOT>(s, q5, y);
             }
             sumi += sc as i32 * vaddvq_s32(s);
         }
@@ -189,8 +258,9 @@ pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     sumf
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q4_k_q8_k<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let (mut sumi, mut summ) = (0i32, 0i32);
@@ -202,8 +272,8 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             let (l0, h0) = nibbles(arr(&bw.qs[32 * k..32 * k + 16]));
             let (l1, h1) = nibbles(arr(&bw.qs[32 * k + 16..32 * k + 32]));
             let y = |o: usize| ld_s8(arr(&bx.qs[64 * k + o..64 * k + o + 16]));
-            let s_lo = vaddvq_s32(vaddq_s32(dot_i8x16(l0, y(0)), dot_i8x16(l1, y(16))));
-            let s_hi = vaddvq_s32(vaddq_s32(dot_i8x16(h0, y(32)), dot_i8x16(h1, y(48))));
+            let s_lo = vaddvq_s32(dot32::<SDOT>([l0, l1], [y(0), y(16)]));
+            let s_hi = vaddvq_s32(dot32::<SDOT>([h0, h1], [y(32), y(48)]));
             sumi += sc0 as i32 * s_lo + sc1 as i32 * s_hi;
         }
         let dy = f32::from_le_bytes(bx.d);
@@ -232,8 +302,9 @@ pub(super) fn q6k_quants(bw: &BlockQ6K, h: usize, half: usize) -> [int8x16_t; 4]
     ]
 }
 
+#[inline]
 #[target_feature(enable = "neon")]
-pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
+fn dot_q6_k_q8_k<const SDOT: bool>(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let mut sumf = 0f32;
     for (bw, bx) in blocks::<BlockQ6K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
         let mut sumi = 0i32;
@@ -241,7 +312,7 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
             for half in 0..2 {
                 for (t, q6) in q6k_quants(bw, h, half).into_iter().enumerate() {
                     let base = 128 * h + 32 * t + 16 * half;
-                    let s = vaddvq_s32(dot_i8x16(q6, ld_s8(arr(&bx.qs[base..base + 16]))));
+                    let s = vaddvq_s32(dot16::<SDOT>(q6, ld_s8(arr(&bx.qs[base..base + 16]))));
                     sumi += bw.scales[base / 16] as i32 * s;
                 }
             }
@@ -250,6 +321,46 @@ pub(crate) fn dot_q6_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     }
     sumf
 }
+
+/// The entry points of the integer dots above, twice: [`base`] (NEON alone, every aarch64 CPU) and [`dotprod`]
+/// (with `sdot`), each an instance of the one body generic over `SDOT`. The instances differ only in how they form
+/// exact integer sums, so they return the same bits. The bodies are `#[inline]`: inlined into a `dotprod` entry
+/// point, their `sdot` calls inline too (a body left out of line, which enables only NEON, calls `sdot` as a
+/// function for every instruction).
+macro_rules! variants {
+    ($($f:ident),* $(,)?) => {
+        /// The integer dots in base NEON (`smull`, `sadalp`).
+        pub(crate) mod base {
+            $(
+                #[target_feature(enable = "neon")]
+                pub(crate) fn $f(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                    super::$f::<false>(n, w, x)
+                }
+            )*
+        }
+
+        /// The integer dots with `sdot`: only for CPUs with dotprod.
+        pub(crate) mod dotprod {
+            $(
+                #[target_feature(enable = "neon,dotprod")]
+                pub(crate) fn $f(n: usize, w: &[u8], x: &[u8]) -> f32 {
+                    super::$f::<true>(n, w, x)
+                }
+            )*
+        }
+    };
+}
+
+variants!(
+    dot_q8_0_q8_0,
+    dot_q4_0_q8_0,
+    dot_q4_1_q8_1,
+    dot_q5_0_q8_0,
+    dot_q5_1_q8_1,
+    dot_q5_k_q8_k,
+    dot_q4_k_q8_k,
+    dot_q6_k_q8_k,
+);
 
 #[target_feature(enable = "neon")]
 pub(crate) fn dot_f32(n: usize, w: &[u8], x: &[u8]) -> f32 {
