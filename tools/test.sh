@@ -9,4 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tools/fetch_smollm2.sh
 ./tools/python_clients.sh >/dev/null
+# tools/trace_sharing.py on the committed routing trace: one decode step shares nothing with itself.
+sharing=$(python3 tools/trace_sharing.py --draws 20 --counts 1,4)
+grep -Eq '^ +1 +6\.00 +6 +1\.00x +[0-9.]+ +1\.00x$' <<<"$sharing" ||
+    { echo "tools/trace_sharing.py: unexpected output: $sharing" >&2; exit 1; }
 cargo test --profile checked --workspace --no-fail-fast
