@@ -270,3 +270,40 @@ fn a_failed_step_of_a_hybrid_model_tears_the_session_until_it_is_rewound() {
     assert!(got == want[1], "logits after the rewind differ from the all-in-RAM model");
     model.expert_cache().expect("streaming").check_bookkeeping(0).expect("consistent");
 }
+
+/// An expert whose prefetch is still being read does not hold up an expert already in memory behind it in the
+/// layer's order (both count as cached): the one in memory is handed out first, at once, and the other when its
+/// read is done.
+#[test]
+fn an_expert_in_memory_runs_before_a_prefetch_still_being_read() {
+    use std::time::{Duration, Instant};
+    let path = temp_copy("ready_first");
+    for engine in [IoEngine::Uring, IoEngine::Threads] {
+        let model = streamed(&path, engine, 8, Prefetch::Off);
+        let cache = model.expert_cache().expect("a streaming cache");
+        let all = |set: &mut Box<dyn engine::experts::ExpertSet + '_>| -> Vec<Vec<usize>> {
+            let mut groups = Vec::new();
+            while let Some(g) = set.next_group(&mut |_| true) {
+                groups.push(g.expect("read").iter().map(|x| x.0).collect());
+            }
+            groups
+        };
+        // Expert 1 of layer 0 read and in memory.
+        assert_eq!(all(&mut cache.acquire(0, &[1]).expect("acquire")), [[0]]);
+        let delay = Duration::from_millis(400);
+        let _slow = faults::inject(Fault::new(FaultKind::Slow(delay), path.to_str().expect("utf-8")));
+        cache.prefetch(0, &[0]);
+        let mut cached = Vec::new();
+        cache.resident(0, &[0], &mut cached);
+        assert_eq!(cached, [true], "{engine:?}: the prefetch of expert 0 did not start");
+        let t0 = Instant::now();
+        let mut set = cache.acquire(0, &[0, 1]).expect("acquire");
+        let first: Vec<usize> =
+            set.next_group(&mut |_| true).expect("a group").expect("read").iter().map(|x| x.0).collect();
+        let waited = t0.elapsed();
+        assert_eq!(first, [1], "{engine:?}: expert 1 (in memory) should come first");
+        assert!(waited < delay / 2, "{engine:?}: the expert in memory waited {waited:?} for the other's read");
+        assert_eq!(all(&mut set), [[0]], "{engine:?}: then expert 0, once read");
+        assert!(t0.elapsed() >= delay / 2, "{engine:?}: expert 0 came before its slow read could finish");
+    }
+}

@@ -470,6 +470,20 @@ impl CacheSet<'_> {
         let slot = &st.slots[s];
         slot.state == SlotState::Ready || slot.batch.as_ref().is_some_and(ReadBatch::is_done)
     }
+
+    /// Whether entry `k` (not yet handed out) can be handed out without waiting, after swapping in the first
+    /// later claimed entry that can, if `k`'s cannot. "Hits" include experts whose prefetch is still being read:
+    /// in their place in the order they held up the experts already in memory behind them. The order the experts
+    /// run in changes no result (each one's output is its own; the MoE block sums them in top-k order).
+    fn ready_first(&mut self, k: usize) -> bool {
+        if self.is_ready(k) {
+            return true;
+        }
+        let Some(j) = (k + 1..self.n_claimed).find(|&j| self.is_ready(j)) else { return false };
+        self.order.swap(k, j);
+        self.claimed.swap(k, j);
+        true
+    }
 }
 
 impl ExpertSet for CacheSet<'_> {
@@ -480,6 +494,9 @@ impl ExpertSet for CacheSet<'_> {
         }
         self.top_up();
         let first = self.next;
+        if first < self.n_claimed {
+            self.ready_first(first);
+        }
         let Some(s) = self.claimed[first] else {
             return Some(Err(Error::Invalid(
                 "expert cache: every slot is pinned (is it shared by concurrent sessions?)".into(),
@@ -490,7 +507,7 @@ impl ExpertSet for CacheSet<'_> {
             return Some(Err(e));
         }
         admit(self.order[first]);
-        while self.next < self.n_claimed && self.is_ready(self.next) && admit(self.order[self.next]) {
+        while self.next < self.n_claimed && self.ready_first(self.next) && admit(self.order[self.next]) {
             // Ready, or its read just finished (this marks it ready, or returns the read's error).
             let s = self.claimed[self.next].expect("claimed below n_claimed");
             self.next += 1;
