@@ -58,7 +58,10 @@ fn fill<const N: usize, U: Copy>(zero: U, mut f: impl FnMut(usize) -> U) -> [U; 
     a
 }
 
-/// The blocks of `R` weight rows and `T` activation rows; panics unless all have one number of blocks.
+/// The blocks of `R` weight rows and `T` activation rows; panics unless all have one number of blocks. Always
+/// inlined, as its x86 twin in `avx512_kq.rs`: called out of line, the slices come back through the stack, and on
+/// x86 the kernel's wide reloads of them stalled on store forwarding (a quarter of a one-block row's decode).
+#[inline(always)]
 fn rows_and_tokens<'a, W: Block, X: Block, const R: usize, const T: usize>(
     ws: [&'a [u8]; R],
     xs: [&'a [u8]; T],
