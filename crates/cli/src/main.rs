@@ -231,7 +231,8 @@ impl ModelArgs {
             None => {
                 let kinds = engine::models::state_kinds(index)?;
                 let one = engine::session::session_bytes_max(&kinds, n_ctx, self.kv_types()?);
-                (index.total_bytes() + one + extra > auto_budget().0).then_some(Budget::Auto)
+                (index.total_bytes().saturating_add(one).saturating_add(extra) > auto_budget().0)
+                    .then_some(Budget::Auto)
             }
         };
         let experts = match budget {

@@ -116,13 +116,13 @@ fn load_options(
     let kinds = engine::models::state_kinds(index)?;
     let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, a.model.kv_types()?);
     let n_states = a.parallel + n_cached;
-    let extra = (n_states as u64 - 1) * per_seq + limits.overhead_bytes();
+    let extra = (n_states as u64 - 1).saturating_mul(per_seq).saturating_add(limits.overhead_bytes());
     let mut load = a.model.load_options_for(index, n_ctx, false, extra)?;
     eprintln!(
         "sessions   {} decoding together + {n_cached} kept for reuse, {n_ctx} tokens each: {} of state each, {} in all",
         a.parallel,
         human(per_seq),
-        human(per_seq * n_states as u64)
+        human(per_seq.saturating_mul(n_states as u64))
     );
     match reserve_budget(&mut load, extra) {
         Err((total, source)) => bail!(

@@ -42,9 +42,9 @@ pub fn session_bytes_max(kinds: &[LayerStateKind], n_ctx: usize, types: KvTypes)
         .iter()
         .map(|k| match k {
             LayerStateKind::Kv { .. } => k.bytes(n_ctx, types),
-            LayerStateKind::DeltaNet(s) => s.bytes() * (1 + CHECKPOINTS_MAX as u64),
+            LayerStateKind::DeltaNet(s) => s.bytes().saturating_mul(1 + CHECKPOINTS_MAX as u64),
         })
-        .sum()
+        .fold(0, u64::saturating_add) // (`-c` near u64::MAX: too big either way, never an overflow)
 }
 
 /// One layer's state.

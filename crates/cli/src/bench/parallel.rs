@@ -32,7 +32,7 @@ pub fn load_options(a: &BenchArgs, index: &WeightIndex, n_ctx: usize) -> Result<
     let n_max = a.parallel.iter().copied().max().unwrap_or(1);
     let kinds = engine::models::state_kinds(index)?;
     let per_seq = engine::session::session_bytes_max(&kinds, n_ctx, a.model.kv_types()?);
-    let extra = (n_max as u64 - 1) * per_seq;
+    let extra = (n_max as u64 - 1).saturating_mul(per_seq);
     let mut load = a.model.load_options_for(index, n_ctx, false, extra)?;
     if let Err((total, source)) = crate::serve::reserve_budget(&mut load, extra) {
         bail!(
