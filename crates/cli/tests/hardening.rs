@@ -180,7 +180,11 @@ fn huge_sizes_and_thread_counts_are_errors() {
     assert_fails(&run(&["-c", "100000000000"]), &["too small to run", "KV cache 47683.72 GiB", "lower --ctx-size"]);
     let kv = ["a KV cache of 100000000000 tokens needs", "cannot be allocated", "--ctx-size"];
     assert_fails(&run(&["-c", "100000000000", "--memory-budget", "min"]), &kv);
-    assert_fails(&run(&["-c", "18446744073709551615"]), &["cannot be allocated"]);
+    // Sizes that saturate: the plan refuses them.
+    for budget in [&[][..], &["--memory-budget", "min"]] {
+        let out = run(&[&["-c", "18446744073709551615"][..], budget].concat());
+        assert_fails(&out, &["too small to run", "KV cache", "lower --ctx-size"]);
+    }
     assert_fails(&run(&["--io-threads", "200000"]), &["--io-threads 200000: give at most 256"]);
     assert_fails(&run(&["--io-threads", "200000", "--memory-budget", "min"]), &["--io-threads 200000"]);
     // A window longer than the text needs no more KV cache than the text.
