@@ -171,9 +171,7 @@ pub fn generate(
         }
         generated.push(next);
         history.push(next);
-        // A control token (`<|im_start|>`, ...) is not text: printed empty, as llama.cpp prints it unless asked for
-        // special tokens (a model that samples one mid-reply would otherwise show the template's markup).
-        let piece = if tokenizer.is_control(next) { String::new() } else { stream.push(tokenizer, next)? };
+        let piece = stream.push(tokenizer, next)?;
         let out = stops.push(&piece);
         if !out.text.is_empty() {
             on_text(&out.text);
