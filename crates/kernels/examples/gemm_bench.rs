@@ -6,6 +6,8 @@
 //! aarch64 CPU with dotprod, NEON runs twice: base NEON (`neon`) and with `sdot` (`neon+sdot`).
 //!
 //! `cargo run --release -p flash-moe-kernels --example gemm_bench [q4_k|q6_k|q8_0]`
+mod common;
+use common::simd_tables;
 use kernels::{f32_to_f16, DType, Isa, Kernels};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -25,22 +27,6 @@ fn random_matrix(rng: &mut SmallRng, t: DType, rows: usize, cols: usize) -> Vec<
         }
     }
     m
-}
-
-/// Every SIMD table of this CPU by name; NEON twice where the CPU has dotprod: base NEON (`neon`) and with its
-/// `sdot` integer dots (`neon+sdot`), which give the same bits, so that their speeds can be compared.
-fn simd_tables() -> Vec<(&'static str, Kernels)> {
-    let mut tables = Vec::new();
-    for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-        let Some(k) = Kernels::with_isa(isa) else { continue };
-        if k.uses_sdot() {
-            tables.push((isa.name(), k.without_sdot()));
-            tables.push(("neon+sdot", k));
-        } else {
-            tables.push((isa.name(), k));
-        }
-    }
-    tables
 }
 
 /// Fastest of several passes (at least 3 and 200 ms), in seconds.

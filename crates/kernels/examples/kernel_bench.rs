@@ -18,6 +18,8 @@
 //! `cargo run -p flash-moe-kernels --release --example kernel_bench [rows] [cols]`, or `... kernel_bench r4`
 //! for the decode comparison alone.
 
+mod common;
+use common::simd_tables;
 use kernels::{f32_to_bf16, f32_to_f16, DType, Isa, Kernels};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -76,22 +78,6 @@ fn best_time(mut pass: impl FnMut()) -> f64 {
         passes += 1;
     }
     best
-}
-
-/// Every SIMD table of this CPU by name; NEON twice where the CPU has dotprod: base NEON (`neon`) and with its
-/// `sdot` integer dots (`neon+sdot`), which give the same bits, so that their speeds can be compared.
-fn simd_tables() -> Vec<(&'static str, Kernels)> {
-    let mut tables = Vec::new();
-    for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
-        let Some(k) = Kernels::with_isa(isa) else { continue };
-        if k.uses_sdot() {
-            tables.push((isa.name(), k.without_sdot()));
-            tables.push(("neon+sdot", k));
-        } else {
-            tables.push((isa.name(), k));
-        }
-    }
-    tables
 }
 
 /// GB/s of weight bytes x 4 tokens through 4 `vec_dot` calls per row, and through one `vec_dot_x4` per row.
