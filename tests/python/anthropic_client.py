@@ -125,7 +125,11 @@ def test_cancelled_stream():
         time.sleep(0.05)
     assert metric("requests_active") == 0, "the cancelled sequence is still decoding"
     room = context_length() - client.messages.count_tokens(model="m", messages=MESSAGES).input_tokens
-    assert metric("generated_tokens_total") - generated < room / 4
+    # Not cancelled, it would run to the end of the context (`room`). The server notices the closed connection at
+    # its next write, which on two busy cores can wait behind the decode threads while this tiny model decodes
+    # hundreds of tokens (once over room / 4 in CI): half the room still tells a cancel from a run to the end.
+    done = metric("generated_tokens_total") - generated
+    assert done < room / 2, f"{done} tokens generated of {room} for a stream closed after 5 events"
 
 
 def test_errors():

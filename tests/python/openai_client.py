@@ -137,7 +137,8 @@ def test_cancelled_stream():
     prompt = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1).usage.prompt_tokens
     # It stopped long before filling its context (the reply's length without the cancellation).
     room = context_length() - prompt
-    assert done < room / 4, f"{done} tokens generated of {room} for a stream closed after 3 chunks"
+    # Half the room, as in anthropic_client.py's test_cancelled_stream (why there).
+    assert done < room / 2, f"{done} tokens generated of {room} for a stream closed after 3 chunks"
 
 
 def test_errors():
