@@ -158,14 +158,12 @@ fn run(model: &Model, cpu: &Cpu, n: usize, n_ctx: usize, (n_prompt, n_gen): (usi
     let pp = (n * n_prompt.max(1)) as f64 / t0.elapsed().as_secs_f64();
     let read0 = model.cache_stats().map(|s| s.bytes_read);
     let touched0 = scratch.moe.experts_touched().to_vec();
-    let mut experts = 0usize;
     let t1 = Instant::now();
     for step in 0..n_gen {
         let toks: Vec<[u32; 1]> = (0..n).map(|s| [token(s, n_prompt.max(1) + step, n_vocab)]).collect();
         let mut batch: Vec<(&mut Session, &[u32])> =
             sessions.iter_mut().zip(&toks).map(|(s, t)| (s, t.as_slice())).collect();
         model.forward_multi(cpu, &mut batch, &mut scratch)?;
-        experts += scratch.moe.distinct_experts();
     }
     let secs = t1.elapsed().as_secs_f64();
     let tokens = (n * n_gen) as f64;
@@ -173,20 +171,23 @@ fn run(model: &Model, cpu: &Cpu, n: usize, n_ctx: usize, (n_prompt, n_gen): (usi
         (Some(r0), Some(s)) => Some(mib(s.bytes_read - r0) / tokens),
         _ => None,
     };
+    // Each MoE layer's distinct experts over the decode steps, and their bytes.
     let layers = &model.expert_layout().layers;
-    let expert_bytes: f64 = (scratch.moe.experts_touched().iter().enumerate())
+    let per_layer: Vec<(u64, u64)> = (scratch.moe.experts_touched().iter().enumerate())
         .filter_map(|(l, &c)| {
             let per = layers.get(l)?.as_ref()?.expert_bytes();
-            Some((c - touched0.get(l).copied().unwrap_or(0)) as f64 * per as f64)
+            Some((c - touched0.get(l).copied().unwrap_or(0), per))
         })
-        .sum();
+        .collect();
+    let expert_bytes: f64 = per_layer.iter().map(|&(c, per)| c as f64 * per as f64).sum();
+    let experts_last = per_layer.last().map_or(0, |&(c, _)| c);
     Ok(Row {
         expert_bytes: expert_bytes / n_gen as f64,
         n,
         pp,
         tg: tokens / secs,
         step_ms: 1e3 * secs / n_gen as f64,
-        experts_last: experts as f64 / n_gen as f64,
+        experts_last: experts_last as f64 / n_gen as f64,
         read_mib,
     })
 }

@@ -67,11 +67,6 @@ impl MoeScratch {
         &self.routes
     }
 
-    /// The distinct experts the tokens of the last call chose between them.
-    pub fn distinct_experts(&self) -> usize {
-        self.used.len()
-    }
-
     /// For each layer, the distinct experts of every call so far, summed: the experts whose weights the calls
     /// touched (a batch touches each of its experts once, whatever number of its tokens chose it).
     pub fn experts_touched(&self) -> &[u64] {
