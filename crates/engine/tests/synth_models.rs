@@ -198,7 +198,7 @@ fn routing_spread(path: &Path) -> Vec<(f64, f64)> {
     let mut model = Model::load(&index, &Default::default()).unwrap_or_else(|e| panic!("{e}"));
     let p = Shape::Tiny.params();
     let counts = Arc::new(Mutex::new(vec![vec![0u64; p.n_expert]; p.n_layer]));
-    let inner = ResidentExperts::load(&index, model.expert_layout(), &mut |_| {}).expect("experts");
+    let inner = ResidentExperts::load(&index, model.expert_layout(), false, &mut |_| {}).expect("experts");
     model.set_experts(Box::new(CountingExperts { inner, counts: counts.clone() }));
     let cpu = Cpu::new(2);
     let n = 192;

@@ -14,22 +14,41 @@ struct Stacked {
     planes: Option<(AlignedBuf, AlignedBuf)>,
 }
 
-/// The spans of every expert read one after the other into one buffer.
-fn read_stacked(index: &WeightIndex, spans: &[ExpertSpan], progress: &mut dyn FnMut(u64)) -> Result<AlignedBuf> {
+/// The spans of every expert read one after the other into one buffer; spans that follow each other in a file (a
+/// GGUF layer's experts are one tensor) in one read, past the page cache with `direct`.
+fn read_stacked(
+    index: &WeightIndex,
+    spans: &[ExpertSpan],
+    direct: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AlignedBuf> {
     let per = spans.first().map_or(0, |s| s.len) as usize;
     let mut data = AlignedBuf::zeroed(per * spans.len());
-    for (e, span) in spans.iter().enumerate() {
-        index.read_at(span.file, span.offset, &mut data.as_mut_slice()[e * per..(e + 1) * per])?;
-        progress(span.len);
+    let mut e = 0;
+    while e < spans.len() {
+        let mut k = e + 1;
+        while k < spans.len()
+            && spans[k].file == spans[e].file
+            && spans[k].len == per as u64
+            && spans[k].offset == spans[k - 1].offset + per as u64
+        {
+            k += 1;
+        }
+        index.read_large(spans[e].file, spans[e].offset, &mut data.as_mut_slice()[e * per..k * per], direct)?;
+        progress((k - e) as u64 * per as u64);
+        e = k;
     }
     Ok(data)
 }
 
 impl Stacked {
-    fn load(index: &WeightIndex, layout: &ProjLayout, progress: &mut dyn FnMut(u64)) -> Result<Stacked> {
-        let data = read_stacked(index, &layout.spans, progress)?;
+    fn load(index: &WeightIndex, layout: &ProjLayout, direct: bool, progress: &mut dyn FnMut(u64)) -> Result<Stacked> {
+        let data = read_stacked(index, &layout.spans, direct, progress)?;
         let planes = match &layout.planes {
-            Some(p) => Some((read_stacked(index, &p.scales, progress)?, read_stacked(index, &p.biases, progress)?)),
+            Some(p) => Some((
+                read_stacked(index, &p.scales, direct, progress)?,
+                read_stacked(index, &p.biases, direct, progress)?,
+            )),
             None => None,
         };
         Ok(Stacked { layout: layout.clone(), data, planes })
@@ -64,16 +83,21 @@ pub struct ResidentExperts {
 }
 
 impl ResidentExperts {
-    /// Reads every expert; `progress` is called with the bytes of each read.
-    pub fn load(index: &WeightIndex, layout: &ExpertLayout, progress: &mut dyn FnMut(u64)) -> Result<Self> {
+    /// Reads every expert (past the page cache with `direct`); `progress` is called with the bytes of each read.
+    pub fn load(
+        index: &WeightIndex,
+        layout: &ExpertLayout,
+        direct: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Self> {
         let mut layers = Vec::with_capacity(layout.layers.len());
         for l in &layout.layers {
             layers.push(match l {
                 None => None,
                 Some(l) => Some([
-                    Stacked::load(index, &l.gate, progress)?,
-                    Stacked::load(index, &l.up, progress)?,
-                    Stacked::load(index, &l.down, progress)?,
+                    Stacked::load(index, &l.gate, direct, progress)?,
+                    Stacked::load(index, &l.up, direct, progress)?,
+                    Stacked::load(index, &l.down, direct, progress)?,
                 ]),
             });
         }

@@ -19,6 +19,7 @@
 //! Readers bound every count and length in a header by the file's size before allocating, and report a broken
 //! file as an [`Error`] naming the file and the problem, never a panic.
 
+pub mod bulk;
 pub mod gguf;
 mod gguf_metadata;
 pub mod gguf_writer;
@@ -269,6 +270,15 @@ impl WeightIndex {
                 Error::io(&f.path, e)
             }
         })
+    }
+
+    /// [`WeightIndex::read_at`] for a large read at load time: with `direct` and at least [`bulk::DIRECT_MIN`]
+    /// bytes, past the page cache ([`bulk::read_direct`]), else buffered.
+    pub fn read_large(&self, file: usize, offset: u64, dst: &mut [u8], direct: bool) -> Result<()> {
+        if direct && dst.len() >= bulk::DIRECT_MIN && bulk::read_direct(&self.files[file], offset, dst)? {
+            return Ok(());
+        }
+        self.read_at(file, offset, dst)
     }
 
     /// Reads a whole tensor's bytes into `dst` (which must be exactly `t.len` long).

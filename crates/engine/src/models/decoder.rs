@@ -111,7 +111,7 @@ impl Decoder {
                 Box::new(cache)
             }
             _ => {
-                let experts = ResidentExperts::load(index, &p.expert_layout, &mut |b| progress.add(b))?;
+                let experts = ResidentExperts::load(index, &p.expert_layout, ld.direct, &mut |b| progress.add(b))?;
                 progress.finish();
                 Box::new(experts)
             }

@@ -214,6 +214,8 @@ pub struct Loader<'a> {
     pub progress: Progress,
     pub resident_bytes: u64,
     pub opts: LoadOptions,
+    /// Large tensors are read past the page cache ([`crate::formats::bulk::direct_wanted`]).
+    pub direct: bool,
     /// Where the checkpoint keeps its language model.
     nesting: Nesting,
 }
@@ -258,11 +260,13 @@ impl Nesting {
 
 impl<'a> Loader<'a> {
     pub fn new(index: &'a WeightIndex, hf_names: &'a [(&'a str, &'a str)], opts: &LoadOptions) -> Loader<'a> {
+        let bytes = load_bytes(index, opts);
         Loader {
             index,
             hf_names,
             kernels: Kernels::detect(),
-            progress: Progress::new(load_bytes(index, opts), opts.progress),
+            progress: Progress::new(bytes, opts.progress),
+            direct: crate::formats::bulk::direct_wanted(bytes),
             resident_bytes: 0,
             opts: opts.clone(),
             nesting: Nesting::of(index),
@@ -350,7 +354,7 @@ impl<'a> Loader<'a> {
     /// A tensor's bytes, counted as resident.
     fn read(&mut self, t: &TensorInfo) -> Result<AlignedBuf> {
         let mut data = AlignedBuf::zeroed(t.len as usize);
-        self.index.read_tensor(t, data.as_mut_slice())?;
+        self.index.read_large(t.file, t.offset, data.as_mut_slice(), self.direct)?;
         self.progress.add(t.len);
         self.resident_bytes += t.len;
         Ok(data)
