@@ -75,7 +75,7 @@ pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result
     println!("model            {}", a.model.model.display());
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
     if let Some(bw) = bandwidth {
-        println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 3 passes)", a.bandwidth_mib);
+        println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 5 passes)", a.bandwidth_mib);
     }
     println!(
         "sequences        each a {}-token prompt, then {} decode steps of one token each (best of {} rounds)",
