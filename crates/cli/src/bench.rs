@@ -112,13 +112,14 @@ pub fn main(mut a: BenchArgs) -> Result<()> {
     if let Some(b) = &mut bandwidth {
         *b = b.max(memory_bandwidth(&cpu, a.bandwidth_mib << 20));
     }
-    // Bytes a decode step reads: resident weights (all) + the experts one token uses.
+    // Bytes a decode step reads: the resident weights (one row of the embedding table) + the experts one token uses.
     let layout = model.expert_layout();
     let n_used = active_experts_per_layer(&model);
     let expert_bytes_token: u64 = layout.layers.iter().flatten().map(|l| l.expert_bytes() * n_used as u64).sum();
     // The KV cache a decode step at the depth reads: every cached position's keys and values, once.
     let kv_read = model.info.kv_cache_bytes(a.n_depth + 1) - model.info.kv_cache_bytes(0);
-    let bytes_token = model.info.resident_bytes + expert_bytes_token + kv_read;
+    let resident_read = model.resident_bytes_read();
+    let bytes_token = resident_read + expert_bytes_token + kv_read;
     println!("model            {}", a.model.model.display());
     println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
     if a.n_depth > 0 {
@@ -135,12 +136,15 @@ pub fn main(mut a: BenchArgs) -> Result<()> {
     println!(
         "bytes/token      {:.1} MiB (resident {:.1} + active experts {:.1} + KV cache {:.1})",
         mib(bytes_token),
-        mib(model.info.resident_bytes),
+        mib(resident_read),
         mib(expert_bytes_token),
         mib(kv_read)
     );
     if let Some(bw) = bandwidth {
-        println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 5 passes before and after)", a.bandwidth_mib);
+        println!(
+            "memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 5 passes before and after)",
+            a.bandwidth_mib
+        );
     }
     let gbs = tg.best() * bytes_token as f64 / 1e9;
     let at = if a.n_depth > 0 { format!(" @ d{}", a.n_depth) } else { String::new() };

@@ -84,8 +84,9 @@ pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result
         a.reps
     );
     let one = best.iter().flatten().find(|r| r.n == 1);
-    // A decode step touches the resident weights once and each distinct expert once, whatever the sequences.
-    let resident = model.info.resident_bytes as f64;
+    // A decode step touches the resident weights once (the embedding table: a row a sequence) and each distinct
+    // expert once, whatever the sequences.
+    let resident = model.resident_bytes_read() as f64;
     let human = engine::experts::budget::human;
     for r in best.iter().flatten() {
         let gain = one.map(|o| format!(" ({:.2}x one sequence)", r.tg / o.tg)).unwrap_or_default();

@@ -249,6 +249,20 @@ impl Model {
         &self.decoder.expert_layout
     }
 
+    /// The resident bytes a decode step reads: all of them, less the embedding table's other rows where the output
+    /// head is a matrix of its own (a step reads one row of the table per token; a tied head reads it whole).
+    pub fn resident_bytes_read(&self) -> u64 {
+        let d = &self.decoder;
+        let unread = match &d.output {
+            Some(_) if d.token_embd.rows > 0 => {
+                let table = d.token_embd.as_ref().n_bytes() as u64;
+                table - table / d.token_embd.rows as u64
+            }
+            _ => 0,
+        };
+        self.info.resident_bytes.saturating_sub(unread)
+    }
+
     /// How the memory budget was split, when experts stream.
     pub fn memory_plan(&self) -> Option<&crate::experts::budget::MemoryPlan> {
         self.decoder.plan.as_ref()
