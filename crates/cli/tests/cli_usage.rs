@@ -493,3 +493,26 @@ fn bench_parallel_decodes_sequences_together_and_hands_the_same_counts_to_llama_
         &["100000000 sequences", "lower --parallel"],
     );
 }
+
+/// Large tensors read past the page cache (`O_DIRECT`, chosen for a model that would not fit in memory twice;
+/// forced here) give the same weights, so the same logits bit for bit, as buffered reads.
+#[test]
+fn a_direct_load_gives_the_logits_of_a_buffered_one() {
+    let dir = temp_dir("cli_usage", "direct_load");
+    let model = dir.join("small-2.gguf");
+    // Two layers of the `small` shape: stacked expert tensors and an embedding table of 4 MiB and more.
+    assert_succeeds(&flash_moe(&["synth", "--shape", "small", "--layers", "2", "-o", s(&model), "-q"]));
+    let logits = |direct: &str| {
+        let out = dir.join(format!("logits-{direct}.npy"));
+        let run = command()
+            .env("FLASH_MOE_DIRECT_LOAD", direct)
+            .args(["logits", "-m", s(&model), "--tokens", "1,17,300,4000", "-o", s(&out), "-t", "2"])
+            .output()
+            .expect("run");
+        assert_succeeds(&run);
+        std::fs::read(&out).expect("logits file")
+    };
+    let (buffered, direct) = (logits("0"), logits("1"));
+    assert!(buffered.len() > 1000, "{} bytes of logits", buffered.len());
+    assert!(buffered == direct, "the logits differ between buffered and direct loading");
+}
