@@ -462,8 +462,9 @@ fn short_len(req: &ReadReq) -> usize {
     req.len_needed / 2 / DIRECT_ALIGN * DIRECT_ALIGN
 }
 
-/// Reads until `dst` is full or the end of the file; returns the bytes read.
-fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
+/// Reads until `dst` is full or the end of the file; returns the bytes read. (Also the load's direct reads,
+/// [`crate::formats::bulk`].)
+pub(crate) fn read_full(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < dst.len() {
         match f.read_at(&mut dst[done..], offset + done as u64) {

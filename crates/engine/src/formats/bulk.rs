@@ -9,8 +9,8 @@
 //! Direct reads pay off only where the page cache would not survive the load: for a file that fits in memory twice
 //! the page cache makes the next load of it fast, so loads that small stay buffered ([`direct_wanted`]).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::mpsc::{channel, sync_channel};
 
 use super::{FileStamp, ModelFile};
@@ -26,8 +26,8 @@ const CHUNK: usize = 8 << 20;
 /// Chunks in flight between the reading thread and the copy.
 const CHUNKS: usize = 3;
 
-/// What direct reads need: offsets, lengths and buffers in whole blocks (4 KiB covers every block size in use).
-const ALIGN: u64 = 4096;
+/// What direct reads need: offsets, lengths and buffers in whole blocks (the expert reads' 4 KiB).
+const ALIGN: u64 = crate::experts::io::DIRECT_ALIGN as u64;
 
 /// Whether a load of `bytes` should read directly: when the file's pages and the copy of them in memory would not
 /// both fit in the memory this process may use (the cgroup limit or the available memory).
@@ -77,7 +77,7 @@ pub fn read_direct(mf: &ModelFile, offset: u64, dst: &mut [u8]) -> Result<bool> 
                 let Ok(mut buf) = free_rx.recv() else { return Ok(()) };
                 let want = (end - pos).div_ceil(ALIGN) * ALIGN;
                 let n = want.min(CHUNK as u64) as usize;
-                let got = read_blocks(&f, &mut buf.as_mut_slice()[..n], pos)?;
+                let got = crate::experts::io::read_full(&f, &mut buf.as_mut_slice()[..n], pos)?;
                 if full_tx.send((pos, buf, got)).is_err() {
                     return Ok(());
                 }
@@ -116,26 +116,6 @@ pub fn read_direct(mf: &ModelFile, offset: u64, dst: &mut [u8]) -> Result<bool> 
             Err(_) => Err(Error::Invalid(format!("reading {}: the reading thread failed", mf.path.display()))),
         }
     })
-}
-
-/// Fills `dst` from `offset` in whole blocks, or up to the end of the file; returns the bytes read.
-fn read_blocks(f: &File, dst: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < dst.len() {
-        match f.read_at(&mut dst[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                done += n;
-                // Less than asked, not in whole blocks: the end of the file.
-                if done % ALIGN as usize != 0 {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
