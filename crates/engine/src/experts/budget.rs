@@ -113,16 +113,22 @@ pub fn mem_available() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-/// The automatic budget and where it came from.
-pub fn auto_budget() -> (u64, String) {
+/// The memory this process may use (the cgroup limit or the available memory, whichever is lower) and where it
+/// came from.
+pub fn memory_limit() -> (u64, String) {
     let cg = cgroup_limit();
     let avail = mem_available();
-    let (limit, source) = match (cg, avail) {
+    match (cg, avail) {
         (Some(c), Some(a)) if c < a => (c, format!("cgroup limit {}", human(c))),
         (_, Some(a)) => (a, format!("available memory {}", human(a))),
         (Some(c), None) => (c, format!("cgroup limit {}", human(c))),
         (None, None) => (4 << 30, "no limit found; assuming 4 GiB".to_string()),
-    };
+    }
+}
+
+/// The automatic budget and where it came from.
+pub fn auto_budget() -> (u64, String) {
+    let (limit, source) = memory_limit();
     // Headroom for the allocator, the binary, thread stacks and the kernel's own per-cgroup bookkeeping.
     let headroom = (limit / 16).max(256 << 20);
     (limit.saturating_sub(headroom), source)

@@ -38,13 +38,7 @@ pub fn direct_wanted(bytes: u64) -> bool {
         Some("1") => return true,
         _ => {}
     }
-    let cg = crate::experts::budget::cgroup_limit();
-    let avail = crate::experts::budget::mem_available();
-    let limit = match (cg, avail) {
-        (Some(c), Some(a)) => c.min(a),
-        (c, a) => c.or(a).unwrap_or(u64::MAX),
-    };
-    bytes.saturating_mul(2) > limit
+    bytes.saturating_mul(2) > crate::experts::budget::memory_limit().0
 }
 
 /// Reads `dst.len()` bytes at `offset` of `mf` directly. `Ok(false)` where the file system refuses direct reads
