@@ -177,7 +177,7 @@ fn bad_dot(w: DType, n: usize, w_len: usize, x_len: usize) -> ! {
 }
 
 /// The bytes of an f32 slice (the F32 row layout on the little-endian targets this crate builds for).
-fn f32_bytes(v: &[f32]) -> &[u8] {
+pub fn f32_bytes(v: &[f32]) -> &[u8] {
     // SAFETY: u8 has alignment 1 and every byte of an f32 is initialized; the view covers exactly the
     // `size_of_val(v)` bytes of the borrowed slice and lives no longer than it.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }

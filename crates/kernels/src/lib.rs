@@ -100,7 +100,7 @@ mod x86;
 
 pub use affine::{AffineFormat, AffineRow};
 pub use attn::KvRows;
-pub use dispatch::{DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotTileFn, VecDotX4Fn};
+pub use dispatch::{f32_bytes, DequantizeFn, Isa, Kernels, QuantizeFn, VecDotFn, VecDotR4Fn, VecDotTileFn, VecDotX4Fn};
 pub use dtype::DType;
 pub use f16::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 

@@ -265,6 +265,7 @@ pub(crate) fn attention(
             // The tokens from `first_full(j1)` on see every position below j1; the earlier ones fewer.
             let first_full = |j1: usize| ts.start.max(j1.saturating_sub(pos0 + 1)).min(ts.end);
             for j0 in (0..n_kv_max).step_by(tile) {
+                kv.prefetch(false, kvh, j0 + tile..n_kv_max.min(j0 + 2 * tile));
                 let keys = kv.k_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
                 let full = first_full(j0 + keys.n);
                 let r0 = (full - ts.start) * group;
@@ -286,6 +287,7 @@ pub(crate) fn attention(
                 }
             }
             for j0 in (0..n_kv_max).step_by(tile) {
+                kv.prefetch(true, kvh, j0 + tile..n_kv_max.min(j0 + 2 * tile));
                 let values = kv.v_rows(kvh, j0..n_kv_max.min(j0 + tile), tmp);
                 let full = first_full(j0 + values.n);
                 let r0 = (full - ts.start) * group;
