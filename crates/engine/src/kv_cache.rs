@@ -290,6 +290,11 @@ mod tests {
                         }
                     }
                 }
+                // A hint for any range, past the end or empty included (attention asks for the tile after the last).
+                for range in [60..200, 90..80, 0..n_ctx] {
+                    kv.prefetch(false, h, range.clone());
+                    kv.prefetch(true, h, range);
+                }
                 let want = rounded(t, &k[5 * kv_dim + h * hd..5 * kv_dim + (h + 1) * hd]);
                 assert_eq!(kv.k_head(5, h, &mut tmp), &want[..]);
             }
