@@ -291,7 +291,7 @@ mod tests {
                     }
                 }
                 // A hint for any range, past the end or empty included (attention asks for the tile after the last).
-                for range in [60..200, 90..80, 0..n_ctx] {
+                for range in [60..200, std::ops::Range { start: 90, end: 80 }, 0..n_ctx] {
                     kv.prefetch(false, h, range.clone());
                     kv.prefetch(true, h, range);
                 }
