@@ -468,7 +468,8 @@ impl Kernels {
     }
 
     /// The tile kernel for weight rows of type `w` (four weight rows against one to four activation rows),
-    /// where the table has one (Q4_K, Q6_K, Q8_0, Q5_0 and Q4_1 on AVX-512; Q4_K, Q6_K and Q8_0 on NEON); `None` elsewhere, where `vec_dot_x4` and
+    /// where the table has one (Q4_K, Q6_K, Q8_0, Q5_0 and Q4_1 on AVX-512; Q4_K on AVX2; Q4_K, Q6_K and Q8_0 on
+    /// NEON); `None` elsewhere, where `vec_dot_x4` and
     /// `vec_dot_r4` calls do the same work. Each `out[t][r]` is bit-identical to
     /// `self.vec_dot(w)(n, w_rows[r], x_rows[t])`.
     pub fn vec_dot_tile(&self, w: DType) -> Option<VecDotTileFn> {

@@ -29,7 +29,8 @@
 //! # Instruction-set coverage
 //! | format | scalar | avx2 | avx512 | neon |
 //! |---|---|---|---|---|
-//! | Q4_K, Q6_K dot | ref | AVX2 | VNNI, block-total form (`avx512_kq.rs`) | NEON, `sdot`* |
+//! | Q4_K dot | ref | AVX2, block-total form (`avx2_kq.rs`) | VNNI, block-total form (`avx512_kq.rs`) | NEON, `sdot`* |
+//! | Q6_K dot | ref | AVX2 | VNNI, block-total form (`avx512_kq.rs`) | NEON, `sdot`* |
 //! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON, `sdot`* |
 //! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON, `sdot`* |
 //! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON, `sdot`* |
@@ -38,7 +39,8 @@
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
 //! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | shared decode (`neon_tile.rs`), `sdot`* |
 //! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 rows a call, shared activation loads, `sdot`* |
-//! | Q4_K, Q6_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | - | VNNI, one body with the three above | one body with the two above, `sdot`* |
+//! | Q4_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | four rows interleaved on the fly, block-total | VNNI, one body with the three above | one body with the two above, `sdot`* |
+//! | Q6_K tile | - | - | VNNI, one body with the three above | one body with the two above, `sdot`* |
 //! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | Q8_0: one body with the two above; Q5_0, Q4_1: - |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | attention core (`attn_scores`, `attn_values`, `attn_softmax`) | ref | AVX2 (= ref) | AVX-512 (= ref) | = ref |
@@ -51,9 +53,10 @@
 //! with `sdot`; otherwise, or in the table of the hidden `Kernels::without_sdot`, with `smull`/`sadalp`. Both
 //! return the same bits (`aarch64/mod.rs`).
 //!
-//! The AVX-512 Q4_K and Q6_K family sums each super-block's integer dot product exactly and only then applies
-//! the f32 scales, one fused multiply-add per block (`q4_k::dot_q4_k_q8_k_blocks_ref` is its scalar twin); every
-//! other family repeats its single-row kernel's f32 operations lane for lane.
+//! The AVX-512 Q4_K and Q6_K family, and the AVX2 Q4_K one, sum each super-block's integer dot product exactly
+//! and only then apply the f32 scales, one fused multiply-add per block (`q4_k::dot_q4_k_q8_k_blocks_ref` is
+//! their scalar twin, so the two tables give Q4_K the same bits); every other family repeats its single-row
+//! kernel's f32 operations lane for lane.
 //!
 //! # Layout
 //! One file per block format (its block struct with a size assertion, `dequant_*_ref`, `dot_*_ref`, and the

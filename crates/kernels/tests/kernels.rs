@@ -445,7 +445,8 @@ fn tiled_formats(isa: Isa) -> &'static [DType] {
     match isa {
         Isa::Avx512 => &[DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K],
         Isa::Neon => &[DType::Q8_0, DType::Q4_K, DType::Q6_K],
-        Isa::Scalar | Isa::Avx2 => &[],
+        Isa::Avx2 => &[DType::Q4_K],
+        Isa::Scalar => &[],
     }
 }
 
@@ -522,26 +523,35 @@ fn dot_tile_rejects_bad_lengths() {
     }
 }
 
-/// The AVX-512 table's Q4_K and Q6_K kernels compute the block-total form: exactly the bits of its scalar
-/// twin (`dot_*_blocks_ref`), for every weight pattern and activation kind.
+/// The AVX-512 table's Q4_K and Q6_K kernels, and the AVX2 table's Q4_K ones, compute the block-total form:
+/// exactly the bits of its scalar twin (`dot_*_blocks_ref`), for every weight pattern and activation kind.
 #[test]
-fn avx512_k_quants_are_the_block_total_form() {
-    let Some(k) = Kernels::with_isa(Isa::Avx512) else { return };
-    let mut rng = SmallRng::seed_from_u64(13);
+fn k_quants_in_block_total_form_are_exactly_their_twin() {
     let s = scalar();
-    let refs: [(DType, kernels::VecDotFn); 2] = [
-        (DType::Q4_K, kernels::q4_k::dot_q4_k_q8_k_blocks_ref),
-        (DType::Q6_K, kernels::q6_k::dot_q6_k_q8_k_blocks_ref),
-    ];
-    for (t, reference) in refs {
+    let mut rng = SmallRng::seed_from_u64(13);
+    let q4k: (DType, kernels::VecDotFn) = (DType::Q4_K, kernels::q4_k::dot_q4_k_q8_k_blocks_ref);
+    let q6k: (DType, kernels::VecDotFn) = (DType::Q6_K, kernels::q6_k::dot_q6_k_q8_k_blocks_ref);
+    let cases = [(Isa::Avx512, vec![q4k, q6k]), (Isa::Avx2, vec![q4k])];
+    for (k, refs) in cases.into_iter().filter_map(|(isa, refs)| Some((Kernels::with_isa(isa)?, refs))) {
+        block_total_case(&k, &s, &mut rng, &refs);
+    }
+}
+
+fn block_total_case(k: &Kernels, s: &Kernels, rng: &mut SmallRng, refs: &[(DType, kernels::VecDotFn)]) {
+    for &(t, reference) in refs {
         for nb in [1, 2, 3, 7, 16] {
             let n = row_len(t, nb);
             for pattern in PATTERNS {
                 for case in 0..N_ACT_CASES {
-                    let w = weight_row(&mut rng, t, n, pattern);
-                    let x = quant(&s, t.vec_dot_type(), &activations(&mut rng, n, case));
+                    let w = weight_row(rng, t, n, pattern);
+                    let x = quant(s, t.vec_dot_type(), &activations(rng, n, case));
                     let (got, want) = (k.vec_dot(t)(n, &w, &x), reference(n, &w, &x));
-                    assert_eq!(got.to_bits(), want.to_bits(), "{t:?} n={n} {pattern:?} case {case}: {got} vs {want}");
+                    let isa = k.isa().name();
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{isa} {t:?} n={n} {pattern:?} case {case}: {got} vs {want}"
+                    );
                 }
             }
         }

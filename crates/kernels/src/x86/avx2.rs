@@ -308,32 +308,6 @@ pub(crate) fn min_sum_k(mins: __m128i, bx: &BlockQ8K) -> i32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0f32;
-    for (bw, bx) in blocks::<BlockQ4K>(w).iter().zip(blocks::<BlockQ8K>(x)) {
-        let dy = f32::from_le_bytes(bx.d);
-        let (d, dmin) = f16_pair(bw.d, bw.dmin);
-        let (sc, summ) = scales_mins_k(&bw.scales, bx);
-        acc_m += dy * dmin * summ as f32;
-        let mut sumi = _mm256_setzero_si256();
-        for k in 0..4 {
-            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q4l = _mm256_and_si256(q4, m4);
-            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-            let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
-            let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
-            let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[2 * k]));
-            let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
-            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * d), _mm256_cvtepi32_ps(sumi), acc);
-    }
-    hsum_ps(acc) - acc_m
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q5_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let m1 = _mm256_set1_epi8(1);

@@ -9,9 +9,8 @@
 //! activation row (in L1) and saves only the calls, the per-call setup and three horizontal sums: interleaving
 //! its rows measured slower.
 
-use super::avx2::{arr, f16_mul, f16_pair, load_32, load_i8_32, scale_x8, unpack_scales_mins_k};
+use super::avx2::{arr, f16_mul, load_32, load_i8_32, scale_x8};
 use crate::blocks;
-use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
@@ -110,47 +109,6 @@ pub(crate) fn dot_q8_0_q8_0_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
         let prod = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
         (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, _mm256_set1_epi16(1))))
     });
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let bx = blocks::<BlockQ8K>(x);
-    let bw = blocks_r4::<BlockQ4K>(bx.len(), ws);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut acc_m = [0f32; 4];
-    for (b, bx) in bx.iter().enumerate() {
-        let dy = f32::from_le_bytes(bx.d);
-        let pairs = bsum_pairs_k(bx);
-        let mut sc = [[0i16; 8]; 4];
-        let mut d = [0f32; 4];
-        for i in 0..4 {
-            let bw = &bw[i][b];
-            let dmin;
-            (d[i], dmin) = f16_pair(bw.d, bw.dmin);
-            let mins;
-            (sc[i], mins) = unpack_scales_mins_k(&bw.scales);
-            acc_m[i] += dy * dmin * min_sum_pairs(mins, pairs) as f32;
-        }
-        let mut sumi = [_mm256_setzero_si256(); 4];
-        for k in 0..4 {
-            let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
-            let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
-            for i in 0..4 {
-                let q4 = load_32(arr(&bw[i][b].qs[32 * k..32 * k + 32]));
-                let q4l = _mm256_and_si256(q4, m4);
-                let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[i][2 * k]));
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[i][2 * k + 1]));
-                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(pl, ph));
-            }
-        }
-        for i in 0..4 {
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dy * d[i]), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
-        }
-    }
-    let sums = hsum4_ps(acc);
-    *out = [0, 1, 2, 3].map(|i| sums[i] - acc_m[i]);
 }
 
 /// One Q6_K block of one weight row against its Q8_K activation block, as the loop body of

@@ -5,9 +5,8 @@
 //! accumulators, same block-to-accumulator assignment, same horizontal sum); only integer work, which is exact,
 //! and the weight decode are shared.
 
-use super::avx2::{arr, f16, f16_pair, hsum_ps, load_32, load_i8_32, min_sum_k, unpack_scales_mins_k};
+use super::avx2::{arr, f16, hsum_ps, load_32, load_i8_32};
 use crate::blocks;
-use crate::q4_k::BlockQ4K;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
 use crate::q8_k::BlockQ8K;
@@ -70,41 +69,6 @@ pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
         let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), qw);
         (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, sy), _mm256_set1_epi16(1))))
     });
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let bw = blocks::<BlockQ4K>(w);
-    let bx = blocks_x4::<BlockQ8K>(bw.len(), xs);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut acc_m = [0f32; 4];
-    for (b, bw) in bw.iter().enumerate() {
-        let (d, dmin) = f16_pair(bw.d, bw.dmin);
-        let (sc, mins) = unpack_scales_mins_k(&bw.scales);
-        let dy = [0, 1, 2, 3].map(|i| f32::from_le_bytes(bx[i][b].d));
-        for i in 0..4 {
-            acc_m[i] += dy[i] * dmin * min_sum_k(mins, &bx[i][b]) as f32;
-        }
-        let mut sumi = [_mm256_setzero_si256(); 4];
-        for k in 0..4 {
-            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q4l = _mm256_and_si256(q4, m4);
-            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-            let (scl, sch) = (_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1]));
-            for i in 0..4 {
-                let q8l = load_i8_32(arr(&bx[i][b].qs[64 * k..64 * k + 32]));
-                let q8h = load_i8_32(arr(&bx[i][b].qs[64 * k + 32..64 * k + 64]));
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), scl);
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), sch);
-                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(pl, ph));
-            }
-        }
-        for i in 0..4 {
-            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dy[i] * d), _mm256_cvtepi32_ps(sumi[i]), acc[i]);
-        }
-    }
-    *out = [0, 1, 2, 3].map(|i| hsum_ps(acc[i]) - acc_m[i]);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -6,6 +6,7 @@ pub(crate) mod affine_avx2;
 mod attn_avx2;
 mod attn_avx512;
 mod avx2;
+mod avx2_kq;
 mod avx2_r4;
 mod avx2_x4;
 mod avx512;
@@ -62,6 +63,29 @@ macro_rules! avx2_entry {
             unsafe { avx2_r4::$f(n, ws, x, out) }
         }
     };
+    // One family of kernels (a path) in every shape: single, x4, r4 and tile.
+    (family $w:expr, $single:ident: $f:path, $x4:ident: $f4:path, $r4:ident: $fr4:path, $tile:ident: $ft:path) => {
+        pub(super) fn $single(n: usize, w: &[u8], x: &[u8]) -> f32 {
+            check_dot($w, n, w, x);
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            unsafe { $f(n, w, x) }
+        }
+        pub(super) fn $x4(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+            check_dot_x4($w, n, w, xs);
+            // SAFETY: as above.
+            unsafe { $f4(n, w, xs, out) }
+        }
+        pub(super) fn $r4(n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
+            check_dot_r4($w, n, ws, x);
+            // SAFETY: as above.
+            unsafe { $fr4(n, ws, x, out) }
+        }
+        pub(super) fn $tile(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+            check_dot_tile($w, n, ws, xs);
+            // SAFETY: as above.
+            unsafe { $ft(n, ws, xs, out) }
+        }
+    };
 }
 
 /// Safe dequantizer entry points for `avx2::$f`.
@@ -110,6 +134,11 @@ macro_rules! avx512_entry {
 
 mod avx2_entries {
     use super::*;
+    avx2_entry!(family DType::Q4_K,
+        dot_q4_k: avx2_kq::dot_q4_k_q8_k,
+        dot_q4_k_x4: avx2_kq::dot_q4_k_q8_k_x4,
+        dot_q4_k_r4: avx2_kq::dot_q4_k_q8_k_r4,
+        dot_q4_k_tile: avx2_kq::dot_q4_k_q8_k_tile);
     avx2_entry!(dot dot_f32, DType::F32, dot_f32);
     avx2_entry!(dot dot_f16, DType::F16, dot_f16_f32);
     avx2_entry!(dot dot_bf16, DType::BF16, dot_bf16_f32);
@@ -118,11 +147,9 @@ mod avx2_entries {
     avx2_entry!(dot dot_q5_0, DType::Q5_0, dot_q5_0_q8_0);
     avx2_entry!(dot dot_q5_1, DType::Q5_1, dot_q5_1_q8_1);
     avx2_entry!(dot dot_q8_0, DType::Q8_0, dot_q8_0_q8_0);
-    avx2_entry!(dot dot_q4_k, DType::Q4_K, dot_q4_k_q8_k);
     avx2_entry!(dot dot_q5_k, DType::Q5_K, dot_q5_k_q8_k);
     avx2_entry!(dot dot_q6_k, DType::Q6_K, dot_q6_k_q8_k);
     avx2_entry!(dot_x4 dot_q8_0_x4, DType::Q8_0, dot_q8_0_q8_0_x4);
-    avx2_entry!(dot_x4 dot_q4_k_x4, DType::Q4_K, dot_q4_k_q8_k_x4);
     avx2_entry!(dot_x4 dot_q6_k_x4, DType::Q6_K, dot_q6_k_q8_k_x4);
     x4_by_single!(dot_f32_x4, dot_f32);
     x4_by_single!(dot_f16_x4, dot_f16);
@@ -133,7 +160,6 @@ mod avx2_entries {
     x4_by_single!(dot_q5_1_x4, dot_q5_1);
     x4_by_single!(dot_q5_k_x4, dot_q5_k);
     avx2_entry!(dot_r4 dot_q8_0_r4, DType::Q8_0, dot_q8_0_q8_0_r4);
-    avx2_entry!(dot_r4 dot_q4_k_r4, DType::Q4_K, dot_q4_k_q8_k_r4);
     avx2_entry!(dot_r4 dot_q6_k_r4, DType::Q6_K, dot_q6_k_q8_k_r4);
     r4_by_single!(dot_f32_r4, dot_f32);
     r4_by_single!(dot_f16_r4, dot_f16);
@@ -265,6 +291,8 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     for (t, f) in dequants {
         k.dequantize[t.index()] = f;
     }
+    // Q4_K: the block-total family (avx2_kq.rs), with a four-by-four tile for prompt batches.
+    k.dot_tile[DType::Q4_K.index()] = Some(a2::dot_q4_k_tile);
     k.attn_scores = attn_entries::attn_scores;
     k.attn_values = attn_entries::attn_values;
     k.attn_softmax = attn_entries::attn_softmax;
