@@ -7,7 +7,9 @@
 //! tensor's offset in the file is rarely aligned as direct reads need, so a copy is needed anyway).
 //!
 //! Direct reads pay off only where the page cache would not survive the load: for a file that fits in memory twice
-//! the page cache makes the next load of it fast, so loads that small stay buffered ([`direct_wanted`]).
+//! the page cache makes the next load of it fast, so loads that small stay buffered ([`direct_wanted`]); and a range
+//! whose pages the page cache mostly holds already (another program read the file) is copied from there
+//! ([`better_buffered`]).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -29,16 +31,59 @@ const CHUNKS: usize = 3;
 /// What direct reads need: offsets, lengths and buffers in whole blocks (the expert reads' 4 KiB).
 const ALIGN: u64 = crate::experts::io::DIRECT_ALIGN as u64;
 
+/// `FLASH_MOE_DIRECT_LOAD`: `Some(false)` for `0`, `Some(true)` for `1` (direct reads forced, even of pages the
+/// page cache holds), else `None`.
+fn forced() -> Option<bool> {
+    match std::env::var("FLASH_MOE_DIRECT_LOAD").ok().as_deref() {
+        Some("0") => Some(false),
+        Some("1") => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether a load of `bytes` should read directly: when the file's pages and the copy of them in memory would not
 /// both fit in the memory this process may use (the cgroup limit or the available memory).
 /// `FLASH_MOE_DIRECT_LOAD=0` or `=1` decides instead (to measure both ways).
 pub fn direct_wanted(bytes: u64) -> bool {
-    match std::env::var("FLASH_MOE_DIRECT_LOAD").ok().as_deref() {
-        Some("0") => return false,
-        Some("1") => return true,
-        _ => {}
+    forced().unwrap_or_else(|| bytes.saturating_mul(2) > crate::experts::budget::memory_limit().0)
+}
+
+/// Whether a direct read of `len` bytes at `offset` of `mf` should give way to a buffered one: where most of its
+/// pages are in the page cache already (another program, or an earlier run, read the file), copying them from
+/// memory beats reading them from the disk again, and adds no page cache. Not when direct reads are forced.
+pub fn better_buffered(mf: &ModelFile, offset: u64, len: u64) -> bool {
+    forced() != Some(true) && cached_fraction(&mf.file, offset, len) >= 0.5
+}
+
+/// The fraction of the pages of `len` bytes at `offset` of `file` that the page cache holds (`mincore` over a
+/// mapping that nothing reads); 0 where it cannot be told.
+fn cached_fraction(file: &std::fs::File, offset: u64, len: u64) -> f64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as u64,
+        _ => return 0.0,
+    };
+    let start = offset / page * page;
+    let Some(map_len) = offset.checked_add(len).map(|end| end - start).filter(|&l| l > 0) else { return 0.0 };
+    let (Ok(map_len), Ok(at)) = (usize::try_from(map_len), libc::off_t::try_from(start)) else { return 0.0 };
+    let mut resident = vec![0u8; map_len.div_ceil(page as usize)];
+    // SAFETY: a read-only shared mapping of an open file, never dereferenced: `mincore` only asks the kernel which
+    // of its pages are resident, writing one byte per page into `resident` (sized for them); it is unmapped before
+    // returning. A mapping past the file's end is refused by the kernel or reported as not resident.
+    let ok = unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), at);
+        if p == libc::MAP_FAILED {
+            return 0.0;
+        }
+        let r = libc::mincore(p, map_len, resident.as_mut_ptr());
+        libc::munmap(p, map_len);
+        r == 0
+    };
+    if !ok {
+        return 0.0;
     }
-    bytes.saturating_mul(2) > crate::experts::budget::memory_limit().0
+    resident.iter().filter(|&&b| b & 1 == 1).count() as f64 / resident.len() as f64
 }
 
 /// Reads `dst.len()` bytes at `offset` of `mf` directly. `Ok(false)` where the file system refuses direct reads
@@ -166,6 +211,32 @@ mod tests {
             Ok(true) => panic!("read a rewritten file"),
             Err(e) => assert!(e.to_string().contains("changed since it was opened"), "{e}"),
         }
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// A file just written is in the page cache (a read of it would go buffered); once its pages are dropped it is
+    /// not, and a read brings them back. (A file system without a page cache to drop, such as tmpfs, keeps them:
+    /// then only the first and last cases are checked.)
+    #[test]
+    fn the_page_cache_is_asked_before_reading_direct() {
+        let len = 3 * DIRECT_MIN + 5;
+        let (path, _, mf) = pattern_file("cached", len);
+        mf.file.sync_all().expect("sync");
+        assert!(cached_fraction(&mf.file, 0, len as u64) > 0.9, "a file just written is in the page cache");
+        assert!(cached_fraction(&mf.file, 4095, 2 * DIRECT_MIN as u64) > 0.9);
+        assert_eq!(cached_fraction(&mf.file, len as u64 + (1 << 20), 1 << 20), 0.0, "past the end");
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        // SAFETY: advice on an open file's range; no memory is involved.
+        let dropped = unsafe { libc::posix_fadvise(mf.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) } == 0
+            && cached_fraction(&mf.file, 0, len as u64) < 0.5;
+        if dropped {
+            assert!(!better_buffered(&mf, 0, len as u64));
+            let mut dst = vec![0u8; len];
+            mf.file.read_exact_at(&mut dst, 0).expect("read");
+            assert!(cached_fraction(&mf.file, 0, len as u64) > 0.9, "a buffered read fills the page cache");
+        }
+        assert!(better_buffered(&mf, 0, len as u64) || forced() == Some(true));
         let _ = std::fs::remove_file(path);
     }
 }

@@ -273,9 +273,15 @@ impl WeightIndex {
     }
 
     /// [`WeightIndex::read_at`] for a large read at load time: with `direct` and at least [`bulk::DIRECT_MIN`]
-    /// bytes, past the page cache ([`bulk::read_direct`]), else buffered.
+    /// bytes, past the page cache ([`bulk::read_direct`]) unless the page cache holds most of it already
+    /// ([`bulk::better_buffered`]), else buffered.
     pub fn read_large(&self, file: usize, offset: u64, dst: &mut [u8], direct: bool) -> Result<()> {
-        if direct && dst.len() >= bulk::DIRECT_MIN && bulk::read_direct(&self.files[file], offset, dst)? {
+        let mf = &self.files[file];
+        if direct
+            && dst.len() >= bulk::DIRECT_MIN
+            && !bulk::better_buffered(mf, offset, dst.len() as u64)
+            && bulk::read_direct(mf, offset, dst)?
+        {
             return Ok(());
         }
         self.read_at(file, offset, dst)
