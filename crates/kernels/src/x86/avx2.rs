@@ -174,7 +174,7 @@ pub(crate) fn mul_sum_i8_quads(x: __m256i, y: __m256i) -> __m256i {
 /// As `mul_sum_i8_quads` for unsigned `x` (0..=63).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_u8_quads(x: __m256i, y: __m256i) -> __m256i {
+pub(crate) fn mul_sum_u8_quads(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
@@ -225,7 +225,7 @@ pub(crate) fn dot_q4_1_q8_1(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 /// blocks' `m * s` in order, as a scalar sum would.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale_and_min_products(dw: &[u8; 2], mw: &[u8; 2], dx: &[u8; 2], sx: &[u8; 2]) -> (__m256, __m128) {
+pub(crate) fn scale_and_min_products(dw: &[u8; 2], mw: &[u8; 2], dx: &[u8; 2], sx: &[u8; 2]) -> (__m256, __m128) {
     let w = i32::from(u16::from_le_bytes(*dw)) | (i32::from(u16::from_le_bytes(*mw)) << 16);
     let x = i32::from(u16::from_le_bytes(*dx)) | (i32::from(u16::from_le_bytes(*sx)) << 16);
     // [d_w, m_w, d_x, s_x] -> [d_w * d_x, m_w * s_x, ..]

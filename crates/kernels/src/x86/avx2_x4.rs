@@ -5,10 +5,14 @@
 //! accumulators, same block-to-accumulator assignment, same horizontal sum); only integer work, which is exact,
 //! and the weight decode are shared.
 
-use super::avx2::{arr, f16, hsum_ps, load_32, load_i8_32};
+use super::avx2::{
+    arr, f16, hsum_ps, load_32, load_i8_32, mul_sum_u8_quads, nibbles_32, scale_and_min_products,
+};
 use crate::blocks;
+use crate::q4_1::BlockQ4_1;
 use crate::q6_k::BlockQ6K;
 use crate::q8_0::BlockQ8_0;
+use crate::q8_1::BlockQ8_1;
 use crate::q8_k::BlockQ8K;
 use std::arch::x86_64::*;
 
@@ -120,4 +124,26 @@ pub(crate) fn dot_q6_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
         }
     }
     *out = [0, 1, 2, 3].map(|i| hsum_ps(acc[i]));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn dot_q4_1_q8_1_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
+    let bw = blocks::<BlockQ4_1>(w);
+    let bx = blocks_x4::<BlockQ8_1>(bw.len(), xs);
+    // As avx2::dot_q4_1_q8_1 for each row (`fold_blocks`: even blocks into the first accumulator, odd ones into the
+    // second, an odd last block, which is even, into the first; the `m * s` products summed in block order), with
+    // each weight block's nibbles expanded once for the four.
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut summs = [_mm_setzero_ps(); 4];
+    for (b, bw) in bw.iter().enumerate() {
+        let q = nibbles_32(&bw.qs);
+        for i in 0..4 {
+            let bx = &bx[i][b];
+            let (d, ms) = scale_and_min_products(&bw.d, &bw.m, &bx.d, &bx.s);
+            summs[i] = _mm_add_ps(summs[i], ms);
+            let p = _mm256_cvtepi32_ps(mul_sum_u8_quads(q, load_i8_32(&bx.qs)));
+            acc[i][b % 2] = _mm256_fmadd_ps(d, p, acc[i][b % 2]);
+        }
+    }
+    *out = [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc[i][0], acc[i][1])) + _mm_cvtss_f32(_mm_movehdup_ps(summs[i])));
 }

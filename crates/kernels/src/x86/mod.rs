@@ -155,7 +155,7 @@ mod avx2_entries {
     x4_by_single!(dot_f16_x4, dot_f16);
     x4_by_single!(dot_bf16_x4, dot_bf16);
     x4_by_single!(dot_q4_0_x4, dot_q4_0);
-    x4_by_single!(dot_q4_1_x4, dot_q4_1);
+    avx2_entry!(dot_x4 dot_q4_1_x4, DType::Q4_1, dot_q4_1_q8_1_x4);
     x4_by_single!(dot_q5_0_x4, dot_q5_0);
     x4_by_single!(dot_q5_1_x4, dot_q5_1);
     x4_by_single!(dot_q5_k_x4, dot_q5_k);
