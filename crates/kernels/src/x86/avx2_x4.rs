@@ -5,9 +5,7 @@
 //! accumulators, same block-to-accumulator assignment, same horizontal sum); only integer work, which is exact,
 //! and the weight decode are shared.
 
-use super::avx2::{
-    arr, f16, hsum_ps, load_32, load_i8_32, mul_sum_u8_quads, nibbles_32, scale_and_min_products,
-};
+use super::avx2::{arr, f16, hsum_ps, load_32, load_i8_32, mul_sum_u8_quads, nibbles_32, scale_and_min_products};
 use crate::blocks;
 use crate::q4_1::BlockQ4_1;
 use crate::q6_k::BlockQ6K;
@@ -61,18 +59,35 @@ pub(crate) fn fold_blocks_x4<W, X, S>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
     let bw = blocks::<BlockQ8_0>(w);
-    // As avx2::dot_q8_0_q8_0: `f16_mul` is the f32 product f16(w.d) * f16(x.d), and `mul_sum_i8_quads` is
-    // |w| x (y with w's sign) summed in quads, both repeated here with w's half computed once.
-    // Decoded once per weight block: its f32 scale, its quants and their magnitudes.
-    let decode = |bw: &BlockQ8_0| {
-        let q = load_i8_32(&bw.qs);
-        (f16(bw.d), q, _mm256_sign_epi8(q, q))
-    };
-    *out = fold_blocks_x4(bw, blocks_x4(bw.len(), xs), decode, |&(dw, qw, abs), bx: &BlockQ8_0| {
-        let d = _mm256_set1_ps(dw * f16(bx.d));
-        let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), qw);
-        (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, sy), _mm256_set1_epi16(1))))
-    });
+    let bx = blocks_x4::<BlockQ8_0>(bw.len(), xs);
+    // As avx2::dot_q8_0_q8_0 for each row (`fold_blocks`: even blocks into the first accumulator, odd ones into the
+    // second, an odd last block, which is even, into the first): the f32 product f16(w.d) * f16(x.d) (here the four
+    // tokens' scales converted together, each product the same single rounding) and `mul_sum_i8_quads` (|w| x (y
+    // with w's sign) summed in quads), with the weight block's quants and magnitudes loaded once for the four.
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let half = |h: [u8; 2]| i16::from_le_bytes(h);
+    for (b, bw) in bw.iter().enumerate() {
+        let qw = load_i8_32(&bw.qs);
+        let abs = _mm256_sign_epi8(qw, qw);
+        let dx = _mm_cvtph_ps(_mm_set_epi16(
+            0,
+            0,
+            0,
+            0,
+            half(bx[3][b].d),
+            half(bx[2][b].d),
+            half(bx[1][b].d),
+            half(bx[0][b].d),
+        ));
+        let d4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(f16(bw.d)), dx));
+        for i in 0..4 {
+            let d = _mm256_permutevar8x32_ps(d4, _mm256_set1_epi32(i as i32));
+            let sy = _mm256_sign_epi8(load_i8_32(&bx[i][b].qs), qw);
+            let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, sy), _mm256_set1_epi16(1)));
+            acc[i][b % 2] = _mm256_fmadd_ps(d, p, acc[i][b % 2]);
+        }
+    }
+    *out = [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc[i][0], acc[i][1])));
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -145,5 +160,6 @@ pub(crate) fn dot_q4_1_q8_1_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
             acc[i][b % 2] = _mm256_fmadd_ps(d, p, acc[i][b % 2]);
         }
     }
-    *out = [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc[i][0], acc[i][1])) + _mm_cvtss_f32(_mm_movehdup_ps(summs[i])));
+    *out =
+        [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc[i][0], acc[i][1])) + _mm_cvtss_f32(_mm_movehdup_ps(summs[i])));
 }
