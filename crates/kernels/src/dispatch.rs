@@ -445,7 +445,7 @@ impl Kernels {
 
     /// The four-row dot kernel for weight rows of type `w`: one weight row against four activation rows (in
     /// `w.vec_dot_type()`), decoding the weight row once where the format has such a kernel (Q4_K, Q6_K, Q8_0
-    /// on AVX2 and AVX-512), else four single-row calls. Each `out[i]` is bit-identical to
+    /// and Q4_1 on AVX2 and AVX-512), else four single-row calls. Each `out[i]` is bit-identical to
     /// `self.vec_dot(w)(n, w_row, x_rows[i])`, so batched and token-by-token prompts give the same logits.
     /// Panics for the activation-only types Q8_1 and Q8_K.
     pub fn vec_dot_x4(&self, w: DType) -> VecDotX4Fn {

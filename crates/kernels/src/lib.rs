@@ -38,6 +38,7 @@
 //! | F16 x F32 dot | ref | AVX2 (F16C) | 512-bit (masked tail) | = scalar |
 //! | BF16 x F32 dot | ref | AVX2 (shift) | 512-bit (masked tail) | NEON (shift) |
 //! | Q4_K, Q6_K, Q8_0 four-row dot (`vec_dot_x4`) | 4 x ref | shared decode | shared decode (VNNI) | shared decode (`neon_tile.rs`), `sdot`* |
+//! | Q4_1 four-row dot (`vec_dot_x4`) | 4 x ref | shared nibble expansion | = AVX2 | 4 x NEON |
 //! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 rows a call, shared activation loads, `sdot`* |
 //! | Q4_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | four rows interleaved on the fly, block-total | VNNI, one body with the three above | one body with the two above, `sdot`* |
 //! | Q6_K tile | - | - | VNNI, one body with the three above | one body with the two above, `sdot`* |
