@@ -275,20 +275,28 @@ pub(crate) fn scales_mins_k(scales: &[u8; 12], bx: &BlockQ8K) -> ([i16; 8], i32)
     (sc, min_sum_k(mins, bx))
 }
 
-/// The 8 scales (as i16) and the 8 mins (as i16 lanes) of a Q4_K/Q5_K block. The 12 packed bytes are unpacked
-/// with ggml's mask trick on three u32 words (same result as `scale_min_k4`, without branches).
+/// The 8 scales and the 8 mins of a Q4_K/Q5_K block as bytes in four u32 words (scales 0-3, 4-7, mins 0-3, 4-7),
+/// unpacked from the 12 packed bytes with ggml's mask trick (same result as `scale_min_k4`, without branches).
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unpack_scales_mins_k(scales: &[u8; 12]) -> ([i16; 8], __m128i) {
+pub(crate) fn scale_min_words(scales: &[u8; 12]) -> [u32; 4] {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
     let word = |i: usize| u32::from_le_bytes([scales[4 * i], scales[4 * i + 1], scales[4 * i + 2], scales[4 * i + 3]]);
     let (u0, u1, u2) = (word(0), word(1), word(2));
-    let sc_lo = u0 & KMASK1;
-    let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
-    let m_lo = u1 & KMASK1;
-    let m_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    [
+        u0 & KMASK1,
+        (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4),
+        u1 & KMASK1,
+        ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4),
+    ]
+}
+
+/// The 8 scales (as i16) and the 8 mins (as i16 lanes) of a Q4_K/Q5_K block ([`scale_min_words`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unpack_scales_mins_k(scales: &[u8; 12]) -> ([i16; 8], __m128i) {
+    let [sc_lo, sc_hi, m_lo, m_hi] = scale_min_words(scales);
     let sc_bytes = (sc_lo as u64 | ((sc_hi as u64) << 32)).to_le_bytes();
     let sc = sc_bytes.map(|b| b as i16);
     (sc, _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, m_hi as i32, m_lo as i32)))

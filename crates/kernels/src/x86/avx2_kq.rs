@@ -17,7 +17,7 @@
 //! values and (row, token) that is 1 + 1/4 multiplies where the one-row kernels spend 2 (a `maddubs` and a
 //! `madd` each), and no activation loads but broadcasts.
 
-use super::avx2::{arr, f16_pair, hsum_epi32, load_32, load_i8_32, min_sum_k, unpack_scales_mins_k};
+use super::avx2::{arr, f16_pair, hsum_epi32, load_32, load_i8_32, min_sum_k, scale_min_words, unpack_scales_mins_k};
 use super::avx2_r4::{blocks_r4, bsum_pairs_k, min_sum_pairs};
 use super::avx2_x4::blocks_x4;
 use crate::blocks;
@@ -167,15 +167,7 @@ pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn scales_mins(scales: &[u8; 12]) -> (__m128i, __m128i) {
-    const KMASK1: u32 = 0x3f3f3f3f;
-    const KMASK2: u32 = 0x0f0f0f0f;
-    const KMASK3: u32 = 0x03030303;
-    let word = |i: usize| u32::from_le_bytes([scales[4 * i], scales[4 * i + 1], scales[4 * i + 2], scales[4 * i + 3]]);
-    let (u0, u1, u2) = (word(0), word(1), word(2));
-    let sc_lo = u0 & KMASK1;
-    let sc_hi = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
-    let m_lo = u1 & KMASK1;
-    let m_hi = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let [sc_lo, sc_hi, m_lo, m_hi] = scale_min_words(scales);
     let v = _mm_set_epi32(m_hi as i32, m_lo as i32, sc_hi as i32, sc_lo as i32);
     (_mm_cvtepu8_epi16(v), _mm_cvtepu8_epi16(_mm_unpackhi_epi64(v, v)))
 }
