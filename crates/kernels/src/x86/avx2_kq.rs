@@ -25,22 +25,48 @@ use crate::q4_k::BlockQ4K;
 use crate::q8_k::BlockQ8K;
 use std::arch::x86_64::*;
 
+/// The 64 products of 32 bytes of quants (low nibbles: sub-block `2k`, high: `2k + 1`) with the 64 activation
+/// bytes `q8`, each sub-block's times its scale `sc`, in eight i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_products(q4: __m256i, q8: [__m256i; 2], sc: [__m256i; 2]) -> __m256i {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let q4l = _mm256_and_si256(q4, m4);
+    let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
+    let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8[0]), sc[0]);
+    let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8[1]), sc[1]);
+    _mm256_add_epi32(pl, ph)
+}
+
+/// Quant pair `k`'s 32 weight bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_weights(bw: &BlockQ4K, k: usize) -> __m256i {
+    load_32(arr(&bw.qs[32 * k..32 * k + 32]))
+}
+
+/// Quant pair `k`'s 64 activation bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_acts(bx: &BlockQ8K, k: usize) -> [__m256i; 2] {
+    [load_i8_32(arr(&bx.qs[64 * k..64 * k + 32])), load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]))]
+}
+
+/// Sub-blocks `2k` and `2k + 1`'s scales in every i16 lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pair_scales(sc: &[i16; 8], k: usize) -> [__m256i; 2] {
+    [_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1])]
+}
+
 /// The integer products of one block of one row and one token by sub-block scale, in eight i32 lanes whose
 /// total is the block's exact `isum`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn isum_lanes(bw: &BlockQ4K, sc: &[i16; 8], bx: &BlockQ8K) -> __m256i {
-    let m4 = _mm256_set1_epi8(0x0f);
     let mut sumi = _mm256_setzero_si256();
     for k in 0..4 {
-        let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-        let q4l = _mm256_and_si256(q4, m4);
-        let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-        let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
-        let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
-        let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[2 * k]));
-        let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[2 * k + 1]));
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        sumi = _mm256_add_epi32(sumi, pair_products(pair_weights(bw, k), pair_acts(bx, k), pair_scales(sc, k)));
     }
     sumi
 }
@@ -93,7 +119,6 @@ pub(crate) fn dot_q4_k_q8_k(_n: usize, w: &[u8], x: &[u8]) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
     let bx = blocks::<BlockQ8K>(x);
     let bw = blocks_r4::<BlockQ4K>(bx.len(), ws);
     let mut acc = (_mm_setzero_ps(), _mm_setzero_ps());
@@ -108,15 +133,10 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
         }
         let mut sumi = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            let q8l = load_i8_32(arr(&bx.qs[64 * k..64 * k + 32]));
-            let q8h = load_i8_32(arr(&bx.qs[64 * k + 32..64 * k + 64]));
+            let q8 = pair_acts(bx, k);
             for i in 0..4 {
-                let q4 = load_32(arr(&bw[i][b].qs[32 * k..32 * k + 32]));
-                let q4l = _mm256_and_si256(q4, m4);
-                let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), _mm256_set1_epi16(sc[i][2 * k]));
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), _mm256_set1_epi16(sc[i][2 * k + 1]));
-                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(pl, ph));
+                sumi[i] =
+                    _mm256_add_epi32(sumi[i], pair_products(pair_weights(&bw[i][b], k), q8, pair_scales(&sc[i], k)));
             }
         }
         let d = halves4([0, 1, 2, 3].map(|i| bw[i][b].d));
@@ -129,7 +149,6 @@ pub(crate) fn dot_q4_k_q8_k_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
-    let m4 = _mm256_set1_epi8(0x0f);
     let bw = blocks::<BlockQ4K>(w);
     let bx = blocks_x4::<BlockQ8K>(bw.len(), xs);
     let mut acc = (_mm_setzero_ps(), _mm_setzero_ps());
@@ -139,16 +158,10 @@ pub(crate) fn dot_q4_k_q8_k_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f
         let msum = [0, 1, 2, 3].map(|i| min_sum_k(mins, &bx[i][b]));
         let mut sumi = [_mm256_setzero_si256(); 4];
         for k in 0..4 {
-            let q4 = load_32(arr(&bw.qs[32 * k..32 * k + 32]));
-            let q4l = _mm256_and_si256(q4, m4);
-            let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-            let (scl, sch) = (_mm256_set1_epi16(sc[2 * k]), _mm256_set1_epi16(sc[2 * k + 1]));
+            let (q4, scales) = (pair_weights(bw, k), pair_scales(&sc, k));
             for i in 0..4 {
-                let q8l = load_i8_32(arr(&bx[i][b].qs[64 * k..64 * k + 32]));
-                let q8h = load_i8_32(arr(&bx[i][b].qs[64 * k + 32..64 * k + 64]));
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(q4l, q8l), scl);
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(q4h, q8h), sch);
-                sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(pl, ph));
+                // (The nibble split inside is the same for the four tokens; the unrolled loop computes it once.)
+                sumi[i] = _mm256_add_epi32(sumi[i], pair_products(q4, pair_acts(&bx[i][b], k), scales));
             }
         }
         let dx = _mm_set_ps(
