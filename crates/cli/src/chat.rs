@@ -224,6 +224,7 @@ pub fn main(a: ChatArgs) -> Result<()> {
             ignore_eos: false,
             reuse_prefix: true,
             constraint: None,
+            control_text: chat.control_text(),
         };
         crate::interrupt::set_generating(true);
         batcher.admit(req, Box::new(sink))?;

@@ -11,7 +11,7 @@ use engine::ops::Cpu;
 use engine::runtime::Runtime;
 use engine::sample::SamplerConfig;
 use engine::sample_defaults::SamplingDefaults;
-use engine::tokenizer::{ChatMessage, ChatTemplate};
+use engine::tokenizer::{ChatMessage, ChatTemplate, ControlText};
 
 use crate::{mib, peak_rss_bytes, ModelArgs};
 
@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Print control tokens the model generates (`<|im_start|>`, `<|channel|>`, ...) as their text; without it
+    /// they print nothing, as with llama.cpp.
+    #[arg(long = "special")]
+    pub special: bool,
     /// Write the expert cache statistics of the run as JSON.
     #[arg(long = "stats-json")]
     pub stats_json: Option<std::path::PathBuf>,
@@ -245,6 +249,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         stop: a.stop.clone(),
         interrupt: Some(crate::interrupt::install()),
+        control_text: if a.special { ControlText::Shown } else { ControlText::Hidden },
     };
     if let Some(c) = &counter {
         c.start_prompt(prompt.len());

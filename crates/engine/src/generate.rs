@@ -10,7 +10,7 @@ use crate::models::{Logits, Model};
 use crate::ops::Cpu;
 use crate::sample::{Sampler, SamplerConfig, StopMatcher};
 use crate::session::Session;
-use crate::tokenizer::{GgufTokenizerData, StreamDecoder, Tokenizer};
+use crate::tokenizer::{ControlText, GgufTokenizerData, StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 
 /// The tokenizer that came with the weights.
@@ -88,6 +88,8 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Stop after the token in progress once this is set (a Ctrl-C handler sets it).
     pub interrupt: Option<&'static std::sync::atomic::AtomicBool>,
+    /// Which control tokens the text shows (stop strings match the text shown).
+    pub control_text: ControlText,
 }
 
 /// Why generation ended.
@@ -148,7 +150,7 @@ pub fn generate(
     let n_sample = tokenizer.n_vocab();
     let mut sampler = Sampler::new(params.sampler);
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut stream = StreamDecoder::new();
+    let mut stream = StreamDecoder::showing(params.control_text.clone());
     let mut stops = StopMatcher::new(&params.stop);
 
     let t0 = Instant::now();

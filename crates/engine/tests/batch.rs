@@ -14,7 +14,7 @@ use engine::generate::{self, GenerateParams, StopReason};
 use engine::models::{LoadOptions, Model};
 use engine::ops::Cpu;
 use engine::sample::SamplerConfig;
-use engine::tokenizer::Tokenizer;
+use engine::tokenizer::{ControlText, Tokenizer};
 
 const N_CTX: usize = 96;
 
@@ -87,6 +87,7 @@ fn alone(model: &Model, tok: &Tokenizer, c: &Case) -> (String, generate::Generat
         ignore_eos: false,
         stop: c.stop.clone(),
         interrupt: None,
+        control_text: ControlText::Hidden,
     };
     let mut text = String::new();
     let st = generate::generate(model, &cpu, tok, &mut s, &c.prompt, &params, &mut |t| text.push_str(t)).expect("gen");
@@ -112,6 +113,7 @@ fn request(c: &Case, reuse: bool) -> SeqRequest {
         ignore_eos: false,
         reuse_prefix: reuse,
         constraint: None,
+        control_text: ControlText::Hidden,
     }
 }
 

@@ -216,6 +216,8 @@ fn forced_calls_in_every_syntax_parse_back_within_the_schema() {
                 ignore_eos: false,
                 reuse_prefix: false,
                 constraint: Some(Box::new(forced)),
+                // What the server keeps: the markers this template's parser reads.
+                control_text: chat.control_text(),
             };
             b.admit(req, Box::new(Collect(out.clone()))).expect("admit");
             while !b.is_idle() {

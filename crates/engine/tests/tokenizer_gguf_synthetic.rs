@@ -1,7 +1,7 @@
 //! `Tokenizer::from_gguf` on small hand-made vocabularies: encoding, special tokens, BOS/EOS, streaming, and
 //! malformed metadata that must be refused with an error (never a panic).
 
-use engine::tokenizer::{fuzz_gguf_tokenizer, token_type, GgufTokenizerData, StreamDecoder, Tokenizer};
+use engine::tokenizer::{fuzz_gguf_tokenizer, token_type, ControlText, GgufTokenizerData, StreamDecoder, Tokenizer};
 use engine::Error;
 
 /// GPT-2's byte -> char table.
@@ -131,6 +131,28 @@ fn stream_decoder_holds_partial_utf8_from_byte_tokens() {
     }
     let mut d = StreamDecoder::new();
     assert!(d.push(&t, u32::MAX).is_err());
+}
+
+#[test]
+fn stream_decoder_shows_the_control_tokens_it_is_told_to() {
+    let d = data();
+    let t = Tokenizer::from_gguf(d.clone()).expect("builds");
+    let (start, end, tool) = (id_of(&d, "<|im_start|>"), id_of(&d, "<|im_end|>"), id_of(&d, "<tool>"));
+    let ids = [start, id_of(&d, "Hello"), tool, end, id_of(&d, &encode_bytes(" world"))];
+    let text = |c: ControlText| {
+        let mut s = StreamDecoder::showing(c);
+        let mut out: String = ids.iter().map(|&id| s.push(&t, id).expect("in vocab")).collect();
+        out.push_str(&s.flush());
+        out
+    };
+    assert_eq!(text(ControlText::Shown), "<|im_start|>Hello<tool><|im_end|> world");
+    // A user-defined token (`<tool>`) is text, not control: always shown.
+    assert_eq!(text(ControlText::Hidden), "Hello<tool> world");
+    assert_eq!(text(ControlText::Only(vec![end])), "Hello<tool><|im_end|> world");
+    // Only control tokens are looked up: `<tool>` is user-defined, "Hello" plain text.
+    assert_eq!(t.control_ids(&["<|im_end|>", "<tool>", "Hello", "<absent>"]), [end]);
+    // Hidden or not, an id outside the vocabulary is an error.
+    assert!(StreamDecoder::showing(ControlText::Hidden).push(&t, u32::MAX).is_err());
 }
 
 fn refused(d: GgufTokenizerData, needle: &str) {

@@ -11,6 +11,7 @@ use engine::chat::{Chat, ForcedCall, OutputParser, Piece, TokenTable};
 use engine::runtime::Runtime;
 use engine::sample::SamplerConfig;
 use engine::sample_defaults::SamplingDefaults;
+use engine::tokenizer::ControlText;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::config::ServerConfig;
@@ -104,7 +105,11 @@ impl App {
         let slot = Slot(self.clone());
         let (tx, rx) = unbounded_channel();
         let n_prompt = p.prompt.len();
+        // A chat reply keeps the control tokens its parser reads; a plain completion shows none (as llama.cpp's
+        // server).
+        let control_text = if p.parser.is_some() { self.chat.control_text() } else { ControlText::Hidden };
         let req = SeqRequest {
+            control_text,
             prompt: p.prompt,
             max_tokens,
             sampler: p.sampler,

@@ -30,7 +30,7 @@ use crate::models::Model;
 use crate::ops::Cpu;
 use crate::sample::SamplerConfig;
 use crate::session::{Scratch, Session};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ControlText, Tokenizer};
 use crate::{Error, Result};
 
 pub use prefix::{common_prefix, PrefixCache};
@@ -85,6 +85,8 @@ pub struct SeqRequest {
     /// Start from the prefix cache's best match and leave the state there at the end (`cache_prompt`).
     pub reuse_prefix: bool,
     pub constraint: Option<Box<dyn Constraint>>,
+    /// Which control tokens the text shows (stop strings match the text shown).
+    pub control_text: ControlText,
 }
 
 /// Why a sequence ended.

@@ -50,7 +50,7 @@ impl Seq {
             ignore_eos: req.ignore_eos,
             reuse_prefix: req.reuse_prefix,
             sampler: Sampler::new(req.sampler),
-            stream: StreamDecoder::new(),
+            stream: StreamDecoder::showing(req.control_text),
             stops: StopMatcher::new(&req.stop),
             constraint: req.constraint,
             sink,

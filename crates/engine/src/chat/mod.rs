@@ -16,7 +16,7 @@ mod parse;
 
 use serde_json::{json, Map, Value};
 
-use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::tokenizer::{ChatTemplate, ControlText, Tokenizer};
 use crate::{Error, Result};
 
 pub use forced::{ForcedCall, TokenTable};
@@ -187,6 +187,8 @@ pub struct Chat {
     pub source: String,
     bos: Option<String>,
     eos: Option<String>,
+    /// The control tokens among the format's markers ([`ChatFormat::markers`]).
+    marker_ids: Vec<u32>,
 }
 
 impl Chat {
@@ -197,12 +199,14 @@ impl Chat {
             (None, Some(t)) => (t, "the model file".to_string()),
             (None, None) => (CHATML_TEMPLATE, "built-in ChatML (the model file has no chat template)".to_string()),
         };
+        let format = ChatFormat::detect(text);
         Ok(Chat {
             template: ChatTemplate::new(text)?,
-            format: ChatFormat::detect(text),
+            format,
             source,
             bos: tokenizer.bos_token(),
             eos: tokenizer.eos_token(),
+            marker_ids: tokenizer.control_ids(&format.markers()),
         })
     }
 
@@ -227,6 +231,12 @@ impl Chat {
     pub fn tokens(&self, tokenizer: &Tokenizer, prompt: &str) -> Result<Vec<u32>> {
         let add_special = !self.bos.as_ref().is_some_and(|b| !b.is_empty() && prompt.starts_with(b.as_str()));
         tokenizer.encode(prompt, add_special, true)
+    }
+
+    /// The control tokens a reply's text keeps: those the output parser reads. Others (a stray `<|im_start|>`)
+    /// are dropped from the text.
+    pub fn control_text(&self) -> ControlText {
+        ControlText::Only(self.marker_ids.clone())
     }
 
     /// A parser for the output that follows `prompt` (which may leave the model inside its reasoning).
@@ -280,5 +290,69 @@ mod tests {
             assert_eq!(ChatFormat::detect(&text), ChatFormat { tools, think }, "{file}");
         }
         assert_eq!(ChatFormat::detect(CHATML_TEMPLATE).tools, ToolSyntax::Hermes);
+    }
+
+    /// Markers that are control tokens (GLM, gpt-oss, DeepSeek and Kimi declare theirs so) stay in a reply's text
+    /// with the format's `control_text`, and a control token the parser does not read (a stray `<|im_start|>`)
+    /// goes.
+    #[test]
+    fn replies_keep_the_control_tokens_their_parser_reads() {
+        use crate::tokenizer::{token_type, GgufTokenizerData, StreamDecoder};
+        let f = |tools, think| ChatFormat { tools, think };
+        let cases = [
+            (f(ToolSyntax::Hermes, ThinkSyntax::Tags), "<think>Hm.</think>Hi<tool_call>{}</tool_call>"),
+            (
+                f(ToolSyntax::Glm, ThinkSyntax::Tags),
+                "<tool_call>f<arg_key>a</arg_key><arg_value>1</arg_value></tool_call>",
+            ),
+            (
+                f(ToolSyntax::Harmony, ThinkSyntax::Harmony),
+                "<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>commentary to=functions.f \
+                 <|constrain|>json<|message|>{}<|call|>",
+            ),
+            (
+                f(ToolSyntax::DeepSeek, ThinkSyntax::Tags),
+                "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+            ),
+            (
+                f(ToolSyntax::Kimi, ThinkSyntax::None),
+                "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}\
+                 <|tool_call_end|><|tool_calls_section_end|>",
+            ),
+            (f(ToolSyntax::Mistral, ThinkSyntax::None), "[TOOL_CALLS][{}]"),
+        ];
+        let v = crate::synth::vocab::build(300).expect("vocab");
+        let (mut tokens, mut types) = (v.tokens, v.types);
+        for m in cases.iter().flat_map(|(format, _)| format.markers()) {
+            if !tokens.iter().any(|t| t == m) {
+                tokens.push(m.to_string());
+                types.push(token_type::CONTROL);
+            }
+        }
+        let tok = Tokenizer::from_gguf(GgufTokenizerData {
+            model: "gpt2".into(),
+            pre: Some("qwen2".into()),
+            tokens,
+            token_types: Some(types),
+            merges: v.merges,
+            bos_id: Some(v.bos_id),
+            eos_id: Some(v.eos_id),
+            add_bos: Some(false),
+            ..GgufTokenizerData::default()
+        })
+        .expect("tokenizer");
+        for (format, reply) in cases {
+            let ids = tok.encode(&format!("<|im_start|>{reply}"), false, true).expect("encode");
+            let shown = |c: ControlText| {
+                let mut s = StreamDecoder::showing(c);
+                let text: String = ids.iter().map(|&id| s.push(&tok, id).expect("in vocabulary")).collect();
+                text + &s.flush()
+            };
+            let markers = ControlText::Only(tok.control_ids(&format.markers()));
+            assert_eq!(shown(markers), reply, "{format:?}");
+            assert_eq!(shown(ControlText::Shown), format!("<|im_start|>{reply}"), "{format:?}");
+            let hidden = shown(ControlText::Hidden);
+            assert!(format.markers().iter().all(|m| !hidden.contains(m)), "{format:?}: {hidden}");
+        }
     }
 }

@@ -47,6 +47,13 @@ enum Body {
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
 const HARMONY_ENDS: [&str; 3] = ["<|end|>", "<|call|>", "<|return|>"];
+const HARMONY_MARKERS: [&str; 7] =
+    ["<|start|>", "<|channel|>", "<|message|>", "<|constrain|>", HARMONY_ENDS[0], HARMONY_ENDS[1], HARMONY_ENDS[2]];
+const GLM_ARGS: [&str; 4] = ["<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"];
+/// A DeepSeek call's opening, separator and closing (inside its block).
+const DEEPSEEK_CALL: [&str; 3] = ["<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>"];
+/// A Kimi call's opening, separator and closing (inside its block).
+const KIMI_CALL: [&str; 3] = ["<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"];
 
 /// The streamed-output parser of one reply.
 pub struct OutputParser {
@@ -324,13 +331,9 @@ impl OutputParser {
             ToolSyntax::Hermes => hermes(inner).map(|c| vec![c]),
             ToolSyntax::QwenXml => self.qwen_xml(inner),
             ToolSyntax::Glm => self.glm(inner).map(|c| vec![c]),
-            ToolSyntax::DeepSeek => {
-                split_calls(inner, "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>")
-            }
-            ToolSyntax::Kimi => {
-                split_calls(inner, "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>")
-                    .map(|calls| calls.into_iter().map(kimi_name).collect())
-            }
+            ToolSyntax::DeepSeek => split_calls(inner, DEEPSEEK_CALL[0], DEEPSEEK_CALL[1], DEEPSEEK_CALL[2]),
+            ToolSyntax::Kimi => split_calls(inner, KIMI_CALL[0], KIMI_CALL[1], KIMI_CALL[2])
+                .map(|calls| calls.into_iter().map(kimi_name).collect()),
             ToolSyntax::Mistral => mistral(inner),
             ToolSyntax::None | ToolSyntax::Harmony => None,
         }
@@ -387,6 +390,29 @@ impl OutputParser {
             return Value::String(value.to_string());
         }
         serde_json::from_str(value.trim()).unwrap_or_else(|_| Value::String(value.to_string()))
+    }
+}
+
+impl ChatFormat {
+    /// Every marker the output parser reads for this format: a control token with one of these texts stays in
+    /// the generated text the parser sees (the others are dropped, as llama.cpp's server drops them).
+    pub fn markers(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.think == ThinkSyntax::Tags {
+            m.extend([THINK_OPEN, THINK_CLOSE]);
+        }
+        if let Some((open, close)) = block_markers(self.tools) {
+            m.push(open);
+            m.extend(close);
+        }
+        m.extend_from_slice(match self.tools {
+            ToolSyntax::Glm => &GLM_ARGS[..],
+            ToolSyntax::Harmony => &HARMONY_MARKERS[..],
+            ToolSyntax::DeepSeek => &DEEPSEEK_CALL[..],
+            ToolSyntax::Kimi => &KIMI_CALL[..],
+            _ => &[],
+        });
+        m
     }
 }
 

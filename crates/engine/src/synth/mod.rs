@@ -20,7 +20,7 @@
 
 mod mlx;
 mod plan;
-mod vocab;
+pub(crate) mod vocab;
 mod weights;
 
 pub use mlx::write_mlx;

@@ -30,7 +30,7 @@ use std::path::Path;
 pub use chat::{render_bytes_max, render_fuel, ChatMessage, ChatTemplate};
 pub use fuzz::fuzz_gguf_tokenizer;
 pub use gguf::{token_type, GgufTokenizerData, N_MERGES_MAX, N_VOCAB_MAX, TOKEN_BYTES_MAX};
-pub use stream::StreamDecoder;
+pub use stream::{ControlText, StreamDecoder};
 
 use crate::error::{Error, Result};
 
@@ -198,6 +198,12 @@ impl Tokenizer {
     /// Whether `id` is a control token (`<|im_start|>`, end-of-generation tokens, ...) rather than text.
     pub fn is_control(&self, id: u32) -> bool {
         self.control.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The control tokens whose text is one of `texts`.
+    pub fn control_ids(&self, texts: &[&str]) -> Vec<u32> {
+        let ids = self.control.iter().enumerate().filter(|&(_, &c)| c).map(|(id, _)| id as u32);
+        ids.filter(|&id| self.piece(id).is_ok_and(|p| texts.iter().any(|t| t.as_bytes() == p))).collect()
     }
 
     pub fn is_eog(&self, id: u32) -> bool {

@@ -7,21 +7,56 @@
 use super::Tokenizer;
 use crate::error::Result;
 
+/// Which control tokens (`<|im_start|>`, `<|channel|>`, ...) a decoded stream shows as their text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ControlText {
+    /// Every one (llama.cpp's `--special`; what [`StreamDecoder::new`] does).
+    #[default]
+    Shown,
+    /// None: text for a reader (llama.cpp's default).
+    Hidden,
+    /// Only these ids: the markers a chat output parser reads (gpt-oss's channels, GLM's tool-call tags; see
+    /// [`crate::chat::Chat::control_text`]).
+    Only(Vec<u32>),
+}
+
+impl ControlText {
+    /// Whether token `id` adds its text to the stream.
+    pub fn shows(&self, tokenizer: &Tokenizer, id: u32) -> bool {
+        match self {
+            ControlText::Shown => true,
+            ControlText::Hidden => !tokenizer.is_control(id),
+            ControlText::Only(ids) => !tokenizer.is_control(id) || ids.contains(&id),
+        }
+    }
+}
+
 /// Turns a stream of ids into a stream of valid UTF-8 text.
 #[derive(Debug, Default, Clone)]
 pub struct StreamDecoder {
     /// Bytes not yet returned: at most an incomplete UTF-8 sequence after each `push`.
     pending: Vec<u8>,
+    control: ControlText,
 }
 
 impl StreamDecoder {
+    /// A decoder that shows every token, control tokens as their text.
     pub fn new() -> StreamDecoder {
         StreamDecoder::default()
     }
 
-    /// Adds one token; returns the text that is now complete (possibly empty).
+    /// A decoder that shows the control tokens `control` names and drops the others.
+    pub fn showing(control: ControlText) -> StreamDecoder {
+        StreamDecoder { pending: Vec::new(), control }
+    }
+
+    /// Adds one token; returns the text that is now complete (possibly empty). A control token the decoder hides
+    /// adds nothing (its id must still be in the vocabulary).
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
-        self.pending.extend_from_slice(tokenizer.piece(id)?);
+        let piece = tokenizer.piece(id)?;
+        if self.control.shows(tokenizer, id) {
+            self.pending.extend_from_slice(piece);
+        }
         Ok(self.take_complete())
     }
 
