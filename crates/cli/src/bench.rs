@@ -121,7 +121,7 @@ pub fn main(mut a: BenchArgs) -> Result<()> {
     let resident_read = model.resident_bytes_read();
     let bytes_token = resident_read + expert_bytes_token + kv_read;
     println!("model            {}", a.model.model.display());
-    println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
+    println!("threads          {n_threads}   isa {}", cpu.kernels.name());
     if a.n_depth > 0 {
         println!(
             "depth            {} tokens (filled in {fill_s:.1} s, {:.1} tok/s); KV cache k {} v {}: {:.1} MiB for \

@@ -299,7 +299,7 @@ pub fn main(a: RunArgs) -> Result<()> {
         a.model.model.display(),
         model.info.arch,
         cpu.pool.n_threads(),
-        cpu.kernels.isa().name(),
+        cpu.kernels.name(),
         if a.model.is_bundled_model() { ", the bundled model" } else { "" }
     );
     if let Some(plan) = model.memory_plan() {

@@ -330,7 +330,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8::<true>,
+            (Isa::Neon, _) if self.dot_ext => crate::aarch64::affine_neon::dot_q8::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8::<false>,
             _ => dot_affine_q8_ref,
@@ -343,7 +343,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_r4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8_r4::<true>,
+            (Isa::Neon, _) if self.dot_ext => crate::aarch64::affine_neon::dot_q8_r4::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_r4::<false>,
             _ => dot_q8_r4_ref,
@@ -356,7 +356,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, 4 | 8) => crate::x86::affine_avx2::dot_q8_x4,
             #[cfg(target_arch = "aarch64")]
-            (Isa::Neon, _) if self.sdot => crate::aarch64::affine_neon::dot_q8_x4::<true>,
+            (Isa::Neon, _) if self.dot_ext => crate::aarch64::affine_neon::dot_q8_x4::<true>,
             #[cfg(target_arch = "aarch64")]
             (Isa::Neon, _) => crate::aarch64::affine_neon::dot_q8_x4::<false>,
             _ => dot_q8_x4_ref,

@@ -50,6 +50,13 @@ impl Isa {
     }
 }
 
+/// Whether tables may use the CPU's integer dot-product extension (`sdot`, AVX-VNNI): unless `FLASH_MOE_NO_DOT_EXT`
+/// is set (to compare speeds with a program built without it; the bits are the same either way).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+fn dot_ext_allowed() -> bool {
+    std::env::var_os("FLASH_MOE_NO_DOT_EXT").is_none()
+}
+
 /// The instruction set for a `FLASH_MOE_ISA` value (or its absence), and a warning when the request cannot be
 /// met: then the best available one is used.
 fn choose_isa(requested: Option<&str>) -> (Isa, Option<String>) {
@@ -110,9 +117,11 @@ pub struct Kernels {
     pub(crate) attn_softmax: AttnSoftmaxFn,
     /// Whether MLX affine weights take F32 activations (the accurate path) instead of [`DType::Q8_A`].
     affine_f32_acts: bool,
-    /// Whether the integer dots of a NEON table use `sdot` (the dotprod extension): set where the CPU has it.
-    /// Always false for the other instruction sets. The MLX affine int8 dots (`affine.rs`) follow it too.
-    pub(crate) sdot: bool,
+    /// Whether the table's integer dots form their exact sums with the CPU's dot-product extension: `sdot`
+    /// (dotprod) in a NEON table, AVX-VNNI (`vpdpbusd` on 256-bit registers) in an AVX2 table's Q8_0 kernels. Set
+    /// where the CPU has it (unless `FLASH_MOE_NO_DOT_EXT` is set); the bits are the same without it. The MLX
+    /// affine int8 dots of NEON (`affine.rs`) follow it too.
+    pub(crate) dot_ext: bool,
 }
 
 // The engine shares one table across its threads.
@@ -342,7 +351,7 @@ impl Kernels {
             attn_values: attn::attn_values_ref,
             attn_softmax: attn::attn_softmax_ref,
             affine_f32_acts: false,
-            sdot: false,
+            dot_ext: false,
         }
     }
 
@@ -392,9 +401,9 @@ impl Kernels {
         let scalar = Kernels::scalar();
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar),
+            Isa::Avx2 | Isa::Avx512 => crate::x86::table(isa, scalar, crate::x86::has_avx_vnni() && dot_ext_allowed()),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => crate::aarch64::table(scalar, crate::aarch64::has_dotprod()),
+            Isa::Neon => crate::aarch64::table(scalar, crate::aarch64::has_dotprod() && dot_ext_allowed()),
             _ => scalar,
         }
     }
@@ -403,23 +412,38 @@ impl Kernels {
         self.isa
     }
 
-    /// Whether this table's integer dots use `sdot` (a NEON table on a CPU with dotprod). For the tests and
-    /// benchmarks that compare the `sdot` and base NEON kernels; the engine has no use for it.
-    #[doc(hidden)]
-    pub fn uses_sdot(&self) -> bool {
-        self.sdot
+    /// The instruction set's name, with the dot-product extension its integer dots use: `avx2+vnni`, `neon+sdot`.
+    pub fn name(&self) -> &'static str {
+        match (self.isa, self.dot_ext) {
+            (Isa::Avx2, true) => "avx2+vnni",
+            (Isa::Neon, true) => "neon+sdot",
+            (isa, _) => isa.name(),
+        }
     }
 
-    /// The same table with the base NEON kernels in place of its `sdot` ones (unchanged if it has none), for the
-    /// tests and benchmarks that compare the two on a CPU with dotprod. Both return the same bits; only their
-    /// speed may differ.
+    /// Whether this table's integer dots use the CPU's dot-product extension (`sdot` in a NEON table on a CPU
+    /// with dotprod, AVX-VNNI in an AVX2 table on a CPU with it). For the tests and benchmarks that compare them
+    /// with the base kernels; the engine has no use for it.
     #[doc(hidden)]
-    pub fn without_sdot(self) -> Kernels {
-        #[cfg(target_arch = "aarch64")]
-        if self.sdot {
-            return crate::aarch64::table(Kernels::scalar(), false).with_affine_f32_acts(self.affine_f32_acts);
+    pub fn uses_dot_ext(&self) -> bool {
+        self.dot_ext
+    }
+
+    /// The same table with the base kernels in place of its dot-extension ones (unchanged if it has none), for
+    /// the tests and benchmarks that compare the two. Both return the same bits; only their speed may differ.
+    #[doc(hidden)]
+    pub fn without_dot_ext(self) -> Kernels {
+        if !self.dot_ext {
+            return self;
         }
-        self
+        let base = match self.isa {
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => crate::aarch64::table(Kernels::scalar(), false),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => crate::x86::table(Isa::Avx2, Kernels::scalar(), false),
+            _ => return self,
+        };
+        base.with_affine_f32_acts(self.affine_f32_acts)
     }
 
     pub(crate) fn with_isa_tag(mut self, isa: Isa) -> Kernels {
@@ -427,10 +451,9 @@ impl Kernels {
         self
     }
 
-    /// Records whether the table's NEON integer dots use `sdot` (set by the NEON table, which picks them).
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-    pub(crate) fn with_sdot(mut self, on: bool) -> Kernels {
-        self.sdot = on;
+    /// Records whether the table's integer dots use the dot-product extension (set by the table that picks them).
+    pub(crate) fn with_dot_ext(mut self, on: bool) -> Kernels {
+        self.dot_ext = on;
         self
     }
 

@@ -31,7 +31,7 @@
 //! |---|---|---|---|---|
 //! | Q4_K dot | ref | AVX2, block-total form (`avx2_kq.rs`) | VNNI, block-total form (`avx512_kq.rs`) | NEON, `sdot`* |
 //! | Q6_K dot | ref | AVX2 | VNNI, block-total form (`avx512_kq.rs`) | NEON, `sdot`* |
-//! | Q8_0, Q4_0 dot | ref | AVX2 | 256-bit VNNI | NEON, `sdot`* |
+//! | Q8_0, Q4_0 dot | ref | AVX2; Q8_0 with AVX-VNNI** | 256-bit VNNI | NEON, `sdot`* |
 //! | Q4_1 dot | ref | AVX2 | = AVX2 | NEON, `sdot`* |
 //! | Q5_0, Q5_1, Q5_K dot | ref | AVX2 | = AVX2 | NEON, `sdot`* |
 //! | F32 dot | ref | AVX2 | = AVX2 | NEON |
@@ -42,7 +42,7 @@
 //! | Q4_K, Q6_K, Q8_0 `vec_dot_r4` | 4 x ref | 4 rows a call, 4-way hsum | same (VNNI) | 4 rows a call, shared activation loads, `sdot`* |
 //! | Q4_K tile (`vec_dot_tile`: 4 rows x 1-4 tokens) | - | four rows interleaved on the fly, block-total | VNNI, one body with the three above | one body with the two above, `sdot`* |
 //! | Q6_K tile | - | - | VNNI, one body with the three above | one body with the two above, `sdot`* |
-//! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | - | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | Q8_0: one body with the two above; Q5_0, Q4_1: - |
+//! | Q8_0, Q5_0, Q4_1 tile (4 rows x 1-4 tokens) | - | Q8_0 with AVX-VNNI**: even blocks, then odd, one accumulator a pair, = the single-row dot | VNNI, two tokens per register, = the single-row dot (Q5_0, Q4_1: = AVX2's) | Q8_0: one body with the two above; Q5_0, Q4_1: - |
 //! | other four-row and four-weight-row dots | 4 x ref | 4 x AVX2 | 4 x its single-row dot | 4 x NEON or scalar |
 //! | attention core (`attn_scores`, `attn_values`, `attn_softmax`) | ref | AVX2 (= ref) | AVX-512 (= ref) | = ref |
 //! | Q8_0, Q8_1, Q8_K quantize | ref | AVX2 | = AVX2 | NEON |
@@ -51,8 +51,12 @@
 //! | weight quantizers, other dequantizers | ref | = scalar | = scalar | = scalar |
 //!
 //! \* Where the CPU has dotprod (detected when the table is built), the NEON integer dots form their exact sums
-//! with `sdot`; otherwise, or in the table of the hidden `Kernels::without_sdot`, with `smull`/`sadalp`. Both
+//! with `sdot`; otherwise, or in the table of the hidden `Kernels::without_dot_ext`, with `smull`/`sadalp`. Both
 //! return the same bits (`aarch64/mod.rs`).
+//!
+//! \*\* Where the CPU has AVX-VNNI (Intel since Alder Lake, AMD since Zen 5; detected when the table is built), the
+//! AVX2 table's Q8_0 kernels form their integer sums with `vpdpbusd` and add a tile (`x86/avx2_vnni.rs`); otherwise,
+//! or in the table of `Kernels::without_dot_ext`, the plain AVX2 ones. Both return the same bits.
 //!
 //! The AVX-512 Q4_K and Q6_K family, and the AVX2 Q4_K one, sum each super-block's integer dot product exactly
 //! and only then apply the f32 scales, one fused multiply-add per block (`q4_k::dot_q4_k_q8_k_blocks_ref` is

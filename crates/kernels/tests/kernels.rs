@@ -441,10 +441,12 @@ fn vec_dot_r4_is_bit_identical_to_four_single_dots() {
 
 /// The formats with a tile kernel on each instruction set (a table that loses one fails the tile test instead
 /// of skipping it).
-fn tiled_formats(isa: Isa) -> &'static [DType] {
-    match isa {
+fn tiled_formats(k: &Kernels) -> &'static [DType] {
+    match k.isa() {
         Isa::Avx512 => &[DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K],
         Isa::Neon => &[DType::Q8_0, DType::Q4_K, DType::Q6_K],
+        // The AVX-VNNI Q8_0 family has a tile; the plain AVX2 one does not.
+        Isa::Avx2 if k.uses_dot_ext() => &[DType::Q8_0, DType::Q4_K],
         Isa::Avx2 => &[DType::Q4_K],
         Isa::Scalar => &[],
     }
@@ -458,7 +460,7 @@ fn vec_dot_tile_is_bit_identical_to_single_dots() {
     let s = scalar();
     for k in Kernels::available_isas().into_iter().filter_map(Kernels::with_isa) {
         let tiled: Vec<DType> = WEIGHT_TYPES.into_iter().filter(|&t| k.vec_dot_tile(t).is_some()).collect();
-        assert_eq!(tiled, tiled_formats(k.isa()), "{}: formats with a tile", k.isa().name());
+        assert_eq!(tiled, tiled_formats(&k), "{}: formats with a tile", k.isa().name());
         for t in WEIGHT_TYPES {
             let Some(tile) = k.vec_dot_tile(t) else { continue };
             for nb in [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33] {
@@ -841,7 +843,6 @@ fn neon_kernels_are_among_those_tested() {
 /// An activation row of `n` values of type `t` (Q8_0, Q8_1, Q8_K) with random quant bytes over the whole i8 range
 /// (-128 included, which the quantizers never write) and small scales; Q8_K's block sums random too (the
 /// kernels take them as given).
-#[cfg(target_arch = "aarch64")]
 fn raw_activations(rng: &mut SmallRng, t: DType, n: usize) -> Vec<u8> {
     let mut row: Vec<u8> = (0..t.row_bytes(n).expect("whole blocks")).map(|_| rng.gen()).collect();
     for block in row.chunks_exact_mut(t.block_bytes()) {
@@ -857,24 +858,22 @@ fn raw_activations(rng: &mut SmallRng, t: DType, n: usize) -> Vec<u8> {
     row
 }
 
-/// The `sdot` kernels of NEON (chosen where the CPU has dotprod) return the same bits as the base NEON ones, in
-/// every shape (`vec_dot`, `vec_dot_x4`, `vec_dot_r4`, `vec_dot_tile` with 1 to 4 tokens) of every format that
-/// has them: they differ only in how the exact integer sums are formed. Rows of one to 17 blocks (K-quants:
-/// super-blocks; odd counts included), every weight pattern, activations quantized and raw. Without dotprod only
-/// the base table runs (its shapes against its `vec_dot`), and the test says so on stderr (uncaptured).
-#[test]
-#[cfg(target_arch = "aarch64")]
-fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
-    let neon = Kernels::with_isa(Isa::Neon).expect("NEON on aarch64");
-    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-    assert_eq!(neon.uses_sdot(), dotprod, "the NEON table uses sdot exactly where the CPU has dotprod");
-    let base = neon.without_sdot();
-    assert!(base.isa() == Isa::Neon && !base.uses_sdot(), "without_sdot gives the base NEON table");
-    let tables = if dotprod {
-        vec![base, neon]
+/// The dot-extension kernels (NEON's `sdot` where the CPU has dotprod, AVX2's AVX-VNNI where the CPU has it)
+/// return the same bits as the base kernels of their table, in every shape (`vec_dot`, `vec_dot_x4`,
+/// `vec_dot_r4`, `vec_dot_tile` with 1 to 4 tokens) of every format: they differ only in how the exact integer
+/// sums are formed. Rows of one to 17 blocks (K-quants: super-blocks; odd counts included), every weight
+/// pattern, activations quantized and raw. Without the extension only the base table runs (its shapes against
+/// its `vec_dot`), and the test says so on stderr (uncaptured).
+fn dot_ext_kernels_are_bit_identical_to_base(isa: Isa, ext: &str, has_ext: bool) {
+    let plus = Kernels::with_isa(isa).expect("the instruction set of this test's target");
+    assert_eq!(plus.uses_dot_ext(), has_ext, "the {} table uses {ext} exactly where the CPU has it", isa.name());
+    let base = plus.without_dot_ext();
+    assert!(base.isa() == isa && !base.uses_dot_ext(), "without_dot_ext gives the base table");
+    let tables = if has_ext {
+        vec![base, plus]
     } else {
         // Straight to stderr: the harness captures `eprintln!` of a passing test, and this must be seen.
-        let note = "note: this CPU lacks dotprod: the NEON sdot kernels were NOT tested here, only the base ones\n";
+        let note = format!("note: this CPU lacks {ext}: those kernels were NOT tested here, only the base ones\n");
         std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).expect("stderr");
         vec![base]
     };
@@ -895,7 +894,7 @@ fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
                 // want[tk][r]: the base table's single-row dot.
                 let want: [[u32; 4]; 4] = x_rows.map(|x| w_rows.map(|w| base.vec_dot(t)(n, w, x).to_bits()));
                 for k in &tables {
-                    let what = |shape: &str| format!("sdot {} {t:?} n={n} {pattern:?} {shape}", k.uses_sdot());
+                    let what = |shape: &str| format!("{ext} {} {t:?} n={n} {pattern:?} {shape}", k.uses_dot_ext());
                     let mut got = [[0u32; 4]; 4];
                     for (tk, x) in x_rows.into_iter().enumerate() {
                         got[tk] = w_rows.map(|w| k.vec_dot(t)(n, w, x).to_bits());
@@ -911,7 +910,7 @@ fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
                         k.vec_dot_r4(t)(n, w_rows, x, &mut out);
                         assert_eq!(out.map(f32::to_bits), want[tk], "{} token {tk}", what("r4"));
                     }
-                    let has_tile = tiled_formats(Isa::Neon).contains(&t);
+                    let has_tile = tiled_formats(k).contains(&t);
                     assert_eq!(k.vec_dot_tile(t).is_some(), has_tile, "{}", what("tile present"));
                     let Some(tile) = k.vec_dot_tile(t) else { continue };
                     for n_x in 1..=4 {
@@ -924,6 +923,19 @@ fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
             }
         }
     }
+}
+
+#[test]
+#[cfg(target_arch = "aarch64")]
+fn neon_sdot_kernels_are_bit_identical_to_base_neon() {
+    dot_ext_kernels_are_bit_identical_to_base(Isa::Neon, "sdot", std::arch::is_aarch64_feature_detected!("dotprod"));
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn avx_vnni_kernels_are_bit_identical_to_plain_avx2() {
+    let has = is_x86_feature_detected!("avxvnni") && std::env::var_os("FLASH_MOE_NO_DOT_EXT").is_none();
+    dot_ext_kernels_are_bit_identical_to_base(Isa::Avx2, "AVX-VNNI", has);
 }
 
 /// The attention core of every table equals the scalar references bit for bit: head sizes with and without a

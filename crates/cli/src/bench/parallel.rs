@@ -73,7 +73,7 @@ pub fn main(a: &BenchArgs, model: &Model, cpu: &Cpu, n_threads: usize) -> Result
     }
     let bandwidth = (a.bandwidth_mib > 0).then(|| super::memory_bandwidth(cpu, a.bandwidth_mib << 20));
     println!("model            {}", a.model.model.display());
-    println!("threads          {n_threads}   isa {}", cpu.kernels.isa().name());
+    println!("threads          {n_threads}   isa {}", cpu.kernels.name());
     if let Some(bw) = bandwidth {
         println!("memory read      {bw:.2} GB/s ({n_threads} threads, {} MiB, best of 5 passes)", a.bandwidth_mib);
     }

@@ -11,7 +11,7 @@
 //! two variants from one body generic over `SDOT`: base NEON (`smull`, `sadalp`) and `sdot` (the dotprod
 //! extension, ARMv8.2, optional before ARMv8.4). The table is built once with one or the other: `sdot` where
 //! [`has_dotprod`] says the CPU has it (run-time detection, never a compile-time flag), recorded in the table
-//! (`Kernels::uses_sdot`). The two variants return the same bits: only the exact integer sums are formed
+//! (`Kernels::uses_dot_ext`). The two variants return the same bits: only the exact integer sums are formed
 //! differently, never the f32 arithmetic, so every shape stays bit-identical to `vec_dot` whichever variant the
 //! table holds (`tests/kernels.rs`, `neon_sdot_kernels_are_bit_identical_to_base_neon`).
 
@@ -165,7 +165,7 @@ pub(crate) fn table(scalar: Kernels, sdot: bool) -> Kernels {
 
 /// [`table`] with `SDOT` fixed: one list of entries for both variants.
 fn table_of<const SDOT: bool>(scalar: Kernels) -> Kernels {
-    let mut k = scalar.with_isa_tag(Isa::Neon).with_sdot(SDOT);
+    let mut k = scalar.with_isa_tag(Isa::Neon).with_dot_ext(SDOT);
     // Each single-row dot with its four-row twins: they must come from the same instruction set (Q8_0, Q4_K,
     // Q6_K: the shared kernels of neon_tile.rs; the others: four single calls).
     let dots: [(DType, crate::VecDotFn, crate::VecDotX4Fn, crate::VecDotR4Fn); 10] = [

@@ -8,6 +8,7 @@ mod attn_avx512;
 mod avx2;
 mod avx2_kq;
 mod avx2_r4;
+mod avx2_vnni;
 mod avx2_x4;
 mod avx512;
 mod avx512_kq;
@@ -23,6 +24,11 @@ use crate::dtype::DType;
 
 pub(crate) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// AVX-VNNI: `vpdpbusd` on 256-bit registers without AVX-512 (Intel since Alder Lake, AMD since Zen 5).
+pub(crate) fn has_avx_vnni() -> bool {
+    has_avx2() && is_x86_feature_detected!("avxvnni")
 }
 
 pub(crate) fn has_avx512() -> bool {
@@ -61,6 +67,13 @@ macro_rules! avx2_entry {
             check_dot_r4($w, n, ws, x);
             // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
             unsafe { avx2_r4::$f(n, ws, x, out) }
+        }
+    };
+    (dot_tile $name:ident, $w:expr, $f:path) => {
+        pub(super) fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
+            check_dot_tile($w, n, ws, xs);
+            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            unsafe { $f(n, ws, xs, out) }
         }
     };
     // One family of kernels (a path) in every shape: single, x4, r4 and tile.
@@ -182,6 +195,17 @@ mod avx2_entries {
     avx2_dequant_entry!(dequant_q6_k, dequant_q6_k);
 }
 
+/// Safe entry points for the AVX-VNNI kernels: the `family` arm of `avx2_entry!`, only ever stored in tables built
+/// after `has_avx_vnni()` (which implies `has_avx2()`).
+mod vnni_entries {
+    use super::*;
+    avx2_entry!(family DType::Q8_0,
+        dot_q8_0: avx2_vnni::dot_q8_0_q8_0,
+        dot_q8_0_x4: avx2_vnni::dot_q8_0_q8_0_x4,
+        dot_q8_0_r4: avx2_vnni::dot_q8_0_q8_0_r4,
+        dot_q8_0_tile: avx2_vnni::dot_q8_0_q8_0_tile);
+}
+
 mod avx512_entries {
     use super::*;
     avx512_entry!(dot dot_f16, DType::F16, avx512::dot_f16_f32);
@@ -246,8 +270,9 @@ mod attn_entries {
     }
 }
 
-/// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel.
-pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
+/// The table for `isa` (Avx2 or Avx512), starting from the scalar one for formats without a SIMD kernel; with
+/// `vnni` (the CPU has AVX-VNNI), an AVX2 table's Q8_0 kernels form their integer sums with it (same bits).
+pub(crate) fn table(isa: Isa, scalar: Kernels, vnni: bool) -> Kernels {
     use avx2_entries as a2;
     assert!(has_avx2(), "AVX2 table requested on a CPU without AVX2/FMA/F16C");
     let mut k = scalar.with_isa_tag(isa);
@@ -293,6 +318,18 @@ pub(crate) fn table(isa: Isa, scalar: Kernels) -> Kernels {
     }
     // Q4_K: the block-total family (avx2_kq.rs), with a four-by-four tile for prompt batches.
     k.dot_tile[DType::Q4_K.index()] = Some(a2::dot_q4_k_tile);
+    // Q8_0 with AVX-VNNI: the same arithmetic with `vpdpbusd` forming the integer sums, and a tile (avx2_vnni.rs).
+    let vnni = vnni && isa == Isa::Avx2;
+    if vnni {
+        assert!(has_avx_vnni(), "AVX-VNNI kernels requested on a CPU without AVX-VNNI");
+        use vnni_entries as v;
+        let q = DType::Q8_0.index();
+        k.dot[q] = Some(v::dot_q8_0);
+        k.dot_x4[q] = Some(v::dot_q8_0_x4);
+        k.dot_r4[q] = Some(v::dot_q8_0_r4);
+        k.dot_tile[q] = Some(v::dot_q8_0_tile);
+    }
+    let mut k = k.with_dot_ext(vnni);
     k.attn_scores = attn_entries::attn_scores;
     k.attn_values = attn_entries::attn_values;
     k.attn_softmax = attn_entries::attn_softmax;
