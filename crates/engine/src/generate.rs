@@ -174,7 +174,11 @@ pub fn generate(
         generated.push(next);
         history.push(next);
         let piece = stream.push(tokenizer, next)?;
-        let out = stops.push(&piece);
+        let out = if params.control_text.shows(tokenizer, next) {
+            stops.push(&piece)
+        } else {
+            stops.push_hidden(&String::from_utf8_lossy(tokenizer.piece(next)?))
+        };
         if !out.text.is_empty() {
             on_text(&out.text);
         }

@@ -346,6 +346,23 @@ impl StopMatcher {
         StopOutput { text, stopped: false }
     }
 
+    /// A control token the text leaves out (see [`crate::tokenizer::ControlText`]), whose own text is
+    /// `token_text`: it ends the text when that is one of the stop strings, so that `--stop "<|im_end|>"` still
+    /// stops where the model writes that token (the text held back so far comes out); otherwise it adds nothing.
+    pub fn push_hidden(&mut self, token_text: &str) -> StopOutput {
+        if self.stopped {
+            return StopOutput { text: String::new(), stopped: true };
+        }
+        match self.stops.iter().find(|s| s.as_str() == token_text) {
+            Some(stop) => {
+                self.matched = Some(stop.clone());
+                self.stopped = true;
+                StopOutput { text: std::mem::take(&mut self.held), stopped: true }
+            }
+            None => StopOutput::default(),
+        }
+    }
+
     /// Ends the stream without a stop: the held-back text.
     pub fn flush(&mut self) -> String {
         std::mem::take(&mut self.held)

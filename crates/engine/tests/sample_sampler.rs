@@ -195,3 +195,15 @@ fn stop_matcher_across_chunks() {
     let mut m = StopMatcher::new(&[""]);
     assert_eq!(feed(&mut m, &["abc"]), ("abc".to_string(), false));
 }
+
+/// A control token the text leaves out still ends it when its text is a stop string; others add nothing.
+#[test]
+fn stop_matcher_stops_at_a_hidden_control_token() {
+    let mut m = StopMatcher::new(&["<|im_end|>", "ab"]);
+    assert_eq!(m.push("xa"), StopOutput { text: "x".into(), stopped: false });
+    assert_eq!(m.push_hidden("<|im_start|>"), StopOutput::default());
+    assert_eq!(m.push_hidden("<|im_end|>"), StopOutput { text: "a".into(), stopped: true });
+    assert_eq!(m.matched(), Some("<|im_end|>"));
+    assert_eq!(m.push("more"), StopOutput { text: String::new(), stopped: true });
+    assert_eq!(m.push_hidden("<|im_end|>"), StopOutput { text: String::new(), stopped: true });
+}

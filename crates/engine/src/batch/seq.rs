@@ -145,7 +145,11 @@ impl Seq {
         self.history.push(id);
         // Ids outside the vocabulary never come from the sampler (logits are one per id).
         let piece = self.stream.push(tok, id).unwrap_or_default();
-        let out = self.stops.push(&piece);
+        let out = if self.stream.shows(tok, id) {
+            self.stops.push(&piece)
+        } else {
+            self.stops.push_hidden(&String::from_utf8_lossy(tok.piece(id).unwrap_or_default()))
+        };
         if !out.text.is_empty() && !self.sink.text(&out.text) {
             return Some(Finish::Cancelled);
         }

@@ -60,6 +60,11 @@ impl StreamDecoder {
         Ok(self.take_complete())
     }
 
+    /// Whether token `id` adds its text to this stream (see [`ControlText`]).
+    pub fn shows(&self, tokenizer: &Tokenizer, id: u32) -> bool {
+        self.control.shows(tokenizer, id)
+    }
+
     /// Adds raw bytes (what [`StreamDecoder::push`] does after looking the token up).
     pub fn push_bytes(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
