@@ -69,18 +69,13 @@ macro_rules! avx2_entry {
             unsafe { avx2_r4::$f(n, ws, x, out) }
         }
     };
-    (dot_tile $name:ident, $w:expr, $f:path) => {
-        pub(super) fn $name(n: usize, ws: [&[u8]; 4], xs: &[&[u8]], out: &mut [[f32; 4]; 4]) {
-            check_dot_tile($w, n, ws, xs);
-            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
-            unsafe { $f(n, ws, xs, out) }
-        }
-    };
-    // One family of kernels (a path) in every shape: single, x4, r4 and tile.
+    // One family of kernels (a path) in every shape: single, x4, r4 and tile. Its module says which features its
+    // table checked (has_avx2(); has_avx_vnni() for `vnni_entries`).
     (family $w:expr, $single:ident: $f:path, $x4:ident: $f4:path, $r4:ident: $fr4:path, $tile:ident: $ft:path) => {
         pub(super) fn $single(n: usize, w: &[u8], x: &[u8]) -> f32 {
             check_dot($w, n, w, x);
-            // SAFETY: only reachable through a table built when has_avx2() held; lengths checked above.
+            // SAFETY: only reachable through a table built when the CPU had the kernels' features (the module's
+            // check); lengths checked above.
             unsafe { $f(n, w, x) }
         }
         pub(super) fn $x4(n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
