@@ -9,7 +9,8 @@
 //! of the two) is the plain kernels' arithmetic in their order.
 
 use super::avx2::{f16, f16_mul, hsum_ps, load_i8_32};
-use super::avx2_r4::hsum4_ps;
+use super::avx2_r4::{blocks_r4, fold_blocks_r4};
+use super::avx2_x4::{blocks_x4, fold_blocks_x4};
 use crate::blocks;
 use crate::q8_0::BlockQ8_0;
 use std::arch::x86_64::*;
@@ -29,64 +30,30 @@ pub(crate) fn dot_q8_0_q8_0(_n: usize, w: &[u8], x: &[u8]) -> f32 {
     })
 }
 
-/// The block order of `fold_blocks`, written out where each block's work is the caller's: `$block!(b, acc)` adds
-/// block `b` into the accumulator set `acc`, for blocks 0, 2, 4, ... into `$acc0`, 1, 3, 5, ... into `$acc1`, an
-/// odd last block into `$acc0`. Sets indexed by constants stay in registers (an array indexed by `b % 2` was
-/// kept on the stack).
-macro_rules! fold_pairs {
-    ($n:expr, $acc0:ident, $acc1:ident, $block:ident) => {
-        for p in 0..$n / 2 {
-            $block!(2 * p, $acc0);
-            $block!(2 * p + 1, $acc1);
-        }
-        if $n % 2 == 1 {
-            $block!($n - 1, $acc0);
-        }
-    };
-}
-
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub(crate) fn dot_q8_0_q8_0_x4(_n: usize, w: &[u8], xs: [&[u8]; 4], out: &mut [f32; 4]) {
     let bw = blocks::<BlockQ8_0>(w);
-    let bx = super::avx2_x4::blocks_x4::<BlockQ8_0>(bw.len(), xs);
-    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-    macro_rules! block {
-        ($b:expr, $acc:ident) => {{
-            let b = $b;
-            let qw = load_i8_32(&bw[b].qs);
-            let abs = _mm256_sign_epi8(qw, qw);
-            let dw = _mm256_set1_ps(f16(bw[b].d));
-            for i in 0..4 {
-                let sy = _mm256_sign_epi8(load_i8_32(&bx[i][b].qs), qw);
-                let q = _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), abs, sy));
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16(bx[i][b].d)));
-                $acc[i] = _mm256_fmadd_ps(d, q, $acc[i]);
-            }
-        }};
-    }
-    fold_pairs!(bw.len(), acc0, acc1, block);
-    *out = [0, 1, 2, 3].map(|i| hsum_ps(_mm256_add_ps(acc0[i], acc1[i])));
+    // The weight block's quants, magnitudes and f32 scale once for the four tokens.
+    let decode = |bw: &BlockQ8_0| {
+        let qw = load_i8_32(&bw.qs);
+        (qw, _mm256_sign_epi8(qw, qw), _mm256_set1_ps(f16(bw.d)))
+    };
+    *out = fold_blocks_x4(bw, blocks_x4(bw.len(), xs), decode, |&(qw, abs, dw), bx: &BlockQ8_0| {
+        let sy = _mm256_sign_epi8(load_i8_32(&bx.qs), qw);
+        let d = _mm256_mul_ps(dw, _mm256_set1_ps(f16(bx.d)));
+        (d, _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), abs, sy)))
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 pub(crate) fn dot_q8_0_q8_0_r4(_n: usize, ws: [&[u8]; 4], x: &[u8], out: &mut [f32; 4]) {
     let bx = blocks::<BlockQ8_0>(x);
-    let bw = super::avx2_r4::blocks_r4::<BlockQ8_0>(bx.len(), ws);
-    let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
-    macro_rules! block {
-        ($b:expr, $acc:ident) => {{
-            let b = $b;
-            let qx = load_i8_32(&bx[b].qs);
-            let dx = _mm256_set1_ps(f16(bx[b].d));
-            for r in 0..4 {
-                let q = _mm256_cvtepi32_ps(quads(load_i8_32(&bw[r][b].qs), qx));
-                let d = _mm256_mul_ps(_mm256_set1_ps(f16(bw[r][b].d)), dx);
-                $acc[r] = _mm256_fmadd_ps(d, q, $acc[r]);
-            }
-        }};
-    }
-    fold_pairs!(bx.len(), acc0, acc1, block);
-    *out = hsum4_ps([0, 1, 2, 3].map(|r| _mm256_add_ps(acc0[r], acc1[r])));
+    // The activation block's quants and f32 scale once for the four rows.
+    let decode = |bx: &BlockQ8_0| (load_i8_32(&bx.qs), _mm256_set1_ps(f16(bx.d)));
+    *out = fold_blocks_r4(blocks_r4(bx.len(), ws), bx, decode, |bw: &BlockQ8_0, &(qx, dx)| {
+        let d = _mm256_mul_ps(_mm256_set1_ps(f16(bw.d)), dx);
+        (d, _mm256_cvtepi32_ps(quads(load_i8_32(&bw.qs), qx)))
+    });
 }
 
 /// Four weight rows against `T` tokens (1 or 2), in two passes over the blocks (even, then odd) with one
